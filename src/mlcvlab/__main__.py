@@ -1,0 +1,5 @@
+import sys
+
+from mlcvlab.cli import main
+
+sys.exit(main())

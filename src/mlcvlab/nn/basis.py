@@ -1,0 +1,250 @@
+"""Functional forward/backward pairs: the basis the layers are built on.
+
+Every forward returns ``(out, cache)``; every ``*_grad`` takes the upstream
+gradient ``dy`` and that cache and returns the gradients in the order of the
+forward's array inputs. Caches are small named tuples. Randomness and mode are
+arguments (``rng``, ``train``); nothing here keeps state.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from mlcvlab import backend
+
+
+def _check_array(fn: str, name: str, a) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: expected {name} to be a numpy.ndarray, got {type(a).__name__}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"{fn}: expected {name} to be float32 or float64, got dtype {a.dtype}")
+    return a
+
+
+# --------------------------------------------------------------------------- linear
+class LinearCache(NamedTuple):
+    x: np.ndarray
+    W: np.ndarray
+    has_bias: bool
+
+
+def linear(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None):
+    """Affine map y = x @ W.T + b.
+
+    x: (N, in), W: (out, in), b: (out,) or None -> y: (N, out).
+    """
+    _check_array("linear", "x", x)
+    _check_array("linear", "W", W)
+    if x.ndim != 2 or W.ndim != 2:
+        raise ValueError(f"linear: expected x (N, in) and W (out, in), got x {x.shape}, W {W.shape}")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(
+            f"linear: x has {x.shape[1]} features but W expects {W.shape[1]} "
+            f"(x {x.shape}, W {W.shape})"
+        )
+    if b is not None and b.shape != (W.shape[0],):
+        raise ValueError(f"linear: expected b of shape ({W.shape[0]},), got {b.shape}")
+    y = x @ W.T
+    if b is not None:
+        y += b
+    return y, LinearCache(x, W, b is not None)
+
+
+def linear_grad(dy: np.ndarray, cache: LinearCache):
+    """dy: (N, out) -> dx (N, in), dW (out, in), db (out,) or None."""
+    x, W, has_bias = cache
+    dx = dy @ W
+    dW = dy.T @ x
+    db = dy.sum(axis=0) if has_bias else None
+    return dx, dW, db
+
+
+# --------------------------------------------------------------------------- dropout
+class DropoutCache(NamedTuple):
+    mask: Optional[np.ndarray]  # kept units scaled by 1/(1-p); None when identity
+
+
+def dropout(x: np.ndarray, p: float, train: bool = True, rng=None, mask: Optional[np.ndarray] = None):
+    """Inverted dropout (Srivastava et al. 2014).
+
+    ``p`` is the probability of *dropping* a unit: units are kept with
+    probability 1 - p and scaled by 1 / (1 - p), so evaluation is the identity.
+    A fresh Bernoulli mask is drawn from ``rng`` on every call in training;
+    tests may inject ``mask`` (0/1 array of x's shape) instead.
+    x: any shape -> y: same shape.
+    """
+    _check_array("dropout", "x", x)
+    if not (0.0 <= float(p) < 1.0):
+        raise ValueError(f"dropout: p is the drop probability and must be in [0, 1), got {p}")
+    if not train or p == 0.0:
+        return x, DropoutCache(None)
+    if mask is None:
+        gen = backend.rng(rng)
+        keep = gen.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
+    else:
+        if mask.shape != x.shape:
+            raise ValueError(f"dropout: mask shape {mask.shape} does not match x shape {x.shape}")
+        keep = mask.astype(bool)
+    scaled = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+    return x * scaled, DropoutCache(scaled)
+
+
+def dropout_grad(dy: np.ndarray, cache: DropoutCache) -> np.ndarray:
+    if cache.mask is None:
+        return dy
+    return dy * cache.mask
+
+
+# --------------------------------------------------------------------------- batch norm
+class BatchNormCache(NamedTuple):
+    x: np.ndarray        # input, (N, D) or (N, C, H, W)
+    x_hat: np.ndarray    # normalized input, same shape
+    mean: np.ndarray     # (D,) or (C,)
+    var: np.ndarray      # biased batch variance, (D,) or (C,)
+    inv_std: np.ndarray  # 1 / sqrt(var + eps)
+    gamma: np.ndarray
+    eps: float
+
+
+def _bn_axes(x: np.ndarray, fn: str):
+    if x.ndim == 2:
+        return (0,), (1, -1)
+    if x.ndim == 4:
+        return (0, 2, 3), (1, -1, 1, 1)
+    raise ValueError(f"{fn}: expected a 2-D (N, D) or 4-D (N, C, H, W) input, got shape {x.shape}")
+
+
+def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
+    """Batch normalization with batch statistics (Ioffe & Szegedy 2015).
+
+    Statistics are over axis 0 for x (N, D), over (N, H, W) for x (N, C, H, W);
+    the variance is the biased one. gamma, beta: (D,) or (C,).
+    y = gamma * (x - mean) / sqrt(var + eps) + beta.
+    """
+    _check_array("batchnorm", "x", x)
+    axes, bshape = _bn_axes(x, "batchnorm")
+    n_feat = x.shape[1]
+    if gamma.shape != (n_feat,) or beta.shape != (n_feat,):
+        raise ValueError(
+            f"batchnorm: expected gamma and beta of shape ({n_feat},), got {gamma.shape} and {beta.shape}"
+        )
+    count = x.size // n_feat
+    if count < 2:
+        raise ValueError(
+            f"batchnorm: needs more than one value per feature to compute batch statistics, "
+            f"got input shape {x.shape}"
+        )
+    mean = x.mean(axis=axes)
+    xc = x - mean.reshape(bshape)
+    var = np.mean(xc * xc, axis=axes)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    x_hat = xc * inv_std.reshape(bshape)
+    y = x_hat * gamma.reshape(bshape) + beta.reshape(bshape)
+    return y, BatchNormCache(x, x_hat, mean, var, inv_std.astype(x.dtype, copy=False), gamma, eps)
+
+
+def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
+    """The handout's step-by-step backward: dl/dx_hat, dl/dvar, dl/dmean, dl/dx, dl/dgamma, dl/dbeta.
+
+    Returns (dx, dgamma, dbeta). m is the number of values per feature.
+    """
+    x, x_hat, mean, var, inv_std, gamma, eps = cache
+    axes, bshape = _bn_axes(x, "batchnorm_grad")
+    m = x.size // x.shape[1]
+    mu = mean.reshape(bshape)
+    istd = inv_std.reshape(bshape)
+    dx_hat = dy * gamma.reshape(bshape)                                        # dl/dx_hat
+    dvar = np.sum(dx_hat * (x - mu), axis=axes) * -0.5 * inv_std ** 3          # dl/dvar
+    dmean = (np.sum(dx_hat * -istd, axis=axes)
+             + dvar * np.sum(-2.0 * (x - mu), axis=axes) / m)                  # dl/dmean
+    dx = dx_hat * istd + dvar.reshape(bshape) * 2.0 * (x - mu) / m + dmean.reshape(bshape) / m
+    dgamma = np.sum(dy * x_hat, axis=axes)                                     # dl/dgamma
+    dbeta = np.sum(dy, axis=axes)                                              # dl/dbeta
+    return dx.astype(x.dtype, copy=False), dgamma, dbeta
+
+
+def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
+    """Closed form of the same gradient, in one pass over dy:
+    dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
+    """
+    x, x_hat, _, _, inv_std, gamma, _ = cache
+    axes, bshape = _bn_axes(x, "batchnorm_grad_fused")
+    m = x.size // x.shape[1]
+    dbeta = dy.sum(axis=axes)
+    dgamma = np.sum(dy * x_hat, axis=axes)
+    scale = (gamma * inv_std).reshape(bshape)
+    dx = scale * (dy - (dbeta / m).reshape(bshape) - x_hat * (dgamma / m).reshape(bshape))
+    return dx.astype(x.dtype, copy=False), dgamma, dbeta
+
+
+# --------------------------------------------------------------------------- activations
+class ActivationCache(NamedTuple):
+    value: np.ndarray   # the input for relu/leaky_relu, the output for sigmoid/tanh/softmax
+    slope: float = 0.0
+
+
+def relu(x: np.ndarray):
+    """max(x, 0), elementwise."""
+    _check_array("relu", "x", x)
+    return np.maximum(x, 0), ActivationCache(x)
+
+
+def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    return dy * (cache.value > 0)
+
+
+def leaky_relu(x: np.ndarray, slope: float = 0.01):
+    """x for x > 0, slope * x otherwise (Maas et al. 2013)."""
+    _check_array("leaky_relu", "x", x)
+    return np.where(x > 0, x, x * x.dtype.type(slope)), ActivationCache(x, slope)
+
+
+def leaky_relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    x = cache.value
+    return dy * np.where(x > 0, x.dtype.type(1), x.dtype.type(cache.slope))
+
+
+def sigmoid(x: np.ndarray):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+    _check_array("sigmoid", "x", x)
+    e = np.exp(-np.abs(x))
+    y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    return y, ActivationCache(y)
+
+
+def sigmoid_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    y = cache.value
+    return dy * y * (1 - y)
+
+
+def tanh(x: np.ndarray):
+    _check_array("tanh", "x", x)
+    y = np.tanh(x)
+    return y, ActivationCache(y)
+
+
+def tanh_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    y = cache.value
+    return dy * (1 - y * y)
+
+
+def softmax(x: np.ndarray, axis: int = -1):
+    """exp(x) / sum(exp(x)) along ``axis``, shifted by the max for stability."""
+    _check_array("softmax", "x", x)
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    y = e / e.sum(axis=axis, keepdims=True)
+    return y, ActivationCache(y, axis)
+
+
+def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    y, axis = cache.value, int(cache.slope)
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+
+
+__all__ = [
+    "linear", "linear_grad", "dropout", "dropout_grad", "batchnorm", "batchnorm_grad",
+    "batchnorm_grad_fused", "relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "sigmoid",
+    "sigmoid_grad", "tanh", "tanh_grad", "softmax", "softmax_grad",
+]

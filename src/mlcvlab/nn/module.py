@@ -1,0 +1,260 @@
+"""The Module contract: forward caches what backward needs; backward returns dx and
+accumulates parameter gradients in place.
+
+Contract for every layer:
+
+* ``forward(x)`` computes the output; in training mode it keeps a cache for
+  ``backward``. ``__call__`` is ``forward``.
+* ``backward(dy)`` takes dL/d(output) and returns dL/d(input); it *adds* the
+  parameter gradients into ``Parameter.grad`` (so gradients of several
+  micro-batches accumulate until ``zero_grad``).
+* Parameters are attributes of type :class:`Parameter`; child modules are
+  attributes of type :class:`Module`; non-trainable state (batch-norm running
+  statistics) is registered with :meth:`register_buffer`. Registration order
+  fixes the order of ``parameters()`` and of the flat buffer.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from mlcvlab.nn.parameter import FlatParameters, Parameter, flatten
+
+
+class Module:
+    """Base class of all layers and models."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_flat", None)
+
+    # -- registration -----------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(
+                f"{type(self).__name__}: call super().__init__() before assigning attributes"
+            )
+        params, modules, buffers = self._parameters, self._modules, self._buffers
+        for d in (params, modules, buffers):
+            d.pop(name, None)
+        if isinstance(value, Parameter):
+            params[name] = value
+        elif isinstance(value, Module):
+            modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value: np.ndarray) -> None:
+        """Non-trainable state saved in ``state_dict`` (e.g. running mean)."""
+        object.__setattr__(self, name, value)
+        self._buffers[name] = True
+
+    def add_module(self, name: str, module: "Module") -> None:
+        setattr(self, name, module)
+
+    # -- traversal --------------------------------------------------------
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator["Module"]:
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self) -> Iterator["Module"]:
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
+        seen = set()
+        for mname, m in self.named_modules(prefix):
+            for pname, p in m._parameters.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self) -> List[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = "") -> Iterator[Tuple[str, np.ndarray]]:
+        for mname, m in self.named_modules(prefix):
+            for bname in m._buffers:
+                yield (f"{mname}.{bname}" if mname else bname), getattr(m, bname)
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    # -- flat buffer --------------------------------------------------------
+    def flat(self, dtype=None) -> FlatParameters:
+        """The model's single flat parameter/gradient buffer (built once, then reused)."""
+        params = self.parameters()
+        fp = flatten(params, dtype=dtype)
+        object.__setattr__(self, "_flat", fp)
+        return fp
+
+    def zero_grad(self) -> None:
+        params = self.parameters()
+        if params and params[0]._flat is not None and params[0]._flat.covers(params):
+            params[0]._flat.zero_grad()
+        else:
+            for p in params:
+                p.zero_grad()
+
+    # -- modes and dtype ------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def astype(self, dtype) -> "Module":
+        """Convert parameters and floating buffers to ``dtype`` (e.g. np.float64 for gradient checks)."""
+        dtype = np.dtype(dtype)
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(f"{type(self).__name__}.astype: expected a floating dtype, got {dtype}")
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = p.grad.astype(dtype)
+                p._flat = None
+            for b in m._buffers:
+                arr = getattr(m, b)
+                if isinstance(arr, np.ndarray) and np.issubdtype(arr.dtype, np.floating):
+                    object.__setattr__(m, b, arr.astype(dtype))
+        if self.parameters():
+            self.flat()
+        return self
+
+    @property
+    def dtype(self) -> np.dtype:
+        params = self.parameters()
+        return params[0].dtype if params else np.dtype(np.float32)
+
+    # -- state ------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter and buffer, by dotted name."""
+        state = OrderedDict()
+        for name, p in self.named_parameters():
+            state[name] = p.data.copy()
+        for name, b in self.named_buffers():
+            state[name] = np.array(b, copy=True)
+        return state
+
+    def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy values in place (the flat buffer is kept)."""
+        own = dict(self.named_parameters())
+        buffers = {}
+        for mname, m in self.named_modules():
+            for bname in m._buffers:
+                buffers[f"{mname}.{bname}" if mname else bname] = (m, bname)
+        if strict:
+            missing = [k for k in list(own) + list(buffers) if k not in state]
+            unexpected = [k for k in state if k not in own and k not in buffers]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                    f"unexpected keys {unexpected}"
+                )
+        for key, value in state.items():
+            value = np.asarray(value)
+            if key in own:
+                p = own[key]
+                if value.shape != p.data.shape:
+                    raise ValueError(
+                        f"{type(self).__name__}.load_state_dict: '{key}' expected shape "
+                        f"{p.data.shape}, got {value.shape}"
+                    )
+                p.data[...] = value
+            elif key in buffers:
+                m, bname = buffers[key]
+                cur = getattr(m, bname)
+                if isinstance(cur, np.ndarray):
+                    if value.shape != cur.shape:
+                        raise ValueError(
+                            f"{type(self).__name__}.load_state_dict: buffer '{key}' expected "
+                            f"shape {cur.shape}, got {value.shape}"
+                        )
+                    cur[...] = value
+                else:
+                    object.__setattr__(m, bname, type(cur)(value))
+
+    # -- compute ----------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        if len(lines) == 1:
+            return lines[0] + ")"
+        return "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse."""
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(m).__name__}, expected a Module")
+            self.add_module(str(i), m)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module: Module) -> "Sequential":
+        self.add_module(str(len(self)), module)
+        return self
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m.forward(x)
+        return x
+
+    def backward(self, dy):
+        for m in reversed(self._modules.values()):
+            dy = m.backward(dy)
+        return dy
+
+
+def check_input(layer: str, x, ndim: Optional[Tuple[int, ...]] = None, dim: Optional[Dict[int, int]] = None):
+    """Validate a layer input: a floating ndarray with the expected rank and sizes."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{layer}: expected a numpy.ndarray input, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{layer}: expected a floating input (float32/float64), got dtype {x.dtype}")
+    if ndim is not None and x.ndim not in ndim:
+        want = " or ".join(f"{n}-D" for n in ndim)
+        raise ValueError(f"{layer}: expected a {want} input, got shape {x.shape}")
+    if dim:
+        for axis, size in dim.items():
+            if x.shape[axis] != size:
+                raise ValueError(
+                    f"{layer}: expected size {size} on axis {axis}, got input shape {x.shape}"
+                )
+    return x

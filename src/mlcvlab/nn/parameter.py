@@ -1,0 +1,124 @@
+"""Parameters and the flat buffer that holds all of a model's parameters.
+
+A model's parameters live in one contiguous data vector and its gradients in one
+grad vector; each :class:`Parameter` holds views into them. An optimizer step is
+then a few whole-vector NumPy calls, and an all-reduce is one call on one buffer.
+
+Rule for layer code: always read ``param.data`` / ``param.grad`` at call time and
+update gradients in place (``param.grad += dW``); never keep the arrays
+themselves, because flattening rebinds them to views of a new buffer.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array with its gradient.
+
+    data: the values, any shape. grad: same shape and dtype, accumulated by
+    ``Module.backward`` and reset by ``zero_grad``. ``decay`` says whether L2/L1
+    weight decay applies (False for biases and batch-norm scale and shift).
+    """
+
+    __slots__ = ("data", "grad", "decay", "_flat", "name")
+
+    def __init__(self, data: np.ndarray, decay: bool = True, name: str = ""):
+        data = np.asarray(data)
+        if not np.issubdtype(data.dtype, np.floating):
+            raise TypeError(f"Parameter: expected a floating array, got dtype {data.dtype}")
+        self.data = data
+        self.grad = np.zeros_like(data)
+        self.decay = decay
+        self._flat: Optional[FlatParameters] = None
+        self.name = name
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def zero_grad(self) -> None:
+        self.grad[...] = 0
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class FlatParameters:
+    """One data vector and one grad vector for an ordered list of parameters.
+
+    ``data`` and ``grad`` have shape (P,), P the total number of parameter
+    values; ``decay_mask`` is a (P,) boolean, True where weight decay applies;
+    ``slices[i]`` is where parameter i lives. Building it copies the current
+    values in and rebinds every ``Parameter.data`` / ``.grad`` to views.
+    """
+
+    def __init__(self, params: Sequence[Parameter], dtype=None):
+        params = list(params)
+        if not params:
+            raise ValueError("FlatParameters: got an empty parameter list; the model has no parameters")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("FlatParameters: the same Parameter appears twice in the list")
+        if dtype is None:
+            dtype = params[0].data.dtype
+        dtype = np.dtype(dtype)
+        total = sum(p.data.size for p in params)
+        self.params: List[Parameter] = params
+        self.data = np.empty(total, dtype=dtype)
+        self.grad = np.zeros(total, dtype=dtype)
+        self.decay_mask = np.empty(total, dtype=bool)
+        self.slices: List[slice] = []
+        offset = 0
+        for p in params:
+            sl = slice(offset, offset + p.data.size)
+            self.data[sl] = p.data.ravel()
+            self.grad[sl] = p.grad.ravel()
+            self.decay_mask[sl] = p.decay
+            shape = p.data.shape
+            p.data = self.data[sl].reshape(shape)
+            p.grad = self.grad[sl].reshape(shape)
+            p._flat = self
+            self.slices.append(sl)
+            offset += p.data.size
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def zero_grad(self) -> None:
+        self.grad.fill(0)
+
+    def covers(self, params: Sequence[Parameter]) -> bool:
+        """True when ``params`` are exactly this buffer's parameters, in order."""
+        params = list(params)
+        return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+
+    def __repr__(self) -> str:
+        return f"FlatParameters(n_params={len(self.params)}, size={self.size}, dtype={self.dtype})"
+
+
+def flatten(params: Iterable[Parameter], dtype=None) -> FlatParameters:
+    """The flat buffer of ``params``: the existing one when they already share it."""
+    params = list(params)
+    for p in params:
+        if not isinstance(p, Parameter):
+            raise TypeError(f"flatten: expected Parameter objects, got {type(p).__name__}")
+    if params:
+        flat = params[0]._flat
+        if flat is not None and flat.covers(params) and (dtype is None or flat.dtype == np.dtype(dtype)):
+            return flat
+    return FlatParameters(params, dtype=dtype)

@@ -40,6 +40,9 @@ class Module:
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
         params, modules, buffers = self._parameters, self._modules, self._buffers
+        if name in buffers and isinstance(value, np.ndarray):
+            object.__setattr__(self, name, value)    # a buffer updated in place or replaced
+            return
         for d in (params, modules, buffers):
             d.pop(name, None)
         if isinstance(value, Parameter):

@@ -1,0 +1,146 @@
+"""Trainer callbacks: progress bar, checkpoint/resume, early stopping, NaN guard.
+
+A callback overrides any of the hooks; ``trainer.stop_training = True`` ends
+``fit`` after the current epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import sys
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from mlcvlab.io import atomic_pickle
+
+
+class Callback:
+    def on_train_begin(self, trainer) -> None: ...
+    def on_epoch_begin(self, trainer, epoch: int) -> None: ...
+    def on_batch_end(self, trainer, batch: int, loss: float) -> None: ...
+    def on_epoch_end(self, trainer, record: Dict[str, Any]) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with the running loss (shown only on a terminal unless forced)."""
+
+    def __init__(self, force: bool = False):
+        self.enabled = force or sys.stderr.isatty()
+        self._bar = None
+
+    def on_epoch_begin(self, trainer, epoch):
+        if self.enabled:
+            from tqdm import tqdm
+            self._bar = tqdm(total=trainer.batches_per_epoch, desc=f"epoch {epoch}", leave=False,
+                             unit="batch", file=sys.stderr)
+
+    def on_batch_end(self, trainer, batch, loss):
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{loss:.4f}")
+
+    def on_epoch_end(self, trainer, record):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class NaNGuard(Callback):
+    """Stop with a clear error as soon as the training loss is NaN or infinite."""
+
+    def on_batch_end(self, trainer, batch, loss):
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at epoch {trainer.epoch}, batch {batch}: the run "
+                "diverged; lower the learning rate (currently "
+                f"{getattr(trainer.optimizer, 'lr', '?')}) or check the data for NaN")
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; optionally
+    restore the best weights at the end (Prechelt 1998)."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: Optional[str] = None, restore_best: bool = True):
+        if patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience}")
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        self.mode = mode or ("max" if "acc" in monitor else "min")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
+        self.restore_best = restore_best
+        self.best = None
+        self.best_epoch = None
+        self.best_state = None
+        self.wait = 0
+        self.stopped_epoch = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, trainer, record):
+        value = record.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping: the history has no '{self.monitor}' (pass a "
+                             f"val_loader to fit, or monitor one of {sorted(record)})")
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, record["epoch"], 0
+            if self.restore_best:
+                self.best_state = trainer.model.state_dict()
+        else:
+            self.wait += 1
+            if self.wait > self.patience:
+                self.stopped_epoch = record["epoch"]
+                trainer.stop_training = True
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+
+class Checkpoint(Callback):
+    """Write ``checkpoint.pkl`` in ``directory`` after every ``every`` epochs, atomically:
+    model and optimizer state, history, epoch and the data loader's RNG state, so
+    :meth:`Trainer.resume` continues the same run."""
+
+    FILENAME = "checkpoint.pkl"
+
+    def __init__(self, directory: str, every: int = 1):
+        if every < 1:
+            raise ValueError(f"Checkpoint: every must be >= 1, got {every}")
+        self.directory, self.every = directory, int(every)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.FILENAME)
+
+    def on_epoch_end(self, trainer, record):
+        if record["epoch"] % self.every == 0:
+            atomic_pickle(self.path, trainer.checkpoint_state())
+
+
+def load_checkpoint(directory: str) -> Dict[str, Any]:
+    """The state written by :class:`Checkpoint`, with a clear error when missing or corrupt."""
+    path = os.path.join(directory, Checkpoint.FILENAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist "
+                                "(train with a checkpoint first, or drop --resume)")
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} is unreadable ({err}); it is corrupt — "
+                         "delete it and train again") from err
+    for key in ("model", "optimizer", "history", "epoch"):
+        if key not in state:
+            raise ValueError(f"checkpoint {path} has no '{key}' entry; it was not written by mlcvlab")
+    return state
+
+

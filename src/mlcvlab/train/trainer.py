@@ -1,0 +1,193 @@
+"""The training loop: epochs of (forward, loss, backward, optimizer step), with
+per-epoch History, evaluation, schedules and callbacks."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mlcvlab.train.callbacks import Callback, NaNGuard, ProgressBar
+from mlcvlab.train.history import History
+
+
+def _labels_for(loss, pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Targets shaped for the loss: a (N, 1) sigmoid head takes (N, 1) float targets."""
+    if pred.ndim == 2 and pred.shape[1] == 1 and y.ndim == 1:
+        return y.reshape(-1, 1).astype(pred.dtype)
+    return y
+
+
+def _correct(pred: np.ndarray, y: np.ndarray) -> int:
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        return int(np.sum(pred.argmax(axis=1) == y))
+    scores = pred.reshape(-1)
+    yv = y.reshape(-1)
+    if yv.min() < 0:                      # labels in {-1, +1}, scores around 0
+        return int(np.sum(np.sign(scores) == yv))
+    threshold = 0.5 if scores.min() >= 0 and scores.max() <= 1 else 0.0
+    return int(np.sum((scores > threshold) == (yv > 0.5)))
+
+
+def evaluate(model, loss, batches: Iterable[Tuple[np.ndarray, np.ndarray]],
+             classification: bool = True) -> Dict[str, float]:
+    """Mean loss (and accuracy) of ``model`` in eval mode over (x, y) batches."""
+    was_training = model.training
+    model.eval()
+    total, n, correct = 0.0, 0, 0
+    try:
+        for xb, yb in batches:
+            pred = model(xb.astype(model.dtype, copy=False))
+            total += loss(pred, _labels_for(loss, pred, yb)) * len(xb)
+            n += len(xb)
+            if classification:
+                correct += _correct(pred, yb)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: got no batches (is the dataset empty?)")
+    out = {"loss": total / n}
+    if classification:
+        out["acc"] = correct / n
+    return out
+
+
+def array_batches(X: np.ndarray, y: np.ndarray, batch_size: int = 1024):
+    """Sequential (x, y) batches over arrays, for evaluation."""
+    for i in range(0, len(X), batch_size):
+        yield X[i:i + batch_size], y[i:i + batch_size]
+
+
+class Trainer:
+    """Fits ``model`` with ``loss`` and ``optimizer``.
+
+    schedulers: objects with ``step()`` called after every batch (learning rate,
+    batch size). step_fn: optional callable ``(trainer, xb, yb) -> (loss, timings)``
+    replacing the single-process step (data-parallel SGD plugs in here); timings
+    is a dict of seconds (compute, communication, update) summed per epoch.
+    """
+
+    def __init__(self, model, loss, optimizer, schedulers: Sequence[Any] = (),
+                 callbacks: Sequence[Callback] = (), progress: bool = False,
+                 classification: bool = True, step_fn=None, nan_guard: bool = True):
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.schedulers = list(schedulers)
+        self.callbacks: List[Callback] = list(callbacks)
+        if nan_guard and not any(isinstance(c, NaNGuard) for c in self.callbacks):
+            self.callbacks.append(NaNGuard())
+        if progress:
+            self.callbacks.append(ProgressBar(force=True))
+        self.classification = classification
+        self.step_fn = step_fn
+        self.history = History()
+        self.epoch = 0
+        self.stop_training = False
+        self.batches_per_epoch = None
+        self.train_loader = None
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, Dict[str, float]]:
+        """One optimizer step on one batch; returns the batch loss and timings."""
+        if self.step_fn is not None:
+            return self.step_fn(self, xb, yb)
+        t0 = time.perf_counter()
+        model = self.model
+        model.zero_grad()
+        pred = model(xb.astype(model.dtype, copy=False))
+        value = self.loss(pred, _labels_for(self.loss, pred, yb))
+        model.backward(self.loss.backward())
+        t1 = time.perf_counter()
+        self.optimizer.step()
+        t2 = time.perf_counter()
+        return value, {"compute_seconds": t1 - t0, "update_seconds": t2 - t1}
+
+    def _run_epoch(self, loader) -> Dict[str, Any]:
+        self.model.train()
+        total, n = 0.0, 0
+        timings: Dict[str, float] = {}
+        start = time.perf_counter()
+        for b, (xb, yb) in enumerate(loader):
+            value, t = self.train_step(xb, yb)
+            total += value * len(xb)
+            n += len(xb)
+            for k, v in t.items():
+                timings[k] = timings.get(k, 0.0) + v
+            for s in self.schedulers:
+                s.step()
+            for c in self.callbacks:
+                c.on_batch_end(self, b, value)
+        if n == 0:
+            raise ValueError("Trainer.fit: the training loader gave no batches "
+                             "(batch_size larger than the dataset with drop_last=True?)")
+        record = {"epoch": self.epoch, "train_loss": total / n, "seconds": time.perf_counter() - start}
+        record.update(timings)
+        return record
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train_loader, epochs: int, val_loader=None) -> History:
+        """Train for ``epochs`` more epochs; returns the History of the whole run."""
+        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"Trainer.fit: epochs must be a non-negative integer, got {epochs!r}")
+        self.train_loader = train_loader
+        self.stop_training = False
+        for c in self.callbacks:
+            c.on_train_begin(self)
+        for _ in range(int(epochs)):
+            self.epoch += 1
+            try:
+                self.batches_per_epoch = len(train_loader)
+            except TypeError:
+                self.batches_per_epoch = None
+            for c in self.callbacks:
+                c.on_epoch_begin(self, self.epoch)
+            lr = getattr(self.optimizer, "lr", None)
+            batch_size = getattr(train_loader, "batch_size", None)
+            record = self._run_epoch(train_loader)
+            record["lr"] = lr
+            record["batch_size"] = batch_size
+            if val_loader is not None:
+                metrics = evaluate(self.model, self.loss, val_loader, self.classification)
+                record["val_loss"] = metrics["loss"]
+                record["val_acc"] = metrics.get("acc")
+            else:
+                record["val_loss"] = record["val_acc"] = None
+            self.history.append(record)
+            for c in self.callbacks:
+                c.on_epoch_end(self, self.history[-1])
+            if self.stop_training:
+                break
+        for c in self.callbacks:
+            c.on_train_end(self)
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> Dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if hasattr(self.optimizer, "state_dict") else None,
+            "schedulers": [s.state_dict() if hasattr(s, "state_dict") else None for s in self.schedulers],
+            "history": list(self.history.records),
+            "epoch": self.epoch,
+            "loader": None,
+        }
+        loader = self.train_loader
+        if loader is not None and hasattr(loader, "state_dict"):
+            state["loader"] = loader.state_dict()
+        return state
+
+    def load_checkpoint_state(self, state: Dict[str, Any]) -> None:
+        """Restore a state from :meth:`checkpoint_state` so ``fit`` continues the same run."""
+        self.model.load_state_dict(state["model"])
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        for s, st in zip(self.schedulers, state.get("schedulers") or []):
+            if st is not None:
+                s.load_state_dict(st)
+        self.history = History(state["history"])
+        self.epoch = int(state["epoch"])
+        self._loader_state = state.get("loader")
+
+    def restore_loader(self, loader) -> None:
+        st = getattr(self, "_loader_state", None)
+        if st is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(st)

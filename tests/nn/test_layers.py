@@ -1,0 +1,191 @@
+"""Layers: finite-difference gradient checks (float64, train mode), PyTorch parity
+(forward, backward, batch-norm running statistics) and input validation."""
+import numpy as np
+import pytest
+import torch
+
+from mlcvlab import nn
+from mlcvlab.testing import gradcheck_module
+
+torch.set_num_threads(1)
+
+
+def _t(a, grad=False):
+    return torch.tensor(np.asarray(a), requires_grad=grad)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (lambda: nn.Linear(4, 3), (5, 4)),
+    (lambda: nn.Linear(4, 3, bias=False), (5, 4)),
+    (lambda: nn.BatchNorm1d(3), (6, 3)),
+    (lambda: nn.BatchNorm1d(3), (2, 3)),
+    (lambda: nn.BatchNorm2d(2), (3, 2, 4, 5)),
+    (lambda: nn.BatchNorm2d(2), (1, 2, 3, 2)),
+    (lambda: nn.Dropout(0.4, rng=0), (6, 5)),
+    (lambda: nn.ReLU(), (4, 5)),
+    (lambda: nn.LeakyReLU(0.1), (4, 5)),
+    (lambda: nn.Sigmoid(), (4, 5)),
+    (lambda: nn.Tanh(), (4, 5)),
+    (lambda: nn.Softmax(), (4, 5)),
+    (lambda: nn.Flatten(), (2, 3, 2, 2)),
+    (lambda: nn.GlobalAvgPool2d(), (2, 3, 4, 5)),
+    (lambda: nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.5, rng=1),
+                           nn.Linear(6, 2)), (7, 4)),
+])
+def test_gradcheck(layer, shape, rng):
+    x = rng.standard_normal(shape)
+    gradcheck_module(layer(), x)
+
+
+def test_linear_parity_with_torch(rng):
+    for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        layer = nn.Linear(6, 4).astype(dtype)
+        x = rng.standard_normal((5, 6)).astype(dtype)
+        dy = rng.standard_normal((5, 4)).astype(dtype)
+        tl = torch.nn.Linear(6, 4).to(torch.float32 if dtype == np.float32 else torch.float64)
+        with torch.no_grad():
+            tl.weight.copy_(_t(layer.weight.data))
+            tl.bias.copy_(_t(layer.bias.data))
+        tx = _t(x, grad=True)
+        ty = tl(tx)
+        ty.backward(_t(dy))
+        y = layer(x)
+        dx = layer.backward(dy)
+        assert y.dtype == dtype and dx.dtype == dtype
+        np.testing.assert_allclose(y, ty.detach().numpy(), atol=tol)
+        np.testing.assert_allclose(dx, tx.grad.numpy(), atol=tol)
+        np.testing.assert_allclose(layer.weight.grad, tl.weight.grad.numpy(), atol=tol)
+        np.testing.assert_allclose(layer.bias.grad, tl.bias.grad.numpy(), atol=tol)
+
+
+@pytest.mark.parametrize("ours,theirs,shape", [
+    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (8, 3)),
+    (nn.BatchNorm2d, torch.nn.BatchNorm2d, (4, 3, 5, 6)),
+])
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_batchnorm_parity_running_stats_and_eval(ours, theirs, shape, dtype, tol, rng):
+    bn = ours(shape[1], momentum=0.2).astype(dtype)
+    tbn = theirs(shape[1], momentum=0.2).to(torch.float32 if dtype == np.float32 else torch.float64)
+    gamma = rng.standard_normal(shape[1]).astype(dtype)
+    beta = rng.standard_normal(shape[1]).astype(dtype)
+    bn.weight.data[...] = gamma
+    bn.bias.data[...] = beta
+    with torch.no_grad():
+        tbn.weight.copy_(_t(gamma))
+        tbn.bias.copy_(_t(beta))
+    for step in range(4):
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        bn.zero_grad()
+        tbn.zero_grad()
+        tx = _t(x, grad=True)
+        ty = tbn(tx)
+        ty.backward(_t(dy))
+        y = bn(x)
+        dx = bn.backward(dy)
+        np.testing.assert_allclose(y, ty.detach().numpy(), atol=tol)
+        np.testing.assert_allclose(dx, tx.grad.numpy(), atol=tol * 10)
+        np.testing.assert_allclose(bn.weight.grad, tbn.weight.grad.numpy(), atol=tol * 10)
+        np.testing.assert_allclose(bn.bias.grad, tbn.bias.grad.numpy(), atol=tol * 10)
+    np.testing.assert_allclose(bn.running_mean, tbn.running_mean.numpy(), atol=tol)
+    np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), atol=tol)
+    bn.eval()
+    tbn.eval()
+    x = rng.standard_normal(shape).astype(dtype)
+    np.testing.assert_allclose(bn(x), tbn(_t(x)).detach().numpy(), atol=tol)
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (nn.ReLU(), torch.nn.ReLU()), (nn.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
+    (nn.Sigmoid(), torch.nn.Sigmoid()), (nn.Tanh(), torch.nn.Tanh()),
+    (nn.Softmax(), torch.nn.Softmax(dim=-1)),
+])
+def test_activation_parity(ours, theirs, rng):
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    dy = rng.standard_normal((6, 5)).astype(np.float32)
+    tx = _t(x, grad=True)
+    theirs(tx).backward(_t(dy))
+    np.testing.assert_allclose(ours(x), theirs(_t(x)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours.backward(dy), tx.grad.numpy(), atol=1e-6)
+
+
+def test_dropout_module_fresh_masks_eval_identity_and_expectation():
+    d = nn.Dropout(0.25, rng=0)
+    x = np.ones((400, 400), dtype=np.float32)
+    y1, y2 = d(x), d(x)
+    assert not np.array_equal(y1, y2)
+    assert abs(float(y1.mean()) - 1.0) < 0.01
+    assert abs(float((y1 == 0).mean()) - 0.25) < 0.01
+    d.eval()
+    np.testing.assert_array_equal(d(x), x)
+
+
+def test_flat_buffer_views_and_updates():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    flat = model.flat()
+    assert flat.size == model.num_parameters() == 3 * 4 + 4 + 4 + 4 + 4 * 2 + 2
+    for p in model.parameters():
+        assert np.shares_memory(p.data, flat.data) and np.shares_memory(p.grad, flat.grad)
+    assert model.flat() is flat                              # built once
+    flat.data -= 1.0                                         # a step on the buffer...
+    np.testing.assert_array_equal(model[0].weight.data.ravel(), flat.data[:12])   # ...is the model's
+    # weight decay applies to weights only, not to biases or BN scale/shift
+    expected = np.concatenate([np.ones(12), np.zeros(4), np.zeros(8), np.ones(8), np.zeros(2)])
+    np.testing.assert_array_equal(flat.decay_mask, expected.astype(bool))
+    x = np.ones((5, 3), dtype=np.float32)
+    model(x)
+    model.backward(np.ones((5, 2), dtype=np.float32))
+    assert np.abs(flat.grad).sum() > 0
+    model.zero_grad()
+    assert not flat.grad.any()
+
+
+def test_astype_state_dict_roundtrip(rng):
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    model(rng.standard_normal((6, 3)).astype(np.float32))
+    state = model.state_dict()
+    assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                          "1.running_var", "1.num_batches_tracked", "3.weight", "3.bias"}
+    model.astype(np.float64)
+    assert model.dtype == np.float64 and model[1].running_mean.dtype == np.float64
+    other = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    other.flat()
+    other.load_state_dict(state)
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+    assert np.shares_memory(other[0].weight.data, other.flat().data)   # load keeps the buffer
+    with pytest.raises(ValueError, match="missing keys"):
+        other.load_state_dict({"0.weight": state["0.weight"]})
+    bad = dict(state)
+    bad["0.weight"] = np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"'0.weight' expected shape \(4, 3\), got \(2, 2\)"):
+        other.load_state_dict(bad)
+
+
+def test_bad_input_messages():
+    with pytest.raises(ValueError, match=r"Linear: expected size 4 on axis 1, got input shape \(2, 3\)"):
+        nn.Linear(4, 2)(np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="Linear: expected a floating input"):
+        nn.Linear(4, 2)(np.ones((2, 4), dtype=np.int32))
+    with pytest.raises(ValueError, match=r"BatchNorm2d: expected a 4-D input, got shape \(2, 3\)"):
+        nn.BatchNorm2d(3)(np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"Dropout: p is the drop probability and must be in \[0, 1\), got 1.0"):
+        nn.Dropout(1.0)
+    with pytest.raises(ValueError, match="Linear: in_features must be a positive integer, got 0"):
+        nn.Linear(0, 3)
+    with pytest.raises(ValueError, match="Conv2d: stride must be >= 1"):
+        nn.Conv2d(1, 2, 3, stride=0)
+    with pytest.raises(RuntimeError, match="backward called without a forward"):
+        nn.Linear(2, 2).backward(np.ones((1, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="batchnorm: needs more than one value per feature"):
+        nn.BatchNorm1d(3)(np.ones((1, 3), dtype=np.float32))
+
+
+def test_float32_stays_float32(rng):
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(4, 3), nn.Sigmoid())
+    x = rng.standard_normal((8, 5)).astype(np.float32)
+    y = model(x)
+    assert y.dtype == np.float32
+    assert model.backward(np.ones_like(y)).dtype == np.float32
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())

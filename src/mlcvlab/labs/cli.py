@@ -1,0 +1,82 @@
+"""The ``lab`` command: ``mlcvlab lab list`` and
+``mlcvlab lab run NAME|all [--quick] [--out DIR] [--seed S] [--set KEY=VALUE ...]``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mlcvlab.labs import registry
+
+
+def register(subparsers) -> None:
+    """Add the ``lab`` command (with ``list`` and ``run``) to the top-level parser."""
+    p = subparsers.add_parser("lab", help="list and run the labs (classic studies rerun)")
+    sub = p.add_subparsers(dest="lab_command", metavar="{list,run}")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    p_list = sub.add_parser("list", help="the labs, their studies and expected run times")
+    p_list.set_defaults(func=cmd_list)
+
+    p_run = sub.add_parser("run", help="run a lab (or 'all') and write its report")
+    p_run.add_argument("name", help="lab name from `mlcvlab lab list`, or 'all'")
+    p_run.add_argument("--quick", action="store_true", help="the quick preset (< 1 min)")
+    p_run.add_argument("--out", default=None, help="output folder (default lab_runs/<name>/)")
+    p_run.add_argument("--seed", type=int, default=None,
+                       help="random seed (default: the preset's, else 0)")
+    p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable), read as the preset value's type")
+    p_run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_run.set_defaults(func=cmd_run)
+
+
+def cmd_list(args) -> int:
+    labs, errors = registry.discover()
+    rows = [(lab.name, f"{lab.expected_seconds['quick']:g} s", f"{lab.expected_seconds['full']:g} s",
+             lab.study) for lab in labs]
+    header = ("name", "quick", "full", "study")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for r in [header, *rows]:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+    for name, err in errors.items():
+        print(f"{name}: could not be imported ({err})", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    if args.name != "all":
+        registry.run_lab(args.name, quick=args.quick, out_dir=args.out, seed=args.seed,
+                         overrides=args.overrides, show_progress=not args.no_progress)
+        return 0
+    names = registry.lab_names()
+    _check_overrides_known(names, args.overrides)
+    failed = []
+    for name in names:
+        out = str(Path(args.out) / name) if args.out else None
+        try:
+            keys = registry.get_lab(name).quick
+            own = [o for o in args.overrides if o.split("=", 1)[0].strip() in keys]
+            registry.run_lab(name, quick=args.quick, out_dir=out, seed=args.seed, overrides=own,
+                             show_progress=not args.no_progress)
+        except Exception as err:  # keep going: report every failing lab at the end
+            print(f"lab {name}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+            failed.append(name)
+    if failed:
+        print(f"{len(failed)} of {len(names)} labs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_overrides_known(names, overrides) -> None:
+    """With 'all', a --set key must belong to at least one lab's config."""
+    keys = set()
+    for name in names:
+        try:
+            keys |= set(registry.get_lab(name).quick)
+        except Exception:
+            continue
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or key not in keys:
+            raise ValueError(f"--set {item!r}: no lab has a config key {key!r} "
+                             "(or the form is not key=value)")

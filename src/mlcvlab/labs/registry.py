@@ -1,0 +1,180 @@
+"""The lab registry: declare a lab with :func:`lab`, find it with :func:`get_lab`,
+run it with :func:`run_lab`.
+
+Lab modules are the modules of the ``mlcvlab.labs`` package other than the
+framework's own (registry, cli, report) and names starting with "_"; a module
+``dying_relu.py`` holds the lab named ``dying-relu``. Modules are imported
+only when needed, and one that fails to import is reported by :func:`discover`
+instead of breaking the others.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+FRAMEWORK_MODULES = {"registry", "cli", "report"}
+PRESETS = ("quick", "full")
+
+RunFn = Callable[[Dict[str, Any], Path, Callable], Dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A registered lab: name, the study it reruns, two preset configs and their expected seconds."""
+
+    name: str
+    study: str
+    quick: Dict[str, Any]
+    full: Dict[str, Any]
+    expected_seconds: Dict[str, float]
+    run: RunFn
+    module: str = field(default="")
+
+    def preset(self, which: str) -> Dict[str, Any]:
+        """A fresh copy of the "quick" or "full" config."""
+        if which not in PRESETS:
+            raise ValueError(f"lab {self.name}: preset must be one of {PRESETS}, got {which!r}")
+        return json.loads(json.dumps(self.quick if which == "quick" else self.full))
+
+
+_REGISTRY: Dict[str, Lab] = {}
+
+
+def lab(name: str, study: str, quick: Dict[str, Any], full: Dict[str, Any],
+        expected_seconds: Dict[str, float]) -> Callable[[RunFn], RunFn]:
+    """Decorator registering ``run(config, out_dir, progress) -> results`` as lab ``name``.
+
+    quick / full: JSON-able dicts with the same keys (``--set`` coerces to their
+    value types); expected_seconds: {"quick": s, "full": s} on 2 CPU cores.
+    """
+    if set(quick) != set(full):
+        raise ValueError(f"lab {name}: quick and full presets need the same keys, "
+                         f"got {sorted(quick)} and {sorted(full)}")
+    if set(expected_seconds) != set(PRESETS):
+        raise ValueError(f"lab {name}: expected_seconds needs keys {PRESETS}, "
+                         f"got {sorted(expected_seconds)}")
+
+    def register(run: RunFn) -> RunFn:
+        _REGISTRY[name] = Lab(name, study, dict(quick), dict(full), dict(expected_seconds), run,
+                              run.__module__)
+        return run
+
+    return register
+
+
+def module_names() -> List[str]:
+    """Names of the lab modules in the mlcvlab.labs package (without importing them)."""
+    import mlcvlab.labs as pkg
+
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                  if m.name not in FRAMEWORK_MODULES and not m.name.startswith("_"))
+
+
+def lab_names() -> List[str]:
+    """Lab names, e.g. 'dying-relu' for module dying_relu.py."""
+    return [m.replace("_", "-") for m in module_names()]
+
+
+def get_lab(name: str) -> Lab:
+    """Import the module of lab ``name`` and return its registration."""
+    if name not in _REGISTRY:
+        names = lab_names()
+        if name not in names:
+            raise ValueError(f"unknown lab {name!r}; available labs: {', '.join(names)} "
+                             "(see `mlcvlab lab list`)")
+        importlib.import_module(f"mlcvlab.labs.{name.replace('-', '_')}")
+        if name not in _REGISTRY:
+            raise RuntimeError(f"module mlcvlab.labs.{name.replace('-', '_')} does not register a lab "
+                               f"named {name!r} (use @lab(name={name!r}, ...))")
+    return _REGISTRY[name]
+
+
+def discover() -> Tuple[List[Lab], Dict[str, str]]:
+    """All labs that import cleanly, and {name: error message} for those that do not."""
+    labs, errors = [], {}
+    for name in lab_names():
+        try:
+            labs.append(get_lab(name))
+        except Exception as err:  # one broken lab must not hide the others
+            errors[name] = f"{type(err).__name__}: {err}"
+    return labs, errors
+
+
+# -- config overrides -----------------------------------------------------------------
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def coerce(text: str, like: Any, key: str = "value") -> Any:
+    """Parse ``text`` into the type of the preset value ``like`` (bool, int, float, str, list, None)."""
+    try:
+        if isinstance(like, bool):
+            low = text.strip().lower()
+            if low not in _TRUE | _FALSE:
+                raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
+            return low in _TRUE
+        if isinstance(like, int):
+            return int(text)
+        if isinstance(like, float):
+            return float(text)
+        if isinstance(like, (list, tuple)):
+            parts = [p for p in text.strip("[]() ").split(",") if p.strip()]
+            return [coerce(p.strip(), like[0] if like else "", key) for p in parts]
+        if like is None:
+            return json.loads(text) if text.strip() not in ("", "none", "None") else None
+        return text
+    except (ValueError, json.JSONDecodeError) as err:
+        raise ValueError(f"--set {key}={text}: cannot read it as {type(like).__name__} "
+                         f"(the preset value is {like!r}): {err}") from None
+
+
+def apply_overrides(config: Dict[str, Any], overrides: Sequence[str],
+                    lab_name: str = "") -> Dict[str, Any]:
+    """Return ``config`` updated by "key=value" strings, each coerced to the preset value's type."""
+    config = dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in config:
+            raise ValueError(f"lab {lab_name}: unknown config key {key!r}; valid keys: "
+                             f"{', '.join(sorted(config))}")
+        config[key] = coerce(text, config[key], key)
+    return config
+
+
+# -- running ----------------------------------------------------------------------------
+def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None, seed: Optional[int] = None,
+            overrides: Sequence[str] = (), workers: Optional[int] = None,
+            show_progress: bool = True) -> Dict[str, Any]:
+    """Run lab ``name`` with its quick or full preset; write results.json and config.json.
+
+    The config passed to the lab is the preset, updated by ``overrides``, with
+    "seed" set (``seed`` argument, else the preset's "seed", else 0). The lab's
+    run writes report.md and figures; this function writes the JSON files.
+    Returns the results dict. Default out_dir: lab_runs/<name>/.
+    """
+    from mlcvlab.labs import report
+
+    spec = get_lab(name)
+    preset = "quick" if quick else "full"
+    config = apply_overrides(spec.preset(preset), overrides, name)
+    config["seed"] = int(seed if seed is not None else config.get("seed", 0))
+    out = Path(out_dir) if out_dir else Path("lab_runs") / name
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"lab {name} ({preset} preset, expected ~{spec.expected_seconds[preset]:g} s) -> {out}/")
+    start = time.perf_counter()
+    results = spec.run(config, out, report.progress_factory(show_progress))
+    if not isinstance(results, dict):
+        raise TypeError(f"lab {name}: run() must return a dict of results, "
+                        f"got {type(results).__name__}")
+    seconds = time.perf_counter() - start
+    report.write_json(out / "results.json", results)
+    report.write_config(out, config, lab=name, preset=preset, workers=workers, seconds=seconds)
+    print(f"lab {name}: done in {seconds:.1f} s; report at {out / 'report.md'}")
+    return results

@@ -1,0 +1,39 @@
+"""summarize() on our own Modules."""
+import numpy as np
+import pytest
+
+from mlcvlab.analysis import format_summary, summarize, totals
+from mlcvlab.nn.module import Sequential
+from mlcvlab.nn.modules import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+
+
+def test_summarize_mlp():
+    model = Sequential(Linear(4, 8), ReLU(), Linear(8, 3))
+    rows = summarize(model, (4,))
+    assert [r.kind for r in rows] == ["Linear", "ReLU", "Linear"]
+    assert [r.out_shape for r in rows] == [(8,), (8,), (3,)]
+    assert [(r.weights, r.biases) for r in rows] == [(32, 8), (0, 0), (24, 3)]
+    assert [r.macs for r in rows] == [32, 0, 24]
+    assert totals(rows)["params"] == model.num_parameters() == 67
+    assert totals(rows)["activations"] == 19
+    text = format_summary(rows)
+    assert "Linear" in text and "total" in text and "67" in text
+
+
+def test_summarize_cnn_restores_mode_and_forward():
+    model = Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), MaxPool2d(2), Flatten(), Linear(4 * 7 * 7, 5))
+    model.train()
+    rows = summarize(model, (1, 14, 14))
+    assert rows[0].out_shape == (4, 14, 14)
+    assert rows[0].macs == 4 * 14 * 14 * 1 * 3 * 3
+    assert rows[3].out_shape == (196,)
+    assert rows[4].macs == 196 * 5
+    assert model.training and all(m.training for m in model.modules())
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    y = model(np.zeros((2, 1, 14, 14), dtype=model.dtype))
+    assert y.shape == (2, 5)
+
+
+def test_summarize_rejects_bad_shape():
+    with pytest.raises(ValueError, match="summarize"):
+        summarize(Sequential(Linear(4, 2)), ())

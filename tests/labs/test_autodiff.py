@@ -1,0 +1,40 @@
+"""The autodiff lab's quick preset, through the Python API and the CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlcvlab.labs import run_lab
+
+REPORT_KEYS = ["x1", "x2", "graph_engine", "example_z", "example_grad", "example_fd",
+               "example_closed_form", "example_trace", "example_max_err_fd", "example_grad_rounded",
+               "neuron_loss", "neuron_y", "neuron_grad_w", "neuron_grad_b", "neuron_fd_w",
+               "neuron_fd_b", "neuron_closed_w", "neuron_closed_b", "neuron_trace",
+               "neuron_max_err_fd", "neuron_max_err_closed", "neuron_grad_w_rounded"]
+
+
+def test_autodiff_quick_via_api(tmp_path):
+    res = run_lab("autodiff", quick=True, out_dir=str(tmp_path), show_progress=False)
+    assert res["example_grad_rounded"] == [1.3633, 0.1912]
+    assert res["example_max_err_fd"] < 1e-7 and res["neuron_max_err_fd"] < 1e-7
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(REPORT_KEYS) <= set(saved)
+    report = (tmp_path / "report.md").read_text()
+    assert "1.3633" in report and "0.1912" in report
+    for name in ("graph_example.png", "graph_neuron.png", "example_steps.csv", "neuron_check.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+    ops = [row["op"] for row in saved["neuron_trace"]]
+    assert "sigmoid" in ops and ops[-1] == "pow"
+
+
+def test_autodiff_quick_via_cli_with_set(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mlcvlab", "lab", "run", "autodiff", "--quick",
+                          "--no-progress", "--out", str(tmp_path), "--set", "x1=0.25",
+                          "--set", "neuron_w=0.5,0.5"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["x1"] == 0.25
+    import math
+    assert saved["example_grad"][0] == pytest.approx(math.sin(0.75) / 0.25)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["neuron_w"] == [0.5, 0.5]

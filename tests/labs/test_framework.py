@@ -1,0 +1,116 @@
+"""The lab framework: registry, --set coercion, errors, report toolkit, CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from mlcvlab import cli
+from mlcvlab.labs import registry
+from mlcvlab.labs.registry import apply_overrides, coerce, get_lab, lab, lab_names
+from mlcvlab.labs.report import Report, markdown_table, to_jsonable, write_config
+
+
+def test_coerce_follows_preset_types():
+    assert coerce("7", 3) == 7 and isinstance(coerce("7", 3), int)
+    assert coerce("1e-3", 0.1) == pytest.approx(1e-3)
+    assert coerce("no", True) is False and coerce("Yes", False) is True
+    assert coerce("2, 4,8", [1]) == [2, 4, 8]
+    assert coerce("0.5,0.25", [0.1, 0.2]) == [0.5, 0.25]
+    assert coerce("relu", "tanh") == "relu"
+    with pytest.raises(ValueError, match="int"):
+        coerce("3.5", 3)
+    with pytest.raises(ValueError, match="bool"):
+        coerce("maybe", True)
+
+
+def test_apply_overrides_and_unknown_key():
+    cfg = {"epochs": 2, "lr": 0.1, "bn": False}
+    out = apply_overrides(cfg, ["epochs=5", "bn=true"], "demo")
+    assert out == {"epochs": 5, "lr": 0.1, "bn": True} and cfg["epochs"] == 2
+    with pytest.raises(ValueError, match="unknown config key 'epoch'.*epochs"):
+        apply_overrides(cfg, ["epoch=5"], "demo")
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(cfg, ["epochs"], "demo")
+
+
+def test_unknown_lab_error_lists_labs():
+    with pytest.raises(ValueError, match="unknown lab 'nope'.*architectures"):
+        get_lab("nope")
+
+
+def test_discovery_finds_our_labs_without_framework_modules():
+    names = lab_names()
+    assert "architectures" in names and "autodiff" in names
+    assert not {"registry", "cli", "report"} & set(names)
+
+
+def test_lab_decorator_checks_presets():
+    with pytest.raises(ValueError, match="same keys"):
+        lab("bad", "s", {"a": 1}, {"b": 1}, {"quick": 1, "full": 1})
+    with pytest.raises(ValueError, match="expected_seconds"):
+        lab("bad", "s", {"a": 1}, {"a": 1}, {"quick": 1})
+
+
+def test_run_lab_with_registered_toy_lab(tmp_path):
+    @lab("toy", "a toy study", quick={"n": 3, "scale": 1.0}, full={"n": 30, "scale": 1.0},
+         expected_seconds={"quick": 1, "full": 2})
+    def run(config, out_dir, progress):
+        rng = np.random.default_rng(config["seed"])
+        values = rng.standard_normal(config["n"]) * config["scale"]
+        results = {"mean": values.mean(), "n": config["n"], "values": values}
+        rep = Report(out_dir, "Toy", results)
+        rep.note_substitution("MNIST", "mnist10k")
+        rep.setup(config)
+        rep.text("Mean of {n} draws: {mean:.3f}.")
+        rep.table("draws", [{"i": i, "value": v} for i, v in enumerate(values)], "{n} draws")
+        rep.write()
+        return results
+
+    try:
+        res = registry.run_lab("toy", quick=True, out_dir=str(tmp_path), seed=5,
+                               overrides=["scale=2"], show_progress=False)
+        again = registry.run_lab("toy", quick=True, out_dir=str(tmp_path / "b"), seed=5,
+                                 overrides=["scale=2"], show_progress=False)
+    finally:
+        registry._REGISTRY.pop("toy")
+    assert res["n"] == 3 and np.array_equal(res["values"], again["values"])   # same seed, same run
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["mean"] == pytest.approx(float(res["mean"])) and len(saved["values"]) == 3
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["seed"] == 5 and config["config"]["scale"] == 2.0 and config["numpy"] == np.__version__
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# Toy\n\n> **Note:** Data substitution: MNIST")
+    assert f"Mean of 3 draws: {res['mean']:.3f}." in report
+    assert (tmp_path / "draws.csv").read_text().splitlines()[0] == "i,value"
+
+
+def test_report_refuses_numbers_not_in_results(tmp_path):
+    rep = Report(tmp_path, "t", {"acc": 0.9})
+    rep.text("accuracy {acc:.0%}")
+    assert rep.used_keys == {"acc"}
+    with pytest.raises(KeyError, match="loss"):
+        rep.text("loss {loss:.3f}")
+
+
+def test_json_conversion_and_config_without_git(tmp_path, monkeypatch):
+    obj = {"a": np.float32(1.5), "b": np.arange(3), "c": (np.int64(2), np.bool_(True)), "d": float("nan")}
+    assert to_jsonable(obj) == {"a": 1.5, "b": [0, 1, 2], "c": [2, True], "d": "nan"}
+    monkeypatch.setenv("PATH", "")                      # no git binary reachable
+    write_config(tmp_path, {"seed": 1}, workers=4)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["git_commit"] is None and record["workers"] == 4
+
+
+def test_markdown_table_alignment():
+    text = markdown_table([{"name": "a", "n": 1234}, {"name": "b", "n": 5}])
+    assert text.splitlines()[1] == "|---|---:|" and "1,234" in text
+
+
+def test_cli_list_and_errors(capsys):
+    assert cli.main(["lab", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "architectures" in out and "autodiff" in out and "quick" in out
+    assert cli.main(["lab", "run", "nope"]) == 1
+    assert "unknown lab 'nope'" in capsys.readouterr().err
+    assert cli.main(["lab", "run", "autodiff", "--quick", "--set", "nokey=1"]) == 1
+    assert "unknown config key 'nokey'" in capsys.readouterr().err

@@ -33,7 +33,8 @@ class Loss:
         return self._grad
 
     def _compute(self, pred, target):
-        raise NotImplementedError
+        """(value, dL/dpred) of a validated pred; Loss is abstract, each loss implements it."""
+        raise NotImplementedError(f"{type(self).__name__}._compute: Loss is abstract")
 
 
 def _check_same_shape(name, pred, target):

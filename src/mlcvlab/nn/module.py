@@ -190,10 +190,12 @@ class Module:
 
     # -- compute ----------------------------------------------------------------
     def forward(self, x):
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+        raise NotImplementedError(
+            f"{type(self).__name__}.forward: Module is abstract; subclasses implement forward")
 
     def backward(self, dy):
-        raise NotImplementedError(f"{type(self).__name__}.backward")
+        raise NotImplementedError(
+            f"{type(self).__name__}.backward: Module is abstract; subclasses implement backward")
 
     def __call__(self, x):
         return self.forward(x)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "rmsprop-nest
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01, "rmsprop": 0.001,
               "rmsprop-nesterov": 0.001, "adadelta": 1.0, "adam": 0.001, "adamw": 0.001}
 SCHEDULES = ["none", "exponential", "cyclic"]
-DEFAULT_DATASET = "digits"
+DEFAULT_DATASET = "mnist10k"
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
@@ -66,7 +67,13 @@ def build_model(name: str, in_shape, n_classes: int, seed: int):
         return models.NN4(in_features, n_classes=n_classes, rng=seed)
     if name == "mlp":
         return models.mlp([in_features, 512, 256, n_classes], rng=seed)
-    return models.get_model(name, num_classes=n_classes, in_channels=in_shape[0], rng=seed)
+    builder = models.MODELS.get(name)
+    kwargs = {"num_classes": n_classes, "in_channels": in_shape[0], "rng": seed}
+    if builder is not None:   # pass only what this model's constructor takes
+        accepted = inspect.signature(builder).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return models.get_model(name, **kwargs)
 
 
 def loss_for(model):

@@ -29,6 +29,11 @@ def _correct(pred: np.ndarray, y: np.ndarray) -> int:
     return int(np.sum((scores > threshold) == (yv > 0.5)))
 
 
+def _module_generators(model) -> List[np.random.Generator]:
+    """The generators of the model's random layers (dropout masks), in module order."""
+    return [m.rng for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
+
+
 def evaluate(model, loss, batches: Iterable[Tuple[np.ndarray, np.ndarray]],
              classification: bool = True) -> Dict[str, float]:
     """Mean loss (and accuracy) of ``model`` in eval mode over (x, y) batches."""
@@ -76,7 +81,7 @@ class Trainer:
         if nan_guard and not any(isinstance(c, NaNGuard) for c in self.callbacks):
             self.callbacks.append(NaNGuard())
         if progress:
-            self.callbacks.append(ProgressBar(force=True))
+            self.callbacks.append(ProgressBar())
         self.classification = classification
         self.step_fn = step_fn
         self.history = History()
@@ -169,6 +174,7 @@ class Trainer:
             "history": list(self.history.records),
             "epoch": self.epoch,
             "loader": None,
+            "module_rngs": [g.bit_generator.state for g in _module_generators(self.model)],
         }
         loader = self.train_loader
         if loader is not None and hasattr(loader, "state_dict"):
@@ -186,6 +192,13 @@ class Trainer:
         self.history = History(state["history"])
         self.epoch = int(state["epoch"])
         self._loader_state = state.get("loader")
+        gens = _module_generators(self.model)
+        saved = state.get("module_rngs") or []
+        if len(saved) != len(gens):
+            raise ValueError(f"checkpoint has {len(saved)} module generators, the model has "
+                             f"{len(gens)}: it was written for a different model")
+        for g, st in zip(gens, saved):
+            g.bit_generator.state = st
 
     def restore_loader(self, loader) -> None:
         st = getattr(self, "_loader_state", None)

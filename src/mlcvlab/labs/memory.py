@@ -1,0 +1,423 @@
+"""Lab ``memory``: where the memory of training goes.
+
+1. Parameters and float32 size of classic ImageNet networks (ResNet-18/50/152,
+   AlexNet, VGG19), computed by :mod:`mlcvlab.analysis` from layer specs.
+2. Optimizer state: the bytes of the state arrays our SGD, SGD+momentum and
+   Adam actually allocate, next to the formula 0 / 1 / 2 x parameters.
+3. Memory of one training step vs batch size: the analytic model
+   :func:`training_memory` (parameters + gradients + optimizer state + the
+   arrays our layers keep for backward) next to the bytes actually held in the
+   layers' caches and the peak traced by ``tracemalloc`` (which also sees the
+   temporaries of forward and backward).
+4. Accuracy after a fixed number of epochs and wall time per batch size.
+"""
+from __future__ import annotations
+
+import time
+import tracemalloc
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from mlcvlab import analysis as A
+from mlcvlab.data.datasets import load, resolve_dataset
+from mlcvlab.labs.depth_width import EpochShuffledBatches
+from mlcvlab.labs.registry import lab
+from mlcvlab.labs.report import Report, new_figure
+from mlcvlab.models import get_model, lenet5, mlp
+from mlcvlab.nn import CrossEntropyLoss
+from mlcvlab.optim import SGD, Adam
+from mlcvlab.train import Trainer, array_batches, evaluate
+
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}   # state arrays of P values each
+MB = 2 ** 20
+
+_FULL = {"spec_models": ["alexnet", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
+                         "resnet152"], "spec_batch": 32,
+         "state_models": ["lenet5", "resnet20", "resnet18", "minigooglenet"],
+         "model": "lenet5", "dataset": "mnist", "n_train": 0, "n_test": 0,
+         "batch_sizes": [4, 16, 64, 256], "epochs": 10, "lr": 0.01, "momentum": 0.9}
+_QUICK = {**_FULL, "spec_models": ["alexnet", "resnet18", "resnet50", "resnet152"],
+          "state_models": ["mlp", "lenet5"], "model": "mlp", "n_train": 768, "n_test": 512,
+          "epochs": 1}
+
+
+# -- the analytic memory model ---------------------------------------------------------------------
+KEEPS_INPUT = ("Linear", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm1d", "BatchNorm2d")
+KEEPS_OUTPUT = ("Sigmoid", "Tanh", "Softmax")
+ALIASES = ("Flatten", "Identity")           # output is a view of the input
+
+
+def _trace_shapes(model, input_shape: Sequence[int]) -> List[Tuple[Any, tuple, tuple]]:
+    """(layer, input shape, output shape) per sample for each layer of a Sequential chain."""
+    layers = list(model) if hasattr(model, "__iter__") else []
+    if not layers or any(list(m.children()) for m in layers):
+        raise ValueError(f"training_memory: expected a Sequential of plain layers (no nested "
+                         f"blocks), got {type(model).__name__}; the analytic model covers chains "
+                         "such as mlp(...) and lenet5()")
+    was_training = model.training
+    model.eval()
+    x = np.zeros((1, *input_shape), dtype=model.dtype)
+    out = []
+    try:
+        for layer in layers:
+            y = layer(x)
+            out.append((layer, x.shape[1:], y.shape[1:]))
+            x = y
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _extra_values(layer, in_shape: tuple, out_shape: tuple) -> Tuple[int, int, int]:
+    """(values per sample, batch-independent values, index bytes per sample) a layer adds.
+
+    BatchNorm: x_hat (per sample) and mean, var, 1/std (3 x features); Dropout: the
+    scaled mask; MaxPool2d: the argmax indices (smallest unsigned int type).
+    Conv2d keeps only its input (by reference; ``mlcvlab.nn.conv`` recomputes its
+    patches in backward), so it adds nothing here.
+    """
+    kind, n_in, n_out = type(layer).__name__, int(np.prod(in_shape)), int(np.prod(out_shape))
+    if kind in ("BatchNorm1d", "BatchNorm2d"):
+        return n_in, 3 * layer.num_features, 0
+    if kind == "Dropout" and layer.p > 0:
+        return n_in, 0, 0
+    if kind == "MaxPool2d":
+        kh, kw = layer.kernel_size
+        return 0, 0, n_out * np.min_scalar_type(kh * kw - 1).itemsize
+    return 0, 0, 0
+
+
+def activation_bytes(model, input_shape: Sequence[int], batch_size: int) -> int:
+    """Bytes our layers keep for backward after a training forward of ``batch_size`` samples.
+
+    Counts each distinct tensor of the chain (input, layer outputs) once if a layer
+    keeps it (Linear/Conv2d/ReLU/LeakyReLU/BatchNorm keep their input, Sigmoid/Tanh/Softmax
+    their output; Flatten/Identity/Dropout(p=0) outputs are the input itself),
+    plus each layer's own buffers (see :func:`_extra_values`), plus the loss's
+    stored gradient (batch x outputs, cross-entropy). float = the model's dtype.
+    """
+    item = model.dtype.itemsize
+    sizes, kept, tensor = {0: 0}, set(), 0
+    per_sample, fixed, index_bytes = 0, 0, 0
+    for layer, in_shape, out_shape in _trace_shapes(model, input_shape):
+        sizes[tensor] = int(np.prod(in_shape))
+        kind = type(layer).__name__
+        alias = kind in ALIASES or (kind == "Dropout" and layer.p == 0)
+        out_tensor = tensor if alias else tensor + 1
+        sizes[out_tensor] = int(np.prod(out_shape))
+        if kind in KEEPS_INPUT:
+            kept.add(tensor)
+        if kind in KEEPS_OUTPUT:
+            kept.add(out_tensor)
+        a, b, c = _extra_values(layer, in_shape, out_shape)
+        per_sample, fixed, index_bytes = per_sample + a, fixed + b, index_bytes + c
+        tensor = out_tensor
+    per_sample += sum(sizes[t] for t in kept) + sizes[tensor]      # + the loss gradient
+    return batch_size * (per_sample * item + index_bytes) + fixed * item
+
+
+def training_memory(model, input_shape: Sequence[int], batch_size: int,
+                    optimizer: str = "adam") -> Dict[str, int]:
+    """Analytic bytes of one training step of ``model`` on batches of ``batch_size``.
+
+    parameters + gradients (P values each) + optimizer state (0, 1 or 2 x P for
+    "sgd", "momentum", "adam") + :func:`activation_bytes`. input_shape: one
+    sample's shape, e.g. (784,) or (1, 28, 28). Temporaries of the forward and
+    backward passes are not part of the model (the measured peak shows them).
+    """
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise ValueError(f"training_memory: optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, "
+                         f"got {optimizer!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"training_memory: batch_size must be a positive int, got {batch_size!r}")
+    p_bytes = model.num_parameters() * model.dtype.itemsize
+    out = {"parameters": p_bytes, "gradients": p_bytes,
+           "optimizer_state": OPTIMIZER_SLOTS[optimizer] * p_bytes,
+           "activations": activation_bytes(model, input_shape, int(batch_size))}
+    out["total"] = sum(out.values())
+    return out
+
+
+def cached_bytes(model, loss) -> int:
+    """Bytes of the arrays the layers' caches and the loss hold now (after a training forward).
+
+    Arrays are counted once (by data address and size) and views of the
+    parameters (weights referenced by a cache) are skipped: they are parameters.
+    """
+    params = [p.data for p in model.parameters()]
+    seen, total = set(), 0
+    arrays = [loss._grad]
+    for m in model.modules():
+        cache = getattr(m, "_cache", None)
+        fields = cache if isinstance(cache, tuple) else (cache,)
+        arrays += [a for a in fields if isinstance(a, np.ndarray)]
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or any(np.shares_memory(a, w) for w in params):
+            continue
+        key = (a.__array_interface__["data"][0], a.nbytes)
+        if key not in seen:
+            seen.add(key)
+            total += a.nbytes
+    return total
+
+
+# -- measurements -------------------------------------------------------------------------------
+def build(name: str, seed: int):
+    """One of our models by name; 'mlp' is 784-64-10 and 'lenet5' takes 1x28x28 images."""
+    gen = np.random.default_rng(seed)
+    if name == "mlp":
+        return mlp([784, 64, 10], rng=gen)
+    if name == "lenet5":
+        return lenet5(rng=gen)
+    if name == "minigooglenet":
+        return get_model(name, num_classes=10, in_channels=1, rng=gen)
+    return get_model(name, rng=gen)
+
+
+def make_optimizer(kind: str, model, lr: float = 0.01, momentum: float = 0.9):
+    if kind == "sgd":
+        return SGD(model.parameters(), lr=lr)
+    if kind == "momentum":
+        return SGD(model.parameters(), lr=lr, momentum=momentum)
+    if kind == "adam":
+        return Adam(model.parameters(), lr=lr * 0.1)
+    raise ValueError(f"memory lab: optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, got {kind!r}")
+
+
+def spec_table(names: Sequence[str], batch: int) -> List[dict]:
+    """Parameters, float32 MB and an Adam training estimate of the ImageNet spec networks."""
+    rows = []
+    for name in names:
+        if name.startswith("resnet"):
+            specs, shape = A.resnet(int(name[6:])), A.IMAGENET_INPUT
+        elif name in ("alexnet", "vgg19"):
+            specs = getattr(A, name)()
+            shape = A.ALEXNET_INPUT if name == "alexnet" else A.IMAGENET_INPUT
+        else:
+            raise ValueError(f"memory lab: unknown spec model {name!r}; use alexnet, vgg19 or "
+                             "resnet18/34/50/101/152")
+        t = A.totals(A.analyze(specs, shape))
+        rows.append({"model": name, "params": t["params"], "param MB": 4 * t["params"] / MB,
+                     "params+grads+Adam MB": 16 * t["params"] / MB,
+                     "activations per image": t["activations"],
+                     "activation MB per image": 4 * t["activations"] / MB,
+                     f"estimate at batch {batch} (GB)":
+                         (16 * t["params"] + 4 * batch * t["activations"]) / 2**30})
+    return rows
+
+
+def state_table(names: Sequence[str], seed: int) -> List[dict]:
+    """Bytes of the state arrays each optimizer allocates, next to slots x P x itemsize."""
+    rows = []
+    for name in names:
+        model = build(name, seed)
+        p, item = model.num_parameters(), model.dtype.itemsize
+        for kind, slots in OPTIMIZER_SLOTS.items():
+            opt = make_optimizer(kind, model)
+            actual = sum(v.nbytes for v in opt.state.values())
+            rows.append({"model": name, "params": p, "optimizer": kind,
+                         "state arrays": ", ".join(sorted(opt.state)) or "-",
+                         "state bytes (actual)": actual, "formula bytes": slots * p * item,
+                         "matches": actual == slots * p * item, "state MB": actual / MB})
+    return rows
+
+
+def _step(model, loss, opt, xb, yb) -> None:
+    model.zero_grad()
+    loss(model(xb), yb)
+    model.backward(loss.backward())
+    opt.step()
+
+
+def measure_step(name: str, kind: str, X: np.ndarray, y: np.ndarray, batch: int,
+                 seed: int) -> Dict[str, int]:
+    """Traced peak bytes of a training step, and the bytes held in the caches after it.
+
+    The model, optimizer and batch are built while tracemalloc runs (so they
+    count); one step runs first (it allocates the optimizer's scratch buffers
+    and the caches a steady-state step replaces), then the peak of the second
+    step is read. Kernels are compiled beforehand, outside the trace.
+    """
+    warm = build(name, seed)
+    _step(warm, CrossEntropyLoss(), make_optimizer(kind, warm), X[:2], y[:2])
+    loss = CrossEntropyLoss()
+    tracemalloc.start()
+    try:
+        model = build(name, seed)
+        opt = make_optimizer(kind, model)
+        xb, yb = X[:batch].copy(), y[:batch].copy()
+        _step(model, loss, opt, xb, yb)
+        tracemalloc.reset_peak()
+        _step(model, loss, opt, xb, yb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return {"measured_peak": int(peak), "cached": cached_bytes(model, loss)}
+
+
+def train_at(name: str, data: Dict[str, Any], batch: int, config: Dict[str, Any]) -> dict:
+    """Train for config['epochs'] at ``batch``: test accuracy and wall time."""
+    model = build(name, config["seed"])
+    opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
+    loader = EpochShuffledBatches(data["X_train"], data["y_train"], batch, seed=config["seed"])
+    trainer = Trainer(model, CrossEntropyLoss(), opt)
+    start = time.perf_counter()
+    trainer.fit(loader, config["epochs"])
+    seconds = time.perf_counter() - start
+    test = evaluate(model, CrossEntropyLoss(), array_batches(data["X_test"], data["y_test"], 512))
+    return {"test_acc": test["acc"], "test_loss": test["loss"], "seconds": seconds,
+            "seconds_per_epoch": seconds / config["epochs"], "steps": trainer.epoch * len(loader)}
+
+
+def load_data(config: Dict[str, Any]) -> Dict[str, Any]:
+    used, note = resolve_dataset(config["dataset"])
+    gen = np.random.default_rng([config["seed"], 0])
+    out = {"used": used, "note": note}
+    for split, n in (("train", config["n_train"]), ("test", config["n_test"])):
+        X, y = load(used, split)
+        if 0 < n < len(X):
+            idx = np.sort(gen.permutation(len(X))[:n])
+            X, y = X[idx], y[idx]
+        out[f"X_{split}"], out[f"y_{split}"] = np.ascontiguousarray(X, np.float32), np.asarray(y)
+    return out
+
+
+def batch_table(data, config, progress) -> List[dict]:
+    """Per batch size: analytic memory terms, cache bytes, traced peak, accuracy and time."""
+    name = config["model"]
+    shape = data["X_train"].shape[1:]
+    model = build(name, config["seed"])
+    rows = []
+    for b in progress(config["batch_sizes"], desc="batch sizes"):
+        mem = training_memory(model, shape, b, "momentum")
+        meas = measure_step(name, "momentum", data["X_train"], data["y_train"], b, config["seed"])
+        fit = train_at(name, data, b, config)
+        rows.append({"batch": b, "params+grads+state KB": (mem["total"] - mem["activations"]) / 1024,
+                     "activations KB (analytic)": mem["activations"] / 1024,
+                     "activations KB (in caches)": meas["cached"] / 1024,
+                     "analytic total KB": mem["total"] / 1024,
+                     "measured peak KB": meas["measured_peak"] / 1024,
+                     "peak / analytic": meas["measured_peak"] / mem["total"],
+                     "test acc": fit["test_acc"], "seconds": fit["seconds"],
+                     "steps": fit["steps"], "analytic_bytes": mem["total"],
+                     "activation_bytes": mem["activations"], "cached_bytes": meas["cached"],
+                     "peak_bytes": meas["measured_peak"]})
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------
+def _figures(rep: Report, rows: List[dict], results: Dict[str, Any]) -> None:
+    b = [r["batch"] for r in rows]
+    fig, ax = new_figure(figsize=(6, 4))
+    ax.plot(b, [r["analytic_bytes"] / MB for r in rows], "o-", label="analytic total")
+    ax.plot(b, [r["activation_bytes"] / MB for r in rows], "s--", label="analytic activations")
+    ax.plot(b, [r["cached_bytes"] / MB for r in rows], "x", ms=9, label="bytes in layer caches")
+    ax.plot(b, [r["peak_bytes"] / MB for r in rows], "^-", label="measured peak (tracemalloc)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("memory of a training step (MB)")
+    ax.legend()
+    rep.figure("memory_vs_batch", fig, "Training-step memory of {model} vs batch size.")
+    fig, ax1 = new_figure(figsize=(6, 4))
+    ax1.plot(b, [r["test acc"] for r in rows], "o-", color="C0", label="test accuracy")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("batch size")
+    ax1.set_ylabel("test accuracy", color="C0")
+    ax2 = ax1.twinx()
+    ax2.plot(b, [r["seconds"] for r in rows], "s--", color="C1", label="wall time")
+    ax2.set_ylabel("training wall time (s)", color="C1")
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    rep.figure("accuracy_time_vs_batch", fig, "Test accuracy after {epochs} epoch(s) and "
+               "training wall time vs batch size.")
+
+
+def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> None:
+    rep = Report(out_dir, "Memory of training: parameters, optimizer state, batch size", results)
+    if results["data_note"]:
+        rep.note_substitution(results["dataset_wanted"], results["dataset_used"])
+    rep.setup(config)
+    rep.section("Model sizes (ImageNet specs, mlcvlab.analysis)")
+    rep.text("Parameters and float32 sizes; 'params+grads+Adam' is 4 x P x 4 bytes; the batch "
+             "estimate adds every layer output kept once (4 bytes each). {largest_model} is "
+             "the largest here with {largest_params:,} parameters ({largest_mb:.1f} MB).")
+    rep.table("model_sizes", results["spec_rows"], "Parameters and memory per network")
+    rep.section("Optimizer state")
+    rep.text("The bytes of the state arrays each of our optimizers allocates (opt.state), next "
+             "to slots x P x itemsize with 0 slots for SGD, 1 for momentum, 2 for Adam (m, v). "
+             "All {state_rows_n} rows match the formula: {state_all_match}. Scratch buffers "
+             "used inside step() are not state and are not counted here (the measured peak "
+             "below includes them).")
+    rep.table("optimizer_state", results["state_rows"], "Optimizer state memory")
+    rep.section("Memory of a training step vs batch size")
+    rep.text("Model {model} ({model_params:,} parameters) on {dataset_used}, SGD with momentum "
+             "{momentum}, lr {lr}. Analytic model (training_memory in this lab): parameters + "
+             "gradients + momentum buffer (3 x P x 4 bytes = {fixed_kb:.1f} KB) + the arrays "
+             "our layers keep for backward (inputs of Linear/Conv2d/ReLU/BN, BN's x_hat, "
+             "dropout masks, pooling argmax, the loss gradient). The bytes actually held in "
+             "the caches after a step equal the analytic activation term at every batch size: "
+             "{cache_matches}. The traced peak also holds the temporaries of forward/backward "
+             "(gradients flowing back, conv patch matrices, the previous step's caches while the "
+             "new ones are built) "
+             "and is {peak_ratio_min:.2f}x to {peak_ratio_max:.2f}x the analytic total.")
+    cols = ["batch", "params+grads+state KB", "activations KB (analytic)",
+            "activations KB (in caches)", "analytic total KB", "measured peak KB",
+            "peak / analytic", "test acc", "seconds", "steps"]
+    rep.table("batch_sizes", results["batch_rows"], "Memory, accuracy and time per batch size",
+              cols)
+    _figures(rep, results["batch_rows"], results)
+    rep.conclusions([
+        "Activation memory grows {act_growth:.1f}x from batch {b_first} to {b_last} while the "
+        "parameter-sized terms stay at {fixed_kb:.1f} KB; at batch {b_last} activations are "
+        "{act_share_last:.1%} of the analytic total.",
+        "Adam keeps {adam_over_sgd:.0f}x the parameter bytes as state, momentum 1x, SGD none.",
+        "After {epochs} epoch(s) the best test accuracy is {best_acc:.4f} at batch {best_batch}; "
+        "training took {time_first:.1f} s at batch {b_first} and {time_last:.1f} s at batch "
+        "{b_last} ({time_ratio:.2f}x).",
+    ])
+    rep.write()
+
+
+def _summary(results: Dict[str, Any]) -> Dict[str, Any]:
+    rows, spec, state = results["batch_rows"], results["spec_rows"], results["state_rows"]
+    big = max(spec, key=lambda r: r["params"])
+    first, last = rows[0], rows[-1]
+    best = max(rows, key=lambda r: r["test acc"])
+    adam = [r for r in state if r["optimizer"] == "adam"][0]
+    return {"largest_model": big["model"], "largest_params": big["params"],
+            "largest_mb": big["param MB"], "state_rows_n": len(state),
+            "state_all_match": all(r["matches"] for r in state),
+            "cache_matches": all(r["cached_bytes"] == r["activation_bytes"] for r in rows),
+            "peak_ratio_min": min(r["peak / analytic"] for r in rows),
+            "peak_ratio_max": max(r["peak / analytic"] for r in rows),
+            "fixed_kb": first["params+grads+state KB"], "b_first": first["batch"],
+            "b_last": last["batch"],
+            "act_growth": last["activation_bytes"] / first["activation_bytes"],
+            "act_share_last": last["activation_bytes"] / last["analytic_bytes"],
+            "adam_over_sgd": adam["state bytes (actual)"] / (adam["params"] * 4),
+            "best_acc": best["test acc"], "best_batch": best["batch"],
+            "time_first": first["seconds"], "time_last": last["seconds"],
+            "time_ratio": first["seconds"] / last["seconds"]}
+
+
+@lab(name="memory",
+     study="Memory of training: ResNet-152 and others, optimizer state, batch size vs memory, "
+           "accuracy and time",
+     quick=_QUICK, full=_FULL, expected_seconds={"quick": 8, "full": 900})
+def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
+    """Spec tables, optimizer state, then the batch-size study on our engine."""
+    if sorted(config["batch_sizes"]) != list(config["batch_sizes"]) or not config["batch_sizes"]:
+        raise ValueError(f"memory lab: batch_sizes must be a non-empty increasing list, got "
+                         f"{config['batch_sizes']}")
+    data = load_data(config)
+    results: Dict[str, Any] = {"dataset_wanted": config["dataset"], "dataset_used": data["used"],
+                               "data_note": data["note"], "model": config["model"],
+                               "model_params": build(config["model"], 0).num_parameters(),
+                               **{k: config[k] for k in ("epochs", "lr", "momentum")}}
+    results["spec_rows"] = spec_table(config["spec_models"], config["spec_batch"])
+    results["state_rows"] = state_table(config["state_models"], config["seed"])
+    results["batch_rows"] = batch_table(data, config, progress)
+    results.update(_summary(results))
+    _write_report(out_dir, config, results)
+    return results

@@ -1,0 +1,97 @@
+"""The memory lab: the analytic memory model against hand counts and the real caches; quick run."""
+import json
+
+import numpy as np
+import pytest
+
+from mlcvlab.labs import run_lab
+from mlcvlab.labs.memory import activation_bytes, cached_bytes, training_memory
+from mlcvlab.nn import (BatchNorm1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d,
+                        ReLU, Sequential)
+
+REPORT_KEYS = ["spec_rows", "state_rows", "batch_rows", "largest_model", "largest_params",
+               "largest_mb", "state_all_match", "cache_matches", "peak_ratio_min",
+               "peak_ratio_max", "fixed_kb", "act_growth", "act_share_last", "adam_over_sgd",
+               "best_acc", "best_batch", "time_first", "time_last", "time_ratio", "model_params"]
+
+
+def _forward(model, x, y):
+    """A training forward + loss, as a step does before backward; returns the loss."""
+    loss = CrossEntropyLoss()
+    loss(model(x), y)
+    return loss
+
+
+def test_analytic_memory_exact_for_small_mlp():
+    rng = np.random.default_rng(0)
+    model = Sequential(Linear(4, 8, rng=rng), BatchNorm1d(8), ReLU(), Dropout(0.5, rng=rng),
+                       Linear(8, 3, rng=rng))
+    mem = training_memory(model, (4,), 16, "adam")
+    # P = (4*8 + 8) + (8 + 8) + (8*3 + 3) = 83 float32 values.
+    assert mem["parameters"] == mem["gradients"] == 83 * 4
+    assert mem["optimizer_state"] == 2 * 83 * 4                       # Adam: m and v
+    # per sample: input kept by Linear 4, BN input 8 + x_hat 8, ReLU input 8, dropout mask 8,
+    # Linear2 input 8, loss gradient 3 -> 47 values; + BN mean/var/inv_std 3*8 = 24 values.
+    assert mem["activations"] == (16 * 47 + 24) * 4 == 3104
+    assert mem["total"] == 4 * 83 * 4 + 3104 == 4432
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    loss = _forward(model, x, rng.integers(0, 3, 16))
+    assert cached_bytes(model, loss) == 3104
+
+
+def test_analytic_memory_exact_for_small_convnet():
+    rng = np.random.default_rng(1)
+    model = Sequential(Conv2d(2, 2, 3, padding=1, rng=rng), ReLU(), MaxPool2d(2), Flatten(),
+                       Linear(8, 3, rng=rng))
+    mem = training_memory(model, (2, 4, 4), 5, "sgd")
+    assert mem["parameters"] == (2 * 2 * 9 + 2 + 8 * 3 + 3) * 4 == 260
+    assert mem["optimizer_state"] == 0
+    # per sample: the conv's input 2*16 = 32, ReLU input 2*16 = 32, Linear input 8 (Flatten is
+    # a view of the pooled map), loss gradient 3 -> 75 float32 + 8 uint8 argmax indices.
+    assert mem["activations"] == 5 * (75 * 4 + 8) == 1540
+    assert mem["total"] == 2 * 260 + 1540
+    x = rng.standard_normal((5, 2, 4, 4)).astype(np.float32)
+    assert cached_bytes(model, _forward(model, x, rng.integers(0, 3, 5))) == 1540
+
+
+def test_flatten_output_is_not_counted_twice():
+    rng = np.random.default_rng(2)
+    model = Sequential(Conv2d(1, 3, 3, rng=rng), Flatten(), Linear(3 * 2 * 2, 2, rng=rng))
+    # conv input 16, Linear input 12 (a view of the conv output), loss gradient 2 -> 30 values
+    assert activation_bytes(model, (1, 4, 4), 7) == 7 * 30 * 4
+    x = rng.standard_normal((7, 1, 4, 4)).astype(np.float32)
+    assert cached_bytes(model, _forward(model, x, rng.integers(0, 2, 7))) == 7 * 30 * 4
+
+
+def test_analytic_memory_errors():
+    model = Sequential(Linear(2, 2))
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        training_memory(model, (2,), 4, "lbfgs")
+    with pytest.raises(ValueError, match="batch_size"):
+        training_memory(model, (2,), 0)
+    with pytest.raises(ValueError, match="Sequential of plain layers"):
+        activation_bytes(Sequential(Sequential(Linear(2, 2))), (2,), 4)
+
+
+def test_memory_quick_via_api(tmp_path):
+    res = run_lab("memory", quick=True, out_dir=str(tmp_path), show_progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(REPORT_KEYS) <= set(saved)
+    for name in ("report.md", "model_sizes.csv", "optimizer_state.csv", "batch_sizes.csv",
+                 "memory_vs_batch.png", "accuracy_time_vs_batch.png", "config.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert res["state_all_match"] and res["cache_matches"]
+    spec = {r["model"]: r["params"] for r in res["spec_rows"]}
+    assert spec["resnet152"] > spec["resnet50"] > spec["resnet18"]
+    rows = res["batch_rows"]
+    assert [r["batch"] for r in rows] == [4, 16, 64, 256]
+    per_sample = {r["activation_bytes"] / r["batch"] for r in rows}
+    assert len(per_sample) == 1                      # an MLP keeps exactly b x (per sample)
+    fixed = 3 * res["model_params"] * 4              # params + grads + momentum
+    for r in rows:
+        assert r["analytic_bytes"] == fixed + r["activation_bytes"]
+        assert r["peak_bytes"] >= r["analytic_bytes"]   # the peak adds temporaries
+        assert 0.0 <= r["test acc"] <= 1.0
+    assert rows[0]["steps"] > rows[-1]["steps"]
+    report = (tmp_path / "report.md").read_text()
+    assert "mnist10k" in report and f"{res['largest_params']:,}" in report

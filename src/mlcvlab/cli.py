@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -37,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def blas_threads(args) -> int:
+    """BLAS threads for this process: ``--threads``, else $MLCVLAB_THREADS, else 1.
+
+    One thread is the default because the handout-scale GEMMs gain little from a
+    second one, while OpenBLAS threads competing for 2 cores with MPI ranks, the
+    loader's prefetch thread or other work were measured to slow small GEMMs up
+    to 100x. Pass ``--threads 2`` for large CNNs on an idle machine.
+    """
+    value = getattr(args, "threads", None) or os.environ.get("MLCVLAB_THREADS", "1")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"MLCVLAB_THREADS must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--threads / MLCVLAB_THREADS must be >= 1, got {n}")
+    return n
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,7 +63,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        if args.command == "bench":          # the benchmark sets its own thread counts
+            return int(args.func(args) or 0)
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(blas_threads(args)):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable), read as the preset value's type")
     p_run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_run.add_argument("--threads", type=int, default=None,
+                       help="BLAS threads (default $MLCVLAB_THREADS or 1)")
     p_run.set_defaults(func=cmd_run)
 
 

@@ -100,6 +100,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--data-root", default=None, help="folder with dataset files")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads per process (default $MLCVLAB_THREADS or 1)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -125,6 +127,13 @@ def _check_train_args(args) -> None:
 
 
 def run_train(args) -> int:
+    if getattr(args, "dist", "local") == "mpi" and not getattr(args, "_mpi_guarded", False):
+        # under mpiexec an exception on one rank would leave the others waiting in a
+        # collective: abort every rank (exit code 1) instead of hanging
+        from mlcvlab.parallel.mpi import abort_on_error
+        args._mpi_guarded = True
+        with abort_on_error():
+            return run_train(args)
     from mlcvlab import backend
     from mlcvlab.data import DataLoader
     from mlcvlab.train import Checkpoint, Trainer, array_batches, evaluate, load_checkpoint
@@ -156,8 +165,10 @@ def run_train(args) -> int:
     step_fn = None
     if config["workers"] > 1 or config["dist"] != "local":
         from mlcvlab.parallel import make_step_fn
-        step_fn = make_step_fn(config["dist"], config["workers"], model)
+        step_fn = make_step_fn(config["dist"], config["workers"], model, seed=config["seed"])
     is_root = step_fn is None or getattr(step_fn, "is_root", True)
+    if not is_root:
+        log = lambda *a: None   # noqa: E731 - only rank 0 prints
     callbacks = [Checkpoint(out)] if is_root else []
     trainer = Trainer(model, loss_for(model), optimizer, schedulers=schedulers, callbacks=callbacks,
                       progress=not args.quiet and is_root, step_fn=step_fn)

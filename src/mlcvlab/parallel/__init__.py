@@ -1,0 +1,70 @@
+"""Data parallelism: communicators (local, mpi, cuda), the data-parallel step, timings.
+
+Workers meet in one call on one flat buffer (see :mod:`mlcvlab.parallel.comm`):
+
+* ``local``: K shards computed one after another in this process (exact
+  semantics on one core; what the tests use);
+* ``mpi``: one process per worker, ``mpiexec -n K mlcvlab train --dist mpi --workers K``
+  (:mod:`mlcvlab.parallel.mpi`);
+* ``cuda``: K GPU workers in one process with numba CUDA kernels
+  (:mod:`mlcvlab.parallel.cuda`; numba is imported only when asked for).
+
+:func:`make_step_fn` builds the ``Trainer`` step for ``mlcvlab train``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from mlcvlab.parallel.comm import Communicator, LocalCommunicator
+from mlcvlab.parallel.step import DataParallelStep, module_grad_fn, shard_bounds
+
+DISTS = ("local", "mpi", "cuda")
+
+
+def make_communicator(dist: str, workers: int, timeout: Optional[float] = None) -> Communicator:
+    """The communicator for ``dist`` ("local" or "mpi") with K = ``workers``."""
+    if dist == "local":
+        return LocalCommunicator(workers)
+    if dist == "mpi":
+        from mlcvlab.parallel.mpi import MPICommunicator
+        comm = MPICommunicator(timeout=timeout)
+        if comm.size != workers:
+            raise ValueError(f"--dist mpi: --workers {workers} but mpiexec started {comm.size} "
+                             f"rank(s); run 'mpiexec -n {workers} mlcvlab train --dist mpi "
+                             f"--workers {workers} ...'")
+        return comm
+    if dist == "cuda":
+        raise ValueError("make_communicator: the cuda workers live in CudaDataParallelStep; "
+                         "use make_step_fn('cuda', K, model)")
+    raise ValueError(f"make_communicator: unknown dist {dist!r}; choose one of {DISTS}")
+
+
+def make_step_fn(dist: str, workers: int, model, seed: int = 0):
+    """A ``Trainer`` step_fn running K = ``workers`` synchronous data-parallel workers.
+
+    The returned callable has ``is_root`` (False on MPI ranks other than 0, which
+    must not write files or print).
+    """
+    if dist == "cuda":
+        from mlcvlab.parallel.cuda import CudaDataParallelStep
+        return CudaDataParallelStep(model, workers, seed=seed)
+    return DataParallelStep(model, make_communicator(dist, workers), seed=seed)
+
+
+def ring_allreduce_bandwidth(nbytes: float, seconds: float, workers: int) -> float:
+    """Achieved all-reduce bus bandwidth in bytes/s under the ring model.
+
+    A ring all-reduce of ``nbytes`` over K workers sends and receives
+    2 (K - 1) / K · nbytes per worker, so bandwidth = 2 (K - 1) / K · nbytes / seconds
+    (0 for K = 1, where nothing moves).
+    """
+    if workers < 1 or seconds < 0 or nbytes < 0:
+        raise ValueError(f"ring_allreduce_bandwidth: need workers >= 1, seconds >= 0, nbytes >= 0; "
+                         f"got {workers}, {seconds}, {nbytes}")
+    if workers == 1 or seconds == 0:
+        return 0.0
+    return 2.0 * (workers - 1) / workers * nbytes / seconds
+
+
+__all__ = ["Communicator", "LocalCommunicator", "DataParallelStep", "module_grad_fn",
+           "shard_bounds", "make_communicator", "make_step_fn", "ring_allreduce_bandwidth", "DISTS"]

@@ -1,0 +1,240 @@
+"""numba CUDA kernels for the forward and backward of NN4 and MLPs, the gradient
+reduction and the fused SGD update.
+
+Imported only by :mod:`mlcvlab.parallel.cuda` (numba is a lazy import there). Every
+function a kernel calls is itself a ``@cuda.jit(device=True)`` function. Shapes:
+activations are (N, D) row-major, Linear weights (out, in). One thread per
+output element for element-wise kernels; one thread per feature (column) for
+column reductions (bias gradient, batch-norm statistics), looping over the N
+rows inside the thread; a 2-D grid of TPB x TPB tiles for the matmul, each
+block staging tiles of both operands in shared memory.
+
+The kernels also run under the simulator (``NUMBA_ENABLE_CUDASIM=1``, set before
+numba is imported), which is how the tests check each against NumPy.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import config, cuda, float32
+
+# The simulator runs every thread as a Python thread: smaller blocks keep it fast
+# (results are the same; tests still cover several tiles per matmul).
+_SIM = bool(config.ENABLE_CUDASIM)
+TPB = 4 if _SIM else 16          # matmul tile edge: TPB x TPB threads per block
+THREADS = 32 if _SIM else 128    # threads per block of the 1-D kernels
+
+
+# ------------------------------------------------------------------ device functions
+@cuda.jit(device=True)
+def relu_d(x):
+    return x if x > 0 else 0.0 * x
+
+
+@cuda.jit(device=True)
+def relu_grad_d(x, dy):
+    return dy if x > 0 else 0.0 * dy
+
+
+@cuda.jit(device=True)
+def sigmoid_d(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@cuda.jit(device=True)
+def load_op(A, i, j, trans, rows, cols):
+    """op(A)[i, j] with op(A) = A or A.T, of shape (rows, cols); 0 outside."""
+    if i >= rows or j >= cols:
+        return 0.0
+    if trans:
+        return A[j, i]
+    return A[i, j]
+
+
+# ------------------------------------------------------------------ matmul
+@cuda.jit
+def matmul_kernel(A, B, C, trans_a, trans_b):
+    """C (M, N) = op(A) (M, K) @ op(B) (K, N), tiled in shared memory (float32 tiles)."""
+    sa = cuda.shared.array(shape=(TPB, TPB), dtype=float32)
+    sb = cuda.shared.array(shape=(TPB, TPB), dtype=float32)
+    row, col = cuda.grid(2)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    M, N = C.shape
+    K = A.shape[0] if trans_a else A.shape[1]
+    acc = 0.0
+    for t in range((K + TPB - 1) // TPB):
+        sa[tx, ty] = load_op(A, row, t * TPB + ty, trans_a, M, K)
+        sb[tx, ty] = load_op(B, t * TPB + tx, col, trans_b, K, N)
+        cuda.syncthreads()
+        for k in range(TPB):
+            acc += sa[tx, k] * sb[k, ty]
+        cuda.syncthreads()
+    if row < M and col < N:
+        C[row, col] = acc
+
+
+# ------------------------------------------------------------------ element-wise
+@cuda.jit
+def add_bias_kernel(Y, b):
+    """Y (N, D) += b (D,)."""
+    i, j = cuda.grid(2)
+    if i < Y.shape[0] and j < Y.shape[1]:
+        Y[i, j] += b[j]
+
+
+@cuda.jit
+def relu_kernel(X, Y):
+    """Y = max(X, 0); X, Y: (S,) flat views."""
+    i = cuda.grid(1)
+    if i < X.shape[0]:
+        Y[i] = relu_d(X[i])
+
+
+@cuda.jit
+def relu_grad_kernel(X, dY, dX):
+    """dX = dY where X > 0 else 0 (X the ReLU input); (S,)."""
+    i = cuda.grid(1)
+    if i < X.shape[0]:
+        dX[i] = relu_grad_d(X[i], dY[i])
+
+
+@cuda.jit
+def sigmoid_kernel(X, Y):
+    i = cuda.grid(1)
+    if i < X.shape[0]:
+        Y[i] = sigmoid_d(X[i])
+
+
+@cuda.jit
+def sigmoid_grad_kernel(Y, dY, dX):
+    """dX = dY · y (1 - y), Y the sigmoid output."""
+    i = cuda.grid(1)
+    if i < Y.shape[0]:
+        dX[i] = dY[i] * Y[i] * (1.0 - Y[i])
+
+
+@cuda.jit
+def mask_kernel(X, M, Y):
+    """Dropout forward and backward: Y = X · M, M the scaled keep mask (0 or 1/(1-p)); (S,)."""
+    i = cuda.grid(1)
+    if i < X.shape[0]:
+        Y[i] = X[i] * M[i]
+
+
+# ------------------------------------------------------------------ column reductions
+@cuda.jit
+def colsum_kernel(dY, db):
+    """db (D,) = sum over rows of dY (N, D): the bias gradient."""
+    j = cuda.grid(1)
+    if j < dY.shape[1]:
+        acc = 0.0
+        for i in range(dY.shape[0]):
+            acc += dY[i, j]
+        db[j] = acc
+
+
+@cuda.jit
+def bn_forward_kernel(X, gamma, beta, eps, Y, Xhat, mean, var, inv_std):
+    """Batch norm with batch statistics, one thread per feature j. X, Y, Xhat: (N, D)."""
+    j = cuda.grid(1)
+    n = X.shape[0]
+    if j < X.shape[1]:
+        m = 0.0
+        for i in range(n):
+            m += X[i, j]
+        m /= n
+        v = 0.0
+        for i in range(n):
+            v += (X[i, j] - m) * (X[i, j] - m)
+        v /= n
+        s = 1.0 / math.sqrt(v + eps)
+        for i in range(n):
+            Xhat[i, j] = (X[i, j] - m) * s
+            Y[i, j] = Xhat[i, j] * gamma[j] + beta[j]
+        mean[j], var[j], inv_std[j] = m, v, s
+
+
+@cuda.jit
+def bn_backward_kernel(dY, Xhat, gamma, inv_std, dX, dgamma, dbeta):
+    """dX = γ·inv_std·(dY − mean(dY) − x̂·mean(dY·x̂)); dγ = Σ dY·x̂; dβ = Σ dY."""
+    j = cuda.grid(1)
+    n = dY.shape[0]
+    if j < dY.shape[1]:
+        sdy = 0.0
+        sdyx = 0.0
+        for i in range(n):
+            sdy += dY[i, j]
+            sdyx += dY[i, j] * Xhat[i, j]
+        for i in range(n):
+            dX[i, j] = gamma[j] * inv_std[j] * (dY[i, j] - sdy / n - Xhat[i, j] * sdyx / n)
+        dgamma[j], dbeta[j] = sdyx, sdy
+
+
+# ------------------------------------------------------------------ heads and losses
+@cuda.jit
+def softmax_kernel(Z, P):
+    """Row-wise softmax, one thread per row. Z, P: (N, C)."""
+    i = cuda.grid(1)
+    if i < Z.shape[0]:
+        zmax = Z[i, 0]
+        for c in range(1, Z.shape[1]):
+            zmax = max(zmax, Z[i, c])
+        total = 0.0
+        for c in range(Z.shape[1]):
+            P[i, c] = math.exp(Z[i, c] - zmax)
+            total += P[i, c]
+        for c in range(Z.shape[1]):
+            P[i, c] = P[i, c] / total
+
+
+@cuda.jit
+def prob_minus_target_kernel(P, y, dZ):
+    """dZ (N, C) = (P − T) / N: the gradient of the mean cross-entropy (softmax head,
+    T one-hot of int labels y) or binary cross-entropy (C = 1, sigmoid head, T = y)
+    with respect to the pre-activation."""
+    i, c = cuda.grid(2)
+    n, classes = P.shape
+    if i < n and c < classes:
+        if classes == 1:
+            t = y[i]
+        else:
+            t = 1.0 if y[i] == c else 0.0
+        dZ[i, c] = (P[i, c] - t) / n
+
+
+# ------------------------------------------------------------------ reduction and update
+@cuda.jit
+def reduce_mean_kernel(G, wts):
+    """Every row of G (K, P) becomes (((w_0 G[0] + w_1 G[1]) + ...) + w_{K-1} G[K-1]) / K,
+    summed in worker order; wts (K,) are 1 for equal shards."""
+    j = cuda.grid(1)
+    if j < G.shape[1]:
+        acc = G[0, j] * wts[0]
+        for k in range(1, G.shape[0]):
+            acc += G[k, j] * wts[k]
+        acc /= G.shape[0]
+        for k in range(G.shape[0]):
+            G[k, j] = acc
+
+
+@cuda.jit
+def sgd_update_kernel(w, g, buf, lr, momentum, weight_decay, nesterov):
+    """Fused SGD step (as mlcvlab.optim.SGD): d = g + wd·w; b = μ·b + d (if μ > 0);
+    w −= lr · (d + μ·b if nesterov else b)."""
+    j = cuda.grid(1)
+    if j < w.shape[0]:
+        d = g[j] + weight_decay * w[j]
+        if momentum > 0:
+            b = momentum * buf[j] + d
+            buf[j] = b
+            d = d + momentum * b if nesterov else b
+        w[j] -= lr * d
+
+
+def grid1(n: int):
+    """(blocks, threads) covering n items."""
+    return (max(1, (n + THREADS - 1) // THREADS), THREADS)
+
+
+def grid2(rows: int, cols: int, tile: int = TPB):
+    return ((max(1, (rows + tile - 1) // tile), max(1, (cols + tile - 1) // tile)), (tile, tile))

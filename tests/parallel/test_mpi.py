@@ -1,0 +1,46 @@
+"""MPI data parallelism: ``mpiexec -n 2`` subprocesses against the local K = 2 run."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import mpi_worker  # noqa: E402
+
+pytestmark = pytest.mark.mpi
+MPIEXEC = shutil.which("mpiexec")
+
+
+def _mpiexec(args, timeout):
+    if MPIEXEC is None:
+        pytest.fail("mpiexec is not on PATH: pip install mpich (the test extra installs it)")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([MPIEXEC, "-n", "2", sys.executable, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_two_ranks_bit_identical_to_local_k2(tmp_path):
+    proc = _mpiexec([os.path.join(HERE, "mpi_worker.py"), "train", str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    local, _ = mpi_worker.train("local")
+    start = mpi_worker.build_model().state_dict()
+    for name, want in local.state_dict().items():
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+        np.testing.assert_array_equal(ranks[0][name], want, err_msg=name)
+    assert not np.array_equal(ranks[0]["1.weight"], start["1.weight"])     # training happened
+    assert not np.array_equal(ranks[0]["2.running_mean"], start["2.running_mean"])
+
+
+@pytest.mark.parametrize("mode", ["kill", "exit", "raise"])
+def test_a_dying_rank_ends_the_job_non_zero(tmp_path, mode):
+    try:
+        proc = _mpiexec([os.path.join(HERE, "mpi_worker.py"), mode, str(tmp_path)], timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"rank 1 died ({mode}) and the job was still running after 30 s")
+    assert proc.returncode != 0
+    assert not (tmp_path / "rank0.npz").exists()   # rank 0 never finished

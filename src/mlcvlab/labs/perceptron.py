@@ -1,0 +1,256 @@
+"""Lab ``perceptron``: the perceptron criterion vs the hinge loss on 20 random 2-D points.
+
+The study (the course's linear-classifier exercise; Rosenblatt's perceptron vs the
+SVM's hinge loss): draw 20 points uniformly in [-1, 1]^2, label them +1 where
+x1 > x2 and -1 elsewhere, fit a linear classifier f(x) = w·x + b by full-batch
+gradient descent on
+
+* the perceptron criterion mean(max(0, -y f(x)))  (``HingeLoss(0)``), and
+* the hinge loss          mean(max(0, 1 - y f(x)))  (``HingeLoss(1)``),
+
+and test both on 1000 fresh points. Repeating this for many independent draws of
+the 20 training points shows the distribution of test accuracy and how much the
+*predictions* move from draw to draw: for every test point, the fraction of draws
+predicting +1 (p_i), and the Bernoulli variance p_i (1 - p_i) averaged over the
+test points. The perceptron criterion stops at the first separating line it finds
+(zero gradient), the hinge loss keeps pushing until every point has margin 1, which
+tends to centre the line between the classes.
+
+All draws train at once: the weights carry a leading draw axis (w: (R, 2), b: (R,)).
+``tests/labs/test_perceptron.py`` checks that one draw of this vectorized code equals
+``mlcvlab.nn.Linear`` + ``HingeLoss`` + ``mlcvlab.optim.SGD`` on the same data.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from mlcvlab.data.synthetic import perceptron_points
+from mlcvlab.labs.registry import lab
+from mlcvlab.labs.report import Report, new_figure
+
+LOSSES = {"perceptron": 0.0, "hinge": 1.0}          # name -> HingeLoss margin
+
+_COMMON = {"n_train": 20, "n_test": 1000, "lr": 1.0, "boundary_draws": 4}
+
+
+# -- data and training (vectorized over draws) -------------------------------------------------
+def draw_training_sets(draws: int, n: int, gen: np.random.Generator
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+    """``draws`` independent training sets. Returns X: (R, n, 2), y: (R, n) in {-1, +1}."""
+    X = gen.uniform(-1.0, 1.0, size=(draws, n, 2))
+    y = np.where(X[..., 0] > X[..., 1], 1.0, -1.0)
+    return X, y
+
+
+def init_linear(draws: int, gen: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """The initialization of ``mlcvlab.nn.Linear(2, 1)``: U(-1/sqrt(2), 1/sqrt(2)) for w and b.
+
+    Returns w: (R, 2), b: (R,) float64.
+    """
+    bound = 1.0 / np.sqrt(2.0)
+    return gen.uniform(-bound, bound, (draws, 2)), gen.uniform(-bound, bound, draws)
+
+
+def train_hinge(X: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, margin: float,
+                lr: float, epochs: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Full-batch gradient descent on mean(max(0, margin - y (X w + b))) for R problems at once.
+
+    X: (R, N, 2), y: (R, N) in {-1, +1}, w0: (R, 2), b0: (R,). A point is active (has a
+    nonzero subgradient -y) where y f <= 0 for margin 0 and where y f < margin otherwise,
+    exactly as ``mlcvlab.nn.HingeLoss``. Returns the final w: (R, 2), b: (R,).
+    """
+    if X.ndim != 3 or X.shape[2] != 2 or y.shape != X.shape[:2]:
+        raise ValueError(f"perceptron train_hinge: expected X (R, N, 2) and y (R, N), got "
+                         f"{X.shape} and {y.shape}")
+    if lr <= 0 or epochs < 0:
+        raise ValueError(f"perceptron train_hinge: need lr > 0 and epochs >= 0, got lr={lr}, "
+                         f"epochs={epochs}")
+    w, b = w0.astype(np.float64).copy(), b0.astype(np.float64).copy()
+    n = X.shape[1]
+    for _ in range(epochs):
+        yf = y * (np.einsum("rnd,rd->rn", X, w) + b[:, None])
+        active = yf <= 0 if margin == 0 else yf < margin
+        dscore = np.where(active, -y, 0.0) / n                       # dL/df: (R, N)
+        w -= lr * np.einsum("rn,rnd->rd", dscore, X)
+        b -= lr * dscore.sum(axis=1)
+    return w, b
+
+
+def predict(w: np.ndarray, b: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Labels in {-1, +1} (+1 where w·x + b > 0) of the test points X: (T, 2) -> (R, T)."""
+    return np.where(X @ w.T + b > 0, 1, -1).T
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def prediction_spread(pred: np.ndarray) -> Dict[str, Any]:
+    """Spread of the predictions across draws. pred: (R, T) in {-1, +1}.
+
+    p_plus (T,): fraction of draws predicting +1 at each test point; its Bernoulli
+    variance p(1 - p) averaged over the test points; the fraction of test points on
+    which the draws disagree at all.
+    """
+    p_plus = (pred > 0).mean(axis=0)
+    var = p_plus * (1.0 - p_plus)
+    return {"p_plus": p_plus, "mean_var": float(var.mean()), "max_var": float(var.max()),
+            "frac_unstable": float(np.mean((p_plus > 0) & (p_plus < 1)))}
+
+
+def _angle_deg(w: np.ndarray) -> np.ndarray:
+    """Angle (degrees) between the learned normal w: (R, 2) and the true normal (1, -1)/sqrt 2."""
+    cos = (w @ np.array([1.0, -1.0]) / np.sqrt(2.0)) / np.maximum(np.linalg.norm(w, axis=1), 1e-300)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def run_study(config: Dict[str, Any], progress) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Train both losses on the same ``draws`` training sets and the same initializations.
+
+    Returns (results, arrays) where arrays holds what the figures need.
+    """
+    gen = np.random.default_rng(config["seed"])
+    draws, n_train = int(config["draws"]), int(config["n_train"])
+    if draws < 2 or n_train < 2:
+        raise ValueError(f"perceptron lab: need draws >= 2 and n_train >= 2, got draws={draws}, "
+                         f"n_train={n_train}")
+    X_test, y_test = perceptron_points(int(config["n_test"]), seed=gen)
+    X, y = draw_training_sets(draws, n_train, gen)
+    w0, b0 = init_linear(draws, gen)
+    res: Dict[str, Any] = {"draws": draws, "n_train": n_train, "n_test": int(config["n_test"]),
+                           "epochs": int(config["epochs"]), "lr": float(config["lr"])}
+    arrays: Dict[str, Any] = {"X": X, "y": y, "X_test": X_test}
+    for name in progress(list(LOSSES), desc="perceptron vs hinge"):
+        w, b = train_hinge(X, y, w0, b0, LOSSES[name], config["lr"], config["epochs"])
+        pred = predict(w, b, X_test)
+        acc = (pred == y_test).mean(axis=1)
+        train_pred = np.where(np.einsum("rnd,rd->rn", X, w) + b[:, None] > 0, 1.0, -1.0)
+        train_acc = (train_pred == y).mean(axis=1)
+        spread = prediction_spread(pred)
+        arrays[name] = {"w": w, "b": b, "acc": acc, "p_plus": spread.pop("p_plus")}
+        res.update({f"{name}_acc_mean": float(acc.mean()), f"{name}_acc_std": float(acc.std(ddof=1)),
+                    f"{name}_acc_min": float(acc.min()), f"{name}_acc_median": float(np.median(acc)),
+                    f"{name}_train_acc_mean": float(train_acc.mean()),
+                    f"{name}_separated_frac": float(np.mean(train_acc == 1.0)),
+                    f"{name}_angle_mean_deg": float(_angle_deg(w).mean())})
+        res.update({f"{name}_{k}": v for k, v in spread.items()})
+    diff = arrays["hinge"]["acc"] - arrays["perceptron"]["acc"]      # paired: same draws
+    res["diff_mean"] = float(diff.mean())
+    res["diff_se"] = float(diff.std(ddof=1) / np.sqrt(draws))
+    res["hinge_better_frac"] = float(np.mean(diff > 0))
+    res["perceptron_better_frac"] = float(np.mean(diff < 0))
+    return res, arrays
+
+
+# -- figures and report ---------------------------------------------------------------------------
+def _boundary_figure(arrays: Dict[str, Any], k: int):
+    """Decision boundaries of the first k draws, perceptron left, hinge right."""
+    fig, axes = new_figure(ncols=2, figsize=(10, 4.6))
+    grid = np.linspace(-1.0, 1.0, 2)
+    colors = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8"]
+    for ax, name in zip(axes, LOSSES):
+        for r in range(k):
+            X, y, c = arrays["X"][r], arrays["y"][r], colors[r % len(colors)]
+            w, b = arrays[name]["w"][r], arrays[name]["b"][r]
+            ax.scatter(X[y > 0, 0], X[y > 0, 1], marker="+", color=c, s=30)
+            ax.scatter(X[y < 0, 0], X[y < 0, 1], marker="o", facecolors="none", color=c, s=20)
+            if abs(w[1]) > 1e-12:                           # w1 x1 + w2 x2 + b = 0
+                ax.plot(grid, -(w[0] * grid + b) / w[1], color=c, label=f"draw {r}")
+        ax.plot(grid, grid, "k--", lw=1, label="true boundary x1 = x2")
+        ax.set(xlim=(-1, 1), ylim=(-1, 1), xlabel="x1", ylabel="x2",
+               title=f"{name} (margin {LOSSES[name]:g})")
+        ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def _histogram_figure(arrays: Dict[str, Any]):
+    fig, ax = new_figure(figsize=(6, 4))
+    bins = np.linspace(min(arrays[n]["acc"].min() for n in LOSSES), 1.0, 30)
+    for name in LOSSES:
+        ax.hist(arrays[name]["acc"], bins=bins, alpha=0.55, label=name)
+    ax.set(xlabel="test accuracy (1000 points)", ylabel="number of draws")
+    ax.legend()
+    return fig
+
+
+def _spread_figure(arrays: Dict[str, Any]):
+    """Per test point: the fraction of draws predicting +1, for each loss."""
+    fig, axes = new_figure(ncols=2, figsize=(10, 4.4))
+    Xt = arrays["X_test"]
+    for ax, name in zip(axes, LOSSES):
+        sc = ax.scatter(Xt[:, 0], Xt[:, 1], c=arrays[name]["p_plus"], cmap="coolwarm", s=8,
+                        vmin=0, vmax=1)
+        ax.plot([-1, 1], [-1, 1], "k--", lw=1, label="true boundary")
+        ax.set(xlabel="x1", ylabel="x2", title=f"{name}: fraction of draws predicting +1")
+        ax.legend(fontsize=7, loc="lower right")
+        fig.colorbar(sc, ax=ax, label="fraction of draws predicting +1")
+    return fig
+
+
+def _rows(res: Dict[str, Any]) -> List[Dict[str, Any]]:
+    keys = ["acc_mean", "acc_std", "acc_median", "acc_min", "train_acc_mean", "separated_frac",
+            "mean_var", "frac_unstable", "angle_mean_deg"]
+    return [{"loss": name, "margin": LOSSES[name], **{k: res[f"{name}_{k}"] for k in keys}}
+            for name in LOSSES]
+
+
+def _verdicts(res: Dict[str, Any]) -> None:
+    """Comparison words chosen from the measured numbers (never fixed in the text)."""
+    z = res["diff_mean"] / res["diff_se"] if res["diff_se"] > 0 else 0.0
+    res["acc_verdict"] = ("higher than" if z > 2 else "lower than" if z < -2
+                          else "not distinguishable (within 2 standard errors) from")
+    res["var_verdict"] = ("smaller" if res["hinge_mean_var"] < res["perceptron_mean_var"]
+                          else "larger" if res["hinge_mean_var"] > res["perceptron_mean_var"]
+                          else "equal")
+    res["std_verdict"] = ("smaller" if res["hinge_acc_std"] < res["perceptron_acc_std"]
+                          else "larger")
+    res["var_ratio"] = (res["perceptron_mean_var"] / res["hinge_mean_var"]
+                        if res["hinge_mean_var"] > 0 else float("inf"))
+
+
+def _write_report(out_dir, config: Dict[str, Any], res: Dict[str, Any], arrays) -> None:
+    rep = Report(out_dir, "Perceptron criterion vs hinge loss on 20 random points", res)
+    rep.setup(config)
+    rep.text("Each of {draws} draws: {n_train} training points uniform in [-1, 1]^2 labelled +1 "
+             "where x1 > x2; a linear classifier w.x + b (initialized like `mlcvlab.nn.Linear`) "
+             "trained by full-batch gradient descent for {epochs} epochs at lr {lr} on the "
+             "perceptron criterion (HingeLoss(0)) and, from the same initialization, on the "
+             "hinge loss (HingeLoss(1)); tested on the same {n_test} fresh points for every draw.")
+    rep.table("accuracy", _rows(res), "Test accuracy and spread of the predictions over "
+              "{draws} draws (mean_var: mean over test points of p(1-p), p = fraction of draws "
+              "predicting +1; frac_unstable: test points where the draws disagree; "
+              "angle_mean_deg: mean angle between learned and true normal)")
+    k = min(int(config["boundary_draws"]), res["draws"])
+    rep.figure("boundaries", _boundary_figure(arrays, k),
+               "Decision boundaries of the first few draws (+: label +1, o: label -1)")
+    rep.figure("accuracy_hist", _histogram_figure(arrays),
+               "Test accuracy over {draws} draws of the {n_train} training points")
+    rep.figure("prediction_spread", _spread_figure(arrays),
+               "Per test point, the fraction of draws predicting +1")
+    rep.conclusions([
+        "Mean test accuracy: perceptron criterion {perceptron_acc_mean:.4f} "
+        "(std {perceptron_acc_std:.4f}), hinge loss {hinge_acc_mean:.4f} (std {hinge_acc_std:.4f}).",
+        "Paired over the same draws, the hinge loss's accuracy is {acc_verdict} the perceptron's: "
+        "mean difference {diff_mean:+.4f} +- {diff_se:.4f} (standard error); the hinge loss wins "
+        "on {hinge_better_frac:.1%} of the draws, the perceptron on {perceptron_better_frac:.1%}.",
+        "The spread of the predictions across draws (mean p(1-p)) is {var_verdict} for the hinge "
+        "loss: {hinge_mean_var:.4f} vs {perceptron_mean_var:.4f} (ratio perceptron/hinge "
+        "{var_ratio:.2f}); the accuracy's std across draws is {std_verdict} for the hinge loss.",
+        "Training data separated at the end: {perceptron_separated_frac:.1%} of draws for the "
+        "perceptron criterion, {hinge_separated_frac:.1%} for the hinge loss.",
+    ])
+    rep.write()
+
+
+@lab(name="perceptron",
+     study="Perceptron criterion vs hinge loss: 20 random 2-D points labelled by x1 > x2, "
+           "tested on 1000, many draws",
+     quick={**_COMMON, "draws": 300, "epochs": 1000},
+     full={**_COMMON, "draws": 1000, "epochs": 10000},
+     expected_seconds={"quick": 3, "full": 25})
+def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
+    """Train both losses on every draw, measure accuracy and spread, write the report."""
+    res, arrays = run_study(config, progress)
+    _verdicts(res)
+    res["table"] = _rows(res)
+    _write_report(out_dir, config, res, arrays)
+    return res

@@ -22,6 +22,14 @@ Writing a lab: add ``src/mlcvlab/labs/my_study.py`` (lab name ``my-study``)::
 ``config`` always holds "seed" (``--seed``, default the preset's or 0): build a
 ``numpy.random.Generator`` from it. ``progress(iterable, desc=..., total=...)`` gives
 a tqdm bar. If a dataset is substituted, call ``rep.note_substitution(wanted, used)``.
+Data rule (LABS.md, as updated by the embedded-data issue): a lab whose study uses MNIST,
+Fashion-MNIST or CIFAR-10 reads the full dataset when its files are on disk
+(``mlcvlab data info`` says where), and otherwise runs on the real subsets shipped
+with the package — ``mnist10k`` for MNIST, ``fashion10k`` for Fashion-MNIST and as a
+labelled small substitute for CIFAR-10 — through
+``mlcvlab.data.load_or_substitute``, saying so on the console and in the report
+header. It never fails silently and never pretends.
+
 Run it with ``mlcvlab lab run my-study --quick --set n=50`` or
 :func:`mlcvlab.labs.run_lab`; ``mlcvlab lab list`` finds it with no other change.
 """

@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from mlcvlab import backend
+from mlcvlab.nn import kernels
 
 
 def _check_array(fn: str, name: str, a) -> np.ndarray:
@@ -135,6 +136,8 @@ def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1
             f"batchnorm: needs more than one value per feature to compute batch statistics, "
             f"got input shape {x.shape}"
         )
+    if x.ndim == 4 and kernels.available():
+        return _batchnorm_4d_kernel(x, gamma, beta, eps)
     mean = x.mean(axis=axes)
     xc = x - mean.reshape(bshape)
     var = np.mean(xc * xc, axis=axes)
@@ -142,6 +145,19 @@ def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1
     x_hat = xc * inv_std.reshape(bshape)
     y = x_hat * gamma.reshape(bshape) + beta.reshape(bshape)
     return y, BatchNormCache(x, x_hat, mean, var, inv_std.astype(x.dtype, copy=False), gamma, eps)
+
+
+def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
+    """batchnorm of x (N, C, H, W) in one numba kernel: two passes for the statistics, one for y."""
+    N, C, H, W = x.shape
+    x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
+    y, x_hat = np.empty_like(x3), np.empty_like(x3)
+    mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
+    kernels.get("bn_forward")(x3, gamma.astype(x.dtype, copy=False),
+                              beta.astype(x.dtype, copy=False), float(eps), y, x_hat, mean, var,
+                              inv_std)
+    cache = BatchNormCache(x, x_hat.reshape(x.shape), mean, var, inv_std, gamma, eps)
+    return y.reshape(x.shape), cache
 
 
 def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
@@ -170,6 +186,15 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     """
     x, x_hat, _, _, inv_std, gamma, _ = cache
     axes, bshape = _bn_axes(x, "batchnorm_grad_fused")
+    if x.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
+        N, C, H, W = x.shape
+        dx, dgamma, dbeta = np.empty(x.shape, dtype=dy.dtype), np.empty(C, dy.dtype), np.empty(
+            C, dy.dtype)
+        scale = (gamma * inv_std).astype(dy.dtype, copy=False)
+        kernels.get("bn_backward")(np.ascontiguousarray(dy).reshape(N, C, H * W),
+                                   np.ascontiguousarray(x_hat).reshape(N, C, H * W), scale,
+                                   dx.reshape(N, C, H * W), dgamma, dbeta)
+        return dx, dgamma, dbeta
     m = x.size // x.shape[1]
     dbeta = dy.sum(axis=axes)
     dgamma = np.sum(dy * x_hat, axis=axes)

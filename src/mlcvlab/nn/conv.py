@@ -6,15 +6,21 @@ Convolution is cross-correlation with zero padding, as in PyTorch's ``conv2d``.
 
 How the convolution works (im2col, Chellapilla et al. 2006):
 
-* the zero-padded input is laid out channels-last, (N, Hp, Wp, C), so every
-  receptive field is a (kh, kw, C) block whose channel values are adjacent;
-* a strided view picks every receptive field, (N, Ho, Wo, kh, kw, C), and one
-  copy makes it the row matrix ``cols``, (N*Ho*Wo, kh*kw*C);
-* then y = cols @ W_mat.T is a single GEMM, W_mat: (F, kh*kw*C).
+* im2col lays every zero-padded receptive field of x (N, C, H, W) out as a
+  column of ``cols`` (C*kh*kw, N*Ho*Wo), rows in (c, i, j) order, so the weights
+  W (F, C, kh, kw) reshape to the matching matrix W_mat (F, C*kh*kw) without a copy;
+* then y = W_mat @ cols is a single GEMM, (F, N*Ho*Wo), transposed to NCHW.
 
-The backward reuses ``cols`` for dW (one GEMM), computes dcols = dy_rows @ W_mat
-(one GEMM) and folds dcols back onto the image (col2im) with one strided add per
-kernel offset: a loop over the kh*kw offsets, never over pixels, samples or channels.
+im2col is one strided copy from a sliding-window view of the padded input into
+a per-thread scratch buffer reused by every layer and step; its adjoint col2im
+is a numba kernel (``mlcvlab.nn.kernels``), with the NumPy version (one strided
+add per kernel offset, :func:`col2im_numpy`) used when numba is missing.
+The cache keeps the input x, not ``cols`` (C*kh*kw times larger): the backward
+rebuilds ``cols`` for dW = dy_t @ cols^T, computes dcols = W_mat^T @ dy_t
+into the same buffer and folds it back onto the image (col2im). Both passes
+run over blocks of the batch whose ``cols`` fit in ``BLOCK_BYTES`` (2 MiB), so
+each GEMM reads its ``cols`` from cache rather than main memory: a loop over a
+few cache-sized blocks, not over samples, pixels or channels.
 
 No dtype is changed: float32 in, float32 out; float64 in, float64 out.
 """
@@ -24,6 +30,8 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from mlcvlab.nn import kernels
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -83,19 +91,80 @@ def _check_dy(fn: str, dy, shape: Tuple[int, ...]) -> np.ndarray:
     return dy
 
 
-def _pad_nhwc(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
-    """x: (N, C, H, W) -> zero-padded channels-last copy (N, H + 2ph, W + 2pw, C)."""
-    N, C, H, W = x.shape
-    xp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
-    xp[:, ph:ph + H, pw:pw + W, :] = x.transpose(0, 2, 3, 1)
-    return xp
+# --------------------------------------------------------------------------- im2col / col2im
+def _use_numba() -> bool:
+    return kernels.available()
+
+
+def im2col_numpy(x: np.ndarray, kernel, stride, padding, out: Optional[np.ndarray] = None,
+                 padded: bool = False) -> np.ndarray:
+    """The receptive fields of x as columns, by one strided copy from a sliding-window view.
+
+    x: (N, C, H, W) -> cols (C*kh*kw, N*Ho*Wo): row (c, i, j), column (n, ho, wo).
+    ``out``: write into this (C*kh*kw, N*Ho*Wo) array instead of a new one;
+    ``padded``: x is already zero-padded by ``padding``.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C = x.shape[:2]
+    xp = x if padded else _pad_nchw(x, ph, pw, 0)
+    fields = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    Ho, Wo = fields.shape[2:4]
+    fields = fields.transpose(1, 4, 5, 0, 2, 3)               # (C, kh, kw, N, Ho, Wo)
+    if out is None:
+        return fields.reshape(C * kh * kw, N * Ho * Wo)
+    np.copyto(out.reshape(fields.shape), fields)
+    return out
+
+
+def col2im_numpy(cols: np.ndarray, x_shape, kernel, stride, padding) -> np.ndarray:
+    """The adjoint of :func:`im2col_numpy`: add every column back onto its receptive field.
+
+    cols: (C*kh*kw, N*Ho*Wo) -> dx: (N, C, H, W); one strided add per kernel offset.
+    """
+    (N, C, H, W), (kh, kw), (sh, sw), (ph, pw) = x_shape, kernel, stride, padding
+    Ho = (H + 2 * ph - kh) // sh + 1
+    Wo = (W + 2 * pw - kw) // sw + 1
+    fields = cols.reshape(C, kh, kw, N, Ho, Wo)
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + sh * Ho:sh, j:j + sw * Wo:sw] += fields[:, i, j].transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+
+
+# im2col works on blocks of the batch whose column matrix fits in this many bytes, so
+# that the GEMM reads it back from cache instead of main memory (cache blocking).
+BLOCK_BYTES = 2 * 2**20
+
+
+def _blocks(x: np.ndarray, K: int, Ho: int, Wo: int):
+    """Slices of the batch axis of x with at most BLOCK_BYTES of im2col each."""
+    n = x.shape[0]
+    per_sample = K * Ho * Wo * x.dtype.itemsize
+    step = max(1, min(n, BLOCK_BYTES // per_sample))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _im2col(xp: np.ndarray, kernel, stride, padding, Ho: int, Wo: int) -> np.ndarray:
+    """xp (n, C, Hp, Wp), already zero-padded -> cols (C*kh*kw, n*Ho*Wo) in the per-thread
+    scratch buffer (reused by every layer and step)."""
+    N, C = xp.shape[:2]
+    cols = kernels.scratch((C * kernel[0] * kernel[1], N * Ho * Wo), xp.dtype)
+    return im2col_numpy(xp, kernel, stride, padding, out=cols, padded=True)
+
+
+def _col2im(cols: np.ndarray, kernel, stride, padding, dx: np.ndarray) -> None:
+    """Write the col2im of cols (C*kh*kw, n*Ho*Wo) into dx (n, C, H, W)."""
+    if _use_numba():
+        kernels.get("col2im")(cols, *kernel, *stride, *padding, dx)
+    else:
+        dx[...] = col2im_numpy(cols, dx.shape, kernel, stride, padding)
 
 
 # --------------------------------------------------------------------------- convolution
 class Conv2dCache(NamedTuple):
-    cols: np.ndarray         # (N*Ho*Wo, kh*kw*C), the receptive fields as rows
-    W_mat: np.ndarray        # (F, kh*kw*C), W in the same (kh, kw, C) order
-    x_shape: Tuple[int, int, int, int]
+    x: np.ndarray            # the input (N, C, H, W), kept by reference (not copied)
+    W: np.ndarray            # the weights (F, C, kh, kw), the parameter itself
     kernel: Tuple[int, int]  # (kh, kw)
     stride: Tuple[int, int]
     padding: Tuple[int, int]
@@ -109,7 +178,8 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None; stride and padding an
     int or a pair (rows, cols). Returns y: (N, F, Ho, Wo) with
     Ho = floor((H + 2*ph - kh) / sh) + 1 (likewise Wo), and the cache for
-    :func:`conv2d_grad`.
+    :func:`conv2d_grad`. The cache keeps x, not the im2col matrix (C*kh*kw
+    times larger): the backward rebuilds it, which costs one cheap pass.
     """
     _check_4d("conv2d", "x", x)
     _check_4d("conv2d", "W", W, "(F, C, kh, kw)")
@@ -124,53 +194,48 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     if b is not None and (not isinstance(b, np.ndarray) or b.shape != (F,) or b.dtype != x.dtype):
         got = (b.shape, b.dtype) if isinstance(b, np.ndarray) else type(b).__name__
         raise ValueError(f"conv2d: expected b of shape ({F},) and dtype {x.dtype}, got {got}")
-    sh, sw = _pair("conv2d", "stride", stride, 1)
-    ph, pw = _pair("conv2d", "padding", padding, 0)
-    Ho = _out_size("conv2d", H, kh, sh, ph)
-    Wo = _out_size("conv2d", Wd, kw, sw, pw)
+    stride = _pair("conv2d", "stride", stride, 1)
+    padding = _pair("conv2d", "padding", padding, 0)
+    Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
+    Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
 
-    xp = _pad_nhwc(x, ph, pw)
-    # (N, Hp-kh+1, Wp-kw+1, C, kh, kw) -> every (sh, sw)-th field -> (N, Ho, Wo, kh, kw, C)
-    fields = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-    cols = fields.transpose(0, 1, 2, 4, 5, 3).reshape(N * Ho * Wo, kh * kw * C)
-    W_mat = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(F, kh * kw * C)
-    y_rows = cols @ W_mat.T                                    # (N*Ho*Wo, F)
+    W_mat = W.reshape(F, C * kh * kw)
+    xp = _pad_nchw(x, *padding, 0)
+    y = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+    for blk in _blocks(x, C * kh * kw, Ho, Wo):
+        cols = _im2col(xp[blk], (kh, kw), stride, padding, Ho, Wo)  # (C*kh*kw, n*Ho*Wo)
+        y_t = W_mat @ cols                                         # (F, n*Ho*Wo), one GEMM
+        y[blk] = y_t.reshape(F, -1, Ho * Wo).transpose(1, 0, 2)
     if b is not None:
-        y_rows += b
-    y = np.ascontiguousarray(y_rows.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2))
-    cache = Conv2dCache(cols, W_mat, (N, C, H, Wd), (kh, kw), (sh, sw), (ph, pw), b is not None)
-    return y, cache
+        y += b[:, None]
+    return y.reshape(N, F, Ho, Wo), Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
 
 
 def conv2d_grad(dy: np.ndarray, cache: Conv2dCache):
-    """dy: (N, F, Ho, Wo) -> dx (N, C, H, W), dW (F, C, kh, kw), db (F,) or None."""
-    cols, W_mat, (N, C, H, Wd), (kh, kw), (sh, sw), (ph, pw), has_bias = cache
-    F = W_mat.shape[0]
+    """dy: (N, F, Ho, Wo) -> dx (N, C, H, W), dW (F, C, kh, kw), db (F,) or None.
+
+    dW = dy_t @ cols^T and dcols = W_mat^T @ dy_t (two GEMMs), then col2im;
+    dy_t (F, N*Ho*Wo) is dy with the batch and channel axes swapped.
+    """
+    x, W, (kh, kw), (sh, sw), (ph, pw), has_bias = cache
+    N, C, H, Wd = x.shape
+    F = W.shape[0]
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (Wd + 2 * pw - kw) // sw + 1
     _check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
-    dy_rows = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)
-    dW = (dy_rows.T @ cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    dcols = (dy_rows @ W_mat).reshape(N, Ho, Wo, kh, kw, C)
-    dx = _col2im_nhwc(dcols, (N, H + 2 * ph, Wd + 2 * pw, C), (sh, sw))
-    dx = dx[:, ph:ph + H, pw:pw + Wd, :].transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(dx), np.ascontiguousarray(dW), db
-
-
-def _col2im_nhwc(dcols: np.ndarray, padded_shape, stride) -> np.ndarray:
-    """Sum every receptive field's gradient back onto the padded image.
-
-    dcols: (N, Ho, Wo, kh, kw, C) -> (N, Hp, Wp, C). Overlapping fields add up;
-    one vectorized strided add per kernel offset (i, j).
-    """
-    _, Ho, Wo, kh, kw, _ = dcols.shape
-    sh, sw = stride
-    dxp = np.zeros(padded_shape, dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dxp[:, i:i + sh * Ho:sh, j:j + sw * Wo:sw, :] += dcols[:, :, :, i, j, :]
-    return dxp
+    dy3 = dy.reshape(N, F, Ho * Wo)
+    db = dy3.sum(axis=(0, 2)) if has_bias else None
+    W_mat = W.reshape(F, C * kh * kw)
+    dW = np.zeros_like(W_mat)
+    dx = np.empty(x.shape, dtype=dy.dtype)
+    xp = _pad_nchw(x, ph, pw, 0)
+    for blk in _blocks(x, C * kh * kw, Ho, Wo):
+        dy_t = np.ascontiguousarray(dy3[blk].transpose(1, 0, 2)).reshape(F, -1)
+        cols = _im2col(xp[blk], (kh, kw), (sh, sw), (ph, pw), Ho, Wo)
+        dW += dy_t @ cols.T                                    # (F, C*kh*kw)
+        dcols = np.matmul(W_mat.T, dy_t, out=cols)             # reuses the scratch
+        _col2im(dcols, (kh, kw), (sh, sw), (ph, pw), dx[blk])
+    return dx, dW.reshape(W.shape), db
 
 
 # --------------------------------------------------------------------------- pooling
@@ -217,20 +282,42 @@ def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = N
     """
     (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = _pool_setup("maxpool2d", x, kernel_size, stride,
                                                          padding)
+    index_dtype = np.min_scalar_type(kh * kw - 1)   # uint8 for kernels up to 16x16
+    if _use_numba():
+        y = np.empty((*x.shape[:2], Ho, Wo), dtype=x.dtype)
+        argmax = np.empty(y.shape, dtype=index_dtype)
+        kernels.get("maxpool")(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, y, argmax)
+    else:
+        y, argmax = maxpool2d_numpy(x, (kh, kw), (sh, sw), (ph, pw))
+        argmax = argmax.astype(index_dtype)
+    return y, PoolCache(x.shape, (kh, kw), (sh, sw), (ph, pw), argmax)
+
+
+def maxpool2d_numpy(x: np.ndarray, kernel, stride, padding):
+    """The NumPy reference of max pooling: (y, argmax), both (N, C, Ho, Wo)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     xp = _pad_nchw(x, ph, pw, -np.inf)
     # (N, C, Ho, Wo, kh, kw); with stride == kernel this is just a reshape of the image
     windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     flat = windows.reshape(*windows.shape[:4], kh * kw)
     argmax = flat.argmax(axis=-1)                   # first maximum on ties, like torch
-    y = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
-    index_dtype = np.min_scalar_type(kh * kw - 1)   # uint8 for kernels up to 16x16
-    return y, PoolCache(x.shape, (kh, kw), (sh, sw), (ph, pw), argmax.astype(index_dtype))
+    return np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0], argmax
 
 
 def maxpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     """dy: (N, C, Ho, Wo) -> dx: (N, C, H, W); each dy goes to its window's argmax."""
     (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), argmax = cache
     _check_dy("maxpool2d_grad", dy, argmax.shape)
+    if _use_numba():
+        dx = np.empty((N, C, H, W), dtype=dy.dtype)
+        kernels.get("maxpool_grad")(np.ascontiguousarray(dy), argmax, kh, kw, sh, sw, ph, pw, dx)
+        return dx
+    return maxpool2d_grad_numpy(dy, cache)
+
+
+def maxpool2d_grad_numpy(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
+    """The NumPy reference of the max-pooling backward."""
+    (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), argmax = cache
     Ho, Wo = argmax.shape[2:]
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
     if (sh, sw) == (kh, kw):
@@ -280,6 +367,7 @@ def avgpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
 
 
 __all__ = [
+    "im2col_numpy", "col2im_numpy", "maxpool2d_numpy", "maxpool2d_grad_numpy",
     "conv_output_size", "conv2d", "conv2d_grad", "maxpool2d", "maxpool2d_grad",
     "avgpool2d", "avgpool2d_grad", "Conv2dCache", "PoolCache",
 ]

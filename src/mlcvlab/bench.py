@@ -1,0 +1,399 @@
+"""``mlcvlab bench``: training and evaluation throughput of mlcvlab against PyTorch on the CPU.
+
+For each model (the MLP 784-1000-1000-10, LeNet-5 on 1x28x28, ResNet-20 on
+3x32x32) it times, in one process, on the same random batch and with the same
+thread count (``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``):
+
+* a training step: forward, cross-entropy, backward, SGD-with-momentum step;
+* an evaluation forward pass (eval mode; ``torch.no_grad`` for torch).
+
+Ours and torch are timed interleaved (ours, torch, ours, torch, ...) so that
+load from other processes hits both alike, and the median over ``repeats`` is
+reported. It also measures this machine's SGEMM peak (a large float32
+``np.matmul``) and the fraction of it the MLP training step reaches, and the
+peak memory of one training step of each framework, each in a fresh
+subprocess (see :func:`measure_memory` for the method).
+
+PyTorch is a benchmark dependency only and never imported by the package: the
+PyTorch twins of the models live in ``benchmarks/torch_reference.py`` (in the
+source tree), which this command loads from ``--reference``, from
+``$MLCVLAB_BENCH_REFERENCE``, or from ``benchmarks/`` next to the working
+directory or the source checkout. Without it, or without torch, the table shows
+ours alone.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+MODEL_NAMES = ("mlp", "lenet5", "resnet20")
+INPUT_SHAPES = {"mlp": (784,), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+MLP_SIZES = (784, 1000, 1000, 10)
+N_CLASSES = 10
+LR, MOMENTUM = 0.01, 0.9
+MEMORY_METHOD = (
+    "fresh subprocess per framework and model; peak RSS (VmHWM, reset just before) over 3 "
+    "training steps minus the RSS just before the first step (model, optimizer and data built, "
+    "one warm-up step on a batch of 2 already run to load kernels and thread pools); for ours "
+    "also tracemalloc's peak of the traced NumPy allocations during a 4th step"
+)
+
+
+# --------------------------------------------------------------------------- machine facts
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (``lscpu``'s "Model name"), or platform's guess."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+REFERENCE_FILE = "torch_reference.py"
+
+
+def find_reference(path: Optional[str] = None) -> Optional[Path]:
+    """Where the PyTorch reference module is: ``path``, $MLCVLAB_BENCH_REFERENCE, or
+    ``benchmarks/torch_reference.py`` under the working directory or the source checkout."""
+    if path:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"mlcvlab bench: --reference {path} does not exist")
+        return Path(path)
+    candidates = [os.environ.get("MLCVLAB_BENCH_REFERENCE"),
+                  Path.cwd() / "benchmarks" / REFERENCE_FILE,
+                  Path(__file__).resolve().parents[2] / "benchmarks" / REFERENCE_FILE]
+    for c in candidates:
+        if c and os.path.exists(c):
+            return Path(c)
+    return None
+
+
+def load_reference(path: Optional[Path]):
+    """The reference module (``steps(name, batch)``, ``set_threads(n)``, ``version``), or
+    None when there is no reference file or torch is not installed."""
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location("mlcvlab_torch_reference", str(path))
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:
+        return None
+    return module
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of a (size, size) @ (size, size) float32 np.matmul: 2*size^3 flops."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def mlp_step_flops(sizes: Sequence[int], batch: int) -> float:
+    """FLOPs of one MLP training step: 3 GEMMs (forward, dx, dW) of 2*N*in*out per layer."""
+    return float(sum(3 * 2 * batch * n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])))
+
+
+# --------------------------------------------------------------------------- the two frameworks
+def _data(name: str, batch: int):
+    """The same random batch for both frameworks: x (batch, *shape) float32, y (batch,) int64."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + INPUT_SHAPES[name], dtype=np.float32)
+    y = rng.integers(0, N_CLASSES, batch).astype(np.int64)
+    return x, y
+
+
+def build_ours(name: str):
+    """Our model ``name`` in float32, with a fixed seed."""
+    from mlcvlab import models
+    if name == "mlp":
+        return models.mlp(MLP_SIZES, flatten=False, rng=0)
+    if name == "lenet5":
+        return models.lenet5(rng=0)
+    if name == "resnet20":
+        return models.resnet_cifar(20, rng=0)
+    raise ValueError(f"mlcvlab bench: unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+
+
+def ours_steps(name: str, batch: int):
+    """(train_step, eval_step) closures for our model on the benchmark batch."""
+    from mlcvlab import nn, optim
+    model = build_ours(name)
+    x, y = _data(name, batch)
+    loss = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def train_step():
+        model.train()
+        model.zero_grad()
+        loss(model.forward(x), y)
+        model.backward(loss.backward())
+        opt.step()
+
+    def eval_step():
+        model.eval()
+        model.forward(x)
+
+    return train_step, eval_step
+
+
+# --------------------------------------------------------------------------- timing
+def _steps_for(fn: Callable[[], None], target_seconds: float, max_steps: int) -> int:
+    """How many calls of fn make about ``target_seconds`` (after one timed call)."""
+    t0 = time.perf_counter()
+    fn()
+    dt = max(time.perf_counter() - t0, 1e-6)
+    return int(min(max_steps, max(1, round(target_seconds / dt))))
+
+
+def time_interleaved(fns: Dict[str, Callable[[], None]], repeats: int, target_seconds: float,
+                     max_steps: int = 200, warmup: int = 2) -> Dict[str, List[float]]:
+    """Seconds per call of every fn, measured round-robin: ``repeats`` samples each.
+
+    Each sample is the mean over ``steps`` calls (about ``target_seconds`` long);
+    alternating the frameworks inside every repeat shares out background load.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    steps = {k: _steps_for(fn, target_seconds, max_steps) for k, fn in fns.items()}
+    samples: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps[key]):
+                fn()
+            samples[key].append((time.perf_counter() - t0) / steps[key])
+    return samples
+
+
+# --------------------------------------------------------------------------- memory
+def _status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status (VmRSS: current RSS, VmHWM: peak RSS), in bytes."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"mlcvlab bench: no {field} in /proc/self/status (Linux only)")
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _memory_child(framework: str, name: str, batch: int, threads: int,
+                  reference: str = "") -> dict:
+    """Runs in a fresh subprocess: peak memory of 3 training steps of one framework/model."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(threads):
+        # one step on a batch of 2 first loads what a first step loads once (numba's compiled
+        # kernels, BLAS and torch thread pools) so that it is not counted as step memory
+        if framework == "torch":
+            ref = load_reference(Path(reference))
+            ref.set_threads(threads)
+            ref.steps(name, 2)[0]()
+            train, _ = ref.steps(name, batch)
+        else:
+            ours_steps(name, 2)[0]()
+            train, _ = ours_steps(name, batch)
+        _reset_peak_rss()
+        base = _status_bytes("VmRSS")
+        for _ in range(3):
+            train()
+        out = {"rss_mb": (_status_bytes("VmHWM") - base) / 2**20}
+        if framework == "ours":
+            import tracemalloc
+            tracemalloc.start()
+            train()
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            out["tracemalloc_mb"] = peak / 2**20
+    return out
+
+
+def measure_memory(framework: str, name: str, batch: int, threads: int,
+                   reference: Optional[Path] = None) -> Optional[dict]:
+    """Peak memory (MiB) of a training step of ``framework`` ("ours"/"torch"), in a subprocess.
+
+    RSS is used for both frameworks because tracemalloc cannot see torch's allocator.
+    Returns None when the subprocess fails (e.g. torch missing).
+    """
+    code = ("import json, sys; from mlcvlab.bench import _memory_child; "
+            "print(json.dumps(_memory_child(*sys.argv[1:3], int(sys.argv[3]), int(sys.argv[4]), "
+            "sys.argv[5])))")
+    proc = subprocess.run([sys.executable, "-c", code, framework, name, str(batch), str(threads),
+                           str(reference or "")], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- the run
+def _summary(ours: List[float], theirs: Optional[List[float]], batch: int) -> dict:
+    """Samples/s (median) of both frameworks and the ratio ours / torch."""
+    row = {"ours_samples_per_s": batch / float(np.median(ours)), "ours_seconds": ours}
+    if theirs is not None:
+        row["torch_samples_per_s"] = batch / float(np.median(theirs))
+        row["torch_seconds"] = theirs
+        row["ratio"] = row["ours_samples_per_s"] / row["torch_samples_per_s"]
+    return row
+
+
+def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref) -> dict:
+    """Train and eval throughput of one model, ours and (if available) torch's, interleaved."""
+    our_train, our_eval = ours_steps(name, batch)
+    fns = {"ours_train": our_train, "ours_eval": our_eval}
+    if ref is not None:
+        t_train, t_eval = ref.steps(name, batch)
+        fns = {"ours_train": our_train, "torch_train": t_train,
+               "ours_eval": our_eval, "torch_eval": t_eval}
+    s = time_interleaved(fns, repeats, target_seconds)
+    return {"train": _summary(s["ours_train"], s.get("torch_train"), batch),
+            "eval": _summary(s["ours_eval"], s.get("torch_eval"), batch)}
+
+
+def run(models: Sequence[str] = MODEL_NAMES, batch_size: int = 128, threads: int = 2,
+        repeats: int = 5, quick: bool = False, memory: bool = True, use_torch: bool = True,
+        reference: Optional[str] = None) -> dict:
+    """Run the whole benchmark and return the result dictionary (what ``--out`` writes)."""
+    from threadpoolctl import threadpool_limits
+    for m in models:
+        if m not in MODEL_NAMES:
+            raise ValueError(f"mlcvlab bench: unknown model {m!r}; "
+                             f"choose from {', '.join(MODEL_NAMES)}")
+    if batch_size < 2 or threads < 1 or repeats < 1:
+        raise ValueError(f"mlcvlab bench: expected batch_size >= 2, threads >= 1, repeats >= 1; "
+                         f"got {batch_size}, {threads}, {repeats}")
+    ref_path = find_reference(reference) if use_torch else None
+    ref = load_reference(ref_path)
+    if ref is not None:
+        ref.set_threads(threads)
+    target = 0.05 if quick else 0.4
+    result = {
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "numpy": np.__version__,
+                    "torch": getattr(ref, "version", None)},
+        "config": {"models": list(models), "batch_size": batch_size, "threads": threads,
+                   "repeats": repeats, "quick": quick, "dtype": "float32",
+                   "optimizer": f"SGD(lr={LR}, momentum={MOMENTUM})"},
+        "models": {},
+    }
+    with threadpool_limits(threads):
+        size = 512 if quick else 2048
+        result["sgemm_gflops"] = sgemm_gflops(size, 3 if quick else 5)
+        result["sgemm_size"] = size
+        for name in models:
+            result["models"][name] = bench_model(name, batch_size, repeats, target, ref)
+    if "mlp" in result["models"]:
+        sps = result["models"]["mlp"]["train"]["ours_samples_per_s"]
+        gflops = mlp_step_flops(MLP_SIZES, batch_size) / (batch_size / sps) / 1e9
+        result["mlp_train_gflops"] = gflops
+        result["mlp_fraction_of_sgemm_peak"] = gflops / result["sgemm_gflops"]
+    if memory:
+        result["memory_method"] = MEMORY_METHOD
+        for name in models:
+            mem = {"ours": measure_memory("ours", name, batch_size, threads)}
+            if ref is not None:
+                mem["torch"] = measure_memory("torch", name, batch_size, threads, ref_path)
+                if mem["ours"] and mem["torch"] and mem["torch"]["rss_mb"] > 0:
+                    mem["ratio"] = mem["ours"]["rss_mb"] / mem["torch"]["rss_mb"]
+            result["models"][name]["memory"] = mem
+    return result
+
+
+# --------------------------------------------------------------------------- output
+def _fmt(v, spec=".0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(result: dict) -> str:
+    """The result as a Markdown table (one row per model and phase) plus the GEMM line."""
+    lines = ["| model | phase | ours (samples/s) | torch (samples/s) | ours / torch |",
+             "|---|---|---:|---:|---:|"]
+    for name, r in result["models"].items():
+        for phase in ("train", "eval"):
+            row = r[phase]
+            lines.append(f"| {name} | {phase} | {_fmt(row['ours_samples_per_s'])} | "
+                         f"{_fmt(row.get('torch_samples_per_s'))} | "
+                         f"{_fmt(row.get('ratio'), '.2f')} |")
+    mem_rows = [(n, r["memory"]) for n, r in result["models"].items() if "memory" in r]
+    if mem_rows:
+        lines += ["", "| model | peak step memory ours (MiB RSS) | ours (MiB tracemalloc) | "
+                      "torch (MiB RSS) | ours / torch |", "|---|---:|---:|---:|---:|"]
+        for name, m in mem_rows:
+            ours, theirs = m.get("ours") or {}, m.get("torch") or {}
+            lines.append(f"| {name} | {_fmt(ours.get('rss_mb'), '.1f')} | "
+                         f"{_fmt(ours.get('tracemalloc_mb'), '.1f')} | "
+                         f"{_fmt(theirs.get('rss_mb'), '.1f')} | {_fmt(m.get('ratio'), '.2f')} |")
+    lines += ["", f"SGEMM peak ({result['sgemm_size']}^2 float32 np.matmul, "
+                  f"{result['config']['threads']} threads): {result['sgemm_gflops']:.1f} GFLOP/s"]
+    if "mlp_train_gflops" in result:
+        lines.append(f"MLP training step: {result['mlp_train_gflops']:.1f} GFLOP/s = "
+                     f"{100 * result['mlp_fraction_of_sgemm_peak']:.0f}% of the SGEMM peak")
+    if result["machine"]["torch"] is None:
+        lines.append("(no PyTorch reference: torch not installed or benchmarks/torch_reference.py "
+                     "not found; ours alone)")
+    return "\n".join(lines)
+
+
+def _main(args) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    result = run(models, args.batch_size, args.threads, repeats, args.quick,
+                 memory=not args.no_memory, use_torch=not args.no_torch, reference=args.reference)
+    print(format_table(result))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``bench`` sub-command."""
+    p = subparsers.add_parser("bench", help="training/eval throughput and memory vs PyTorch (CPU)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODEL_NAMES),
+                   help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="BLAS / torch threads for both frameworks")
+    p.add_argument("--repeats", type=int, default=None, help="timed samples per measurement "
+                   "(median reported; default 5, 1 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="short timings and a small GEMM (for tests)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--no-torch", action="store_true", help="time ours alone even if torch exists")
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help="the PyTorch reference module (default benchmarks/torch_reference.py)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=_main)
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m mlcvlab.bench")
+    register(_parser.add_subparsers(dest="command"))
+    sys.exit(_main(_parser.parse_args(["bench"] + sys.argv[1:])))

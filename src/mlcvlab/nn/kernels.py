@@ -1,0 +1,196 @@
+"""numba kernels for the hot loops of convolution, pooling and batch norm (NCHW, any float dtype).
+
+Each kernel does, in one compiled pass, what the NumPy path does in several
+(strided scatter-add; windowed argmax; per-channel reductions). They
+keep the dtype of their arguments (float32 stays float32) and are checked
+against the plain NumPy formulas in ``tests/nn/test_kernels.py``, in float32
+and float64. numba is imported on first use (``get``), so importing mlcvlab
+stays fast; compiled code is cached on disk (``cache=True``).
+
+Kernels (shapes):
+
+* ``col2im(cols, kh, kw, sh, sw, ph, pw, dx)``: the adjoint of im2col
+  (``conv.im2col_numpy``): cols (C*kh*kw, N*Ho*Wo), row (c*kh + i)*kw + j holding
+  the values for x[n, c, ho*sh - ph + i, wo*sw - pw + j] of every output pixel
+  (n, ho, wo), is added back onto dx (N, C, H, W), which it zeroes first. The
+  inner loop runs along image rows (vectorized for stride 1).
+
+im2col itself is not here: NumPy's strided copy from a sliding-window view into
+a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
+* ``maxpool(x, kh, kw, sh, sw, ph, pw, y, argmax)`` /
+  ``maxpool_grad(dy, argmax, kh, kw, sh, sw, ph, pw, dx)``: max over each window
+  (padding never wins; the first maximum in row-major order, like torch) and the
+  scatter of dy to it.
+* ``bn_forward(x3, gamma, beta, eps, y, x_hat, mean, var, inv_std)`` and
+  ``bn_backward(dy3, x_hat, scale, dx, dgamma, dbeta)`` on x3 (N, C, L):
+  batch norm over (N, L) per channel, statistics accumulated in float64.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+_KERNELS = None
+_local = threading.local()
+
+
+def _compile() -> dict:
+    from numba import njit
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def _valid(n_in, n_out, stride, pad, offset):  # pragma: no cover (jitted)
+        # the outputs o with 0 <= o*stride - pad + offset < n_in form [lo, hi)
+        lo = max(0, (pad - offset + stride - 1) // stride)
+        hi = min(n_out, (n_in - 1 + pad - offset) // stride + 1)
+        return lo, max(lo, hi)
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def col2im(cols, kh, kw, sh, sw, ph, pw, dx):  # pragma: no cover (jitted)
+        N, C, H, W = dx.shape
+        Ho = (H + 2 * ph - kh) // sh + 1
+        Wo = (W + 2 * pw - kw) // sw + 1
+        dx[...] = 0
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    row = cols[(c * kh + i) * kw + j]
+                    lo, hi = _valid(W, Wo, sw, pw, j)
+                    for n in range(N):
+                        for ho in range(Ho):
+                            h = ho * sh - ph + i
+                            if h < 0 or h >= H:
+                                continue
+                            base = (n * Ho + ho) * Wo
+                            dst = dx[n, c, h]
+                            if sw == 1:
+                                d, o = dst[lo - pw + j:hi - pw + j], row[base + lo:base + hi]
+                                for t in range(hi - lo):
+                                    d[t] += o[t]
+                            else:
+                                for wo in range(lo, hi):
+                                    dst[wo * sw - pw + j] += row[base + wo]
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def maxpool(x, kh, kw, sh, sw, ph, pw, y, argmax):  # pragma: no cover (jitted)
+        N, C, H, W = x.shape
+        Ho, Wo = y.shape[2], y.shape[3]
+        for n in range(N):
+            for c in range(C):
+                for ho in range(Ho):
+                    for wo in range(Wo):
+                        best = -np.inf
+                        arg = 0
+                        for i in range(kh):
+                            hi = ho * sh - ph + i
+                            if hi < 0 or hi >= H:
+                                continue
+                            for j in range(kw):
+                                wi = wo * sw - pw + j
+                                if 0 <= wi < W and x[n, c, hi, wi] > best:
+                                    best = x[n, c, hi, wi]
+                                    arg = i * kw + j
+                        y[n, c, ho, wo] = best
+                        argmax[n, c, ho, wo] = arg
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def maxpool_grad(dy, argmax, kh, kw, sh, sw, ph, pw, dx):  # pragma: no cover (jitted)
+        N, C, Ho, Wo = dy.shape
+        dx[...] = 0
+        for n in range(N):
+            for c in range(C):
+                for ho in range(Ho):
+                    for wo in range(Wo):
+                        a = argmax[n, c, ho, wo]
+                        hi = ho * sh - ph + a // kw
+                        wi = wo * sw - pw + a % kw
+                        dx[n, c, hi, wi] += dy[n, c, ho, wo]
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def bn_forward(x, gamma, beta, eps, y, x_hat, mean, var, inv_std):  # pragma: no cover
+        N, C, L = x.shape
+        m = N * L
+        for c in range(C):
+            s = 0.0
+            for n in range(N):
+                for l in range(L):
+                    s += x[n, c, l]
+            mu = s / m
+            ss = 0.0
+            for n in range(N):
+                for l in range(L):
+                    d = x[n, c, l] - mu
+                    ss += d * d
+            v = ss / m
+            istd = 1.0 / np.sqrt(v + eps)
+            mean[c], var[c], inv_std[c] = mu, v, istd
+            mu_t, istd_t = x.dtype.type(mu), x.dtype.type(istd)
+            g, b = gamma[c], beta[c]
+            for n in range(N):
+                for l in range(L):
+                    h = (x[n, c, l] - mu_t) * istd_t
+                    x_hat[n, c, l] = h
+                    y[n, c, l] = h * g + b
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def bn_backward(dy, x_hat, scale, dx, dgamma, dbeta):  # pragma: no cover (jitted)
+        N, C, L = dy.shape
+        m = N * L
+        for c in range(C):
+            sb = 0.0
+            sg = 0.0
+            for n in range(N):
+                for l in range(L):
+                    d = dy[n, c, l]
+                    sb += d
+                    sg += d * x_hat[n, c, l]
+            dbeta[c], dgamma[c] = sb, sg
+            mb, mg = dy.dtype.type(sb / m), dy.dtype.type(sg / m)
+            k = scale[c]
+            for n in range(N):
+                for l in range(L):
+                    dx[n, c, l] = k * (dy[n, c, l] - mb - x_hat[n, c, l] * mg)
+
+    return {"col2im": col2im, "maxpool": maxpool,
+            "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward}
+
+
+_AVAILABLE = None
+
+
+def available() -> bool:
+    """True when numba can be imported (the kernels compile on first use); checked once."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            import numba  # noqa: F401
+            _AVAILABLE = True
+        except ImportError:
+            _AVAILABLE = False
+    return _AVAILABLE
+
+
+def get(name: str):
+    """The compiled kernel ``name`` (see the module docstring)."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _compile()
+    return _KERNELS[name]
+
+
+def scratch(shape, dtype) -> np.ndarray:
+    """An uninitialized array of ``shape`` in a per-thread buffer reused across calls.
+
+    Used for im2col matrices, which live only inside one conv forward or backward:
+    one growing buffer per thread and dtype instead of a fresh allocation per layer
+    and step. The next ``scratch`` call in the same thread may overwrite it.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(dtype)
+    if buf is None or buf.size < size:
+        buf = bufs[dtype] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)

@@ -1,0 +1,164 @@
+"""The numba kernels of mlcvlab.nn.kernels against the plain NumPy paths, float32 and float64.
+
+Each kernel is compared with its NumPy reference (conv.col2im_numpy,
+maxpool2d_numpy, the NumPy batch norm), and the layers are run once with and once
+without the kernels (``kernels.available`` patched to False) to check both paths agree.
+"""
+import numpy as np
+import pytest
+
+from mlcvlab.nn import basis, conv, kernels
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+# (x shape, kernel, stride, padding): 3x3 same, stride 2, non-square, 1x1, kernel > stride
+IM2COL_CASES = [
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)),
+    ((2, 2, 9, 7), (3, 3), (2, 2), (1, 1)),
+    ((1, 3, 8, 5), (3, 2), (2, 1), (0, 1)),
+    ((3, 4, 5, 5), (1, 1), (2, 2), (0, 0)),
+    ((2, 1, 6, 6), (5, 5), (1, 1), (2, 2)),
+]
+
+
+def _rand(shape, dtype, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _out_hw(shape, k, s, p):
+    return [(shape[2 + a] + 2 * p[a] - k[a]) // s[a] + 1 for a in (0, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, k, s, p", IM2COL_CASES)
+def test_im2col_into_a_buffer_matches_the_explicit_fields(shape, k, s, p, dtype):
+    x = _rand(shape, dtype)
+    N, C, H, W = shape
+    Ho, Wo = _out_hw(shape, k, s, p)
+    xp = np.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype)
+    xp[:, :, p[0]:p[0] + H, p[1]:p[1] + W] = x
+    ref = np.empty((C, k[0], k[1], N, Ho, Wo), dtype)      # the definition, one field at a time
+    for i in range(k[0]):
+        for j in range(k[1]):
+            window = xp[:, :, i:i + s[0] * Ho:s[0], j:j + s[1] * Wo:s[1]]
+            ref[:, i, j] = window.transpose(1, 0, 2, 3)
+    ref = ref.reshape(C * k[0] * k[1], N * Ho * Wo)
+    out = np.full(ref.shape, np.nan, dtype)
+    assert conv.im2col_numpy(x, k, s, p, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(conv.im2col_numpy(x, k, s, p), ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, k, s, p", IM2COL_CASES)
+def test_col2im_kernel_matches_numpy_and_is_the_adjoint(shape, k, s, p, dtype):
+    Ho, Wo = _out_hw(shape, k, s, p)
+    cols = _rand((shape[1] * k[0] * k[1], shape[0] * Ho * Wo), dtype, seed=1)
+    dx = np.full(shape, np.nan, dtype=dtype)          # the kernel must zero it first
+    kernels.get("col2im")(cols, *k, *s, *p, dx)
+    np.testing.assert_allclose(dx, conv.col2im_numpy(cols, shape, k, s, p), rtol=TOL[dtype],
+                               atol=TOL[dtype])
+    # <im2col(x), cols> == <x, col2im(cols)>: col2im is the transpose of im2col
+    x = _rand(shape, np.float64, seed=2)
+    lhs = np.sum(conv.im2col_numpy(x, k, s, p) * cols)
+    assert np.isclose(lhs, np.sum(x * dx), rtol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k, s, p", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
+                                     ((3, 2), (1, 2), (1, 0))])
+def test_maxpool_kernels_match_numpy(k, s, p, dtype):
+    # small integers give many ties: the first maximum (row-major) must win in both paths
+    x = np.random.default_rng(3).integers(-2, 3, (2, 3, 7, 6)).astype(dtype)
+    Ho, Wo = _out_hw(x.shape, k, s, p)
+    y = np.empty((2, 3, Ho, Wo), dtype=dtype)
+    argmax = np.empty(y.shape, dtype=np.uint8)
+    kernels.get("maxpool")(x, *k, *s, *p, y, argmax)
+    y_ref, arg_ref = conv.maxpool2d_numpy(x, k, s, p)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, arg_ref)
+
+    dy = _rand(y.shape, dtype, seed=4)
+    dx = np.full(x.shape, np.nan, dtype=dtype)
+    kernels.get("maxpool_grad")(dy, argmax, *k, *s, *p, dx)
+    cache = conv.PoolCache(x.shape, k, s, p, argmax)
+    np.testing.assert_allclose(dx, conv.maxpool2d_grad_numpy(dy, cache), rtol=TOL[dtype],
+                               atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_kernels_match_numpy(dtype):
+    N, C, L = 4, 3, 10
+    x = _rand((N, C, L), dtype) * 3 + 1
+    gamma, beta = _rand(C, dtype, 5), _rand(C, dtype, 6)
+    y, x_hat = np.empty_like(x), np.empty_like(x)
+    mean, var, inv_std = (np.empty(C, dtype) for _ in range(3))
+    kernels.get("bn_forward")(x, gamma, beta, 1e-5, y, x_hat, mean, var, inv_std)
+    x64 = x.astype(np.float64)
+    mu, v = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+    ref_hat = (x64 - mu[:, None]) / np.sqrt(v[:, None] + 1e-5)
+    tol = dict(rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(mean, mu, **tol)
+    np.testing.assert_allclose(var, v, **tol)
+    np.testing.assert_allclose(inv_std, 1 / np.sqrt(v + 1e-5), **tol)
+    np.testing.assert_allclose(x_hat, ref_hat, rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
+    np.testing.assert_allclose(y, ref_hat * gamma[:, None] + beta[:, None],
+                               rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
+
+    dy = _rand(x.shape, dtype, seed=7)
+    scale = (gamma * inv_std).astype(dtype)
+    dx, dgamma, dbeta = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+    kernels.get("bn_backward")(dy, x_hat, scale, dx, dgamma, dbeta)
+    m = N * L
+    ref_db, ref_dg = dy.sum(axis=(0, 2)), (dy * x_hat).sum(axis=(0, 2))
+    ref_dx = scale[:, None] * (dy - ref_db[:, None] / m - x_hat * ref_dg[:, None] / m)
+    np.testing.assert_allclose(dbeta, ref_db, rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
+    np.testing.assert_allclose(dgamma, ref_dg, rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
+    np.testing.assert_allclose(dx, ref_dx, rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
+
+
+def _conv_pool_bn(x, W, b):
+    """conv -> batchnorm -> maxpool forward and backward; every output and gradient."""
+    y, c1 = conv.conv2d(x, W, b, 1, 1)
+    gamma = np.linspace(0.5, 1.5, W.shape[0]).astype(x.dtype)
+    z, c2 = basis.batchnorm(y, gamma, np.zeros_like(gamma))
+    p, c3 = conv.maxpool2d(z, 2)
+    dp = np.cos(np.arange(p.size, dtype=x.dtype)).reshape(p.shape)
+    dz = conv.maxpool2d_grad(dp, c3)
+    dy, dgamma, dbeta = basis.batchnorm_grad_fused(dz, c2)
+    dx, dW, db = conv.conv2d_grad(dy, c1)
+    return [y, z, p, dz, dy, dgamma, dbeta, dx, dW, db]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layers_agree_with_and_without_numba(dtype, monkeypatch):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 3, 8, 8)).astype(dtype)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * 27 * 64 * 4)   # blocks of 1 or 2 samples
+    fast = _conv_pool_bn(x, W, b)
+    monkeypatch.setattr(kernels, "_AVAILABLE", False)
+    slow = _conv_pool_bn(x, W, b)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for a, r in zip(fast, slow):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, r, rtol=tol, atol=tol)
+
+
+def test_scratch_reuses_one_buffer_per_dtype_and_grows():
+    a = kernels.scratch((10, 20), np.float32)
+    b = kernels.scratch((5, 4), np.float32)
+    assert b.shape == (5, 4) and np.shares_memory(a, b)
+    big = kernels.scratch((10**4,), np.float32)
+    assert big.size == 10**4
+    assert not np.shares_memory(kernels.scratch((3,), np.float64), big)
+
+
+def test_conv_cache_keeps_the_input_not_the_im2col_matrix():
+    x = _rand((2, 3, 6, 6), np.float32)
+    _, cache = conv.conv2d(x, _rand((4, 3, 3, 3), np.float32, 1), None, 1, 1)
+    arrays = [a for a in cache if isinstance(a, np.ndarray)]
+    assert sum(a.nbytes for a in arrays) == x.nbytes + 4 * 3 * 3 * 3 * 4
+    assert cache.x is x

@@ -1,0 +1,62 @@
+"""``mlcvlab bench`` on a tiny configuration: the JSON has every field (no timing assertions)."""
+import json
+
+import pytest
+
+from mlcvlab import bench
+from mlcvlab.cli import main
+
+
+def _run(tmp_path, *extra):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--models", "mlp,lenet5", "--batch-size", "8",
+                 "--threads", "1", "--out", str(out), *extra])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def _check_phase(row, with_torch):
+    assert row["ours_samples_per_s"] > 0 and len(row["ours_seconds"]) == 1
+    if with_torch:
+        assert row["torch_samples_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["ours_samples_per_s"] / row["torch_samples_per_s"])
+    else:
+        assert "torch_samples_per_s" not in row and "ratio" not in row
+
+
+def test_bench_quick_writes_every_field(tmp_path, capsys):
+    res = _run(tmp_path)
+    assert res["config"]["batch_size"] == 8 and res["config"]["threads"] == 1
+    assert res["machine"]["cpu"] and res["machine"]["torch"]
+    assert res["sgemm_gflops"] > 0
+    flops = bench.mlp_step_flops(bench.MLP_SIZES, 8)
+    assert flops == 6 * 8 * (784 * 1000 + 1000 * 1000 + 1000 * 10)
+    assert res["mlp_train_gflops"] == pytest.approx(
+        flops * res["models"]["mlp"]["train"]["ours_samples_per_s"] / 8 / 1e9)
+    assert res["mlp_fraction_of_sgemm_peak"] == pytest.approx(
+        res["mlp_train_gflops"] / res["sgemm_gflops"])
+    assert "VmHWM" in res["memory_method"]
+    for name in ("mlp", "lenet5"):
+        r = res["models"][name]
+        _check_phase(r["train"], True)
+        _check_phase(r["eval"], True)
+        mem = r["memory"]
+        assert mem["ours"]["rss_mb"] >= 0 and mem["ours"]["tracemalloc_mb"] > 0
+        assert mem["torch"]["rss_mb"] >= 0
+    table = capsys.readouterr().out
+    assert "| lenet5 | train |" in table and "SGEMM peak" in table
+
+
+def test_bench_without_torch_shows_ours_alone(tmp_path, capsys):
+    res = _run(tmp_path, "--no-torch", "--no-memory")
+    assert res["machine"]["torch"] is None
+    for name in ("mlp", "lenet5"):
+        _check_phase(res["models"][name]["train"], False)
+        _check_phase(res["models"][name]["eval"], False)
+        assert "memory" not in res["models"][name]
+    assert "ours alone" in capsys.readouterr().out
+
+
+def test_bench_rejects_an_unknown_model(capsys):
+    assert main(["bench", "--quick", "--models", "vgg", "--no-memory"]) == 1
+    assert "unknown model 'vgg'" in capsys.readouterr().err

@@ -162,3 +162,79 @@ def test_conv_cache_keeps_the_input_not_the_im2col_matrix():
     arrays = [a for a in cache if isinstance(a, np.ndarray)]
     assert sum(a.nbytes for a in arrays) == x.nbytes + 4 * 3 * 3 * 3 * 4
     assert cache.x is x
+
+
+# --------------------------------------------------------------------------- threads
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_channel_range_kernels_match_the_whole_kernels(dtype):
+    N, C, L = 3, 5, 7
+    x, dy = _rand((N, C, L), dtype, 10) * 2 + 1, _rand((N, C, L), dtype, 11)
+    gamma, beta = _rand(C, dtype, 12), _rand(C, dtype, 13)
+    whole = [np.empty_like(x), np.empty_like(x)] + [np.empty(C, dtype) for _ in range(3)]
+    kernels.get("bn_forward")(x, gamma, beta, 1e-5, *whole)
+    parts = [np.full_like(a, np.nan) for a in whole]
+    for c0, c1 in [(0, 2), (2, 3), (3, 5)]:          # every channel written by exactly one range
+        kernels.get("bn_forward_channels")(x, gamma, beta, 1e-5, *parts, c0, c1)
+    for a, r in zip(parts, whole):
+        np.testing.assert_array_equal(a, r)
+    scale, x_hat = gamma * whole[4], whole[1]
+    ref = [np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)]
+    kernels.get("bn_backward")(dy, x_hat, scale, *ref)
+    got = [np.full_like(a, np.nan) for a in ref]
+    for c0, c1 in [(0, 4), (4, 5)]:
+        kernels.get("bn_backward_channels")(dy, x_hat, scale, *got, c0, c1)
+    for a, r in zip(got, ref):
+        np.testing.assert_array_equal(a, r)
+
+
+def test_split_covers_the_range_in_near_equal_parts():
+    assert kernels.split(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert kernels.split(2, 4) == [slice(0, 1), slice(1, 2)]        # never an empty part
+    assert kernels.split(0, 2) == [slice(0, 0)]
+
+
+def test_parallel_map_keeps_the_order_and_restores_the_blas_threads():
+    before = [c.get_num_threads() for c in kernels._blas_controllers()]
+    seen = []
+
+    def work(i):
+        seen.append(kernels.num_threads())        # nested calls run serially
+        return np.ones((50, 50)) @ np.full((50, 50), float(i))
+
+    out = kernels.parallel_map(work, [0, 1, 2, 3])
+    assert [o[0, 0] for o in out] == [0.0, 50.0, 100.0, 150.0]
+    assert seen == [1, 1, 1, 1]
+    assert [c.get_num_threads() for c in kernels._blas_controllers()] == before
+
+
+def _layers_forward_backward(x, W, gamma):
+    """conv -> batchnorm -> relu, training forward and backward, and the eval BN + relu."""
+    from mlcvlab.nn import BatchNorm2d
+    y, c1 = conv.conv2d(x, W, None, 2, 1)
+    z, c2 = basis.batchnorm(y, gamma, gamma[::-1].copy())
+    r, c3 = basis.relu(z)
+    dr = np.sin(np.arange(r.size, dtype=x.dtype)).reshape(r.shape)
+    dz = basis.relu_grad(dr, c3)
+    dy, dgamma, dbeta = basis.batchnorm_grad_fused(dz, c2)
+    dx, dW, _ = conv.conv2d_grad(dy, c1)
+    bn = BatchNorm2d(W.shape[0]).astype(x.dtype)
+    bn.running_mean[...], bn.running_var[...] = c2.mean, c2.var
+    return [y, z, r, dz, dy, dgamma, dbeta, dx, dW, bn.eval().forward(y)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layers_split_over_threads_agree_with_one_thread(dtype, monkeypatch):
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((7, 3, 12, 12)).astype(dtype)
+    W = rng.standard_normal((6, 3, 3, 3)).astype(dtype)
+    gamma = np.linspace(0.5, 1.5, 6).astype(dtype)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * 27 * 36 * x.itemsize)   # several blocks
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 100)           # relu, BN eval split too
+    monkeypatch.setattr(kernels, "num_threads", lambda: 1)
+    serial = _layers_forward_backward(x, W, gamma)
+    monkeypatch.setattr(kernels, "num_threads", lambda: 3)            # 3 uneven parts
+    threaded = _layers_forward_backward(x, W, gamma)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, r in zip(threaded, serial):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, r, rtol=tol, atol=tol)

@@ -153,9 +153,11 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
     x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
     y, x_hat = np.empty_like(x3), np.empty_like(x3)
     mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
-    kernels.get("bn_forward")(x3, gamma.astype(x.dtype, copy=False),
-                              beta.astype(x.dtype, copy=False), float(eps), y, x_hat, mean, var,
-                              inv_std)
+    g, b = gamma.astype(x.dtype, copy=False), beta.astype(x.dtype, copy=False)
+    kernel = kernels.get("bn_forward_channels")
+    kernels.parallel_map(                            # one range of channels per thread
+        lambda c: kernel(x3, g, b, float(eps), y, x_hat, mean, var, inv_std, c.start, c.stop),
+        kernels.split(C, kernels.num_threads()))
     cache = BatchNormCache(x, x_hat.reshape(x.shape), mean, var, inv_std, gamma, eps)
     return y.reshape(x.shape), cache
 
@@ -191,9 +193,12 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
         dx, dgamma, dbeta = np.empty(x.shape, dtype=dy.dtype), np.empty(C, dy.dtype), np.empty(
             C, dy.dtype)
         scale = (gamma * inv_std).astype(dy.dtype, copy=False)
-        kernels.get("bn_backward")(np.ascontiguousarray(dy).reshape(N, C, H * W),
-                                   np.ascontiguousarray(x_hat).reshape(N, C, H * W), scale,
-                                   dx.reshape(N, C, H * W), dgamma, dbeta)
+        dy3 = np.ascontiguousarray(dy).reshape(N, C, H * W)
+        x_hat3, dx3 = np.ascontiguousarray(x_hat).reshape(N, C, H * W), dx.reshape(N, C, H * W)
+        kernel = kernels.get("bn_backward_channels")
+        kernels.parallel_map(                        # one range of channels per thread
+            lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop),
+            kernels.split(C, kernels.num_threads()))
         return dx, dgamma, dbeta
     m = x.size // x.shape[1]
     dbeta = dy.sum(axis=axes)
@@ -210,13 +215,23 @@ class ActivationCache(NamedTuple):
 
 
 def relu(x: np.ndarray):
-    """max(x, 0), elementwise."""
+    """max(x, 0), elementwise; large arrays in one slice of axis 0 per thread."""
     _check_array("relu", "x", x)
-    return np.maximum(x, 0), ActivationCache(x)
+    if x.ndim == 0:
+        return np.maximum(x, 0), ActivationCache(x)
+    y = np.empty_like(x)
+    kernels.parallel_map(lambda p: np.maximum(x[p], 0, out=y[p]), kernels.row_parts(x))
+    return y, ActivationCache(x)
 
 
 def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
-    return dy * (cache.value > 0)
+    """dy where the input was > 0, else 0; large arrays in one slice of axis 0 per thread."""
+    x = cache.value
+    if dy.shape != x.shape or x.ndim == 0:
+        return dy * (x > 0)
+    dx = np.empty(dy.shape, dtype=np.result_type(dy.dtype, np.bool_))
+    kernels.parallel_map(lambda p: np.multiply(dy[p], x[p] > 0, out=dx[p]), kernels.row_parts(x))
+    return dx
 
 
 def leaky_relu(x: np.ndarray, slope: float = 0.01):

@@ -20,7 +20,11 @@ rebuilds ``cols`` for dW = dy_t @ cols^T, computes dcols = W_mat^T @ dy_t
 into the same buffer and folds it back onto the image (col2im). Both passes
 run over blocks of the batch whose ``cols`` fit in ``BLOCK_BYTES`` (2 MiB), so
 each GEMM reads its ``cols`` from cache rather than main memory: a loop over a
-few cache-sized blocks, not over samples, pixels or channels.
+few cache-sized blocks, not over samples, pixels or channels. Before that the
+batch is split into one part per thread (``kernels.parallel_map``; as many
+threads as the BLAS thread limit allows): each part pads, im2cols, multiplies
+and col2ims its own samples in its own scratch buffer, and the backward sums
+the parts' dW.
 
 No dtype is changed: float32 in, float32 out; float64 in, float64 out.
 """
@@ -145,6 +149,11 @@ def _blocks(x: np.ndarray, K: int, Ho: int, Wo: int):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def _batch_parts(n: int):
+    """The batch [0, n) split into one contiguous part per thread (kernels.parallel_map)."""
+    return kernels.split(n, kernels.num_threads())
+
+
 def _im2col(xp: np.ndarray, kernel, stride, padding, Ho: int, Wo: int) -> np.ndarray:
     """xp (n, C, Hp, Wp), already zero-padded -> cols (C*kh*kw, n*Ho*Wo) in the per-thread
     scratch buffer (reused by every layer and step)."""
@@ -200,12 +209,17 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
 
     W_mat = W.reshape(F, C * kh * kw)
-    xp = _pad_nchw(x, *padding, 0)
     y = np.empty((N, F, Ho * Wo), dtype=x.dtype)
-    for blk in _blocks(x, C * kh * kw, Ho, Wo):
-        cols = _im2col(xp[blk], (kh, kw), stride, padding, Ho, Wo)  # (C*kh*kw, n*Ho*Wo)
-        y_t = W_mat @ cols                                         # (F, n*Ho*Wo), one GEMM
-        y[blk] = y_t.reshape(F, -1, Ho * Wo).transpose(1, 0, 2)
+
+    def forward_part(part: slice) -> None:          # the samples x[part] -> y[part]
+        xp = _pad_nchw(x[part], *padding, 0)
+        y_part = y[part]
+        for blk in _blocks(xp, C * kh * kw, Ho, Wo):
+            cols = _im2col(xp[blk], (kh, kw), stride, padding, Ho, Wo)  # (C*kh*kw, n*Ho*Wo)
+            y_t = W_mat @ cols                                         # (F, n*Ho*Wo), a GEMM
+            y_part[blk] = y_t.reshape(F, -1, Ho * Wo).transpose(1, 0, 2)
+
+    kernels.parallel_map(forward_part, _batch_parts(N))
     if b is not None:
         y += b[:, None]
     return y.reshape(N, F, Ho, Wo), Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
@@ -226,15 +240,20 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache):
     dy3 = dy.reshape(N, F, Ho * Wo)
     db = dy3.sum(axis=(0, 2)) if has_bias else None
     W_mat = W.reshape(F, C * kh * kw)
-    dW = np.zeros_like(W_mat)
     dx = np.empty(x.shape, dtype=dy.dtype)
-    xp = _pad_nchw(x, ph, pw, 0)
-    for blk in _blocks(x, C * kh * kw, Ho, Wo):
-        dy_t = np.ascontiguousarray(dy3[blk].transpose(1, 0, 2)).reshape(F, -1)
-        cols = _im2col(xp[blk], (kh, kw), (sh, sw), (ph, pw), Ho, Wo)
-        dW += dy_t @ cols.T                                    # (F, C*kh*kw)
-        dcols = np.matmul(W_mat.T, dy_t, out=cols)             # reuses the scratch
-        _col2im(dcols, (kh, kw), (sh, sw), (ph, pw), dx[blk])
+
+    def backward_part(part: slice) -> np.ndarray:   # dx[part] and this part's share of dW
+        dW = np.zeros_like(W_mat)
+        xp, dy_part, dx_part = _pad_nchw(x[part], ph, pw, 0), dy3[part], dx[part]
+        for blk in _blocks(xp, C * kh * kw, Ho, Wo):
+            dy_t = np.ascontiguousarray(dy_part[blk].transpose(1, 0, 2)).reshape(F, -1)
+            cols = _im2col(xp[blk], (kh, kw), (sh, sw), (ph, pw), Ho, Wo)
+            dW += dy_t @ cols.T                                # (F, C*kh*kw)
+            dcols = np.matmul(W_mat.T, dy_t, out=cols)         # reuses the scratch
+            _col2im(dcols, (kh, kw), (sh, sw), (ph, pw), dx_part[blk])
+        return dW
+
+    dW = sum(kernels.parallel_map(backward_part, _batch_parts(N)))
     return dx, dW.reshape(W.shape), db
 
 

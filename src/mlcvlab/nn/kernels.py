@@ -24,10 +24,22 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
 * ``bn_forward(x3, gamma, beta, eps, y, x_hat, mean, var, inv_std)`` and
   ``bn_backward(dy3, x_hat, scale, dx, dgamma, dbeta)`` on x3 (N, C, L):
   batch norm over (N, L) per channel, statistics accumulated in float64.
+  ``bn_forward_channels(..., c0, c1)`` / ``bn_backward_channels(..., c0, c1)``
+  do the same for the channels [c0, c1) only, so that threads can share the work.
+
+Thread parallelism (``parallel_map``): the convolution splits its batch, and
+batch norm its channels, into one part per thread. The GEMMs, NumPy copies and
+these ``nogil`` kernels release the GIL, so the parts run on separate cores;
+while they run, BLAS is held at one thread per caller (no oversubscription).
+The number of threads follows the BLAS thread limit in force, so
+``threadpoolctl.threadpool_limits(1)`` makes everything serial again.
 """
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -107,10 +119,11 @@ def _compile() -> dict:
                         dx[n, c, hi, wi] += dy[n, c, ho, wo]
 
     @njit(cache=True, fastmath=False, nogil=True)
-    def bn_forward(x, gamma, beta, eps, y, x_hat, mean, var, inv_std):  # pragma: no cover
+    def bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, c0,
+                            c1):  # pragma: no cover (jitted)
         N, C, L = x.shape
         m = N * L
-        for c in range(C):
+        for c in range(c0, c1):
             s = 0.0
             for n in range(N):
                 for l in range(L):
@@ -133,10 +146,15 @@ def _compile() -> dict:
                     y[n, c, l] = h * g + b
 
     @njit(cache=True, fastmath=False, nogil=True)
-    def bn_backward(dy, x_hat, scale, dx, dgamma, dbeta):  # pragma: no cover (jitted)
+    def bn_forward(x, gamma, beta, eps, y, x_hat, mean, var, inv_std):  # pragma: no cover
+        bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, 0, x.shape[1])
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, c0,
+                             c1):  # pragma: no cover (jitted)
         N, C, L = dy.shape
         m = N * L
-        for c in range(C):
+        for c in range(c0, c1):
             sb = 0.0
             sg = 0.0
             for n in range(N):
@@ -151,8 +169,14 @@ def _compile() -> dict:
                 for l in range(L):
                     dx[n, c, l] = k * (dy[n, c, l] - mb - x_hat[n, c, l] * mg)
 
+    @njit(cache=True, fastmath=False, nogil=True)
+    def bn_backward(dy, x_hat, scale, dx, dgamma, dbeta):  # pragma: no cover (jitted)
+        bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, 0, dy.shape[1])
+
     return {"col2im": col2im, "maxpool": maxpool,
-            "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward}
+            "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward,
+            "bn_forward_channels": bn_forward_channels,
+            "bn_backward_channels": bn_backward_channels}
 
 
 _AVAILABLE = None
@@ -194,3 +218,86 @@ def scratch(shape, dtype) -> np.ndarray:
     if buf is None or buf.size < size:
         buf = bufs[dtype] = np.empty(size, dtype=dtype)
     return buf[:size].reshape(shape)
+
+
+# --------------------------------------------------------------------------- threads
+MAX_THREADS = 8
+_pool: Optional[ThreadPoolExecutor] = None
+_blas = None
+_lock = threading.Lock()
+_in_parallel = threading.local()
+
+
+def _blas_controllers() -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries (looked up once; [] if none)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        except Exception:  # threadpoolctl missing or unable to inspect the process
+            _blas = []
+    return _blas
+
+
+def num_threads() -> int:
+    """How many threads ``parallel_map`` uses: the BLAS thread limit, capped by the CPUs
+    available to this process and MAX_THREADS; 1 inside a ``parallel_map`` part."""
+    if getattr(_in_parallel, "active", False):
+        return 1
+    ctl = _blas_controllers()
+    if not ctl:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(ctl[0].get_num_threads(), cpus or 1, MAX_THREADS))
+
+
+def split(n: int, parts: int) -> List[slice]:
+    """[0, n) as ``min(parts, n)`` contiguous slices of near-equal length."""
+    parts = max(1, min(parts, n))
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [slice(edges[i], edges[i + 1]) for i in range(parts)]
+
+
+# Arrays smaller than this many elements are not worth a thread hand-off (about 50 us).
+PARALLEL_MIN_SIZE = 2**16
+
+
+def row_parts(a: np.ndarray) -> List[slice]:
+    """Slices of a's first axis, one per thread if a has >= PARALLEL_MIN_SIZE elements."""
+    return split(a.shape[0], num_threads() if a.size >= PARALLEL_MIN_SIZE else 1)
+
+
+def _run_part(fn: Callable, item):
+    _in_parallel.active = True
+    try:
+        return fn(item)
+    finally:
+        _in_parallel.active = False
+
+
+def parallel_map(fn: Callable, items: Sequence) -> list:
+    """[fn(item) for item in items], the items run on separate threads.
+
+    The first item runs in the calling thread, the others on a shared pool.
+    fn must only write to memory no other item touches (disjoint slices of
+    an output) and must release the GIL for its heavy work (NumPy, BLAS,
+    ``nogil`` kernels). BLAS runs one thread per caller meanwhile.
+    """
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_THREADS - 1, thread_name_prefix="mlcvlab")
+    ctl = _blas_controllers()
+    saved = [c.get_num_threads() for c in ctl]
+    for c in ctl:
+        c.set_num_threads(1)
+    try:
+        futures = [_pool.submit(_run_part, fn, item) for item in items[1:]]
+        first = _run_part(fn, items[0])
+        return [first] + [f.result() for f in futures]
+    finally:
+        for c, n in zip(ctl, saved):
+            c.set_num_threads(n)

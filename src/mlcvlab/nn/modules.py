@@ -10,7 +10,7 @@ from typing import Tuple, Union
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import basis, init
+from mlcvlab.nn import basis, init, kernels
 from mlcvlab.nn.module import Module, Sequential, check_input
 from mlcvlab.nn.parameter import Parameter
 
@@ -237,7 +237,15 @@ class _BatchNorm(Module):
             inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
             scale = (self.weight.data * inv_std).astype(x.dtype, copy=False)
             shift = (self.bias.data - self.running_mean * scale).astype(x.dtype, copy=False)
-            return x * scale.reshape(shape) + shift.reshape(shape)
+            scale, shift = scale.reshape(shape), shift.reshape(shape)
+            y = np.empty(x.shape, dtype=np.result_type(x, scale))
+
+            def affine(p: slice) -> None:               # y[p] = x[p] * scale + shift
+                np.multiply(x[p], scale, out=y[p])
+                y[p] += shift
+
+            kernels.parallel_map(affine, kernels.row_parts(x))
+            return y
         y, cache = basis.batchnorm(x, self.weight.data, self.bias.data, self.eps)
         self._cache = cache
         m = x.size // self.num_features

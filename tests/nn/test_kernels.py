@@ -238,3 +238,24 @@ def test_layers_split_over_threads_agree_with_one_thread(dtype, monkeypatch):
     for a, r in zip(threaded, serial):
         assert a.dtype == dtype
         np.testing.assert_allclose(a, r, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_backward_kernel_is_threshold_backward(dtype, monkeypatch):
+    """dx = dy where x > 0, else 0 -- also where dy is nan or inf (as torch), on the numba
+    path split over threads and on the NumPy fallback."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 5, 4, 3)).astype(dtype)
+    x[0, 0, 0, :2] = 0.0
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dy[x <= 0][:3] = np.nan
+    dy.flat[[0, 1, 2]] = [np.nan, np.inf, -np.inf]
+    expected = np.where(x > 0, dy, 0).astype(dtype)
+    _, cache = basis.relu(x)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 10)
+    monkeypatch.setattr(kernels, "num_threads", lambda: 4)
+    got = basis.relu_grad(dy, cache)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expected)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    np.testing.assert_array_equal(basis.relu_grad(dy, cache), expected)

@@ -225,12 +225,19 @@ def relu(x: np.ndarray):
 
 
 def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
-    """dy where the input was > 0, else 0; large arrays in one slice of axis 0 per thread."""
+    """dy where the input was > 0, else 0 (as torch's threshold_backward: 0 even where dy is
+    nan); large arrays in one slice of axis 0 per thread."""
     x = cache.value
-    if dy.shape != x.shape or x.ndim == 0:
-        return dy * (x > 0)
-    dx = np.empty(dy.shape, dtype=np.result_type(dy.dtype, np.bool_))
-    kernels.parallel_map(lambda p: np.multiply(dy[p], x[p] > 0, out=dx[p]), kernels.row_parts(x))
+    if dy.shape != x.shape or dy.dtype != x.dtype or x.ndim == 0:
+        return np.where(x > 0, dy, 0).astype(np.result_type(dy, x), copy=False)
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    dx = np.empty_like(dy)
+    if kernels.available():
+        kernel = kernels.get("relu_backward")
+        kernels.parallel_map(lambda p: kernel(dy[p].reshape(-1), x[p].reshape(-1),
+                                              dx[p].reshape(-1)), kernels.row_parts(x))
+    else:
+        dx[...] = np.where(x > 0, dy, 0)
     return dx
 
 

@@ -3,8 +3,6 @@ import json
 import subprocess
 import sys
 
-from mlcvlab.labs import run_lab
-
 REPORT_KEYS = ["alexnet_rows", "alexnet_params_grouped", "alexnet_params_single", "alexnet_biases",
                "alexnet_fc_share", "alexnet_macs_grouped", "alexnet_macs_single",
                "alexnet_group_saving", "vgg19_rows", "vgg19_weights", "vgg19_biases", "vgg19_params",
@@ -15,18 +13,18 @@ REPORT_KEYS = ["alexnet_rows", "alexnet_params_grouped", "alexnet_params_single"
                "inception_naive_rows", "inception_reduced_rows", "resnet_rows"]
 
 
-def test_architectures_quick_via_api(tmp_path):
-    res = run_lab("architectures", quick=True, out_dir=str(tmp_path), show_progress=False)
+def test_architectures_quick_via_api(run_quick):
+    run = run_quick("architectures")
+    res = run.results
     assert res["alexnet_params_grouped"] == 60_965_224 and res["alexnet_params_single"] == 62_378_344
     assert res["vgg19_weights"] == 143_652_544
     assert res["rf_all_agree"] and res["rf_cases"] == 3 * 3
     assert res["inception_naive_output"] == "480x32x32" and res["inception_reduced_output"] == "256x32x32"
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    report = (tmp_path / "report.md").read_text()
+    run.assert_outputs(keys=REPORT_KEYS,
+                       files=("alexnet.csv", "vgg19.csv", "receptive_field.csv",
+                              "vgg19_per_layer.png"))
+    report = run.report()
     assert "143,652,544" in report and "60,965,224" in report and "528,482,304" in report
-    for name in ("alexnet.csv", "vgg19.csv", "receptive_field.csv", "vgg19_per_layer.png"):
-        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_architectures_via_cli_with_overrides(tmp_path):

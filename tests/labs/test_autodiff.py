@@ -5,8 +5,6 @@ import sys
 
 import pytest
 
-from mlcvlab.labs import run_lab
-
 REPORT_KEYS = ["x1", "x2", "graph_engine", "example_z", "example_grad", "example_fd",
                "example_closed_form", "example_trace", "example_max_err_fd", "example_grad_rounded",
                "neuron_loss", "neuron_y", "neuron_grad_w", "neuron_grad_b", "neuron_fd_w",
@@ -14,16 +12,16 @@ REPORT_KEYS = ["x1", "x2", "graph_engine", "example_z", "example_grad", "example
                "neuron_max_err_fd", "neuron_max_err_closed", "neuron_grad_w_rounded"]
 
 
-def test_autodiff_quick_via_api(tmp_path):
-    res = run_lab("autodiff", quick=True, out_dir=str(tmp_path), show_progress=False)
+def test_autodiff_quick_via_api(run_quick):
+    run = run_quick("autodiff")
+    res = run.results
     assert res["example_grad_rounded"] == [1.3633, 0.1912]
     assert res["example_max_err_fd"] < 1e-7 and res["neuron_max_err_fd"] < 1e-7
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    report = (tmp_path / "report.md").read_text()
+    saved = run.assert_outputs(keys=REPORT_KEYS,
+                               files=("graph_example.png", "graph_neuron.png",
+                                      "example_steps.csv", "neuron_check.csv"))
+    report = run.report()
     assert "1.3633" in report and "0.1912" in report
-    for name in ("graph_example.png", "graph_neuron.png", "example_steps.csv", "neuron_check.csv"):
-        assert (tmp_path / name).stat().st_size > 0
     ops = [row["op"] for row in saved["neuron_trace"]]
     assert "sigmoid" in ops and ops[-1] == "pow"
 

@@ -1,33 +1,28 @@
 """The bagging lab: quick preset, the ensemble-error formula, vectorized MLPs vs the library."""
 import itertools
-import json
 
 import numpy as np
 import pytest
 
 from mlcvlab.labs import bagging as bg
-from mlcvlab.labs import run_lab
 from mlcvlab.models import mlp
 from mlcvlab.nn import MSELoss
 from mlcvlab.optim import Adam
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bagging")
-    return out, run_lab("bagging", quick=True, out_dir=str(out), show_progress=False)
+def quick_run(run_quick):
+    """The bagging lab's quick preset, run once for all tests of this file."""
+    return run_quick("bagging")
 
 
 def test_quick_preset_writes_files_and_keys(quick_run):
-    out, res = quick_run
-    saved = json.loads((out / "results.json").read_text())
-    for key in ("bagging", "init_only", "bagging_v", "bagging_c", "bagging_kmax", "init_only_rho",
-                "dropout_mse_mean", "ranking", "best_method", "table"):
-        assert key in saved, key
-    for name in ("report.md", "ensemble_error.csv", "moments.csv", "ensemble_error.png",
-                 "fits.png", "config.json"):
-        assert (out / name).stat().st_size > 0, name
-    report = (out / "report.md").read_text()
+    quick_run.assert_outputs(
+        keys=("bagging", "init_only", "bagging_v", "bagging_c", "bagging_kmax", "init_only_rho",
+              "dropout_mse_mean", "ranking", "best_method", "table"),
+        files=("report.md", "ensemble_error.csv", "moments.csv", "ensemble_error.png",
+               "fits.png", "config.json"))
+    res, report = quick_run.results, quick_run.report()
     assert f"{res['bagging_v']:.4f}" in report and f"{res['dropout_mse_mean']:.4f}" in report
 
 
@@ -86,7 +81,6 @@ def test_vectorized_mlps_match_library_on_a_bootstrap_resample():
     np.testing.assert_allclose(model(xt)[:, 0], bg.forward(trained, xt)[0][1], rtol=1e-9)
 
 
-def test_bad_ks_are_rejected(tmp_path):
+def test_bad_ks_are_rejected(run_quick):
     with pytest.raises(ValueError, match="ks"):
-        run_lab("bagging", quick=True, out_dir=str(tmp_path), show_progress=False,
-                overrides=["ks=1,64"])
+        run_quick("bagging", overrides=["ks=1,64"])

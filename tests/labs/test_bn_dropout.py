@@ -1,10 +1,7 @@
 """The bn-dropout lab: quick preset end to end, variant construction, bad config."""
-import json
-
 import numpy as np
 import pytest
 
-from mlcvlab.labs import run_lab
 from mlcvlab.labs.bn_dropout import VARIANTS, bn_layers, build_variant, standardized
 from mlcvlab.nn import BatchNorm2d, Dropout
 
@@ -19,27 +16,20 @@ FILES = ["report.md", "results.json", "config.json", "variants.csv", "bn_paramet
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bn_dropout")
-    return run_lab("bn-dropout", quick=True, out_dir=str(out), show_progress=False), out
+def quick_run(run_quick):
+    """The bn-dropout lab's quick preset, run once for all tests of this file."""
+    return run_quick("bn-dropout")
 
 
-def test_quick_preset_writes_everything_the_report_uses(quick):
-    results, out = quick
-    saved = json.loads((out / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    assert {f"{p}_{k}" for p in saved["pairs"] for k in PAIR_KEYS} <= set(saved)
+def test_quick_preset_writes_everything_the_report_uses(quick_run):
+    saved = quick_run.assert_outputs(keys=REPORT_KEYS, files=FILES)
     assert len(saved["pairs"]) == 4
-    for name in FILES:
-        assert (out / name).stat().st_size > 0, name
-    report = (out / "report.md").read_text()
-    assert "0.95%" in report and "{" not in report
-    if saved["used"] != "mnist":
-        assert "Data substitution" in report
+    quick_run.assert_outputs(keys=[f"{p}_{k}" for p in saved["pairs"] for k in PAIR_KEYS])
+    quick_run.assert_report("0.95%", substituted=saved["used"] != "mnist")
 
 
-def test_every_variant_trained_and_bn_parameters_moved(quick):
-    results, _ = quick
+def test_every_variant_trained_and_bn_parameters_moved(quick_run):
+    _, results = quick_run
     rows = {r["variant"]: r for r in results["rows"]}
     assert list(rows) == list(VARIANTS)
     for r in rows.values():
@@ -75,7 +65,6 @@ def test_standardization_uses_training_statistics():
     assert out["X_test"].mean() > 2       # shifted test data is not re-centred on itself
 
 
-def test_unknown_variant_is_rejected(tmp_path):
+def test_unknown_variant_is_rejected(run_quick):
     with pytest.raises(ValueError, match="variants must be a non-empty subset"):
-        run_lab("bn-dropout", quick=True, out_dir=str(tmp_path), show_progress=False,
-                overrides=["variants=plain,batchnorm"])
+        run_quick("bn-dropout", overrides=["variants=plain,batchnorm"])

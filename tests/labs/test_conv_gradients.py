@@ -1,30 +1,24 @@
 """The conv-gradients lab: quick preset, the n-growth law of dL/dW, pooling backward."""
-import json
-
 import numpy as np
 import pytest
 
 from mlcvlab.labs import conv_gradients as cg
-from mlcvlab.labs import run_lab
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conv_gradients")
-    return out, run_lab("conv-gradients", quick=True, out_dir=str(out), show_progress=False)
+def quick_run(run_quick):
+    """The conv-gradients lab's quick preset, run once for all tests of this file."""
+    return run_quick("conv-gradients")
 
 
 def test_quick_preset_files_and_keys(quick_run):
-    out, res = quick_run
-    saved = json.loads((out / "results.json").read_text())
-    for key in ("growth_rows", "slope_iid", "slope_corr", "slope_derived_exact",
-                "slope_corr_derived_exact", "max_rel_err_iid", "max_nonzero_per_window",
-                "avg_max_share", "max_grad_at_argmax", "pool_dx_max", "pool_dx_avg"):
-        assert key in saved, key
-    for name in ("report.md", "grad_std_vs_n.csv", "grad_std_vs_n.png", "pool_gradients.png",
-                 "pool_backward.csv", "config.json"):
-        assert (out / name).stat().st_size > 0, name
-    assert f"{res['slope_iid']:.3f}" in (out / "report.md").read_text()
+    quick_run.assert_outputs(
+        keys=("growth_rows", "slope_iid", "slope_corr", "slope_derived_exact",
+              "slope_corr_derived_exact", "max_rel_err_iid", "max_nonzero_per_window",
+              "avg_max_share", "max_grad_at_argmax", "pool_dx_max", "pool_dx_avg"),
+        files=("report.md", "grad_std_vs_n.csv", "grad_std_vs_n.png", "pool_gradients.png",
+               "pool_backward.csv", "config.json"))
+    assert f"{quick_run.results['slope_iid']:.3f}" in quick_run.report()
 
 
 def test_fitted_growth_rate_matches_derivation(quick_run):

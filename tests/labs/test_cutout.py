@@ -1,10 +1,7 @@
 """The cutout lab: quick preset end to end, the model builder and the example images."""
-import json
-
 import numpy as np
 import pytest
 
-from mlcvlab.labs import run_lab
 from mlcvlab.labs.cutout import cifar_resnet, sample_images_32, summarize_run
 
 REPORT_KEYS = ["dataset_used", "data_note", "substituted", "depth", "width", "epochs", "Ms",
@@ -14,13 +11,13 @@ REPORT_KEYS = ["dataset_used", "data_note", "substituted", "depth", "width", "ep
                "target_pct", "examples_source"]
 
 
-def test_cutout_quick_via_api(tmp_path):
-    res = run_lab("cutout", quick=True, out_dir=str(tmp_path), show_progress=False)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    for name in ("report.md", "runs.csv", "cutout_examples.png", "val_error_vs_epoch.png",
-                 "val_error_vs_seconds.png", "config.json"):
-        assert (tmp_path / name).stat().st_size > 0
+def test_cutout_quick_via_api(run_quick):
+    run = run_quick("cutout")
+    run.assert_outputs(keys=REPORT_KEYS,
+                       files=("report.md", "runs.csv", "cutout_examples.png",
+                              "val_error_vs_epoch.png", "val_error_vs_seconds.png",
+                              "config.json"))
+    res = run.results
     runs = res["runs"]
     assert list(runs) == ["baseline"] + [f"cutout M={m}" for m in res["Ms"]]
     for r in runs.values():
@@ -31,7 +28,7 @@ def test_cutout_quick_via_api(tmp_path):
         assert r["lr"][0] == pytest.approx(0.05) and r["lr"][-1] == pytest.approx(0.005)
     # the models learned something: better than the 90% error of guessing among 10 classes
     assert min(r["best_error"] for r in runs.values()) < 0.85
-    report = (tmp_path / "report.md").read_text()
+    report = run.report()
     assert res["best_run"] in report and "the papers report" in report.lower()
     if res["substituted"]:
         assert "Data substitution" in report and "Small substitute run" in report

@@ -1,9 +1,6 @@
 """The cyclical lab: quick preset (MLP stand-in on fashion10k), range tests and policies."""
-import json
-
 import pytest
 
-from mlcvlab.labs import run_lab
 from mlcvlab.labs.cyclical import POLICIES, bs_test_range
 
 REPORT_KEYS = ["lr_test", "lr_test_no_decrease", "lr_min", "lr_max", "lr_ratio", "lr_at_min_loss", "lr_test_tried",
@@ -20,13 +17,13 @@ def test_batch_size_range_is_capped_at_the_data():
         bs_test_range(64, 128, 50)
 
 
-def test_cyclical_quick_via_api(tmp_path):
-    res = run_lab("cyclical", quick=True, out_dir=str(tmp_path), show_progress=False)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    for name in ("report.md", "lr_range_test.csv", "lr_range_test.png", "bs_range_test.csv",
-                 "bs_range_test.png", "policies.csv", "curves.png"):
-        assert (tmp_path / name).stat().st_size > 0
+def test_cyclical_quick_via_api(run_quick):
+    run = run_quick("cyclical")
+    run.assert_outputs(keys=REPORT_KEYS,
+                       files=("report.md", "lr_range_test.csv", "lr_range_test.png",
+                              "bs_range_test.csv", "bs_range_test.png", "policies.csv",
+                              "curves.png"))
+    res = run.results
     lrs = res["lr_test"]["lr"]
     assert 2 <= len(lrs) <= 10 and lrs[0] == pytest.approx(1e-9)
     assert 0 < res["lr_min"] < res["lr_max"] and res["lr_ratio"] == pytest.approx(4.0)
@@ -48,7 +45,7 @@ def test_cyclical_quick_via_api(tmp_path):
     assert all(res["b_min"] <= b <= res["b_max"] for b in cbs) and len(set(cbs)) > 1
     clr = [r["lr"] for r in res["policies"]["clr"]["history"]]
     assert all(res["lr_min"] - 1e-12 <= v <= res["lr_max"] + 1e-12 for v in clr)
-    report = (tmp_path / "report.md").read_text()
+    report = run.report()
     assert "Model stand-in" in report and res["best_policy"] in report
     if res["data_note"]:
         assert "Data substitution" in report and "fashion10k" in report

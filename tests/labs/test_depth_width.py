@@ -1,11 +1,9 @@
 """The depth-width lab: quick preset, the Eggholder function, and resuming a run in pieces."""
-import json
 import os
 
 import numpy as np
 import pytest
 
-from mlcvlab.labs import run_lab
 from mlcvlab.labs.depth_width import configurations, eggholder
 
 REPORT_KEYS = ["rows", "curve", "finished", "n_configs", "complete", "best_name", "best_rmse",
@@ -32,13 +30,12 @@ def test_configurations_respect_the_budget():
     assert [len([c for c in cfgs if len(c) == d]) for d in (1, 2, 3)] == [6, 25, 112]
 
 
-def test_depth_width_quick_via_api(tmp_path):
-    res = run_lab("depth-width", quick=True, out_dir=str(tmp_path), show_progress=False)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    for name in ("report.md", "networks.csv", "curves.csv", "rmse_vs_units.png",
-                 "rmse_vs_params.png", "time_vs_params.png"):
-        assert (tmp_path / name).stat().st_size > 0
+def test_depth_width_quick_via_api(run_quick):
+    run = run_quick("depth-width")
+    run.assert_outputs(keys=REPORT_KEYS,
+                       files=("report.md", "networks.csv", "curves.csv", "rmse_vs_units.png",
+                              "rmse_vs_params.png", "time_vs_params.png"))
+    res = run.results
     assert res["complete"] and res["finished"] == res["n_configs"] == 11
     for row in res["rows"]:
         assert row["params"] == _params(row["widths"])
@@ -50,31 +47,26 @@ def test_depth_width_quick_via_api(tmp_path):
     point = [c for c in res["curve"] if c["depth"] == 3 and c["total_units"] == 64][0]
     assert point["networks"] == len(d3) == 3
     assert point["mean_test_rmse"] == pytest.approx(np.mean([r["test_rmse"] for r in d3]))
-    assert f"{res['best_rmse']:.2f}" in (tmp_path / "report.md").read_text()
+    assert f"{res['best_rmse']:.2f}" in run.report()
 
 
-def test_resume_in_pieces_matches_an_uninterrupted_run(tmp_path):
-    whole = run_lab("depth-width", quick=True, out_dir=str(tmp_path / "whole"),
-                    overrides=SMALL, show_progress=False)
+def test_resume_in_pieces_matches_an_uninterrupted_run(run_quick, tmp_path):
+    whole = run_quick("depth-width", tmp_path / "whole", overrides=SMALL).results
     out = tmp_path / "pieces"
-    part = run_lab("depth-width", quick=True, out_dir=str(out), overrides=SMALL + ["epoch_budget=3"],
-                   show_progress=False)
+    part = run_quick("depth-width", out, overrides=SMALL + ["epoch_budget=3"]).results
     assert not part["complete"] and part["finished"] == 0           # stopped inside d1_16
     assert (out / "configs" / "d1_16" / "checkpoint.pkl").exists()
     assert "Partial run" in (out / "report.md").read_text()
-    part = run_lab("depth-width", quick=True, out_dir=str(out), overrides=SMALL + ["epoch_budget=5"],
-                   show_progress=False)
+    part = run_quick("depth-width", out, overrides=SMALL + ["epoch_budget=5"]).results
     assert part["finished"] == 2                                    # 1 resumed + 4 new epochs
     done = out / "configs" / "d1_16" / "result.json"
     assert not (out / "configs" / "d1_16" / "checkpoint.pkl").exists()
     stamp = os.stat(done).st_mtime_ns
-    final = run_lab("depth-width", quick=True, out_dir=str(out), overrides=SMALL,
-                    show_progress=False)
+    final = run_quick("depth-width", out, overrides=SMALL).results
     assert final["complete"] and os.stat(done).st_mtime_ns == stamp   # skipped, not retrained
     got = {r["name"]: r for r in final["rows"]}
     for ref in whole["rows"]:
         assert got[ref["name"]]["epochs"] == 4
         assert got[ref["name"]]["test_rmse"] == pytest.approx(ref["test_rmse"], rel=1e-6)
     with pytest.raises(ValueError, match="other settings"):
-        run_lab("depth-width", quick=True, out_dir=str(out), overrides=SMALL + ["lr=0.5"],
-                show_progress=False)
+        run_quick("depth-width", out, overrides=SMALL + ["lr=0.5"])

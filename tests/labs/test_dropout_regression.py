@@ -1,33 +1,28 @@
 """The dropout-regression lab: quick preset, closed forms, trained weights vs the closed form."""
 import itertools
-import json
 
 import numpy as np
 import pytest
 
 from mlcvlab.labs import dropout_regression as dr
-from mlcvlab.labs import run_lab
 
 X = np.array([[10.0, 1.0]])
 Y = np.array([11.0])
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dropout_regression")
-    return out, run_lab("dropout-regression", quick=True, out_dir=str(out), show_progress=False)
+def quick_run(run_quick):
+    """The dropout-regression lab's quick preset, run once for all tests of this file."""
+    return run_quick("dropout-regression")
 
 
 def test_quick_preset_writes_files_and_keys(quick_run):
-    out, res = quick_run
-    saved = json.loads((out / "results.json").read_text())
-    for key in ("runs", "sweep", "jump", "large_rel", "small_rel", "adam_small_rel", "jump_size",
-                "limit_share1", "minnorm_share1", "full_rank_gap", "conclusions", "sweep_max_rel"):
-        assert key in saved, key
-    for name in ("report.md", "runs.csv", "sweep.csv", "loss_curves.png", "sweep.png",
-                 "config.json"):
-        assert (out / name).stat().st_size > 0, name
-    report = (out / "report.md").read_text()
+    quick_run.assert_outputs(
+        keys=("runs", "sweep", "jump", "large_rel", "small_rel", "adam_small_rel", "jump_size",
+              "limit_share1", "minnorm_share1", "full_rank_gap", "conclusions", "sweep_max_rel"),
+        files=("report.md", "runs.csv", "sweep.csv", "loss_curves.png", "sweep.png",
+               "config.json"))
+    res, report = quick_run.results, quick_run.report()
     assert f"{res['large_rel']:.2%}" in report and res["star_w_r"] in report
 
 

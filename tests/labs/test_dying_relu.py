@@ -1,31 +1,25 @@
 """The dying-relu lab: quick preset, the vectorized trainer against the library, Wilson CI."""
-import json
-
 import numpy as np
 import pytest
 
 from mlcvlab import nn, optim
 from mlcvlab.labs import dying_relu as dr
-from mlcvlab.labs import run_lab
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dying_relu")
-    return out, run_lab("dying-relu", quick=True, out_dir=str(out), show_progress=False)
+def quick_run(run_quick):
+    """The dying-relu lab's quick preset, run once for all tests of this file."""
+    return run_quick("dying-relu")
 
 
 def test_quick_preset_writes_report_and_keys(quick_run):
-    out, res = quick_run
-    saved = json.loads((out / "results.json").read_text())
-    for key in ("abs_relu_strict_fraction", "abs_relu_strict_ci_low", "abs_relu_strict_ci_high",
-                "abs_leaky_strict_fraction", "abs_relu_loose_fraction",
-                "abs_relu_born_dead_fraction", "abs_leaky_median_r2", "collapse_tol", "table"):
-        assert key in saved, key
-    for name in ("report.md", "collapse.csv", "runs.csv", "collapse_fraction.png",
-                 "examples_abs_relu.png", "examples_abs_leaky.png", "config.json"):
-        assert (out / name).stat().st_size > 0, name
-    report = (out / "report.md").read_text()
+    quick_run.assert_outputs(
+        keys=("abs_relu_strict_fraction", "abs_relu_strict_ci_low", "abs_relu_strict_ci_high",
+              "abs_leaky_strict_fraction", "abs_relu_loose_fraction",
+              "abs_relu_born_dead_fraction", "abs_leaky_median_r2", "collapse_tol", "table"),
+        files=("report.md", "collapse.csv", "runs.csv", "collapse_fraction.png",
+               "examples_abs_relu.png", "examples_abs_leaky.png", "config.json"))
+    res, report = quick_run.results, quick_run.report()
     assert f"{res['abs_relu_strict_fraction']:.1%}" in report
     assert "collapses more often" in report or "collapses less often" in report \
         or "as often" in report
@@ -105,7 +99,6 @@ def test_wilson_interval_known_values():
         dr.wilson_interval(0, 0)
 
 
-def test_unknown_target_is_rejected(tmp_path):
+def test_unknown_target_is_rejected(run_quick):
     with pytest.raises(ValueError, match="unknown target"):
-        run_lab("dying-relu", quick=True, out_dir=str(tmp_path), show_progress=False,
-                overrides=["targets=nope"])
+        run_quick("dying-relu", overrides=["targets=nope"])

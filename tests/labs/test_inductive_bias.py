@@ -1,11 +1,8 @@
 """The inductive-bias lab: quick preset end to end, the Sobel bank, freezing, confusion."""
-import json
-
 import numpy as np
 import pytest
 
 from mlcvlab.data.synthetic import edge_images
-from mlcvlab.labs import run_lab
 from mlcvlab.labs.inductive_bias import (SOBEL_BANK, _QUICK, build, confusion, edge_cnn,
                                          set_sobel, train)
 
@@ -18,14 +15,14 @@ REPORT_KEYS = ["sizes", "n_small", "n_main", "domains", "curve_rows", "domain_ro
                "mlp_params", "cnn_params", "runs"]
 
 
-def test_inductive_bias_quick_via_api(tmp_path):
-    res = run_lab("inductive-bias", quick=True, out_dir=str(tmp_path), show_progress=False)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    for name in ("report.md", "accuracy_vs_training_size.csv", "accuracy_vs_training_size.png",
-                 "domain_shift.csv", "more_classes.csv", "confusion_3class.png",
-                 "confusion_more_classes.png", "kernels.png"):
-        assert (tmp_path / name).stat().st_size > 0
+def test_inductive_bias_quick_via_api(run_quick):
+    run = run_quick("inductive-bias")
+    run.assert_outputs(keys=REPORT_KEYS,
+                       files=("report.md", "accuracy_vs_training_size.csv",
+                              "accuracy_vs_training_size.png", "domain_shift.csv",
+                              "more_classes.csv", "confusion_3class.png",
+                              "confusion_more_classes.png", "kernels.png"))
+    res = run.results
     assert res["domains"] == ["in-domain", "low contrast + noise", "inverted polarity",
                               "all positions"]
     assert res["frozen_unchanged"] is True
@@ -35,7 +32,7 @@ def test_inductive_bias_quick_via_api(tmp_path):
     # the "CNN worse than MLP" list is exactly the cells where the numbers say so
     assert res["cnn_worse_count"] == len(res["cnn_worse_rows"]) <= res["cells_total"] == 8
     assert all(r["CNN acc"] < r["MLP acc"] for r in res["cnn_worse_rows"])
-    report = (tmp_path / "report.md").read_text()
+    report = run.report()
     assert "Freezing" in report and res["cnn_worse_text"] in report
 
 
@@ -56,7 +53,7 @@ def test_sobel_bank_and_frozen_weights_stay_fixed():
     assert not np.array_equal(model[0].bias.data, bias_before)  # the rest still learns
 
 
-def test_confusion_counts_and_errors(tmp_path):
+def test_confusion_counts_and_errors(run_quick):
     y = np.array([0, 0, 1, 2, 2])
     pred = np.array([0, 1, 1, 2, 0])
     mat = confusion(y, pred, 3)
@@ -64,5 +61,4 @@ def test_confusion_counts_and_errors(tmp_path):
     with pytest.raises(ValueError, match="pool"):
         edge_cnn(8, 4, 3, pool="median")
     with pytest.raises(ValueError, match="n_per_class"):
-        run_lab("inductive-bias", quick=True, overrides=["n_per_class=0"],
-                show_progress=False, out_dir=str(tmp_path))
+        run_quick("inductive-bias", overrides=["n_per_class=0"])

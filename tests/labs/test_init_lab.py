@@ -1,30 +1,24 @@
 """The init lab: quick preset, report keys, and the ReLU variance-propagation law."""
-import json
-
 import numpy as np
 import pytest
 
 from mlcvlab.labs import init as init_lab
-from mlcvlab.labs import run_lab
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("init_lab")
-    return out, run_lab("init", quick=True, out_dir=str(out), show_progress=False)
+def quick_run(run_quick):
+    """The init lab's quick preset, run once for all tests of this file."""
+    return run_quick("init")
 
 
 def test_quick_preset_files_and_keys(quick_run):
-    out, res = quick_run
-    saved = json.loads((out / "results.json").read_text())
-    for key in ("summary", "relu_growth", "layers", "healthy", "unhealthy", "input_std",
-                "act_explode", "grad_ratio_vanish", "depth", "width"):
-        assert key in saved, key
+    saved = quick_run.assert_outputs(
+        keys=("summary", "relu_growth", "layers", "healthy", "unhealthy", "input_std",
+              "act_explode", "grad_ratio_vanish", "depth", "width"),
+        files=("report.md", "summary.csv", "per_layer.csv", "relu_growth.csv",
+               "activation_histograms.png", "activation_std.png", "gradient_norms.png"))
     assert len(saved["summary"]) == 9 and len(saved["layers"]) == 9 * saved["depth"]
-    for name in ("report.md", "summary.csv", "per_layer.csv", "relu_growth.csv",
-                 "activation_histograms.png", "activation_std.png", "gradient_norms.png"):
-        assert (out / name).stat().st_size > 0, name
-    report = (out / "report.md").read_text()
+    report = quick_run.report()
     for s in saved["summary"]:
         assert f"{s['init']} + {s['activation']}: {s['verdict']}" in report
 

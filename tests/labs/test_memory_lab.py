@@ -1,10 +1,7 @@
 """The memory lab: the analytic memory model against hand counts and the real caches; quick run."""
-import json
-
 import numpy as np
 import pytest
 
-from mlcvlab.labs import run_lab
 from mlcvlab.labs.memory import activation_bytes, cached_bytes, training_memory
 from mlcvlab.nn import (BatchNorm1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d,
                         ReLU, Sequential)
@@ -73,13 +70,13 @@ def test_analytic_memory_errors():
         activation_bytes(Sequential(Sequential(Linear(2, 2))), (2,), 4)
 
 
-def test_memory_quick_via_api(tmp_path):
-    res = run_lab("memory", quick=True, out_dir=str(tmp_path), show_progress=False)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(REPORT_KEYS) <= set(saved)
-    for name in ("report.md", "model_sizes.csv", "optimizer_state.csv", "batch_sizes.csv",
-                 "memory_vs_batch.png", "accuracy_time_vs_batch.png", "config.json"):
-        assert (tmp_path / name).stat().st_size > 0
+def test_memory_quick_via_api(run_quick):
+    run = run_quick("memory")
+    run.assert_outputs(keys=REPORT_KEYS,
+                       files=("report.md", "model_sizes.csv", "optimizer_state.csv",
+                              "batch_sizes.csv", "memory_vs_batch.png",
+                              "accuracy_time_vs_batch.png", "config.json"))
+    res = run.results
     assert res["state_all_match"] and res["cache_matches"]
     spec = {r["model"]: r["params"] for r in res["spec_rows"]}
     assert spec["resnet152"] > spec["resnet50"] > spec["resnet18"]
@@ -93,5 +90,5 @@ def test_memory_quick_via_api(tmp_path):
         assert r["peak_bytes"] >= r["analytic_bytes"]   # the peak adds temporaries
         assert 0.0 <= r["test acc"] <= 1.0
     assert rows[0]["steps"] > rows[-1]["steps"]
-    report = (tmp_path / "report.md").read_text()
+    report = run.report()
     assert "mnist10k" in report and f"{res['largest_params']:,}" in report

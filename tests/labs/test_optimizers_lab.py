@@ -1,10 +1,7 @@
 """The optimizers lab: quick preset end to end, and the non-inverted dropout pieces."""
-import json
-
 import numpy as np
 import pytest
 
-from mlcvlab.labs import run_lab
 from mlcvlab.labs.optimizers import (OPTIMIZERS, NonInvertedDropout, mc_preactivations,
                                      noninverted_mlp, preactivations, weights_scaled_by_keep)
 
@@ -21,26 +18,22 @@ FILES = ["report.md", "results.json", "config.json", "mnist_loss_no_dropout.png"
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("optimizers")
-    return run_lab("optimizers", quick=True, out_dir=str(out), show_progress=False), out
+def quick_run(run_quick):
+    """The optimizers lab's quick preset, run once for all tests of this file."""
+    return run_quick("optimizers")
 
 
-def test_quick_preset_writes_everything_the_report_uses(quick):
-    results, out = quick
-    saved = json.loads((out / "results.json").read_text())
-    assert {f"mnist_{k}" for k in TAG_KEYS} <= set(saved)
-    assert {"datasets_run", "substitutions", "sizes_text", "mc_masks"} <= set(saved)
-    for name in FILES:
-        assert (out / name).stat().st_size > 0, name
-    report = (out / "report.md").read_text()
-    assert "the paper (Srivastava et al. 2014" in report and "{" not in report
-    if saved["mnist_used"] != "mnist":
-        assert "Data substitution" in report
+def test_quick_preset_writes_everything_the_report_uses(quick_run):
+    saved = quick_run.assert_outputs(
+        keys=[f"mnist_{k}" for k in TAG_KEYS]
+        + ["datasets_run", "substitutions", "sizes_text", "mc_masks"],
+        files=FILES)
+    quick_run.assert_report("the paper (Srivastava et al. 2014",
+                            substituted=saved["mnist_used"] != "mnist")
 
 
-def test_quick_preset_trains_all_ten_runs(quick):
-    results, _ = quick
+def test_quick_preset_trains_all_ten_runs(quick_run):
+    _, results = quick_run
     runs = results["mnist_runs"]
     assert [(r["optimizer"], r["dropout"]) for r in runs] == \
         [(o, d) for o in OPTIMIZERS for d in (False, True)]
@@ -54,8 +47,8 @@ def test_quick_preset_trains_all_ten_runs(quick):
     assert min(r["test accuracy"] for r in runs if not r["dropout"]) > 0.3
 
 
-def test_weight_scaling_matches_mean_over_masks_in_the_first_layer(quick):
-    results, _ = quick
+def test_weight_scaling_matches_mean_over_masks_in_the_first_layer(quick_run):
+    _, results = quick_run
     first = results["mnist_scaling_rows"][0]
     assert first["exact in expectation"]
     gap = first["rel. gap: mean over masks vs scaled weights"]
@@ -93,11 +86,12 @@ def test_scaled_weights_give_the_expected_first_preactivation_and_are_restored()
     assert not model[1].training and model[2].training is False
 
 
-def test_cifar10_runs_only_when_present(tmp_path):
-    res = run_lab("optimizers", quick=True, out_dir=str(tmp_path), show_progress=False,
-                  overrides=["datasets=mnist,cifar10", "epochs=1", "n_train=256", "n_test=200",
-                             "hidden=16,16", "probe_masks=50", "mc_masks=2"])
+def test_cifar10_runs_only_when_present(run_quick):
+    run = run_quick("optimizers",
+                    overrides=["datasets=mnist,cifar10", "epochs=1", "n_train=256", "n_test=200",
+                               "hidden=16,16", "probe_masks=50", "mc_masks=2"])
+    res = run.results
     assert "mnist" in res["datasets_run"]
     assert ("cifar10" in res["skipped"]) != ("cifar10" in res["datasets_run"])
     if "cifar10" in res["skipped"]:
-        assert "CIFAR-10 is not on disk" in (tmp_path / "report.md").read_text()
+        assert "CIFAR-10 is not on disk" in run.report()

@@ -1,33 +1,26 @@
 """The perceptron lab: quick preset, report keys, the vectorized trainer vs the library."""
-import json
-
 import numpy as np
 import pytest
 
 from mlcvlab.labs import perceptron as pc
-from mlcvlab.labs import run_lab
 from mlcvlab.nn import HingeLoss, Linear
 from mlcvlab.optim import SGD
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("perceptron")
-    return out, run_lab("perceptron", quick=True, out_dir=str(out), show_progress=False)
+def quick_run(run_quick):
+    """The perceptron lab's quick preset, run once for all tests of this file."""
+    return run_quick("perceptron")
 
 
 def test_quick_preset_writes_files_and_keys(quick_run):
-    out, res = quick_run
-    saved = json.loads((out / "results.json").read_text())
-    for name in ("perceptron", "hinge"):
-        for key in ("acc_mean", "acc_std", "mean_var", "frac_unstable", "separated_frac"):
-            assert f"{name}_{key}" in saved, key
-    for key in ("diff_mean", "diff_se", "acc_verdict", "var_verdict", "table"):
-        assert key in saved
-    for name in ("report.md", "accuracy.csv", "boundaries.png", "accuracy_hist.png",
-                 "prediction_spread.png", "config.json"):
-        assert (out / name).stat().st_size > 0, name
-    report = (out / "report.md").read_text()
+    quick_run.assert_outputs(
+        keys=[f"{name}_{key}" for name in ("perceptron", "hinge")
+              for key in ("acc_mean", "acc_std", "mean_var", "frac_unstable", "separated_frac")]
+        + ["diff_mean", "diff_se", "acc_verdict", "var_verdict", "table"],
+        files=("report.md", "accuracy.csv", "boundaries.png", "accuracy_hist.png",
+               "prediction_spread.png", "config.json"))
+    res, report = quick_run.results, quick_run.report()
     assert f"{res['hinge_acc_mean']:.4f}" in report and f"{res['perceptron_mean_var']:.4f}" in report
 
 

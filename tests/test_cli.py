@@ -25,7 +25,8 @@ def test_train_one_epoch_on_mnist10k_writes_run_folder(tmp_path):
         assert (out / name).exists(), name
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1]
-    assert {"epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr", "batch_size"} <= set(history[0])
+    assert ({"epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr", "batch_size"}
+            <= set(history[0]))
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "mnist10k" and config["model"] == "nn4"
     assert config["test_acc"] > 0.8          # one epoch of NN4 on real MNIST digits
@@ -37,7 +38,8 @@ def test_train_one_epoch_on_mnist10k_writes_run_folder(tmp_path):
 
 def test_digits_reaches_95_percent(tmp_path, capsys):
     out = tmp_path / "digits"
-    assert main(["train", "--dataset", "digits", "--epochs", "20", "--out", str(out), "--quiet"]) == 0
+    assert main(["train", "--dataset", "digits", "--epochs", "20", "--out", str(out),
+                 "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["test_acc"] >= 0.95
 

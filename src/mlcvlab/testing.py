@@ -21,7 +21,9 @@ def _check_indices(size: int, max_checks: Optional[int], rng: np.random.Generato
 
 def numerical_gradient(f: Callable[[], float], x: np.ndarray, indices: Sequence[int],
                        eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar ``f()`` w.r.t. ``x.flat[indices]`` (x perturbed in place)."""
+    """Central differences of the scalar ``f()`` w.r.t. ``x.flat[indices]`` (x perturbed in
+    place).
+    """
     flat = x.reshape(-1)
     if not np.shares_memory(flat, x):
         raise ValueError("numerical_gradient: x must be contiguous so it can be perturbed in place")
@@ -47,7 +49,8 @@ def assert_close_grad(name: str, analytic: np.ndarray, numeric: np.ndarray, indi
         k = int(np.argmax(err - tol))
         raise AssertionError(
             f"gradient of {name} wrong at flat index {int(np.asarray(indices)[k])}: "
-            f"analytic {a[k]:.10g}, numeric {numeric[k]:.10g} (|diff| {err[k]:.3g}, tol {tol[k]:.3g})"
+            f"analytic {a[k]:.10g}, numeric {numeric[k]:.10g} "
+            f"(|diff| {err[k]:.3g}, tol {tol[k]:.3g})"
         )
 
 

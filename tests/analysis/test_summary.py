@@ -21,7 +21,8 @@ def test_summarize_mlp():
 
 
 def test_summarize_cnn_restores_mode_and_forward():
-    model = Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), MaxPool2d(2), Flatten(), Linear(4 * 7 * 7, 5))
+    model = Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), MaxPool2d(2), Flatten(),
+                       Linear(4 * 7 * 7, 5))
     model.train()
     rows = summarize(model, (1, 14, 14))
     assert rows[0].out_shape == (4, 14, 14)

@@ -53,7 +53,8 @@ BINARY = {
     "maximum": maximum,
 }
 # shape pairs including broadcasting in both directions and a scalar operand
-BROADCAST_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3)), ((5, 1), (1, 5))]
+BROADCAST_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3)),
+                    ((5, 1), (1, 5))]
 
 
 @pytest.mark.parametrize("name", sorted(BINARY))

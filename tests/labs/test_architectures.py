@@ -5,8 +5,8 @@ import sys
 
 REPORT_KEYS = ["alexnet_rows", "alexnet_params_grouped", "alexnet_params_single", "alexnet_biases",
                "alexnet_fc_share", "alexnet_macs_grouped", "alexnet_macs_single",
-               "alexnet_group_saving", "vgg19_rows", "vgg19_weights", "vgg19_biases", "vgg19_params",
-               "vgg19_activations", "vgg19_activation_mb", "vgg19_weight_mb",
+               "alexnet_group_saving", "vgg19_rows", "vgg19_weights", "vgg19_biases",
+               "vgg19_params", "vgg19_activations", "vgg19_activation_mb", "vgg19_weight_mb",
                "vgg19_conv_weight_share", "rf_rows", "rf_all_agree", "rf_cases", "inception_input",
                "inception_filters", "inception_naive_output", "inception_naive_macs",
                "inception_reduced_output", "inception_reduced_macs", "inception_ratio",
@@ -16,10 +16,12 @@ REPORT_KEYS = ["alexnet_rows", "alexnet_params_grouped", "alexnet_params_single"
 def test_architectures_quick_via_api(run_quick):
     run = run_quick("architectures")
     res = run.results
-    assert res["alexnet_params_grouped"] == 60_965_224 and res["alexnet_params_single"] == 62_378_344
+    assert (res["alexnet_params_grouped"] == 60_965_224
+            and res["alexnet_params_single"] == 62_378_344)
     assert res["vgg19_weights"] == 143_652_544
     assert res["rf_all_agree"] and res["rf_cases"] == 3 * 3
-    assert res["inception_naive_output"] == "480x32x32" and res["inception_reduced_output"] == "256x32x32"
+    assert (res["inception_naive_output"] == "480x32x32"
+            and res["inception_reduced_output"] == "256x32x32")
     run.assert_outputs(keys=REPORT_KEYS,
                        files=("alexnet.csv", "vgg19.csv", "receptive_field.csv",
                               "vgg19_per_layer.png"))
@@ -34,5 +36,6 @@ def test_architectures_via_cli_with_overrides(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["rf_cases"] == 2 * 3 and [r["model"] for r in saved["resnet_rows"]] == ["ResNet-18"]
+    assert (saved["rf_cases"] == 2 * 3
+            and [r["model"] for r in saved["resnet_rows"]] == ["ResNet-18"])
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 3

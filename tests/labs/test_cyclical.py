@@ -3,11 +3,11 @@ import pytest
 
 from mlcvlab.labs.cyclical import POLICIES, bs_test_range
 
-REPORT_KEYS = ["lr_test", "lr_test_no_decrease", "lr_min", "lr_max", "lr_ratio", "lr_at_min_loss", "lr_test_tried",
-               "lr_test_diverged", "bs_test", "b_min", "b_max", "bs_ratio", "bs_max_tested",
-               "bs_capped", "policies", "policy_rows", "ranking_text", "best_policy",
-               "best_policy_acc", "clr_minus_fixed", "cbs_minus_fixed", "n_train", "n_val",
-               "dataset_used", "data_note"]
+REPORT_KEYS = ["lr_test", "lr_test_no_decrease", "lr_min", "lr_max", "lr_ratio", "lr_at_min_loss",
+               "lr_test_tried", "lr_test_diverged", "bs_test", "b_min", "b_max", "bs_ratio",
+               "bs_max_tested", "bs_capped", "policies", "policy_rows", "ranking_text",
+               "best_policy", "best_policy_acc", "clr_minus_fixed", "cbs_minus_fixed", "n_train",
+               "n_val", "dataset_used", "data_note"]
 
 
 def test_batch_size_range_is_capped_at_the_data():

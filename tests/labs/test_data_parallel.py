@@ -28,7 +28,8 @@ def test_rows_measured_and_modelled(quick_run):
         r = rows[2, b]
         assert r["bus_bandwidth_GBps"] == pytest.approx(
             2 * (2 - 1) / 2 * r["allreduce_MB"] * 1e6 / (r["communication_ms"] / 1e3) / 1e9)
-        assert r["epoch_seconds"] == pytest.approx(results["n_epoch"] / (2 * b) * r["step_ms"] / 1e3)
+        assert r["epoch_seconds"] == pytest.approx(
+            results["n_epoch"] / (2 * b) * r["step_ms"] / 1e3)
         assert 0 < r["comm_fraction"] < 1
     assert results["measured_ks"] == [1, 2] and results["modelled_ks"] == [4]
 

@@ -77,7 +77,8 @@ def test_run_lab_with_registered_toy_lab(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["mean"] == pytest.approx(float(res["mean"])) and len(saved["values"]) == 3
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["seed"] == 5 and config["config"]["scale"] == 2.0 and config["numpy"] == np.__version__
+    assert (config["seed"] == 5 and config["config"]["scale"] == 2.0
+            and config["numpy"] == np.__version__)
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# Toy\n\n> **Note:** Data substitution: MNIST")
     assert f"Mean of 3 draws: {res['mean']:.3f}." in report
@@ -93,7 +94,8 @@ def test_report_refuses_numbers_not_in_results(tmp_path):
 
 
 def test_json_conversion_and_config_without_git(tmp_path, monkeypatch):
-    obj = {"a": np.float32(1.5), "b": np.arange(3), "c": (np.int64(2), np.bool_(True)), "d": float("nan")}
+    obj = {"a": np.float32(1.5), "b": np.arange(3), "c": (np.int64(2), np.bool_(True)),
+           "d": float("nan")}
     assert to_jsonable(obj) == {"a": 1.5, "b": [0, 1, 2], "c": [2, True], "d": "nan"}
     monkeypatch.setenv("PATH", "")                      # no git binary reachable
     write_config(tmp_path, {"seed": 1}, workers=4)

@@ -21,7 +21,8 @@ def test_quick_preset_writes_files_and_keys(quick_run):
         files=("report.md", "accuracy.csv", "boundaries.png", "accuracy_hist.png",
                "prediction_spread.png", "config.json"))
     res, report = quick_run.results, quick_run.report()
-    assert f"{res['hinge_acc_mean']:.4f}" in report and f"{res['perceptron_mean_var']:.4f}" in report
+    assert (f"{res['hinge_acc_mean']:.4f}" in report
+            and f"{res['perceptron_mean_var']:.4f}" in report)
 
 
 def test_hinge_loss_generalizes_better_and_varies_less(quick_run):

@@ -10,7 +10,8 @@ from mlcvlab.testing import gradcheck_module
 
 
 def _dropout_states(model):
-    return [(d.rng, d.rng.bit_generator.state) for d in model.modules() if isinstance(d, nn.Dropout)]
+    return [(d.rng, d.rng.bit_generator.state) for d in model.modules()
+            if isinstance(d, nn.Dropout)]
 
 
 def _restore(states):
@@ -20,7 +21,8 @@ def _restore(states):
 
 def test_structure():
     m = NN4(10, hidden=(8, 6, 4), n_classes=1, p_input=0.1, p_hidden=0.3)
-    kinds = [[type(l).__name__ for l in layer] for layer in (m.layer1, m.layer2, m.layer3, m.layer4)]
+    kinds = [[type(l).__name__ for l in layer]
+             for layer in (m.layer1, m.layer2, m.layer3, m.layer4)]
     assert kinds[:3] == [["Dropout", "Linear", "ReLU", "BatchNorm1d"]] * 3
     assert kinds[3] == ["Dropout", "Linear", "Sigmoid"]
     assert m.layer1[0].p == 0.1 and m.layer2[0].p == 0.3 and m.layer4[0].p == 0.3

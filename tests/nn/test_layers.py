@@ -128,7 +128,8 @@ def test_flat_buffer_views_and_updates():
         assert np.shares_memory(p.data, flat.data) and np.shares_memory(p.grad, flat.grad)
     assert model.flat() is flat                              # built once
     flat.data -= 1.0                                         # a step on the buffer...
-    np.testing.assert_array_equal(model[0].weight.data.ravel(), flat.data[:12])   # ...is the model's
+    np.testing.assert_array_equal(model[0].weight.data.ravel(),
+                                  flat.data[:12])            # ...is the model's
     # weight decay applies to weights only, not to biases or BN scale/shift
     expected = np.concatenate([np.ones(12), np.zeros(4), np.zeros(8), np.ones(8), np.zeros(2)])
     np.testing.assert_array_equal(flat.decay_mask, expected.astype(bool))
@@ -163,13 +164,15 @@ def test_astype_state_dict_roundtrip(rng):
 
 
 def test_bad_input_messages():
-    with pytest.raises(ValueError, match=r"Linear: expected size 4 on axis 1, got input shape \(2, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"Linear: expected size 4 on axis 1, got input shape \(2, 3\)"):
         nn.Linear(4, 2)(np.ones((2, 3), dtype=np.float32))
     with pytest.raises(TypeError, match="Linear: expected a floating input"):
         nn.Linear(4, 2)(np.ones((2, 4), dtype=np.int32))
     with pytest.raises(ValueError, match=r"BatchNorm2d: expected a 4-D input, got shape \(2, 3\)"):
         nn.BatchNorm2d(3)(np.ones((2, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"Dropout: p is the drop probability and must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"Dropout: p is the drop probability and must be in "
+                                         r"\[0, 1\), got 1.0"):
         nn.Dropout(1.0)
     with pytest.raises(ValueError, match="Linear: in_features must be a positive integer, got 0"):
         nn.Linear(0, 3)

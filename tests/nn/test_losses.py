@@ -51,7 +51,8 @@ def test_bce_probabilities(rng):
 def test_mse(rng):
     a, b = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
     gradcheck_loss(nn.MSELoss(), a, b)
-    assert abs(nn.MSELoss()(a, b) - torch.nn.functional.mse_loss(torch.tensor(a), torch.tensor(b)).item()) < 1e-12
+    assert abs(nn.MSELoss()(a, b)
+               - torch.nn.functional.mse_loss(torch.tensor(a), torch.tensor(b)).item()) < 1e-12
 
 
 @pytest.mark.parametrize("margin", [0.0, 1.0])
@@ -74,7 +75,8 @@ def test_perceptron_criterion_moves_from_zero():
 def test_loss_errors():
     with pytest.raises(ValueError, match="CrossEntropyLoss: pred contains NaN"):
         nn.CrossEntropyLoss()(np.array([[np.nan, 1.0]]), np.array([0]))
-    with pytest.raises(ValueError, match=r"CrossEntropyLoss: labels must be in \[0, 2\), got range \[0, 5\]"):
+    with pytest.raises(ValueError,
+                       match=r"CrossEntropyLoss: labels must be in \[0, 2\), got range \[0, 5\]"):
         nn.CrossEntropyLoss()(np.zeros((2, 2)), np.array([0, 5]))
     with pytest.raises(TypeError, match="CrossEntropyLoss: expected integer class labels"):
         nn.CrossEntropyLoss()(np.zeros((2, 2)), np.array([0.0, 1.0]))

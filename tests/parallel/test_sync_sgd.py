@@ -66,8 +66,10 @@ def test_nn4_round_averages_per_worker_emp_loss_grads():
     """With BN each worker uses its own mini-batch statistics: the round's gradient is
     the mean of emp_loss_grad on each mini-batch, and BN running stats are averaged."""
     X, y = _data(n=40, d=12, classes=4, seed=3)
-    model = NN4(12, hidden=(10, 8, 6), n_classes=4, p_input=0.0, p_hidden=0.0, rng=0).astype(np.float64)
-    twin = NN4(12, hidden=(10, 8, 6), n_classes=4, p_input=0.0, p_hidden=0.0, rng=0).astype(np.float64)
+    model = NN4(12, hidden=(10, 8, 6), n_classes=4, p_input=0.0, p_hidden=0.0,
+                rng=0).astype(np.float64)
+    twin = NN4(12, hidden=(10, 8, 6), n_classes=4, p_input=0.0, p_hidden=0.0,
+               rng=0).astype(np.float64)
     w0 = twin.flat().data.copy()
     grads, means = [], []
     for k in range(4):

@@ -50,7 +50,8 @@ def test_fit_learns_and_records():
     trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.2))
     hist = trainer.fit(Batches(X, y, 32), epochs=8, val_loader=list(array_batches(X, y)))
     assert len(hist) == 8
-    assert set(["epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr", "batch_size"]) <= set(hist[0])
+    assert (set(["epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr", "batch_size"])
+            <= set(hist[0]))
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert hist[-1]["val_acc"] > 0.95
     assert hist[0]["batch_size"] == 32 and hist[0]["lr"] == 0.2

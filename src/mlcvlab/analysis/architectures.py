@@ -57,7 +57,8 @@ def vgg19() -> List[Spec]:
         else:
             specs.append(Conv(c, v, 3, pad=1, name=f"conv{block}_{idx}"))
             c, idx = v, idx + 1
-    specs += [FC(512 * 7 * 7, 4096, name="fc6"), FC(4096, 4096, name="fc7"), FC(4096, 1000, name="fc8")]
+    specs += [FC(512 * 7 * 7, 4096, name="fc6"), FC(4096, 4096, name="fc7"),
+              FC(4096, 1000, name="fc8")]
     return specs
 
 

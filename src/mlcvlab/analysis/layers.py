@@ -70,7 +70,9 @@ class FC:
 
 @dataclass(frozen=True)
 class BatchNorm:
-    """Batch norm over c channels: 2·c parameters (gamma, beta); running stats are not parameters."""
+    """Batch norm over c channels: 2·c parameters (gamma, beta); running stats are not
+    parameters.
+    """
 
     c: int
     name: str = ""
@@ -146,7 +148,8 @@ def _conv(s: Conv, shape: Shape, name: str) -> LayerStats:
     out = (s.out_c, ho, wo)
     note = f"groups={s.groups}" if s.groups > 1 else ""
     return LayerStats(name, f"conv{s.k}x{s.k}/{s.stride}", out, s.out_c * per_filter,
-                      s.out_c if s.bias else 0, int(np.prod(out)), s.out_c * ho * wo * per_filter, note)
+                      s.out_c if s.bias else 0, int(np.prod(out)), s.out_c * ho * wo * per_filter,
+                      note)
 
 
 def _leaf(s, shape: Shape, name: str) -> LayerStats:
@@ -157,7 +160,8 @@ def _leaf(s, shape: Shape, name: str) -> LayerStats:
         c, h, w = _image(shape, name)
         stride = s.stride or s.k
         out = (c, conv_out(h, s.k, stride, s.pad), conv_out(w, s.k, stride, s.pad))
-        return LayerStats(name, f"{s.kind}pool{s.k}x{s.k}/{stride}", out, activations=int(np.prod(out)))
+        return LayerStats(name, f"{s.kind}pool{s.k}x{s.k}/{stride}", out,
+                          activations=int(np.prod(out)))
     if isinstance(s, GlobalAvgPool):
         c = _image(shape, name)[0]
         return LayerStats(name, "global-avg-pool", (c,), activations=c)
@@ -188,7 +192,8 @@ def _walk(specs: Sequence[Spec], shape: Shape, prefix: str) -> Tuple[List[LayerS
             if any(o[1:] != outs[0][1:] for o in outs):
                 raise ValueError(f"analyze: {name} branches disagree on spatial size: {outs}")
             shape = (sum(o[0] for o in outs),) + outs[0][1:]
-            rows.append(LayerStats(f"{name}.concat", "concat", shape, activations=int(np.prod(shape))))
+            rows.append(LayerStats(f"{name}.concat", "concat", shape,
+                                   activations=int(np.prod(shape))))
         elif isinstance(s, Residual):
             sub, out = _walk(s.main, shape, f"{name}.")
             short, sc_out = _walk(s.shortcut, shape, f"{name}.down.")

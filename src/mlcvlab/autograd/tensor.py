@@ -111,7 +111,8 @@ class Tensor:
 
     # -- building nodes -------------------------------------------------------------
     @staticmethod
-    def _make(data: np.ndarray, op: str, parents: Tuple["Tensor", ...], grad_fn: GradFn) -> "Tensor":
+    def _make(data: np.ndarray, op: str, parents: Tuple["Tensor", ...],
+              grad_fn: GradFn) -> "Tensor":
         needs = any(p.requires_grad for p in parents)
         return Tensor(data, requires_grad=needs, op=op, parents=parents,
                       grad_fn=grad_fn if needs else None)
@@ -229,7 +230,8 @@ class Tensor:
             grad = np.ones_like(self.data, dtype=np.float64)
         grad = np.asarray(grad, dtype=np.float64)
         if grad.shape != self.shape:
-            raise ValueError(f"Tensor.backward: expected grad of shape {self.shape}, got {grad.shape}")
+            raise ValueError(f"Tensor.backward: expected grad of shape {self.shape}, "
+                             f"got {grad.shape}")
         order = topological_order(self)
         for node in order:
             node.grad = None
@@ -292,7 +294,8 @@ def matmul(a, b) -> Tensor:
     """
     a, b = _as_tensor(a), _as_tensor(b)
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: operands must be at least 1-D, got shapes {a.shape} and {b.shape}")
+        raise ValueError("matmul: operands must be at least 1-D, "
+                         f"got shapes {a.shape} and {b.shape}")
     x, y = a.data, b.data
 
     def grad_fn(g):

@@ -16,8 +16,8 @@ from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 
 _PRESET = {"rf_max_n": 5, "rf_kernels": [3, 5, 7], "inception_in": [256, 32, 32],
-           "n1x1": 64, "n3x3_reduce": 96, "n3x3": 128, "n5x5_reduce": 16, "n5x5": 32, "pool_proj": 32,
-           "resnet_depths": [18, 50, 152]}
+           "n1x1": 64, "n3x3_reduce": 96, "n3x3": 128, "n5x5_reduce": 16, "n5x5": 32,
+           "pool_proj": 32, "resnet_depths": [18, 50, 152]}
 
 
 def _shape(s) -> str:
@@ -34,7 +34,8 @@ def alexnet_tables() -> Dict[str, Any]:
     return {"alexnet_rows": rows, "alexnet_params_grouped": tg["params"],
             "alexnet_params_single": ts["params"], "alexnet_biases": tg["biases"],
             "alexnet_macs_grouped": tg["macs"], "alexnet_macs_single": ts["macs"],
-            "alexnet_fc_share": sum(r["params (2 GPUs)"] for r in rows if r["layer"].startswith("fc"))
+            "alexnet_fc_share": sum(r["params (2 GPUs)"] for r in rows
+                                    if r["layer"].startswith("fc"))
             / tg["params"]}
 
 
@@ -88,7 +89,8 @@ def resnet_table(depths: List[int]) -> Dict[str, Any]:
     for d in depths:
         t = A.totals(A.analyze(A.resnet(d), A.IMAGENET_INPUT))
         rows.append({"model": f"ResNet-{d}", "params": t["params"], "multiply-adds": t["macs"],
-                     "activations": t["activations"], "param MB (float32)": 4 * t["params"] / 2**20})
+                     "activations": t["activations"],
+                     "param MB (float32)": 4 * t["params"] / 2**20})
     return {"resnet_rows": rows}
 
 
@@ -109,7 +111,8 @@ def _figures(rep: Report, results: Dict[str, Any]) -> None:
     fig, ax = new_figure(figsize=(5, 4))
     for f in sorted({r["F"] for r in results["rf_rows"]}):
         pts = [r for r in results["rf_rows"] if r["F"] == f]
-        ax.plot([r["N"] for r in pts], [r["brute force"] for r in pts], "o", label=f"F={f} brute force")
+        ax.plot([r["N"] for r in pts], [r["brute force"] for r in pts], "o",
+                label=f"F={f} brute force")
         ax.plot([r["N"] for r in pts], [r["N*F-N+1"] for r in pts], "-", color="0.5")
     ax.set_xlabel("N (stacked stride-1 convs)")
     ax.set_ylabel("receptive field (pixels)")
@@ -126,16 +129,16 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
              "two-GPU network conv2, conv4 and conv5 see only the kernel maps on their own GPU "
              "(groups=2); conv3 and the FC layers connect across GPUs. Total parameters: "
              "{alexnet_params_grouped:,} with the grouping, {alexnet_params_single:,} without "
-             "(biases {alexnet_biases:,}); the FC layers hold {alexnet_fc_share:.1%} of the grouped "
-             "total. Multiply-adds per image: {alexnet_macs_grouped:,} grouped, "
+             "(biases {alexnet_biases:,}); the FC layers hold {alexnet_fc_share:.1%} of the "
+             "grouped total. Multiply-adds per image: {alexnet_macs_grouped:,} grouped, "
              "{alexnet_macs_single:,} ungrouped.")
     rep.table("alexnet", results["alexnet_rows"], "AlexNet parameters per layer")
     rep.section("VGG19 activations and weights per layer")
     rep.text("Configuration E, 224x224x3 input, weights counted without biases. Totals: "
              "{vgg19_activations:,} activations ({vgg19_activation_mb:.1f} MB float32 per image, "
              "forward only) and {vgg19_weights:,} weights ({vgg19_weight_mb:.1f} MB); with the "
-             "{vgg19_biases:,} biases the model has {vgg19_params:,} parameters. The conv layers hold "
-             "{vgg19_conv_weight_share:.1%} of the weights.")
+             "{vgg19_biases:,} biases the model has {vgg19_params:,} parameters. The conv layers "
+             "hold {vgg19_conv_weight_share:.1%} of the weights.")
     rep.table("vgg19", results["vgg19_rows"], "VGG19 per layer")
     _figures(rep, results)
     rep.section("Receptive field of N stacked FxF convolutions")
@@ -145,9 +148,9 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
     rep.table("receptive_field", results["rf_rows"], "Receptive field, formula vs brute force")
     rep.section("Inception module: naive vs dimension reduction")
     rep.text("Input {inception_input} (C x H x W); filter counts {inception_filters}. Naive output "
-             "{inception_naive_output} with {inception_naive_macs:,} multiplies; with 1x1 reductions "
-             "output {inception_reduced_output} with {inception_reduced_macs:,} multiplies, "
-             "{inception_ratio:.2f}x fewer.")
+             "{inception_naive_output} with {inception_naive_macs:,} multiplies; with 1x1 "
+             "reductions output {inception_reduced_output} with {inception_reduced_macs:,} "
+             "multiplies, {inception_ratio:.2f}x fewer.")
     rep.table("inception_naive", results["inception_naive_rows"], "Naive module")
     rep.table("inception_reduced", results["inception_reduced_rows"], "Dimension-reduction module")
     rep.section("ResNets (224x224, as torchvision)")

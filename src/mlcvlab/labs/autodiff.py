@@ -81,7 +81,8 @@ def _example(config: Dict[str, Any], out_dir) -> Dict[str, Any]:
                              [np.array(x1), np.array(x2)], config["fd_eps"])
     closed = [np.sin(x2) / x1, np.sin(x2) / x2 + np.log(x1 * x2) * np.cos(x2)]
     grads = [a.grad.item(), b.grad.item()]
-    engine = draw(z, out_dir / "graph_example.png", "z = log(x1*x2) * sin(x2)", config["graph_engine"])
+    engine = draw(z, out_dir / "graph_example.png", "z = log(x1*x2) * sin(x2)",
+                  config["graph_engine"])
     return {"example_z": z.item(), "example_grad": grads, "example_fd": [g.item() for g in fd],
             "example_closed_form": closed, "example_trace": trace(z),
             "example_max_err_fd": max(abs(g - f.item()) for g, f in zip(grads, fd)),
@@ -107,7 +108,8 @@ def _neuron(config: Dict[str, Any], out_dir) -> Dict[str, Any]:
     draw(loss, out_dir / "graph_neuron.png", "L = (sigmoid(w.x + b) - t)^2", config["graph_engine"])
     err = max(np.abs(ws.grad - fd_w).max(), abs(bs.grad.item() - fd_b.item()))
     return {"neuron_loss": loss.item(), "neuron_y": yv, "neuron_grad_w": ws.grad.tolist(),
-            "neuron_grad_b": bs.grad.item(), "neuron_fd_w": fd_w.tolist(), "neuron_fd_b": fd_b.item(),
+            "neuron_grad_b": bs.grad.item(), "neuron_fd_w": fd_w.tolist(),
+            "neuron_fd_b": fd_b.item(),
             "neuron_closed_w": closed_w.tolist(), "neuron_closed_b": closed_b,
             "neuron_grad_w_rounded": [round(g, 6) for g in ws.grad.tolist()],
             "neuron_trace": trace(loss), "neuron_max_err_fd": float(err),
@@ -122,9 +124,9 @@ def _check_rows(names: List[str], grads, fds, closed) -> List[Dict[str, Any]]:
 def _write_report(out_dir, config: Dict[str, Any], r: Dict[str, Any]) -> None:
     rep = Report(out_dir, "Reverse-mode autodiff on a computational graph", r)
     rep.setup(config)
-    rep.text("Graphs drawn with {graph_engine}. Each table lists the nodes in evaluation order: the "
-             "forward pass fills `value` top to bottom; the backward pass fills `grad` (the derivative "
-             "of the output with respect to that node) bottom to top, each node adding "
+    rep.text("Graphs drawn with {graph_engine}. Each table lists the nodes in evaluation order: "
+             "the forward pass fills `value` top to bottom; the backward pass fills `grad` (the "
+             "derivative of the output with respect to that node) bottom to top, each node adding "
              "(local derivative) x (its output's grad) into its inputs.")
     rep.section("z = log(x1 x2) sin(x2)")
     rep.image("graph_example", "Computational graph of z at x1={x1}, x2={x2}; z = {example_z:.4f}.")
@@ -147,7 +149,8 @@ def _write_report(out_dir, config: Dict[str, Any], r: Dict[str, Any]) -> None:
         "Reverse mode gives dz/dx1 = {example_grad[0]:.4f}, dz/dx2 = {example_grad[1]:.4f} at "
         "({x1}, {x2}); finite differences agree to {example_max_err_fd:.1e}.",
         "For the neuron, dL/dw = {neuron_grad_w_rounded} and dL/db = {neuron_grad_b:.6f}; finite "
-        "differences agree to {neuron_max_err_fd:.1e}, the closed form to {neuron_max_err_closed:.1e}.",
+        "differences agree to {neuron_max_err_fd:.1e}, the closed form to "
+        "{neuron_max_err_closed:.1e}.",
     ])
     rep.write()
 

@@ -55,7 +55,9 @@ def target_fn(x: np.ndarray) -> np.ndarray:
 
 def make_data(n_train: int, n_test: int, noise_std: float, gen: np.random.Generator
               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Training x: (n, 1) uniform in [-1, 1], y: (n,) = f(x) + noise; test grid x: (T, 1), f: (T,)."""
+    """Training x: (n, 1) uniform in [-1, 1], y: (n,) = f(x) + noise; test grid x: (T, 1),
+    f: (T,).
+    """
     if n_train < 2 or n_test < 2 or noise_std < 0:
         raise ValueError(f"bagging make_data: need n_train >= 2, n_test >= 2, noise_std >= 0, got "
                          f"{n_train}, {n_test}, {noise_std}")
@@ -65,7 +67,8 @@ def make_data(n_train: int, n_test: int, noise_std: float, gen: np.random.Genera
     return x, y, xt, target_fn(xt[:, 0])
 
 
-def bootstrap_counts(models: int, n: int, gen: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def bootstrap_counts(models: int, n: int,
+                     gen: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """Bootstrap resamples: indices (M, n) drawn with replacement and their counts (M, n)."""
     idx = gen.integers(0, n, size=(models, n))
     counts = np.zeros((models, n))
@@ -112,7 +115,9 @@ def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray, weights: np.nda
 
 def train_mlps(params: Params, x: np.ndarray, y: np.ndarray, weights: np.ndarray, steps: int,
                lr: float, betas=(0.9, 0.999), eps: float = 1e-8, progress=None) -> Params:
-    """Full-batch Adam (as ``mlcvlab.optim.Adam`` / torch) on every model at once; returns params."""
+    """Full-batch Adam (as ``mlcvlab.optim.Adam`` / torch) on every model at once; returns
+    params.
+    """
     params = [p.copy() for p in params]
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
@@ -130,7 +135,7 @@ def train_mlps(params: Params, x: np.ndarray, y: np.ndarray, weights: np.ndarray
     return params
 
 
-# -- the error moments and ensembles ----------------------------------------------------------------
+# -- the error moments and ensembles ---------------------------------------------------------------
 def error_moments(errors: np.ndarray) -> Tuple[float, float]:
     """v = mean of e_k(x)² over models and test points; c = mean of e_k(x) e_l(x) over pairs
     k != l and test points. errors: (M, T), M >= 2."""
@@ -177,7 +182,7 @@ def pool_study(errors: np.ndarray, ks: List[int], subsets: int, gen: np.random.G
             "single_mse_std": float(np.mean(errors ** 2, axis=1).std(ddof=1))}
 
 
-# -- dropout with the library ------------------------------------------------------------------------
+# -- dropout with the library ----------------------------------------------------------------------
 def train_dropout_mlp(x, y, xt, hidden: int, p: float, steps: int, lr: float,
                       gen: np.random.Generator) -> np.ndarray:
     """``mlp([1, H, H, 1], tanh, p_hidden=p)`` by full-batch Adam + MSELoss; test outputs (T,)."""
@@ -197,7 +202,9 @@ VARIANTS = {"bagging": True, "init_only": False}          # name -> bootstrap re
 
 
 def train_pools(config: Dict[str, Any], data, gen, progress) -> Dict[str, Any]:
-    """Train 2 x models_per_pool MLPs per variant; return the test-grid errors (M, T) and outputs."""
+    """Train 2 x models_per_pool MLPs per variant; return the test-grid errors (M, T) and
+    outputs.
+    """
     x, y, xt, ft = data
     M = 2 * int(config["models_per_pool"])
     out = {}
@@ -261,7 +268,8 @@ def _fits_figure(data, pools, dropout_pred, kmax: int):
     for ax, name in zip(axes, VARIANTS):
         pred = pools[name]["pred"]
         for k in range(3):
-            ax.plot(xt[:, 0], pred[k], color="0.6", lw=0.8, label="single models" if k == 0 else None)
+            ax.plot(xt[:, 0], pred[k], color="0.6", lw=0.8,
+                    label="single models" if k == 0 else None)
         ax.plot(xt[:, 0], pred[-kmax:].mean(axis=0), "C0", lw=2, label=f"ensemble of {kmax}")
         ax.plot(xt[:, 0], dropout_pred, "C2", lw=1.5, label="dropout network")
         ax.plot(xt[:, 0], ft, "k--", lw=1, label="noiseless f")
@@ -308,8 +316,8 @@ def _write_report(out_dir, config, res, data, pools, dropout_pred) -> None:
         "{bagging_max_rel_diff:.1%}). With pool B's own v and c the formula matches up to the "
         "subset sampling (column formula_poolB); pool A / pool B ratios are "
         "{bagging_pool_v_ratio:.2f} for v and {bagging_pool_c_ratio:.2f} for c: the gap to "
-        "pool A's prediction is the sampling noise of v and c from {models_per_pool} models (a few bootstrap models "
-        "extrapolate badly near the ends of [-1, 1]).",
+        "pool A's prediction is the sampling noise of v and c from {models_per_pool} models "
+        "(a few bootstrap models extrapolate badly near the ends of [-1, 1]).",
         "Init-only ensembles: c/v = {init_only_rho:.3f}, so averaging helps little: "
         "{init_only_k1:.4f} -> {init_only_kmax:.4f} (factor {init_only_gain:.2f}); formula vs "
         "measured within {init_only_max_rel_diff:.1%}. Bootstrap errors are {corr_word} correlated "

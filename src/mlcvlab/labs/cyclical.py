@@ -99,7 +99,8 @@ def run_lr_test(data, config) -> Dict[str, Any]:
     lo, hi = res.suggested
     # the rule needs a loss that falls somewhere in the sweep; a minimum at the first rate means
     # the test saw no decrease (too few batches per rate) and the range is not meaningful
-    return {"lr_test_no_decrease": bool(res.lr_at_min_loss == res.lrs[0]),"lr_test": {"lr": res.lrs, "loss": res.losses, "smoothed": res.smoothed},
+    return {"lr_test_no_decrease": bool(res.lr_at_min_loss == res.lrs[0]),
+            "lr_test": {"lr": res.lrs, "loss": res.losses, "smoothed": res.smoothed},
             "lr_min": float(lo), "lr_max": float(hi), "lr_ratio": float(hi / lo),
             "lr_at_min_loss": res.lr_at_min_loss,
             "lr_test_diverged": bool(res.diverged), "lr_test_tried": len(res.lrs)}
@@ -135,7 +136,9 @@ def run_bs_test(data, config, lr: float) -> Dict[str, Any]:
 
 # -- training policies --------------------------------------------------------------------------
 class TrainAccuracy(Callback):
-    """Adds ``train_acc`` (eval mode, on a fixed subset of the training set) to each epoch record."""
+    """Adds ``train_acc`` (eval mode, on a fixed subset of the training set) to each epoch
+    record.
+    """
 
     def __init__(self, X: np.ndarray, y: np.ndarray, batch: int):
         self.batches = list(array_batches(X, y, batch))
@@ -252,8 +255,9 @@ def _write_report(out_dir, config, results) -> None:
     rep.text("{lr_test_tried} learning rates from {lr_test_min:g} to {lr_test_max:g} "
              "(geometric), {lr_test_epochs} epoch(s) in total at batch {batch_size}; the "
              "curve diverged early: {lr_test_diverged}. Rule (mlcvlab.optim.lr_range_test): "
-             "lr_max = one decade below the lr of the minimum smoothed loss ({lr_at_min_loss:.3g}), "
-             "i.e. lr_max = {lr_max:.3g}; lr_min = lr_max / 4 = {lr_min:.3g} (Smith 2017, Sec. 3.3).")
+             "lr_max = one decade below the lr of the minimum smoothed loss "
+             "({lr_at_min_loss:.3g}), i.e. lr_max = {lr_max:.3g}; lr_min = lr_max / 4 = "
+             "{lr_min:.3g} (Smith 2017, Sec. 3.3).")
     rep.table("lr_range_test", results["lr_test_rows"], "Loss per learning rate")
     _range_figure(rep, results["lr_test"]["lr"], results["lr_test"]["loss"],
                   results["lr_test"]["smoothed"], results["lr_min"], results["lr_max"],
@@ -324,9 +328,11 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
                                "seconds": r["seconds"]} for p, r in policies.items()]
     order = sorted(policies, key=lambda p: -policies[p]["best_val_acc"])
     results["ranking_text"] = ", ".join(f"{p} {policies[p]['best_val_acc']:.4f}" for p in order)
-    results["best_policy"], results["best_policy_acc"] = order[0], policies[order[0]]["best_val_acc"]
+    results["best_policy"], results["best_policy_acc"] = (order[0],
+                                                          policies[order[0]]["best_val_acc"])
     for p in ("clr", "cbs"):
-        results[f"{p}_minus_fixed"] = policies[p]["best_val_acc"] - policies["fixed"]["best_val_acc"]
+        results[f"{p}_minus_fixed"] = (policies[p]["best_val_acc"]
+                                       - policies["fixed"]["best_val_acc"])
     results.update({k: config[k] for k in ("lr_test_min", "lr_test_max", "lr_test_epochs",
                                            "batch_size", "momentum", "weight_decay", "bs_min",
                                            "bs_max", "bs_steps", "micro_batch",

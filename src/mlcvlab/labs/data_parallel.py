@@ -169,7 +169,8 @@ def build_rows(config, measured: Dict[int, Dict[str, Dict[str, float]]], sources
                          "allreduce_MB": t["bytes"] / 1e6, "bus_bandwidth_GBps": bw / 1e9,
                          "bandwidth_utilization": bw / peak if k > 1 else 0.0})
     for r in rows:
-        one = next(q for q in rows if q["K"] == 1 and q["per_worker_batch"] == r["per_worker_batch"])
+        one = next(q for q in rows
+                   if q["K"] == 1 and q["per_worker_batch"] == r["per_worker_batch"])
         r["speedup"] = one["epoch_seconds"] / r["epoch_seconds"]
         r["efficiency"] = r["speedup"] / r["K"]
     return rows

@@ -75,7 +75,8 @@ def make_data(n_points: int, noise_std: float, test_fraction: float, seed: int) 
     z = ((target - mean) / std).astype(np.float32)
     X = (pts / EGGHOLDER_BOUND).astype(np.float32)
     return {"X_train": X[train], "y_train": z[train], "X_test": X[test], "y_test": z[test],
-            "y_mean": mean, "y_std": std, "target_range": [float(target.min()), float(target.max())]}
+            "y_mean": mean, "y_std": std,
+            "target_range": [float(target.min()), float(target.max())]}
 
 
 class EpochShuffledBatches:

@@ -82,7 +82,9 @@ def min_gamma_norm_fit(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def expected_loss(X: np.ndarray, y: np.ndarray, w: np.ndarray, p: float) -> np.ndarray:
-    """Mean over the N points of the expected inverted-dropout squared loss; w: (..., D) -> (...)."""
+    """Mean over the N points of the expected inverted-dropout squared loss;
+    w: (..., D) -> (...).
+    """
     eps = p / (1.0 - p)
     resid = y[:, None] - X @ np.atleast_2d(w).T                           # (N, S)
     value = (np.mean(resid ** 2, axis=0) + eps * (np.atleast_2d(w) ** 2) @ gamma_sq(X) / len(y))
@@ -90,7 +92,9 @@ def expected_loss(X: np.ndarray, y: np.ndarray, w: np.ndarray, p: float) -> np.n
 
 
 def slowest_time_constant(X: np.ndarray, p: float, lr: float) -> float:
-    """Steps for GD on the expected loss to shrink the slowest error direction by e: 1/(lr λ_min)."""
+    """Steps for GD on the expected loss to shrink the slowest error direction by e:
+    1/(lr λ_min).
+    """
     eps = p / (1.0 - p)
     hess = 2.0 * (X.T @ X + eps * np.diag(gamma_sq(X))) / X.shape[0]
     lam = float(np.linalg.eigvalsh(hess)[0])
@@ -146,8 +150,10 @@ def _runs(config: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [{"run": "GD, no dropout", "p": 0.0, "batch": bl, "optimizer": "sgd", "lr": lr},
             {"run": "dropout SGD, small batch", "p": p, "batch": bs, "optimizer": "sgd", "lr": lr},
             {"run": "dropout SGD, large batch", "p": p, "batch": bl, "optimizer": "sgd", "lr": lr},
-            {"run": "dropout Adam, small batch", "p": p, "batch": bs, "optimizer": "adam", "lr": alr},
-            {"run": "dropout Adam, large batch", "p": p, "batch": bl, "optimizer": "adam", "lr": alr}]
+            {"run": "dropout Adam, small batch", "p": p, "batch": bs, "optimizer": "adam",
+             "lr": alr},
+            {"run": "dropout Adam, large batch", "p": p, "batch": bl, "optimizer": "adam",
+             "lr": alr}]
 
 
 def _target(X, y, p: float) -> np.ndarray:
@@ -320,7 +326,8 @@ def _summary(config, X, y, rows, sweep_rows, jump) -> Dict[str, Any]:
     trained = [r for r in sweep_rows if r["kind"].startswith("trained")]
     sweep_err = [float(np.linalg.norm([r["w1"], r["w2"]] - dropout_minimizer(X, y, r["p"]))
                        / np.linalg.norm(dropout_minimizer(X, y, r["p"]))) for r in trained]
-    s = {"gd_rel": gd["rel_error"], "small_rel": small["rel_error"], "large_rel": large["rel_error"],
+    s = {"gd_rel": gd["rel_error"], "small_rel": small["rel_error"],
+         "large_rel": large["rel_error"],
          "adam_small_rel": adam_s["rel_error"], "adam_large_rel": adam_l["rel_error"],
          "gd_pred": gd["prediction"], "drop_pred": float(X[0] @ star),
          "drop_share1": float(X[0, 0] * star[0] / (X[0] @ star)),
@@ -330,7 +337,8 @@ def _summary(config, X, y, rows, sweep_rows, jump) -> Dict[str, Any]:
          "limit_w_r": _fmt_w(jump["limit_w"]), "tiny_w_r": _fmt_w(jump["tiny_w"]),
          "sweep_max_rel": max(sweep_err) if sweep_err else float("nan"),
          "sweep_all_within": bool(all(e <= tol for e in sweep_err))}
-    s["large_verdict"] = "within the tolerance" if large["within_tol"] else "NOT within the tolerance"
+    s["large_verdict"] = ("within the tolerance" if large["within_tol"]
+                          else "NOT within the tolerance")
     s["batch_word"] = "closer to" if s["large_rel"] < s["small_rel"] else "further from"
     s["adam_word"] = "Adam" if s["adam_small_rel"] < s["small_rel"] else "SGD"
     s["sweep_word"] = "all within" if s["sweep_all_within"] else "not all within"

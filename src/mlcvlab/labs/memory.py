@@ -182,7 +182,8 @@ def make_optimizer(kind: str, model, lr: float = 0.01, momentum: float = 0.9):
         return SGD(model.parameters(), lr=lr, momentum=momentum)
     if kind == "adam":
         return Adam(model.parameters(), lr=lr * 0.1)
-    raise ValueError(f"memory lab: optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, got {kind!r}")
+    raise ValueError(f"memory lab: optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, "
+                     f"got {kind!r}")
 
 
 def spec_table(names: Sequence[str], batch: int) -> List[dict]:
@@ -293,7 +294,8 @@ def batch_table(data, config, progress) -> List[dict]:
         mem = training_memory(model, shape, b, "momentum")
         meas = measure_step(name, "momentum", data["X_train"], data["y_train"], b, config["seed"])
         fit = train_at(name, data, b, config)
-        rows.append({"batch": b, "params+grads+state KB": (mem["total"] - mem["activations"]) / 1024,
+        rows.append({"batch": b,
+                     "params+grads+state KB": (mem["total"] - mem["activations"]) / 1024,
                      "activations KB (analytic)": mem["activations"] / 1024,
                      "activations KB (in caches)": meas["cached"] / 1024,
                      "analytic total KB": mem["total"] / 1024,

@@ -127,8 +127,10 @@ def run_study(config: Dict[str, Any], progress) -> Tuple[Dict[str, Any], Dict[st
         train_acc = (train_pred == y).mean(axis=1)
         spread = prediction_spread(pred)
         arrays[name] = {"w": w, "b": b, "acc": acc, "p_plus": spread.pop("p_plus")}
-        res.update({f"{name}_acc_mean": float(acc.mean()), f"{name}_acc_std": float(acc.std(ddof=1)),
-                    f"{name}_acc_min": float(acc.min()), f"{name}_acc_median": float(np.median(acc)),
+        res.update({f"{name}_acc_mean": float(acc.mean()),
+                    f"{name}_acc_std": float(acc.std(ddof=1)),
+                    f"{name}_acc_min": float(acc.min()),
+                    f"{name}_acc_median": float(np.median(acc)),
                     f"{name}_train_acc_mean": float(train_acc.mean()),
                     f"{name}_separated_frac": float(np.mean(train_acc == 1.0)),
                     f"{name}_angle_mean_deg": float(_angle_deg(w).mean())})
@@ -228,7 +230,8 @@ def _write_report(out_dir, config: Dict[str, Any], res: Dict[str, Any], arrays) 
                "Per test point, the fraction of draws predicting +1")
     rep.conclusions([
         "Mean test accuracy: perceptron criterion {perceptron_acc_mean:.4f} "
-        "(std {perceptron_acc_std:.4f}), hinge loss {hinge_acc_mean:.4f} (std {hinge_acc_std:.4f}).",
+        "(std {perceptron_acc_std:.4f}), hinge loss {hinge_acc_mean:.4f} "
+        "(std {hinge_acc_std:.4f}).",
         "Paired over the same draws, the hinge loss's accuracy is {acc_verdict} the perceptron's: "
         "mean difference {diff_mean:+.4f} +- {diff_se:.4f} (standard error); the hinge loss wins "
         "on {hinge_better_frac:.1%} of the draws, the perceptron on {perceptron_better_frac:.1%}.",

@@ -25,7 +25,9 @@ RunFn = Callable[[Dict[str, Any], Path, Callable], Dict[str, Any]]
 
 @dataclass(frozen=True)
 class Lab:
-    """A registered lab: name, the study it reruns, two preset configs and their expected seconds."""
+    """A registered lab: name, the study it reruns, two preset configs and their expected
+    seconds.
+    """
 
     name: str
     study: str
@@ -89,8 +91,8 @@ def get_lab(name: str) -> Lab:
                              "(see `mlcvlab lab list`)")
         importlib.import_module(f"mlcvlab.labs.{name.replace('-', '_')}")
         if name not in _REGISTRY:
-            raise RuntimeError(f"module mlcvlab.labs.{name.replace('-', '_')} does not register a lab "
-                               f"named {name!r} (use @lab(name={name!r}, ...))")
+            raise RuntimeError(f"module mlcvlab.labs.{name.replace('-', '_')} does not register "
+                               f"a lab named {name!r} (use @lab(name={name!r}, ...))")
     return _REGISTRY[name]
 
 
@@ -110,7 +112,9 @@ _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def coerce(text: str, like: Any, key: str = "value") -> Any:
-    """Parse ``text`` into the type of the preset value ``like`` (bool, int, float, str, list, None)."""
+    """Parse ``text`` into the type of the preset value ``like`` (bool, int, float, str, list,
+    None).
+    """
     try:
         if isinstance(like, bool):
             low = text.strip().lower()
@@ -149,9 +153,9 @@ def apply_overrides(config: Dict[str, Any], overrides: Sequence[str],
 
 
 # -- running ----------------------------------------------------------------------------
-def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None, seed: Optional[int] = None,
-            overrides: Sequence[str] = (), workers: Optional[int] = None,
-            show_progress: bool = True) -> Dict[str, Any]:
+def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
+            seed: Optional[int] = None, overrides: Sequence[str] = (),
+            workers: Optional[int] = None, show_progress: bool = True) -> Dict[str, Any]:
     """Run lab ``name`` with its quick or full preset; write results.json and config.json.
 
     The config passed to the lab is the preset, updated by ``overrides``, with

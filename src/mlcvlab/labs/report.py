@@ -116,7 +116,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[st
     return "\n".join(lines)
 
 
-def write_csv(path, rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None) -> Path:
+def write_csv(path, rows: Sequence[Dict[str, Any]],
+              columns: Optional[Sequence[str]] = None) -> Path:
     path = Path(path)
     columns = list(columns or rows[0].keys())
     with path.open("w", newline="") as fh:

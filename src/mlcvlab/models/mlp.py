@@ -23,7 +23,8 @@ def mlp(sizes: Sequence[int], activation: str = "relu", p_input: float = 0.0, p_
     if len(sizes) < 2 or any(s < 1 for s in sizes):
         raise ValueError(f"mlp: sizes must be at least (in, out) positive integers, got {sizes}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"mlp: unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ValueError(f"mlp: unknown activation {activation!r}; "
+                         f"choose one of {sorted(ACTIVATIONS)}")
     gen = backend.rng(rng)
     layers = [Flatten()] if flatten else []
     if p_input > 0:

@@ -30,8 +30,8 @@ class NN4(Module):
     dropout before layer 1 and before layers 2-4.
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (512, 256, 128), n_classes: int = 1,
-                 p_input: float = 0.2, p_hidden: float = 0.5, rng=None):
+    def __init__(self, in_features: int, hidden: Sequence[int] = (512, 256, 128),
+                 n_classes: int = 1, p_input: float = 0.2, p_hidden: float = 0.5, rng=None):
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         if len(hidden) != 3:
@@ -48,7 +48,8 @@ class NN4(Module):
                 Dropout(p, rng=gen), Linear(sizes[i], sizes[i + 1], rng=gen), ReLU(),
                 BatchNorm1d(sizes[i + 1])))
         head = Sigmoid() if n_classes == 1 else Softmax()
-        self.layer4 = Sequential(Dropout(p_hidden, rng=gen), Linear(hidden[-1], n_classes, rng=gen), head)
+        self.layer4 = Sequential(Dropout(p_hidden, rng=gen),
+                                 Linear(hidden[-1], n_classes, rng=gen), head)
         self._in_shape = None
         self.flat()
 
@@ -70,7 +71,9 @@ class NN4(Module):
         return dy.reshape(self._in_shape)
 
     def loss_fn(self):
-        """The empirical loss NN4 is trained with: BCE (sigmoid head) or cross-entropy (softmax head)."""
+        """The empirical loss NN4 is trained with: BCE (sigmoid head) or cross-entropy (softmax
+        head).
+        """
         return BCELoss() if self.n_classes == 1 else CrossEntropyLoss(from_probs=True)
 
     def emp_loss_grad(self, X: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray]:
@@ -78,7 +81,8 @@ class NN4(Module):
 
 
 class NN4Cache(NamedTuple):
-    layers: List[tuple]   # per layer: (dropout cache, linear cache, activation cache, bn cache or None)
+    # per layer: (dropout cache, linear cache, activation cache, bn cache or None)
+    layers: List[tuple]
 
 
 def _layers(model: NN4):

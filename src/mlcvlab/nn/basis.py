@@ -38,7 +38,8 @@ def linear(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None):
     _check_array("linear", "x", x)
     _check_array("linear", "W", W)
     if x.ndim != 2 or W.ndim != 2:
-        raise ValueError(f"linear: expected x (N, in) and W (out, in), got x {x.shape}, W {W.shape}")
+        raise ValueError("linear: expected x (N, in) and W (out, in), "
+                         f"got x {x.shape}, W {W.shape}")
     if x.shape[1] != W.shape[1]:
         raise ValueError(
             f"linear: x has {x.shape[1]} features but W expects {W.shape[1]} "
@@ -66,7 +67,8 @@ class DropoutCache(NamedTuple):
     mask: Optional[np.ndarray]  # kept units scaled by 1/(1-p); None when identity
 
 
-def dropout(x: np.ndarray, p: float, train: bool = True, rng=None, mask: Optional[np.ndarray] = None):
+def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
+            mask: Optional[np.ndarray] = None):
     """Inverted dropout (Srivastava et al. 2014).
 
     ``p`` is the probability of *dropping* a unit: units are kept with
@@ -128,7 +130,8 @@ def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1
     n_feat = x.shape[1]
     if gamma.shape != (n_feat,) or beta.shape != (n_feat,):
         raise ValueError(
-            f"batchnorm: expected gamma and beta of shape ({n_feat},), got {gamma.shape} and {beta.shape}"
+            f"batchnorm: expected gamma and beta of shape ({n_feat},), "
+            f"got {gamma.shape} and {beta.shape}"
         )
     count = x.size // n_feat
     if count < 2:
@@ -163,7 +166,8 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
 
 
 def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
-    """The handout's step-by-step backward: dl/dx_hat, dl/dvar, dl/dmean, dl/dx, dl/dgamma, dl/dbeta.
+    """The handout's step-by-step backward: dl/dx_hat, dl/dvar, dl/dmean, dl/dx, dl/dgamma,
+    dl/dbeta.
 
     Returns (dx, dgamma, dbeta). m is the number of values per feature.
     """

@@ -73,4 +73,5 @@ def get(name: str):
     try:
         return INITIALIZERS[name]
     except KeyError:
-        raise ValueError(f"init: unknown initializer {name!r}; choose one of {sorted(INITIALIZERS)}") from None
+        raise ValueError(f"init: unknown initializer {name!r}; "
+                         f"choose one of {sorted(INITIALIZERS)}") from None

@@ -29,7 +29,8 @@ class Loss:
     def backward(self) -> np.ndarray:
         """dL/dpred of the last call, same shape and dtype as pred."""
         if self._grad is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
+            raise RuntimeError(f"{type(self).__name__}.backward called "
+                               "before the loss was computed")
         return self._grad
 
     def _compute(self, pred, target):
@@ -39,7 +40,8 @@ class Loss:
 
 def _check_same_shape(name, pred, target):
     if target.shape != pred.shape:
-        raise ValueError(f"{name}: expected target of shape {pred.shape} (same as pred), got {target.shape}")
+        raise ValueError(f"{name}: expected target of shape {pred.shape} (same as pred), "
+                         f"got {target.shape}")
 
 
 def _check_labels(name, pred, target, n_classes):
@@ -100,7 +102,10 @@ class BCEWithLogitsLoss(Loss):
 
 
 class BCELoss(Loss):
-    """Binary cross-entropy on probabilities (a sigmoid head, as NN4's). pred, target: same shape."""
+    """Binary cross-entropy on probabilities (a sigmoid head, as NN4's).
+
+    pred, target: same shape.
+    """
 
     def _compute(self, pred, target):
         _check_same_shape("BCELoss", pred, target)
@@ -144,7 +149,8 @@ class HingeLoss(Loss):
             raise ValueError(f"HingeLoss: expected pred of shape (N,) or (N, 1), got {pred.shape}")
         y = target.reshape(-1).astype(pred.dtype)
         if y.shape != scores.shape:
-            raise ValueError(f"HingeLoss: expected {scores.size} labels, got target shape {target.shape}")
+            raise ValueError(f"HingeLoss: expected {scores.size} labels, "
+                             f"got target shape {target.shape}")
         if not np.all(np.abs(y) == 1):
             raise ValueError("HingeLoss: labels must be -1 or +1")
         yf = y * scores

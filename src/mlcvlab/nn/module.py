@@ -118,7 +118,9 @@ class Module:
         return self.train(False)
 
     def astype(self, dtype) -> "Module":
-        """Convert parameters and floating buffers to ``dtype`` (e.g. np.float64 for gradient checks)."""
+        """Convert parameters and floating buffers to ``dtype`` (e.g. np.float64 for
+        gradient checks).
+        """
         dtype = np.dtype(dtype)
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"{type(self).__name__}.astype: expected a floating dtype, got {dtype}")
@@ -247,12 +249,14 @@ class Sequential(Module):
         return dy
 
 
-def check_input(layer: str, x, ndim: Optional[Tuple[int, ...]] = None, dim: Optional[Dict[int, int]] = None):
+def check_input(layer: str, x, ndim: Optional[Tuple[int, ...]] = None,
+                dim: Optional[Dict[int, int]] = None):
     """Validate a layer input: a floating ndarray with the expected rank and sizes."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{layer}: expected a numpy.ndarray input, got {type(x).__name__}")
     if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{layer}: expected a floating input (float32/float64), got dtype {x.dtype}")
+        raise TypeError(f"{layer}: expected a floating input (float32/float64), "
+                        f"got dtype {x.dtype}")
     if ndim is not None and x.ndim not in ndim:
         want = " or ".join(f"{n}-D" for n in ndim)
         raise ValueError(f"{layer}: expected a {want} input, got shape {x.shape}")

@@ -54,7 +54,8 @@ class Linear(Module):
         gen = backend.rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         dtype = backend.default_dtype()
-        self.weight = Parameter(gen.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
+        self.weight = Parameter(
+            gen.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
         self.bias = (Parameter(gen.uniform(-bound, bound, out_features).astype(dtype), decay=False)
                      if bias else None)
         self._cache = None
@@ -194,7 +195,8 @@ class Flatten(Module):
     def forward(self, x):
         check_input("Flatten", x)
         if x.ndim < 2:
-            raise ValueError(f"Flatten: expected an input with a batch axis (N, ...), got shape {x.shape}")
+            raise ValueError("Flatten: expected an input with a batch axis (N, ...), "
+                             f"got shape {x.shape}")
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 

@@ -66,7 +66,8 @@ class FlatParameters:
     def __init__(self, params: Sequence[Parameter], dtype=None):
         params = list(params)
         if not params:
-            raise ValueError("FlatParameters: got an empty parameter list; the model has no parameters")
+            raise ValueError("FlatParameters: got an empty parameter list; "
+                             "the model has no parameters")
         if len({id(p) for p in params}) != len(params):
             raise ValueError("FlatParameters: the same Parameter appears twice in the list")
         if dtype is None:
@@ -119,6 +120,7 @@ def flatten(params: Iterable[Parameter], dtype=None) -> FlatParameters:
             raise TypeError(f"flatten: expected Parameter objects, got {type(p).__name__}")
     if params:
         flat = params[0]._flat
-        if flat is not None and flat.covers(params) and (dtype is None or flat.dtype == np.dtype(dtype)):
+        if (flat is not None and flat.covers(params)
+                and (dtype is None or flat.dtype == np.dtype(dtype))):
             return flat
     return FlatParameters(params, dtype=dtype)

@@ -61,7 +61,8 @@ class _Schedule:
         name = type(self).__name__
         if not isinstance(state, dict) or state.get("schedule") != name:
             got = state.get("schedule") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"{name}.load_state_dict: expected a state dict of {name}, got {got!r}")
+            raise ValueError(f"{name}.load_state_dict: expected a state dict of {name}, "
+                             f"got {got!r}")
         for k in self._config:
             if k in state:
                 setattr(self, k, state[k])
@@ -112,7 +113,8 @@ class CyclicLR(_Schedule):
         name = "CyclicLR"
         _check_optimizer(name, optimizer)
         _check(name, "base_lr", base_lr, _is_real(base_lr) and base_lr >= 0, "a number >= 0")
-        _check(name, "max_lr", max_lr, _is_real(max_lr) and max_lr >= base_lr, f">= base_lr={base_lr}")
+        _check(name, "max_lr", max_lr, _is_real(max_lr) and max_lr >= base_lr,
+               f">= base_lr={base_lr}")
         _check(name, "step_size", step_size, isinstance(step_size, int) and step_size >= 1,
                "an int >= 1")
         step_size_down = step_size if step_size_down is None else step_size_down

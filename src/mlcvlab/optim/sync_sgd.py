@@ -73,7 +73,8 @@ class SyncSGD:
         self.optimizer.lr = value
 
     def step(self, X: np.ndarray, y: np.ndarray) -> float:
-        """One round on the data (X: (N, ...), y: (N,)), N >= K (equal mini-batches when K divides N).
+        """One round on the data (X: (N, ...), y: (N,)), N >= K (equal mini-batches when K
+        divides N).
 
         Returns L̂ averaged over the K mini-batches, at W^(r-1).
         """

@@ -115,7 +115,8 @@ class CudaDataParallelStep:
         self.layers = _leaf_layers(model)
         self.flat = model.flat()
         self._slice = {id(p): sl for p, sl in zip(self.flat.params, self.flat.slices)}
-        drops = [m for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
+        drops = [m for m in model.modules()
+                 if isinstance(getattr(m, "rng", None), np.random.Generator)]
         self._drop_index = {id(m): j for j, m in enumerate(drops)}
         self._gens = {r: [np.random.default_rng([int(seed), r, j]) for j in range(len(drops))]
                       for r in range(self.size)}
@@ -160,7 +161,8 @@ class CudaDataParallelStep:
                 y, xhat = (cuda.device_array((n, d), dtype=np.float32) for _ in range(2))
                 stats = [cuda.device_array(d, dtype=np.float32) for _ in range(3)]
                 k.bn_forward_kernel[k.grid1(d)](a, self._view(w, layer.weight),
-                                                self._view(w, layer.bias), layer.eps, y, xhat, *stats)
+                                                self._view(w, layer.bias), layer.eps, y, xhat,
+                                                *stats)
                 caches.append((xhat, *stats))
             else:   # ReLU, Sigmoid, Softmax
                 y = cuda.device_array((n, d), dtype=np.float32)

@@ -77,7 +77,8 @@ class MPICommunicator(Communicator):
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
         if not 0 <= root < self.size:
-            raise ValueError(f"MPICommunicator.broadcast: root must be in [0, {self.size}), got {root}")
+            raise ValueError(f"MPICommunicator.broadcast: root must be in [0, {self.size}), "
+                             f"got {root}")
         if self.size > 1:
             self.comm.Bcast(buf, root=root)
 

@@ -140,7 +140,8 @@ def load_checkpoint(directory: str) -> Dict[str, Any]:
                          "delete it and train again") from err
     for key in ("model", "optimizer", "history", "epoch"):
         if key not in state:
-            raise ValueError(f"checkpoint {path} has no '{key}' entry; it was not written by mlcvlab")
+            raise ValueError(f"checkpoint {path} has no '{key}' entry; "
+                             "it was not written by mlcvlab")
     return state
 
 

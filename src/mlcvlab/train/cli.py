@@ -91,7 +91,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="global batch, split across workers")
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
-    p.add_argument("--momentum", type=float, default=0.9, help="for momentum/nesterov/rmsprop-nesterov")
+    p.add_argument("--momentum", type=float, default=0.9,
+                   help="for momentum/nesterov/rmsprop-nesterov")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--schedule", default="none", choices=SCHEDULES)
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers K")
@@ -187,7 +188,8 @@ def run_train(args) -> int:
             return lambda *a, **k: None
 
         def on_epoch_end(self, tr, r):
-            log(f"epoch {r['epoch']:3d}  train_loss {r['train_loss']:.4f}  val_loss {r['val_loss']:.4f}"
+            log(f"epoch {r['epoch']:3d}  train_loss {r['train_loss']:.4f}"
+                f"  val_loss {r['val_loss']:.4f}"
                 f"  val_acc {r['val_acc']:.4f}  {r['seconds']:.2f}s")
 
     if is_root:
@@ -226,7 +228,8 @@ def run_eval(args) -> int:
     model = build_model(config["model"], X_test.shape[1:], n_classes, config["seed"])
     model.load_state_dict(load_npz(os.path.join(args.run, "model.npz")))
     metrics = evaluate(model, loss_for(model), array_batches(X_test, y_test))
-    print(f"{config['model']} on {dataset} test: accuracy {metrics['acc']:.4f}, loss {metrics['loss']:.4f}")
+    print(f"{config['model']} on {dataset} test: accuracy {metrics['acc']:.4f}, "
+          f"loss {metrics['loss']:.4f}")
     return 0
 
 

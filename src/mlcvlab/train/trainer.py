@@ -31,7 +31,8 @@ def _correct(pred: np.ndarray, y: np.ndarray) -> int:
 
 def _module_generators(model) -> List[np.random.Generator]:
     """The generators of the model's random layers (dropout masks), in module order."""
-    return [m.rng for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
+    return [m.rng for m in model.modules()
+            if isinstance(getattr(m, "rng", None), np.random.Generator)]
 
 
 def evaluate(model, loss, batches: Iterable[Tuple[np.ndarray, np.ndarray]],
@@ -124,7 +125,8 @@ class Trainer:
         if n == 0:
             raise ValueError("Trainer.fit: the training loader gave no batches "
                              "(batch_size larger than the dataset with drop_last=True?)")
-        record = {"epoch": self.epoch, "train_loss": total / n, "seconds": time.perf_counter() - start}
+        record = {"epoch": self.epoch, "train_loss": total / n,
+                  "seconds": time.perf_counter() - start}
         record.update(timings)
         return record
 
@@ -169,8 +171,10 @@ class Trainer:
     def checkpoint_state(self) -> Dict[str, Any]:
         state = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if hasattr(self.optimizer, "state_dict") else None,
-            "schedulers": [s.state_dict() if hasattr(s, "state_dict") else None for s in self.schedulers],
+            "optimizer": (self.optimizer.state_dict() if hasattr(self.optimizer, "state_dict")
+                          else None),
+            "schedulers": [s.state_dict() if hasattr(s, "state_dict") else None
+                           for s in self.schedulers],
             "history": list(self.history.records),
             "epoch": self.epoch,
             "loader": None,

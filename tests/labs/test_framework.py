@@ -49,6 +49,24 @@ def test_lab_decorator_checks_presets():
         lab("bad", "s", {"a": 1}, {"b": 1}, {"quick": 1, "full": 1})
     with pytest.raises(ValueError, match="expected_seconds"):
         lab("bad", "s", {"a": 1}, {"a": 1}, {"quick": 1})
+    with pytest.raises(ValueError, match="full_embedded"):
+        lab("bad", "s", {"a": 1}, {"a": 1}, {"quick": 1, "full": 2, "full_mnist": 3})
+
+
+def test_expected_times_read_in_words():
+    assert [registry.format_duration(s) for s in (3, 89, 300, 5400, 8 * 3600, 3e6)] == [
+        "3 s", "89 s", "5 min", "2 h", "8 h", "35 d"]
+
+    @lab("timed", "s", {"a": 1}, {"a": 1}, {"quick": 5, "full": 28800, "full_embedded": 3600})
+    def run(config, out_dir, progress):
+        return {}
+
+    try:
+        spec = registry.get_lab("timed")
+        assert spec.expected_time("quick") == "~5 s"
+        assert spec.expected_time("full") == "~8 h (~60 min on embedded data)"
+    finally:
+        registry._REGISTRY.pop("timed")
 
 
 def test_run_lab_with_registered_toy_lab(tmp_path):

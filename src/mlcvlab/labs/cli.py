@@ -34,8 +34,8 @@ def register(subparsers) -> None:
 
 def cmd_list(args) -> int:
     labs, errors = registry.discover()
-    rows = [(lab.name, f"{lab.expected_seconds['quick']:g} s",
-             f"{lab.expected_seconds['full']:g} s", lab.study) for lab in labs]
+    rows = [(lab.name, lab.expected_time("quick"), lab.expected_time("full"), lab.study)
+            for lab in labs]
     header = ("name", "quick", "full", "study")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     for r in [header, *rows]:

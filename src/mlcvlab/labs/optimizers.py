@@ -510,7 +510,8 @@ def run_dataset(wanted: str, config: Dict[str, Any], rng: np.random.Generator, p
 @lab(name="optimizers",
      study="AdaGrad, RMSProp, RMSProp+Nesterov, AdaDelta, Adam on a 2x1000 ReLU MLP, without and "
            "with dropout (Srivastava et al. 2014)",
-     quick=QUICK, full=FULL, expected_seconds={"quick": 15, "full": 8 * 3600})
+     quick=QUICK, full=FULL,
+     expected_seconds={"quick": 15, "full": 8 * 3600, "full_embedded": 3600})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     rng = np.random.default_rng(config["seed"])
     results: Dict[str, Any] = {"datasets_run": [], "substitutions": [], "skipped": [],

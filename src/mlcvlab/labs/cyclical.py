@@ -288,6 +288,8 @@ def _write_report(out_dir, config, results) -> None:
              "spend most steps near b_max), and starting small takes many cheap noisy steps "
              "while the loss is high. All policies start from the same weights.")
     rep.table("policies", results["policy_rows"], "Best validation accuracy per policy")
+    rep.text("Seconds are the wall-clock time of each policy's training and evaluation; on a "
+             "machine shared with other jobs they also reflect changes in load.")
     _curves_figure(rep, results["policies"])
     rep.conclusions(["Best validation accuracy: {ranking_text}.",
                      "The best policy of this run is {best_policy} ({best_policy_acc:.4f}); "

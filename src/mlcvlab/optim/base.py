@@ -125,7 +125,8 @@ class Optimizer:
         return False
 
     def _update(self, w: np.ndarray, g: np.ndarray) -> None:
-        raise NotImplementedError(f"{type(self).__name__}._update")
+        raise NotImplementedError(f"{type(self).__name__}._update: Optimizer is abstract; "
+                                  "subclasses implement _update(w, g) (or _fused_update)")
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (one fill of the flat grad vector)."""

@@ -49,7 +49,8 @@ class _Schedule:
         self._apply()
 
     def _apply(self) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}._apply: the schedule base class is "
+                                  "abstract; subclasses implement _apply()")
 
     def state_dict(self) -> dict:
         state = {"schedule": type(self).__name__, "t": self.t}

@@ -56,7 +56,9 @@ class Communicator:
         return self.rank == 0
 
     def allreduce_mean(self, buf: np.ndarray) -> None:
-        raise NotImplementedError(f"{type(self).__name__}.allreduce_mean")
+        raise NotImplementedError(f"{type(self).__name__}.allreduce_mean: Communicator is "
+                                  "abstract; use LocalCommunicator, MPICommunicator or "
+                                  "CudaCommunicator")
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
         raise NotImplementedError(f"{type(self).__name__}.broadcast")

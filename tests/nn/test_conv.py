@@ -25,6 +25,10 @@ CONV_CASES = [
     ((2, 2, 9, 7), (3, 2, 2, 3), 2, 1),
     ((1, 3, 8, 5), (2, 3, 1, 1), (2, 1), (0, 1)),
     ((2, 1, 6, 6), (2, 1, 6, 6), 1, 0),  # kernel covers the whole image: Ho = Wo = 1
+    # stride 1 runs on the row-padded layout unless pw > kw - 1 (the 1x1 case here)
+    ((2, 2, 9, 7), (3, 2, 3, 2), 1, (2, 1)),
+    ((2, 3, 8, 8), (2, 3, 5, 5), 1, 2),
+    ((1, 3, 8, 5), (2, 3, 1, 1), 1, (0, 1)),
 ]
 
 # (kernel_size, stride, padding): default stride, overlapping, padded, non-square

@@ -65,6 +65,57 @@ def test_col2im_kernel_matches_numpy_and_is_the_adjoint(shape, k, s, p, dtype):
     assert np.isclose(lhs, np.sum(x * dx), rtol=1e-4 if dtype == np.float32 else 1e-10)
 
 
+# stride-1 cases of the row-padded layout: 3x3 same, no padding, non-square kernel and padding,
+# 1x1, 5x5 with more padding rows than columns
+ROW_PADDED_CASES = [
+    ((2, 3, 7, 6), (3, 3), (1, 1)),
+    ((2, 2, 5, 6), (3, 3), (0, 0)),
+    ((1, 3, 8, 5), (3, 2), (2, 1)),
+    ((3, 4, 5, 5), (1, 1), (0, 0)),
+    ((2, 1, 6, 7), (5, 5), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("stride, padding, kernel", [((2, 2), (1, 1), (3, 3)),
+                                                     ((1, 2), (0, 0), (3, 3)),
+                                                     ((1, 1), (0, 1), (1, 1))])
+def test_row_padded_layout_applies_only_to_stride_one_and_narrow_padding(stride, padding,
+                                                                         kernel):
+    assert conv.row_padded_geometry(8, 8, kernel, stride, padding) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, k, p", ROW_PADDED_CASES)
+def test_im2col_rows_holds_the_fields_of_im2col_on_a_wider_grid(shape, k, p, dtype):
+    x = _rand(shape, dtype)
+    N, C, H, W = shape
+    g = conv.row_padded_geometry(H, W, k, (1, 1), p)
+    assert (g.Ho, g.Wo) == tuple(_out_hw(shape, k, (1, 1), p)) and g.pitch >= g.Wo
+    buf = np.full(N * C * g.plane + g.slack, np.nan, dtype)   # pad_rows must write every value
+    assert conv.pad_rows(x, g, p, buf=buf) is buf
+    cols = conv.im2col_rows(buf, N, C, k, g, out=np.full((C * k[0] * k[1], N * g.Ho * g.pitch),
+                                                         np.nan, dtype))
+    assert np.isfinite(cols).all()          # the dropped columns read zeros or pixels too
+    ref = conv.im2col_numpy(x, k, (1, 1), p).reshape(-1, N, g.Ho, g.Wo)
+    np.testing.assert_array_equal(cols.reshape(-1, N, g.Ho, g.pitch)[..., :g.Wo], ref)
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, k, p", ROW_PADDED_CASES)
+def test_col2im_rows_is_the_adjoint_of_im2col_rows(shape, k, p, dtype, use_numba, monkeypatch):
+    monkeypatch.setattr(kernels, "available", lambda: use_numba)
+    N, C, H, W = shape
+    g = conv.row_padded_geometry(H, W, k, (1, 1), p)
+    cols = _rand((C * k[0] * k[1], N * g.Ho * g.pitch), dtype, seed=1)
+    buf = np.full(N * C * g.plane + g.slack, np.nan, dtype)   # col2im_rows must zero it first
+    conv.col2im_rows(cols, N, C, k, g, buf)
+    # <im2col_rows(b), cols> == <b, col2im_rows(cols)> for any buffer b
+    b = _rand(buf.shape, np.float64, seed=2)
+    lhs = np.sum(conv.im2col_rows(b, N, C, k, g, out=np.empty(cols.shape)) * cols)
+    assert np.isclose(lhs, np.sum(b * buf), rtol=1e-4 if dtype == np.float32 else 1e-10)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k, s, p", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
                                      ((3, 2), (1, 2), (1, 0))])

@@ -26,6 +26,12 @@ threads as the BLAS thread limit allows): each part pads, im2cols, multiplies
 and col2ims its own samples in its own scratch buffer, and the backward sums
 the parts' dW.
 
+Stride-1 convolutions (all but the downsampling ones in a ResNet) use a variant
+of this, the row-padded layout (see the section below): the zero padding is
+stored once per row, so every kernel offset's values are long contiguous runs
+and im2col / col2im copy or add whole runs instead of 8-32-value image rows, at
+the price of ``kw - 1 - pw`` computed-and-dropped output columns per row.
+
 No dtype is changed: float32 in, float32 out; float64 in, float64 out.
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from mlcvlab.nn import kernels
 
@@ -170,6 +176,90 @@ def _col2im(cols: np.ndarray, kernel, stride, padding, dx: np.ndarray) -> None:
         dx[...] = col2im_numpy(cols, dx.shape, kernel, stride, padding)
 
 
+# --------------------------------------------------------------------------- stride 1: row padding
+# A stride-1 convolution reads its input through the row-padded layout: every image plane
+# is stored flat, each row as ``pw`` zeros followed by the W pixels (``pitch = W + pw``
+# values), with ``ph`` zero rows above and below; a row's leading zeros are also the
+# previous row's right padding. The window of output (ho, wo) at kernel offset (i, j) then
+# starts at flat position (ho + i) * pitch + wo + j, so computing the outputs on a
+# (Ho, pitch) grid, the values that offset (i, j) needs from one plane are a single
+# contiguous run of Ho * pitch values from position i * pitch + j. im2col becomes a copy of
+# long runs (rows of 8-32 values before) and col2im an add of long runs; the price is
+# ``pitch - Wo = kw - 1 - pw`` extra output columns per row (1 for a 3x3 kernel with
+# padding 1), computed by the GEMM and dropped.
+class RowPadded(NamedTuple):
+    """The geometry of the row-padded layout of a stride-1 convolution's input."""
+    pitch: int  # values per stored row: pw zeros, then the W pixels
+    rows: int   # stored rows per plane: ph zero rows, the H image rows, ph zero rows
+    plane: int  # rows * pitch
+    slack: int  # zeros after the last plane, which its last runs reach into
+    Ho: int
+    Wo: int
+
+
+def row_padded_geometry(H: int, W: int, kernel, stride, padding) -> Optional[RowPadded]:
+    """The layout for a conv of an (H, W) image, or None when it does not apply (a stride
+    other than 1, or ``pw > kw - 1``: then the output is wider than a stored row)."""
+    (kh, kw), (ph, pw) = kernel, padding
+    if tuple(stride) != (1, 1) or pw > kw - 1:
+        return None
+    pitch, rows = W + pw, H + 2 * ph
+    return RowPadded(pitch, rows, rows * pitch, kw - 1, rows - kh + 1, W + 2 * pw - kw + 1)
+
+
+def _planes(buf: np.ndarray, n: int, C: int, g: RowPadded) -> np.ndarray:
+    """The (n, C, rows, pitch) planes of a flat row-padded buffer."""
+    return buf[:n * C * g.plane].reshape(n, C, g.rows, g.pitch)
+
+
+def pad_rows(x: np.ndarray, g: RowPadded, padding, buf: Optional[np.ndarray] = None):
+    """x (n, C, H, W) -> its flat row-padded buffer (n*C*plane + slack values), zeros around
+    the pixels; in ``buf`` if given, else in the per-thread scratch."""
+    n, C, H, W = x.shape
+    ph, pw = padding
+    if buf is None:
+        buf = kernels.scratch((n * C * g.plane + g.slack,), x.dtype, slot="pad")
+    buf.fill(0)
+    _planes(buf, n, C, g)[:, :, ph:ph + H, pw:] = x
+    return buf
+
+
+def _runs(buf: np.ndarray, n: int, C: int, kernel, g: RowPadded, writeable: bool = False):
+    """A (C, kh, kw, n, Ho*pitch) view of buf: [c, i, j, m] is plane (m, c)'s run for offset
+    (i, j). Runs of one offset never overlap (each ends before the next plane's starts)."""
+    kh, kw = kernel
+    it = buf.itemsize
+    return as_strided(buf, (C, kh, kw, n, g.Ho * g.pitch),
+                      (g.plane * it, g.pitch * it, it, C * g.plane * it, it), writeable=writeable)
+
+
+def im2col_rows(buf: np.ndarray, n: int, C: int, kernel, g: RowPadded,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+    """The row-padded buffer of n images -> cols (C*kh*kw, n*Ho*pitch), row (c, i, j) and
+    column (m, ho, wo) with wo < pitch, in ``out`` if given, else in the per-thread scratch."""
+    kh, kw = kernel
+    if out is None:
+        out = kernels.scratch((C * kh * kw, n * g.Ho * g.pitch), buf.dtype)
+    runs = _runs(buf, n, C, kernel, g)
+    np.copyto(out.reshape(runs.shape), runs)
+    return out
+
+
+def col2im_rows(cols: np.ndarray, n: int, C: int, kernel, g: RowPadded, buf: np.ndarray) -> None:
+    """The adjoint of :func:`im2col_rows`: add every run of cols onto the row-padded buffer
+    ``buf``, which it zeroes first."""
+    buf.fill(0)
+    if _use_numba():
+        kernels.get("col2im_rows")(cols, n, C, *kernel, g.pitch, g.plane, g.Ho, buf)
+        return
+    kh, kw = kernel
+    fields = cols.reshape(C, kh, kw, n, -1)
+    for i in range(kh):
+        for j in range(kw):
+            target = _runs(buf[i * g.pitch + j:], n, C, (1, 1), g, writeable=True)[:, 0, 0]
+            target += fields[:, i, j]
+
+
 # --------------------------------------------------------------------------- convolution
 class Conv2dCache(NamedTuple):
     x: np.ndarray            # the input (N, C, H, W), kept by reference (not copied)
@@ -208,49 +298,75 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
 
-    W_mat = W.reshape(F, C * kh * kw)
-    y = np.empty((N, F, Ho * Wo), dtype=x.dtype)
+    K = C * kh * kw
+    W_mat = W.reshape(F, K)
+    y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    g = row_padded_geometry(H, Wd, (kh, kw), stride, padding)
 
     def forward_part(part: slice) -> None:          # the samples x[part] -> y[part]
-        xp = _pad_nchw(x[part], *padding, 0)
-        y_part = y[part]
-        for blk in _blocks(xp, C * kh * kw, Ho, Wo):
-            cols = _im2col(xp[blk], (kh, kw), stride, padding, Ho, Wo)  # (C*kh*kw, n*Ho*Wo)
-            y_t = W_mat @ cols                                         # (F, n*Ho*Wo), a GEMM
-            y_part[blk] = y_t.reshape(F, -1, Ho * Wo).transpose(1, 0, 2)
+        x_part, y_part = x[part], y[part]
+        if g is None:
+            x_part = _pad_nchw(x_part, *padding, 0)
+        for blk in _blocks(x_part, K, Ho, Wo if g is None else g.pitch):
+            n = blk.stop - blk.start
+            if g is None:
+                cols = _im2col(x_part[blk], (kh, kw), stride, padding, Ho, Wo)
+            else:
+                cols = im2col_rows(pad_rows(x_part[blk], g, padding), n, C, (kh, kw), g)
+            y_t = np.matmul(W_mat, cols, out=kernels.scratch((F, cols.shape[1]), x.dtype, "out"))
+            y_part[blk] = y_t.reshape(F, n, Ho, -1)[..., :Wo].transpose(1, 0, 2, 3)
 
     kernels.parallel_map(forward_part, _batch_parts(N))
     if b is not None:
-        y += b[:, None]
-    return y.reshape(N, F, Ho, Wo), Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
+        y += b[:, None, None]
+    return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
 
 
 def conv2d_grad(dy: np.ndarray, cache: Conv2dCache):
     """dy: (N, F, Ho, Wo) -> dx (N, C, H, W), dW (F, C, kh, kw), db (F,) or None.
 
     dW = dy_t @ cols^T and dcols = W_mat^T @ dy_t (two GEMMs), then col2im;
-    dy_t (F, N*Ho*Wo) is dy with the batch and channel axes swapped.
+    dy_t (F, N*Ho*Wo) is dy with the batch and channel axes swapped (in the
+    row-padded layout: (F, N*Ho*pitch), zero in the dropped columns, so that
+    they add nothing to dW or dx).
     """
-    x, W, (kh, kw), (sh, sw), (ph, pw), has_bias = cache
+    x, W, kernel, stride, padding, has_bias = cache
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, Wd = x.shape
     F = W.shape[0]
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (Wd + 2 * pw - kw) // sw + 1
     _check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
-    dy3 = dy.reshape(N, F, Ho * Wo)
-    db = dy3.sum(axis=(0, 2)) if has_bias else None
-    W_mat = W.reshape(F, C * kh * kw)
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    K = C * kh * kw
+    W_mat = W.reshape(F, K)
     dx = np.empty(x.shape, dtype=dy.dtype)
+    g = row_padded_geometry(H, Wd, kernel, stride, padding)
 
     def backward_part(part: slice) -> np.ndarray:   # dx[part] and this part's share of dW
         dW = np.zeros_like(W_mat)
-        xp, dy_part, dx_part = _pad_nchw(x[part], ph, pw, 0), dy3[part], dx[part]
-        for blk in _blocks(xp, C * kh * kw, Ho, Wo):
-            dy_t = np.ascontiguousarray(dy_part[blk].transpose(1, 0, 2)).reshape(F, -1)
-            cols = _im2col(xp[blk], (kh, kw), (sh, sw), (ph, pw), Ho, Wo)
+        x_part, dy_part, dx_part = x[part], dy[part], dx[part]
+        if g is None:
+            x_part = _pad_nchw(x_part, ph, pw, 0)
+        for blk in _blocks(x_part, K, Ho, Wo if g is None else g.pitch):
+            n = blk.stop - blk.start
+            wide = Wo if g is None else g.pitch
+            dy_t = kernels.scratch((F, n, Ho, wide), dy.dtype, "dy")
+            dy_t[..., :Wo] = dy_part[blk].transpose(1, 0, 2, 3)
+            dy_t[..., Wo:] = 0
+            dy_t = dy_t.reshape(F, n * Ho * wide)
+            if g is None:
+                cols = _im2col(x_part[blk], kernel, stride, padding, Ho, Wo)
+            else:
+                buf = pad_rows(x_part[blk], g, padding)
+                cols = im2col_rows(buf, n, C, kernel, g)
             dW += dy_t @ cols.T                                # (F, C*kh*kw)
             dcols = np.matmul(W_mat.T, dy_t, out=cols)         # reuses the scratch
-            _col2im(dcols, (kh, kw), (sh, sw), (ph, pw), dx_part[blk])
+            if g is None:
+                _col2im(dcols, kernel, stride, padding, dx_part[blk])
+            else:
+                col2im_rows(dcols, n, C, kernel, g, buf)
+                dx_part[blk] = _planes(buf, n, C, g)[:, :, ph:ph + H, pw:]
         return dW
 
     dW = sum(kernels.parallel_map(backward_part, _batch_parts(N)))

@@ -15,6 +15,11 @@ Kernels (shapes):
   (n, ho, wo), is added back onto dx (N, C, H, W), which it zeroes first. The
   inner loop runs along image rows (vectorized for stride 1).
 
+* ``col2im_rows(cols, n, C, kh, kw, pitch, plane, Ho, buf)``: the same for the
+  row-padded layout of stride-1 convolutions (``conv.col2im_rows``): every run of
+  Ho*pitch values of cols is added onto the flat buffer from offset i*pitch + j of
+  its plane, one plane at a time so that the plane stays in L1.
+
 im2col itself is not here: NumPy's strided copy from a sliding-window view into
 a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
 * ``maxpool(x, kh, kw, sh, sw, ph, pw, y, argmax)`` /
@@ -90,6 +95,19 @@ def _compile() -> dict:
                             else:
                                 for wo in range(lo, hi):
                                     dst[wo * sw - pw + j] += row[base + wo]
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def col2im_rows(cols, n, C, kh, kw, pitch, plane, Ho, buf):  # pragma: no cover (jitted)
+        L = Ho * pitch
+        for m in range(n):
+            for c in range(C):
+                base = (m * C + c) * plane
+                for i in range(kh):
+                    for j in range(kw):
+                        run = cols[(c * kh + i) * kw + j, m * L:(m + 1) * L]
+                        dst = buf[base + i * pitch + j:base + i * pitch + j + L]
+                        for t in range(L):
+                            dst[t] += run[t]
 
     @njit(cache=True, fastmath=False, nogil=True)
     def maxpool(x, kh, kw, sh, sw, ph, pw, y, argmax):  # pragma: no cover (jitted)
@@ -187,7 +205,8 @@ def _compile() -> dict:
         for i in range(dy.size):
             dx[i] = dy[i] if x[i] > 0 else zero
 
-    return {"relu_backward": relu_backward, "col2im": col2im, "maxpool": maxpool,
+    return {"relu_backward": relu_backward, "col2im": col2im, "col2im_rows": col2im_rows,
+            "maxpool": maxpool,
             "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward,
             "bn_forward_channels": bn_forward_channels,
             "bn_backward_channels": bn_backward_channels}
@@ -216,21 +235,22 @@ def get(name: str):
     return _KERNELS[name]
 
 
-def scratch(shape, dtype) -> np.ndarray:
+def scratch(shape, dtype, slot: str = "cols") -> np.ndarray:
     """An uninitialized array of ``shape`` in a per-thread buffer reused across calls.
 
-    Used for im2col matrices, which live only inside one conv forward or backward:
-    one growing buffer per thread and dtype instead of a fresh allocation per layer
-    and step. The next ``scratch`` call in the same thread may overwrite it.
+    Used for the arrays that live only inside one conv forward or backward (the
+    im2col matrix, the padded input block, the re-laid-out dy): one growing buffer
+    per thread, dtype and ``slot`` instead of a fresh allocation per layer and step.
+    The next ``scratch`` call with the same slot in the same thread may overwrite it.
     """
     dtype = np.dtype(dtype)
     size = int(np.prod(shape))
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = _local.bufs = {}
-    buf = bufs.get(dtype)
+    buf = bufs.get((slot, dtype))
     if buf is None or buf.size < size:
-        buf = bufs[dtype] = np.empty(size, dtype=dtype)
+        buf = bufs[(slot, dtype)] = np.empty(size, dtype=dtype)
     return buf[:size].reshape(shape)
 
 

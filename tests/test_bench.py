@@ -1,5 +1,6 @@
 """``mlcvlab bench`` on a tiny configuration: the JSON has every field (no timing assertions)."""
 import json
+import sys
 
 import pytest
 
@@ -35,6 +36,9 @@ def test_bench_quick_writes_every_field(tmp_path, capsys):
         flops * res["models"]["mlp"]["train"]["ours_samples_per_s"] / 8 / 1e9)
     assert res["mlp_fraction_of_sgemm_peak"] == pytest.approx(
         res["mlp_train_gflops"] / res["sgemm_gflops"])
+    assert res["mlp_gemms_gflops"] > 0
+    assert res["mlp_gemms_fraction_of_sgemm_peak"] == pytest.approx(
+        res["mlp_gemms_gflops"] / res["sgemm_gflops"])
     assert "VmHWM" in res["memory_method"]
     for name in ("mlp", "lenet5"):
         r = res["models"][name]
@@ -45,6 +49,13 @@ def test_bench_quick_writes_every_field(tmp_path, capsys):
         assert mem["torch"]["rss_mb"] >= 0
     table = capsys.readouterr().out
     assert "| lenet5 | train |" in table and "SGEMM peak" in table
+    assert table.startswith("Machine: ") and "its GEMMs alone" in table
+
+
+def test_cpu_simd_names_the_vector_extension():
+    simd = bench.cpu_simd()
+    if sys.platform.startswith("linux"):      # elsewhere there is no /proc/cpuinfo: ""
+        assert "AVX-512" in simd or "AVX2" in simd or "no AVX2" in simd
 
 
 def test_bench_without_torch_shows_ours_alone(tmp_path, capsys):

@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import sliding_window_view
 
 from mlcvlab.nn import kernels
 
@@ -224,13 +224,14 @@ def pad_rows(x: np.ndarray, g: RowPadded, padding, buf: Optional[np.ndarray] = N
     return buf
 
 
-def _runs(buf: np.ndarray, n: int, C: int, kernel, g: RowPadded, writeable: bool = False):
-    """A (C, kh, kw, n, Ho*pitch) view of buf: [c, i, j, m] is plane (m, c)'s run for offset
-    (i, j). Runs of one offset never overlap (each ends before the next plane's starts)."""
+def _runs(buf: np.ndarray, n: int, C: int, kernel, g: RowPadded, start: int = 0) -> np.ndarray:
+    """A (C, kh, kw, n, Ho*pitch) view of the flat buf from ``start``: [c, i, j, m] is plane
+    (m, c)'s run for offset (i, j). Runs of one offset never overlap (each ends before the
+    next plane's starts). NumPy checks that the view stays inside buf."""
     kh, kw = kernel
     it = buf.itemsize
-    return as_strided(buf, (C, kh, kw, n, g.Ho * g.pitch),
-                      (g.plane * it, g.pitch * it, it, C * g.plane * it, it), writeable=writeable)
+    return np.ndarray((C, kh, kw, n, g.Ho * g.pitch), buf.dtype, buffer=buf, offset=start * it,
+                      strides=(g.plane * it, g.pitch * it, it, C * g.plane * it, it))
 
 
 def im2col_rows(buf: np.ndarray, n: int, C: int, kernel, g: RowPadded,
@@ -256,7 +257,7 @@ def col2im_rows(cols: np.ndarray, n: int, C: int, kernel, g: RowPadded, buf: np.
     fields = cols.reshape(C, kh, kw, n, -1)
     for i in range(kh):
         for j in range(kw):
-            target = _runs(buf[i * g.pitch + j:], n, C, (1, 1), g, writeable=True)[:, 0, 0]
+            target = _runs(buf, n, C, (1, 1), g, start=i * g.pitch + j)[:, 0, 0]
             target += fields[:, i, j]
 
 

@@ -270,7 +270,9 @@ def _layers_forward_backward(x, W, gamma):
     dx, dW, _ = conv.conv2d_grad(dy, c1)
     bn = BatchNorm2d(W.shape[0]).astype(x.dtype)
     bn.running_mean[...], bn.running_var[...] = c2.mean, c2.var
-    return [y, z, r, dz, dy, dgamma, dbeta, dx, dW, bn.eval().forward(y)]
+    y1, c4 = conv.conv2d(x, W, None, 1, 1)                  # stride 1: the row-padded path
+    dx1, dW1, _ = conv.conv2d_grad(np.cos(y1), c4)
+    return [y, z, r, dz, dy, dgamma, dbeta, dx, dW, bn.eval().forward(y), y1, dx1, dW1]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -139,8 +139,9 @@ def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def mlp_gemm_gflops(sizes: Sequence[int], batch: int, repeats: int = 5) -> float:
-    """GFLOP/s of the MLP training step's GEMMs alone (per layer: y = x @ W.T, dx = dy @ W,
-    dW = dy.T @ x, float32, outputs preallocated), best of ``repeats``: the ceiling a step
+    """GFLOP/s of the MLP training step's GEMMs alone (per layer: y = x @ W.T, dx = dy @ W
+    but for the first layer, dW = dy.T @ x; float32, outputs preallocated), best of
+    ``repeats``: the ceiling a step
     made of these GEMMs plus nothing else would reach at the current thread count."""
     rng = np.random.default_rng(0)
     layers = []
@@ -152,9 +153,10 @@ def mlp_gemm_gflops(sizes: Sequence[int], batch: int, repeats: int = 5) -> float
                        np.empty((batch, n_in), np.float32), np.empty((n_out, n_in), np.float32)))
 
     def gemms():
-        for x, W, dy, y, dx, dW in layers:
+        for i, (x, W, dy, y, dx, dW) in enumerate(layers):
             np.matmul(x, W.T, out=y)
-            np.matmul(dy, W, out=dx)
+            if i > 0:                   # as in the step: no dx for the data
+                np.matmul(dy, W, out=dx)
             np.matmul(dy.T, x, out=dW)
 
     gemms()
@@ -168,8 +170,12 @@ def mlp_gemm_gflops(sizes: Sequence[int], batch: int, repeats: int = 5) -> float
 
 
 def mlp_step_flops(sizes: Sequence[int], batch: int) -> float:
-    """FLOPs of one MLP training step: 3 GEMMs (forward, dx, dW) of 2*N*in*out per layer."""
-    return float(sum(3 * 2 * batch * n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])))
+    """FLOPs of one MLP training step as both frameworks run it: per layer the forward GEMM
+    and dW (2*N*in*out each), and dx for every layer but the first (its input is the data,
+    which needs no gradient: torch skips it, and so does ours after set_input_grad(False))."""
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    return float(sum((2 if i == 0 else 3) * 2 * batch * n_in * n_out
+                     for i, (n_in, n_out) in enumerate(layers)))
 
 
 # --------------------------------------------------------------------------- the two frameworks
@@ -196,7 +202,7 @@ def build_ours(name: str):
 def ours_steps(name: str, batch: int):
     """(train_step, eval_step) closures for our model on the benchmark batch."""
     from mlcvlab import nn, optim
-    model = build_ours(name)
+    model = build_ours(name).set_input_grad(False)     # as torch: x does not require grad
     x, y = _data(name, batch)
     loss = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)

@@ -192,3 +192,52 @@ def test_float32_stays_float32(rng):
     assert y.dtype == np.float32
     assert model.backward(np.ones_like(y)).dtype == np.float32
     assert all(p.grad.dtype == np.float32 for p in model.parameters())
+
+
+def _lenet_like(rng_seed=0):
+    return nn.Sequential(nn.Dropout(0.2, rng=rng_seed), nn.Conv2d(1, 3, 3, padding=1, rng=rng_seed),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 4,
+                                                                             rng=rng_seed))
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: _lenet_like(), (5, 1, 6, 6)),
+    (lambda: nn.Sequential(nn.Linear(6, 5, rng=0), nn.ReLU(), nn.Linear(5, 3, rng=0)), (4, 6)),
+])
+def test_set_input_grad_false_skips_dx_and_keeps_every_parameter_gradient(build, shape, rng):
+    x = rng.standard_normal(shape)
+    grads = []
+    for needed in (True, False):
+        model = build().astype(np.float64).set_input_grad(needed)
+        model.zero_grad()
+        y = model(x)
+        dx = model.backward(np.cos(y))
+        assert (dx is None) == (not needed)
+        if needed:
+            assert dx.shape == x.shape
+        grads.append([p.grad.copy() for p in model.parameters()])
+    for full, skipped in zip(*grads):
+        np.testing.assert_array_equal(full, skipped)
+
+
+def test_sequential_set_input_grad_marks_the_layers_up_to_the_first_with_parameters():
+    model = _lenet_like()
+    model.set_input_grad(False)
+    assert [m.input_grad for m in model] == [False, False, True, True, True, True]
+    assert model.set_input_grad(True) is model
+    assert all(m.input_grad for m in model.modules())
+
+
+def test_grad_functions_skip_dx_only(rng):
+    from mlcvlab.nn import basis, conv
+    x, W, b = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3)), np.ones(4)
+    y, cache = conv.conv2d(x, W, b, 1, 1)
+    full, skipped = conv.conv2d_grad(np.sin(y), cache), conv.conv2d_grad(np.sin(y), cache,
+                                                                         input_grad=False)
+    assert skipped[0] is None
+    np.testing.assert_array_equal(full[1], skipped[1])
+    np.testing.assert_array_equal(full[2], skipped[2])
+    y, cache = basis.linear(x.reshape(2, -1), rng.standard_normal((3, 75)))
+    assert basis.linear_grad(y, cache, input_grad=False)[0] is None
+    np.testing.assert_array_equal(basis.linear_grad(y, cache)[1],
+                                  basis.linear_grad(y, cache, input_grad=False)[1])

@@ -55,6 +55,8 @@ def test_fit_learns_and_records():
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert hist[-1]["val_acc"] > 0.95
     assert hist[0]["batch_size"] == 32 and hist[0]["lr"] == 0.2
+    # training never needed the input's gradient, so the first Linear skipped it
+    assert not model.input_grad and not model[0].input_grad and model[2].input_grad
 
 
 def test_checkpoint_resume_gives_same_trajectory(tmp_path):

@@ -53,10 +53,13 @@ def linear(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None):
     return y, LinearCache(x, W, b is not None)
 
 
-def linear_grad(dy: np.ndarray, cache: LinearCache):
-    """dy: (N, out) -> dx (N, in), dW (out, in), db (out,) or None."""
+def linear_grad(dy: np.ndarray, cache: LinearCache, input_grad: bool = True):
+    """dy: (N, out) -> dx (N, in), dW (out, in), db (out,) or None.
+
+    ``input_grad=False`` skips dx (returned as None): one GEMM less when x is data.
+    """
     x, W, has_bias = cache
-    dx = dy @ W
+    dx = dy @ W if input_grad else None
     dW = dy.T @ x
     db = dy.sum(axis=0) if has_bias else None
     return dx, dW, db

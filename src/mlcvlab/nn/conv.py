@@ -323,8 +323,11 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
 
 
-def conv2d_grad(dy: np.ndarray, cache: Conv2dCache):
+def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     """dy: (N, F, Ho, Wo) -> dx (N, C, H, W), dW (F, C, kh, kw), db (F,) or None.
+
+    ``input_grad=False`` skips dx (returned as None): no dcols GEMM and no col2im,
+    for a first layer whose input is data.
 
     dW = dy_t @ cols^T and dcols = W_mat^T @ dy_t (two GEMMs), then col2im;
     dy_t (F, N*Ho*Wo) is dy with the batch and channel axes swapped (in the
@@ -341,12 +344,12 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache):
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     K = C * kh * kw
     W_mat = W.reshape(F, K)
-    dx = np.empty(x.shape, dtype=dy.dtype)
+    dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     g = row_padded_geometry(H, Wd, kernel, stride, padding)
 
     def backward_part(part: slice) -> np.ndarray:   # dx[part] and this part's share of dW
         dW = np.zeros_like(W_mat)
-        x_part, dy_part, dx_part = x[part], dy[part], dx[part]
+        x_part, dy_part = x[part], dy[part]
         if g is None:
             x_part = _pad_nchw(x_part, ph, pw, 0)
         for blk in _blocks(x_part, K, Ho, Wo if g is None else g.pitch):
@@ -362,12 +365,15 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache):
                 buf = pad_rows(x_part[blk], g, padding)
                 cols = im2col_rows(buf, n, C, kernel, g)
             dW += dy_t @ cols.T                                # (F, C*kh*kw)
+            if dx is None:
+                continue
             dcols = np.matmul(W_mat.T, dy_t, out=cols)         # reuses the scratch
+            dx_blk = dx[part][blk]
             if g is None:
-                _col2im(dcols, kernel, stride, padding, dx_part[blk])
+                _col2im(dcols, kernel, stride, padding, dx_blk)
             else:
                 col2im_rows(dcols, n, C, kernel, g, buf)
-                dx_part[blk] = _planes(buf, n, C, g)[:, :, ph:ph + H, pw:]
+                dx_blk[...] = _planes(buf, n, C, g)[:, :, ph:ph + H, pw:]
         return dW
 
     dW = sum(kernels.parallel_map(backward_part, _batch_parts(N)))

@@ -31,6 +31,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "input_grad", True)
         object.__setattr__(self, "_flat", None)
 
     # -- registration -----------------------------------------------------
@@ -109,6 +110,18 @@ class Module:
                 p.zero_grad()
 
     # -- modes and dtype ------------------------------------------------------
+    def set_input_grad(self, needed: bool = True) -> "Module":
+        """Say whether ``backward`` must return dL/d(input) (default True).
+
+        Training loops call ``model.set_input_grad(False)``: the model's input is data,
+        so nobody needs its gradient, and the first layer with parameters (Linear,
+        Conv2d) then computes only its parameter gradients and ``backward`` returns
+        None (PyTorch likewise skips the gradient of an input that does not require
+        grad). Layers with nothing to skip ignore the setting.
+        """
+        object.__setattr__(self, "input_grad", bool(needed))
+        return self
+
     def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
@@ -246,7 +259,22 @@ class Sequential(Module):
     def backward(self, dy):
         for m in reversed(self._modules.values()):
             dy = m.backward(dy)
+            if dy is None:       # set_input_grad(False): no layer before this one has parameters
+                return None
         return dy
+
+    def set_input_grad(self, needed: bool = True) -> "Sequential":
+        """As :meth:`Module.set_input_grad`; with False, the layers up to and including the
+        first one with parameters need no input gradient (nothing before them learns)."""
+        super().set_input_grad(needed)
+        for m in self._modules.values():
+            m.set_input_grad(True)
+        if not needed:
+            for m in self._modules.values():
+                m.set_input_grad(False)
+                if m.parameters():
+                    break
+        return self
 
 
 def check_input(layer: str, x, ndim: Optional[Tuple[int, ...]] = None,

@@ -70,7 +70,7 @@ class Linear(Module):
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
-        dx, dW, db = basis.linear_grad(dy, self._cache)
+        dx, dW, db = basis.linear_grad(dy, self._cache, input_grad=self.input_grad)
         self.weight.grad += dW
         if self.bias is not None:
             self.bias.grad += db
@@ -117,7 +117,7 @@ class Conv2d(Module):
         from mlcvlab.nn import conv
         if self._cache is None:
             _no_cache(self)
-        dx, dW, db = conv.conv2d_grad(dy, self._cache)
+        dx, dW, db = conv.conv2d_grad(dy, self._cache, input_grad=self.input_grad)
         self.weight.grad += dW
         if self.bias is not None:
             self.bias.grad += db

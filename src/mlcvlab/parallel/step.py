@@ -65,6 +65,8 @@ def module_grad_fn(loss) -> GradFn:
     ``model.flat().grad``, valid until the next call).
     """
     def grad_fn(model, x, y):
+        if model.input_grad:        # the input is data: its gradient is never used
+            model.set_input_grad(False)
         model.zero_grad()
         pred = model(x.astype(model.dtype, copy=False))
         value = loss(pred, _labels_for(pred, y))

@@ -71,6 +71,8 @@ class Trainer:
     batch size). step_fn: optional callable ``(trainer, xb, yb) -> (loss, timings)``
     replacing the single-process step (data-parallel SGD plugs in here); timings
     is a dict of seconds (compute, communication, update) summed per epoch.
+    Training calls ``model.set_input_grad(False)``: the gradient of the input
+    images is never computed (``set_input_grad(True)`` brings it back).
     """
 
     def __init__(self, model, loss, optimizer, schedulers: Sequence[Any] = (),
@@ -98,6 +100,8 @@ class Trainer:
             return self.step_fn(self, xb, yb)
         t0 = time.perf_counter()
         model = self.model
+        if model.input_grad:        # the input is data: its gradient is never used
+            model.set_input_grad(False)
         model.zero_grad()
         pred = model(xb.astype(model.dtype, copy=False))
         value = self.loss(pred, _labels_for(self.loss, pred, yb))

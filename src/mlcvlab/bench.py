@@ -9,7 +9,9 @@ thread count (``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``):
 
 Ours and torch are timed interleaved (ours, torch, ours, torch, ...) so that
 load from other processes hits both alike, and the median over ``repeats`` is
-reported. It also measures this machine's SGEMM peak (a large float32
+reported; each timed sample starts after a short pause and one untimed step,
+so that the other framework's still-spinning BLAS / OpenMP threads do not
+compete with it (``SETTLE_SECONDS``). It also measures this machine's SGEMM peak (a large float32
 ``np.matmul``) and the fraction of it the MLP training step reaches, and the
 peak memory of one training step of each framework, each in a fresh
 subprocess (see :func:`measure_memory` for the method).
@@ -230,12 +232,22 @@ def _steps_for(fn: Callable[[], None], target_seconds: float, max_steps: int) ->
     return int(min(max_steps, max(1, round(target_seconds / dt))))
 
 
+# Pause before every timed sample. After a call, OpenBLAS's worker threads keep spinning
+# for ~0.1 s (2^28 cycles) and OpenMP's for a while too; without the pause they ran into the
+# next sample of the *other* framework (torch's MLP step measured 17-18 ms right after ours,
+# 12.8 ms after half a second of quiet).
+SETTLE_SECONDS = 0.3
+
+
 def time_interleaved(fns: Dict[str, Callable[[], None]], repeats: int, target_seconds: float,
-                     max_steps: int = 200, warmup: int = 2) -> Dict[str, List[float]]:
+                     max_steps: int = 200, warmup: int = 2,
+                     settle_seconds: float = SETTLE_SECONDS) -> Dict[str, List[float]]:
     """Seconds per call of every fn, measured round-robin: ``repeats`` samples each.
 
     Each sample is the mean over ``steps`` calls (about ``target_seconds`` long);
     alternating the frameworks inside every repeat shares out background load.
+    Every sample starts after ``settle_seconds`` of sleep (the other framework's
+    spinning threads go idle) and one untimed call (its own threads wake up).
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -244,6 +256,8 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], repeats: int, target_se
     samples: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
+            time.sleep(settle_seconds)
+            fn()
             t0 = time.perf_counter()
             for _ in range(steps[key]):
                 fn()
@@ -333,7 +347,8 @@ def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref)
         t_train, t_eval = ref.steps(name, batch)
         fns = {"ours_train": our_train, "torch_train": t_train,
                "ours_eval": our_eval, "torch_eval": t_eval}
-    s = time_interleaved(fns, repeats, target_seconds)
+    s = time_interleaved(fns, repeats, target_seconds,
+                         settle_seconds=SETTLE_SECONDS if target_seconds >= 0.1 else 0.0)
     return {"train": _summary(s["ours_train"], s.get("torch_train"), batch),
             "eval": _summary(s["ours_eval"], s.get("torch_eval"), batch)}
 

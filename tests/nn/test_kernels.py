@@ -139,6 +139,23 @@ def test_maxpool_kernels_match_numpy(k, s, p, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (2, 3, 7, 5)])   # even, and odd edges
+def test_maxpool_2x2_kernels_match_numpy(shape, dtype):
+    x = np.random.default_rng(5).integers(-2, 3, shape).astype(dtype)   # many ties
+    k = s = (2, 2)
+    y_ref, arg_ref = conv.maxpool2d_numpy(x, k, s, (0, 0))
+    y, argmax = np.full(y_ref.shape, np.nan, dtype), np.full(y_ref.shape, 9, np.uint8)
+    kernels.get("maxpool_2x2")(x, y, argmax)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, arg_ref)
+    dy = _rand(y.shape, dtype, seed=6)
+    dx = np.full(x.shape, np.nan, dtype=dtype)          # every value written, odd edges zeroed
+    kernels.get("maxpool_2x2_grad")(dy, argmax, dx)
+    ref = conv.maxpool2d_grad_numpy(dy, conv.PoolCache(x.shape, k, s, (0, 0), argmax))
+    np.testing.assert_array_equal(dx, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_batchnorm_kernels_match_numpy(dtype):
     N, C, L = 4, 3, 10
     x = _rand((N, C, L), dtype) * 3 + 1

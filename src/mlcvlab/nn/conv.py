@@ -414,6 +414,11 @@ def _pad_nchw(x: np.ndarray, ph: int, pw: int, value) -> np.ndarray:
     return xp
 
 
+def _is_2x2(kernel, stride, padding) -> bool:
+    """The common 2x2 / stride 2 / no padding pooling, which has its own kernels."""
+    return kernel == (2, 2) and stride == (2, 2) and padding == (0, 0)
+
+
 def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None,
               padding: IntPair = 0):
     """Max pooling over (kh, kw) windows, as ``torch.nn.functional.max_pool2d``.
@@ -428,7 +433,10 @@ def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = N
     if _use_numba():
         y = np.empty((*x.shape[:2], Ho, Wo), dtype=x.dtype)
         argmax = np.empty(y.shape, dtype=index_dtype)
-        kernels.get("maxpool")(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, y, argmax)
+        if _is_2x2((kh, kw), (sh, sw), (ph, pw)):
+            kernels.get("maxpool_2x2")(np.ascontiguousarray(x), y, argmax)
+        else:
+            kernels.get("maxpool")(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, y, argmax)
     else:
         y, argmax = maxpool2d_numpy(x, (kh, kw), (sh, sw), (ph, pw))
         argmax = argmax.astype(index_dtype)
@@ -452,7 +460,11 @@ def maxpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     _check_dy("maxpool2d_grad", dy, argmax.shape)
     if _use_numba():
         dx = np.empty((N, C, H, W), dtype=dy.dtype)
-        kernels.get("maxpool_grad")(np.ascontiguousarray(dy), argmax, kh, kw, sh, sw, ph, pw, dx)
+        if _is_2x2((kh, kw), (sh, sw), (ph, pw)):
+            kernels.get("maxpool_2x2_grad")(np.ascontiguousarray(dy), argmax, dx)
+        else:
+            kernels.get("maxpool_grad")(np.ascontiguousarray(dy), argmax, kh, kw, sh, sw, ph, pw,
+                                        dx)
         return dx
     return maxpool2d_grad_numpy(dy, cache)
 

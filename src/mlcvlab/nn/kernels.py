@@ -26,6 +26,10 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   ``maxpool_grad(dy, argmax, kh, kw, sh, sw, ph, pw, dx)``: max over each window
   (padding never wins; the first maximum in row-major order, like torch) and the
   scatter of dy to it.
+* ``maxpool_2x2(x, y, argmax)`` / ``maxpool_2x2_grad(dy, argmax, dx)``: the same
+  for the common 2x2 window with stride 2 and no padding, with the four loads and
+  comparisons written out (no inner loops, no bounds checks): 0.37 vs 4.2 ms for
+  LeNet-5's (128, 6, 28, 28) pooling. The backward writes every dx value once.
 * ``bn_forward(x3, gamma, beta, eps, y, x_hat, mean, var, inv_std)`` and
   ``bn_backward(dy3, x_hat, scale, dx, dgamma, dbeta)`` on x3 (N, C, L):
   batch norm over (N, L) per channel, statistics accumulated in float64.
@@ -145,6 +149,48 @@ def _compile() -> dict:
                         wi = wo * sw - pw + a % kw
                         dx[n, c, hi, wi] += dy[n, c, ho, wo]
 
+    @njit(cache=True, fastmath=False, nogil=True)
+    def maxpool_2x2(x, y, argmax):  # pragma: no cover (jitted)
+        N, C = x.shape[:2]
+        Ho, Wo = y.shape[2], y.shape[3]
+        for n in range(N):
+            for c in range(C):
+                for ho in range(Ho):
+                    r0, r1 = x[n, c, 2 * ho], x[n, c, 2 * ho + 1]
+                    y_row, a_row = y[n, c, ho], argmax[n, c, ho]
+                    for wo in range(Wo):
+                        a, b = r0[2 * wo], r0[2 * wo + 1]
+                        d, e = r1[2 * wo], r1[2 * wo + 1]
+                        top = b if b > a else a             # ties: the first (row-major) wins
+                        bottom = e if e > d else d
+                        i_top = 1 if b > a else 0
+                        i_bottom = 3 if e > d else 2
+                        y_row[wo] = bottom if bottom > top else top
+                        a_row[wo] = i_bottom if bottom > top else i_top
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def maxpool_2x2_grad(dy, argmax, dx):  # pragma: no cover (jitted)
+        N, C, H, W = dx.shape
+        Ho, Wo = dy.shape[2], dy.shape[3]
+        zero = dx.dtype.type(0)
+        for n in range(N):
+            for c in range(C):
+                for ho in range(Ho):
+                    r0, r1 = dx[n, c, 2 * ho], dx[n, c, 2 * ho + 1]
+                    g_row, a_row = dy[n, c, ho], argmax[n, c, ho]
+                    for wo in range(Wo):
+                        g, k = g_row[wo], a_row[wo]
+                        r0[2 * wo] = g if k == 0 else zero
+                        r0[2 * wo + 1] = g if k == 1 else zero
+                        r1[2 * wo] = g if k == 2 else zero
+                        r1[2 * wo + 1] = g if k == 3 else zero
+                    for w in range(2 * Wo, W):                # a last odd column: no window
+                        r0[w] = zero
+                        r1[w] = zero
+                for h in range(2 * Ho, H):                    # a last odd row: no window
+                    for w in range(W):
+                        dx[n, c, h, w] = zero
+
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
     def bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, c0,
                             c1):  # pragma: no cover (jitted)
@@ -207,7 +253,7 @@ def _compile() -> dict:
             dx[i] = dy[i] if x[i] > 0 else zero
 
     return {"relu_backward": relu_backward, "col2im": col2im, "col2im_rows": col2im_rows,
-            "maxpool": maxpool,
+            "maxpool": maxpool, "maxpool_2x2": maxpool_2x2, "maxpool_2x2_grad": maxpool_2x2_grad,
             "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward,
             "bn_forward_channels": bn_forward_channels,
             "bn_backward_channels": bn_backward_channels}

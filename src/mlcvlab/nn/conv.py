@@ -524,4 +524,5 @@ __all__ = [
     "im2col_numpy", "col2im_numpy", "maxpool2d_numpy", "maxpool2d_grad_numpy",
     "conv_output_size", "conv2d", "conv2d_grad", "maxpool2d", "maxpool2d_grad",
     "avgpool2d", "avgpool2d_grad", "Conv2dCache", "PoolCache",
+    "RowPadded", "row_padded_geometry", "pad_rows", "im2col_rows", "col2im_rows",
 ]

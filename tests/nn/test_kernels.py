@@ -120,8 +120,11 @@ def test_col2im_rows_is_the_adjoint_of_im2col_rows(shape, k, p, dtype, use_numba
 @pytest.mark.parametrize("k, s, p", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
                                      ((3, 2), (1, 2), (1, 0))])
 def test_maxpool_kernels_match_numpy(k, s, p, dtype):
-    # small integers give many ties: the first maximum (row-major) must win in both paths
+    # small integers give many ties: the first maximum (row-major) must win in both paths;
+    # a nan, an inf and a -inf window must come out as the NumPy path gives them (nan propagates)
     x = np.random.default_rng(3).integers(-2, 3, (2, 3, 7, 6)).astype(dtype)
+    x[0, 0, 1, 1], x[0, 1, 3, 4], x[1, 2, 0, 0] = np.nan, np.inf, np.nan
+    x[1, 0, :3, :3] = -np.inf
     Ho, Wo = _out_hw(x.shape, k, s, p)
     y = np.empty((2, 3, Ho, Wo), dtype=dtype)
     argmax = np.empty(y.shape, dtype=np.uint8)
@@ -142,6 +145,7 @@ def test_maxpool_kernels_match_numpy(k, s, p, dtype):
 @pytest.mark.parametrize("shape", [(2, 3, 6, 8), (2, 3, 7, 5)])   # even, and odd edges
 def test_maxpool_2x2_kernels_match_numpy(shape, dtype):
     x = np.random.default_rng(5).integers(-2, 3, shape).astype(dtype)   # many ties
+    x[1, 2, :2, :2] = -np.inf
     k = s = (2, 2)
     y_ref, arg_ref = conv.maxpool2d_numpy(x, k, s, (0, 0))
     y, argmax = np.full(y_ref.shape, np.nan, dtype), np.full(y_ref.shape, 9, np.uint8)
@@ -153,6 +157,23 @@ def test_maxpool_2x2_kernels_match_numpy(shape, dtype):
     kernels.get("maxpool_2x2_grad")(dy, argmax, dx)
     ref = conv.maxpool2d_grad_numpy(dy, conv.PoolCache(x.shape, k, s, (0, 0), argmax))
     np.testing.assert_array_equal(dx, ref)
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding", [(2, 2, 0), (3, 2, 1)])
+def test_maxpool_propagates_nan_at_the_first_nan_with_and_without_numba(kernel_size, stride,
+                                                                        padding, monkeypatch):
+    x = np.random.default_rng(8).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    x[0, 0, 0, 1], x[0, 0, 1, 0], x[1, 1, 4, 5] = np.nan, np.nan, np.nan
+    outs = []
+    for use_numba in (True, False):
+        monkeypatch.setattr(kernels, "available", lambda: use_numba)
+        y, cache = conv.maxpool2d(x, kernel_size, stride, padding)
+        outs.append((y, cache.argmax))
+    y, argmax = outs[0]
+    touched = conv.maxpool2d(np.isnan(x).astype(np.float32), kernel_size, stride, padding)[0]
+    np.testing.assert_array_equal(np.isnan(y), touched > 0)   # every window with a nan is nan
+    np.testing.assert_array_equal(y, outs[1][0])
+    np.testing.assert_array_equal(argmax, outs[1][1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

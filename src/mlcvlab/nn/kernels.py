@@ -24,12 +24,15 @@ im2col itself is not here: NumPy's strided copy from a sliding-window view into
 a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
 * ``maxpool(x, kh, kw, sh, sw, ph, pw, y, argmax)`` /
   ``maxpool_grad(dy, argmax, kh, kw, sh, sw, ph, pw, dx)``: max over each window
-  (padding never wins; the first maximum in row-major order, like torch) and the
+  (padding never wins; the first maximum in row-major order, like torch; a nan
+  in the window gives nan, at the first nan, like ``np.argmax``) and the
   scatter of dy to it.
 * ``maxpool_2x2(x, y, argmax)`` / ``maxpool_2x2_grad(dy, argmax, dx)``: the same
   for the common 2x2 window with stride 2 and no padding, with the four loads and
   comparisons written out (no inner loops, no bounds checks): 0.37 vs 4.2 ms for
-  LeNet-5's (128, 6, 28, 28) pooling. The backward writes every dx value once.
+  LeNet-5's (128, 6, 28, 28) pooling. It assumes x has no nan (nan-aware
+  comparisons made it 8x slower): ``conv.maxpool2d`` sends an input with a nan to
+  ``maxpool``. The backward writes every dx value once.
 * ``bn_forward(x3, gamma, beta, eps, y, x_hat, mean, var, inv_std)`` and
   ``bn_backward(dy3, x_hat, scale, dx, dgamma, dbeta)`` on x3 (N, C, L):
   batch norm over (N, L) per channel, statistics accumulated in float64.
@@ -115,6 +118,11 @@ def _compile() -> dict:
                             dst[t] += run[t]
 
     @njit(cache=True, fastmath=False, nogil=True)
+    def _beats(v, best):  # pragma: no cover (jitted)
+        # v replaces the running maximum: larger, or the first nan (nan propagates, as in torch)
+        return v > best or (v != v and best == best)
+
+    @njit(cache=True, fastmath=False, nogil=True)
     def maxpool(x, kh, kw, sh, sw, ph, pw, y, argmax):  # pragma: no cover (jitted)
         N, C, H, W = x.shape
         Ho, Wo = y.shape[2], y.shape[3]
@@ -122,17 +130,19 @@ def _compile() -> dict:
             for c in range(C):
                 for ho in range(Ho):
                     for wo in range(Wo):
-                        best = -np.inf
-                        arg = 0
+                        best = x.dtype.type(0)
+                        arg = -1                # the window's first pixel always enters
                         for i in range(kh):
                             hi = ho * sh - ph + i
                             if hi < 0 or hi >= H:
                                 continue
                             for j in range(kw):
                                 wi = wo * sw - pw + j
-                                if 0 <= wi < W and x[n, c, hi, wi] > best:
-                                    best = x[n, c, hi, wi]
-                                    arg = i * kw + j
+                                if 0 <= wi < W:
+                                    v = x[n, c, hi, wi]
+                                    if arg < 0 or _beats(v, best):
+                                        best = v
+                                        arg = i * kw + j
                         y[n, c, ho, wo] = best
                         argmax[n, c, ho, wo] = arg
 

@@ -128,10 +128,16 @@ def test_maxpool_kernels_match_numpy(k, s, p, dtype):
     Ho, Wo = _out_hw(x.shape, k, s, p)
     y = np.empty((2, 3, Ho, Wo), dtype=dtype)
     argmax = np.empty(y.shape, dtype=np.uint8)
-    kernels.get("maxpool")(x, *k, *s, *p, y, argmax)
+    kernels.get("maxpool")(x, *k, *s, *p, y, argmax, True)
     y_ref, arg_ref = conv.maxpool2d_numpy(x, k, s, p)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(argmax, arg_ref)
+    finite = np.nan_to_num(x, nan=0.0)             # and the fast loop where there is no nan
+    y2, arg2 = np.empty_like(y), np.empty_like(argmax)
+    kernels.get("maxpool")(finite, *k, *s, *p, y2, arg2, False)
+    y2_ref, arg2_ref = conv.maxpool2d_numpy(finite, k, s, p)
+    np.testing.assert_array_equal(y2, y2_ref)
+    np.testing.assert_array_equal(arg2, arg2_ref)
 
     dy = _rand(y.shape, dtype, seed=4)
     dx = np.full(x.shape, np.nan, dtype=dtype)

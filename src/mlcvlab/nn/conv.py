@@ -434,11 +434,13 @@ def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = N
     if _use_numba():
         y = np.empty((*x.shape[:2], Ho, Wo), dtype=x.dtype)
         argmax = np.empty(y.shape, dtype=index_dtype)
-        # the 2x2 kernel drops nan; one sum (~0.1 ms for LeNet-5's pooling) finds them
-        if _is_2x2((kh, kw), (sh, sw), (ph, pw)) and not np.isnan(np.sum(x)):
+        # the fast kernels let no nan win; one sum (~0.1 ms for LeNet-5's pooling) finds them
+        has_nan = bool(np.isnan(np.sum(x)))
+        if _is_2x2((kh, kw), (sh, sw), (ph, pw)) and not has_nan:
             kernels.get("maxpool_2x2")(np.ascontiguousarray(x), y, argmax)
         else:
-            kernels.get("maxpool")(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, y, argmax)
+            kernels.get("maxpool")(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, y, argmax,
+                                   has_nan)
     else:
         y, argmax = maxpool2d_numpy(x, (kh, kw), (sh, sw), (ph, pw))
         argmax = argmax.astype(index_dtype)

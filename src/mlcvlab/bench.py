@@ -11,8 +11,8 @@ Ours and torch are timed interleaved (ours, torch, ours, torch, ...) so that
 load from other processes hits both alike, and the median over ``repeats`` is
 reported; each timed sample starts after a short pause and one untimed step,
 so that the other framework's still-spinning BLAS / OpenMP threads do not
-compete with it (``SETTLE_SECONDS``). It also measures this machine's SGEMM peak (a large float32
-``np.matmul``) and the fraction of it the MLP training step reaches, and the
+compete with it (``SETTLE_SECONDS``). It also measures this machine's SGEMM
+peak (a large float32 ``np.matmul``) and the fraction of it the MLP training step reaches, and the
 peak memory of one training step of each framework, each in a fresh
 subprocess (see :func:`measure_memory` for the method).
 
@@ -143,8 +143,8 @@ def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
 def mlp_gemm_gflops(sizes: Sequence[int], batch: int, repeats: int = 5) -> float:
     """GFLOP/s of the MLP training step's GEMMs alone (per layer: y = x @ W.T, dx = dy @ W
     but for the first layer, dW = dy.T @ x; float32, outputs preallocated), best of
-    ``repeats``: the ceiling a step
-    made of these GEMMs plus nothing else would reach at the current thread count."""
+    ``repeats``: the ceiling a step made of these GEMMs and nothing else would reach at
+    the current thread count."""
     rng = np.random.default_rng(0)
     layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
@@ -339,7 +339,8 @@ def _summary(ours: List[float], theirs: Optional[List[float]], batch: int) -> di
     return row
 
 
-def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref) -> dict:
+def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref,
+                settle_seconds: float = SETTLE_SECONDS) -> dict:
     """Train and eval throughput of one model, ours and (if available) torch's, interleaved."""
     our_train, our_eval = ours_steps(name, batch)
     fns = {"ours_train": our_train, "ours_eval": our_eval}
@@ -347,8 +348,7 @@ def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref)
         t_train, t_eval = ref.steps(name, batch)
         fns = {"ours_train": our_train, "torch_train": t_train,
                "ours_eval": our_eval, "torch_eval": t_eval}
-    s = time_interleaved(fns, repeats, target_seconds,
-                         settle_seconds=SETTLE_SECONDS if target_seconds >= 0.1 else 0.0)
+    s = time_interleaved(fns, repeats, target_seconds, settle_seconds=settle_seconds)
     return {"train": _summary(s["ours_train"], s.get("torch_train"), batch),
             "eval": _summary(s["ours_eval"], s.get("torch_eval"), batch)}
 
@@ -386,7 +386,8 @@ def run(models: Sequence[str] = MODEL_NAMES, batch_size: int = 128, threads: int
         if "mlp" in models:
             result["mlp_gemms_gflops"] = mlp_gemm_gflops(MLP_SIZES, batch_size, 3 if quick else 5)
         for name in models:
-            result["models"][name] = bench_model(name, batch_size, repeats, target, ref)
+            result["models"][name] = bench_model(name, batch_size, repeats, target, ref,
+                                                 settle_seconds=0.0 if quick else SETTLE_SECONDS)
     if "mlp" in result["models"]:
         sps = result["models"]["mlp"]["train"]["ours_samples_per_s"]
         gflops = mlp_step_flops(MLP_SIZES, batch_size) / (batch_size / sps) / 1e9

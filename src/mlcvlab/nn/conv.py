@@ -303,19 +303,20 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     W_mat = W.reshape(F, K)
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     g = row_padded_geometry(H, Wd, (kh, kw), stride, padding)
+    wide = Wo if g is None else g.pitch             # columns of the GEMM's output grid
 
     def forward_part(part: slice) -> None:          # the samples x[part] -> y[part]
         x_part, y_part = x[part], y[part]
         if g is None:
             x_part = _pad_nchw(x_part, *padding, 0)
-        for blk in _blocks(x_part, K, Ho, Wo if g is None else g.pitch):
+        for blk in _blocks(x_part, K, Ho, wide):
             n = blk.stop - blk.start
             if g is None:
                 cols = _im2col(x_part[blk], (kh, kw), stride, padding, Ho, Wo)
             else:
                 cols = im2col_rows(pad_rows(x_part[blk], g, padding), n, C, (kh, kw), g)
             y_t = np.matmul(W_mat, cols, out=kernels.scratch((F, cols.shape[1]), x.dtype, "out"))
-            y_part[blk] = y_t.reshape(F, n, Ho, -1)[..., :Wo].transpose(1, 0, 2, 3)
+            y_part[blk] = y_t.reshape(F, n, Ho, wide)[..., :Wo].transpose(1, 0, 2, 3)
 
     kernels.parallel_map(forward_part, _batch_parts(N))
     if b is not None:
@@ -346,15 +347,15 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     W_mat = W.reshape(F, K)
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     g = row_padded_geometry(H, Wd, kernel, stride, padding)
+    wide = Wo if g is None else g.pitch             # columns of the GEMM's output grid
 
     def backward_part(part: slice) -> np.ndarray:   # dx[part] and this part's share of dW
         dW = np.zeros_like(W_mat)
         x_part, dy_part = x[part], dy[part]
         if g is None:
             x_part = _pad_nchw(x_part, ph, pw, 0)
-        for blk in _blocks(x_part, K, Ho, Wo if g is None else g.pitch):
+        for blk in _blocks(x_part, K, Ho, wide):
             n = blk.stop - blk.start
-            wide = Wo if g is None else g.pitch
             dy_t = kernels.scratch((F, n, Ho, wide), dy.dtype, "dy")
             dy_t[..., :Wo] = dy_part[blk].transpose(1, 0, 2, 3)
             dy_t[..., Wo:] = 0

@@ -33,7 +33,8 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   comparisons written out (no inner loops, no bounds checks): 0.37 vs 4.2 ms for
   LeNet-5's (128, 6, 28, 28) pooling. It assumes x has no nan (nan-aware
   comparisons made it 8x slower): ``conv.maxpool2d`` sends an input with a nan to
-  ``maxpool`` with ``nan_aware``. The backward zeroes dx, then stores each dy at its window's argmax.
+  ``maxpool`` with ``nan_aware``. The backward zeroes dx, then stores each dy at
+  its window's argmax.
 * ``bn_forward(x3, gamma, beta, eps, y, x_hat, mean, var, inv_std)`` and
   ``bn_backward(dy3, x_hat, scale, dx, dgamma, dbeta)`` on x3 (N, C, L):
   batch norm over (N, L) per channel, statistics accumulated in float64.

@@ -61,7 +61,8 @@ class Communicator:
                                   "CudaCommunicator")
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
-        raise NotImplementedError(f"{type(self).__name__}.broadcast")
+        raise NotImplementedError(f"{type(self).__name__}.broadcast: Communicator is abstract; "
+                                  "use LocalCommunicator, MPICommunicator or CudaCommunicator")
 
     def barrier(self) -> None:
         """Wait until every worker reaches this point (nothing to wait for by default)."""

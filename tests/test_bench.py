@@ -30,6 +30,8 @@ def test_bench_quick_writes_every_field(tmp_path, capsys):
     assert res["config"]["batch_size"] == 8 and res["config"]["threads"] == 1
     assert res["machine"]["cpu"] and res["machine"]["torch"]
     assert res["sgemm_gflops"] > 0
+    assert len(res["sgemm_gflops_samples"]) == 2         # before and after the models
+    assert res["sgemm_gflops"] == max(res["sgemm_gflops_samples"])
     flops = bench.mlp_step_flops(bench.MLP_SIZES, 8)
     assert flops == 2 * 8 * (2 * 784 * 1000 + 3 * 1000 * 1000 + 3 * 1000 * 10)  # no dx of data
     assert res["mlp_train_gflops"] == pytest.approx(

@@ -62,6 +62,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from mlcvlab import backend
+    backend.keep_freed_memory()           # every command trains or benchmarks: see its docstring
     try:
         if args.command == "bench":          # the benchmark sets its own thread counts
             return int(args.func(args) or 0)

@@ -338,6 +338,25 @@ def test_layers_split_over_threads_agree_with_one_thread(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_forward_kernel_matches_numpy_maximum(dtype, monkeypatch):
+    """max(x, 0) on the numba path split over threads, on the NumPy fallback and for a
+    non-contiguous x: nan stays nan, inf and -inf map as in np.maximum and torch.relu."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 5, 4, 3)).astype(dtype)
+    x.flat[[0, 1, 2, 3]] = [np.nan, np.inf, -np.inf, 0.0]
+    expected = np.maximum(x, 0)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 10)
+    monkeypatch.setattr(kernels, "num_threads", lambda: 4)
+    y, cache = basis.relu(x)
+    assert y.dtype == dtype and cache.value is x
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(basis.relu(x.transpose(0, 2, 1, 3))[0],
+                                  expected.transpose(0, 2, 1, 3))
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    np.testing.assert_array_equal(basis.relu(x)[0], expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_backward_kernel_is_threshold_backward(dtype, monkeypatch):
     """dx = dy where x > 0, else 0 -- also where dy is nan or inf (as torch), on the numba
     path split over threads and on the NumPy fallback."""
@@ -345,7 +364,7 @@ def test_relu_backward_kernel_is_threshold_backward(dtype, monkeypatch):
     x = rng.standard_normal((6, 5, 4, 3)).astype(dtype)
     x[0, 0, 0, :2] = 0.0
     dy = rng.standard_normal(x.shape).astype(dtype)
-    dy[x <= 0][:3] = np.nan
+    dy.flat[np.flatnonzero(x <= 0)[:3]] = np.nan     # dy nan where x <= 0: dx is still 0
     dy.flat[[0, 1, 2]] = [np.nan, np.inf, -np.inf]
     expected = np.where(x > 0, dy, 0).astype(dtype)
     _, cache = basis.relu(x)
@@ -356,3 +375,33 @@ def test_relu_backward_kernel_is_threshold_backward(dtype, monkeypatch):
     np.testing.assert_array_equal(got, expected)
     monkeypatch.setattr(kernels, "available", lambda: False)
     np.testing.assert_array_equal(basis.relu_grad(dy, cache), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 3, 5, 4), (9, 6)])
+def test_batchnorm_eval_kernel_matches_numpy(shape, dtype, monkeypatch):
+    """Batch norm in evaluation (x * scale + shift per channel): the numba kernel split over
+    threads gives the NumPy path's values bit for bit, for 4-D and 2-D inputs."""
+    from mlcvlab import nn
+    rng = np.random.default_rng(5)
+    bn = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1]).astype(dtype)
+    bn.running_mean[...] = rng.standard_normal(shape[1])
+    bn.running_var[...] = rng.random(shape[1]) + 0.5
+    bn.weight.data[...] = rng.standard_normal(shape[1])
+    bn.bias.data[...] = rng.standard_normal(shape[1])
+    bn.eval()
+    x = rng.standard_normal(shape).astype(dtype)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 10)
+    monkeypatch.setattr(kernels, "num_threads", lambda: 3)
+    got = bn.forward(x)
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "available", lambda: False)
+        expected = bn.forward(x)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expected)
+    inv_std = 1 / np.sqrt(bn.running_var + bn.eps)
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    ref = ((x - bn.running_mean.reshape(bshape)) * (bn.weight.data * inv_std).reshape(bshape)
+           + bn.bias.data.reshape(bshape))
+    np.testing.assert_allclose(got, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)

@@ -227,7 +227,12 @@ def relu(x: np.ndarray):
     if x.ndim == 0:
         return np.maximum(x, 0), ActivationCache(x)
     y = np.empty_like(x)
-    kernels.parallel_map(lambda p: np.maximum(x[p], 0, out=y[p]), kernels.row_parts(x))
+    if kernels.available() and x.flags.c_contiguous:
+        kernel = kernels.get("relu_forward")
+        kernels.parallel_map(lambda p: kernel(x[p].reshape(-1), y[p].reshape(-1)),
+                             kernels.row_parts(x))
+    else:
+        kernels.parallel_map(lambda p: np.maximum(x[p], 0, out=y[p]), kernels.row_parts(x))
     return y, ActivationCache(x)
 
 

@@ -248,12 +248,34 @@ def _compile() -> dict:
         bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, 0, dy.shape[1])
 
     @njit(cache=True, nogil=True)
+    def channel_affine(x, scale, shift, y):  # pragma: no cover (jitted)
+        # y[n, c, :] = x[n, c, :] * scale[c] + shift[c]: batch norm in evaluation, one pass
+        # (NumPy's broadcast multiply and add take two, each slower than this one)
+        N, C, L = x.shape
+        for n in range(N):
+            for c in range(C):
+                k, b = scale[c], shift[c]
+                for l in range(L):
+                    y[n, c, l] = x[n, c, l] * k + b
+
+    @njit(cache=True, nogil=True)
+    def relu_forward(x, y):  # pragma: no cover (jitted)
+        # 4-6x faster than np.maximum(x, 0): NumPy 2.4 has no SIMD loop for an array and
+        # a scalar (0.39 ms vs 0.07 ms for 602,112 float32, BENCHMARKS.md). nan stays nan.
+        zero = y.dtype.type(0)
+        for i in range(x.size):
+            v = x[i]
+            y[i] = zero if v < zero else v
+
+    @njit(cache=True, nogil=True)
     def relu_backward(dy, x, dx):  # pragma: no cover (jitted)
         zero = dx.dtype.type(0)
         for i in range(dy.size):
             dx[i] = dy[i] if x[i] > 0 else zero
 
-    return {"relu_backward": relu_backward, "col2im": col2im, "col2im_rows": col2im_rows,
+    return {"relu_forward": relu_forward, "relu_backward": relu_backward,
+            "channel_affine": channel_affine,
+            "col2im": col2im, "col2im_rows": col2im_rows,
             "maxpool": maxpool, "maxpool_2x2": maxpool_2x2, "maxpool_2x2_grad": maxpool_2x2_grad,
             "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward,
             "bn_forward_channels": bn_forward_channels,

@@ -239,8 +239,15 @@ class _BatchNorm(Module):
             inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
             scale = (self.weight.data * inv_std).astype(x.dtype, copy=False)
             shift = (self.bias.data - self.running_mean * scale).astype(x.dtype, copy=False)
-            scale, shift = scale.reshape(shape), shift.reshape(shape)
             y = np.empty(x.shape, dtype=np.result_type(x, scale))
+            if kernels.available() and x.flags.c_contiguous and y.dtype == x.dtype:
+                kernel = kernels.get("channel_affine")
+                x3 = x.reshape(x.shape[0], x.shape[1], -1)
+                y3 = y.reshape(x3.shape)
+                kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
+                                     kernels.row_parts(x))
+                return y
+            scale, shift = scale.reshape(shape), shift.reshape(shape)
 
             def affine(p: slice) -> None:               # y[p] = x[p] * scale + shift
                 np.multiply(x[p], scale, out=y[p])

@@ -314,9 +314,9 @@ def _layers_forward_backward(x, W, gamma):
     dx, dW, _ = conv.conv2d_grad(dy, c1)
     bn = BatchNorm2d(W.shape[0]).astype(x.dtype)
     bn.running_mean[...], bn.running_var[...] = c2.mean, c2.var
-    y1, c4 = conv.conv2d(x, W, None, 1, 1)                  # stride 1: the row-padded path
-    dx1, dW1, _ = conv.conv2d_grad(np.cos(y1), c4)
-    return [y, z, r, dz, dy, dgamma, dbeta, dx, dW, bn.eval().forward(y), y1, dx1, dW1]
+    y1, c4 = conv.conv2d(x, W, gamma, 1, 1)           # stride 1, the row-padded path; a bias
+    dx1, dW1, db1 = conv.conv2d_grad(np.cos(y1), c4)     # db summed over parts and blocks
+    return [y, z, r, dz, dy, dgamma, dbeta, dx, dW, bn.eval().forward(y), y1, dx1, dW1, db1]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -335,6 +335,8 @@ def test_layers_split_over_threads_agree_with_one_thread(dtype, monkeypatch):
     for a, r in zip(threaded, serial):
         assert a.dtype == dtype
         np.testing.assert_allclose(a, r, rtol=tol, atol=tol)
+    y1, db1 = threaded[-4], threaded[-1]
+    np.testing.assert_allclose(db1, np.cos(y1).sum(axis=(0, 2, 3)), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -316,11 +316,11 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
             else:
                 cols = im2col_rows(pad_rows(x_part[blk], g, padding), n, C, (kh, kw), g)
             y_t = np.matmul(W_mat, cols, out=kernels.scratch((F, cols.shape[1]), x.dtype, "out"))
+            if b is not None:                       # on the GEMM's output, still in cache
+                y_t += b[:, None]
             y_part[blk] = y_t.reshape(F, n, Ho, wide)[..., :Wo].transpose(1, 0, 2, 3)
 
     kernels.parallel_map(forward_part, _batch_parts(N))
-    if b is not None:
-        y += b[:, None, None]
     return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
 
 
@@ -342,15 +342,15 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (Wd + 2 * pw - kw) // sw + 1
     _check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     K = C * kh * kw
     W_mat = W.reshape(F, K)
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     g = row_padded_geometry(H, Wd, kernel, stride, padding)
     wide = Wo if g is None else g.pitch             # columns of the GEMM's output grid
 
-    def backward_part(part: slice) -> np.ndarray:   # dx[part] and this part's share of dW
+    def backward_part(part: slice):                 # dx[part]; this part's share of dW, db
         dW = np.zeros_like(W_mat)
+        db = np.zeros(F, dtype=dy.dtype) if has_bias else None
         x_part, dy_part = x[part], dy[part]
         if g is None:
             x_part = _pad_nchw(x_part, ph, pw, 0)
@@ -360,6 +360,8 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
             dy_t[..., :Wo] = dy_part[blk].transpose(1, 0, 2, 3)
             dy_t[..., Wo:] = 0
             dy_t = dy_t.reshape(F, n * Ho * wide)
+            if has_bias:                            # the dropped columns are 0: they add 0
+                db += dy_t.sum(axis=1)
             if g is None:
                 cols = _im2col(x_part[blk], kernel, stride, padding, Ho, Wo)
             else:
@@ -375,9 +377,11 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
             else:
                 col2im_rows(dcols, n, C, kernel, g, buf)
                 dx_blk[...] = _planes(buf, n, C, g)[:, :, ph:ph + H, pw:]
-        return dW
+        return dW, db
 
-    dW = sum(kernels.parallel_map(backward_part, _batch_parts(N)))
+    shares = kernels.parallel_map(backward_part, _batch_parts(N))
+    dW = sum(share[0] for share in shares)
+    db = sum(share[1] for share in shares) if has_bias else None
     return dx, dW.reshape(W.shape), db
 
 

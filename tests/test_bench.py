@@ -21,8 +21,11 @@ def _check_phase(row, with_torch):
     if with_torch:
         assert row["torch_samples_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["ours_samples_per_s"] / row["torch_samples_per_s"])
+        lo, hi = row["ratio_range"]
+        assert lo <= row["ratio"] * (1 + 1e-12) and row["ratio"] <= hi * (1 + 1e-12)
     else:
         assert "torch_samples_per_s" not in row and "ratio" not in row
+        assert "ratio_range" not in row
 
 
 def test_bench_quick_writes_every_field(tmp_path, capsys):
@@ -73,3 +76,10 @@ def test_bench_without_torch_shows_ours_alone(tmp_path, capsys):
 def test_bench_rejects_an_unknown_model(capsys):
     assert main(["bench", "--quick", "--models", "vgg", "--no-memory"]) == 1
     assert "unknown model 'vgg'" in capsys.readouterr().err
+
+
+def test_summary_gives_the_ratio_of_medians_and_the_range_over_sample_pairs():
+    row = bench._summary([0.010, 0.020, 0.030], [0.020, 0.020, 0.060], batch=128)
+    assert row["ours_samples_per_s"] == pytest.approx(128 / 0.020)
+    assert row["ratio"] == pytest.approx(1.0)            # median 0.020 s each
+    assert row["ratio_range"] == pytest.approx([1.0, 2.0])   # pairs: 2.0, 1.0, 2.0

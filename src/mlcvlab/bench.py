@@ -340,12 +340,19 @@ def measure_memory(framework: str, name: str, batch: int, threads: int,
 
 # --------------------------------------------------------------------------- the run
 def _summary(ours: List[float], theirs: Optional[List[float]], batch: int) -> dict:
-    """Samples/s (median) of both frameworks and the ratio ours / torch."""
+    """Samples/s (median) of both frameworks and the ratio ours / torch.
+
+    ``ratio_range`` is the lowest and highest ratio of the interleaved sample pairs (ours
+    and torch's i-th samples, taken one right after the other): how far the machine's
+    noise moves the ratio in this run. The ratio of the medians always lies within it.
+    """
     row = {"ours_samples_per_s": batch / float(np.median(ours)), "ours_seconds": ours}
     if theirs is not None:
         row["torch_samples_per_s"] = batch / float(np.median(theirs))
         row["torch_seconds"] = theirs
         row["ratio"] = row["ours_samples_per_s"] / row["torch_samples_per_s"]
+        pairs = [t / o for o, t in zip(ours, theirs)]
+        row["ratio_range"] = [min(pairs), max(pairs)]
     return row
 
 
@@ -439,14 +446,17 @@ def format_table(result: dict) -> str:
     m = result["machine"]
     lines = [f"Machine: {m['cpu']}" + (f" ({m['simd']})" if m.get("simd") else "")
              + f", {m['cores']} cores; {result['config']['threads']} threads", "",
-             "| model | phase | ours (samples/s) | torch (samples/s) | ours / torch |",
-             "|---|---|---:|---:|---:|"]
+             "| model | phase | ours (samples/s) | torch (samples/s) | ours / torch "
+             "| range over the sample pairs |",
+             "|---|---|---:|---:|---:|---:|"]
     for name, r in result["models"].items():
         for phase in ("train", "eval"):
             row = r[phase]
+            lo_hi = row.get("ratio_range")
+            spread = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "-"
             lines.append(f"| {name} | {phase} | {_fmt(row['ours_samples_per_s'])} | "
                          f"{_fmt(row.get('torch_samples_per_s'))} | "
-                         f"{_fmt(row.get('ratio'), '.2f')} |")
+                         f"{_fmt(row.get('ratio'), '.2f')} | {spread} |")
     mem_rows = [(n, r["memory"]) for n, r in result["models"].items() if "memory" in r]
     if mem_rows:
         lines += ["", "| model | peak step memory ours (MiB RSS) | ours (MiB tracemalloc) | "

@@ -241,3 +241,79 @@ def test_grad_functions_skip_dx_only(rng):
     assert basis.linear_grad(y, cache, input_grad=False)[0] is None
     np.testing.assert_array_equal(basis.linear_grad(y, cache)[1],
                                   basis.linear_grad(y, cache, input_grad=False)[1])
+
+
+def _mlp_with_grads(rng):
+    model = nn.Sequential(nn.Linear(4, 5, rng=0), nn.ReLU(), nn.Linear(5, 3, rng=0))
+    model = model.astype(np.float64)
+    x = rng.standard_normal((6, 4))
+    return model, x
+
+
+def test_zero_grad_is_lazy_but_every_reader_sees_zeros(rng):
+    """zero_grad only marks the gradients; p.grad, flat.grad and a layer that takes the
+    zeroed array (grad_to_overwrite) all behave as if the zeros had been written."""
+    model, x = _mlp_with_grads(rng)
+    flat = model.flat()
+    flat._grad[...] = 7.0                               # stale values under the mark
+    model.zero_grad()
+    w = model[0].weight
+    assert not w.grad.any()                             # the getter writes the zeros
+    assert w.grad_to_overwrite() is None                # read already: add, don't overwrite
+    model.zero_grad()
+    assert not flat.grad.any() and not any(p._zero_pending for p in model.parameters())
+    flat._grad[...] = 7.0
+    model.zero_grad()
+    taken = w.grad_to_overwrite()
+    assert taken is not None and np.shares_memory(taken, flat.grad)
+    assert w.grad_to_overwrite() is None                # taken once: the next adds
+    taken[...] = 1.0                                    # the taker writes the whole gradient
+    g = flat.grad                                       # the others are written as zeros
+    assert (g[:20] == 1.0).all() and not g[20:].any()
+
+
+def test_gradients_accumulate_over_backward_calls_after_a_lazy_zero(rng):
+    """Two backward calls give twice the gradient of one: the first writes into the zeroed
+    arrays, the second adds (Linear, with and without a flat buffer)."""
+    for flat in (True, False):
+        model, x = _mlp_with_grads(rng)
+        if flat:
+            model.flat()
+        dy = np.cos(model(x))
+        model.zero_grad()
+        model.backward(dy)
+        once = [p.grad.copy() for p in model.parameters()]
+        model.zero_grad()
+        model(x)
+        model.backward(dy)
+        model(x)
+        model.backward(dy)
+        for p, g in zip(model.parameters(), once):
+            np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-12)
+        x2 = x @ model[0].weight.data.T
+        np.testing.assert_allclose(once[2], (dy.T @ np.maximum(x2 + model[0].bias.data, 0)),
+                                   rtol=1e-12)
+
+
+def test_linear_backward_with_a_wrong_dy_leaves_the_gradients_zero(rng):
+    model, x = _mlp_with_grads(rng)
+    model.flat()._grad[...] = 7.0
+    model.zero_grad()
+    model(x)
+    with pytest.raises(ValueError, match=r"linear_grad: expected dy of the forward output's "
+                                         r"shape \(6, 3\), got \(6, 2\)"):
+        model.backward(np.ones((6, 2)))
+    assert not model.flat().grad.any()
+
+
+def test_optimizer_zero_grad_is_lazy_too(rng):
+    from mlcvlab import optim
+    model, x = _mlp_with_grads(rng)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.backward(np.cos(model(x)))
+    assert opt.flat.grad.any()
+    opt.zero_grad()
+    assert all(p._zero_pending for p in model.parameters())
+    before = opt.flat.data.copy()
+    opt.step()                                          # reads zeros: no change at all
+    np.testing.assert_array_equal(opt.flat.data, before)

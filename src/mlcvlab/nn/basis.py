@@ -53,15 +53,22 @@ def linear(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None):
     return y, LinearCache(x, W, b is not None)
 
 
-def linear_grad(dy: np.ndarray, cache: LinearCache, input_grad: bool = True):
+def linear_grad(dy: np.ndarray, cache: LinearCache, input_grad: bool = True,
+                dW_out: Optional[np.ndarray] = None, db_out: Optional[np.ndarray] = None):
     """dy: (N, out) -> dx (N, in), dW (out, in), db (out,) or None.
 
     ``input_grad=False`` skips dx (returned as None): one GEMM less when x is data.
+    dW and db are written into ``dW_out`` / ``db_out`` when given (e.g. a zeroed
+    gradient: see ``Parameter.grad_to_overwrite``).
     """
     x, W, has_bias = cache
+    if not isinstance(dy, np.ndarray) or dy.shape != (x.shape[0], W.shape[0]):
+        got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+        raise ValueError(f"linear_grad: expected dy of the forward output's shape "
+                         f"{(x.shape[0], W.shape[0])}, got {got}")
     dx = dy @ W if input_grad else None
-    dW = dy.T @ x
-    db = dy.sum(axis=0) if has_bias else None
+    dW = np.matmul(dy.T, x, out=dW_out)
+    db = np.sum(dy, axis=0, out=db_out) if has_bias else None
     return dx, dW, db
 
 

@@ -70,9 +70,19 @@ class Linear(Module):
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
-        dx, dW, db = basis.linear_grad(dy, self._cache, input_grad=self.input_grad)
-        self.weight.grad += dW
-        if self.bias is not None:
+        dW_out = self.weight.grad_to_overwrite()
+        db_out = self.bias.grad_to_overwrite() if self.bias is not None else None
+        try:
+            dx, dW, db = basis.linear_grad(dy, self._cache, input_grad=self.input_grad,
+                                           dW_out=dW_out, db_out=db_out)
+        except Exception:           # e.g. dy of the wrong shape: the taken gradients stay zero
+            for p, taken in ((self.weight, dW_out), (self.bias, db_out)):
+                if taken is not None:
+                    p.zero_grad()
+            raise
+        if dW_out is None:
+            self.weight.grad += dW
+        if self.bias is not None and db_out is None:
             self.bias.grad += db
         return dx
 

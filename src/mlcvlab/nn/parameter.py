@@ -7,6 +7,13 @@ then a few whole-vector NumPy calls, and an all-reduce is one call on one buffer
 Rule for layer code: always read ``param.data`` / ``param.grad`` at call time and
 update gradients in place (``param.grad += dW``); never keep the arrays
 themselves, because flattening rebinds them to views of a new buffer.
+
+``zero_grad`` is lazy: it only marks the gradients zero, and the zeros are written
+when a gradient is next read. A layer that computes a whole gradient at once asks
+:meth:`Parameter.grad_to_overwrite` first and writes the gradient straight into the
+array it gets, e.g. with ``np.matmul(dy.T, x, out=...)``. That saves a fill and an
+add over every weight matrix per step: 7-8 % of the MLP's training step
+(BENCHMARKS.md). Whoever reads ``grad`` sees the same values as with eager zeroing.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ class Parameter:
     weight decay applies (False for biases and batch-norm scale and shift).
     """
 
-    __slots__ = ("data", "grad", "decay", "_flat", "name")
+    __slots__ = ("data", "_grad", "_zero_pending", "decay", "_flat", "name")
 
     def __init__(self, data: np.ndarray, decay: bool = True, name: str = ""):
         data = np.asarray(data)
@@ -47,8 +54,35 @@ class Parameter:
     def dtype(self):
         return self.data.dtype
 
+    @property
+    def grad(self) -> np.ndarray:
+        """dL/d(data), same shape and dtype as ``data``."""
+        if self._zero_pending:
+            self._grad.fill(0)
+            self._zero_pending = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray) -> None:
+        self._grad = value
+        self._zero_pending = False
+
     def zero_grad(self) -> None:
-        self.grad[...] = 0
+        """Make the gradient zero (written when it is next read or overwritten)."""
+        self._zero_pending = True
+
+    def grad_to_overwrite(self) -> Optional[np.ndarray]:
+        """The gradient array if it is zero since ``zero_grad`` and nobody has read it yet,
+        else None.
+
+        A layer that gets the array writes its whole gradient into it, in place of
+        adding to zeros; with None it adds to ``grad`` as usual (gradients accumulate
+        over several backward calls).
+        """
+        if self._zero_pending:
+            self._zero_pending = False
+            return self._grad
+        return None
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -76,18 +110,18 @@ class FlatParameters:
         total = sum(p.data.size for p in params)
         self.params: List[Parameter] = params
         self.data = np.empty(total, dtype=dtype)
-        self.grad = np.zeros(total, dtype=dtype)
+        self._grad = np.zeros(total, dtype=dtype)
         self.decay_mask = np.empty(total, dtype=bool)
         self.slices: List[slice] = []
         offset = 0
         for p in params:
             sl = slice(offset, offset + p.data.size)
             self.data[sl] = p.data.ravel()
-            self.grad[sl] = p.grad.ravel()
+            self._grad[sl] = p.grad.ravel()
             self.decay_mask[sl] = p.decay
             shape = p.data.shape
             p.data = self.data[sl].reshape(shape)
-            p.grad = self.grad[sl].reshape(shape)
+            p.grad = self._grad[sl].reshape(shape)
             p._flat = self
             self.slices.append(sl)
             offset += p.data.size
@@ -100,8 +134,23 @@ class FlatParameters:
     def dtype(self):
         return self.data.dtype
 
+    @property
+    def grad(self) -> np.ndarray:
+        """All the parameters' gradients, (P,); the pending zeros written first."""
+        pending = [p for p in self.params if p._zero_pending]
+        if len(pending) == len(self.params):
+            self._grad.fill(0)                 # one fill rather than one per parameter
+        else:
+            for p in pending:
+                p._grad.fill(0)
+        for p in pending:
+            p._zero_pending = False
+        return self._grad
+
     def zero_grad(self) -> None:
-        self.grad.fill(0)
+        """Make every gradient zero (lazily: see the module docstring)."""
+        for p in self.params:
+            p._zero_pending = True
 
     def covers(self, params: Sequence[Parameter]) -> bool:
         """True when ``params`` are exactly this buffer's parameters, in order."""

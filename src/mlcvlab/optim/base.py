@@ -129,8 +129,8 @@ class Optimizer:
                                   "subclasses implement _update(w, g) (or _fused_update)")
 
     def zero_grad(self) -> None:
-        """Set every gradient to zero (one fill of the flat grad vector)."""
-        self.flat.grad.fill(0)
+        """Set every gradient to zero (lazily, as ``Module.zero_grad``: see nn.parameter)."""
+        self.flat.zero_grad()
 
     def register_post_step(self, hook: Callable[[], None]) -> None:
         """Call ``hook()`` after every ``step()`` (used by the L1 and max-norm regularizers)."""

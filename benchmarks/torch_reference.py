@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn as tnn
 
+from mlcvlab import bench
 from mlcvlab.bench import LR, MLP_SIZES, MOMENTUM, N_CLASSES, _data
 
 version = torch.__version__
@@ -18,6 +19,12 @@ version = torch.__version__
 
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
+
+
+def mlp_gemm_gflops(sizes, batch: int, repeats: int = 5) -> float:
+    """The MLP step's GEMMs alone, as ``mlcvlab.bench.mlp_gemm_gflops``, with torch.matmul."""
+    return bench.mlp_gemm_gflops(sizes, batch, repeats, matmul=torch.matmul,
+                                 wrap=torch.from_numpy)
 
 
 class _Block(tnn.Module):

@@ -41,7 +41,12 @@ def test_bench_quick_writes_every_field(tmp_path, capsys):
         flops * res["models"]["mlp"]["train"]["ours_samples_per_s"] / 8 / 1e9)
     assert res["mlp_fraction_of_sgemm_peak"] == pytest.approx(
         res["mlp_train_gflops"] / res["sgemm_gflops"])
-    assert res["mlp_gemms_gflops"] > 0
+    assert res["mlp_gemms_gflops"] > 0 and res["torch_mlp_gemms_gflops"] > 0
+    torch_flops = flops * res["models"]["mlp"]["train"]["torch_samples_per_s"] / 8 / 1e9
+    assert res["torch_mlp_fraction_of_sgemm_peak"] == pytest.approx(
+        torch_flops / res["sgemm_gflops"])
+    assert res["torch_mlp_gemms_fraction_of_sgemm_peak"] == pytest.approx(
+        res["torch_mlp_gemms_gflops"] / res["sgemm_gflops"])
     assert res["mlp_gemms_fraction_of_sgemm_peak"] == pytest.approx(
         res["mlp_gemms_gflops"] / res["sgemm_gflops"])
     assert "VmHWM" in res["memory_method"]
@@ -55,6 +60,7 @@ def test_bench_quick_writes_every_field(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| lenet5 | train |" in table and "SGEMM peak" in table
     assert table.startswith("Machine: ") and "its GEMMs alone" in table
+    assert "PyTorch's MLP training step" in table
 
 
 def test_cpu_simd_names_the_vector_extension():
@@ -66,6 +72,7 @@ def test_cpu_simd_names_the_vector_extension():
 def test_bench_without_torch_shows_ours_alone(tmp_path, capsys):
     res = _run(tmp_path, "--no-torch", "--no-memory")
     assert res["machine"]["torch"] is None
+    assert "torch_mlp_gemms_gflops" not in res and "torch_mlp_fraction_of_sgemm_peak" not in res
     for name in ("mlp", "lenet5"):
         _check_phase(res["models"][name]["train"], False)
         _check_phase(res["models"][name]["eval"], False)

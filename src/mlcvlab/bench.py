@@ -148,26 +148,31 @@ def sgemm_gflops(size: int = 2048, repeats: int = 5, warmup_seconds: float = 0.5
     return 2.0 * size ** 3 / best / 1e9
 
 
-def mlp_gemm_gflops(sizes: Sequence[int], batch: int, repeats: int = 5) -> float:
+def mlp_gemm_gflops(sizes: Sequence[int], batch: int, repeats: int = 5,
+                    matmul: Callable = np.matmul, wrap: Callable = lambda a: a) -> float:
     """GFLOP/s of the MLP training step's GEMMs alone (per layer: y = x @ W.T, dx = dy @ W
     but for the first layer, dW = dy.T @ x; float32, outputs preallocated), best of
     ``repeats``: the ceiling a step made of these GEMMs and nothing else would reach at
-    the current thread count."""
+    the current thread count. ``matmul(a, b, out=c)`` and ``wrap`` (NumPy array -> the
+    framework's array) time another framework's GEMMs on the same arrays (the torch
+    reference passes torch.matmul and torch.from_numpy)."""
     rng = np.random.default_rng(0)
     layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        x = rng.standard_normal((batch, n_in), dtype=np.float32)
-        W = rng.standard_normal((n_out, n_in), dtype=np.float32)
-        dy = rng.standard_normal((batch, n_out), dtype=np.float32)
-        layers.append((x, W, dy, np.empty((batch, n_out), np.float32),
-                       np.empty((batch, n_in), np.float32), np.empty((n_out, n_in), np.float32)))
+        arrays = (rng.standard_normal((batch, n_in), dtype=np.float32),     # x
+                  rng.standard_normal((n_out, n_in), dtype=np.float32),     # W
+                  rng.standard_normal((batch, n_out), dtype=np.float32),    # dy
+                  np.empty((batch, n_out), np.float32),                     # y
+                  np.empty((batch, n_in), np.float32),                      # dx
+                  np.empty((n_out, n_in), np.float32))                      # dW
+        layers.append(tuple(wrap(a) for a in arrays))
 
     def gemms():
         for i, (x, W, dy, y, dx, dW) in enumerate(layers):
-            np.matmul(x, W.T, out=y)
+            matmul(x, W.T, out=y)
             if i > 0:                   # as in the step: no dx for the data
-                np.matmul(dy, W, out=dx)
-            np.matmul(dy.T, x, out=dW)
+                matmul(dy, W, out=dx)
+            matmul(dy.T, x, out=dW)
 
     gemms()
     best = np.inf
@@ -409,6 +414,9 @@ def run(models: Sequence[str] = MODEL_NAMES, batch_size: int = 128, threads: int
         result["sgemm_size"] = size
         if "mlp" in models:
             result["mlp_gemms_gflops"] = mlp_gemm_gflops(MLP_SIZES, batch_size, 3 if quick else 5)
+            if ref is not None and hasattr(ref, "mlp_gemm_gflops"):
+                result["torch_mlp_gemms_gflops"] = ref.mlp_gemm_gflops(
+                    MLP_SIZES, batch_size, 3 if quick else 5)
         for name in models:
             result["models"][name] = bench_model(name, batch_size, repeats, target, ref,
                                                  settle_seconds=0.0 if quick else SETTLE_SECONDS)
@@ -424,6 +432,12 @@ def run(models: Sequence[str] = MODEL_NAMES, batch_size: int = 128, threads: int
         result["mlp_fraction_of_sgemm_peak"] = gflops / result["sgemm_gflops"]
         result["mlp_gemms_fraction_of_sgemm_peak"] = (result["mlp_gemms_gflops"]
                                                       / result["sgemm_gflops"])
+        torch_sps = result["models"]["mlp"]["train"].get("torch_samples_per_s")
+        if torch_sps is not None and "torch_mlp_gemms_gflops" in result:
+            torch_gflops = mlp_step_flops(MLP_SIZES, batch_size) / (batch_size / torch_sps) / 1e9
+            result["torch_mlp_fraction_of_sgemm_peak"] = torch_gflops / result["sgemm_gflops"]
+            result["torch_mlp_gemms_fraction_of_sgemm_peak"] = (
+                result["torch_mlp_gemms_gflops"] / result["sgemm_gflops"])
     if memory:
         result["memory_method"] = MEMORY_METHOD
         for name in models:
@@ -475,6 +489,11 @@ def format_table(result: dict) -> str:
                      f"{100 * result['mlp_fraction_of_sgemm_peak']:.0f}% of the SGEMM peak "
                      f"(its GEMMs alone: {result['mlp_gemms_gflops']:.1f} GFLOP/s = "
                      f"{100 * result['mlp_gemms_fraction_of_sgemm_peak']:.0f}%)")
+    if "torch_mlp_fraction_of_sgemm_peak" in result:
+        lines.append(f"PyTorch's MLP training step: "
+                     f"{100 * result['torch_mlp_fraction_of_sgemm_peak']:.0f}% of the same peak "
+                     f"(its GEMMs alone: {result['torch_mlp_gemms_gflops']:.1f} GFLOP/s = "
+                     f"{100 * result['torch_mlp_gemms_fraction_of_sgemm_peak']:.0f}%)")
     if result["machine"]["torch"] is None:
         lines.append("(no PyTorch reference: torch not installed or benchmarks/torch_reference.py "
                      "not found; ours alone)")

@@ -77,7 +77,9 @@ def steps(name: str, batch: int):
 
     def train_step():
         model.train()
-        opt.zero_grad(set_to_none=False)
+        # torch's default (set_to_none=True): the next backward writes the gradients
+        # instead of adding to zeros, as ours does after its lazy zero_grad
+        opt.zero_grad()
         loss(model(x), y).backward()
         opt.step()
 

@@ -27,13 +27,13 @@ def test_analytic_memory_exact_for_small_mlp():
     # P = (4*8 + 8) + (8 + 8) + (8*3 + 3) = 83 float32 values.
     assert mem["parameters"] == mem["gradients"] == 83 * 4
     assert mem["optimizer_state"] == 2 * 83 * 4                       # Adam: m and v
-    # per sample: input kept by Linear 4, BN input 8 + x_hat 8, ReLU input 8, dropout mask 8,
-    # Linear2 input 8, loss gradient 3 -> 47 values; + BN mean/var/inv_std 3*8 = 24 values.
-    assert mem["activations"] == (16 * 47 + 24) * 4 == 3104
-    assert mem["total"] == 4 * 83 * 4 + 3104 == 4432
+    # per sample: input kept by Linear 4, BN x_hat 8 (not its input), ReLU output 8, dropout
+    # mask 8, Linear2 input 8, loss gradient 3 -> 39 values; + BN mean/var/inv_std 3*8 = 24.
+    assert mem["activations"] == (16 * 39 + 24) * 4 == 2592
+    assert mem["total"] == 4 * 83 * 4 + 2592 == 3920
     x = rng.standard_normal((16, 4)).astype(np.float32)
     loss = _forward(model, x, rng.integers(0, 3, 16))
-    assert cached_bytes(model, loss) == 3104
+    assert cached_bytes(model, loss) == 2592
 
 
 def test_analytic_memory_exact_for_small_convnet():

@@ -43,8 +43,8 @@ _QUICK = {**_FULL, "spec_models": ["alexnet", "resnet18", "resnet50", "resnet152
 
 
 # -- the analytic memory model ---------------------------------------------------------------------
-KEEPS_INPUT = ("Linear", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm1d", "BatchNorm2d")
-KEEPS_OUTPUT = ("Sigmoid", "Tanh", "Softmax")
+KEEPS_INPUT = ("Linear", "Conv2d", "LeakyReLU")
+KEEPS_OUTPUT = ("ReLU", "Sigmoid", "Tanh", "Softmax")   # BatchNorm keeps x_hat, in _extra_values
 ALIASES = ("Flatten", "Identity")           # output is a view of the input
 
 
@@ -92,8 +92,9 @@ def activation_bytes(model, input_shape: Sequence[int], batch_size: int) -> int:
     """Bytes our layers keep for backward after a training forward of ``batch_size`` samples.
 
     Counts each distinct tensor of the chain (input, layer outputs) once if a layer
-    keeps it (Linear/Conv2d/ReLU/LeakyReLU/BatchNorm keep their input, Sigmoid/Tanh/Softmax
-    their output; Flatten/Identity/Dropout(p=0) outputs are the input itself),
+    keeps it (Linear/Conv2d/LeakyReLU keep their input, ReLU/Sigmoid/Tanh/Softmax their
+    output, BatchNorm neither but its x_hat; Flatten/Identity/Dropout(p=0) outputs are the
+    input itself),
     plus each layer's own buffers (see :func:`_extra_values`), plus the loss's
     stored gradient (batch x outputs, cross-entropy). float = the model's dtype.
     """

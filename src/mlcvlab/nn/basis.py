@@ -199,13 +199,16 @@ def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
 def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     """Closed form of the same gradient, in one pass over dy:
     dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
+
+    It needs x_hat, inv_std and gamma of the cache, not x: ``BatchNorm2d`` drops x from its
+    cache (one activation less held per layer until the backward).
     """
-    x, x_hat, _, _, inv_std, gamma, _ = cache
-    axes, bshape = _bn_axes(x, "batchnorm_grad_fused")
-    if x.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
-        N, C, H, W = x.shape
-        dx, dgamma, dbeta = np.empty(x.shape, dtype=dy.dtype), np.empty(C, dy.dtype), np.empty(
-            C, dy.dtype)
+    _, x_hat, _, _, inv_std, gamma, _ = cache
+    axes, bshape = _bn_axes(x_hat, "batchnorm_grad_fused")
+    if x_hat.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
+        N, C, H, W = x_hat.shape
+        dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),
+                             np.empty(C, dy.dtype))
         scale = (gamma * inv_std).astype(dy.dtype, copy=False)
         dy3 = np.ascontiguousarray(dy).reshape(N, C, H * W)
         x_hat3, dx3 = np.ascontiguousarray(x_hat).reshape(N, C, H * W), dx.reshape(N, C, H * W)
@@ -214,25 +217,30 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
             lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop),
             kernels.split(C, kernels.num_threads()))
         return dx, dgamma, dbeta
-    m = x.size // x.shape[1]
+    m = x_hat.size // x_hat.shape[1]
     dbeta = dy.sum(axis=axes)
     dgamma = np.sum(dy * x_hat, axis=axes)
     scale = (gamma * inv_std).reshape(bshape)
     dx = scale * (dy - (dbeta / m).reshape(bshape) - x_hat * (dgamma / m).reshape(bshape))
-    return dx.astype(x.dtype, copy=False), dgamma, dbeta
+    return dx.astype(x_hat.dtype, copy=False), dgamma, dbeta
 
 
 # --------------------------------------------------------------------------- activations
 class ActivationCache(NamedTuple):
-    value: np.ndarray   # the input for relu/leaky_relu, the output for sigmoid/tanh/softmax
+    value: np.ndarray   # the input for leaky_relu, the output for relu/sigmoid/tanh/softmax
     slope: float = 0.0
 
 
 def relu(x: np.ndarray):
-    """max(x, 0), elementwise; large arrays in one slice of axis 0 per thread."""
+    """max(x, 0), elementwise; large arrays in one slice of axis 0 per thread.
+
+    The cache keeps the output y, not x: y > 0 exactly where x > 0 (nan too: both are
+    false), and the layer before may free x (as torch's relu saves its result).
+    """
     _check_array("relu", "x", x)
     if x.ndim == 0:
-        return np.maximum(x, 0), ActivationCache(x)
+        y = np.maximum(x, 0)
+        return y, ActivationCache(y)
     y = np.empty_like(x)
     if kernels.available() and x.flags.c_contiguous:
         kernel = kernels.get("relu_forward")
@@ -240,23 +248,24 @@ def relu(x: np.ndarray):
                              kernels.row_parts(x))
     else:
         kernels.parallel_map(lambda p: np.maximum(x[p], 0, out=y[p]), kernels.row_parts(x))
-    return y, ActivationCache(x)
+    return y, ActivationCache(y)
 
 
 def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """dy where the input was > 0, else 0 (as torch's threshold_backward: 0 even where dy is
-    nan); large arrays in one slice of axis 0 per thread."""
-    x = cache.value
-    if dy.shape != x.shape or dy.dtype != x.dtype or x.ndim == 0:
-        return np.where(x > 0, dy, 0).astype(np.result_type(dy, x), copy=False)
-    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    nan); read off the cached output y, which is > 0 exactly there. Large arrays in one
+    slice of axis 0 per thread."""
+    y = cache.value
+    if dy.shape != y.shape or dy.dtype != y.dtype or y.ndim == 0:
+        return np.where(y > 0, dy, 0).astype(np.result_type(dy, y), copy=False)
+    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     dx = np.empty_like(dy)
     if kernels.available():
         kernel = kernels.get("relu_backward")
-        kernels.parallel_map(lambda p: kernel(dy[p].reshape(-1), x[p].reshape(-1),
-                                              dx[p].reshape(-1)), kernels.row_parts(x))
+        kernels.parallel_map(lambda p: kernel(dy[p].reshape(-1), y[p].reshape(-1),
+                                              dx[p].reshape(-1)), kernels.row_parts(y))
     else:
-        dx[...] = np.where(x > 0, dy, 0)
+        dx[...] = np.where(y > 0, dy, 0)
     return dx
 
 

@@ -266,7 +266,7 @@ class _BatchNorm(Module):
             kernels.parallel_map(affine, kernels.row_parts(x))
             return y
         y, cache = basis.batchnorm(x, self.weight.data, self.bias.data, self.eps)
-        self._cache = cache
+        self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         m = x.size // self.num_features
         mom = self.momentum
         self.running_mean *= 1 - mom

@@ -200,7 +200,7 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     """Closed form of the same gradient, in one pass over dy:
     dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
 
-    It needs x_hat, inv_std and gamma of the cache, not x: ``BatchNorm2d`` drops x from its
+    It needs x_hat, inv_std and gamma of the cache, not x: the BatchNorm layers drop x from their
     cache (one activation less held per layer until the backward).
     """
     _, x_hat, _, _, inv_std, gamma, _ = cache

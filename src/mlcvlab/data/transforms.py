@@ -61,7 +61,9 @@ class Transform:
         return self.forward(xb, yb)
 
     def forward(self, xb: np.ndarray, yb: Optional[np.ndarray]):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.forward: Transform is abstract; "
+                                  "subclasses (RandomCrop, RandomHorizontalFlip, Normalize, "
+                                  "Cutout, BatchAugment, Compose) implement forward(xb, yb)")
 
     def generators(self) -> Iterator[np.random.Generator]:
         """The generators this transform draws from (the DataLoader saves/restores their

@@ -40,8 +40,13 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   batch norm over (N, L) per channel, statistics accumulated in float64.
   ``bn_forward_channels(..., c0, c1)`` / ``bn_backward_channels(..., c0, c1)``
   do the same for the channels [c0, c1) only, so that threads can share the work.
-* ``relu_backward(dy, x, dx)`` on flat arrays: dx = dy where x > 0, else 0, in one
-  pass (NumPy's ``dy * (x > 0)`` is two, through a boolean temporary).
+* ``channel_affine(x3, scale, shift, y3)`` on x3 (N, C, L): y = x * scale[c] +
+  shift[c], batch norm in evaluation in one pass.
+* ``relu_forward(x, y)`` on flat arrays: y = max(x, 0), nan kept (NumPy 2.4's
+  ``np.maximum(x, 0)`` has no SIMD loop for an array and a scalar).
+* ``relu_backward(dy, y, dx)`` on flat arrays: dx = dy where ReLU's output y > 0
+  (exactly where its input was), else 0, in one pass (NumPy's ``dy * (y > 0)`` is
+  two, through a boolean temporary).
 
 Thread parallelism (``parallel_map``): the convolution splits its batch, and
 batch norm its channels, into one part per thread. The GEMMs, NumPy copies and
@@ -268,10 +273,10 @@ def _compile() -> dict:
             y[i] = zero if v < zero else v
 
     @njit(cache=True, nogil=True)
-    def relu_backward(dy, x, dx):  # pragma: no cover (jitted)
+    def relu_backward(dy, y, dx):  # pragma: no cover (jitted)
         zero = dx.dtype.type(0)
         for i in range(dy.size):
-            dx[i] = dy[i] if x[i] > 0 else zero
+            dx[i] = dy[i] if y[i] > 0 else zero
 
     return {"relu_forward": relu_forward, "relu_backward": relu_backward,
             "channel_affine": channel_affine,

@@ -95,3 +95,24 @@ def test_linear_shape_errors():
         basis.linear(np.ones((2, 4), dtype=np.int64), np.ones((5, 4)))
     with pytest.raises(ValueError, match=r"batchnorm: expected gamma"):
         basis.batchnorm(np.ones((4, 3)), np.ones(2), np.zeros(3))
+
+
+@pytest.mark.parametrize("forward,backward,shape", [
+    (lambda x: basis.batchnorm(x, np.ones(3, x.dtype), np.zeros(3, x.dtype)),
+     basis.batchnorm_grad, (4, 3)),
+    (lambda x: basis.batchnorm(x, np.ones(3, x.dtype), np.zeros(3, x.dtype)),
+     basis.batchnorm_grad_fused, (4, 3, 2, 2)),
+    (lambda x: basis.dropout(x, 0.5, rng=0), basis.dropout_grad, (4, 3)),
+    (basis.relu, basis.relu_grad, (4, 3)),
+    (basis.leaky_relu, basis.leaky_relu_grad, (4, 3)),
+    (basis.sigmoid, basis.sigmoid_grad, (4, 3)),
+    (basis.tanh, basis.tanh_grad, (4, 3)),
+    (basis.softmax, basis.softmax_grad, (4, 3)),
+])
+def test_grad_functions_refuse_a_dy_that_would_broadcast(forward, backward, shape, rng):
+    y, cache = forward(rng.standard_normal(shape))
+    name = backward.__name__
+    with pytest.raises(ValueError, match=f"{name}: expected dy of the forward output's shape"):
+        backward(np.ones(shape[:-1] + (1,)), cache)
+    dx = backward(np.ones(shape), cache)
+    assert (dx[0] if isinstance(dx, tuple) else dx).shape == shape     # the right dy still works

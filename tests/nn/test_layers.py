@@ -1,5 +1,7 @@
 """Layers: finite-difference gradient checks (float64, train mode), PyTorch parity
 (forward, backward, batch-norm running statistics) and input validation."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -317,3 +319,42 @@ def test_optimizer_zero_grad_is_lazy_too(rng):
     before = opt.flat.data.copy()
     opt.step()                                          # reads zeros: no change at all
     np.testing.assert_array_equal(opt.flat.data, before)
+
+
+EVERY_LAYER = [
+    (lambda: nn.Linear(6, 3), (4, 6)),
+    (lambda: nn.Conv2d(2, 3, 3), (4, 2, 5, 5)),
+    (lambda: nn.MaxPool2d(2), (4, 2, 6, 6)),
+    (lambda: nn.AvgPool2d(2), (4, 2, 6, 6)),
+    (lambda: nn.GlobalAvgPool2d(), (4, 2, 3, 3)),
+    (lambda: nn.Flatten(), (4, 2, 3, 3)),
+    (lambda: nn.BatchNorm1d(6), (4, 6)),
+    (lambda: nn.BatchNorm2d(2), (4, 2, 5, 5)),
+    (lambda: nn.Dropout(0.5, rng=0), (4, 6)),
+    (lambda: nn.ReLU(), (4, 6)),
+    (lambda: nn.ReLU(), (4, 2, 5, 5)),
+    (lambda: nn.LeakyReLU(0.1), (4, 6)),
+    (lambda: nn.Sigmoid(), (4, 6)),
+    (lambda: nn.Tanh(), (4, 6)),
+    (lambda: nn.Softmax(), (4, 6)),
+]
+
+
+@pytest.mark.parametrize("layer,shape", EVERY_LAYER)
+def test_backward_rejects_a_dy_of_another_shape_by_name(layer, shape, rng):
+    """A dy that would broadcast (one column) or not (one row more) is refused with a message
+    naming the function and the expected shape, never turned into a gradient of the wrong
+    values."""
+    m = layer().train()
+    y = m(rng.standard_normal(shape).astype(np.float32))
+    for bad in (np.ones(y.shape[:-1] + (1,), np.float32),
+                np.ones((y.shape[0] + 1,) + y.shape[1:], np.float32)):
+        with pytest.raises(ValueError, match=r"expected dy of the forward output's shape "
+                                             + re.escape(str(y.shape))):
+            m.backward(bad)
+
+
+@pytest.mark.parametrize("layer,shape", EVERY_LAYER)
+def test_backward_before_forward_says_what_to_do(layer, shape):
+    with pytest.raises(RuntimeError, match="backward called without a forward pass"):
+        layer().train().backward(np.ones(shape, np.float32))

@@ -23,6 +23,19 @@ def _check_array(fn: str, name: str, a) -> np.ndarray:
     return a
 
 
+def check_dy(fn: str, dy, shape: Tuple[int, ...]) -> np.ndarray:
+    """dy, if it is an array of the forward output's ``shape``; else a ValueError naming ``fn``.
+
+    Every backward checks this first: a dy of another shape would otherwise broadcast into a
+    gradient of the wrong values without a word.
+    """
+    if not isinstance(dy, np.ndarray) or dy.shape != tuple(shape):
+        got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+        raise ValueError(f"{fn}: expected dy of the forward output's shape {tuple(shape)}, "
+                         f"got {got}")
+    return dy
+
+
 # --------------------------------------------------------------------------- linear
 class LinearCache(NamedTuple):
     x: np.ndarray
@@ -62,10 +75,7 @@ def linear_grad(dy: np.ndarray, cache: LinearCache, input_grad: bool = True,
     gradient: see ``Parameter.grad_to_overwrite``).
     """
     x, W, has_bias = cache
-    if not isinstance(dy, np.ndarray) or dy.shape != (x.shape[0], W.shape[0]):
-        got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
-        raise ValueError(f"linear_grad: expected dy of the forward output's shape "
-                         f"{(x.shape[0], W.shape[0])}, got {got}")
+    check_dy("linear_grad", dy, (x.shape[0], W.shape[0]))
     dx = dy @ W if input_grad else None
     dW = np.matmul(dy.T, x, out=dW_out)
     db = np.sum(dy, axis=0, out=db_out) if has_bias else None
@@ -106,7 +116,7 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
 def dropout_grad(dy: np.ndarray, cache: DropoutCache) -> np.ndarray:
     if cache.mask is None:
         return dy
-    return dy * cache.mask
+    return check_dy("dropout_grad", dy, cache.mask.shape) * cache.mask
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -182,6 +192,7 @@ def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
     Returns (dx, dgamma, dbeta). m is the number of values per feature.
     """
     x, x_hat, mean, var, inv_std, gamma, eps = cache
+    check_dy("batchnorm_grad", dy, x_hat.shape)
     axes, bshape = _bn_axes(x, "batchnorm_grad")
     m = x.size // x.shape[1]
     mu = mean.reshape(bshape)
@@ -204,6 +215,7 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     cache (one activation less held per layer until the backward).
     """
     _, x_hat, _, _, inv_std, gamma, _ = cache
+    check_dy("batchnorm_grad_fused", dy, x_hat.shape)
     axes, bshape = _bn_axes(x_hat, "batchnorm_grad_fused")
     if x_hat.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
         N, C, H, W = x_hat.shape
@@ -256,7 +268,8 @@ def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     nan); read off the cached output y, which is > 0 exactly there. Large arrays in one
     slice of axis 0 per thread."""
     y = cache.value
-    if dy.shape != y.shape or dy.dtype != y.dtype or y.ndim == 0:
+    check_dy("relu_grad", dy, y.shape)
+    if dy.dtype != y.dtype or y.ndim == 0:
         return np.where(y > 0, dy, 0).astype(np.result_type(dy, y), copy=False)
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     dx = np.empty_like(dy)
@@ -277,6 +290,7 @@ def leaky_relu(x: np.ndarray, slope: float = 0.01):
 
 def leaky_relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     x = cache.value
+    check_dy("leaky_relu_grad", dy, x.shape)
     return dy * np.where(x > 0, x.dtype.type(1), x.dtype.type(cache.slope))
 
 
@@ -290,6 +304,7 @@ def sigmoid(x: np.ndarray):
 
 def sigmoid_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     y = cache.value
+    check_dy("sigmoid_grad", dy, y.shape)
     return dy * y * (1 - y)
 
 
@@ -301,6 +316,7 @@ def tanh(x: np.ndarray):
 
 def tanh_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     y = cache.value
+    check_dy("tanh_grad", dy, y.shape)
     return dy * (1 - y * y)
 
 
@@ -315,6 +331,7 @@ def softmax(x: np.ndarray, axis: int = -1):
 
 def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     y, axis = cache.value, int(cache.slope)
+    check_dy("softmax_grad", dy, y.shape)
     return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from mlcvlab.nn import kernels
+from mlcvlab.nn.basis import check_dy
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -92,13 +93,6 @@ def conv_output_size(n: int, k: int, stride: int, padding: int) -> int:
                 f"conv_output_size: expected an integer {name} >= {minimum}, got {value!r}"
             )
     return _out_size("conv_output_size", int(n), int(k), int(stride), int(padding))
-
-
-def _check_dy(fn: str, dy, shape: Tuple[int, ...]) -> np.ndarray:
-    if not isinstance(dy, np.ndarray) or dy.shape != shape:
-        got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
-        raise ValueError(f"{fn}: expected dy of the forward output's shape {shape}, got {got}")
-    return dy
 
 
 # --------------------------------------------------------------------------- im2col / col2im
@@ -341,7 +335,7 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     F = W.shape[0]
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (Wd + 2 * pw - kw) // sw + 1
-    _check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
+    check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
     K = C * kh * kw
     W_mat = W.reshape(F, K)
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
@@ -474,7 +468,7 @@ def maxpool2d_numpy(x: np.ndarray, kernel, stride, padding):
 def maxpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     """dy: (N, C, Ho, Wo) -> dx: (N, C, H, W); each dy goes to its window's argmax."""
     (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), argmax = cache
-    _check_dy("maxpool2d_grad", dy, argmax.shape)
+    check_dy("maxpool2d_grad", dy, argmax.shape)
     if _use_numba():
         dx = np.empty((N, C, H, W), dtype=dy.dtype)
         if _is_2x2((kh, kw), (sh, sw), (ph, pw)):
@@ -528,7 +522,7 @@ def avgpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), _ = cache
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (W + 2 * pw - kw) // sw + 1
-    _check_dy("avgpool2d_grad", dy, (N, C, Ho, Wo))
+    check_dy("avgpool2d_grad", dy, (N, C, Ho, Wo))
     share = dy * dy.dtype.type(1.0 / (kh * kw))
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
     for i in range(kh):

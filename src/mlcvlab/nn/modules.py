@@ -189,7 +189,10 @@ class GlobalAvgPool2d(Module):
         return x.mean(axis=(2, 3))
 
     def backward(self, dy):
+        if self._shape is None:
+            _no_cache(self)
         n, c, h, w = self._shape
+        basis.check_dy("GlobalAvgPool2d.backward", dy, (n, c))
         dx = np.empty(self._shape, dtype=dy.dtype)
         dx[...] = (dy / (h * w))[:, :, None, None]
         return dx
@@ -211,6 +214,9 @@ class Flatten(Module):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
+        if self._shape is None:
+            _no_cache(self)
+        basis.check_dy("Flatten.backward", dy, (self._shape[0], int(np.prod(self._shape[1:]))))
         return dy.reshape(self._shape)
 
 

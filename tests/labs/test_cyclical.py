@@ -38,6 +38,7 @@ def test_cyclical_quick_via_api(run_quick):
         assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
         assert all(0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1 for r in hist)
         assert pol["best_val_acc"] == max(r["val_acc"] for r in hist)
+        assert 0 < pol["cpu_seconds"] and 0 < pol["seconds"]
     # learning happened: far above the 10% chance level of 10 classes
     assert res["policies"]["fixed"]["best_val_acc"] > 0.4
     # the cyclical batch size moved within [b_min, b_max]; the cyclical lr within [lr_min, lr_max]

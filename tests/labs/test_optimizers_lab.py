@@ -43,6 +43,10 @@ def test_quick_preset_trains_all_ten_runs(quick_run):
         assert losses[-1] < losses[0], f"{label}: training loss did not decrease {losses}"
     for r in runs:
         assert 0.0 <= r["test accuracy"] <= 1.0 and not r["diverged"]
+        assert 0 < r["CPU s/epoch"] and 0 < r["s/epoch"]
+    for row in results["mnist_timing_rows"]:
+        assert row["CPU ratio (with / without)"] == pytest.approx(
+            row["CPU s/epoch with dropout"] / row["CPU s/epoch without dropout"])
     # Every optimizer without dropout beats chance (10 classes) after the quick preset.
     assert min(r["test accuracy"] for r in runs if not r["dropout"]) > 0.3
 

@@ -2,6 +2,7 @@
 same trajectory, early stopping restores the best weights, NaN guard stops clearly."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -55,6 +56,7 @@ def test_fit_learns_and_records():
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert hist[-1]["val_acc"] > 0.95
     assert hist[0]["batch_size"] == 32 and hist[0]["lr"] == 0.2
+    assert all(r["cpu_seconds"] > 0 for r in hist)
     # training never needed the input's gradient, so the first Linear skipped it
     assert not model.input_grad and not model[0].input_grad and model[2].input_grad
 
@@ -119,3 +121,21 @@ def test_bad_epochs():
     trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
         trainer.fit([], epochs=-1)
+
+
+class SleepyBatches(Batches):
+    """Batches that wait 50 ms before each one, as a process waiting for a core would."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            time.sleep(0.05)
+            yield batch
+
+
+def test_cpu_seconds_do_not_count_waiting():
+    X, y = _problem(n=128)
+    model = _model()
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.2))
+    record = trainer.fit(SleepyBatches(X, y, 32), epochs=1)[0]       # 4 batches: 0.2 s asleep
+    assert record["seconds"] >= 0.2
+    assert 0 < record["cpu_seconds"] < record["seconds"] - 0.15

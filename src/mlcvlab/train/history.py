@@ -24,7 +24,13 @@ def _clean(v: Any) -> Any:
 class History:
     """A list of per-epoch records (dicts): epoch, train_loss, val_loss, val_acc,
     seconds, lr, batch_size, plus whatever else the trainer measured (train_acc,
-    compute/communication/update seconds, ...)."""
+    compute/communication/update seconds, ...).
+
+    ``seconds`` is the wall-clock time of the epoch's training steps; the Trainer also records
+    ``cpu_seconds``, the CPU time of the whole process (all its threads) over the same steps.
+    On a machine shared with other jobs, wall seconds well above the CPU seconds of a
+    one-thread run mean the process waited for a core.
+    """
 
     def __init__(self, records: Optional[List[Dict[str, Any]]] = None):
         self.records: List[Dict[str, Any]] = list(records or [])

@@ -2,14 +2,16 @@
 import numpy as np
 import pytest
 
-from mlcvlab.labs.memory import activation_bytes, cached_bytes, training_memory
+from mlcvlab.labs.memory import (UNSTABLE_LOSS_RISE, _stability_text, activation_bytes,
+                                 cached_bytes, training_memory)
 from mlcvlab.nn import (BatchNorm1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d,
                         ReLU, Sequential)
 
 REPORT_KEYS = ["spec_rows", "state_rows", "batch_rows", "largest_model", "largest_params",
                "largest_mb", "state_all_match", "cache_matches", "peak_ratio_min",
                "peak_ratio_max", "fixed_kb", "act_growth", "act_share_last", "adam_over_sgd",
-               "best_acc", "best_batch", "time_first", "time_last", "time_ratio", "model_params"]
+               "best_acc", "best_batch", "time_first", "time_last", "time_ratio", "model_params",
+               "unstable_batches", "stability_text"]
 
 
 def _forward(model, x, y):
@@ -89,6 +91,20 @@ def test_memory_quick_via_api(run_quick):
         assert r["analytic_bytes"] == fixed + r["activation_bytes"]
         assert r["peak_bytes"] >= r["analytic_bytes"]   # the peak adds temporaries
         assert 0.0 <= r["test acc"] <= 1.0
+        assert 0 < r["lowest epoch train loss"] <= r["last epoch train loss"]
     assert rows[0]["steps"] > rows[-1]["steps"]
+    assert res["unstable_batches"] == [
+        r["batch"] for r in rows
+        if r["last epoch train loss"] > UNSTABLE_LOSS_RISE * r["lowest epoch train loss"]]
     report = run.report()
     assert "mnist10k" in report and f"{res['largest_params']:,}" in report
+
+
+def test_stability_conclusion_names_the_unstable_batch_sizes():
+    row = {"batch": 4, "lowest epoch train loss": 0.23, "last epoch train loss": 2.30,
+           "test acc": 0.0945}
+    text = _stability_text([row], 0.01, 0.9)
+    assert "unstable at 1 batch size(s)" in text and "batch 4: 0.230 -> 2.300" in text
+    assert "lr 0.01" in text and "test accuracy 0.0945" in text
+    assert "stable" in _stability_text([], 0.01, 0.9) and "unstable" not in \
+        _stability_text([], 0.01, 0.9)

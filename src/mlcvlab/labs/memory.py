@@ -259,7 +259,8 @@ def measure_step(name: str, kind: str, X: np.ndarray, y: np.ndarray, batch: int,
 
 
 def train_at(name: str, data: Dict[str, Any], batch: int, config: Dict[str, Any]) -> dict:
-    """Train for config['epochs'] at ``batch``: test accuracy and wall time."""
+    """Train for config['epochs'] at ``batch``: test accuracy, wall time and the epochs'
+    training losses (whether the run was stable at this batch size)."""
     model = build(name, config["seed"])
     opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
     loader = EpochShuffledBatches(data["X_train"], data["y_train"], batch, seed=config["seed"])
@@ -268,8 +269,10 @@ def train_at(name: str, data: Dict[str, Any], batch: int, config: Dict[str, Any]
     trainer.fit(loader, config["epochs"])
     seconds = time.perf_counter() - start
     test = evaluate(model, CrossEntropyLoss(), array_batches(data["X_test"], data["y_test"], 512))
+    losses = trainer.history.column("train_loss")
     return {"test_acc": test["acc"], "test_loss": test["loss"], "seconds": seconds,
-            "seconds_per_epoch": seconds / config["epochs"], "steps": trainer.epoch * len(loader)}
+            "seconds_per_epoch": seconds / config["epochs"], "steps": trainer.epoch * len(loader),
+            "train_loss_lowest": min(losses), "train_loss_last": losses[-1]}
 
 
 def load_data(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -302,7 +305,9 @@ def batch_table(data, config, progress) -> List[dict]:
                      "analytic total KB": mem["total"] / 1024,
                      "measured peak KB": meas["measured_peak"] / 1024,
                      "peak / analytic": meas["measured_peak"] / mem["total"],
-                     "test acc": fit["test_acc"], "seconds": fit["seconds"],
+                     "test acc": fit["test_acc"],
+                     "lowest epoch train loss": fit["train_loss_lowest"],
+                     "last epoch train loss": fit["train_loss_last"], "seconds": fit["seconds"],
                      "steps": fit["steps"], "analytic_bytes": mem["total"],
                      "activation_bytes": mem["activations"], "cached_bytes": meas["cached"],
                      "peak_bytes": meas["measured_peak"]})
@@ -366,7 +371,8 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
              "and is {peak_ratio_min:.2f}x to {peak_ratio_max:.2f}x the analytic total.")
     cols = ["batch", "params+grads+state KB", "activations KB (analytic)",
             "activations KB (in caches)", "analytic total KB", "measured peak KB",
-            "peak / analytic", "test acc", "seconds", "steps"]
+            "peak / analytic", "test acc", "lowest epoch train loss", "last epoch train loss",
+            "seconds", "steps"]
     rep.table("batch_sizes", results["batch_rows"], "Memory, accuracy and time per batch size",
               cols)
     _figures(rep, results["batch_rows"], results)
@@ -378,6 +384,7 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
         "After {epochs} epoch(s) the best test accuracy is {best_acc:.4f} at batch {best_batch}; "
         "training took {time_first:.1f} s at batch {b_first} and {time_last:.1f} s at batch "
         "{b_last} ({time_ratio:.2f}x).",
+        "{stability_text}",
     ])
     rep.write()
 
@@ -387,6 +394,8 @@ def _summary(results: Dict[str, Any]) -> Dict[str, Any]:
     big = max(spec, key=lambda r: r["params"])
     first, last = rows[0], rows[-1]
     best = max(rows, key=lambda r: r["test acc"])
+    unstable = [r for r in rows
+                if r["last epoch train loss"] > UNSTABLE_LOSS_RISE * r["lowest epoch train loss"]]
     adam = [r for r in state if r["optimizer"] == "adam"][0]
     return {"largest_model": big["model"], "largest_params": big["params"],
             "largest_mb": big["param MB"], "state_rows_n": len(state),
@@ -401,13 +410,36 @@ def _summary(results: Dict[str, Any]) -> Dict[str, Any]:
             "adam_over_sgd": adam["state bytes (actual)"] / (adam["params"] * 4),
             "best_acc": best["test acc"], "best_batch": best["batch"],
             "time_first": first["seconds"], "time_last": last["seconds"],
-            "time_ratio": first["seconds"] / last["seconds"]}
+            "time_ratio": first["seconds"] / last["seconds"],
+            "unstable_batches": [r["batch"] for r in unstable],
+            "stability_text": _stability_text(unstable, results["lr"], results["momentum"])}
+
+
+# An epoch training loss this many times its lowest, at the last epoch, marks an unstable run.
+UNSTABLE_LOSS_RISE = 1.5
+
+
+def _stability_text(unstable: List[dict], lr: float, momentum: float) -> str:
+    """The conclusion on the runs whose training loss rose by the end (none: it says so)."""
+    if not unstable:
+        return (f"At every batch size the last epoch's training loss was within "
+                f"{UNSTABLE_LOSS_RISE}x of the lowest epoch's: training was stable.")
+    runs = "; ".join(f"batch {r['batch']}: {r['lowest epoch train loss']:.3f} -> "
+                     f"{r['last epoch train loss']:.3f}, test accuracy {r['test acc']:.4f}"
+                     for r in unstable)
+    return (f"Training was unstable at {len(unstable)} batch size(s): the epoch training loss "
+            f"rose from its lowest to more than {UNSTABLE_LOSS_RISE}x that by the last epoch "
+            f"({runs}). Every batch size ran with the same lr {lr} and momentum {momentum}, so a "
+            "small batch takes many more steps per epoch, each on a noisier gradient; the "
+            "linear scaling rule (Goyal et al. 2017) would scale the lr with the batch size. "
+            "The accuracy of an unstable run depends on where it stopped, not on the batch "
+            "size's memory.")
 
 
 @lab(name="memory",
      study="Memory of training: ResNet-152 and others, optimizer state, batch size vs memory, "
            "accuracy and time",
-     quick=_QUICK, full=_FULL, expected_seconds={"quick": 8, "full": 900})
+     quick=_QUICK, full=_FULL, expected_seconds={"quick": 8, "full": 120})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     """Spec tables, optimizer state, then the batch-size study on our engine."""
     if sorted(config["batch_sizes"]) != list(config["batch_sizes"]) or not config["batch_sizes"]:

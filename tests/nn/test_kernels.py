@@ -6,6 +6,7 @@ without the kernels (``kernels.available`` patched to False) to check both paths
 """
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from mlcvlab.nn import basis, conv, kernels
 
@@ -327,6 +328,7 @@ def test_layers_split_over_threads_agree_with_one_thread(dtype, monkeypatch):
     gamma = np.linspace(0.5, 1.5, 6).astype(dtype)
     monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * 27 * 36 * x.itemsize)   # several blocks
     monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 100)           # relu, BN eval split too
+    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS", 0)                # and these small convs
     monkeypatch.setattr(kernels, "num_threads", lambda: 1)
     serial = _layers_forward_backward(x, W, gamma)
     monkeypatch.setattr(kernels, "num_threads", lambda: 3)            # 3 uneven parts
@@ -407,3 +409,43 @@ def test_batchnorm_eval_kernel_matches_numpy(shape, dtype, monkeypatch):
            + bn.bias.data.reshape(bshape))
     np.testing.assert_allclose(got, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def _blas_threads():
+    return [c.get_num_threads() for c in kernels._blas_controllers()]
+
+
+def test_one_blas_thread_restores_the_callers_setting_even_on_error():
+    with threadpool_limits(2, user_api="blas"):      # the tests run BLAS on one thread
+        _check_one_blas_thread()
+
+
+def _check_one_blas_thread():
+    before = _blas_threads()
+    assert before and all(n == 2 for n in before), "threadpoolctl sees NumPy's BLAS"
+    with kernels.one_blas_thread():
+        assert _blas_threads() == [1] * len(before)
+    assert _blas_threads() == before
+    with pytest.raises(ZeroDivisionError):
+        with kernels.one_blas_thread():
+            1 / 0
+    assert _blas_threads() == before
+
+
+def test_a_conv_too_small_to_split_runs_whole_with_one_blas_thread(monkeypatch):
+    """Below PARALLEL_MIN_FLOPS the batch is one part, run in the calling thread with BLAS on one
+    thread; from it up, one part per thread."""
+    monkeypatch.setattr(kernels, "num_threads", lambda: 2)
+    with threadpool_limits(2, user_api="blas"):
+        _check_small_conv_runs_whole()
+        assert all(n == 2 for n in _blas_threads())
+
+
+def _check_small_conv_runs_whole():
+    small, big = conv.PARALLEL_MIN_FLOPS - 1, conv.PARALLEL_MIN_FLOPS
+    assert conv._batch_parts(128, small) == [slice(0, 128)]
+    assert conv._batch_parts(128, big) == [slice(0, 64), slice(64, 128)]
+    seen = []
+    out = conv._map_parts(lambda part: seen.append((part, _blas_threads())) or part.stop,
+                          conv._batch_parts(128, small))
+    assert out == [128] and seen == [(slice(0, 128), [1] * len(_blas_threads()))]

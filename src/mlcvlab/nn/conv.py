@@ -149,9 +149,29 @@ def _blocks(x: np.ndarray, K: int, Ho: int, Wo: int):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _batch_parts(n: int):
-    """The batch [0, n) split into one contiguous part per thread (kernels.parallel_map)."""
-    return kernels.split(n, kernels.num_threads())
+# A convolution splits its batch over the threads only if its forward GEMM has at least this
+# many FLOPs (2 x multiply-adds; the backward's two GEMMs have twice as many). A smaller one
+# runs whole in the calling thread with BLAS on one thread: waking the second thread costs
+# 0.2-0.6 ms on a virtual CPU that was idle, about what LeNet-5's convs (22 and 39 MFLOP, 1-4 ms)
+# would save, and their GEMMs are too small for BLAS's own threads to pay either. Measured on
+# LeNet-5, 2 threads, in-process A/B: train step +10 %, eval +10 % (BENCHMARKS.md, session 5).
+# ResNet-20's convs (302-604 MFLOP) still split.
+PARALLEL_MIN_FLOPS = 10**8
+
+
+def _batch_parts(n: int, flops: float):
+    """The batch [0, n) in one contiguous part per thread, or whole if the conv is too small to
+    split (PARALLEL_MIN_FLOPS)."""
+    return kernels.split(n, kernels.num_threads() if flops >= PARALLEL_MIN_FLOPS else 1)
+
+
+def _map_parts(fn, parts):
+    """fn over the batch parts: on separate threads (kernels.parallel_map), or for one part
+    here, with BLAS on one thread."""
+    if len(parts) > 1:
+        return kernels.parallel_map(fn, parts)
+    with kernels.one_blas_thread():
+        return [fn(parts[0])]
 
 
 def _im2col(xp: np.ndarray, kernel, stride, padding, Ho: int, Wo: int) -> np.ndarray:
@@ -314,7 +334,7 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
                 y_t += b[:, None]
             y_part[blk] = y_t.reshape(F, n, Ho, wide)[..., :Wo].transpose(1, 0, 2, 3)
 
-    kernels.parallel_map(forward_part, _batch_parts(N))
+    _map_parts(forward_part, _batch_parts(N, 2.0 * N * F * K * Ho * Wo))
     return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
 
 
@@ -373,7 +393,7 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
                 dx_blk[...] = _planes(buf, n, C, g)[:, :, ph:ph + H, pw:]
         return dW, db
 
-    shares = kernels.parallel_map(backward_part, _batch_parts(N))
+    shares = _map_parts(backward_part, _batch_parts(N, 2.0 * N * F * K * Ho * Wo))
     dW = sum(share[0] for share in shares)
     db = sum(share[1] for share in shares) if has_bias else None
     return dx, dW.reshape(W.shape), db

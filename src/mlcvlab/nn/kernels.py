@@ -57,6 +57,7 @@ The number of threads follows the BLAS thread limit in force, so
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -368,10 +369,11 @@ def split(n: int, parts: int) -> List[slice]:
     return [slice(edges[i], edges[i + 1]) for i in range(parts)]
 
 
-# Elementwise work on arrays smaller than this many elements (2 MiB of float32) stays on one
+# Elementwise work on arrays smaller than this many elements (4 MiB of float32) stays on one
 # thread: below it, the hand-off and the second core's cache misses cost more than they save
-# (the MLP's (128, 1000) ReLU: 0.21 ms on one thread, 0.41 ms split in two).
-PARALLEL_MIN_SIZE = 2**19
+# (the MLP's (128, 1000) ReLU: 0.21 ms on one thread, 0.41 ms split in two; LeNet-5's first
+# ReLU, 602,112 values: 0.39 ms on one thread, 0.58 ms split, on the session-5 host).
+PARALLEL_MIN_SIZE = 2**20
 
 
 def row_parts(a: np.ndarray) -> List[slice]:
@@ -385,6 +387,20 @@ def _run_part(fn: Callable, item):
         return fn(item)
     finally:
         _in_parallel.active = False
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS on one thread inside the block (the caller's setting restored after it)."""
+    ctl = _blas_controllers()
+    saved = [c.get_num_threads() for c in ctl]
+    for c in ctl:
+        c.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for c, n in zip(ctl, saved):
+            c.set_num_threads(n)
 
 
 def parallel_map(fn: Callable, items: Sequence) -> list:
@@ -401,14 +417,7 @@ def parallel_map(fn: Callable, items: Sequence) -> list:
     with _lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(MAX_THREADS - 1, thread_name_prefix="mlcvlab")
-    ctl = _blas_controllers()
-    saved = [c.get_num_threads() for c in ctl]
-    for c in ctl:
-        c.set_num_threads(1)
-    try:
+    with one_blas_thread():
         futures = [_pool.submit(_run_part, fn, item) for item in items[1:]]
         first = _run_part(fn, items[0])
         return [first] + [f.result() for f in futures]
-    finally:
-        for c, n in zip(ctl, saved):
-            c.set_num_threads(n)

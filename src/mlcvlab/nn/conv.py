@@ -24,7 +24,9 @@ few cache-sized blocks, not over samples, pixels or channels. Before that the
 batch is split into one part per thread (``kernels.parallel_map``; as many
 threads as the BLAS thread limit allows): each part pads, im2cols, multiplies
 and col2ims its own samples in its own scratch buffer, and the backward sums
-the parts' dW.
+the parts' dW. A convolution under ``PARALLEL_MIN_FLOPS`` (LeNet-5's) is not split:
+it runs whole in the calling thread with BLAS on one thread, since waking a
+second thread would cost about what it saves.
 
 Stride-1 convolutions (all but the downsampling ones in a ResNet) use a variant
 of this, the row-padded layout (see the section below): the zero padding is
@@ -154,7 +156,7 @@ def _blocks(x: np.ndarray, K: int, Ho: int, Wo: int):
 # runs whole in the calling thread with BLAS on one thread: waking the second thread costs
 # 0.2-0.6 ms on a virtual CPU that was idle, about what LeNet-5's convs (22 and 39 MFLOP, 1-4 ms)
 # would save, and their GEMMs are too small for BLAS's own threads to pay either. Measured on
-# LeNet-5, 2 threads, in-process A/B: train step +10 %, eval +10 % (BENCHMARKS.md, session 5).
+# LeNet-5, 2 threads, in-process A/B: train step +10.8 %, eval +15.7 % (BENCHMARKS.md, session 5).
 # ResNet-20's convs (302-604 MFLOP) still split.
 PARALLEL_MIN_FLOPS = 10**8
 

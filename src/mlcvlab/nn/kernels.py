@@ -48,10 +48,12 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   (exactly where its input was), else 0, in one pass (NumPy's ``dy * (y > 0)`` is
   two, through a boolean temporary).
 
-Thread parallelism (``parallel_map``): the convolution splits its batch, and
-batch norm its channels, into one part per thread. The GEMMs, NumPy copies and
-these ``nogil`` kernels release the GIL, so the parts run on separate cores;
-while they run, BLAS is held at one thread per caller (no oversubscription).
+Thread parallelism (``parallel_map``): the convolution splits its batch (from
+``conv.PARALLEL_MIN_FLOPS`` up), batch norm its channels, and the elementwise
+kernels their rows (from ``PARALLEL_MIN_SIZE`` values up), into one part per
+thread. The GEMMs, NumPy copies and these ``nogil`` kernels release the GIL, so
+the parts run on separate cores; while they run, BLAS is held at one thread per
+caller (no oversubscription).
 The number of threads follows the BLAS thread limit in force, so
 ``threadpoolctl.threadpool_limits(1)`` makes everything serial again.
 """

@@ -31,6 +31,8 @@ from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}   # state arrays of P values each
 MB = 2 ** 20
+# An epoch training loss this many times its lowest, at the last epoch, marks an unstable run.
+UNSTABLE_LOSS_RISE = 1.5
 
 _FULL = {"spec_models": ["alexnet", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
                          "resnet152"], "spec_batch": 32,
@@ -413,10 +415,6 @@ def _summary(results: Dict[str, Any]) -> Dict[str, Any]:
             "time_ratio": first["seconds"] / last["seconds"],
             "unstable_batches": [r["batch"] for r in unstable],
             "stability_text": _stability_text(unstable, results["lr"], results["momentum"])}
-
-
-# An epoch training loss this many times its lowest, at the last epoch, marks an unstable run.
-UNSTABLE_LOSS_RISE = 1.5
 
 
 def _stability_text(unstable: List[dict], lr: float, momentum: float) -> str:

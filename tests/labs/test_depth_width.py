@@ -55,12 +55,12 @@ def test_resume_in_pieces_matches_an_uninterrupted_run(run_quick, tmp_path):
     out = tmp_path / "pieces"
     part = run_quick("depth-width", out, overrides=SMALL + ["epoch_budget=3"]).results
     assert not part["complete"] and part["finished"] == 0           # stopped inside d1_16
-    assert (out / "configs" / "d1_16" / "checkpoint.pkl").exists()
+    assert (out / "configs" / "d1_16" / "checkpoint.npz").exists()
     assert "Partial run" in (out / "report.md").read_text()
     part = run_quick("depth-width", out, overrides=SMALL + ["epoch_budget=5"]).results
     assert part["finished"] == 2                                    # 1 resumed + 4 new epochs
     done = out / "configs" / "d1_16" / "result.json"
-    assert not (out / "configs" / "d1_16" / "checkpoint.pkl").exists()
+    assert not (out / "configs" / "d1_16" / "checkpoint.npz").exists()
     stamp = os.stat(done).st_mtime_ns
     final = run_quick("depth-width", out, overrides=SMALL).results
     assert final["complete"] and os.stat(done).st_mtime_ns == stamp   # skipped, not retrained

@@ -98,7 +98,9 @@ def test_run_lab_with_registered_toy_lab(tmp_path):
     assert (config["seed"] == 5 and config["config"]["scale"] == 2.0
             and config["numpy"] == np.__version__)
     report = (tmp_path / "report.md").read_text()
-    assert report.startswith("# Toy\n\n> **Note:** Data substitution: MNIST")
+    assert report.startswith("# Toy\n\n> **Smoke test (quick preset).**")   # the banner first
+    assert "> **Note:** Data substitution: MNIST" in report
+    assert saved["preset"] == "quick" and saved["comparisons"] == []
     assert f"Mean of 3 draws: {res['mean']:.3f}." in report
     assert (tmp_path / "draws.csv").read_text().splitlines()[0] == "i,value"
 

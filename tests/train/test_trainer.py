@@ -86,8 +86,8 @@ def test_checkpoint_resume_gives_same_trajectory(tmp_path):
 def test_corrupt_or_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         load_checkpoint(str(tmp_path))
-    (tmp_path / "checkpoint.pkl").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="is unreadable"):
+    (tmp_path / "checkpoint.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="checkpoint.npz is unreadable"):
         load_checkpoint(str(tmp_path))
 
 

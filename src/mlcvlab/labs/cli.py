@@ -20,7 +20,13 @@ def register(subparsers) -> None:
 
     p_run = sub.add_parser("run", help="run a lab (or 'all') and write its report")
     p_run.add_argument("name", help="lab name from `mlcvlab lab list`, or 'all'")
-    p_run.add_argument("--quick", action="store_true", help="the quick preset (< 1 min)")
+    which = p_run.add_mutually_exclusive_group()
+    which.add_argument("--preset", choices=registry.PRESETS, default=None,
+                       help="quick (a smoke test, < 1 min), standard (the default: >= 3 seeds "
+                            "with 95%% intervals, <= 60 min on 2 cores) or full (the study's "
+                            "own protocol)")
+    which.add_argument("--quick", action="store_true", help="same as --preset quick")
+    which.add_argument("--full", action="store_true", help="same as --preset full")
     p_run.add_argument("--out", default=None, help="output folder (default lab_runs/<name>/)")
     p_run.add_argument("--seed", type=int, default=None,
                        help="random seed (default: the preset's, else 0)")
@@ -32,14 +38,25 @@ def register(subparsers) -> None:
     p_run.set_defaults(func=cmd_run)
 
 
+def _preset(args) -> str:
+    if args.quick:
+        return "quick"
+    if args.full:
+        return "full"
+    return args.preset or registry.DEFAULT_PRESET
+
+
 def cmd_list(args) -> int:
     labs, errors = registry.discover()
-    rows = [(lab.name, lab.expected_time("quick"), lab.expected_time("full"), lab.study)
-            for lab in labs]
-    header = ("name", "quick", "full", "study")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    rows = [(lab.name, lab.expected_time("quick"),
+             lab.expected_time("standard") if lab.standard is not None else "(none yet)",
+             lab.expected_time("full"), lab.study) for lab in labs]
+    header = ("name", "quick", "standard", "full", "study")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    print("Expected times on 2 CPU cores. quick: a smoke test, not evidence; standard (the "
+          "default): >= 3 seeds with 95% intervals; full: the study's own protocol.")
     for r in [header, *rows]:
-        print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+        print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
     for name, err in errors.items():
         print(f"{name}: could not be imported ({err})", file=sys.stderr)
     return 0
@@ -47,7 +64,7 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     if args.name != "all":
-        registry.run_lab(args.name, quick=args.quick, out_dir=args.out, seed=args.seed,
+        registry.run_lab(args.name, preset=_preset(args), out_dir=args.out, seed=args.seed,
                          overrides=args.overrides, show_progress=not args.no_progress)
         return 0
     names = registry.lab_names()
@@ -58,7 +75,7 @@ def cmd_run(args) -> int:
         try:
             keys = registry.get_lab(name).quick
             own = [o for o in args.overrides if o.split("=", 1)[0].strip() in keys]
-            registry.run_lab(name, quick=args.quick, out_dir=out, seed=args.seed, overrides=own,
+            registry.run_lab(name, preset=_preset(args), out_dir=out, seed=args.seed, overrides=own,
                              show_progress=not args.no_progress)
         except Exception as err:  # keep going: report every failing lab at the end
             print(f"lab {name}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)

@@ -11,7 +11,7 @@ totals) and training time against parameters.
 The full preset is long (about 140 networks x 2000 epochs), so it is resumable:
 each network trains in its own folder ``<out>/configs/<name>/``. A finished one
 writes ``result.json`` (atomically) and is skipped by a rerun with the same
-``--out``; an unfinished one keeps ``checkpoint.pkl`` (the Trainer's
+``--out``; an unfinished one keeps ``checkpoint.npz`` (the Trainer's
 :class:`~mlcvlab.train.Checkpoint`) and resumes from it. ``epoch_budget`` caps
 the epochs trained by one invocation, so the study can be run in pieces.
 """
@@ -26,13 +26,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlcvlab.io import atomic_pickle, atomic_write_text
+from mlcvlab.io import atomic_write_text
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import mlp
 from mlcvlab.nn import MSELoss
 from mlcvlab.optim import SGD
 from mlcvlab.train import Checkpoint, Trainer, array_batches, evaluate, load_checkpoint
+from mlcvlab.train.checkpoint import checkpoint_paths, save_checkpoint
 
 EGGHOLDER_BOUND = 512.0
 
@@ -152,7 +153,7 @@ def train_config(hidden: Sequence[int], data: Dict[str, Any], config: Dict[str, 
 
     Trains at most ``max_epochs`` epochs in this call (None: to the end). Returns
     (result, epochs trained now); result is None while the network is unfinished
-    (its checkpoint.pkl is then up to date), else the dict also saved as result.json.
+    (its checkpoint.npz is then up to date), else the dict also saved as result.json.
     """
     folder.mkdir(parents=True, exist_ok=True)
     result_path = folder / "result.json"
@@ -166,14 +167,14 @@ def train_config(hidden: Sequence[int], data: Dict[str, Any], config: Dict[str, 
                                   seed=hash_seed(config["seed"], hidden))
     ckpt = Checkpoint(str(folder), every=config["checkpoint_every"])
     trainer = Trainer(model, MSELoss(), opt, callbacks=[ckpt], classification=False)
-    if os.path.exists(ckpt.path):
+    if checkpoint_paths(str(folder)):
         trainer.load_checkpoint_state(load_checkpoint(str(folder)))
         trainer.restore_loader(loader)
     remaining = config["epochs"] - trainer.epoch
     todo = remaining if max_epochs is None else max(0, min(remaining, max_epochs))
     trainer.fit(loader, todo)
     if trainer.epoch < config["epochs"]:
-        atomic_pickle(ckpt.path, trainer.checkpoint_state())   # save the epochs since the last one
+        save_checkpoint(str(folder), trainer.checkpoint_state())   # save the epochs since the last one
         return None, todo
     result = {"name": config_name(hidden), "depth": len(hidden), "widths": list(hidden),
               "total_units": int(sum(hidden)), "params": int(model.num_parameters()),
@@ -182,8 +183,8 @@ def train_config(hidden: Sequence[int], data: Dict[str, Any], config: Dict[str, 
               "train_seconds": float(sum(trainer.history.column("seconds"))),
               "epochs": trainer.epoch, "final_train_loss": trainer.history[-1]["train_loss"]}
     atomic_write_text(str(result_path), json.dumps(result, indent=2))
-    if os.path.exists(ckpt.path):
-        os.remove(ckpt.path)                # the result supersedes it
+    for path in checkpoint_paths(str(folder)):
+        os.remove(path)                     # the result supersedes them
     return result, todo
 
 

@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-FRAMEWORK_MODULES = {"registry", "cli", "report"}
-PRESETS = ("quick", "full")
+FRAMEWORK_MODULES = {"registry", "cli", "report", "stats"}
+PRESETS = ("quick", "standard", "full")
+DEFAULT_PRESET = "standard"
+SMOKE_TEST_BANNER = (
+    "> **Smoke test (quick preset).** This run only checks that the lab runs end to end: too few "
+    "seeds, epochs or samples to measure the study's effect. Its numbers and verdicts are not "
+    "evidence; run the `standard` preset (the default) for that.")
 # Optional key of expected_seconds: the full preset's time when the study's dataset is not on
 # disk and the lab runs on its embedded substitute (mnist10k, fashion10k), often far shorter.
 EMBEDDED = "full_embedded"
@@ -28,8 +33,13 @@ RunFn = Callable[[Dict[str, Any], Path, Callable], Dict[str, Any]]
 
 @dataclass(frozen=True)
 class Lab:
-    """A registered lab: name, the study it reruns, two preset configs and their expected
-    seconds.
+    """A registered lab: name, the study it reruns, three preset configs and their expected
+    seconds on 2 CPU cores.
+
+    quick: a smoke test (< 1 min; its report opens with a banner saying so). standard (the
+    default): the study's effect measured over >= 3 seeds with 95% intervals, <= 60 min.
+    full: the paper's own protocol, for a GPU or a cluster. ``standard`` is None for a lab
+    that has not been given one yet; running it then needs --quick or --full.
     """
 
     name: str
@@ -39,6 +49,7 @@ class Lab:
     expected_seconds: Dict[str, float]
     run: RunFn
     module: str = field(default="")
+    standard: Optional[Dict[str, Any]] = None
 
     def expected_time(self, preset: str) -> str:
         """The expected run time of ``preset`` in words, e.g. "~8 h (~1 h on embedded data)"."""
@@ -47,11 +58,19 @@ class Lab:
             text += f" (~{format_duration(self.expected_seconds[EMBEDDED])} on embedded data)"
         return text
 
+    def presets(self) -> List[str]:
+        """The presets this lab defines, in PRESETS order."""
+        return [p for p in PRESETS if p != "standard" or self.standard is not None]
+
     def preset(self, which: str) -> Dict[str, Any]:
-        """A fresh copy of the "quick" or "full" config."""
+        """A fresh copy of the "quick", "standard" or "full" config."""
         if which not in PRESETS:
             raise ValueError(f"lab {self.name}: preset must be one of {PRESETS}, got {which!r}")
-        return json.loads(json.dumps(self.quick if which == "quick" else self.full))
+        if which == "standard" and self.standard is None:
+            raise ValueError(f"lab {self.name} has no standard preset yet; run it with --quick "
+                             "(a smoke test) or --full (the study's protocol)")
+        config = {"quick": self.quick, "standard": self.standard, "full": self.full}[which]
+        return json.loads(json.dumps(config))
 
 
 _REGISTRY: Dict[str, Lab] = {}
@@ -69,23 +88,28 @@ def format_duration(seconds: float) -> str:
 
 
 def lab(name: str, study: str, quick: Dict[str, Any], full: Dict[str, Any],
-        expected_seconds: Dict[str, float]) -> Callable[[RunFn], RunFn]:
+        expected_seconds: Dict[str, float],
+        standard: Optional[Dict[str, Any]] = None) -> Callable[[RunFn], RunFn]:
     """Decorator registering ``run(config, out_dir, progress) -> results`` as lab ``name``.
 
-    quick / full: JSON-able dicts with the same keys (``--set`` coerces to their
-    value types); expected_seconds: {"quick": s, "full": s} on 2 CPU cores, plus
-    optionally ``"full_embedded": s``, the full preset on the embedded substitute data.
+    quick / standard / full: JSON-able dicts with the same keys (``--set`` coerces to their
+    value types); expected_seconds: {"quick": s, "standard": s, "full": s} on 2 CPU cores,
+    plus optionally ``"full_embedded": s``, the full preset on the embedded substitute data.
     """
-    if set(quick) != set(full):
-        raise ValueError(f"lab {name}: quick and full presets need the same keys, "
-                         f"got {sorted(quick)} and {sorted(full)}")
-    if not set(PRESETS) <= set(expected_seconds) <= set(PRESETS) | {EMBEDDED}:
-        raise ValueError(f"lab {name}: expected_seconds needs keys {PRESETS} (and optionally "
-                         f"{EMBEDDED!r}), got {sorted(expected_seconds)}")
+    given = {"quick": quick, "full": full}
+    if standard is not None:
+        given["standard"] = standard
+    for which, config in given.items():
+        if set(config) != set(quick):
+            raise ValueError(f"lab {name}: every preset needs the same keys; quick has "
+                             f"{sorted(quick)}, {which} has {sorted(config)}")
+    if not set(given) <= set(expected_seconds) <= set(PRESETS) | {EMBEDDED}:
+        raise ValueError(f"lab {name}: expected_seconds needs keys {sorted(given)} (and "
+                         f"optionally {EMBEDDED!r}), got {sorted(expected_seconds)}")
 
     def register(run: RunFn) -> RunFn:
         _REGISTRY[name] = Lab(name, study, dict(quick), dict(full), dict(expected_seconds), run,
-                              run.__module__)
+                              run.__module__, dict(standard) if standard is not None else None)
         return run
 
     return register
@@ -177,30 +201,45 @@ def apply_overrides(config: Dict[str, Any], overrides: Sequence[str],
 # -- running ----------------------------------------------------------------------------
 def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
             seed: Optional[int] = None, overrides: Sequence[str] = (),
-            workers: Optional[int] = None, show_progress: bool = True) -> Dict[str, Any]:
-    """Run lab ``name`` with its quick or full preset; write results.json and config.json.
+            workers: Optional[int] = None, show_progress: bool = True,
+            preset: Optional[str] = None) -> Dict[str, Any]:
+    """Run lab ``name`` with a preset; write results.json and config.json.
 
+    preset: "quick", "standard" (the default) or "full"; ``quick=True`` is "quick".
     The config passed to the lab is the preset, updated by ``overrides``, with
     "seed" set (``seed`` argument, else the preset's "seed", else 0). The lab's
-    run writes report.md and figures; this function writes the JSON files.
-    Returns the results dict. Default out_dir: lab_runs/<name>/.
+    run writes report.md and figures; this function writes the JSON files, adds
+    ``"preset"`` and ``"comparisons"`` (default ``[]``, each entry checked against
+    :func:`mlcvlab.labs.stats.check_comparison`) to the results, and opens a quick
+    run's report with the smoke-test banner. Returns the results dict.
+    Default out_dir: lab_runs/<name>/.
     """
-    from mlcvlab.labs import report
+    from mlcvlab.labs import report, stats
 
     spec = get_lab(name)
-    preset = "quick" if quick else "full"
+    if quick and preset not in (None, "quick"):
+        raise ValueError(f"lab {name}: quick=True contradicts preset={preset!r}")
+    preset = "quick" if quick else (preset or DEFAULT_PRESET)
     config = apply_overrides(spec.preset(preset), overrides, name)
     config["seed"] = int(seed if seed is not None else config.get("seed", 0))
     out = Path(out_dir) if out_dir else Path("lab_runs") / name
-    out.mkdir(parents=True, exist_ok=True)
+    report.check_out_dir(out)
     print(f"lab {name} ({preset} preset, expected {spec.expected_time(preset)}) -> {out}/")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     results = spec.run(config, out, report.progress_factory(show_progress))
     if not isinstance(results, dict):
         raise TypeError(f"lab {name}: run() must return a dict of results, "
                         f"got {type(results).__name__}")
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    results["preset"] = preset
+    results.setdefault("comparisons", [])
+    for i, c in enumerate(results["comparisons"]):
+        stats.check_comparison(c, where=f"lab {name}: comparisons[{i}]")
+    if preset == "quick":
+        report.prepend_banner(out / "report.md", SMOKE_TEST_BANNER)
     report.write_json(out / "results.json", results)
-    report.write_config(out, config, lab=name, preset=preset, workers=workers, seconds=seconds)
-    print(f"lab {name}: done in {seconds:.1f} s; report at {out / 'report.md'}")
+    report.write_config(out, config, lab=name, preset=preset, workers=workers, seconds=seconds,
+                        cpu_seconds=cpu_seconds)
+    print(f"lab {name}: done in {seconds:.1f} s ({cpu_seconds:.1f} CPU s); "
+          f"report at {out / 'report.md'}")
     return results

@@ -50,9 +50,32 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path, obj: Any) -> Path:
+    """``obj`` as indented JSON, written atomically."""
+    from mlcvlab.io import atomic_write_text
+
     path = Path(path)
-    path.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    atomic_write_text(str(path), json.dumps(to_jsonable(obj), indent=2) + "\n")
     return path
+
+
+def check_out_dir(out) -> Path:
+    """Create the output folder and test-write it, so a bad ``--out`` fails before any work."""
+    from mlcvlab.io import check_writable_dir
+
+    return Path(check_writable_dir(str(out), what="lab output folder (--out)"))
+
+
+def prepend_banner(report_path, banner: str) -> None:
+    """Put ``banner`` right under the report's title (the quick preset's smoke-test banner)."""
+    from mlcvlab.io import atomic_write_text
+
+    path = Path(report_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the lab wrote no report.md (call Report.write())")
+    lines = path.read_text().split("\n")
+    at = 1 if lines and lines[0].startswith("# ") else 0
+    lines[at:at] = ["", banner]
+    atomic_write_text(str(path), "\n".join(lines))
 
 
 def git_commit() -> Optional[str]:
@@ -214,6 +237,22 @@ class Report:
         """Embed an already written <name>.png."""
         self.blocks.append(f"![{name}]({name}.png)\n\n*{self.fmt(caption) if caption else name}*")
 
+    def comparisons(self, comparisons: Sequence[Dict[str, Any]], heading: str = "Comparisons",
+                    digits: int = 3) -> None:
+        """A section with one sentence per comparison of :mod:`mlcvlab.labs.stats`, each
+        sentence written by ``stats.sentence`` from the comparison's own numbers and verdict.
+        Put the same dicts in ``results["comparisons"]``."""
+        from mlcvlab.labs import stats
+
+        if not comparisons:
+            return
+        lines = [f"- {stats.sentence(c, digits)}" for c in comparisons]
+        self.blocks.append(f"## {heading}\n\n" + "\n".join(lines))
+
+    def explanation(self, text: str) -> None:
+        """The study's own explanation of *why* (not computed from this run), labelled so."""
+        self.blocks.append(f"*The study's explanation (not a finding of this run):* {text}")
+
     def conclusions(self, templates: Sequence[str]) -> None:
         self.blocks.append("## Conclusions\n\n" + "\n".join(f"- {self.fmt(t)}" for t in templates))
 
@@ -222,5 +261,7 @@ class Report:
         parts += [f"> **Note:** {n}" for n in self.notes]
         parts += self.blocks
         path = self.out_dir / "report.md"
-        path.write_text("\n\n".join(parts) + "\n")
+        from mlcvlab.io import atomic_write_text
+
+        atomic_write_text(str(path), "\n\n".join(parts) + "\n")
         return path

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import sys
 from typing import Any, Dict, Optional
 
 import numpy as np
 
-from mlcvlab.io import atomic_pickle
+from mlcvlab.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint  # noqa: F401
 
 
 class Callback:
@@ -106,11 +105,13 @@ class EarlyStopping(Callback):
 
 
 class Checkpoint(Callback):
-    """Write ``checkpoint.pkl`` in ``directory`` after every ``every`` epochs, atomically:
-    model and optimizer state, history, epoch and the data loader's RNG state, so
-    :meth:`Trainer.resume` continues the same run."""
+    """Write ``checkpoint.npz`` in ``directory`` after every ``every`` epochs (see
+    :mod:`mlcvlab.train.checkpoint`: no pickle, SHA-256-checked, the previous one kept):
+    model, optimizer and schedule state, history, epoch, the data loader's and every
+    dropout generator's state, so :meth:`Trainer.load_checkpoint_state` continues the same
+    run bit for bit."""
 
-    FILENAME = "checkpoint.pkl"
+    FILENAME = FILENAME
 
     def __init__(self, directory: str, every: int = 1):
         if every < 1:
@@ -123,25 +124,4 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, trainer, record):
         if record["epoch"] % self.every == 0:
-            atomic_pickle(self.path, trainer.checkpoint_state())
-
-
-def load_checkpoint(directory: str) -> Dict[str, Any]:
-    """The state written by :class:`Checkpoint`, with a clear error when missing or corrupt."""
-    path = os.path.join(directory, Checkpoint.FILENAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist "
-                                "(train with a checkpoint first, or drop --resume)")
-    try:
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} is unreadable ({err}); it is corrupt — "
-                         "delete it and train again") from err
-    for key in ("model", "optimizer", "history", "epoch"):
-        if key not in state:
-            raise ValueError(f"checkpoint {path} has no '{key}' entry; "
-                             "it was not written by mlcvlab")
-    return state
-
-
+            save_checkpoint(self.directory, trainer.checkpoint_state())

@@ -1,0 +1,221 @@
+"""The statistics of the labs: repeated seeds, 95% intervals, and verdicts computed from them.
+
+A lab that compares two arms (with vs without dropout, SGD vs Adam, M = 2 vs M = 8) runs
+each arm over the same seeds, *paired by seed*: for one seed, every arm starts from the same
+initial weights and sees the same data order, so the difference between two arms on one
+seed is free of the seed-to-seed noise they share. This module turns those per-seed numbers
+into the only statements a report may make about them:
+
+* :func:`summarize` — an arm's mean with a 95% t-interval over seeds;
+* :func:`binomial_interval` — the Wilson interval of one error rate, where only one run exists;
+* :func:`compare` — the difference of two arms (paired by seed, or Welch's for unpaired
+  samples) with its 95% interval and a verdict: ``"a better"``, ``"b better"`` or
+  ``"not separable"`` (the interval contains 0, or fewer than 2 seeds give no interval);
+* :func:`compare_rates` — the same for two single error rates (two proportions);
+* :func:`sentence` — the report sentence of a comparison, its words taken from the verdict.
+
+A comparison is a plain dict (JSON as is) with the keys that ``results.json`` promises:
+``{"a", "b", "metric", "diff", "ci95": [lo, hi], "n_seeds", "verdict"}`` plus
+``a_mean``, ``b_mean`` and ``higher_is_better``. ``diff`` is always mean(a) - mean(b).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+VERDICTS = ("a better", "b better", "not separable")
+COMPARISON_KEYS = ("a", "b", "metric", "diff", "ci95", "n_seeds", "verdict")
+CONFIDENCE = 0.95
+
+
+def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided Student-t quantile for ``df`` degrees of freedom (2.776 for df = 4)."""
+    from scipy.stats import t
+
+    if df < 1:
+        raise ValueError(f"t_quantile: needs df >= 1, got {df}")
+    return float(t.ppf(0.5 + confidence / 2, df))
+
+
+def _values(name: str, values: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{name}: got no values (run at least one seed)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: values must be finite, got {arr.tolist()} (a run diverged? "
+                         "report it as diverged instead of averaging it)")
+    return arr
+
+
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Dict[str, Any]:
+    """Mean, sample standard deviation and t-interval of one arm's per-seed values.
+
+    With one value there is no interval: ``ci95`` is ``[None, None]``.
+    """
+    arr = _values("summarize", values)
+    n = int(arr.size)
+    mean = float(arr.mean())
+    if n < 2:
+        return {"mean": mean, "sd": None, "ci95": [None, None], "n": n, "values": arr.tolist()}
+    sd = float(arr.std(ddof=1))
+    half = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "n": n,
+            "values": arr.tolist()}
+
+
+def binomial_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> Dict[str, Any]:
+    """The Wilson score interval of a proportion (e.g. one test error rate: errors / images).
+
+    On 2,000 test images an error of 2 % has the interval [1.45 %, 2.76 %].
+    """
+    from scipy.stats import norm
+
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"binomial_interval: need 0 <= successes <= n and n >= 1, "
+                         f"got successes={successes}, n={n}")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return {"rate": p, "ci95": [max(0.0, centre - half), min(1.0, centre + half)], "n": n}
+
+
+def _verdict(lo: Optional[float], hi: Optional[float], higher_is_better: bool) -> str:
+    if lo is None or hi is None or (lo <= 0 <= hi):
+        return "not separable"
+    a_higher = lo > 0
+    return "a better" if a_higher == higher_is_better else "b better"
+
+
+def compare(a: str, a_values: Sequence[float], b: str, b_values: Sequence[float], metric: str,
+            higher_is_better: bool, paired: bool = True,
+            confidence: float = CONFIDENCE) -> Dict[str, Any]:
+    """Arm ``a`` against arm ``b`` on ``metric``: the mean difference a - b, its 95% interval
+    and the verdict.
+
+    paired=True: ``a_values[i]`` and ``b_values[i]`` come from the same seed (same initial
+    weights and data order); the interval is the t-interval of the per-seed differences.
+    paired=False: Welch's interval for two independent samples. Fewer than 2 seeds give no
+    interval and the verdict "not separable".
+    """
+    av, bv = _values(f"compare {a!r}", a_values), _values(f"compare {b!r}", b_values)
+    if paired and av.size != bv.size:
+        raise ValueError(f"compare({a!r}, {b!r}): paired arms need one value per seed each, got "
+                         f"{av.size} and {bv.size} (pass paired=False for independent samples)")
+    diff = float(av.mean() - bv.mean())
+    lo = hi = None
+    if paired and av.size >= 2:
+        d = av - bv
+        half = t_quantile(d.size - 1, confidence) * float(d.std(ddof=1)) / math.sqrt(d.size)
+        lo, hi = diff - half, diff + half
+    elif not paired and av.size >= 2 and bv.size >= 2:
+        va, vb = float(av.var(ddof=1)) / av.size, float(bv.var(ddof=1)) / bv.size
+        se = math.sqrt(va + vb)
+        if se == 0.0:
+            lo = hi = diff
+        else:   # Welch-Satterthwaite degrees of freedom
+            df = (va + vb) ** 2 / (va ** 2 / (av.size - 1) + vb ** 2 / (bv.size - 1))
+            from scipy.stats import t
+
+            half = float(t.ppf(0.5 + confidence / 2, df)) * se
+            lo, hi = diff - half, diff + half
+    n_seeds = int(min(av.size, bv.size))
+    return {"a": a, "b": b, "metric": metric, "diff": diff,
+            "ci95": [lo, hi], "n_seeds": n_seeds,
+            "verdict": _verdict(lo, hi, higher_is_better),
+            "a_mean": float(av.mean()), "b_mean": float(bv.mean()),
+            "higher_is_better": bool(higher_is_better), "paired": bool(paired)}
+
+
+def compare_rates(a: str, a_errors: int, a_n: int, b: str, b_errors: int, b_n: int,
+                  metric: str = "error rate", confidence: float = CONFIDENCE) -> Dict[str, Any]:
+    """Two single error rates (one run each, e.g. on one test set): the difference of two
+    proportions with Newcombe's hybrid Wilson interval (Newcombe 1998, method 10).
+    Lower is better. ``n_seeds`` is 1."""
+    ra, rb = binomial_interval(a_errors, a_n, confidence), binomial_interval(b_errors, b_n,
+                                                                            confidence)
+    pa, pb = ra["rate"], rb["rate"]
+    (la, ua), (lb, ub) = ra["ci95"], rb["ci95"]
+    diff = pa - pb
+    lo = diff - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
+    hi = diff + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+    return {"a": a, "b": b, "metric": metric, "diff": diff, "ci95": [lo, hi], "n_seeds": 1,
+            "verdict": _verdict(lo, hi, higher_is_better=False), "a_mean": pa, "b_mean": pb,
+            "higher_is_better": False, "paired": False}
+
+
+def check_comparison(c: Dict[str, Any], where: str = "comparison") -> None:
+    """Raise a ValueError naming what is missing or wrong in a comparison dict."""
+    missing = [k for k in COMPARISON_KEYS if k not in c]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing} (build it with mlcvlab.labs.stats."
+                         "compare)")
+    if c["verdict"] not in VERDICTS:
+        raise ValueError(f"{where}: verdict {c['verdict']!r} is not one of {VERDICTS}")
+    if not (isinstance(c["ci95"], (list, tuple)) and len(c["ci95"]) == 2):
+        raise ValueError(f"{where}: ci95 must be [lo, hi], got {c['ci95']!r}")
+
+
+def _num(x: Optional[float], digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}g}"
+
+
+def sentence(c: Dict[str, Any], digits: int = 3, unit: str = "") -> str:
+    """The report sentence of one comparison; every comparison in a report is written by this.
+
+    E.g. "dropout vs no dropout, test accuracy: 0.9812 vs 0.9795, difference +0.0017
+    (95% CI [-0.0008, +0.0042], 5 seeds): not separable."
+    """
+    check_comparison(c)
+    lo, hi = c["ci95"]
+    u = f" {unit}" if unit else ""
+    if lo is None:
+        interval = f"no interval from {c['n_seeds']} seed"
+    else:
+        interval = (f"95% CI [{lo:+.{digits}g}, {hi:+.{digits}g}]{u}, {c['n_seeds']} "
+                    f"seed{'s' if c['n_seeds'] != 1 else ''}")
+        if c.get("n_seeds") == 1 and not c.get("paired", True):
+            interval = f"95% CI [{lo:+.{digits}g}, {hi:+.{digits}g}]{u}, one run each"
+    if c["verdict"] == "a better":
+        words = f"{c['a']} is better"
+    elif c["verdict"] == "b better":
+        words = f"{c['b']} is better"
+    else:
+        words = "not separable"
+    a_mean, b_mean = c.get("a_mean"), c.get("b_mean")
+    means = (f"{_num(a_mean, digits + 1)} vs {_num(b_mean, digits + 1)}{u}, "
+             if a_mean is not None and b_mean is not None else "")
+    return (f"{c['a']} vs {c['b']}, {c['metric']}: {means}difference {c['diff']:+.{digits}g}{u} "
+            f"({interval}): {words}.")
+
+
+def seeds_of(config: Dict[str, Any]) -> List[int]:
+    """The seeds a lab runs: ``config["seeds"]`` (a count n gives base_seed .. base_seed+n-1,
+    a list is used as is), else the one ``config["seed"]``."""
+    base = int(config.get("seed", 0))
+    seeds = config.get("seeds")
+    if seeds is None:
+        return [base]
+    if isinstance(seeds, (list, tuple)):
+        out = [int(s) for s in seeds]
+    else:
+        if int(seeds) < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        out = [base + i for i in range(int(seeds))]
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds must be distinct, got {out}")
+    return out
+
+
+def over_seeds(run_arm: Callable[[int], Dict[str, float]], seeds: Sequence[int],
+               progress: Optional[Callable] = None, desc: str = "seeds") -> Dict[str, List[float]]:
+    """Run ``run_arm(seed) -> {metric: value}`` for each seed; {metric: [value per seed]}."""
+    it = progress(seeds, desc=desc, total=len(seeds)) if progress else seeds
+    out: Dict[str, List[float]] = {}
+    for s in it:
+        for k, v in run_arm(int(s)).items():
+            out.setdefault(k, []).append(float(v))
+    return out

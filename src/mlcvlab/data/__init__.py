@@ -10,11 +10,11 @@ transforms and the synthetic datasets of the labs.
 from . import synthetic, transforms
 from .datasets import (as_cifar_shape, load, load_or_substitute, resolve_dataset,
                        search_dirs)
-from .embedded import stratified_split
+from .embedded import stratified_split, train_val_split
 from .loader import DataLoader
 from .transforms import (BatchAugment, Compose, Cutout, Normalize, RandomCrop,
                          RandomHorizontalFlip)
 
 __all__ = ["load", "load_or_substitute", "resolve_dataset", "as_cifar_shape", "search_dirs",
-           "stratified_split", "DataLoader", "transforms", "synthetic", "RandomCrop",
+           "stratified_split", "train_val_split", "DataLoader", "transforms", "synthetic", "RandomCrop",
            "RandomHorizontalFlip", "Normalize", "Cutout", "BatchAugment", "Compose"]

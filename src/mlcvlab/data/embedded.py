@@ -66,6 +66,31 @@ def stratified_split(y: np.ndarray, test_fraction: float = TEST_FRACTION,
     return np.sort(by_class[~is_test]), np.sort(by_class[is_test])
 
 
+def train_val_split(X: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, seed: int = 0
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out a stratified, seeded validation split of the *training* data:
+    ``(X_train, y_train, X_val, y_val)``. Curves, early stopping and best-epoch selection use
+    the validation split; the test split is evaluated once, at the end.
+
+    For every class, round(val_fraction * n_c) samples go to validation (as in
+    :func:`stratified_split`); both parts keep a random order (no class-sorted slices).
+    """
+    y = np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"train_val_split: X has {len(X)} samples, y has {len(y)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"train_val_split: val_fraction must be in (0, 1), got {val_fraction} "
+                         "(e.g. --val-fraction 0.1)")
+    train_idx, val_idx = stratified_split(y, val_fraction, seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ValueError(f"train_val_split: val_fraction {val_fraction} of {len(y)} samples "
+                         f"leaves {len(train_idx)} for training and {len(val_idx)} for "
+                         "validation; choose a fraction that leaves both non-empty")
+    rng = np.random.default_rng([seed, 1])
+    train_idx, val_idx = rng.permutation(train_idx), rng.permutation(val_idx)
+    return X[train_idx], y[train_idx], X[val_idx], y[val_idx]
+
+
 def _check_split(name: str, split: str) -> None:
     if split not in ("train", "test"):
         raise ValueError(

@@ -21,27 +21,33 @@ def test_train_one_epoch_on_mnist10k_writes_run_folder(tmp_path):
     proc = _run("train", "--epochs", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "final test accuracy" in proc.stdout and "mnist10k" in proc.stdout
-    for name in ("history.json", "metrics.csv", "curves.png", "model.npz", "config.json"):
+    for name in ("history.json", "metrics.csv", "curves.png", "model.npz", "config.json",
+                 "results.json"):
         assert (out / name).exists(), name
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1]
-    assert ({"epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr", "batch_size"}
-            <= set(history[0]))
+    assert ({"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
+             "cpu_seconds", "lr", "batch_size"} <= set(history[0]))
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "mnist10k" and config["model"] == "nn4"
-    assert config["test_acc"] > 0.8          # one epoch of NN4 on real MNIST digits
+    # the validation curve comes from 10 % of the training split, held out; test once at the end
+    assert config["n_val"] == 800 and config["n_train"] == 7200 and config["n_test"] == 2000
+    assert config["status"] == "finished" and config["versions"]["numpy"] == np.__version__
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_accuracy"] > 0.8          # one epoch of NN4 on real MNIST digits
+    assert "test" not in json.dumps(history)       # no test number in the per-epoch curves
 
     proc = _run("eval", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert f"accuracy {config['test_acc']:.4f}" in proc.stdout
+    assert f"accuracy {results['test_accuracy']:.4f}" in proc.stdout
 
 
 def test_digits_reaches_95_percent(tmp_path, capsys):
     out = tmp_path / "digits"
     assert main(["train", "--dataset", "digits", "--epochs", "20", "--out", str(out),
                  "--quiet"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["test_acc"] >= 0.95
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_accuracy"] >= 0.95
 
 
 def test_resume_continues_the_same_run(tmp_path):
@@ -64,7 +70,7 @@ def test_summary_prints_table(capsys):
 
 def test_clear_errors(tmp_path, capsys):
     assert main(["train", "--batch-size", "0", "--out", str(tmp_path)]) == 1
-    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
+    assert "--batch-size must be an integer >= 1, got 0" in capsys.readouterr().err
     assert main(["train", "--dataset", "nope", "--out", str(tmp_path)]) == 1
     assert "nope" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 1

@@ -46,7 +46,9 @@ def blas_threads(args) -> int:
     loader's prefetch thread or other work were measured to slow small GEMMs up
     to 100x. Pass ``--threads 2`` for large CNNs on an idle machine.
     """
-    value = getattr(args, "threads", None) or os.environ.get("MLCVLAB_THREADS", "1")
+    value = getattr(args, "threads", None)
+    if value is None:
+        value = os.environ.get("MLCVLAB_THREADS", "1")
     try:
         n = int(value)
     except ValueError:
@@ -73,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
         if getattr(args, "debug", False):
             raise
         print(f"mlcvlab {args.command}: error: {err}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import zipfile
 from typing import Dict
 
 import numpy as np
@@ -71,8 +72,21 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     _atomic(path, lambda f: f.write(data))
 
 
+def write_npz(f, arrays: Dict[str, np.ndarray]) -> None:
+    """An ``.npz`` (readable by ``np.load``) of ``arrays`` into the binary file ``f``, byte for
+    byte the same for the same arrays: entries in the given order, a fixed timestamp (np.savez
+    stamps the current time, so two saves of one model differ)."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
+
+
 def atomic_save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    _atomic(path, lambda f: np.savez(f, **arrays))
+    """Write ``arrays`` as an ``.npz`` at ``path`` atomically and reproducibly (see write_npz)."""
+    _atomic(path, lambda f: write_npz(f, arrays))
 
 
 def atomic_writer(path: str, write) -> None:

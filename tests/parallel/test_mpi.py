@@ -44,3 +44,60 @@ def test_a_dying_rank_ends_the_job_non_zero(tmp_path, mode):
         pytest.fail(f"rank 1 died ({mode}) and the job was still running after 30 s")
     assert proc.returncode != 0
     assert not (tmp_path / "rank0.npz").exists()   # rank 0 never finished
+
+
+def _rank_pids(marker: str, rank: int):
+    """PIDs of the MPI rank ``rank`` of the job whose command line contains ``marker``."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if marker in cmd and "mlcvlab" in cmd and f"PMI_RANK={rank}".encode() in env:
+            pids.append(int(pid))
+    return pids
+
+
+def test_a_stopped_rank_ends_the_job_within_the_timeout_naming_it(tmp_path):
+    """One rank frozen with SIGSTOP: rank 0 gives up after --timeout, names rank 1, and the
+    job exits non-zero; the last checkpoint stays loadable."""
+    import signal
+    import time
+
+    if MPIEXEC is None:
+        pytest.fail("mpiexec is not on PATH: pip install mpich (the test extra installs it)")
+    out = tmp_path / "hung-run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "mlcvlab", "train",
+                             "--dist", "mpi", "--workers", "2", "--dataset", "digits",
+                             "--epochs", "400", "--timeout", "4", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        victims = _rank_pids(str(out), 1)
+        assert victims, "could not find rank 1"
+        stopped_at = time.monotonic()
+        for pid in victims:
+            os.kill(pid, signal.SIGSTOP)
+        _, err = proc.communicate(timeout=60)
+        waited = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _rank_pids(str(out), 1):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode != 0
+    assert waited < 4 + 30, f"the job took {waited:.0f} s to end"
+    assert "rank 1 never reached step" in err, err[-2000:]
+    from mlcvlab.train import load_checkpoint
+    assert load_checkpoint(str(out))["epoch"] >= 1

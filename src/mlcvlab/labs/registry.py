@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import pkgutil
 import time
 from dataclasses import dataclass, field
@@ -170,7 +171,10 @@ def coerce(text: str, like: Any, key: str = "value") -> Any:
         if isinstance(like, int):
             return int(text)
         if isinstance(like, float):
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError("the value must be a finite number")
+            return value
         if isinstance(like, (list, tuple)):
             parts = [p for p in text.strip("[]() ").split(",") if p.strip()]
             return [coerce(p.strip(), like[0] if like else "", key) for p in parts]

@@ -39,16 +39,17 @@ def make_communicator(dist: str, workers: int, timeout: Optional[float] = None) 
     raise ValueError(f"make_communicator: unknown dist {dist!r}; choose one of {DISTS}")
 
 
-def make_step_fn(dist: str, workers: int, model, seed: int = 0):
+def make_step_fn(dist: str, workers: int, model, seed: int = 0, timeout: Optional[float] = None):
     """A ``Trainer`` step_fn running K = ``workers`` synchronous data-parallel workers.
 
     The returned callable has ``is_root`` (False on MPI ranks other than 0, which
-    must not write files or print).
+    must not write files or print). timeout: seconds an MPI collective may wait for
+    the other ranks before the job is aborted with a message naming the missing rank.
     """
     if dist == "cuda":
         from mlcvlab.parallel.cuda import CudaDataParallelStep
         return CudaDataParallelStep(model, workers, seed=seed)
-    return DataParallelStep(model, make_communicator(dist, workers), seed=seed)
+    return DataParallelStep(model, make_communicator(dist, workers, timeout), seed=seed)
 
 
 def ring_allreduce_bandwidth(nbytes: float, seconds: float, workers: int) -> float:

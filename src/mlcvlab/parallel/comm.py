@@ -67,6 +67,17 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every worker reaches this point (nothing to wait for by default)."""
 
+    def allgather(self, rows: np.ndarray) -> np.ndarray:
+        """Every worker's row: ``rows`` (len(local_ranks), m) of this process in, (size, m) out,
+        row r from rank r. Used for small state (the workers' generator states), not hot paths."""
+        rows = np.asarray(rows)
+        if rows.shape[0] != len(self.local_ranks):
+            raise ValueError(f"{type(self).__name__}.allgather: expected one row per local "
+                             f"rank ({len(self.local_ranks)}), got {rows.shape[0]}")
+        if len(self.local_ranks) == self.size:
+            return rows.copy()
+        raise NotImplementedError(f"{type(self).__name__}.allgather: not available")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
 

@@ -124,6 +124,21 @@ class CudaDataParallelStep:
             self.G = self.cuda.device_array((self.size, self.flat.size), dtype=np.float32)
         self._momentum = None
 
+    def state_dict(self) -> dict:
+        """Every GPU worker's dropout generator states (see DataParallelStep.state_dict)."""
+        from mlcvlab.parallel.step import pack_generators
+        return {"workers": self.size,
+                "worker_rngs": np.stack([pack_generators(self._gens[r])
+                                         for r in range(self.size)])}
+
+    def load_state_dict(self, state: dict) -> None:
+        from mlcvlab.parallel.step import unpack_generators
+        if int(state["workers"]) != self.size:
+            raise ValueError(f"the checkpoint was written with {state['workers']} workers, this "
+                             f"run has {self.size}: resume with --workers {state['workers']}")
+        for r in range(self.size):
+            unpack_generators(np.asarray(state["worker_rngs"])[r], self._gens[r])
+
     # -------------------------------------------------------------- one worker
     def _view(self, w, param):
         sl = self._slice[id(param)]

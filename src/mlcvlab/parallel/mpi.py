@@ -22,7 +22,11 @@ rank that *raises* would otherwise finalize MPI while the others wait in a
 collective, a hang; :func:`abort_on_error` turns any exception into
 ``MPI.COMM_WORLD.Abort(1)`` so every rank exits non-zero. As a last resort
 ``timeout`` makes the all-reduce non-blocking (``Iallreduce`` polled with
-``Test``) and aborts the job if the other ranks do not arrive in time.
+``Test``) and aborts the job if the other ranks do not arrive in time. With a
+timeout, every rank also sends rank 0 a one-word "arrived at step s" message
+before each all-reduce, so when one rank hangs (stopped, swapping, deadlocked)
+rank 0's message names the ranks that never arrived. ``mlcvlab train`` passes
+``--timeout`` (default 300 s).
 """
 from __future__ import annotations
 
@@ -64,6 +68,32 @@ class MPICommunicator(Communicator):
         if timeout is not None and not timeout > 0:
             raise ValueError(f"MPICommunicator: timeout must be > 0 seconds or None, got {timeout}")
         self.timeout = timeout
+        self._step = 0
+        self._arrived = np.zeros(self.size, dtype=np.int64)
+        self._arrivals: list = []
+
+    ARRIVE_TAG = 7301
+
+    def _announce(self) -> None:
+        """Post this step's arrival messages (rank r -> rank 0) before a timed collective."""
+        self._step += 1
+        if self.rank == 0:
+            self._arrivals = [(r, self.comm.Irecv(self._arrived[r:r + 1], source=r,
+                                                  tag=self.ARRIVE_TAG))
+                              for r in range(1, self.size)]
+        else:
+            self._outgoing = np.array([self._step], dtype=np.int64)
+            self._arrivals = [(0, self.comm.Isend(self._outgoing, dest=0, tag=self.ARRIVE_TAG))]
+
+    def _missing(self) -> list:
+        """Ranks whose arrival message for this step has not come (rank 0's view)."""
+        return [r for r, req in self._arrivals if not req.Test()] if self.rank == 0 else []
+
+    def _timed(self, request, what: str) -> None:
+        self._wait(request, what)
+        for _, req in self._arrivals:    # complete: every rank reached the collective
+            req.Wait()
+        self._arrivals = []
 
     def allreduce_mean(self, buf: np.ndarray) -> None:
         buf = check_buffer("MPICommunicator.allreduce_mean", buf, 1)
@@ -72,8 +102,22 @@ class MPICommunicator(Communicator):
         if self.timeout is None:
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         else:
-            self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), "all-reduce")
+            self._announce()
+            self._timed(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM),
+                        "all-reduce")
         buf /= self.size
+
+    def allgather(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows)
+        if rows.shape[0] != 1:
+            raise ValueError(f"MPICommunicator.allgather: one row per rank, got {rows.shape[0]}")
+        out = np.empty((self.size,) + rows.shape[1:], dtype=rows.dtype)
+        if self.timeout is None:
+            self.comm.Allgather(rows, out)
+        else:
+            self._announce()
+            self._timed(self.comm.Iallgather(rows, out), "all-gather")
+        return out
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
         if not 0 <= root < self.size:
@@ -92,12 +136,24 @@ class MPICommunicator(Communicator):
 
     def _wait(self, request, what: str) -> None:
         deadline = time.monotonic() + self.timeout
+        pause = 1e-5
         while not request.Test():
             if time.monotonic() > deadline:
+                missing = self._missing()
+                if missing:
+                    who = (f"rank{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(map(str, missing))} never reached step {self._step}")
+                elif self.rank == 0:
+                    who = "every rank arrived but the transfer did not finish (a rank stopped?)"
+                else:
+                    who = "another rank did not arrive (rank 0 names it)"
                 print(f"mlcvlab (rank {self.rank}): {what} did not complete within "
-                      f"{self.timeout}s (another rank died?); aborting the job", file=sys.stderr)
+                      f"{self.timeout:g} s: {who} (stopped, hung or dead); aborting the job. The "
+                      "last checkpoint is intact: resume with 'mlcvlab train --resume DIR'",
+                      file=sys.stderr)
                 self.abort(1)
-            time.sleep(1e-5)
+            time.sleep(pause)
+            pause = min(pause * 2, 2e-4)    # poll ever less often, up to every 0.2 ms
 
 
 @contextlib.contextmanager

@@ -75,6 +75,32 @@ def module_grad_fn(loss) -> GradFn:
     return grad_fn
 
 
+def pack_generators(gens: List[np.random.Generator]) -> np.ndarray:
+    """The states of PCG64 generators as uint64 words (6 per generator), for one all-gather."""
+    words = []
+    for g in gens:
+        st = g.bit_generator.state
+        if st["bit_generator"] != "PCG64":
+            raise TypeError(f"worker generators must be PCG64, got {st['bit_generator']}")
+        mask = (1 << 64) - 1
+        s, inc = st["state"]["state"], st["state"]["inc"]
+        words += [s >> 64, s & mask, inc >> 64, inc & mask, st["has_uint32"], st["uinteger"]]
+    return np.array(words, dtype=np.uint64)
+
+
+def unpack_generators(words: np.ndarray, gens: List[np.random.Generator]) -> None:
+    """Set ``gens`` from :func:`pack_generators`'s words."""
+    w = [int(v) for v in np.asarray(words, dtype=np.uint64)]
+    if len(w) != 6 * len(gens):
+        raise ValueError(f"generator state has {len(w) // 6} generators, expected {len(gens)}: "
+                         "the checkpoint was written for another model")
+    for j, g in enumerate(gens):
+        s_hi, s_lo, i_hi, i_lo, has, uint = w[6 * j:6 * j + 6]
+        g.bit_generator.state = {"bit_generator": "PCG64",
+                                 "state": {"state": (s_hi << 64) | s_lo, "inc": (i_hi << 64) | i_lo},
+                                 "has_uint32": has, "uinteger": uint}
+
+
 class DataParallelStep:
     """Synchronous data-parallel step; also a ``Trainer`` ``step_fn``.
 
@@ -102,6 +128,22 @@ class DataParallelStep:
         width = self.flat.size + n_buf + 1     # gradient | BN running statistics | loss
         self.packed = np.zeros((len(comm.local_ranks), width), dtype=self.flat.dtype)
         self._sync_initial_state()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Every worker's dropout generator states, (K, 6 G) uint64, gathered from all ranks.
+        Under MPI every rank must call it (it is a collective); a resumed run then draws the
+        same masks as an uninterrupted one."""
+        local = np.stack([pack_generators(self._gens[r]) for r in self.comm.local_ranks])
+        return {"workers": self.size, "worker_rngs": self.comm.allgather(local)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["workers"]) != self.size:
+            raise ValueError(f"the checkpoint was written with {state['workers']} workers, this "
+                             f"run has {self.size}: resume with --workers {state['workers']}")
+        table = np.asarray(state["worker_rngs"])
+        for r in self.comm.local_ranks:
+            unpack_generators(table[r], self._gens[r])
 
     def _sync_initial_state(self) -> None:
         """Every rank starts from rank 0's parameters and buffers."""

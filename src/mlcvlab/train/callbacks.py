@@ -109,14 +109,15 @@ class Checkpoint(Callback):
     :mod:`mlcvlab.train.checkpoint`: no pickle, SHA-256-checked, the previous one kept):
     model, optimizer and schedule state, history, epoch, the data loader's and every
     dropout generator's state, so :meth:`Trainer.load_checkpoint_state` continues the same
-    run bit for bit."""
+    run bit for bit. Under MPI, give every rank the callback (the state is gathered from all
+    of them) with ``write=True`` on rank 0 only."""
 
     FILENAME = FILENAME
 
-    def __init__(self, directory: str, every: int = 1):
+    def __init__(self, directory: str, every: int = 1, write: bool = True):
         if every < 1:
             raise ValueError(f"Checkpoint: every must be >= 1, got {every}")
-        self.directory, self.every = directory, int(every)
+        self.directory, self.every, self.write = directory, int(every), bool(write)
 
     @property
     def path(self) -> str:
@@ -124,4 +125,6 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, trainer, record):
         if record["epoch"] % self.every == 0:
-            save_checkpoint(self.directory, trainer.checkpoint_state())
+            state = trainer.checkpoint_state()   # on every MPI rank: it gathers their state
+            if self.write:                       # only rank 0 writes it
+                save_checkpoint(self.directory, state)

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from mlcvlab.io import atomic_writer
+from mlcvlab.io import atomic_writer, write_npz
 
 FILENAME = "checkpoint.npz"
 PREVIOUS = "checkpoint.prev.npz"
@@ -46,7 +46,7 @@ def _encode(obj: Any, arrays: Dict[str, np.ndarray]) -> Any:
         if obj.dtype == object:
             raise TypeError("checkpoint: object arrays cannot be stored (they would need pickle)")
         key = f"a{len(arrays)}"
-        arrays[key] = np.ascontiguousarray(obj)
+        arrays[key] = np.array(obj, order="C", copy=True)   # keeps 0-d arrays 0-d
         return {"__array__": key}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj) and not any(k.startswith("__") for k in obj):
@@ -95,7 +95,7 @@ def _digest(state_json: bytes, arrays: Dict[str, np.ndarray]) -> str:
     for key in sorted(arrays):
         a = arrays[key]
         h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.asarray(a, order="C").tobytes())
     return h.hexdigest()
 
 
@@ -145,7 +145,7 @@ def read_state(path: str) -> Dict[str, Any]:
 def write_state(path: str, state: Dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (no pickle)."""
     entries = encode_state(state)
-    atomic_writer(path, lambda f: np.savez(f, **entries))
+    atomic_writer(path, lambda f: write_npz(f, entries))
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -158,10 +158,7 @@ def save_checkpoint(directory: str, state: Dict[str, Any]) -> str:
     entries = encode_state(state)
     tmp_path = path + ".new"
 
-    def write(f):
-        np.savez(f, **entries)
-
-    atomic_writer(tmp_path, write)
+    atomic_writer(tmp_path, lambda f: write_npz(f, entries))
     if os.path.exists(path):
         os.replace(path, prev)
     os.replace(tmp_path, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -21,8 +22,12 @@ SCHEDULES = ["none", "exponential", "cyclic"]
 DEFAULT_DATASET = "mnist10k"
 
 
+USES_MOMENTUM = ("momentum", "nesterov", "rmsprop-nesterov")
+
+
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
-    """An optimizer of ``mlcvlab.optim`` by its CLI name."""
+    """An optimizer of ``mlcvlab.optim`` by its CLI name. ``momentum`` is used by momentum,
+    nesterov and rmsprop-nesterov only; ``weight_decay`` is coupled L2, decoupled for adamw."""
     from mlcvlab import optim
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
@@ -43,16 +48,18 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mom
         return optim.AdaDelta(params, lr=lr, **wd)
     if name == "adam":
         return optim.Adam(params, lr=lr, **wd)
-    return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 0.01)
+    return optim.AdamW(params, lr=lr, **wd)
 
 
-def build_schedule(name: str, optimizer, steps_per_epoch: int, lr: float):
+def build_schedule(name: str, optimizer, steps_per_epoch: int, lr: float, epochs: int = 20):
+    """``exponential``: the lr falls 10x over the run's ``epochs``; ``cyclic``: triangular2
+    cycles of 4 epochs between lr/10 and lr."""
     from mlcvlab import optim
     if name == "none":
         return []
     if name == "exponential":
-        # lr decays by 10x over 20 epochs of batches
-        return [optim.ExponentialDecay(optimizer, gamma=0.1 ** (1.0 / (20 * steps_per_epoch)))]
+        steps = max(1, epochs * steps_per_epoch)
+        return [optim.ExponentialDecay(optimizer, gamma=0.1 ** (1.0 / steps))]
     if name == "cyclic":
         return [optim.CyclicLR(optimizer, base_lr=lr / 10, max_lr=lr, step_size=2 * steps_per_epoch,
                                mode="triangular2")]
@@ -84,25 +91,54 @@ def loss_for(model):
 
 
 # ---------------------------------------------------------------------------------- train
+# The settings that decide a run's trajectory: saved in config.json before the first step, and
+# the ones a resumed run must keep. `epochs` is the one a resume may change.
+RUN_DEFAULTS: Dict[str, Any] = {
+    "model": "nn4", "dataset": DEFAULT_DATASET, "epochs": 20, "batch_size": 64,
+    "optimizer": "sgd", "lr": None, "momentum": None, "weight_decay": None, "schedule": "none",
+    "workers": 1, "dist": "local", "seed": 0, "val_fraction": 0.1, "drop_last": "auto",
+}
+RESUME_MAY_CHANGE = ("epochs",)
+DEFAULT_TIMEOUT = 300.0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="nn4", help="nn4, mlp, lenet5, resnet20, ... (default nn4)")
+    # every run setting defaults to None here, so that a resume can tell a flag the user gave
+    # from a default; RUN_DEFAULTS fills in the rest
+    p.add_argument("--model", default=None, help="nn4, mlp, lenet5, resnet20, ... (default nn4)")
     p.add_argument("--dataset", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64, help="global batch, split across workers")
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs (default 20; with --resume, the run's own count)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch, split across workers (default 64)")
+    p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default sgd")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
-    p.add_argument("--momentum", type=float, default=0.9,
-                   help="for momentum/nesterov/rmsprop-nesterov")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--schedule", default="none", choices=SCHEDULES)
-    p.add_argument("--workers", type=int, default=1, help="data-parallel workers K")
-    p.add_argument("--dist", default="local", choices=["local", "mpi", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="for momentum/nesterov/rmsprop-nesterov (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 weight decay (default 0; 0.01 for adamw, decoupled)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="none (default), exponential (lr falls 10x over the run), cyclic")
+    p.add_argument("--workers", type=int, default=None, help="data-parallel workers K (default 1)")
+    p.add_argument("--dist", default=None, choices=["local", "mpi", "cuda"], help="default local")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the training data held out (stratified, seeded) for the "
+                        "validation curve; 0 for none (default 0.1). The test split is "
+                        "evaluated once, at the end")
+    p.add_argument("--drop-last", default=None, choices=["auto", "yes", "no"],
+                   help="drop an epoch's last, smaller batch: auto (default) drops it only when "
+                        "it cannot be trained (fewer samples than workers, or one sample per "
+                        "worker into batch norm) and says so")
+    p.add_argument("--out", default=None, help="run folder (default runs/latest)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run saved in DIR from its last checkpoint")
     p.add_argument("--data-root", default=None, help="folder with dataset files")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS threads per process (default $MLCVLAB_THREADS or 1)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds an MPI rank waits for the others before the job ends with a "
+                        f"message naming the missing rank (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -115,20 +151,158 @@ def _load_data(name: str, root):
             np.asarray(X_test, dtype=np.float32), np.asarray(y_test, dtype=np.int64))
 
 
-def _check_train_args(args) -> None:
-    if args.epochs < 0:
-        raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.batch_size % args.workers:
-        raise ValueError(f"--batch-size {args.batch_size} must be divisible by --workers "
-                         f"{args.workers} (the global batch is split evenly)")
+def _finite(name: str, value: float, low: float, high: float = math.inf,
+            low_open: bool = False, high_open: bool = True) -> None:
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
+        (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open or high == math.inf else "]"
+        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}, "
+                         f"got {value}")
+
+
+def check_run_config(config: Dict[str, Any]) -> None:
+    """Range-check every run setting, naming the flag, before any data is loaded."""
+    if config["model"] not in ("nn4", "mlp") and config["model"] not in _model_names():
+        raise ValueError(f"--model {config['model']!r} is not a model; choose one of "
+                         f"nn4, mlp, {', '.join(_model_names())}")
+    for flag, key, low in (("--epochs", "epochs", 0), ("--batch-size", "batch_size", 1),
+                           ("--workers", "workers", 1), ("--seed", "seed", 0)):
+        if not isinstance(config[key], int) or config[key] < low:
+            raise ValueError(f"{flag} must be an integer >= {low}, got {config[key]}")
+    _finite("--lr", config["lr"], 0.0, low_open=True)
+    if config["momentum"] is not None:
+        _finite("--momentum", config["momentum"], 0.0, 1.0)
+    _finite("--weight-decay", config["weight_decay"], 0.0)
+    _finite("--val-fraction", config["val_fraction"], 0.0, 1.0)
+    if config["batch_size"] % config["workers"]:
+        raise ValueError(f"--batch-size {config['batch_size']} must be divisible by --workers "
+                         f"{config['workers']} (the global batch is split evenly)")
+    if config["dist"] == "mpi" and config["workers"] < 2:
+        raise ValueError("--dist mpi needs --workers K >= 2 (and mpiexec -n K)")
+
+
+def _model_names():
+    from mlcvlab import models
+    return sorted(models.MODELS)
+
+
+def new_run_config(args) -> Dict[str, Any]:
+    """The run's config from the flags and RUN_DEFAULTS (optimizer-dependent defaults filled)."""
+    given = {k: getattr(args, k) for k in RUN_DEFAULTS if getattr(args, k) is not None}
+    config = dict(RUN_DEFAULTS, **given)
+    opt = config["optimizer"]
+    if config["lr"] is None:
+        config["lr"] = DEFAULT_LR[opt]
+    if opt in USES_MOMENTUM:
+        config["momentum"] = 0.9 if config["momentum"] is None else config["momentum"]
+    elif config["momentum"] is not None:
+        raise ValueError(f"--momentum is not used by --optimizer {opt}: use --optimizer momentum, "
+                         "nesterov or rmsprop-nesterov")
+    if config["weight_decay"] is None:
+        config["weight_decay"] = 0.01 if opt == "adamw" else 0.0
+    return config
+
+
+def read_run_config(folder: str) -> Dict[str, Any]:
+    """config.json of a run folder, with errors that name the file."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--resume {folder}: no such run folder")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {folder} is not a run folder written by "
+                                "'mlcvlab train' (or it was written by a version that saved "
+                                "config.json only at the end)")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); restore it or train again") from None
+    missing = [k for k in RUN_DEFAULTS if k not in config]
+    if not isinstance(config, dict) or missing:
+        raise ValueError(f"{path} lacks the settings {missing}: it was not written by this "
+                         "version of 'mlcvlab train'")
+    return config
+
+
+def resume_config(args) -> Dict[str, Any]:
+    """The saved config of ``--resume DIR``; a flag that would change the run is an error."""
+    folder = args.resume
+    config = read_run_config(folder)
+    if args.out is not None and os.path.abspath(args.out) != os.path.abspath(folder):
+        raise ValueError(f"--out {args.out} differs from --resume {folder}: a resumed run "
+                         "continues in its own folder (copy the folder first to branch off)")
+    conflicts = []
+    for key in RUN_DEFAULTS:
+        value = getattr(args, key)
+        if value is None or key in RESUME_MAY_CHANGE:
+            continue
+        saved = config[key]
+        same = (math.isclose(value, saved, rel_tol=0, abs_tol=0)
+                if isinstance(value, float) and isinstance(saved, (int, float)) else value == saved)
+        if not same:
+            conflicts.append(f"--{key.replace('_', '-')} {value} (the run has {saved})")
+    if conflicts:
+        raise ValueError(f"--resume {folder}: {'; '.join(conflicts)}. A resumed run keeps the "
+                         "settings in its config.json; drop the flag, or start a new run "
+                         "with --out")
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    return config
+
+
+def _versions() -> Dict[str, str]:
+    import platform
+
+    from mlcvlab import __version__
+    return {"mlcvlab": __version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _last_batch_plan(n: int, config: Dict[str, Any], model) -> bool:
+    """Whether to drop an epoch's last, smaller batch; raises when it cannot be trained and
+    --drop-last no was given (or when even full batches cannot be)."""
+    from mlcvlab import nn
+    b, k = config["batch_size"], config["workers"]
+    has_bn1d = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    if has_bn1d and b // k < 2:
+        raise ValueError(f"--batch-size {b} over {k} worker(s) gives {b // k} sample per worker: "
+                         "batch norm needs at least 2 samples per batch; use a larger batch")
+    rest = n % b
+    if config["drop_last"] == "yes" and n < b:
+        raise ValueError(f"--batch-size {b} with --drop-last yes leaves no batches of the {n} "
+                         "training samples; use a smaller --batch-size")
+    if rest == 0:
+        return False
+    trainable = rest >= k and not (has_bn1d and rest // k < 2)
+    if config["drop_last"] == "yes":
+        return True
+    if config["drop_last"] == "no" and not trainable:
+        raise ValueError(f"{n} training samples in batches of {b} leave a last batch of {rest}, "
+                         f"which {k} worker(s){' with batch norm' if has_bn1d else ''} cannot "
+                         "train on; use --drop-last auto or yes, or another --batch-size")
+    if n < b and not trainable:
+        raise ValueError(f"--batch-size {b} is larger than the {n} training samples, and one "
+                         f"batch of {n} cannot be trained; use a smaller --batch-size")
+    return config["drop_last"] == "auto" and not trainable
+
+
+def _probe_model(model, X: np.ndarray, config: Dict[str, Any]) -> None:
+    """One forward pass on two samples, so a model/dataset mismatch fails before training."""
+    model.eval()
+    try:
+        out = model(X[:2].astype(model.dtype, copy=False))
+    except (ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"--model {config['model']} cannot take the {config['dataset']} images "
+                         f"of shape {tuple(X.shape[1:])}: {err}") from None
+    finally:
+        model.train()
+    if out.shape[0] != 2:
+        raise ValueError(f"--model {config['model']} gave {out.shape[0]} outputs for 2 inputs")
 
 
 def run_train(args) -> int:
-    if getattr(args, "dist", "local") == "mpi" and not getattr(args, "_mpi_guarded", False):
+    if getattr(args, "dist", None) == "mpi" and not getattr(args, "_mpi_guarded", False):
         # under mpiexec an exception on one rank would leave the others waiting in a
         # collective: abort every rank (exit code 1) instead of hanging
         from mlcvlab.parallel.mpi import abort_on_error
@@ -136,82 +310,125 @@ def run_train(args) -> int:
         with abort_on_error():
             return run_train(args)
     from mlcvlab import backend
-    from mlcvlab.data import DataLoader
+    from mlcvlab.data import DataLoader, train_val_split
+    from mlcvlab.io import check_writable_dir, remove_orphan_temporaries
     from mlcvlab.train import Checkpoint, Trainer, array_batches, evaluate, load_checkpoint
+    from mlcvlab.train.checkpoint import checkpoint_paths
 
-    config: Dict[str, Any]
-    if args.resume:
-        with open(os.path.join(args.resume, "config.json")) as f:
-            config = json.load(f)
-        config["epochs"] = args.epochs if args.epochs is not None else config["epochs"]
-        out = args.resume
-    else:
-        _check_train_args(args)
-        config = {k: getattr(args, k) for k in ("model", "dataset", "epochs", "batch_size",
-                                                "optimizer", "lr", "momentum", "weight_decay",
-                                                "schedule", "workers", "dist", "seed")}
-        config["dataset"] = config["dataset"] or DEFAULT_DATASET
-        config["lr"] = config["lr"] if config["lr"] is not None else DEFAULT_LR[config["optimizer"]]
-        out = args.out
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    resuming = args.resume is not None
+    config = resume_config(args) if resuming else new_run_config(args)
+    check_run_config(config)
+    out = args.resume if resuming else (args.out or "runs/latest")
+    is_mpi_worker = config["dist"] == "mpi" and _mpi_rank() != 0
+    if not is_mpi_worker:
+        check_writable_dir(out, "run folder (--out)")
+        remove_orphan_temporaries(out)
+    log = (lambda *a: None) if args.quiet or is_mpi_worker else \
+        (lambda *a: print(*a, flush=True))
+
     backend.seed(config["seed"])
-    X_train, y_train, X_test, y_test = _load_data(config["dataset"], args.data_root)
-    n_classes = int(max(y_train.max(), y_test.max()) + 1)
+    X_all, y_all, X_test, y_test = _load_data(config["dataset"], args.data_root)
+    if config["val_fraction"] > 0:
+        X_train, y_train, X_val, y_val = train_val_split(X_all, y_all, config["val_fraction"],
+                                                         seed=config["seed"])
+    else:
+        X_train, y_train, X_val, y_val = X_all, y_all, None, None
+    n_classes = int(max(y_all.max(), y_test.max()) + 1)
     model = build_model(config["model"], X_train.shape[1:], n_classes, config["seed"])
+    _probe_model(model, X_train, config)
+    drop_last = _last_batch_plan(len(X_train), config, model)
     optimizer = build_optimizer(config["optimizer"], model.parameters(), config["lr"],
-                                config["weight_decay"], config["momentum"])
+                                config["weight_decay"], config["momentum"] or 0.0)
     loader = DataLoader(X_train, y_train, batch_size=config["batch_size"], shuffle=True,
-                        seed=config["seed"])
-    schedulers = build_schedule(config["schedule"], optimizer, len(loader), config["lr"])
+                        seed=config["seed"], drop_last=drop_last)
+    schedulers = build_schedule(config["schedule"], optimizer, len(loader), config["lr"],
+                                config["epochs"])
     step_fn = None
     if config["workers"] > 1 or config["dist"] != "local":
         from mlcvlab.parallel import make_step_fn
-        step_fn = make_step_fn(config["dist"], config["workers"], model, seed=config["seed"])
+        timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT
+        step_fn = make_step_fn(config["dist"], config["workers"], model, seed=config["seed"],
+                               timeout=timeout if config["dist"] == "mpi" else None)
     is_root = step_fn is None or getattr(step_fn, "is_root", True)
-    if not is_root:
-        log = lambda *a: None   # noqa: E731 - only rank 0 prints
-    callbacks = [Checkpoint(out)] if is_root else []
-    trainer = Trainer(model, loss_for(model), optimizer, schedulers=schedulers, callbacks=callbacks,
+    if is_root:
+        record = dict(config, status="running", n_train=len(X_train),
+                      n_val=0 if X_val is None else len(X_val), n_test=len(X_test),
+                      drop_last_batch=drop_last, threads=args.threads, versions=_versions())
+        atomic_write_text(os.path.join(out, "config.json"), json.dumps(record, indent=2))
+    trainer = Trainer(model, loss_for(model), optimizer, schedulers=schedulers,
+                      callbacks=[Checkpoint(out, write=is_root)],
                       progress=not args.quiet and is_root, step_fn=step_fn)
-    if args.resume:
-        trainer.load_checkpoint_state(load_checkpoint(args.resume))
-        trainer.restore_loader(loader)
-    remaining = config["epochs"] - trainer.epoch
-    log(f"training {config['model']} on {config['dataset']} ({len(X_train)} train / {len(X_test)} "
-        f"test) for {remaining} epochs with {config['optimizer']} lr={config['lr']}, "
-        f"batch {config['batch_size']}, {config['workers']} worker(s), seed {config['seed']}")
-    test_batches = list(array_batches(X_test, y_test))
-    start = time.perf_counter()
+    if resuming:
+        if checkpoint_paths(out) or os.path.exists(os.path.join(out, "checkpoint.npz.new")):
+            trainer.load_checkpoint_state(load_checkpoint(out))
+            trainer.restore_loader(loader)
+        else:
+            log(f"{out} has no checkpoint yet (the run stopped during its first epoch): "
+                "starting it from the beginning")
+    remaining = max(config["epochs"] - trainer.epoch, 0)
+    if drop_last and is_root:
+        log(f"note: the last batch of each epoch ({len(X_train) % config['batch_size']} "
+            f"samples) is dropped: it cannot be split over {config['workers']} worker(s) "
+            "or fed to batch norm (--drop-last)")
+    log(f"{'resuming' if resuming else 'training'} {config['model']} on {config['dataset']} "
+        f"({len(X_train)} train / {0 if X_val is None else len(X_val)} validation / "
+        f"{len(X_test)} test) for {remaining} epochs with {config['optimizer']} "
+        f"lr={config['lr']}, batch {config['batch_size']}, {config['workers']} worker(s), "
+        f"seed {config['seed']}")
+    val_batches = None if X_val is None else list(array_batches(X_val, y_val))
 
     class _Log:
         def __getattr__(self, name):
             return lambda *a, **k: None
 
         def on_epoch_end(self, tr, r):
-            log(f"epoch {r['epoch']:3d}  train_loss {r['train_loss']:.4f}"
-                f"  val_loss {r['val_loss']:.4f}"
-                f"  val_acc {r['val_acc']:.4f}  {r['seconds']:.2f}s")
+            val = "" if r["val_loss"] is None else \
+                f"  val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.4f}"
+            acc = "" if r.get("train_acc") is None else f"  train_acc {r['train_acc']:.4f}"
+            log(f"epoch {r['epoch']:3d}  train_loss {r['train_loss']:.4f}{acc}{val}"
+                f"  {r['seconds']:.2f}s ({r['cpu_seconds']:.2f} CPU s)")
+            tr.history.to_json(os.path.join(out, "history.json"))
 
     if is_root:
         trainer.callbacks.append(_Log())
-    history = trainer.fit(loader, max(remaining, 0), val_loader=test_batches)
-    seconds = time.perf_counter() - start
-    final = evaluate(model, loss_for(model), test_batches)
+    history = trainer.fit(loader, remaining, val_loader=val_batches)
+    final = evaluate(model, loss_for(model), array_batches(X_test, y_test))   # once, at the end
     if is_root:
-        _write_run(out, config, model, history, final, seconds)
+        _write_run(out, config, model, history, final)
+        seconds = sum(r["seconds"] for r in history)
         log(f"final test accuracy {final['acc']:.4f} (test loss {final['loss']:.4f}) after "
-            f"{seconds:.1f}s; run written to {out}")
+            f"{seconds:.1f}s of training; run written to {out}")
     return 0
 
 
-def _write_run(out: str, config, model, history, final, seconds) -> None:
-    os.makedirs(out, exist_ok=True)
+def _mpi_rank() -> int:
+    from mlcvlab.parallel.mpi import _mpi
+    return _mpi().COMM_WORLD.Get_rank()
+
+
+def _write_run(out: str, config, model, history, final) -> None:
+    """The finished run: history, curves, weights, and results.json (the test result, once)."""
     history.to_json(os.path.join(out, "history.json"))
     history.to_csv(os.path.join(out, "metrics.csv"))
     history.plot(os.path.join(out, "curves.png"), title=f"{config['model']} on {config['dataset']}")
     atomic_save_npz(os.path.join(out, "model.npz"), dict(model.state_dict()))
-    cfg = dict(config, test_acc=final["acc"], test_loss=final["loss"], train_seconds=seconds)
-    atomic_write_text(os.path.join(out, "config.json"), json.dumps(cfg, indent=2))
+    vals = [(r["val_acc"], r["epoch"]) for r in history if r.get("val_acc") is not None]
+    best_acc, best_epoch = max(vals, key=lambda t: (t[0], -t[1])) if vals else (None, None)
+    results = {"test_accuracy": final["acc"], "test_loss": final["loss"],
+               "epochs": len(history), "best_val_accuracy": best_acc,
+               "best_val_epoch": best_epoch,
+               "train_seconds": sum(r["seconds"] for r in history),
+               "train_cpu_seconds": sum(r.get("cpu_seconds") or 0.0 for r in history)}
+    atomic_write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2))
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        record = json.load(f)
+    record.update(epochs=config["epochs"], status="finished")
+    atomic_write_text(path, json.dumps(record, indent=2))
 
 
 # ---------------------------------------------------------------------------------- eval

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional
 
-from mlcvlab.io import atomic_write_text
+from mlcvlab.io import atomic_write_text, atomic_writer
 
 # the columns of DESIGN.md's history.json, in this order; extra keys follow
 CORE_KEYS = ["epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr", "batch_size"]
@@ -75,12 +75,16 @@ class History:
 
     def plot(self, path: str, title: str = "") -> None:
         """Loss (train and validation) and validation accuracy per epoch, as a PNG."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a bare Figure, not pyplot: saving it switches no backend, so a notebook's plt.show()
+        # keeps working after a run writes its curves
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         epochs = self.column("epoch")
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        fig = Figure(figsize=(10, 4))
+        ax1, ax2 = fig.subplots(1, 2)
+        for ax in (ax1, ax2):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax1.plot(epochs, self.column("train_loss"), marker="o", label="train")
         if any(v is not None for v in self.column("val_loss")):
             ax1.plot(epochs, self.column("val_loss"), marker="o", label="validation")
@@ -92,11 +96,9 @@ class History:
                 ax2.plot(epochs, self.column(key), marker="o", label=label)
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("accuracy")
-        ax2.legend()
+        if ax2.lines:
+            ax2.legend()
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        tmp = path + ".tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
+        atomic_writer(path, lambda f: fig.savefig(f, dpi=100, format="png"))

@@ -109,7 +109,10 @@ class Trainer:
         t1 = time.perf_counter()
         self.optimizer.step()
         t2 = time.perf_counter()
-        return value, {"compute_seconds": t1 - t0, "update_seconds": t2 - t1}
+        timings = {"compute_seconds": t1 - t0, "update_seconds": t2 - t1}
+        if self.classification:     # running train accuracy (as Keras reports it)
+            timings["correct"] = _correct(pred, yb)
+        return value, timings
 
     def _run_epoch(self, loader) -> Dict[str, Any]:
         self.model.train()
@@ -132,6 +135,8 @@ class Trainer:
         record = {"epoch": self.epoch, "train_loss": total / n,
                   "seconds": time.perf_counter() - start,
                   "cpu_seconds": time.process_time() - cpu_start}
+        correct = timings.pop("correct", None)
+        record["train_acc"] = correct / n if correct is not None else None
         record.update(timings)
         return record
 
@@ -184,7 +189,10 @@ class Trainer:
             "epoch": self.epoch,
             "loader": None,
             "module_rngs": [g.bit_generator.state for g in _module_generators(self.model)],
+            "step_fn": None,
         }
+        if self.step_fn is not None and hasattr(self.step_fn, "state_dict"):
+            state["step_fn"] = self.step_fn.state_dict()   # a collective under MPI
         loader = self.train_loader
         if loader is not None and hasattr(loader, "state_dict"):
             state["loader"] = loader.state_dict()
@@ -208,6 +216,16 @@ class Trainer:
                              f"{len(gens)}: it was written for a different model")
         for g, st in zip(gens, saved):
             g.bit_generator.state = st
+        step_state = state.get("step_fn")
+        if step_state is not None:
+            if self.step_fn is None or not hasattr(self.step_fn, "load_state_dict"):
+                raise ValueError(f"the checkpoint was written by a {step_state.get('workers')}-"
+                                 "worker data-parallel run; resume it with the same --workers "
+                                 "and --dist")
+            self.step_fn.load_state_dict(step_state)
+        elif self.step_fn is not None and hasattr(self.step_fn, "load_state_dict"):
+            raise ValueError("the checkpoint was written by a single-process run; resume it "
+                             "without --workers/--dist")
 
     def restore_loader(self, loader) -> None:
         st = getattr(self, "_loader_state", None)

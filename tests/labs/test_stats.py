@@ -108,3 +108,13 @@ def test_run_lab_checks_comparisons_and_defaults_to_standard(tmp_path):
                              show_progress=False)
     finally:
         registry._REGISTRY.pop("toy2")
+
+
+def test_t_quantiles_match_scipy():
+    from scipy.stats import t   # a reference in tests only: the core has no SciPy
+
+    for df in (1, 2, 3, 4, 5, 9, 29, 2.5, 7.3, 200):
+        for conf in (0.9, 0.95, 0.99):
+            assert stats.t_quantile(df, conf) == pytest.approx(t.ppf(0.5 + conf / 2, df),
+                                                               rel=1e-9)
+    assert stats.t_cdf(0.0, 3) == pytest.approx(0.5)

@@ -21,6 +21,7 @@ A comparison is a plain dict (JSON as is) with the keys that ``results.json`` pr
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -30,13 +31,65 @@ COMPARISON_KEYS = ("a", "b", "metric", "diff", "ci95", "n_seeds", "verdict")
 CONFIDENCE = 0.95
 
 
-def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
-    """The two-sided Student-t quantile for ``df`` degrees of freedom (2.776 for df = 4)."""
-    from scipy.stats import t
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (Lentz's method)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)),
+                   -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
 
-    if df < 1:
-        raise ValueError(f"t_quantile: needs df >= 1, got {df}")
-    return float(t.ppf(0.5 + confidence / 2, df))
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` (possibly fractional) degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
+    """The two-sided Student-t quantile for ``df`` degrees of freedom (2.776 for df = 4,
+    95 %), by bisection on :func:`t_cdf` (no SciPy in the core)."""
+    if not df > 0:
+        raise ValueError(f"t_quantile: needs df > 0, got {df}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"t_quantile: confidence must be in (0, 1), got {confidence}")
+    target = 0.5 + confidence / 2
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < target:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
 
 
 def _values(name: str, values: Sequence[float]) -> np.ndarray:
@@ -70,12 +123,10 @@ def binomial_interval(successes: int, n: int, confidence: float = CONFIDENCE) ->
 
     On 2,000 test images an error of 2 % has the interval [1.45 %, 2.76 %].
     """
-    from scipy.stats import norm
-
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"binomial_interval: need 0 <= successes <= n and n >= 1, "
                          f"got successes={successes}, n={n}")
-    z = float(norm.ppf(0.5 + confidence / 2))
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -118,9 +169,7 @@ def compare(a: str, a_values: Sequence[float], b: str, b_values: Sequence[float]
             lo = hi = diff
         else:   # Welch-Satterthwaite degrees of freedom
             df = (va + vb) ** 2 / (va ** 2 / (av.size - 1) + vb ** 2 / (bv.size - 1))
-            from scipy.stats import t
-
-            half = float(t.ppf(0.5 + confidence / 2, df)) * se
+            half = t_quantile(df, confidence) * se
             lo, hi = diff - half, diff + half
     n_seeds = int(min(av.size, bv.size))
     return {"a": a, "b": b, "metric": metric, "diff": diff,

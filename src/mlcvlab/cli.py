@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlcvlab",
         description="Deep learning from scratch on NumPy, and labs of the classic studies.",
     )
+    from mlcvlab import __version__
+    parser.add_argument("--version", action="version", version=f"mlcvlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMANDS:
         try:

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                        help="random seed (default: the preset's, else 0)")
     p_run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable), read as the preset value's type")
-    p_run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_run.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                       help="no progress bars (bars are drawn only on a terminal or in Jupyter)")
     p_run.add_argument("--threads", type=int, default=None,
                        help="BLAS threads (default $MLCVLAB_THREADS or 1)")
     p_run.set_defaults(func=cmd_run)

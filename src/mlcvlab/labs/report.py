@@ -106,8 +106,10 @@ def write_config(out_dir, config: Dict[str, Any], workers: Optional[int] = None,
 def progress_factory(enabled: bool = True) -> Callable:
     """A ``progress(iterable, desc="", total=None)`` wrapper: a tqdm bar, or the bare iterable."""
 
+    from mlcvlab.train.callbacks import interactive
+
     def progress(iterable: Iterable, desc: str = "", total: Optional[int] = None):
-        if not enabled:
+        if not enabled or not interactive():     # no \r bars in logs and pipes
             return iterable
         from tqdm.auto import tqdm
 

@@ -23,28 +23,57 @@ class Callback:
     def on_train_end(self, trainer) -> None: ...
 
 
-class ProgressBar(Callback):
-    """A tqdm bar per epoch with the running loss (shown only on a terminal unless forced)."""
+def interactive() -> bool:
+    """Whether a progress bar can be drawn: a terminal on stderr, or a Jupyter kernel."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
-    def __init__(self, force: bool = False):
-        self.enabled = force or sys.stderr.isatty()
+
+class ProgressBar(Callback):
+    """Progress of each epoch: a live bar (``tqdm.auto``: a widget in Jupyter, text in a
+    terminal) when :func:`interactive`, else one plain line per epoch, so a piped, ``nohup``
+    or ``!mlcvlab`` run shows its progress without ``\\r`` bars in the log.
+
+    plain_lines=False leaves the per-epoch lines to the caller (the ``mlcvlab`` command
+    prints its own); force=True always draws the bar.
+    """
+
+    def __init__(self, force: bool = False, plain_lines: bool = True):
+        self.enabled = force or interactive()
+        self.plain_lines = plain_lines
         self._bar = None
 
     def on_epoch_begin(self, trainer, epoch):
         if self.enabled:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
             self._bar = tqdm(total=trainer.batches_per_epoch, desc=f"epoch {epoch}", leave=False,
                              unit="batch", file=sys.stderr)
 
     def on_batch_end(self, trainer, batch, loss):
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(loss=f"{loss:.4f}")
+            if batch % 10 == 0:
+                self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def on_epoch_end(self, trainer, record):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self.plain_lines and (not self.enabled or "ipykernel" in sys.modules):
+            print(format_record(record), flush=True)   # the bar vanishes; a line stays
+
+
+def format_record(r: Dict[str, Any]) -> str:
+    """One line for an epoch's record: losses, accuracies, wall and CPU seconds."""
+    parts = [f"epoch {r['epoch']:3d}", f"train_loss {r['train_loss']:.4f}"]
+    if r.get("train_acc") is not None:
+        parts.append(f"train_acc {r['train_acc']:.4f}")
+    if r.get("val_loss") is not None:
+        parts.append(f"val_loss {r['val_loss']:.4f}")
+    if r.get("val_acc") is not None:
+        parts.append(f"val_acc {r['val_acc']:.4f}")
+    cpu = f" ({r['cpu_seconds']:.2f} CPU s)" if r.get("cpu_seconds") is not None else ""
+    parts.append(f"{r['seconds']:.2f}s{cpu}")
+    return "  ".join(parts)
 
 
 class NaNGuard(Callback):

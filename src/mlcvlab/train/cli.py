@@ -105,21 +105,27 @@ DEFAULT_TIMEOUT = 300.0
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     # every run setting defaults to None here, so that a resume can tell a flag the user gave
     # from a default; RUN_DEFAULTS fills in the rest
-    p.add_argument("--model", default=None, help="nn4, mlp, lenet5, resnet20, ... (default nn4)")
-    p.add_argument("--dataset", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
+    p.add_argument("--model", default=None,
+                   help=f"one of {', '.join(_model_names())} (default nn4)")
+    p.add_argument("--dataset", default=None,
+                   help=f"digits, mnist10k, fashion10k (embedded), mnist, fashion_mnist, cifar10 "
+                        f"(from --data-root or $MLCVLAB_DATA) (default {DEFAULT_DATASET})")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs (default 20; with --resume, the run's own count)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch, split across workers (default 64)")
     p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default sgd")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default per optimizer: " +
+                        ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--momentum", type=float, default=None,
                    help="for momentum/nesterov/rmsprop-nesterov (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="L2 weight decay (default 0; 0.01 for adamw, decoupled)")
     p.add_argument("--schedule", default=None, choices=SCHEDULES,
                    help="none (default), exponential (lr falls 10x over the run), cyclic")
-    p.add_argument("--workers", type=int, default=None, help="data-parallel workers K (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-parallel workers K (default 1; under --dist mpi, the ranks)")
     p.add_argument("--dist", default=None, choices=["local", "mpi", "cuda"], help="default local")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--val-fraction", type=float, default=None,
@@ -313,6 +319,7 @@ def run_train(args) -> int:
     from mlcvlab.data import DataLoader, train_val_split
     from mlcvlab.io import check_writable_dir, remove_orphan_temporaries
     from mlcvlab.train import Checkpoint, Trainer, array_batches, evaluate, load_checkpoint
+    from mlcvlab.train.callbacks import ProgressBar, format_record
     from mlcvlab.train.checkpoint import checkpoint_paths
 
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
@@ -320,6 +327,8 @@ def run_train(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     resuming = args.resume is not None
+    if not resuming and args.dist == "mpi" and args.workers is None:
+        args.workers = _mpi_size()        # mpiexec -n K mlcvlab train --dist mpi
     config = resume_config(args) if resuming else new_run_config(args)
     check_run_config(config)
     out = args.resume if resuming else (args.out or "runs/latest")
@@ -359,9 +368,11 @@ def run_train(args) -> int:
                       n_val=0 if X_val is None else len(X_val), n_test=len(X_test),
                       drop_last_batch=drop_last, threads=args.threads, versions=_versions())
         atomic_write_text(os.path.join(out, "config.json"), json.dumps(record, indent=2))
+    callbacks = [Checkpoint(out, write=is_root)]
+    if is_root and not args.quiet:      # a live bar where one can be drawn; _Log prints lines
+        callbacks.append(ProgressBar(plain_lines=False))
     trainer = Trainer(model, loss_for(model), optimizer, schedulers=schedulers,
-                      callbacks=[Checkpoint(out, write=is_root)],
-                      progress=not args.quiet and is_root, step_fn=step_fn)
+                      callbacks=callbacks, step_fn=step_fn)
     if resuming:
         if checkpoint_paths(out) or os.path.exists(os.path.join(out, "checkpoint.npz.new")):
             trainer.load_checkpoint_state(load_checkpoint(out))
@@ -386,11 +397,7 @@ def run_train(args) -> int:
             return lambda *a, **k: None
 
         def on_epoch_end(self, tr, r):
-            val = "" if r["val_loss"] is None else \
-                f"  val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.4f}"
-            acc = "" if r.get("train_acc") is None else f"  train_acc {r['train_acc']:.4f}"
-            log(f"epoch {r['epoch']:3d}  train_loss {r['train_loss']:.4f}{acc}{val}"
-                f"  {r['seconds']:.2f}s ({r['cpu_seconds']:.2f} CPU s)")
+            log(format_record(r))
             tr.history.to_json(os.path.join(out, "history.json"))
 
     if is_root:
@@ -408,6 +415,11 @@ def run_train(args) -> int:
 def _mpi_rank() -> int:
     from mlcvlab.parallel.mpi import _mpi
     return _mpi().COMM_WORLD.Get_rank()
+
+
+def _mpi_size() -> int:
+    from mlcvlab.parallel.mpi import _mpi
+    return _mpi().COMM_WORLD.Get_size()
 
 
 def _write_run(out: str, config, model, history, final) -> None:
@@ -433,21 +445,84 @@ def _write_run(out: str, config, model, history, final) -> None:
 
 # ---------------------------------------------------------------------------------- eval
 def run_eval(args) -> int:
+    """Evaluate a run's model on a split: accuracy, loss, per-class accuracy and the confusion
+    matrix (printed, and written as CSV and PNG next to the run)."""
+    from mlcvlab.data import train_val_split
     from mlcvlab.train import array_batches, evaluate
     cfg_path = os.path.join(args.run, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path} not found: pass a folder written by 'mlcvlab train'")
-    with open(cfg_path) as f:
-        config = json.load(f)
+    config = read_run_config(args.run)
     dataset = args.dataset or config["dataset"]
-    _, y_train, X_test, y_test = _load_data(dataset, args.data_root)
-    n_classes = int(max(y_train.max(), y_test.max()) + 1)
-    model = build_model(config["model"], X_test.shape[1:], n_classes, config["seed"])
+    if dataset != config["dataset"]:
+        print(f"warning: the model was trained on {config['dataset']}; evaluating it on "
+              f"{dataset}, a different dataset: its accuracy says little about either",
+              file=sys.stderr)
+    X_all, y_all, X_test, y_test = _load_data(dataset, args.data_root)
+    if args.split == "test":
+        X, y = X_test, y_test
+    else:
+        frac = config.get("val_fraction") or 0.0
+        if args.split == "val" and frac <= 0:
+            raise ValueError(f"--split val: the run held out no validation split "
+                             f"(--val-fraction {frac})")
+        if frac > 0:
+            Xt, yt, Xv, yv = train_val_split(X_all, y_all, frac, seed=config["seed"])
+        else:
+            Xt, yt, Xv, yv = X_all, y_all, None, None
+        X, y = (Xt, yt) if args.split == "train" else (Xv, yv)
+    n_classes = int(max(y_all.max(), y_test.max()) + 1)
+    model = build_model(config["model"], X.shape[1:], n_classes, config["seed"])
     model.load_state_dict(load_npz(os.path.join(args.run, "model.npz")))
-    metrics = evaluate(model, loss_for(model), array_batches(X_test, y_test))
-    print(f"{config['model']} on {dataset} test: accuracy {metrics['acc']:.4f}, "
-          f"loss {metrics['loss']:.4f}")
+    loss = loss_for(model)
+    metrics = evaluate(model, loss, array_batches(X, y))
+    print(f"{config['model']} on {dataset} ({args.split}, {len(y)} images): accuracy "
+          f"{metrics['acc']:.4f}, loss {metrics['loss']:.4f}")
+    preds = _predict_classes(model, X)
+    if preds is not None:
+        _confusion_report(args.run, dataset, args.split, y, preds, n_classes)
     return 0
+
+
+def _predict_classes(model, X: np.ndarray):
+    model.eval()
+    out = []
+    for i in range(0, len(X), 1024):
+        p = model(X[i:i + 1024].astype(model.dtype, copy=False))
+        if p.ndim != 2 or p.shape[1] < 2:
+            return None
+        out.append(p.argmax(axis=1))
+    return np.concatenate(out)
+
+
+def _confusion_report(folder: str, dataset: str, split: str, y: np.ndarray, pred: np.ndarray,
+                      n_classes: int) -> None:
+    """Per-class accuracy (printed) and the confusion matrix (CSV and PNG in the run folder)."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    print("class  images  accuracy")
+    for c in range(n_classes):
+        total = cm[c].sum()
+        acc = cm[c, c] / total if total else float("nan")
+        print(f"{c:5d}  {total:6d}  {acc:8.4f}")
+    stem = os.path.join(folder, f"confusion_{dataset}_{split}")
+    rows = ["true\\predicted," + ",".join(str(c) for c in range(n_classes))]
+    rows += [f"{c}," + ",".join(str(v) for v in cm[c]) for c in range(n_classes)]
+    atomic_write_text(stem + ".csv", "\n".join(rows) + "\n")
+    from matplotlib.figure import Figure
+
+    from mlcvlab.io import atomic_writer
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, label="images")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_xticks(range(n_classes))
+    ax.set_yticks(range(n_classes))
+    ax.set_title(f"confusion matrix: {dataset} {split} ({len(y)} images)")
+    atomic_writer(stem + ".png", lambda f: fig.savefig(f, dpi=100, format="png"))
+    print(f"confusion matrix written to {stem}.csv and {stem}.png")
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -470,7 +545,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a trained run folder on the test split")
     p.add_argument("run", help="run folder written by 'mlcvlab train'")
-    p.add_argument("--dataset", default=None)
+    p.add_argument("--dataset", default=None, help="default: the run's own dataset")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="which split to evaluate (default test; val and train are the run's "
+                        "own held-out and training parts)")
     p.add_argument("--data-root", default=None)
     p.set_defaults(func=run_eval)
 

@@ -47,6 +47,31 @@ class History:
     def __iter__(self):
         return iter(self.records)
 
+    def __repr__(self) -> str:
+        if not self.records:
+            return "History(0 epochs)"
+        last = self.records[-1]
+        shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("train_loss", "train_acc", "val_loss",
+                                                           "val_acc")
+                          if isinstance(last.get(k), (int, float)))
+        return f"History({len(self)} epochs; last: {shown})"
+
+    def table(self, keys: Optional[List[str]] = None) -> str:
+        """A plain-text table of the records (numbers to 4 significant digits), e.g. to print
+        in a notebook; ``keys`` defaults to the losses and accuracies."""
+        keys = keys or [k for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                                    "seconds", "cpu_seconds", "lr")
+                        if any(r.get(k) is not None for r in self.records)]
+        cells = [[("" if r.get(k) is None else f"{r[k]:.4g}" if isinstance(r.get(k), float)
+                   else str(r[k])) for k in keys] for r in self.records]
+        widths = [max([len(k)] + [len(c[i]) for c in cells]) for i, k in enumerate(keys)]
+        lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:      # Jupyter shows the table
+        return "<pre>" + repr(self) + "\n\n" + self.table() + "</pre>"
+
     def column(self, key: str) -> List[Any]:
         return [r.get(key) for r in self.records]
 
@@ -73,32 +98,48 @@ class History:
             writer.writerow(r)
         atomic_write_text(path, buf.getvalue())
 
-    def plot(self, path: str, title: str = "") -> None:
-        """Loss (train and validation) and validation accuracy per epoch, as a PNG."""
-        # a bare Figure, not pyplot: saving it switches no backend, so a notebook's plt.show()
-        # keeps working after a run writes its curves
+    def plot(self, path: Optional[str] = None, title: str = "", ax=None):
+        """Loss (train and validation) and accuracy (train and validation) per epoch.
+
+        Returns the matplotlib Figure. With ``path``, also writes it as a PNG (atomically).
+        With ``ax`` (a pair of Axes, or one Axes for the loss alone), draws there. It never
+        changes matplotlib's backend: a notebook's ``plt.show()`` keeps working, and a
+        returned Figure displays itself in Jupyter.
+        """
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
 
+        if ax is None:
+            fig = Figure(figsize=(10, 4))
+            ax1, ax2 = fig.subplots(1, 2)
+        elif isinstance(ax, (list, tuple)):
+            ax1, ax2 = ax
+            fig = ax1.figure
+        else:
+            ax1, ax2, fig = ax, None, ax.figure
         epochs = self.column("epoch")
-        fig = Figure(figsize=(10, 4))
-        ax1, ax2 = fig.subplots(1, 2)
-        for ax in (ax1, ax2):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for a in (ax1, ax2):
+            if a is not None:
+                a.xaxis.set_major_locator(MaxNLocator(integer=True))
+                a.set_xlabel("epoch")
         ax1.plot(epochs, self.column("train_loss"), marker="o", label="train")
         if any(v is not None for v in self.column("val_loss")):
             ax1.plot(epochs, self.column("val_loss"), marker="o", label="validation")
-        ax1.set_xlabel("epoch")
         ax1.set_ylabel("loss")
+        ax1.set_title("loss per epoch")
         ax1.legend()
-        for key, label in (("train_acc", "train"), ("val_acc", "validation")):
-            if any(v is not None for v in self.column(key)):
-                ax2.plot(epochs, self.column(key), marker="o", label=label)
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("accuracy")
-        if ax2.lines:
-            ax2.legend()
+        if ax2 is not None:
+            for key, label in (("train_acc", "train"), ("val_acc", "validation")):
+                if any(v is not None for v in self.column(key)):
+                    ax2.plot(epochs, self.column(key), marker="o", label=label)
+            ax2.set_ylabel("accuracy (fraction correct)")
+            ax2.set_title("accuracy per epoch")
+            if ax2.lines:
+                ax2.legend()
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
-        atomic_writer(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+        if ax is None:
+            fig.tight_layout()
+        if path is not None:
+            atomic_writer(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+        return fig

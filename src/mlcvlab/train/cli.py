@@ -136,7 +136,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="drop an epoch's last, smaller batch: auto (default) drops it only when "
                         "it cannot be trained (fewer samples than workers, or one sample per "
                         "worker into batch norm) and says so")
-    p.add_argument("--out", default=None, help="run folder (default runs/latest)")
+    p.add_argument("--out", default=None,
+                   help="run folder (default runs/<date>-<time>-<model>-<dataset>, with the "
+                        "link runs/latest pointing at the newest)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run saved in DIR from its last checkpoint")
     p.add_argument("--data-root", default=None, help="folder with dataset files")
@@ -331,7 +333,7 @@ def run_train(args) -> int:
         args.workers = _mpi_size()        # mpiexec -n K mlcvlab train --dist mpi
     config = resume_config(args) if resuming else new_run_config(args)
     check_run_config(config)
-    out = args.resume if resuming else (args.out or "runs/latest")
+    out = args.resume if resuming else (args.out or _new_run_folder(config))
     is_mpi_worker = config["dist"] == "mpi" and _mpi_rank() != 0
     if not is_mpi_worker:
         check_writable_dir(out, "run folder (--out)")
@@ -368,6 +370,8 @@ def run_train(args) -> int:
                       n_val=0 if X_val is None else len(X_val), n_test=len(X_test),
                       drop_last_batch=drop_last, threads=args.threads, versions=_versions())
         atomic_write_text(os.path.join(out, "config.json"), json.dumps(record, indent=2))
+        if args.out is None and not resuming:
+            _point_latest(out)
     callbacks = [Checkpoint(out, write=is_root)]
     if is_root and not args.quiet:      # a live bar where one can be drawn; _Log prints lines
         callbacks.append(ProgressBar(plain_lines=False))
@@ -410,6 +414,38 @@ def run_train(args) -> int:
         log(f"final test accuracy {final['acc']:.4f} (test loss {final['loss']:.4f}) after "
             f"{seconds:.1f}s of training; run written to {out}")
     return 0
+
+
+def _new_run_folder(config: Dict[str, Any], root: str = "runs") -> str:
+    """runs/<YYYYmmdd-HHMMSS>-<model>-<dataset> (a suffix if taken): a second run never
+    overwrites the first. Under MPI every rank computes the same name from rank 0's clock."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if config["dist"] == "mpi":
+        from mlcvlab.parallel.mpi import _mpi
+        stamp = _mpi().COMM_WORLD.bcast(stamp, root=0)
+    base = os.path.join(root, f"{stamp}-{config['model']}-{config['dataset']}")
+    path, i = base, 1
+    while os.path.exists(path):
+        i += 1
+        path = f"{base}-{i}"
+    return path
+
+
+def _point_latest(out: str, root: str = "runs") -> None:
+    """Make ``runs/latest`` a link to the newest run folder (atomically); an old real
+    ``runs/latest`` folder is left alone."""
+    latest = os.path.join(root, "latest")
+    if os.path.abspath(os.path.dirname(os.path.abspath(out))) != os.path.abspath(root):
+        return
+    if os.path.exists(latest) and not os.path.islink(latest):
+        return
+    tmp = os.path.join(root, f".tmp-{os.getpid()}-latest")
+    try:
+        os.symlink(os.path.basename(os.path.abspath(out)), tmp)
+        os.replace(tmp, latest)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def _mpi_rank() -> int:

@@ -118,3 +118,16 @@ def test_t_quantiles_match_scipy():
             assert stats.t_quantile(df, conf) == pytest.approx(t.ppf(0.5 + conf / 2, df),
                                                                rel=1e-9)
     assert stats.t_cdf(0.0, 3) == pytest.approx(0.5)
+
+
+def test_zero_spread_from_few_seeds_is_not_evidence_and_replicates_are_named():
+    c = stats.compare("cnn", [0.9, 0.8], "mlp", [0.8667, 0.7667], "acc", True)
+    assert c["verdict"] == "not separable" and "zero-width" in c["note"]
+    assert "zero-width" in stats.sentence(c)
+    many = stats.compare("a", [1.0] * 6, "b", [0.5] * 6, "acc", True)
+    assert many["verdict"] == "a better"          # six identical seeds: deterministic enough
+    r = stats.compare("K=2", [1.0, 1.2, 1.1], "K=1", [1.5, 1.6, 1.4], "CPU s", False,
+                      replicate="repeat")
+    assert "3 repeats" in stats.sentence(r)
+    runs = stats.compare_rates("relu", 92, 100, "leaky", 58, 100, "collapse", replicate="run")
+    assert runs["n_seeds"] == 100 and "100 runs" in stats.sentence(runs)

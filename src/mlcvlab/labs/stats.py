@@ -29,6 +29,7 @@ import numpy as np
 VERDICTS = ("a better", "b better", "not separable")
 COMPARISON_KEYS = ("a", "b", "metric", "diff", "ci95", "n_seeds", "verdict")
 CONFIDENCE = 0.95
+MIN_SEEDS_ZERO_SPREAD = 5   # below this, identical per-seed differences give no verdict
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -142,15 +143,19 @@ def _verdict(lo: Optional[float], hi: Optional[float], higher_is_better: bool) -
 
 
 def compare(a: str, a_values: Sequence[float], b: str, b_values: Sequence[float], metric: str,
-            higher_is_better: bool, paired: bool = True,
-            confidence: float = CONFIDENCE) -> Dict[str, Any]:
+            higher_is_better: bool, paired: bool = True, confidence: float = CONFIDENCE,
+            replicate: str = "seed") -> Dict[str, Any]:
     """Arm ``a`` against arm ``b`` on ``metric``: the mean difference a - b, its 95% interval
     and the verdict.
 
     paired=True: ``a_values[i]`` and ``b_values[i]`` come from the same seed (same initial
     weights and data order); the interval is the t-interval of the per-seed differences.
     paired=False: Welch's interval for two independent samples. Fewer than 2 seeds give no
-    interval and the verdict "not separable".
+    interval and the verdict "not separable". When every seed gives exactly the same
+    difference, the t-interval has zero width, which is no evidence with few seeds (a coarse
+    metric, e.g. accuracy on a small test set, often repeats): below
+    :data:`MIN_SEEDS_ZERO_SPREAD` seeds the verdict is then "not separable", with a note.
+    replicate: what one value is ("seed", "repeat", "run"), for the report's sentence.
     """
     av, bv = _values(f"compare {a!r}", a_values), _values(f"compare {b!r}", b_values)
     if paired and av.size != bv.size:
@@ -158,10 +163,14 @@ def compare(a: str, a_values: Sequence[float], b: str, b_values: Sequence[float]
                          f"{av.size} and {bv.size} (pass paired=False for independent samples)")
     diff = float(av.mean() - bv.mean())
     lo = hi = None
+    note = None
     if paired and av.size >= 2:
         d = av - bv
         half = t_quantile(d.size - 1, confidence) * float(d.std(ddof=1)) / math.sqrt(d.size)
         lo, hi = diff - half, diff + half
+        if half == 0.0 and diff != 0.0 and d.size < MIN_SEEDS_ZERO_SPREAD:
+            note = (f"every {replicate} gave the same difference: a zero-width interval from "
+                    f"{d.size} {replicate}s is no evidence")
     elif not paired and av.size >= 2 and bv.size >= 2:
         va, vb = float(av.var(ddof=1)) / av.size, float(bv.var(ddof=1)) / bv.size
         se = math.sqrt(va + vb)
@@ -172,18 +181,26 @@ def compare(a: str, a_values: Sequence[float], b: str, b_values: Sequence[float]
             half = t_quantile(df, confidence) * se
             lo, hi = diff - half, diff + half
     n_seeds = int(min(av.size, bv.size))
-    return {"a": a, "b": b, "metric": metric, "diff": diff,
-            "ci95": [lo, hi], "n_seeds": n_seeds,
-            "verdict": _verdict(lo, hi, higher_is_better),
-            "a_mean": float(av.mean()), "b_mean": float(bv.mean()),
-            "higher_is_better": bool(higher_is_better), "paired": bool(paired)}
+    out = {"a": a, "b": b, "metric": metric, "diff": diff,
+           "ci95": [lo, hi], "n_seeds": n_seeds,
+           "verdict": "not separable" if note else _verdict(lo, hi, higher_is_better),
+           "a_mean": float(av.mean()), "b_mean": float(bv.mean()),
+           "higher_is_better": bool(higher_is_better), "paired": bool(paired),
+           "replicate": replicate}
+    if note:
+        out["note"] = note
+    return out
 
 
 def compare_rates(a: str, a_errors: int, a_n: int, b: str, b_errors: int, b_n: int,
-                  metric: str = "error rate", confidence: float = CONFIDENCE) -> Dict[str, Any]:
-    """Two single error rates (one run each, e.g. on one test set): the difference of two
-    proportions with Newcombe's hybrid Wilson interval (Newcombe 1998, method 10).
-    Lower is better. ``n_seeds`` is 1."""
+                  metric: str = "error rate", confidence: float = CONFIDENCE,
+                  replicate: Optional[str] = None) -> Dict[str, Any]:
+    """Two rates, each a count of events out of n: the difference of two proportions with
+    Newcombe's hybrid Wilson interval (Newcombe 1998, method 10). Lower is better.
+
+    replicate None: the n are items of one run each (e.g. test images), ``n_seeds`` is 1.
+    replicate "run" (or "seed"): the n are independent runs (e.g. the fraction of 1000 runs
+    that collapsed), ``n_seeds`` is min(a_n, b_n)."""
     ra, rb = binomial_interval(a_errors, a_n, confidence), binomial_interval(b_errors, b_n,
                                                                             confidence)
     pa, pb = ra["rate"], rb["rate"]
@@ -191,9 +208,11 @@ def compare_rates(a: str, a_errors: int, a_n: int, b: str, b_errors: int, b_n: i
     diff = pa - pb
     lo = diff - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
     hi = diff + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
-    return {"a": a, "b": b, "metric": metric, "diff": diff, "ci95": [lo, hi], "n_seeds": 1,
+    return {"a": a, "b": b, "metric": metric, "diff": diff, "ci95": [lo, hi],
+            "n_seeds": 1 if replicate is None else int(min(a_n, b_n)),
             "verdict": _verdict(lo, hi, higher_is_better=False), "a_mean": pa, "b_mean": pb,
-            "higher_is_better": False, "paired": False}
+            "higher_is_better": False, "paired": False, "replicate": replicate or "run",
+            "rates": True}
 
 
 def check_comparison(c: Dict[str, Any], where: str = "comparison") -> None:
@@ -221,13 +240,14 @@ def sentence(c: Dict[str, Any], digits: int = 3, unit: str = "") -> str:
     check_comparison(c)
     lo, hi = c["ci95"]
     u = f" {unit}" if unit else ""
+    rep = c.get("replicate", "seed")
     if lo is None:
-        interval = f"no interval from {c['n_seeds']} seed"
+        interval = f"no interval from {c['n_seeds']} {rep}"
+    elif c.get("rates") and c.get("n_seeds") == 1:
+        interval = f"95% CI [{lo:+.{digits}g}, {hi:+.{digits}g}]{u}, one run each"
     else:
         interval = (f"95% CI [{lo:+.{digits}g}, {hi:+.{digits}g}]{u}, {c['n_seeds']} "
-                    f"seed{'s' if c['n_seeds'] != 1 else ''}")
-        if c.get("n_seeds") == 1 and not c.get("paired", True):
-            interval = f"95% CI [{lo:+.{digits}g}, {hi:+.{digits}g}]{u}, one run each"
+                    f"{rep}{'s' if c['n_seeds'] != 1 else ''}")
     if c["verdict"] == "a better":
         words = f"{c['a']} is better"
     elif c["verdict"] == "b better":
@@ -237,8 +257,9 @@ def sentence(c: Dict[str, Any], digits: int = 3, unit: str = "") -> str:
     a_mean, b_mean = c.get("a_mean"), c.get("b_mean")
     means = (f"{_num(a_mean, digits + 1)} vs {_num(b_mean, digits + 1)}{u}, "
              if a_mean is not None and b_mean is not None else "")
+    note = f" ({c['note']})" if c.get("note") else ""
     return (f"{c['a']} vs {c['b']}, {c['metric']}: {means}difference {c['diff']:+.{digits}g}{u} "
-            f"({interval}): {words}.")
+            f"({interval}): {words}{note}.")
 
 
 def seeds_of(config: Dict[str, Any]) -> List[int]:

@@ -165,3 +165,17 @@ def test_old_cache_version_is_rebuilt_silently(mnist_folder):
     meta_path.write_text(json.dumps(meta))
     np.testing.assert_array_equal(load_without_warning(folder)[1], labels)
     assert json.loads(meta_path.read_text())["version"] == datasets._CACHE_VERSION
+
+
+def test_labels_that_do_not_match_the_images_are_rejected(mnist_folder):
+    folder, _, labels, cache = mnist_folder
+    labels_path, meta_path = cache / "mnist-train-labels.npy", cache / "mnist-train-meta.json"
+    short = labels[:11].astype(np.int64)
+    np.save(labels_path, short)
+    meta = json.loads(meta_path.read_text())
+    meta["arrays"]["labels"] = datasets._array_record(short)
+    meta_path.write_text(json.dumps(meta))
+    new_process()
+    with pytest.warns(UserWarning, match=r"mnist-train-labels\.npy holds labels int64 \(11,\); expected int64 \(12,\)"):
+        _, y = load("mnist", "train", root=folder, verify=False)
+    np.testing.assert_array_equal(y, labels)

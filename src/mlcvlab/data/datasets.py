@@ -330,16 +330,17 @@ def _load_cached_array(path: Path, record: dict) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise CacheError(f"unreadable ({err})") from None
+        raise CacheError(f"is unreadable ({err})") from None
     if list(array.shape) != record["shape"] or array.dtype.str != record["dtype"]:
-        raise CacheError(f"holds {array.dtype.str} {list(array.shape)}, the metadata records "
-                         f"{record['dtype']} {record['shape']}")
+        raise CacheError(f"holds {array.dtype.str} {list(array.shape)}, but the metadata "
+                         f"records {record['dtype']} {record['shape']}")
     if not array.flags.c_contiguous:
         raise CacheError("is not in C order")
     if _VERIFIED.get(key) != record["sha256"]:
         digest = _array_digest(array)
         if digest != record["sha256"]:
-            raise CacheError(f"SHA-256 {digest}, the metadata records {record['sha256']}")
+            raise CacheError(f"has SHA-256 {digest}, but the metadata records "
+                             f"{record['sha256']} (corrupt or edited)")
         _VERIFIED[key] = digest
     return array
 
@@ -364,9 +365,10 @@ def _read_cache(spec, split, source, verify):
         records = meta["arrays"]
         path = images_path
         images = _load_cached_array(images_path, records["images"])
+        _check_cached_images(spec, split, images, verify)
         path = labels_path
         labels = _load_cached_array(labels_path, records["labels"])
-        _check_cached_arrays(spec, split, images, labels, verify)
+        _check_cached_labels(spec, images, labels)
     except FileNotFoundError:
         _warn_cache(spec, source, path, "is missing")
         return None
@@ -377,16 +379,21 @@ def _read_cache(spec, split, source, verify):
     return images, labels
 
 
-def _check_cached_arrays(spec, split, images, labels, verify) -> None:
-    """Shapes, dtypes and the label range, as :func:`parse_source` guarantees them."""
-    if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != spec.image_shape
-            or labels.dtype != np.int64 or labels.shape != (len(images),)):
-        raise CacheError(f"holds images {images.dtype} {images.shape} and labels "
-                         f"{labels.dtype} {labels.shape}; expected uint8 (N, "
-                         f"{', '.join(map(str, spec.image_shape))}) and int64 (N,)")
+def _check_cached_images(spec, split, images, verify) -> None:
+    """Shape and dtype, as :func:`parse_source` guarantees them."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != spec.image_shape:
+        raise CacheError(f"holds images {images.dtype} {images.shape}; expected uint8 (N, "
+                         f"{', '.join(map(str, spec.image_shape))})")
     if verify and len(images) != spec.counts[split]:
         raise CacheError(f"holds {len(images)} images, the official split has "
                          f"{spec.counts[split]}")
+
+
+def _check_cached_labels(spec, images, labels) -> None:
+    """Dtype, one label per image and the label range, as :func:`parse_source` guarantees."""
+    if labels.dtype != np.int64 or labels.shape != (len(images),):
+        raise CacheError(f"holds labels {labels.dtype} {labels.shape}; expected int64 "
+                         f"({len(images)},), one per cached image")
     if labels.size and (labels.min() < 0 or labels.max() >= len(spec.classes)):
         raise CacheError(f"holds labels outside 0..{len(spec.classes) - 1} (min "
                          f"{labels.min()}, max {labels.max()})")
@@ -396,7 +403,7 @@ def _warn_cache(spec, source, path, what) -> None:
     sources = ", ".join(p.name for p in source.paths)
     warnings.warn(f"mlcvlab.data.load({spec.name!r}): the cache file {path} {what}; ignoring "
                   f"the cache and rebuilding it from {sources} in {source.folder}",
-                  stacklevel=4)
+                  stacklevel=5)
 
 
 def _write_cache(spec, split, source, images, labels, verified) -> None:

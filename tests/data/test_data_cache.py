@@ -176,6 +176,7 @@ def test_labels_that_do_not_match_the_images_are_rejected(mnist_folder):
     meta["arrays"]["labels"] = datasets._array_record(short)
     meta_path.write_text(json.dumps(meta))
     new_process()
-    with pytest.warns(UserWarning, match=r"mnist-train-labels\.npy holds labels int64 \(11,\); expected int64 \(12,\)"):
+    expected = r"mnist-train-labels\.npy holds labels int64 \(11,\); expected int64 \(12,\)"
+    with pytest.warns(UserWarning, match=expected):
         _, y = load("mnist", "train", root=folder, verify=False)
     np.testing.assert_array_equal(y, labels)

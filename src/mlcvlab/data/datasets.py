@@ -331,17 +331,20 @@ def _load_cached_array(path: Path, record: dict) -> np.ndarray:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise CacheError(f"is unreadable ({err})") from None
+    if _file_key(path) != key:  # replaced while we opened it: check what we mapped
+        key = None
     if list(array.shape) != record["shape"] or array.dtype.str != record["dtype"]:
         raise CacheError(f"holds {array.dtype.str} {list(array.shape)}, but the metadata "
                          f"records {record['dtype']} {record['shape']}")
     if not array.flags.c_contiguous:
         raise CacheError("is not in C order")
-    if _VERIFIED.get(key) != record["sha256"]:
+    if key is None or _VERIFIED.get(key) != record["sha256"]:
         digest = _array_digest(array)
         if digest != record["sha256"]:
             raise CacheError(f"has SHA-256 {digest}, but the metadata records "
                              f"{record['sha256']} (corrupt or edited)")
-        _VERIFIED[key] = digest
+        if key is not None:
+            _VERIFIED[key] = digest
     return array
 
 

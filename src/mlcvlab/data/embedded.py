@@ -107,7 +107,11 @@ def _check_split(name: str, split: str) -> None:
 
 def to_float_images(images: np.ndarray, scale: float) -> np.ndarray:
     """uint8/float (N, H, W) or (N, C, H, W) -> float32 in [0, 1], NCHW, contiguous."""
-    out = np.asarray(images, dtype=np.float32) * np.float32(1.0 / scale)
+    images = np.asarray(images)
+    # One float32 array, computed in float32 (the same values as float32(x) * float32(1/s)):
+    # a 60,000-image set is 188 MB, so a second temporary copy shows in the load time.
+    out = np.empty(images.shape, dtype=np.float32)
+    np.multiply(images, np.float32(1.0 / scale), out=out, dtype=np.float32)
     if out.ndim == 3:
         out = out[:, None, :, :]
     return np.ascontiguousarray(out)

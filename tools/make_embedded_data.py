@@ -17,9 +17,13 @@ What the packages hold and what we keep:
   Ankle boot; checked by eye on the class-mean images); a few entries are empty lists and are
   skipped. We keep the first 1,000 non-empty images of each class.
 
-Output: ``np.savez``-compatible zip (deflate) with ``images`` (N, 28, 28) uint8 and ``labels``
-(N,) uint8, sorted by class. The zip entries get a fixed timestamp so the build is
-byte-for-byte reproducible and its SHA-256 (printed, and recorded in
+Output: ``np.savez``-compatible zip (deflate) with ``images`` (N, 28, 28) uint8, ``labels``
+(N,) uint8 and ``source_index`` (N,) int32. The images are read in class order (as above) and
+then shuffled once by a fixed permutation (``np.random.default_rng(SHUFFLE_SEEDS[name])``), so
+no slice of the file is sorted by class; ``source_index[i]`` is the position of image ``i`` in
+the class-sorted order, which lets the loader keep the train/test split of the class-sorted
+build (the same images in each split, in a random order). The zip entries get a fixed
+timestamp so the build is byte-for-byte reproducible and its SHA-256 (printed, and recorded in
 ``mlcvlab/data/embedded.py``) identifies the data. ``--check`` compares against the recorded
 values instead of only printing them.
 """
@@ -38,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "src" / "mlcvlab" / "data" / "embedded"
 FASHION_PER_CLASS = 1000
+# Seeds of the one fixed shuffle of each file (see the module docstring).
+SHUFFLE_SEEDS = {"mnist10k.npz": 10, "fashion10k.npz": 11}
 
 
 def _read_json(tar: tarfile.TarFile, member: str) -> dict:
@@ -76,6 +82,13 @@ def fashion_from_tarball(path: Path, per_class: int = FASHION_PER_CLASS):
     return np.concatenate(images), np.concatenate(labels)
 
 
+def shuffled(images: np.ndarray, labels: np.ndarray, seed: int):
+    """(images, labels, source_index) in the order of one seeded permutation; ``source_index``
+    (int32) is each image's position in the input order."""
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    return images[perm], labels[perm], perm.astype(np.int32)
+
+
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """A reproducible ``np.savez_compressed``: same arrays -> same bytes (fixed timestamps)."""
     tmp = path.with_suffix(".tmp")
@@ -107,10 +120,13 @@ def main(argv=None) -> int:
     status = 0
     for filename, (images, labels) in built.items():
         path = args.out / filename
-        write_npz(path, images=images, labels=labels)
+        images, labels, source_index = shuffled(images, labels, SHUFFLE_SEEDS[filename])
+        write_npz(path, images=images, labels=labels, source_index=source_index)
         digest = sha256_file(path)
         counts = np.bincount(labels, minlength=10).tolist()
+        fewest = min(len(np.unique(labels[i:i + 100])) for i in range(len(labels) - 99))
         print(f"{filename}: images {images.shape} {images.dtype}, per class {counts}, "
+              f"fewest classes in 100 consecutive labels {fewest}, "
               f"{path.stat().st_size} bytes, sha256 {digest}")
         if args.check and EMBEDDED_SHA256.get(filename) != digest:
             print(f"  MISMATCH: recorded {EMBEDDED_SHA256.get(filename)}", file=sys.stderr)

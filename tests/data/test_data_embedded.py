@@ -43,6 +43,39 @@ def test_split_is_disjoint_and_the_same_on_every_call(name):
     assert not any(row.tobytes() in train_rows for row in Xte.reshape(len(Xte), -1))
 
 
+def fewest_classes_in_a_window(y, window=100):
+    """The fewest distinct labels in any ``window`` consecutive entries of ``y``."""
+    return min(len(np.unique(y[i:i + window])) for i in range(len(y) - window + 1))
+
+
+@pytest.mark.parametrize("name", ["mnist10k", "fashion10k", "digits"])
+def test_no_slice_is_sorted_by_class(name):
+    """Issue #16: the embedded sets were stored sorted by class (y[:512] of mnist10k was all
+    zeros). Any 100 consecutive labels of either split now hold at least 8 classes."""
+    for split in ("train", "test"):
+        _, y = load(name, split)
+        assert fewest_classes_in_a_window(y) >= 8, (name, split)
+        assert np.unique(y[:512]).size == 10
+
+
+@pytest.mark.parametrize("name", ["mnist10k", "fashion10k"])
+def test_files_are_stored_shuffled_and_split_as_the_class_sorted_build(name):
+    images, labels, source_index = embedded.read_embedded(name)
+    assert fewest_classes_in_a_window(labels) >= 8
+    # source_index maps the file back to the class-sorted build order ...
+    sorted_labels = np.empty_like(labels)
+    sorted_labels[source_index] = labels
+    assert np.all(np.diff(sorted_labels) >= 0)
+    # ... and the split is the one that order had before the shuffle (same images per split).
+    train_idx, test_idx = embedded.embedded_split_indices(labels, source_index)
+    train_src, test_src = stratified_split(sorted_labels)
+    assert set(source_index[test_idx].tolist()) == set(test_src.tolist())
+    assert set(source_index[train_idx].tolist()) == set(train_src.tolist())
+    X, y = load(name, "test")
+    np.testing.assert_array_equal(y, labels[test_idx])
+    np.testing.assert_array_equal(np.rint(X[:, 0] * 255).astype(np.uint8), images[test_idx])
+
+
 def test_stratified_split_indices():
     y = np.repeat(np.arange(3), [10, 20, 5])
     train, test = stratified_split(y, 0.2, seed=0)
@@ -51,6 +84,9 @@ def test_stratified_split_indices():
     assert np.bincount(y[test]).tolist() == [2, 4, 1]
     train2, test2 = stratified_split(y, 0.2, seed=0)
     np.testing.assert_array_equal(test, test2)
+    np.testing.assert_array_equal(train, train2)
+    # A random order, not sorted indices (y is sorted by class here).
+    assert not np.all(np.diff(train) > 0) and not np.all(np.diff(test) > 0)
     assert not np.array_equal(stratified_split(y, 0.2, seed=1)[1], test)
 
 
@@ -68,7 +104,7 @@ def test_corrupt_embedded_file_gives_clear_error(tmp_path, monkeypatch):
     (broken / "mnist10k.npz").write_bytes(data[:1000] + bytes([data[1000] ^ 1]) + data[1001:])
     monkeypatch.setattr(embedded, "EMBEDDED_DIR", broken)
     with pytest.raises(ValueError, match=r"mnist10k.npz is corrupt: SHA-256 [0-9a-f]{64}, "
-                                         r"expected 29f7e412"):
+                                         r"expected 20c8c4c0"):
         load("mnist10k", "train")
     (broken / "mnist10k.npz").unlink()
     with pytest.raises(FileNotFoundError, match="embedded file .*mnist10k.npz is missing"):

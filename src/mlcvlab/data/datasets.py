@@ -19,14 +19,20 @@ checksum exists, are checked by their exact size). ``verify=False`` reads any fi
 standard format (tests, or your own data in IDX form).
 
 Parsed arrays are cached next to the files, in ``<folder>/mlcvlab-cache/`` (uint8 images and
-int64 labels as ``.npy``, opened with ``mmap_mode="r"``), keyed by the source files' names,
-sizes and modification times; a cached load returns exactly the arrays a fresh parse does.
+int64 labels as ``.npy``, opened with ``allow_pickle=False`` and ``mmap_mode="r"``), keyed by
+the source files' names, sizes and modification times; a cached load returns exactly the
+arrays a fresh parse does. The cache's metadata records the SHA-256 of each cached array's
+data, its shape and dtype; a read checks them (once per process and file: the result is
+remembered by path, size, modification time and inode) and checks the labels' range, and a
+cache file that fails is reported with a warning naming it and rebuilt from the source
+files. This catches corrupt, truncated and edited cache files; it cannot catch someone who
+rewrites the metadata too (anyone who can write the cache can also write the source files).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import io as atomic_io
 from . import embedded, formats
 from .download import download, file_digest
 
@@ -43,7 +50,7 @@ ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
            "cifar-10": "cifar10", "cifar_10": "cifar10"}
 SUBSTITUTES = {"mnist": "mnist10k", "fashion_mnist": "fashion10k", "cifar10": "fashion10k"}
 CACHE_FOLDER = "mlcvlab-cache"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: SHA-256, shape and dtype of each cached array in the metadata
 
 
 @dataclass(frozen=True)
@@ -293,39 +300,134 @@ def _cache_paths(spec: RemoteSet, split: str, source: Source) -> Tuple[Path, Pat
             folder / f"{stem}-meta.json")
 
 
+class CacheError(ValueError):
+    """A cache file that exists but does not hold what its metadata records."""
+
+
+# Cache files whose SHA-256 this process has checked: (path, size, mtime_ns, inode) -> digest.
+_VERIFIED: Dict[Tuple[str, int, int, int], str] = {}
+
+
+def _file_key(path: Path) -> Tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _array_digest(array: np.ndarray) -> str:
+    """SHA-256 of a C-contiguous array's data bytes (what ``np.save`` writes after the header)."""
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(memoryview(array).cast("B") if array.size else b"").hexdigest()
+
+
+def _array_record(array: np.ndarray) -> dict:
+    return {"shape": list(array.shape), "dtype": array.dtype.str, "sha256": _array_digest(array)}
+
+
+def _load_cached_array(path: Path, record: dict) -> np.ndarray:
+    """The array in ``path`` (memory-mapped, read-only), checked against its metadata record:
+    shape and dtype on every read, the SHA-256 of the data once per process and file."""
+    key = _file_key(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise CacheError(f"is unreadable ({err})") from None
+    if _file_key(path) != key:  # replaced while we opened it: check what we mapped
+        key = None
+    if list(array.shape) != record["shape"] or array.dtype.str != record["dtype"]:
+        raise CacheError(f"holds {array.dtype.str} {list(array.shape)}, but the metadata "
+                         f"records {record['dtype']} {record['shape']}")
+    if not array.flags.c_contiguous:
+        raise CacheError("is not in C order")
+    if key is None or _VERIFIED.get(key) != record["sha256"]:
+        digest = _array_digest(array)
+        if digest != record["sha256"]:
+            raise CacheError(f"has SHA-256 {digest}, but the metadata records "
+                             f"{record['sha256']} (corrupt or edited)")
+        if key is not None:
+            _VERIFIED[key] = digest
+    return array
+
+
 def _read_cache(spec, split, source, verify):
+    """The cached (images, labels) of ``source``, or None when there is no usable cache: none
+    yet, or made from other source files (silently), or failing its checks (with a warning
+    naming the file). The caller then parses the source files and rewrites the cache."""
     images_path, labels_path, meta_path = _cache_paths(spec, split, source)
     try:
         meta = json.loads(meta_path.read_text())
-        if (meta.get("version") != _CACHE_VERSION or meta.get("sources") != _stamp(source)
-                or (verify and not meta.get("verified"))):
-            return None
-        return np.load(images_path, mmap_mode="r"), np.load(labels_path, mmap_mode="r")
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    except (OSError, ValueError) as err:
+        _warn_cache(spec, source, meta_path, f"is unreadable ({err})")
+        return None
+    if (not isinstance(meta, dict) or meta.get("version") != _CACHE_VERSION
+            or meta.get("sources") != _stamp(source) or (verify and not meta.get("verified"))):
+        return None
+    path = meta_path
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        records = meta["arrays"]
+        path = images_path
+        images = _load_cached_array(images_path, records["images"])
+        _check_cached_images(spec, split, images, verify)
+        path = labels_path
+        labels = _load_cached_array(labels_path, records["labels"])
+        _check_cached_labels(spec, images, labels)
+    except FileNotFoundError:
+        _warn_cache(spec, source, path, "is missing")
+        return None
+    except (CacheError, KeyError, TypeError) as err:
+        what = str(err) if isinstance(err, CacheError) else f"has no valid record ({err!r})"
+        _warn_cache(spec, source, path, what)
+        return None
+    return images, labels
+
+
+def _check_cached_images(spec, split, images, verify) -> None:
+    """Shape and dtype, as :func:`parse_source` guarantees them."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != spec.image_shape:
+        raise CacheError(f"holds images {images.dtype} {images.shape}; expected uint8 (N, "
+                         f"{', '.join(map(str, spec.image_shape))})")
+    if verify and len(images) != spec.counts[split]:
+        raise CacheError(f"holds {len(images)} images, the official split has "
+                         f"{spec.counts[split]}")
+
+
+def _check_cached_labels(spec, images, labels) -> None:
+    """Dtype, one label per image and the label range, as :func:`parse_source` guarantees."""
+    if labels.dtype != np.int64 or labels.shape != (len(images),):
+        raise CacheError(f"holds labels {labels.dtype} {labels.shape}; expected int64 "
+                         f"({len(images)},), one per cached image")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(spec.classes)):
+        raise CacheError(f"holds labels outside 0..{len(spec.classes) - 1} (min "
+                         f"{labels.min()}, max {labels.max()})")
+
+
+def _warn_cache(spec, source, path, what) -> None:
+    sources = ", ".join(p.name for p in source.paths)
+    warnings.warn(f"mlcvlab.data.load({spec.name!r}): the cache file {path} {what}; ignoring "
+                  f"the cache and rebuilding it from {sources} in {source.folder}",
+                  stacklevel=5)
 
 
 def _write_cache(spec, split, source, images, labels, verified) -> None:
     images_path, labels_path, meta_path = _cache_paths(spec, split, source)
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
     try:
         images_path.parent.mkdir(exist_ok=True)
-        _atomic_save(images_path, images)
-        _atomic_save(labels_path, labels)
-        meta = {"version": _CACHE_VERSION, "sources": _stamp(source), "verified": verified}
-        fd, tmp = tempfile.mkstemp(suffix=".part", dir=meta_path.parent)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(meta, handle)
-        os.replace(tmp, meta_path)
+        # Metadata last: a crash in between leaves records that do not match (-> rebuilt).
+        records = {}
+        for name, path, array in (("images", images_path, images),
+                                  ("labels", labels_path, labels)):
+            atomic_io.atomic_writer(str(path), lambda f, a=array: np.save(f, a,
+                                                                         allow_pickle=False))
+            records[name] = _array_record(array)
+        meta = {"version": _CACHE_VERSION, "sources": _stamp(source), "verified": verified,
+                "arrays": records}
+        atomic_io.atomic_write_text(str(meta_path), json.dumps(meta, indent=1))
+        # What this process just wrote needs no second hash in this process.
+        for name, path in (("images", images_path), ("labels", labels_path)):
+            _VERIFIED[_file_key(path)] = records[name]["sha256"]
     except OSError as err:  # read-only data folder: loading still works, only slower
         warnings.warn(f"mlcvlab.data: could not write the cache in {images_path.parent}: {err}")
 

@@ -146,7 +146,7 @@ def _validate(config: Dict[str, Any]) -> List[int]:
 
 
 @lab(name="nn4", study=STUDY, quick=QUICK, standard=STANDARD, full=FULL,
-     expected_seconds={"quick": 15, "standard": 1500, "full": 7200})
+     expected_seconds={"quick": 15, "standard": 2400, "full": 7200})
 def run(config, out_dir, progress):
     ks = _validate(config)
     seeds = stats.seeds_of(config)

@@ -34,7 +34,6 @@ on one host exchange data through shared memory).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -259,8 +258,8 @@ def build_rows(config, measured: Dict[int, List[Dict[str, Dict[str, float]]]],
     for k, is_meas in plan:
         for b in config["batches"]:
             key = str(b)
-            reps = [measured[k][r][key] if is_meas else model_timings(measured[MODEL_REF][r][key], k)
-                    for r in range(n_rep)]
+            reps = [measured[k][r][key] if is_meas
+                    else model_timings(measured[MODEL_REF][r][key], k) for r in range(n_rep)]
             base = [measured[1][r][key] for r in range(n_rep)]
             steps_per_epoch = n_epoch / (k * b)
             epoch = {c: [steps_per_epoch * t[f"step_{c}"] for t in reps] for c in CLOCKS}
@@ -457,7 +456,7 @@ def _summarize(rows, config, n_epoch: int, peak: float, used: str) -> Dict[str, 
             best_K=best["K"], best_b=best["per_worker_batch"], best_speedup=best["speedup_cpu"],
             best_speedup_ci=[best["speedup_cpu_lo"], best["speedup_cpu_hi"]],
             best_speedup_wall=best["speedup_wall"], best_source=best["source"],
-            best_verdict={"a better": f"faster than K = 1",
+            best_verdict={"a better": "faster than K = 1",
                           "b better": "slower than K = 1",
                           "not separable": "not separable from K = 1"}[verdict])
         ci = results["best_speedup_ci"]

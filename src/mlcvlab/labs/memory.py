@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 import tracemalloc
-from typing import Any, Dict, List, Sequence, Tuple  # noqa: F401
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -508,7 +508,8 @@ def _summary(results: Dict[str, Any]) -> Dict[str, Any]:
             "cache_matches": all(r["cached_bytes"] == r["activation_bytes"] for r in rows),
             "peak_ratio_min": min(r["peak / modelled"] for r in rows),
             "peak_ratio_max": max(r["peak / modelled"] for r in rows),
-            "peak_first_kb": first["peak KB (measured)"], "peak_last_kb": last["peak KB (measured)"],
+            "peak_first_kb": first["peak KB (measured)"],
+            "peak_last_kb": last["peak KB (measured)"],
             "fixed_kb": first["params+grads+state KB (modelled)"], "b_first": first["batch"],
             "b_last": last["batch"],
             "act_growth": last["activation_bytes"] / first["activation_bytes"],

@@ -54,8 +54,8 @@ _FULL = {"spec_models": ["alexnet", "vgg19", "resnet18", "resnet34", "resnet50",
 _QUICK = {**_FULL, "spec_models": ["alexnet", "resnet18", "resnet50", "resnet152"],
           "state_models": ["mlp", "lenet5"], "model": "mlp", "n_train": 768, "n_test": 512,
           "epochs": 1, "seeds": 2}
-_STANDARD = {**_FULL, "model": "lenet5", "batch_sizes": [8, 32, 128, 512], "epochs": 10,
-             "seeds": 5}
+_STANDARD = {**_FULL, "model": "lenet5", "batch_sizes": [8, 32, 128, 512], "epochs": 6,
+             "seeds": 4}
 
 
 # -- the analytic memory model ---------------------------------------------------------------------
@@ -568,7 +568,7 @@ def _validate(config: Dict[str, Any]) -> None:
      study="Memory of training: ResNet-152 and others, optimizer state, batch size vs memory, "
            "accuracy and time",
      quick=_QUICK, standard=_STANDARD, full=_FULL,
-     expected_seconds={"quick": 10, "standard": 2400, "full": 5400, "full_embedded": 800})
+     expected_seconds={"quick": 10, "standard": 2200, "full": 5400, "full_embedded": 800})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     """Spec tables, optimizer state, then the batch-size study on our engine."""
     _validate(config)

@@ -30,7 +30,7 @@ from mlcvlab.labs.report import Report, new_figure
 QUICK = {"dataset": "mnist", "workers": [1, 2, 4], "hidden": [64, 32, 32], "epochs": 3,
          "batch_size": 64, "lr": 0.1, "p_input": 0.2, "p_hidden": 0.5, "n_train": 1024,
          "n_test": 500, "val_fraction": 0.1, "seeds": 2, "seed": 0}
-STANDARD = {**QUICK, "hidden": [256, 128, 64], "epochs": 8, "batch_size": 128,
+STANDARD = {**QUICK, "hidden": [256, 128, 64], "epochs": 12, "batch_size": 128,
             "n_train": 0, "n_test": 0, "seeds": 5}
 FULL = {**QUICK, "hidden": [512, 256, 128], "epochs": 20, "batch_size": 256, "n_train": 0,
         "n_test": 0, "seeds": 5}
@@ -146,7 +146,7 @@ def _validate(config: Dict[str, Any]) -> List[int]:
 
 
 @lab(name="nn4", study=STUDY, quick=QUICK, standard=STANDARD, full=FULL,
-     expected_seconds={"quick": 15, "standard": 2400, "full": 7200})
+     expected_seconds={"quick": 15, "standard": 1900, "full": 7200})
 def run(config, out_dir, progress):
     ks = _validate(config)
     seeds = stats.seeds_of(config)

@@ -2,16 +2,18 @@
 import numpy as np
 import pytest
 
+from mlcvlab.labs import stats
 from mlcvlab.labs.memory import (UNSTABLE_LOSS_RISE, _stability_text, activation_bytes,
-                                 cached_bytes, training_memory)
+                                 batch_comparisons, cached_bytes, training_memory)
 from mlcvlab.nn import (BatchNorm1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d,
                         ReLU, Sequential)
 
-REPORT_KEYS = ["spec_rows", "state_rows", "batch_rows", "largest_model", "largest_params",
-               "largest_mb", "state_all_match", "cache_matches", "peak_ratio_min",
-               "peak_ratio_max", "fixed_kb", "act_growth", "act_share_last", "adam_over_sgd",
-               "best_acc", "best_batch", "time_first", "time_last", "time_ratio", "model_params",
-               "unstable_batches", "stability_text"]
+REPORT_KEYS = ["spec_rows", "state_rows", "batch_rows", "runs", "comparisons", "preset",
+               "largest_model", "largest_params", "largest_mb", "state_all_match",
+               "cache_matches", "peak_ratio_min", "peak_ratio_max", "fixed_kb", "act_growth",
+               "act_share_last", "adam_over_sgd", "time_first", "time_last", "wall_first",
+               "wall_last", "time_sentence", "acc_sentences", "model_params", "unstable_batches",
+               "stability_text"]
 
 
 def _forward(model, x, y):
@@ -72,11 +74,17 @@ def test_analytic_memory_errors():
         activation_bytes(Sequential(Sequential(Linear(2, 2))), (2,), 4)
 
 
-def test_memory_quick_via_api(run_quick):
-    run = run_quick("memory")
+@pytest.fixture(scope="module")
+def quick_run(run_quick):
+    """The memory lab's quick preset with 2 epochs (a stability trend to judge), run once."""
+    return run_quick("memory", overrides=["epochs=2", "n_train=512", "n_test=256"])
+
+
+def test_memory_quick_via_api(quick_run):
+    run = quick_run
     run.assert_outputs(keys=REPORT_KEYS,
                        files=("report.md", "model_sizes.csv", "optimizer_state.csv",
-                              "batch_sizes.csv", "memory_vs_batch.png",
+                              "batch_sizes.csv", "runs.csv", "memory_vs_batch.png",
                               "accuracy_time_vs_batch.png", "config.json"))
     res = run.results
     assert res["state_all_match"] and res["cache_matches"]
@@ -90,21 +98,67 @@ def test_memory_quick_via_api(run_quick):
     for r in rows:
         assert r["analytic_bytes"] == fixed + r["activation_bytes"]
         assert r["peak_bytes"] >= r["analytic_bytes"]   # the peak adds temporaries
-        assert 0.0 <= r["test acc"] <= 1.0
-        assert 0 < r["lowest epoch train loss"] <= r["last epoch train loss"]
+        assert 0.0 <= r["test acc"] <= 1.0 and r["seeds"] == 2
+        assert r["CPU seconds"] > 0 and r["wall seconds"] > 0
+        assert r["test acc CI lo"] <= r["test acc"] <= r["test acc CI hi"]
     assert rows[0]["steps"] > rows[-1]["steps"]
-    assert res["unstable_batches"] == [
-        r["batch"] for r in rows
-        if r["last epoch train loss"] > UNSTABLE_LOSS_RISE * r["lowest epoch train loss"]]
+    runs = res["runs"]
+    assert sorted((r["seed"], r["batch"]) for r in runs) == [(s, b) for s in (0, 1)
+                                                             for b in (4, 16, 64, 256)]
+    assert res["unstable_batches"] == sorted({
+        r["batch"] for r in runs
+        if r["train_loss_last"] > UNSTABLE_LOSS_RISE * r["train_loss_lowest"]})
     report = run.report()
     assert "mnist10k" in report and f"{res['largest_params']:,}" in report
+    assert "(modelled)" in report and "peak KB (measured)" in report
 
 
-def test_stability_conclusion_names_the_unstable_batch_sizes():
-    row = {"batch": 4, "lowest epoch train loss": 0.23, "last epoch train loss": 2.30,
-           "test acc": 0.0945}
-    text = _stability_text([row], 0.01, 0.9)
-    assert "unstable at 1 batch size(s)" in text and "batch 4: 0.230 -> 2.300" in text
-    assert "lr 0.01" in text and "test accuracy 0.0945" in text
-    assert "stable" in _stability_text([], 0.01, 0.9) and "unstable" not in \
-        _stability_text([], 0.01, 0.9)
+def test_comparisons_cpu_time_and_accuracy_over_seeds(quick_run):
+    res = quick_run.saved()
+    comps = res["comparisons"]
+    assert [(c["kind"], c["a"], c["b"]) for c in comps] == [
+        ("accuracy", "batch 16", "batch 4"), ("accuracy", "batch 64", "batch 16"),
+        ("accuracy", "batch 256", "batch 64"), ("time", "batch 16", "batch 4"),
+        ("time", "batch 64", "batch 16"), ("time", "batch 256", "batch 64"),
+        ("time", "batch 256", "batch 4")]
+    report = quick_run.report()
+    for c in comps:
+        stats.check_comparison(c)
+        assert c["n_seeds"] == 2
+        assert stats.sentence(c) in report
+    time_c = [c for c in comps if c["kind"] == "time"]
+    assert all(c["metric"] == "CPU seconds of training" for c in time_c)
+    conclusions = report.split("## Conclusions")[1]
+    assert "CPU s at batch 4" in conclusions and stats.sentence(time_c[-1]) in conclusions
+    assert "best test accuracy" not in report
+
+
+def test_batch_comparisons_pair_by_seed_and_skip_diverged():
+    runs = [{"seed": s, "batch": b, "test_acc": 0.5 + 0.01 * s + (0.1 if b == 8 else 0),
+             "cpu_seconds": 1.0 + s + (1 if b == 4 else 0), "finite": not (b == 16 and s == 1)}
+            for s in range(3) for b in (4, 8, 16)]
+    comps = batch_comparisons(runs, [4, 8, 16])
+    acc = [c for c in comps if c["kind"] == "accuracy"]
+    assert [(c["a"], c["b"]) for c in acc] == [("batch 8", "batch 4")]   # 16 diverged once
+    assert acc[0]["verdict"] == "a better" and acc[0]["ci95"][0] == pytest.approx(0.1)
+    t = [c for c in comps if c["kind"] == "time"]
+    assert t[0]["verdict"] == "a better" and t[0]["diff"] == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("batch_sizes=16,4", "batch_sizes"), ("batch_sizes=0,4", "batch_sizes"), ("lr=nan", "lr"),
+    ("epochs=0", "epochs"), ("momentum=1", "momentum"), ("seeds=0", "seeds"),
+    ("model=resnet18", "model"), ("n_train=-1", "n_train")])
+def test_bad_config(run_quick, override, match):
+    with pytest.raises(ValueError, match=match):
+        run_quick("memory", overrides=[override])
+
+
+def test_stability_conclusion_names_the_unstable_runs():
+    row = {"batch": 4, "seed": 3, "train_loss_lowest": 0.23, "train_loss_last": 2.30,
+           "test_acc": 0.0945}
+    text = _stability_text([row], 3)
+    assert "unstable in 1 run(s)" in text and "batch 4 seed 3: 0.230 -> 2.300" in text
+    assert "test accuracy 0.0945" in text
+    assert "stable" in _stability_text([], 3) and "unstable" not in _stability_text([], 3)
+    assert "One epoch" in _stability_text([], 1)

@@ -2,41 +2,46 @@
 import numpy as np
 import pytest
 
+from mlcvlab.labs import stats
 from mlcvlab.labs.optimizers import (OPTIMIZERS, NonInvertedDropout, mc_preactivations,
                                      noninverted_mlp, preactivations, weights_scaled_by_keep)
 
-TAG_KEYS = ["wanted", "used", "n_train", "n_test", "epochs", "probe_masks", "runs", "timing_rows",
-            "curves", "test_acc_curves", "best_plain", "best_plain_acc", "best_dropout",
-            "best_dropout_acc", "best_effect", "dropout_helped_count", "dropout_helped_text",
-            "lowest_loss_plain", "lowest_loss_plain_value", "time_ratio_mean", "time_effect",
-            "diverged_text", "scaling_rows", "probe_examples", "layer1_gap", "layer1_noise",
-            "layer1_unscaled_gap", "within_noise_word", "deep_gaps_text", "acc_scaled",
-            "acc_unscaled", "acc_mc", "acc_inverted", "scaling_effect", "inverted_vs_scaled"]
+TAG_KEYS = ["wanted", "used", "n_train", "n_val", "n_test", "epochs", "probe_masks", "runs",
+            "run_rows", "timing_rows", "curves", "val_acc_curves", "dropout_helped_count",
+            "dropout_helped_text", "dropout_hurt_text", "dropout_unsep_text", "time_slower_text",
+            "time_unsep_text", "cpu_ratio_mean", "wall_ratio_mean", "lowest_loss_plain",
+            "lowest_loss_plain_value", "lowest_beats_text", "lowest_ties_text", "diverged_text",
+            "scaling_rows", "probe_examples", "layer1_gap", "layer1_noise", "layer1_unscaled_gap",
+            "within_noise_word", "deep_gaps_text", "acc_scaled", "acc_unscaled", "acc_mc",
+            "acc_inverted", "scaling_sentence", "inverted_sentence"]
 FILES = ["report.md", "results.json", "config.json", "mnist_loss_no_dropout.png",
-         "mnist_loss_dropout.png", "mnist_test_accuracy.png", "mnist_test_accuracy.csv",
-         "mnist_timing.csv", "mnist_weight_scaling.csv", "mnist_noninverted_accuracy.csv"]
+         "mnist_loss_dropout.png", "mnist_val_accuracy.png", "mnist_test_accuracy.csv",
+         "mnist_runs.csv", "mnist_timing.csv", "mnist_weight_scaling.csv",
+         "mnist_noninverted_accuracy.csv"]
 
 
 @pytest.fixture(scope="module")
 def quick_run(run_quick):
-    """The optimizers lab's quick preset, run once for all tests of this file."""
-    return run_quick("optimizers")
+    """The optimizers lab's quick preset, made smaller, run once for all tests of this file."""
+    return run_quick("optimizers", overrides=["n_train=1024", "n_test=500", "hidden=64,64",
+                                              "epochs=2", "probe_masks=300"])
 
 
 def test_quick_preset_writes_everything_the_report_uses(quick_run):
     saved = quick_run.assert_outputs(
         keys=[f"mnist_{k}" for k in TAG_KEYS]
-        + ["datasets_run", "substitutions", "sizes_text", "mc_masks"],
+        + ["datasets_run", "substitutions", "sizes_text", "mc_masks", "comparisons", "preset"],
         files=FILES)
-    quick_run.assert_report("the paper (Srivastava et al. 2014",
+    quick_run.assert_report("the paper (Srivastava et al. 2014", "CPU seconds",
                             substituted=saved["mnist_used"] != "mnist")
 
 
-def test_quick_preset_trains_all_ten_runs(quick_run):
+def test_quick_preset_trains_every_arm_over_paired_seeds(quick_run):
     _, results = quick_run
-    runs = results["mnist_runs"]
-    assert [(r["optimizer"], r["dropout"]) for r in runs] == \
-        [(o, d) for o in OPTIMIZERS for d in (False, True)]
+    runs = results["mnist_run_rows"]
+    assert [(r["seed"], r["optimizer"], r["dropout"]) for r in runs] == sorted(
+        [(s, o, d) for s in (0, 1) for o in OPTIMIZERS for d in (False, True)],
+        key=lambda t: (OPTIMIZERS.index(t[1]), t[2], t[0]))
     epochs = results["mnist_epochs"]
     for label, losses in results["mnist_curves"].items():
         assert len(losses) == epochs, label
@@ -44,11 +49,34 @@ def test_quick_preset_trains_all_ten_runs(quick_run):
     for r in runs:
         assert 0.0 <= r["test accuracy"] <= 1.0 and not r["diverged"]
         assert 0 < r["CPU s/epoch"] and 0 < r["s/epoch"]
-    for row in results["mnist_timing_rows"]:
-        assert row["CPU ratio (with / without)"] == pytest.approx(
-            row["CPU s/epoch with dropout"] / row["CPU s/epoch without dropout"])
+    for row in results["mnist_runs"]:
+        assert row["seeds"] == 2 and row["test acc CI lo"] <= row["test accuracy"]
     # Every optimizer without dropout beats chance (10 classes) after the quick preset.
     assert min(r["test accuracy"] for r in runs if not r["dropout"]) > 0.3
+    # the validation split is held out of the 1,024 training images
+    assert results["mnist_n_train"] + results["mnist_n_val"] == 1024
+
+
+def test_comparisons_have_verdicts_and_make_the_conclusions(quick_run):
+    saved = quick_run.saved()
+    comps = saved["comparisons"]
+    kinds = [c["kind"] for c in comps]
+    assert kinds.count("dropout") == 5 and kinds.count("time") == 5
+    assert kinds.count("loss") == 10 and kinds.count("noninverted") == 2
+    for c in comps:
+        stats.check_comparison(c)
+        assert c["n_seeds"] == 2
+    dropout = {c["optimizer"]: c for c in comps if c["kind"] == "dropout"}
+    helped = [n for n in OPTIMIZERS if dropout[n]["verdict"] == "a better"]
+    assert saved["mnist_dropout_helped_count"] == len(helped)
+    time_c = [c for c in comps if c["kind"] == "time"]
+    assert all(c["metric"] == "CPU seconds per training epoch" for c in time_c)
+    report = quick_run.report()
+    for c in comps:
+        assert stats.sentence(c) in report
+    conclusions = report.split("## Conclusions")[1]
+    assert "CPU seconds per training epoch with vs without dropout" in conclusions
+    assert "dropout gain" not in report and "best test accuracy" not in conclusions
 
 
 def test_weight_scaling_matches_mean_over_masks_in_the_first_layer(quick_run):
@@ -58,6 +86,15 @@ def test_weight_scaling_matches_mean_over_masks_in_the_first_layer(quick_run):
     gap = first["rel. gap: mean over masks vs scaled weights"]
     assert gap <= 3 * first["rel. Monte Carlo std error"]
     assert first["rel. gap: mean over masks vs unscaled weights"] > 5 * gap
+
+
+@pytest.mark.parametrize("override, match", [
+    ("lr_adam=nan", "lr_adam"), ("epochs=0", "epochs"), ("p_input=1.0", "p_input"),
+    ("val_fraction=0", "val_fraction"), ("seeds=0", "seeds"), ("datasets=svhn", "datasets"),
+    ("momentum=1.5", "momentum")])
+def test_bad_config(run_quick, override, match):
+    with pytest.raises(ValueError, match=match):
+        run_quick("optimizers", overrides=[override])
 
 
 def test_noninverted_dropout_masks_without_rescaling():
@@ -93,9 +130,18 @@ def test_scaled_weights_give_the_expected_first_preactivation_and_are_restored()
 def test_cifar10_runs_only_when_present(run_quick):
     run = run_quick("optimizers",
                     overrides=["datasets=mnist,cifar10", "epochs=1", "n_train=256", "n_test=200",
-                               "hidden=16,16", "probe_masks=50", "mc_masks=2"])
+                               "hidden=16,16", "probe_masks=50", "mc_masks=2", "seeds=1"])
     res = run.results
     assert "mnist" in res["datasets_run"]
     assert ("cifar10" in res["skipped"]) != ("cifar10" in res["datasets_run"])
     if "cifar10" in res["skipped"]:
         assert "CIFAR-10 is not on disk" in run.report()
+
+
+def test_with_and_without_dropout_start_from_the_same_weights():
+    """Pairing by seed: the dropout layers draw nothing at construction, so one seed gives the
+    same initial weights with and without dropout."""
+    from mlcvlab.labs.optimizers import mlp
+    plain = mlp([12, 8, 8, 3], rng=5)
+    drop = mlp([12, 8, 8, 3], p_input=0.2, p_hidden=0.5, rng=5)
+    np.testing.assert_array_equal(plain.flat().data, drop.flat().data)

@@ -3,15 +3,23 @@
 For every worker count K and per-worker batch b, an MLP takes ``steps`` timed
 data-parallel steps (after one warm-up step) and each step is split into compute
 (forward + backward of the worker's shard), communication (the all-reduce of the
-flat gradient buffer) and update (the optimizer) seconds.
+flat gradient buffer) and update (the optimizer). Every phase is timed with two
+clocks: CPU seconds of the rank's process (``time.process_time``; they do not grow
+while the rank waits for a core taken by another job) and wall seconds beside them.
+A rank's CPU seconds are the maximum over the ranks of the job.
 
-* K = 1 runs in this process; K = 2 runs the ``mpi`` communicator: the lab
-  launches ``mpiexec -n 2 python -m mlcvlab.labs.data_parallel`` as a subprocess.
-  These rows are **measured**.
-* K = 4 (more ranks than this machine's cores) is **modelled** from measured
-  numbers: per-worker compute and update as measured at K = 1 with the same b (a
-  worker's work does not depend on K), communication scaled from the measured
-  K = 2 all-reduce with the ring model, t(K) = t(2) · [2(K−1)/K] / [2(2−1)/2].
+* **Measured** rows: K ranks of ``mpiexec -n K python -m mlcvlab.labs.data_parallel``
+  (one BLAS thread per rank), for every K up to ``measure_up_to``. A K above this
+  machine's cores is still a measurement, labelled "oversubscribed: K ranks on C
+  cores" (the ranks share cores, so its wall seconds include waiting for a core).
+* **Modelled** rows (K > 2): per-worker compute and update as *measured at K = 2* with
+  the same b, communication scaled from the measured K = 2 all-reduce by the ring model,
+  t(K) = t(2) · [2(K−1)/K] / [2(2−1)/2]. They are labelled modelled, drawn hollow and
+  dashed, and never used in the headline, the comparisons or the conclusions.
+
+The timing is repeated ``seeds`` times (each repeat a fresh ``mpiexec`` per K, the K's
+of one repeat run back to back; the repeat's seed sets the weights and the batches), so
+every number has a 95% interval over the repeats and K vs K = 1 is a paired comparison.
 
 Scaling: b is the per-worker batch, so the global batch K·b grows with K: *weak
 scaling* (each worker's work per step is constant). An epoch of N samples takes
@@ -19,7 +27,7 @@ N / (K b) steps, so time per epoch = N / (K b) · t_step(K, b) and the speedup o
 one worker is T_epoch(1, b) / T_epoch(K, b).
 
 All-reduce bandwidth (ring model): a ring all-reduce of S bytes over K workers
-moves 2(K−1)/K · S bytes per worker, so bus bandwidth = 2(K−1)/K · S / t_comm; the
+moves 2(K−1)/K · S bytes per worker, so bus bandwidth = 2(K−1)/K · S / t_comm (wall); the
 utilization is that over this machine's measured memory-copy bandwidth (MPI ranks
 on one host exchange data through shared memory).
 """
@@ -36,13 +44,29 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from mlcvlab.labs import stats
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
+from mlcvlab.parallel.comm import Communicator
 
-QUICK = {"dataset": "mnist", "workers": [1, 2, 4], "batches": [32, 128, 512],
-         "hidden": [256, 256], "steps": 4, "n_train": 2048, "measure_mpi": True, "seed": 0}
-FULL = {"dataset": "mnist", "workers": [1, 2, 4], "batches": [32, 128, 512],
-        "hidden": [1024, 1024], "steps": 30, "n_train": 60000, "measure_mpi": True, "seed": 0}
+QUICK = {"dataset": "mnist", "workers": [1, 2, 4], "batches": [32, 512],
+         "hidden": [128, 128], "steps": 4, "n_train": 2048, "measure_mpi": True,
+         "measure_up_to": 4, "seeds": 2, "seed": 0}
+STANDARD = {**QUICK, "batches": [32, 128, 512], "hidden": [1024, 1024], "steps": 30,
+            "n_train": 0, "seeds": 8}
+FULL = {**QUICK, "batches": [32, 128, 512], "hidden": [1024, 1024], "steps": 30,
+        "n_train": 60000, "seeds": 10}
+
+PHASES = ("compute", "communication", "update", "step")
+CLOCKS = ("cpu", "wall")
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 # -- timing one configuration (in this process or on every MPI rank) --------------------------
@@ -57,57 +81,109 @@ def _data(config: Dict[str, Any]):
     return X.reshape(len(X), -1).astype(np.float32), np.asarray(y, dtype=np.int64), used, note
 
 
-def time_steps(config: Dict[str, Any], comm, b: int, X, y) -> Dict[str, float]:
-    """Mean compute / communication / update seconds per step and the bytes all-reduced,
-    for per-worker batch b with communicator ``comm`` (1 warm-up step, then config["steps"])."""
+class TimedCommunicator(Communicator):
+    """A communicator that adds the CPU seconds of each all-reduce to ``cpu_seconds``."""
+
+    def __init__(self, inner: Communicator):
+        self.inner, self.rank, self.size, self.name = inner, inner.rank, inner.size, inner.name
+        self.cpu_seconds = 0.0
+
+    @property
+    def local_ranks(self):
+        return self.inner.local_ranks
+
+    def allreduce_mean(self, buf):
+        t = time.process_time()
+        self.inner.allreduce_mean(buf)
+        self.cpu_seconds += time.process_time() - t
+
+    def broadcast(self, buf, root: int = 0):
+        self.inner.broadcast(buf, root)
+
+    def barrier(self):
+        self.inner.barrier()
+
+
+def time_steps(config: Dict[str, Any], comm, b: int, X, y, seed: int) -> Dict[str, float]:
+    """Mean CPU and wall seconds per step of compute / communication / update / the whole
+    step, and the bytes all-reduced, for per-worker batch b with communicator ``comm``
+    (1 warm-up step, then config["steps"]). ``seed`` sets the weights and the batches."""
     from mlcvlab.models import mlp
     from mlcvlab.nn import CrossEntropyLoss
     from mlcvlab.optim import SGD
     from mlcvlab.parallel import DataParallelStep, module_grad_fn
-    model = mlp([X.shape[1], *config["hidden"], 10], rng=config["seed"])   # 10 digit classes
-    step = DataParallelStep(model, comm, seed=config["seed"])
-    opt, grad_fn = SGD(model.parameters(), lr=0.01), module_grad_fn(CrossEntropyLoss())
-    gen = np.random.default_rng(config["seed"])
+    model = mlp([X.shape[1], *config["hidden"], 10], rng=seed)   # 10 digit classes
+    timed = TimedCommunicator(comm)
+    step = DataParallelStep(model, timed, seed=seed)
+    opt, inner_grad = SGD(model.parameters(), lr=0.01), module_grad_fn(CrossEntropyLoss())
+    compute_cpu = [0.0]
+
+    def grad_fn(m, xb, yb):
+        t = time.process_time()
+        out = inner_grad(m, xb, yb)
+        compute_cpu[0] += time.process_time() - t
+        return out
+
+    gen = np.random.default_rng([seed, 1])
     B = b * comm.size
-    sums = {"compute_seconds": 0.0, "communication_seconds": 0.0, "update_seconds": 0.0}
+    sums = {f"{p}_{c}": 0.0 for p in PHASES for c in CLOCKS}
     nbytes = 0.0
     for s in range(config["steps"] + 1):
         idx = gen.choice(len(X), size=B, replace=B > len(X))
+        compute_cpu[0], timed.cpu_seconds = 0.0, 0.0
+        c0, w0 = time.process_time(), time.perf_counter()
         _, t = step.step(X[idx], y[idx], opt, grad_fn)
-        if s > 0:                         # the first step is a warm-up
-            for k in sums:
-                sums[k] += t[k]
+        c1, w1 = time.process_time(), time.perf_counter()
         nbytes = t["bytes_communicated"]
+        if s == 0:                         # the first step is a warm-up
+            continue
+        sums["compute_wall"] += t["compute_seconds"]
+        sums["communication_wall"] += t["communication_seconds"]
+        sums["update_wall"] += t["update_seconds"]
+        sums["step_wall"] += w1 - w0
+        sums["compute_cpu"] += compute_cpu[0]
+        sums["communication_cpu"] += timed.cpu_seconds
+        sums["step_cpu"] += c1 - c0
+        sums["update_cpu"] += max(0.0, (c1 - c0) - compute_cpu[0] - timed.cpu_seconds)
     out = {k: v / config["steps"] for k, v in sums.items()}
-    out["bytes"] = step.packed[0].nbytes
+    out["bytes"] = float(step.packed[0].nbytes)
     out["measured_bytes"] = nbytes
     return out
 
 
 def _mpi_main(config_path: str, out_path: str) -> None:
-    """Entry point on every rank of ``mpiexec -n K python -m mlcvlab.labs.data_parallel``."""
+    """Entry point on every rank of ``mpiexec -n K python -m mlcvlab.labs.data_parallel``.
+
+    Rank 0 writes {str(b): timings}; a CPU time is the maximum over the ranks (the step
+    ends when the slowest rank's all-reduce does)."""
     from mlcvlab.parallel.mpi import MPICommunicator, abort_on_error
     with abort_on_error():
         with open(config_path) as f:
             config = json.load(f)
         comm = MPICommunicator()
         X, y, _, _ = _data(config)
-        rows = {str(b): time_steps(config, comm, b, X, y) for b in config["batches"]}
+        rows = {}
+        for b in config["batches"]:
+            t = time_steps(config, comm, b, X, y, config["repeat_seed"])
+            for k in [k for k in t if k.endswith("_cpu")]:
+                t[k] = comm.comm.allreduce(t[k], op=comm.MPI.MAX)
+            rows[str(b)] = t
         if comm.rank == 0:
             with open(out_path, "w") as f:
                 json.dump(rows, f)
 
 
-def measure_mpi(config: Dict[str, Any], k: int) -> Dict[str, Dict[str, float]]:
+def measure_mpi(config: Dict[str, Any], k: int, seed: int) -> Dict[str, Dict[str, float]]:
     """Run the timing on k MPI ranks in a subprocess; {str(b): timings} from rank 0."""
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
         raise FileNotFoundError("data-parallel lab: mpiexec is not on PATH; pip install mpich, "
-                                "or run with --set measure_mpi=false to model K = 2 too")
+                                "or run with --set measure_mpi=false (K > 1 is then simulated "
+                                "in one process and modelled, not measured)")
     with tempfile.TemporaryDirectory() as tmp:
         cfg, out = os.path.join(tmp, "config.json"), os.path.join(tmp, "out.json")
         with open(cfg, "w") as f:
-            json.dump(config, f)
+            json.dump({**config, "repeat_seed": int(seed)}, f)
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         proc = subprocess.run([mpiexec, "-n", str(k), sys.executable, "-m",
                                "mlcvlab.labs.data_parallel", cfg, out],
@@ -136,178 +212,373 @@ def _ring_factor(k: int) -> float:
     return 2.0 * (k - 1) / k
 
 
-def build_rows(config, measured: Dict[int, Dict[str, Dict[str, float]]], sources: Dict[int, str],
-               n_epoch: int, peak: float) -> List[Dict[str, Any]]:
-    """One row per (K, b): measured where ``measured`` has K, else modelled (see module doc)."""
+MODEL_REF = 2       # the K whose measurements the modelled rows are built from
+
+
+def model_timings(ref: Dict[str, float], k: int) -> Dict[str, float]:
+    """Modelled timings at K = k from the measured timings ``ref`` at K = MODEL_REF (same b):
+    per-worker compute and update as at K = 2, the all-reduce scaled by the ring factor."""
+    scale = _ring_factor(k) / _ring_factor(MODEL_REF)
+    t = {"bytes": ref["bytes"]}
+    for c in CLOCKS:
+        t[f"compute_{c}"] = ref[f"compute_{c}"]
+        t[f"update_{c}"] = ref[f"update_{c}"]
+        t[f"communication_{c}"] = ref[f"communication_{c}"] * scale
+        t[f"step_{c}"] = t[f"compute_{c}"] + t[f"communication_{c}"] + t[f"update_{c}"]
+    return t
+
+
+def _mean_ci(values: List[float]) -> tuple:
+    s = stats.summarize(values)
+    return s["mean"], s["ci95"][0], s["ci95"][1]
+
+
+def build_rows(config, measured: Dict[int, List[Dict[str, Dict[str, float]]]],
+               sources: Dict[int, str], n_epoch: int, peak: float,
+               truly_measured: Dict[int, bool] = None) -> List[Dict[str, Any]]:
+    """Rows per (K, b): a measured row for every K in ``measured`` and a modelled row for every
+    K > 2 in config["workers"] (from the K = 2 measurements, see the module doc).
+
+    measured: {K: [one {str(b): timings} per repeat]}; every K has the same number of
+    repeats. truly_measured: {K: False} marks a K that was simulated in one process (its
+    rows say measured: false).
+    """
     from mlcvlab.parallel import ring_allreduce_bandwidth
-    rows, base = [], measured[1]
-    comm_ref = max(k for k in measured if k > 1) if any(k > 1 for k in measured) else None
-    for k in config["workers"]:
+    truly_measured = truly_measured or {}
+    if 1 not in measured:
+        raise ValueError("data-parallel lab: need the measured K = 1 baseline")
+    modelled_ks = [k for k in config["workers"] if k > MODEL_REF]
+    if modelled_ks and MODEL_REF not in measured:
+        raise ValueError("data-parallel lab: need a measured K = 2 to model K > 2; include 2 in "
+                         "workers")
+    n_rep = len(measured[1])
+    rows = []
+    plan = [(k, True) for k in config["workers"] if k in measured] + \
+        [(k, False) for k in modelled_ks]
+    for k, is_meas in plan:
         for b in config["batches"]:
             key = str(b)
-            if k in measured:
-                t, source = dict(measured[k][key]), sources[k]
-            else:
-                if comm_ref is None:
-                    raise ValueError("data-parallel lab: need a measured K > 1 to model "
-                                     "communication; include 2 in workers")
-                ref = measured[comm_ref][key]
-                t = {"compute_seconds": base[key]["compute_seconds"],
-                     "update_seconds": base[key]["update_seconds"], "bytes": ref["bytes"],
-                     "communication_seconds": ref["communication_seconds"]
-                     * _ring_factor(k) / _ring_factor(comm_ref)}
-                source = f"modelled (compute, update from K=1; all-reduce from K={comm_ref}, ring)"
-            step = t["compute_seconds"] + t["communication_seconds"] + t["update_seconds"]
+            reps = [measured[k][r][key] if is_meas
+                    else model_timings(measured[MODEL_REF][r][key], k) for r in range(n_rep)]
+            base = [measured[1][r][key] for r in range(n_rep)]
             steps_per_epoch = n_epoch / (k * b)
-            bw = ring_allreduce_bandwidth(t["bytes"], t["communication_seconds"], k)
-            rows.append({"K": k, "per_worker_batch": b, "global_batch": k * b, "source": source,
-                         "compute_ms": 1e3 * t["compute_seconds"],
-                         "communication_ms": 1e3 * t["communication_seconds"],
-                         "update_ms": 1e3 * t["update_seconds"], "step_ms": 1e3 * step,
-                         "comm_fraction": t["communication_seconds"] / step,
-                         "epoch_seconds": steps_per_epoch * step,
-                         "allreduce_MB": t["bytes"] / 1e6, "bus_bandwidth_GBps": bw / 1e9,
-                         "bandwidth_utilization": bw / peak if k > 1 else 0.0})
-    for r in rows:
-        one = next(q for q in rows
-                   if q["K"] == 1 and q["per_worker_batch"] == r["per_worker_batch"])
-        r["speedup"] = one["epoch_seconds"] / r["epoch_seconds"]
-        r["efficiency"] = r["speedup"] / r["K"]
+            epoch = {c: [steps_per_epoch * t[f"step_{c}"] for t in reps] for c in CLOCKS}
+            epoch1 = {c: [n_epoch / b * t[f"step_{c}"] for t in base] for c in CLOCKS}
+            speed = {c: [e1 / e for e1, e in zip(epoch1[c], epoch[c])] for c in CLOCKS}
+            mean = {f: float(np.mean([t[f] for t in reps])) for f in reps[0]}
+            measured_flag = bool(is_meas and truly_measured.get(k, True))
+            if is_meas:
+                source = sources[k]
+            else:
+                source = (f"modelled (compute, update as measured at K={MODEL_REF}; all-reduce "
+                          f"from K={MODEL_REF}, ring)")
+            sp, sp_lo, sp_hi = _mean_ci(speed["cpu"])
+            bw = ring_allreduce_bandwidth(mean["bytes"], mean["communication_wall"], k)
+            rows.append({
+                "K": k, "per_worker_batch": b, "global_batch": k * b, "measured": measured_flag,
+                "source": source, "oversubscribed": bool(is_meas and k > cores()),
+                "repeats": n_rep,
+                "compute_cpu_ms": 1e3 * mean["compute_cpu"],
+                "compute_wall_ms": 1e3 * mean["compute_wall"],
+                "communication_cpu_ms": 1e3 * mean["communication_cpu"],
+                "communication_wall_ms": 1e3 * mean["communication_wall"],
+                "update_cpu_ms": 1e3 * mean["update_cpu"],
+                "step_cpu_ms": 1e3 * mean["step_cpu"], "step_wall_ms": 1e3 * mean["step_wall"],
+                "comm_fraction_cpu": mean["communication_cpu"] / mean["step_cpu"],
+                "comm_fraction_wall": mean["communication_wall"] / mean["step_wall"],
+                "comm_fraction_cpu_values": [t["communication_cpu"] / t["step_cpu"]
+                                             for t in reps],
+                "epoch_cpu_seconds": float(np.mean(epoch["cpu"])),
+                "epoch_wall_seconds": float(np.mean(epoch["wall"])),
+                "epoch_cpu_values": epoch["cpu"], "epoch_wall_values": epoch["wall"],
+                "speedup_cpu": sp, "speedup_cpu_lo": sp_lo, "speedup_cpu_hi": sp_hi,
+                "speedup_cpu_values": speed["cpu"],
+                "speedup_wall": float(np.mean(speed["wall"])),
+                "efficiency_cpu": sp / k,
+                "allreduce_MB": mean["bytes"] / 1e6, "bus_bandwidth_GBps": bw / 1e9,
+                "bandwidth_utilization": bw / peak if k > 1 else 0.0})
     return rows
 
 
 def _measure(config, progress) -> tuple:
-    """Measured timings {K: {str(b): timings}} for K = 1 and (if asked) K = 2.
+    """Measured timings {K: [per repeat {str(b): timings}]}.
 
-    With ``measure_mpi`` both run under mpiexec (-n 1, -n 2) with one BLAS thread
-    per rank, so the two are measured the same way; otherwise in this process with
-    the local communicator (K = 2: shards one after the other, per-worker compute =
-    total / 2).
+    With ``measure_mpi`` every K <= measure_up_to runs under mpiexec -n K (one BLAS thread
+    per rank), the K's of one repeat back to back; otherwise K = 1 runs in this process and
+    K = 2 is simulated with the local communicator (shards one after the other, per-worker
+    compute = total / 2): such K = 2 rows say measured: false.
     """
     from threadpoolctl import threadpool_limits
     from mlcvlab.parallel import LocalCommunicator
     X, y, used, note = _data(config)
     n_epoch = len(X)
-    ks = [k for k in (1, 2) if k in config["workers"]]
-    measured, sources = {}, {}
-    for k in progress(ks, desc="measure"):
-        if config["measure_mpi"]:
-            measured[k] = measure_mpi(config, k)
-            sources[k] = f"measured (mpiexec -n {k})"
-            continue
-        with threadpool_limits(1):
-            measured[k] = {str(b): time_steps(config, LocalCommunicator(k), b, X, y)
-                           for b in config["batches"]}
-        for t in measured[k].values():
-            t["compute_seconds"] /= k        # the k shards ran one after the other
-        sources[k] = "measured (1 process)" if k == 1 else \
-            "measured (local shards; per-worker compute = total / 2)"
-    return measured, sources, n_epoch, used, note
+    seeds = stats.seeds_of(config)
+    if config["measure_mpi"]:
+        ks = [k for k in config["workers"] if k <= config["measure_up_to"]]
+    else:
+        ks = [k for k in config["workers"] if k <= MODEL_REF]
+    measured: Dict[int, list] = {k: [] for k in ks}
+    sources, truly = {}, {}
+    for seed in progress(seeds, desc="repeats"):
+        for k in ks:
+            if config["measure_mpi"]:
+                measured[k].append(measure_mpi(config, k, seed))
+                over = f"; oversubscribed: {k} ranks on {cores()} cores" if k > cores() else ""
+                sources[k] = f"measured (mpiexec -n {k}{over})"
+                continue
+            with threadpool_limits(1):
+                rep = {str(b): time_steps(config, LocalCommunicator(k), b, X, y, seed)
+                       for b in config["batches"]}
+            for t in rep.values():
+                for c in CLOCKS:        # the k shards ran one after the other
+                    t[f"step_{c}"] -= t[f"compute_{c}"] * (k - 1) / k
+                    t[f"compute_{c}"] /= k
+            measured[k].append(rep)
+            sources[k] = "measured (1 process)" if k == 1 else \
+                "simulated in 1 process (local shards; per-worker compute = total / 2)"
+            truly[k] = k == 1
+    return measured, sources, truly, n_epoch, used, note
 
 
 def _figure(rows, config):
-    fig, (ax1, ax2) = new_figure(ncols=2, figsize=(10, 4))
-    for b in config["batches"]:
-        sel = [r for r in rows if r["per_worker_batch"] == b]
-        ax1.plot([r["K"] for r in sel], [r["speedup"] for r in sel], "o-", label=f"b={b}")
-        ax2.plot([r["K"] for r in sel], [r["comm_fraction"] for r in sel], "o-", label=f"b={b}")
-    ks = config["workers"]
-    ax1.plot(ks, ks, "k--", label="ideal")
-    ax1.set_xlabel("workers K"), ax1.set_ylabel("speedup per epoch"), ax1.legend()
-    ax2.set_xlabel("workers K"), ax2.set_ylabel("communication / step time"), ax2.legend()
+    fig, (ax1, ax2) = new_figure(ncols=2, figsize=(11, 4.2))
+    for i, b in enumerate(config["batches"]):
+        color = f"C{i}"
+        meas = sorted((r for r in rows if r["per_worker_batch"] == b and r["measured"]),
+                      key=lambda r: r["K"])
+        model = sorted((r for r in rows if r["per_worker_batch"] == b and not r["measured"]),
+                       key=lambda r: r["K"])
+        if meas:
+            ks = [r["K"] for r in meas]
+            sp = [r["speedup_cpu"] for r in meas]
+            err = [[r["speedup_cpu"] - (r["speedup_cpu_lo"] if r["speedup_cpu_lo"] is not None
+                                        else r["speedup_cpu"]) for r in meas],
+                   [(r["speedup_cpu_hi"] if r["speedup_cpu_hi"] is not None
+                     else r["speedup_cpu"]) - r["speedup_cpu"] for r in meas]]
+            ax1.errorbar(ks, sp, yerr=err, fmt="o-", color=color, capsize=3,
+                         label=f"b={b} measured")
+            ax2.plot(ks, [r["comm_fraction_cpu"] for r in meas], "o-", color=color,
+                     label=f"b={b} measured")
+        if model:
+            # dashed from the measured K = 2 point the model starts from
+            start = [r for r in meas if r["K"] == MODEL_REF]
+            line = start + model
+            ax1.plot([r["K"] for r in line], [r["speedup_cpu"] for r in line], "--",
+                     color=color, alpha=0.8)
+            ax1.plot([r["K"] for r in model], [r["speedup_cpu"] for r in model], "o",
+                     mfc="none", color=color, label=f"b={b} modelled")
+            ax2.plot([r["K"] for r in line], [r["comm_fraction_cpu"] for r in line], "--",
+                     color=color, alpha=0.8)
+            ax2.plot([r["K"] for r in model], [r["comm_fraction_cpu"] for r in model], "o",
+                     mfc="none", color=color, label=f"b={b} modelled")
+    ks = sorted(set(config["workers"]))
+    over = sorted({r["K"] for r in rows if r["oversubscribed"]})
+    for ax in (ax1, ax2):
+        for j, k in enumerate(over):
+            ax.axvspan(k - 0.15, k + 0.15, color="0.9", zorder=0,
+                       label=f"oversubscribed: ranks > {cores()} cores" if j == 0 else None)
+    ax1.plot(ks, ks, ":", color="k", label="ideal (speedup = K)")
+    ax1.set_xticks(ks), ax2.set_xticks(ks)
+    ax1.set_xlabel("workers K"), ax1.set_ylabel("speedup per epoch (CPU seconds, ×)")
+    ax1.set_title("Speedup over K = 1 (bars: 95% CI over repeats)")
+    ax2.set_xlabel("workers K"), ax2.set_ylabel("communication / step (CPU seconds, fraction)")
+    ax2.set_title("Communication share of a step")
+    ax1.legend(fontsize=7), ax2.legend(fontsize=7)
+    fig.suptitle("Synchronous data-parallel SGD: solid = measured, hollow dashed = modelled")
     return fig
 
 
-def _summarize(rows, config, n_epoch: int, peak: float, used: str) -> Dict[str, Any]:
-    """Numbers the report's sentences are built from."""
-    measured = [r for r in rows if r["K"] > 1 and r["source"].startswith("measured")]
-    modelled = [r for r in rows if r["source"].startswith("modelled")]
-    small, large = min(config["batches"]), max(config["batches"])
-    kmax = max(config["workers"])
+def comparisons_of(rows) -> List[Dict[str, Any]]:
+    """K vs K = 1 on CPU seconds per epoch for every measured K > 1 and b (paired by repeat),
+    and, at the largest measured K, the communication share of the largest vs the smallest b."""
+    out = []
+    meas = [r for r in rows if r["measured"]]
+    base = {r["per_worker_batch"]: r for r in meas if r["K"] == 1}
+    for r in meas:
+        if r["K"] > 1:
+            c = stats.compare(f"K={r['K']}", r["epoch_cpu_values"], "K=1",
+                              base[r["per_worker_batch"]]["epoch_cpu_values"],
+                              f"CPU seconds per epoch, b={r['per_worker_batch']}",
+                              higher_is_better=False)
+            c.update(K=r["K"], per_worker_batch=r["per_worker_batch"])
+            out.append(c)
+    multi = [r for r in meas if r["K"] > 1]
+    if multi:
+        kmax = max(r["K"] for r in multi)
+        at = {r["per_worker_batch"]: r for r in multi if r["K"] == kmax}
+        small, large = min(at), max(at)
+        if small != large:
+            c = stats.compare(f"b={large}", at[large]["comm_fraction_cpu_values"], f"b={small}",
+                              at[small]["comm_fraction_cpu_values"],
+                              f"communication share of a step (CPU seconds) at K={kmax}",
+                              higher_is_better=False)
+            c.update(K=kmax, kind="comm_share")
+            out.append(c)
+    return out
 
-    def pick(k, b):
-        return next(r for r in rows if r["K"] == k and r["per_worker_batch"] == b)
-    best = max((r for r in rows if r["K"] > 1), key=lambda r: r["speedup"], default=pick(1, small))
+
+def _summarize(rows, config, n_epoch: int, peak: float, used: str) -> Dict[str, Any]:
+    """Numbers the report's sentences are built from: measured rows only."""
+    measured = [r for r in rows if r["measured"] and r["K"] > 1]
+    dedicated = [r for r in measured if not r["oversubscribed"]]
+    over = [r for r in measured if r["oversubscribed"]]
+    comps = comparisons_of(rows)
+    speed = [c for c in comps if "per_worker_batch" in c]
     results = {
         "rows": rows, "used": used, "n_epoch": n_epoch, "memcpy_GBps": peak / 1e9,
-        "param_MB": rows[0]["allreduce_MB"], "kmax": kmax, "b_small": small, "b_large": large,
-        "measured_ks": sorted({r["K"] for r in rows if r["source"].startswith("measured")}),
-        "modelled_ks": sorted({r["K"] for r in modelled}),
-        "best_K": best["K"], "best_b": best["per_worker_batch"], "best_speedup": best["speedup"],
-        "kmax_small_speedup": pick(kmax, small)["speedup"],
-        "kmax_large_speedup": pick(kmax, large)["speedup"],
-        "kmax_small_comm": pick(kmax, small)["comm_fraction"],
-        "kmax_large_comm": pick(kmax, large)["comm_fraction"],
+        "param_MB": rows[0]["allreduce_MB"], "cores": cores(), "comparisons": comps,
+        "measured_ks": sorted({r["K"] for r in rows if r["measured"]}),
+        "modelled_ks": sorted({r["K"] for r in rows if not r["measured"]}),
+        "oversubscribed_ks": sorted({r["K"] for r in rows if r["oversubscribed"]}),
+        "n_repeats": rows[0]["repeats"],
+        "n_faster": sum(c["verdict"] == "a better" for c in speed),
+        "n_slower": sum(c["verdict"] == "b better" for c in speed),
+        "n_unsep": sum(c["verdict"] == "not separable" for c in speed),
+        "n_speed_comparisons": len(speed),
         "max_bw_GBps": max((r["bus_bandwidth_GBps"] for r in measured), default=0.0),
         "max_util": max((r["bandwidth_utilization"] for r in measured), default=0.0),
     }
-    results["comm_trend"] = ("falls" if results["kmax_large_comm"] < results["kmax_small_comm"]
-                             else "does not fall")
+    if over:
+        o = max(over, key=lambda r: r["speedup_cpu"])
+        results["over_text"] = (
+            f"With more ranks than cores (K = {o['K']}, oversubscribed: {o['K']} ranks on "
+            f"{cores()} cores) the best measured CPU-seconds speedup is {o['speedup_cpu']:.2f}x "
+            f"(b = {o['per_worker_batch']}) and the wall-seconds speedup there is "
+            f"{o['speedup_wall']:.2f}x. A rank's CPU seconds leave out the time it waits for a "
+            "core, so on this machine the wall figure is what the run delivered; the verdicts "
+            "for this K are in the comparisons above.")
+    pool = dedicated or measured
+    if pool:
+        best = max(pool, key=lambda r: r["speedup_cpu"])
+        verdict = next(c["verdict"] for c in speed
+                       if c["K"] == best["K"] and c["per_worker_batch"] == best["per_worker_batch"])
+        results.update(
+            best_K=best["K"], best_b=best["per_worker_batch"], best_speedup=best["speedup_cpu"],
+            best_speedup_ci=[best["speedup_cpu_lo"], best["speedup_cpu_hi"]],
+            best_speedup_wall=best["speedup_wall"], best_source=best["source"],
+            best_verdict={"a better": "faster than K = 1",
+                          "b better": "slower than K = 1",
+                          "not separable": "not separable from K = 1"}[verdict])
+        ci = results["best_speedup_ci"]
+        results["best_ci_text"] = ("no interval from 1 repeat" if ci[0] is None else
+                                   f"95% CI [{ci[0]:.2f}, {ci[1]:.2f}] over "
+                                   f"{best['repeats']} repeats")
+        results["headline"] = (
+            "Best measured speedup: {best_speedup:.2f}x ({best_ci_text}) with K = {best_K} "
+            "workers at per-worker batch {best_b} ({best_source}; CPU seconds per epoch; wall "
+            "seconds give {best_speedup_wall:.2f}x); in CPU seconds per epoch this K is "
+            "{best_verdict}.").format(**results)
+        if best["oversubscribed"]:
+            results["headline"] += " (No K > 1 ran with a core per rank.)"
+    else:
+        results.update(best_K=None, best_b=None, best_speedup=None, best_speedup_ci=[None, None],
+                       best_speedup_wall=None, best_source=None, best_verdict=None,
+                       headline="No multi-worker configuration was measured (measure_mpi is "
+                                "false or measure_up_to is 1), so this run reports no speedup; "
+                                "its K > 1 rows are simulated or modelled.")
     return results
 
 
-def _write_report(rep: Report, rows, config) -> None:
+def _write_report(rep: Report, rows, config, results) -> None:
     rep.text("Per-worker batch b is fixed while K grows, so the global batch is K·b: **weak "
              "scaling** (each worker does the same work per step). An epoch of {n_epoch} samples "
              "takes {n_epoch}/(K·b) steps; time per epoch = steps × (compute + communication + "
-             "update) and speedup = T_epoch(K=1) / T_epoch(K). Measured: K in {measured_ks}; "
-             "modelled from measured compute and communication: K in {modelled_ks}.")
-    rep.text("Modelled rows: compute and update per worker as measured at K = 1 with the same b "
-             "(a worker's work does not depend on K); all-reduce time scaled from the measured "
-             "K = 2 all-reduce with the ring model, t(K) = t(2) · [2(K−1)/K] / [2(2−1)/2].")
-    cols = ["K", "per_worker_batch", "global_batch", "source", "step_ms", "epoch_seconds",
-            "speedup", "efficiency"]
-    rep.table("time_speedup", rows, "Time per epoch and speedup", columns=cols)
-    cols = ["K", "per_worker_batch", "source", "compute_ms", "communication_ms", "update_ms",
-            "comm_fraction"]
+             "update) and speedup = T_epoch(K=1) / T_epoch(K). Times are CPU seconds of a rank "
+             "(the maximum over the ranks; they do not count time spent waiting for a core "
+             "taken by another job) with wall seconds beside them; each is the mean over "
+             "{n_repeats} repeats of the timing, and a speedup's 95% interval is over the "
+             "repeats. This machine has {cores} cores. **Measured**: K in {measured_ks} "
+             "(oversubscribed, more ranks than cores: K in {oversubscribed_ks}). **Modelled** "
+             "(not measured; never used in the conclusions): K in {modelled_ks}.")
+    rep.text("Modelled rows: per-worker compute and update as measured at K = 2 with the same b; "
+             "all-reduce time scaled from the measured K = 2 all-reduce with the ring model, "
+             "t(K) = t(2) · [2(K−1)/K] / [2(2−1)/2].")
+    cols = ["K", "per_worker_batch", "global_batch", "measured", "source", "step_cpu_ms",
+            "step_wall_ms", "epoch_cpu_seconds", "epoch_wall_seconds", "speedup_cpu",
+            "speedup_cpu_lo", "speedup_cpu_hi", "speedup_wall", "efficiency_cpu"]
+    rep.table("time_speedup", rows, "Time per epoch and speedup (CPU seconds; wall beside; "
+              "speedup_cpu_lo/hi: 95% CI over repeats)", columns=cols)
+    cols = ["K", "per_worker_batch", "measured", "compute_cpu_ms", "compute_wall_ms",
+            "communication_cpu_ms", "communication_wall_ms", "update_cpu_ms",
+            "comm_fraction_cpu", "comm_fraction_wall"]
     rep.table("compute_communication", rows, "Compute vs communication per step", columns=cols)
-    rep.text("Communication time is the wall time of the all-reduce call, so it includes "
-             "waiting for the slowest rank (load imbalance), not only data movement.")
+    rep.text("Communication time is the time of the all-reduce call, so it includes waiting for "
+             "the slowest rank (load imbalance), not only data movement; MPI ranks may spin "
+             "while they wait, so the wait also shows in CPU seconds.")
     rep.text("Bandwidth: a ring all-reduce of S bytes over K workers sends and receives "
-             "2(K−1)/K · S bytes per worker, so **bus bandwidth = 2(K−1)/K · S / t_allreduce**; "
-             "utilization = bus bandwidth / memory-copy bandwidth of this machine "
+             "2(K−1)/K · S bytes per worker, so **bus bandwidth = 2(K−1)/K · S / t_allreduce** "
+             "(wall seconds); utilization = bus bandwidth / memory-copy bandwidth of this machine "
              "({memcpy_GBps:.2f} GB/s, one np.copyto of 64 MB). S = {param_MB:.3f} MB (the flat "
              "gradient buffer with BN statistics and the loss).")
-    cols = ["K", "per_worker_batch", "source", "allreduce_MB", "communication_ms",
-            "bus_bandwidth_GBps", "bandwidth_utilization"]
+    cols = ["K", "per_worker_batch", "measured", "source", "allreduce_MB",
+            "communication_wall_ms", "bus_bandwidth_GBps", "bandwidth_utilization"]
     rep.table("bandwidth", [r for r in rows if r["K"] > 1], "All-reduce bandwidth utilization",
               columns=cols)
-    rep.conclusions([
-        "Best speedup: {best_speedup:.2f}x with K = {best_K} workers at per-worker batch "
-        "{best_b}.",
-        "At K = {kmax}, the speedup is {kmax_small_speedup:.2f}x with b = {b_small} and "
-        "{kmax_large_speedup:.2f}x with b = {b_large}; communication takes "
-        "{kmax_small_comm:.0%} of a step with b = {b_small} and {kmax_large_comm:.0%} with "
-        "b = {b_large}: the communication share {comm_trend} as the per-worker batch grows, "
-        "because the all-reduced buffer has the same size whatever b is.",
-        "The highest measured all-reduce bus bandwidth is {max_bw_GBps:.3f} GB/s, "
-        "{max_util:.1%} of this machine's memory-copy bandwidth.",
-    ])
+    rep.comparisons(results["comparisons"], "Comparisons (measured rows, paired by repeat)")
+    bullets = ["{headline}"] + (["{over_text}"] if "over_text" in results else []) + [
+               "Of the {n_speed_comparisons} measured K > 1 vs K = 1 comparisons of CPU "
+               "seconds per epoch, {n_faster} found the K > 1 run faster, {n_slower} found it "
+               "slower and {n_unsep} were not separable (sentences above)."]
+    share = [c for c in results["comparisons"] if c.get("kind") == "comm_share"]
+    if share:
+        results["share_sentence"] = stats.sentence(share[0])
+        bullets.append("Communication share of a step: {share_sentence}")
+    if results["max_bw_GBps"]:
+        bullets.append("The highest measured all-reduce bus bandwidth is {max_bw_GBps:.3f} GB/s, "
+                       "{max_util:.1%} of this machine's memory-copy bandwidth.")
+    rep.conclusions(bullets)
+    rep.explanation("the all-reduced buffer has the same size whatever b is, so the larger the "
+                    "per-worker batch, the more compute there is per byte communicated; on a "
+                    "machine with fewer cores than ranks, ranks also wait for a core, which "
+                    "shows as communication time.")
 
 
 @lab(name="data-parallel", study="Synchronous data-parallel SGD: time per epoch, speedup, "
      "compute vs communication and all-reduce bandwidth for 1, 2, 4 workers",
-     quick=QUICK, full=FULL, expected_seconds={"quick": 40, "full": 900})
+     quick=QUICK, standard=STANDARD, full=FULL,
+     expected_seconds={"quick": 30, "standard": 900, "full": 3600})
 def run(config, out_dir, progress):
-    for key in ("workers", "batches"):
-        if not config[key] or any(int(v) < 1 for v in config[key]):
-            raise ValueError(f"data-parallel lab: {key} must be a list of integers >= 1, "
-                             f"got {config[key]}")
-    if 1 not in config["workers"]:
-        raise ValueError("data-parallel lab: workers must include 1 (the speedup baseline)")
-    measured, sources, n_epoch, used, note = _measure(config, progress)
+    _validate(config)
+    measured, sources, truly, n_epoch, used, note = _measure(config, progress)
     peak = memcpy_bandwidth()
-    rows = build_rows(config, measured, sources, n_epoch, peak)
+    rows = build_rows(config, measured, sources, n_epoch, peak, truly)
     results = _summarize(rows, config, n_epoch, peak, used)
     rep = Report(out_dir, "Synchronous data-parallel SGD", results)
     if note:
         rep.note_substitution(config["dataset"], used)
     rep.setup(config)
-    _write_report(rep, rows, config)
+    _write_report(rep, rows, config, results)
     rep.figure("scaling", _figure(rows, config),
-               "Speedup per epoch (left) and communication share of a step (right)")
+               "Speedup per epoch in CPU seconds (left) and communication share of a step "
+               "(right); solid markers: measured, hollow markers on dashed lines: modelled")
     rep.write()
     return results
+
+
+def _validate(config) -> None:
+    """A clear ValueError for every bad config value, before any work."""
+    def ints(key, lo, unique=True):
+        v = config[key]
+        if not isinstance(v, (list, tuple)) or not v or any(
+                isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo for x in v):
+            raise ValueError(f"data-parallel lab: {key} must be a non-empty list of integers "
+                             f">= {lo}, got {v!r}")
+        if unique and len(set(v)) != len(v):
+            raise ValueError(f"data-parallel lab: {key} must not repeat a value, got {v!r}")
+    ints("workers", 1), ints("batches", 1), ints("hidden", 1, unique=False)
+    if 1 not in config["workers"]:
+        raise ValueError("data-parallel lab: workers must include 1 (the speedup baseline)")
+    if any(k > MODEL_REF for k in config["workers"]) and MODEL_REF not in config["workers"]:
+        raise ValueError("data-parallel lab: workers above 2 are modelled from K = 2; include 2 "
+                         f"in workers, got {config['workers']}")
+    for key, lo in (("steps", 1), ("measure_up_to", 1), ("n_train", 0)):
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"data-parallel lab: {key} must be an integer >= {lo}, got {v!r}")
+    if 0 < config["n_train"] < max(config["batches"]):
+        raise ValueError(f"data-parallel lab: n_train ({config['n_train']}) must be 0 (all) or at "
+                         f"least the largest batch ({max(config['batches'])})")
+    stats.seeds_of(config)      # raises on a bad seeds value
 
 
 if __name__ == "__main__":     # an MPI rank started by measure_mpi

@@ -9,10 +9,20 @@
    arrays our layers keep for backward) next to the bytes actually held in the
    layers' caches and the peak traced by ``tracemalloc`` (which also sees the
    temporaries of forward and backward).
-4. Accuracy after a fixed number of epochs and wall time per batch size.
+4. Accuracy after a fixed number of epochs and training time per batch size, over
+   ``seeds`` paired by seed (for one seed every batch size starts from the same weights
+   and shuffles with the same seed): each batch size's mean with a 95% interval, and the
+   comparisons of neighbouring batch sizes with their verdicts. Times are CPU seconds of
+   the process (``time.process_time``), which do not grow while it waits for a core taken
+   by another job; wall seconds are shown beside them.
+
+The analytic numbers (parameter counts of the spec networks, :func:`training_memory`) are
+*modelled*; the bytes in the optimizer state and in the layer caches and the traced peak
+are *measured*. The report labels each.
 """
 from __future__ import annotations
 
+import math
 import time
 import tracemalloc
 from typing import Any, Dict, List, Sequence, Tuple
@@ -21,6 +31,7 @@ import numpy as np
 
 from mlcvlab import analysis as A
 from mlcvlab.data.datasets import load, resolve_dataset
+from mlcvlab.labs import stats
 from mlcvlab.labs.depth_width import EpochShuffledBatches
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
@@ -38,10 +49,13 @@ _FULL = {"spec_models": ["alexnet", "vgg19", "resnet18", "resnet34", "resnet50",
                          "resnet152"], "spec_batch": 32,
          "state_models": ["lenet5", "resnet20", "resnet18", "minigooglenet"],
          "model": "lenet5", "dataset": "mnist", "n_train": 0, "n_test": 0,
-         "batch_sizes": [4, 16, 64, 256], "epochs": 10, "lr": 0.01, "momentum": 0.9}
+         "batch_sizes": [4, 16, 64, 256], "epochs": 10, "lr": 0.01, "momentum": 0.9,
+         "seeds": 5, "seed": 0}
 _QUICK = {**_FULL, "spec_models": ["alexnet", "resnet18", "resnet50", "resnet152"],
           "state_models": ["mlp", "lenet5"], "model": "mlp", "n_train": 768, "n_test": 512,
-          "epochs": 1}
+          "epochs": 1, "seeds": 2}
+_STANDARD = {**_FULL, "model": "lenet5", "batch_sizes": [8, 32, 128, 512], "epochs": 6,
+             "seeds": 4}
 
 
 # -- the analytic memory model ---------------------------------------------------------------------
@@ -260,21 +274,24 @@ def measure_step(name: str, kind: str, X: np.ndarray, y: np.ndarray, batch: int,
     return {"measured_peak": int(peak), "cached": cached_bytes(model, loss)}
 
 
-def train_at(name: str, data: Dict[str, Any], batch: int, config: Dict[str, Any]) -> dict:
-    """Train for config['epochs'] at ``batch``: test accuracy, wall time and the epochs'
-    training losses (whether the run was stable at this batch size)."""
-    model = build(name, config["seed"])
+def train_at(name: str, data: Dict[str, Any], batch: int, config: Dict[str, Any],
+             seed: int) -> dict:
+    """Train for config['epochs'] at ``batch`` from seed ``seed`` (initial weights and
+    shuffling): test accuracy (the test split once, at the end), CPU and wall seconds of the
+    training, and the epochs' training losses (whether the run was stable)."""
+    model = build(name, seed)
     opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
-    loader = EpochShuffledBatches(data["X_train"], data["y_train"], batch, seed=config["seed"])
+    loader = EpochShuffledBatches(data["X_train"], data["y_train"], batch, seed=seed)
     trainer = Trainer(model, CrossEntropyLoss(), opt)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(loader, config["epochs"])
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     test = evaluate(model, CrossEntropyLoss(), array_batches(data["X_test"], data["y_test"], 512))
     losses = trainer.history.column("train_loss")
-    return {"test_acc": test["acc"], "test_loss": test["loss"], "seconds": seconds,
-            "seconds_per_epoch": seconds / config["epochs"], "steps": trainer.epoch * len(loader),
-            "train_loss_lowest": min(losses), "train_loss_last": losses[-1]}
+    return {"seed": seed, "batch": batch, "test_acc": test["acc"], "test_loss": test["loss"],
+            "seconds": seconds, "cpu_seconds": cpu, "steps": trainer.epoch * len(loader),
+            "train_loss_lowest": min(losses), "train_loss_last": losses[-1],
+            "finite": all(math.isfinite(v) for v in losses) and math.isfinite(test["loss"])}
 
 
 def load_data(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -290,57 +307,118 @@ def load_data(config: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def batch_table(data, config, progress) -> List[dict]:
-    """Per batch size: analytic memory terms, cache bytes, traced peak, accuracy and time."""
+def batch_table(data, config, progress) -> Tuple[List[dict], List[dict]]:
+    """Per batch size: the modelled (analytic) memory terms, the measured cache bytes and
+    traced peak, and accuracy and time as mean over the seeds; and every training run.
+
+    The batch sizes of one seed train back to back, so they share the machine's load."""
     name = config["model"]
     shape = data["X_train"].shape[1:]
     model = build(name, config["seed"])
+    train_at(name, {**data, "X_train": data["X_train"][:64], "y_train": data["y_train"][:64]},
+             min(config["batch_sizes"]), {**config, "epochs": 1}, 0)   # untimed warm-up
+    runs = []
+    for seed in progress(stats.seeds_of(config), desc="seeds"):
+        for b in config["batch_sizes"]:
+            runs.append(train_at(name, data, b, config, seed))
     rows = []
-    for b in progress(config["batch_sizes"], desc="batch sizes"):
+    for b in config["batch_sizes"]:
         mem = training_memory(model, shape, b, "momentum")
         meas = measure_step(name, "momentum", data["X_train"], data["y_train"], b, config["seed"])
-        fit = train_at(name, data, b, config)
+        mine = [r for r in runs if r["batch"] == b]
+        acc = stats.summarize([r["test_acc"] for r in mine])
+        cpu = stats.summarize([r["cpu_seconds"] for r in mine])
         rows.append({"batch": b,
-                     "params+grads+state KB": (mem["total"] - mem["activations"]) / 1024,
-                     "activations KB (analytic)": mem["activations"] / 1024,
-                     "activations KB (in caches)": meas["cached"] / 1024,
-                     "analytic total KB": mem["total"] / 1024,
-                     "measured peak KB": meas["measured_peak"] / 1024,
-                     "peak / analytic": meas["measured_peak"] / mem["total"],
-                     "test acc": fit["test_acc"],
-                     "lowest epoch train loss": fit["train_loss_lowest"],
-                     "last epoch train loss": fit["train_loss_last"], "seconds": fit["seconds"],
-                     "steps": fit["steps"], "analytic_bytes": mem["total"],
+                     "params+grads+state KB (modelled)": (mem["total"] - mem["activations"]) / 1024,
+                     "activations KB (modelled)": mem["activations"] / 1024,
+                     "activations KB (measured in caches)": meas["cached"] / 1024,
+                     "total KB (modelled)": mem["total"] / 1024,
+                     "peak KB (measured)": meas["measured_peak"] / 1024,
+                     "peak / modelled": meas["measured_peak"] / mem["total"],
+                     "test acc": acc["mean"], "test acc CI lo": acc["ci95"][0],
+                     "test acc CI hi": acc["ci95"][1],
+                     "CPU seconds": cpu["mean"], "CPU s CI lo": cpu["ci95"][0],
+                     "CPU s CI hi": cpu["ci95"][1],
+                     "wall seconds": float(np.mean([r["seconds"] for r in mine])),
+                     "steps": mine[0]["steps"], "seeds": len(mine),
+                     "analytic_bytes": mem["total"],
                      "activation_bytes": mem["activations"], "cached_bytes": meas["cached"],
                      "peak_bytes": meas["measured_peak"]})
-    return rows
+    return rows, runs
+
+
+def batch_comparisons(runs: List[dict], batch_sizes: Sequence[int]) -> List[dict]:
+    """Neighbouring batch sizes on test accuracy and on CPU seconds of training, and the
+    smallest vs the largest batch on CPU seconds; paired by seed. Batch sizes with a
+    diverged run (NaN/inf loss) are left out."""
+    by_b = {b: [r for r in runs if r["batch"] == b] for b in batch_sizes}   # in seed order
+    ok = [b for b in batch_sizes if all(r["finite"] for r in by_b[b])]
+    out = []
+    for a, b in zip(ok, ok[1:]):
+        c = stats.compare(f"batch {b}", [r["test_acc"] for r in by_b[b]], f"batch {a}",
+                          [r["test_acc"] for r in by_b[a]], "test accuracy",
+                          higher_is_better=True)
+        c["kind"] = "accuracy"
+        out.append(c)
+    pairs = list(zip(batch_sizes, batch_sizes[1:]))
+    if len(batch_sizes) > 2:
+        pairs.append((batch_sizes[0], batch_sizes[-1]))
+    for a, b in pairs:
+        c = stats.compare(f"batch {b}", [r["cpu_seconds"] for r in by_b[b]], f"batch {a}",
+                          [r["cpu_seconds"] for r in by_b[a]], "CPU seconds of training",
+                          higher_is_better=False)
+        c["kind"] = "time"
+        out.append(c)
+    return out
 
 
 # -- report -------------------------------------------------------------------------------------
 def _figures(rep: Report, rows: List[dict], results: Dict[str, Any]) -> None:
     b = [r["batch"] for r in rows]
     fig, ax = new_figure(figsize=(6, 4))
-    ax.plot(b, [r["analytic_bytes"] / MB for r in rows], "o-", label="analytic total")
-    ax.plot(b, [r["activation_bytes"] / MB for r in rows], "s--", label="analytic activations")
-    ax.plot(b, [r["cached_bytes"] / MB for r in rows], "x", ms=9, label="bytes in layer caches")
-    ax.plot(b, [r["peak_bytes"] / MB for r in rows], "^-", label="measured peak (tracemalloc)")
+    ax.plot(b, [r["analytic_bytes"] / MB for r in rows], "o--", mfc="none", color="C0",
+            label="modelled: total (analytic)")
+    ax.plot(b, [r["activation_bytes"] / MB for r in rows], "s--", mfc="none", color="C1",
+            label="modelled: activations (analytic)")
+    ax.plot(b, [r["cached_bytes"] / MB for r in rows], "x", ms=9, color="C2",
+            label="measured: bytes in layer caches")
+    ax.plot(b, [r["peak_bytes"] / MB for r in rows], "^-", color="C3",
+            label="measured: peak (tracemalloc)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("batch size")
+    ax.set_xticks(b, [str(v) for v in b])
+    ax.set_xlabel("batch size (samples)")
     ax.set_ylabel("memory of a training step (MB)")
-    ax.legend()
-    rep.figure("memory_vs_batch", fig, "Training-step memory of {model} vs batch size.")
-    fig, ax1 = new_figure(figsize=(6, 4))
-    ax1.plot(b, [r["test acc"] for r in rows], "o-", color="C0", label="test accuracy")
-    ax1.set_xscale("log", base=2)
-    ax1.set_xlabel("batch size")
-    ax1.set_ylabel("test accuracy", color="C0")
-    ax2 = ax1.twinx()
-    ax2.plot(b, [r["seconds"] for r in rows], "s--", color="C1", label="wall time")
-    ax2.set_ylabel("training wall time (s)", color="C1")
-    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    ax.set_title(f"Training-step memory of {results['model']}: modelled vs measured")
+    ax.legend(fontsize=8)
+    rep.figure("memory_vs_batch", fig, "Training-step memory of {model} vs batch size "
+               "(hollow, dashed: modelled; solid: measured).")
+    fig, (ax1, ax2) = new_figure(ncols=2, figsize=(10, 4))
+
+    def bars(key, lo, hi):
+        mean = [r[key] for r in rows]
+        if rows[0][lo] is None:
+            return mean, None
+        return mean, [[r[key] - r[lo] for r in rows], [r[hi] - r[key] for r in rows]]
+    acc, acc_err = bars("test acc", "test acc CI lo", "test acc CI hi")
+    ax1.errorbar(b, acc, yerr=acc_err, fmt="o-", color="C0", capsize=3,
+                 label=f"test accuracy (mean of {results['n_seeds']} seeds, 95% CI)")
+    cpu, cpu_err = bars("CPU seconds", "CPU s CI lo", "CPU s CI hi")
+    ax2.errorbar(b, cpu, yerr=cpu_err, fmt="s-", color="C1", capsize=3,
+                 label=f"CPU seconds (mean of {results['n_seeds']} seeds, 95% CI)")
+    ax2.plot(b, [r["wall seconds"] for r in rows], "s:", color="C1", mfc="none",
+             label="wall seconds (mean)")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(b, [str(v) for v in b])
+        ax.set_xlabel("batch size (samples)")
+        ax.legend(fontsize=8)
+    ax1.set_ylabel("test accuracy (fraction)")
+    ax1.set_title(f"Test accuracy after {results['epochs']} epoch(s)")
+    ax2.set_ylabel("training time (s)")
+    ax2.set_title(f"Training time of {results['epochs']} epoch(s)")
     rep.figure("accuracy_time_vs_batch", fig, "Test accuracy after {epochs} epoch(s) and "
-               "training wall time vs batch size.")
+               "training time (CPU seconds, wall seconds dotted) vs batch size.")
 
 
 def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> None:
@@ -348,46 +426,69 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
     if results["data_note"]:
         rep.note_substitution(results["dataset_wanted"], results["dataset_used"])
     rep.setup(config)
-    rep.section("Model sizes (ImageNet specs, mlcvlab.analysis)")
-    rep.text("Parameters and float32 sizes; 'params+grads+Adam' is 4 x P x 4 bytes; the batch "
-             "estimate adds every layer output kept once (4 bytes each). {largest_model} is "
-             "the largest here with {largest_params:,} parameters ({largest_mb:.1f} MB).")
-    rep.table("model_sizes", results["spec_rows"], "Parameters and memory per network")
-    rep.section("Optimizer state")
-    rep.text("The bytes of the state arrays each of our optimizers allocates (opt.state), next "
-             "to slots x P x itemsize with 0 slots for SGD, 1 for momentum, 2 for Adam (m, v). "
-             "All {state_rows_n} rows match the formula: {state_all_match}. Scratch buffers "
-             "used inside step() are not state and are not counted here (the measured peak "
-             "below includes them).")
+    rep.section("Model sizes (ImageNet specs, mlcvlab.analysis; modelled)")
+    rep.text("Modelled from the networks' layer specs (no network was built or run): parameters "
+             "and float32 sizes; 'params+grads+Adam' is 4 x P x 4 bytes; the batch estimate adds "
+             "every layer output kept once (4 bytes each). {largest_model} is the largest here "
+             "with {largest_params:,} parameters ({largest_mb:.1f} MB).")
+    rep.table("model_sizes", results["spec_rows"], "Parameters and memory per network "
+              "(modelled)")
+    rep.section("Optimizer state (measured)")
+    rep.text("The bytes of the state arrays each of our optimizers allocates (opt.state, "
+             "measured), next to the formula slots x P x itemsize with 0 slots for SGD, 1 for "
+             "momentum, 2 for Adam (m, v). All {state_rows_n} rows match the formula: "
+             "{state_all_match}. Scratch buffers used inside step() are not state and are not "
+             "counted here (the measured peak below includes them).")
     rep.table("optimizer_state", results["state_rows"], "Optimizer state memory")
     rep.section("Memory of a training step vs batch size")
     rep.text("Model {model} ({model_params:,} parameters) on {dataset_used}, SGD with momentum "
-             "{momentum}, lr {lr}. Analytic model (training_memory in this lab): parameters + "
-             "gradients + momentum buffer (3 x P x 4 bytes = {fixed_kb:.1f} KB) + the arrays "
-             "our layers keep for backward (inputs of Linear/Conv2d, outputs of ReLU, BN's "
-             "x_hat, dropout masks, pooling argmax, the loss gradient). The bytes actually held in "
-             "the caches after a step equal the analytic activation term at every batch size: "
-             "{cache_matches}. The traced peak also holds the temporaries of forward/backward "
-             "(gradients flowing back, conv patch matrices, the previous step's caches while the "
-             "new ones are built) "
-             "and is {peak_ratio_min:.2f}x to {peak_ratio_max:.2f}x the analytic total.")
-    cols = ["batch", "params+grads+state KB", "activations KB (analytic)",
-            "activations KB (in caches)", "analytic total KB", "measured peak KB",
-            "peak / analytic", "test acc", "lowest epoch train loss", "last epoch train loss",
-            "seconds", "steps"]
+             "{momentum}, lr {lr}. **Modelled** (the analytic training_memory of this lab): "
+             "parameters + gradients + momentum buffer (3 x P x 4 bytes = {fixed_kb:.1f} KB) + "
+             "the arrays our layers keep for backward (inputs of Linear/Conv2d, outputs of ReLU, "
+             "BN's x_hat, dropout masks, pooling argmax, the loss gradient). **Measured**: the "
+             "bytes held in the layer caches after a step, and the peak traced by tracemalloc "
+             "over one step. The measured cache bytes equal the modelled activation term at "
+             "every batch size: {cache_matches}. The measured peak also holds the temporaries "
+             "of forward/backward (gradients flowing back, conv patch matrices, the previous "
+             "step's caches while the new ones are built) and is {peak_ratio_min:.2f}x to "
+             "{peak_ratio_max:.2f}x the modelled total.")
+    rep.text("Accuracy and time: every batch size trained for {epochs} epoch(s) from each of "
+             "the seeds {seeds} (for one seed, the same initial weights and shuffling seed at "
+             "every batch size; the batch sizes of one seed back to back). The test split is "
+             "evaluated once, after the last epoch. Times are CPU seconds of the process, with "
+             "wall seconds beside them; means with 95% intervals over the seeds.")
+    cols = ["batch", "params+grads+state KB (modelled)", "activations KB (modelled)",
+            "activations KB (measured in caches)", "total KB (modelled)", "peak KB (measured)",
+            "peak / modelled", "test acc", "test acc CI lo", "test acc CI hi", "CPU seconds",
+            "CPU s CI lo", "CPU s CI hi", "wall seconds", "steps", "seeds"]
     rep.table("batch_sizes", results["batch_rows"], "Memory, accuracy and time per batch size",
               cols)
+    rep.table("runs", results["runs"], "Every training run (one row per seed and batch size)",
+              ["seed", "batch", "test_acc", "test_loss", "cpu_seconds", "seconds", "steps",
+               "train_loss_lowest", "train_loss_last"])
     _figures(rep, results["batch_rows"], results)
-    rep.conclusions([
-        "Activation memory grows {act_growth:.1f}x from batch {b_first} to {b_last} while the "
-        "parameter-sized terms stay at {fixed_kb:.1f} KB; at batch {b_last} activations are "
-        "{act_share_last:.1%} of the analytic total.",
-        "Adam keeps {adam_over_sgd:.0f}x the parameter bytes as state, momentum 1x, SGD none.",
-        "After {epochs} epoch(s) the best test accuracy is {best_acc:.4f} at batch {best_batch}; "
-        "training took {time_first:.1f} s at batch {b_first} and {time_last:.1f} s at batch "
-        "{b_last} ({time_ratio:.2f}x).",
-        "{stability_text}",
-    ])
+    rep.comparisons(results["comparisons"], "Comparisons (paired by seed)")
+    bullets = [
+        "Modelled: activation memory grows {act_growth:.1f}x from batch {b_first} to {b_last} "
+        "while the parameter-sized terms stay at {fixed_kb:.1f} KB; at batch {b_last} "
+        "activations are {act_share_last:.1%} of the modelled total. Measured peak: "
+        "{peak_first_kb:.1f} KB at batch {b_first}, {peak_last_kb:.1f} KB at batch {b_last}.",
+        "Measured: Adam keeps {adam_over_sgd:.0f}x the parameter bytes as state, momentum 1x, "
+        "SGD none.",
+        "Training time: {time_first:.3g} CPU s at batch {b_first} and {time_last:.3g} CPU s at "
+        "batch {b_last} (wall: {wall_first:.3g} s and {wall_last:.3g} s); {time_sentence}",
+    ]
+    bullets += ["{acc_sentences[%d]}" % i
+                for i in range(len(results["acc_sentences"]))]
+    bullets.append("{stability_text}")
+    rep.conclusions(bullets)
+    if results["unstable_runs"]:
+        rep.explanation(
+            f"every batch size ran with the same lr {results['lr']} and momentum "
+            f"{results['momentum']}, so a small batch takes many more steps per epoch, each on "
+            "a noisier gradient; the linear scaling rule (Goyal et al. 2017) would scale the lr "
+            "with the batch size. The accuracy of an unstable run depends on where it stopped, "
+            "not on the batch size's memory.")
     rep.write()
 
 
@@ -395,62 +496,93 @@ def _summary(results: Dict[str, Any]) -> Dict[str, Any]:
     rows, spec, state = results["batch_rows"], results["spec_rows"], results["state_rows"]
     big = max(spec, key=lambda r: r["params"])
     first, last = rows[0], rows[-1]
-    best = max(rows, key=lambda r: r["test acc"])
-    unstable = [r for r in rows
-                if r["last epoch train loss"] > UNSTABLE_LOSS_RISE * r["lowest epoch train loss"]]
+    unstable = [r for r in results["runs"] if not r["finite"]
+                or r["train_loss_last"] > UNSTABLE_LOSS_RISE * r["train_loss_lowest"]]
     adam = [r for r in state if r["optimizer"] == "adam"][0]
+    comps = results["comparisons"]
+    time_c = [c for c in comps if c["kind"] == "time"
+              and {c["a"], c["b"]} == {f"batch {first['batch']}", f"batch {last['batch']}"}]
     return {"largest_model": big["model"], "largest_params": big["params"],
             "largest_mb": big["param MB"], "state_rows_n": len(state),
             "state_all_match": all(r["matches"] for r in state),
             "cache_matches": all(r["cached_bytes"] == r["activation_bytes"] for r in rows),
-            "peak_ratio_min": min(r["peak / analytic"] for r in rows),
-            "peak_ratio_max": max(r["peak / analytic"] for r in rows),
-            "fixed_kb": first["params+grads+state KB"], "b_first": first["batch"],
+            "peak_ratio_min": min(r["peak / modelled"] for r in rows),
+            "peak_ratio_max": max(r["peak / modelled"] for r in rows),
+            "peak_first_kb": first["peak KB (measured)"],
+            "peak_last_kb": last["peak KB (measured)"],
+            "fixed_kb": first["params+grads+state KB (modelled)"], "b_first": first["batch"],
             "b_last": last["batch"],
             "act_growth": last["activation_bytes"] / first["activation_bytes"],
             "act_share_last": last["activation_bytes"] / last["analytic_bytes"],
             "adam_over_sgd": adam["state bytes (actual)"] / (adam["params"] * 4),
-            "best_acc": best["test acc"], "best_batch": best["batch"],
-            "time_first": first["seconds"], "time_last": last["seconds"],
-            "time_ratio": first["seconds"] / last["seconds"],
-            "unstable_batches": [r["batch"] for r in unstable],
-            "stability_text": _stability_text(unstable, results["lr"], results["momentum"])}
+            "time_first": first["CPU seconds"], "time_last": last["CPU seconds"],
+            "wall_first": first["wall seconds"], "wall_last": last["wall seconds"],
+            "time_sentence": stats.sentence(time_c[0]) if time_c else "one batch size only.",
+            "acc_sentences": [stats.sentence(c) for c in comps if c["kind"] == "accuracy"],
+            "unstable_runs": [{"batch": r["batch"], "seed": r["seed"]} for r in unstable],
+            "unstable_batches": sorted({r["batch"] for r in unstable}),
+            "stability_text": _stability_text(unstable, results["epochs"])}
 
 
-def _stability_text(unstable: List[dict], lr: float, momentum: float) -> str:
+def _stability_text(unstable: List[dict], epochs: int = 2) -> str:
     """The conclusion on the runs whose training loss rose by the end (none: it says so)."""
+    if epochs < 2 and not unstable:
+        return "One epoch per run: no training-loss trend to judge stability by."
     if not unstable:
-        return (f"At every batch size the last epoch's training loss was within "
+        return (f"In every run the last epoch's training loss was within "
                 f"{UNSTABLE_LOSS_RISE}x of the lowest epoch's: training was stable.")
-    runs = "; ".join(f"batch {r['batch']}: {r['lowest epoch train loss']:.3f} -> "
-                     f"{r['last epoch train loss']:.3f}, test accuracy {r['test acc']:.4f}"
+    runs = "; ".join(f"batch {r['batch']} seed {r['seed']}: {r['train_loss_lowest']:.3f} -> "
+                     f"{r['train_loss_last']:.3f}, test accuracy {r['test_acc']:.4f}"
                      for r in unstable)
-    return (f"Training was unstable at {len(unstable)} batch size(s): the epoch training loss "
-            f"rose from its lowest to more than {UNSTABLE_LOSS_RISE}x that by the last epoch "
-            f"({runs}). Every batch size ran with the same lr {lr} and momentum {momentum}, so a "
-            "small batch takes many more steps per epoch, each on a noisier gradient; the "
-            "linear scaling rule (Goyal et al. 2017) would scale the lr with the batch size. "
-            "The accuracy of an unstable run depends on where it stopped, not on the batch "
-            "size's memory.")
+    return (f"Training was unstable in {len(unstable)} run(s): the epoch training loss "
+            f"rose from its lowest to more than {UNSTABLE_LOSS_RISE}x that by the last epoch, or "
+            f"became NaN/inf ({runs}).")
+
+
+def _validate(config: Dict[str, Any]) -> None:
+    """A clear ValueError for every bad config value, before any work."""
+    bs = config["batch_sizes"]
+    if not isinstance(bs, (list, tuple)) or not bs or any(
+            isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in bs) \
+            or sorted(set(bs)) != list(bs):
+        raise ValueError(f"memory lab: batch_sizes must be a non-empty strictly increasing list "
+                         f"of integers >= 1, got {bs!r}")
+    for key, lo in (("epochs", 1), ("n_train", 0), ("n_test", 0), ("spec_batch", 1)):
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"memory lab: {key} must be an integer >= {lo}, got {v!r}")
+    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
+        raise ValueError(f"memory lab: lr must be a finite number > 0, got {config['lr']!r}")
+    if not (math.isfinite(config["momentum"]) and 0 <= config["momentum"] < 1):
+        raise ValueError(f"memory lab: momentum must be in [0, 1), got {config['momentum']!r}")
+    if config["model"] not in ("mlp", "lenet5"):
+        raise ValueError(f"memory lab: model must be mlp or lenet5 (a chain the analytic model "
+                         f"covers), got {config['model']!r}")
+    if 0 < config["n_train"] < max(bs):
+        raise ValueError(f"memory lab: n_train ({config['n_train']}) must be 0 (all) or at "
+                         f"least the largest batch size ({max(bs)})")
+    stats.seeds_of(config)
 
 
 @lab(name="memory",
      study="Memory of training: ResNet-152 and others, optimizer state, batch size vs memory, "
            "accuracy and time",
-     quick=_QUICK, full=_FULL, expected_seconds={"quick": 8, "full": 120})
+     quick=_QUICK, standard=_STANDARD, full=_FULL,
+     expected_seconds={"quick": 10, "standard": 2200, "full": 5400, "full_embedded": 800})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     """Spec tables, optimizer state, then the batch-size study on our engine."""
-    if sorted(config["batch_sizes"]) != list(config["batch_sizes"]) or not config["batch_sizes"]:
-        raise ValueError(f"memory lab: batch_sizes must be a non-empty increasing list, got "
-                         f"{config['batch_sizes']}")
+    _validate(config)
     data = load_data(config)
+    seeds = stats.seeds_of(config)
     results: Dict[str, Any] = {"dataset_wanted": config["dataset"], "dataset_used": data["used"],
                                "data_note": data["note"], "model": config["model"],
                                "model_params": build(config["model"], 0).num_parameters(),
+                               "seeds": seeds, "n_seeds": len(seeds),
                                **{k: config[k] for k in ("epochs", "lr", "momentum")}}
     results["spec_rows"] = spec_table(config["spec_models"], config["spec_batch"])
     results["state_rows"] = state_table(config["state_models"], config["seed"])
-    results["batch_rows"] = batch_table(data, config, progress)
+    results["batch_rows"], results["runs"] = batch_table(data, config, progress)
+    results["comparisons"] = batch_comparisons(results["runs"], config["batch_sizes"])
     results.update(_summary(results))
     _write_report(out_dir, config, results)
     return results

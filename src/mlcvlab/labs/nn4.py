@@ -1,33 +1,47 @@
-"""Lab ``nn4``: the handout's NN4 trained with SyncSGD for K = 1, 2, 4 workers.
+"""Lab ``nn4``: the handout's NN4 trained with SyncSGD for K = 1, 2, 4 workers, over seeds.
 
 NN4 (Dropout -> Linear -> ReLU -> BatchNorm, three times, then Dropout -> Linear ->
 softmax) is trained on MNIST (the embedded ``mnist10k`` when MNIST is not on disk)
 with :class:`mlcvlab.optim.sync_sgd.SyncSGD`: every round takes a global batch B,
 divides it into K mini-batches of B/K, averages the K gradients computed at the
 same weights and steps W <- W - δ·∇L̂. The workers are the ``local`` communicator
-(exact synchronous semantics in one process), with the same seed and the same
-batches for every K, so differences between K come only from what depends on the
-mini-batch: batch-norm statistics over B/K samples and each worker's dropout masks.
+(exact synchronous semantics in one process).
+
+Every K runs over the same ``seeds``, paired by seed: for one seed every K starts from
+the same initial weights and sees the same global batches in the same order. So, for one
+seed, differences between K come only from what depends on the mini-batch: batch-norm
+statistics over B/K samples instead of B, and each worker's own dropout masks. Without
+batch norm and dropout every K would follow the same trajectory up to float rounding.
+That is what the comparisons K vs K = 1 measure, not the speed of parallel training.
+
+A validation split (``val_fraction`` of the training images, stratified, seeded) gives the
+per-epoch curves; the test split is evaluated once, after the last epoch.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 
+from mlcvlab.labs import stats
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 
 QUICK = {"dataset": "mnist", "workers": [1, 2, 4], "hidden": [64, 32, 32], "epochs": 3,
          "batch_size": 64, "lr": 0.1, "p_input": 0.2, "p_hidden": 0.5, "n_train": 1024,
-         "n_test": 500, "seed": 0}
-FULL = {"dataset": "mnist", "workers": [1, 2, 4], "hidden": [512, 256, 128], "epochs": 20,
-        "batch_size": 256, "lr": 0.1, "p_input": 0.2, "p_hidden": 0.5, "n_train": 0,
-        "n_test": 0, "seed": 0}
+         "n_test": 500, "val_fraction": 0.1, "seeds": 2, "seed": 0}
+STANDARD = {**QUICK, "hidden": [256, 128, 64], "epochs": 12, "batch_size": 128,
+            "n_train": 0, "n_test": 0, "seeds": 5}
+FULL = {**QUICK, "hidden": [512, 256, 128], "epochs": 20, "batch_size": 256, "n_train": 0,
+        "n_test": 0, "seeds": 5}
 
 
 def load_data(config: Dict[str, Any]):
-    """Flattened train/test arrays (N, 784) float32 and int labels; the dataset used and note."""
+    """Flattened (train, val, test) arrays (N, 784) float32 with int labels; dataset and note.
+
+    The validation split is held out of the (sub-sampled) training images, the same for
+    every K and seed."""
+    from mlcvlab.data import train_val_split
     from mlcvlab.data.datasets import load, resolve_dataset
     used, note = resolve_dataset(config["dataset"])
     out, gen = [], np.random.default_rng(config["seed"])
@@ -37,90 +51,170 @@ def load_data(config: Dict[str, Any]):
             idx = np.sort(gen.choice(len(X), size=n, replace=False))
             X, y = X[idx], y[idx]
         out += [X.reshape(len(X), -1).astype(np.float32), np.asarray(y, dtype=np.int64)]
-    return (*out, used, note)
+    X, y, Xt, yt = out
+    X, y, Xv, yv = train_val_split(X, y, config["val_fraction"], seed=config["seed"])
+    return (X, y, Xv, yv, Xt, yt), used, note
 
 
-def train_k(k: int, data, config: Dict[str, Any], progress) -> Dict[str, Any]:
-    """Train NN4 with SyncSGD on K = k workers; per-epoch loss and accuracy curves."""
+def train_k(k: int, data, config: Dict[str, Any], seed: int, progress) -> Dict[str, Any]:
+    """Train NN4 with SyncSGD on K = k workers from seed ``seed`` (initial weights, batch
+    order, dropout streams); per-epoch train / validation curves and one final test."""
     from mlcvlab.models import NN4
     from mlcvlab.optim.sync_sgd import SyncSGD
     from mlcvlab.train import array_batches, evaluate
-    X, y, Xt, yt = data
-    classes = int(max(y.max(), yt.max()) + 1)
+    X, y, Xv, yv, Xt, yt = data
+    classes = int(max(y.max(), yv.max(), yt.max()) + 1)
     model = NN4(X.shape[1], hidden=config["hidden"], n_classes=classes, p_input=config["p_input"],
-                p_hidden=config["p_hidden"], rng=config["seed"])
-    sync = SyncSGD(model, lr=config["lr"], workers=k, seed=config["seed"])
-    gen = np.random.default_rng(config["seed"])        # the same batches for every K
+                p_hidden=config["p_hidden"], rng=seed)
+    sync = SyncSGD(model, lr=config["lr"], workers=k, seed=seed)
+    gen = np.random.default_rng([seed, 1])        # the same batches for every K
     B = config["batch_size"]
     curve = []
-    for epoch in progress(range(1, config["epochs"] + 1), desc=f"K={k}"):
+    for epoch in progress(range(1, config["epochs"] + 1), desc=f"seed {seed} K={k}"):
         order = gen.permutation(len(X))
         losses = [sync.step(X[order[i:i + B]], y[order[i:i + B]])
                   for i in range(0, len(X) - B + 1, B)]
         train = evaluate(model, model.loss_fn(), array_batches(X, y))
-        test = evaluate(model, model.loss_fn(), array_batches(Xt, yt))
-        curve.append({"K": k, "epoch": epoch, "round_loss": float(np.mean(losses)),
+        val = evaluate(model, model.loss_fn(), array_batches(Xv, yv))
+        curve.append({"seed": seed, "K": k, "epoch": epoch, "round_loss": float(np.mean(losses)),
                       "train_loss": train["loss"], "train_acc": train["acc"],
-                      "test_loss": test["loss"], "test_acc": test["acc"]})
-    return {"K": k, "per_worker_batch": B // k, "rounds": len(losses) * config["epochs"],
+                      "val_loss": val["loss"], "val_acc": val["acc"]})
+    test = evaluate(model, model.loss_fn(), array_batches(Xt, yt))      # once, at the end
+    return {"seed": seed, "K": k, "per_worker_batch": B // k,
+            "rounds": len(losses) * config["epochs"],
             "final_train_loss": curve[-1]["train_loss"], "final_train_acc": curve[-1]["train_acc"],
-            "test_acc": curve[-1]["test_acc"], "test_loss": curve[-1]["test_loss"],
-            "curve": curve}
+            "final_val_acc": curve[-1]["val_acc"], "test_acc": test["acc"],
+            "test_loss": test["loss"], "curve": curve}
 
 
-def _figure(runs):
-    fig, (ax1, ax2) = new_figure(ncols=2, figsize=(10, 4))
-    for r in runs:
-        ep = [c["epoch"] for c in r["curve"]]
-        ax1.plot(ep, [c["round_loss"] for c in r["curve"]], "o-", label=f"K={r['K']}")
-        ax2.plot(ep, [c["test_acc"] for c in r["curve"]], "o-", label=f"K={r['K']} test")
-        ax2.plot(ep, [c["train_acc"] for c in r["curve"]], "x--", label=f"K={r['K']} train")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("training loss (mean over rounds)"), ax1.legend()
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(fontsize=7)
+def _figure(runs, ks, epochs):
+    fig, (ax1, ax2) = new_figure(ncols=2, figsize=(11, 4.2))
+    ep = list(range(1, epochs + 1))
+    for i, k in enumerate(ks):
+        color = f"C{i}"
+        mine = [r for r in runs if r["K"] == k]
+        for j, (ax, key) in enumerate(((ax1, "round_loss"), (ax2, "val_acc"))):
+            per_seed = np.array([[c[key] for c in r["curve"]] for r in mine])
+            for row in per_seed:
+                ax.plot(ep, row, "-", color=color, alpha=0.25, lw=0.8)
+            ax.plot(ep, per_seed.mean(axis=0), "o-", color=color,
+                    label=f"K={k} (mean of {len(mine)} seeds; thin: each seed)")
+    for ax in (ax1, ax2):
+        ax.set_xticks(ep)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    ax1.set_ylabel("training loss (cross-entropy, mean over the epoch's rounds)")
+    ax1.set_title("Training loss per epoch")
+    ax2.set_ylabel("validation accuracy (fraction)")
+    ax2.set_title("Validation accuracy per epoch (held out of training)")
+    fig.suptitle("NN4 with synchronous SGD, K workers, global batch fixed")
     return fig
 
 
 STUDY = "NN4 (the course handout's network) trained with synchronous SGD over K = 1, 2, 4 workers"
 
 
-@lab(name="nn4", study=STUDY, quick=QUICK, full=FULL, expected_seconds={"quick": 20, "full": 1200})
-def run(config, out_dir, progress):
-    ks = [int(k) for k in config["workers"]]
-    if not ks or any(k < 1 or config["batch_size"] % k for k in ks):
-        raise ValueError(f"nn4 lab: workers must be integers >= 1 dividing batch_size "
+def _validate(config: Dict[str, Any]) -> List[int]:
+    """A clear ValueError for every bad config value, before any work; the worker counts."""
+    def integer(key, lo):
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"nn4 lab: {key} must be an integer >= {lo}, got {v!r}")
+    for key, lo in (("epochs", 1), ("batch_size", 1), ("n_train", 0), ("n_test", 0)):
+        integer(key, lo)
+    ks = config["workers"]
+    if not isinstance(ks, (list, tuple)) or not ks or any(
+            isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
+            or config["batch_size"] % k for k in ks) or len(set(ks)) != len(ks):
+        raise ValueError(f"nn4 lab: workers must be distinct integers >= 1 dividing batch_size "
                          f"{config['batch_size']}, got {config['workers']}")
-    *data, used, note = load_data(config)
-    runs = [train_k(k, data, config, progress) for k in ks]
-    accs = [r["test_acc"] for r in runs]
-    best, worst = runs[int(np.argmax(accs))], runs[int(np.argmin(accs))]
-    results = {"runs": runs, "used": used, "n_train": len(data[0]), "n_test": len(data[2]),
-               "best_K": best["K"], "best_acc": best["test_acc"], "worst_K": worst["K"],
-               "worst_acc": worst["test_acc"], "spread_points": 100 * (max(accs) - min(accs)),
-               "k1_acc": runs[0]["test_acc"], "k1": runs[0]["K"], "kmax": runs[-1]["K"],
-               "kmax_acc": runs[-1]["test_acc"], "kmax_batch": runs[-1]["per_worker_batch"],
-               "batch": config["batch_size"]}
-    results["direction"] = ("lower" if results["kmax_acc"] < results["k1_acc"] else
-                            "higher" if results["kmax_acc"] > results["k1_acc"] else "the same")
+    hidden = config["hidden"]
+    if not isinstance(hidden, (list, tuple)) or len(hidden) != 3 or any(
+            isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
+        raise ValueError(f"nn4 lab: hidden must be three integers >= 1, got {hidden!r}")
+    if not (np.isfinite(config["lr"]) and config["lr"] > 0):
+        raise ValueError(f"nn4 lab: lr must be a finite number > 0, got {config['lr']!r}")
+    for key in ("p_input", "p_hidden"):
+        if not 0.0 <= config[key] < 1.0:
+            raise ValueError(f"nn4 lab: {key} is a drop probability in [0, 1), got "
+                             f"{config[key]!r}")
+    if not 0.0 < config["val_fraction"] < 1.0:
+        raise ValueError(f"nn4 lab: val_fraction must be in (0, 1), got "
+                         f"{config['val_fraction']!r}")
+    stats.seeds_of(config)
+    return [int(k) for k in ks]
+
+
+@lab(name="nn4", study=STUDY, quick=QUICK, standard=STANDARD, full=FULL,
+     expected_seconds={"quick": 15, "standard": 1900, "full": 7200})
+def run(config, out_dir, progress):
+    ks = _validate(config)
+    seeds = stats.seeds_of(config)
+    data, used, note = load_data(config)
+    if len(data[0]) < config["batch_size"]:
+        raise ValueError(f"nn4 lab: batch_size {config['batch_size']} is larger than the "
+                         f"{len(data[0])} training images left after the validation split")
+    runs = [train_k(k, data, config, s, progress) for s in seeds for k in ks]
+    by_k = {k: [r for r in runs if r["K"] == k] for k in ks}   # in seed order
+    base = ks[0]
+    comps = []
+    for k in ks[1:]:
+        for metric, key, hib in (("test accuracy", "test_acc", True),
+                                 ("final training loss", "final_train_loss", False)):
+            c = stats.compare(f"K={k}", [r[key] for r in by_k[k]], f"K={base}",
+                              [r[key] for r in by_k[base]], metric, higher_is_better=hib)
+            c.update(K=k, K_ref=base)
+            comps.append(c)
+    rows = []
+    for k in ks:
+        s = stats.summarize([r["test_acc"] for r in by_k[k]])
+        rows.append({"K": k, "per_worker_batch": config["batch_size"] // k,
+                     "rounds": by_k[k][0]["rounds"], "seeds": len(seeds),
+                     "test_acc_mean": s["mean"], "test_acc_ci_lo": s["ci95"][0],
+                     "test_acc_ci_hi": s["ci95"][1],
+                     "final_val_acc_mean": float(np.mean([r["final_val_acc"] for r in by_k[k]])),
+                     "final_train_loss_mean": float(np.mean([r["final_train_loss"]
+                                                             for r in by_k[k]]))})
+    acc = [c for c in comps if c["metric"] == "test accuracy"]
+    results = {"runs": runs, "summary_rows": rows, "comparisons": comps, "used": used,
+               "seeds": seeds, "n_seeds": len(seeds), "n_train": len(data[0]),
+               "n_val": len(data[2]), "n_test": len(data[4]), "batch": config["batch_size"],
+               "k_ref": base, "kmax": ks[-1], "kmax_batch": config["batch_size"] // ks[-1],
+               "acc_sentences": [stats.sentence(c) for c in acc],
+               "n_acc_sep": sum(c["verdict"] != "not separable" for c in acc),
+               "n_acc": len(acc)}
     rep = Report(out_dir, "NN4 with synchronous SGD", results)
     if note:
         rep.note_substitution(config["dataset"], used)
     rep.setup(config)
     rep.text("Each round: a global batch of {batch} samples split into K mini-batches, the K "
              "gradients of the empirical loss at the same weights averaged, W ← W − δ·∇L̂. "
-             "{n_train} training / {n_test} test images; the same seed and batches for every K.")
-    rows = [{k: r[k] for k in ("K", "per_worker_batch", "rounds", "final_train_loss",
-                               "final_train_acc", "test_loss", "test_acc")} for r in runs]
-    rep.table("test_accuracy", rows, "Final accuracy per number of workers")
-    rep.table("curves", [c for r in runs for c in r["curve"]], "Per-epoch curves")
-    rep.figure("curves", _figure(runs), "Training loss and accuracy per epoch for each K")
-    rep.conclusions([
-        "Test accuracy is {k1_acc:.4f} with K = {k1} and {kmax_acc:.4f} with K = {kmax} "
-        "({direction}); the spread over K is {spread_points:.2f} points (best K = {best_K}: "
-        "{best_acc:.4f}, worst K = {worst_K}: {worst_acc:.4f}).",
-        "With the global batch fixed, K only changes what each worker sees: batch-norm "
-        "statistics over {kmax_batch} samples per worker at K = {kmax} instead of {batch}, and "
-        "independent dropout masks per worker; without batch norm and dropout every K would give "
-        "the same trajectory up to rounding.",
-    ])
+             "{n_train} training / {n_val} validation (held out of training, for the curves) / "
+             "{n_test} test images (evaluated once, after the last epoch). Seeds {seeds}: for "
+             "one seed every K starts from the same weights and sees the same global batches, "
+             "so a K vs K = {k_ref} comparison measures only what depends on the mini-batch: "
+             "batch-norm statistics over B/K samples ({kmax_batch} per worker at K = {kmax} "
+             "instead of {batch}) and each worker's own dropout masks. It does not measure "
+             "parallel speed (the workers run one after the other in this process).")
+    rep.table("test_accuracy", rows, "Test accuracy per number of workers (mean and 95% CI over "
+              "{n_seeds} seeds)")
+    rep.table("runs", [{k: r[k] for k in ("seed", "K", "per_worker_batch", "rounds",
+                                          "final_train_loss", "final_train_acc", "final_val_acc",
+                                          "test_loss", "test_acc")} for r in runs],
+              "Every run (one row per seed and K)")
+    rep.table("curves", [c for r in runs for c in r["curve"]], "Per-epoch curves "
+              "(validation split)")
+    rep.figure("curves", _figure(runs, ks, config["epochs"]),
+               "Training loss and validation accuracy per epoch for each K")
+    rep.comparisons(comps, "Comparisons (paired by seed)")
+    bullets = ["{acc_sentences[%d]}" % i for i in range(len(acc))]
+    bullets.append("{n_acc_sep} of the {n_acc} test-accuracy comparisons separate K from "
+                   "K = {k_ref} at 95% confidence over {n_seeds} seeds.")
+    rep.conclusions(bullets)
+    rep.explanation("with the global batch fixed, K changes only the batch-norm statistics "
+                    "(computed over B/K samples per worker, a noisier estimate that also acts "
+                    "as a regularizer) and the dropout masks; without batch norm and dropout "
+                    "every K would give the same trajectory up to float rounding, so any "
+                    "effect of K here is an effect of per-worker normalization and masks.")
     rep.write()
     return results

@@ -3,9 +3,13 @@
 AdaGrad, RMSProp, RMSProp with Nesterov momentum, AdaDelta and Adam train the MLP
 784-1000-1000-10 (batch 128, coupled L2 weight decay on the weights) once without
 dropout and once with dropout 0.2 on the input and 0.5 on the hidden units
-(Srivastava et al. 2014). The report shows the training loss per epoch (one figure
-per setting), the test accuracy of every run and the seconds per epoch with and
-without dropout.
+(Srivastava et al. 2014), over ``seeds`` paired by seed: for one seed every run starts
+from the same initial weights and sees the same batches in the same order. The report
+gives every arm's mean with a 95% interval over the seeds and the paired comparisons
+with their verdicts: with vs without dropout per optimizer (test accuracy, and CPU
+seconds per epoch with the wall seconds beside them), optimizer vs optimizer on the final
+training loss, and the non-inverted dropout checks below. Curves use a validation split
+held out of the training images; the test split is evaluated once, after the last epoch.
 
 Inverted dropout (``mlcvlab.nn.Dropout``) scales the kept units by 1/q during
 training (q = 1 - p, the keep probability), so the test-time network is the
@@ -19,6 +23,8 @@ approximation after a ReLU), and the test accuracy with and without the scaling.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -26,23 +32,26 @@ import numpy as np
 from mlcvlab import backend
 from mlcvlab.data.datasets import load, resolve_dataset
 from mlcvlab.data.loader import DataLoader
+from mlcvlab.labs import stats
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import mlp
 from mlcvlab.nn import CrossEntropyLoss, Flatten, Linear, Module, ReLU, Sequential, basis
 from mlcvlab.optim import AdaDelta, AdaGrad, Adam, RMSProp
-from mlcvlab.train import Trainer, array_batches
+from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZERS = ("AdaGrad", "RMSProp", "RMSProp+Nesterov", "AdaDelta", "Adam")
 
 _COMMON = {"batch_size": 128, "weight_decay": 1e-4, "lr_adagrad": 0.01, "lr_rmsprop": 1e-3,
            "lr_rmsprop_nesterov": 1e-4, "momentum": 0.9, "lr_adadelta": 1.0, "rho_adadelta": 0.95,
-           "lr_adam": 1e-3, "p_input": 0.2, "p_hidden": 0.5, "seed": 0}
+           "lr_adam": 1e-3, "p_input": 0.2, "p_hidden": 0.5, "val_fraction": 0.1, "seed": 0}
 QUICK = {**_COMMON, "datasets": ["mnist"], "n_train": 2048, "n_test": 1000, "hidden": [100, 100],
-         "epochs": 3, "probe_examples": 50, "probe_masks": 400, "mc_masks": 8}
+         "epochs": 3, "probe_examples": 50, "probe_masks": 400, "mc_masks": 8, "seeds": 2}
+STANDARD = {**_COMMON, "datasets": ["mnist"], "n_train": 0, "n_test": 0, "hidden": [512, 512],
+            "epochs": 10, "probe_examples": 100, "probe_masks": 1000, "mc_masks": 20, "seeds": 3}
 FULL = {**_COMMON, "datasets": ["mnist", "cifar10"], "n_train": 0, "n_test": 0,
         "hidden": [1000, 1000], "epochs": 200, "probe_examples": 200, "probe_masks": 2000,
-        "mc_masks": 50}
+        "mc_masks": 50, "seeds": 5}
 
 PAPER = ("the paper (Srivastava et al. 2014, Table 2) reports an MNIST test error of 1.60% for a "
          "standard neural net and 1.25% for a dropout net (ReLU, 0.2 input / 0.5 hidden dropout, "
@@ -58,17 +67,21 @@ def subset(X: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator):
     return X[idx], y[idx]
 
 
-def load_study_data(wanted: str, n_train: int, n_test: int, rng: np.random.Generator
-                    ) -> Dict[str, Any]:
-    """Train/test arrays of ``wanted`` (or its embedded substitute; nothing is downloaded).
+def load_study_data(wanted: str, n_train: int, n_test: int, rng: np.random.Generator,
+                    val_fraction: float = 0.1, split_seed: int = 0) -> Dict[str, Any]:
+    """Train/validation/test arrays of ``wanted`` (or its embedded substitute; nothing is
+    downloaded). The validation split is held out of the (sub-sampled) training images.
 
-    Returns {"X_train": (N, C, H, W), "y_train": (N,), "X_test", "y_test", "used", "note"}.
+    Returns {"X_train": (N, C, H, W), "y_train": (N,), "X_val", "y_val", "X_test", "y_test",
+    "used", "note"}.
     """
+    from mlcvlab.data import train_val_split
     used, note = resolve_dataset(wanted)
     X_train, y_train = subset(*load(used, "train"), n_train, rng)
     X_test, y_test = subset(*load(used, "test"), n_test, rng)
-    return {"X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test,
-            "used": used, "note": note}
+    X_train, y_train, X_val, y_val = train_val_split(X_train, y_train, val_fraction, split_seed)
+    return {"X_train": X_train, "y_train": y_train, "X_val": X_val, "y_val": y_val,
+            "X_test": X_test, "y_test": y_test, "used": used, "note": note}
 
 
 # -- non-inverted dropout ---------------------------------------------------------------------
@@ -211,7 +224,8 @@ def make_optimizer(name: str, params, config: Dict[str, Any]):
 
 def train_model(model: Module, optimizer_name: str, data: Dict[str, Any], config: Dict[str, Any],
                 seed: int, progress, desc: str) -> Dict[str, Any]:
-    """Train for config["epochs"] epochs; per-epoch train loss, test accuracy and seconds.
+    """Train for config["epochs"] epochs; per-epoch train loss, validation accuracy, wall and
+    CPU seconds; the test split once, at the end.
 
     A run whose loss becomes NaN/inf stops there and is marked ``diverged``.
     """
@@ -219,23 +233,29 @@ def train_model(model: Module, optimizer_name: str, data: Dict[str, Any], config
     trainer = Trainer(model, CrossEntropyLoss(), optimizer)
     loader = DataLoader(data["X_train"], data["y_train"], config["batch_size"], seed=seed,
                         prefetch=0)
-    test = list(array_batches(data["X_test"], data["y_test"], 1000))
+    val = list(array_batches(data["X_val"], data["y_val"], 1000))
     diverged = False
     for _ in progress(range(config["epochs"]), desc=desc):
         try:
-            trainer.fit(loader, 1, val_loader=test)
+            trainer.fit(loader, 1, val_loader=val)
         except FloatingPointError:
             diverged = True
             break
     hist = trainer.history
-    return {"train_loss": hist.column("train_loss"), "test_acc": hist.column("val_acc"),
-            "test_loss": hist.column("val_loss"), "seconds": hist.column("seconds"),
-            "cpu_seconds": hist.column("cpu_seconds"), "diverged": diverged, "model": model}
+    test = evaluate(model, CrossEntropyLoss(), array_batches(data["X_test"], data["y_test"], 1000))
+    losses = hist.column("train_loss")
+    return {"train_loss": losses, "val_acc": hist.column("val_acc"),
+            "val_loss": hist.column("val_loss"), "seconds": hist.column("seconds"),
+            "cpu_seconds": hist.column("cpu_seconds"), "diverged": diverged or not losses
+            or not all(math.isfinite(v) for v in losses),
+            "test_acc": float(test["acc"]), "test_loss": float(test["loss"]), "model": model}
 
 
-def run_optimizer_grid(data: Dict[str, Any], config: Dict[str, Any], rng: np.random.Generator,
+def run_optimizer_grid(data: Dict[str, Any], config: Dict[str, Any], seed: int,
                        progress, tag: str) -> List[Dict[str, Any]]:
-    """Every optimizer without and with (inverted) dropout.
+    """Every optimizer without and with (inverted) dropout, from seed ``seed``: the same
+    initial weights (the Linear layers draw from the seed's generator, dropout draws nothing
+    at construction) and the same batch order for every run.
 
     The two settings of one optimizer run back to back, so a change in machine load during
     the study biases the with/without-dropout timing comparison as little as possible.
@@ -245,11 +265,11 @@ def run_optimizer_grid(data: Dict[str, Any], config: Dict[str, Any], rng: np.ran
     for name in OPTIMIZERS:
         for dropout in (False, True):
             p_in, p_hid = (config["p_input"], config["p_hidden"]) if dropout else (0.0, 0.0)
-            seed = int(rng.integers(2**31))
             model = mlp(sizes, p_input=p_in, p_hidden=p_hid, rng=seed)
-            label = f"{tag} {name}{' +dropout' if dropout else ''}"
+            label = f"{tag} seed {seed} {name}{' +dropout' if dropout else ''}"
             run = train_model(model, name, data, config, seed, progress, label)
-            run.update(optimizer=name, dropout=dropout)
+            run.pop("model")
+            run.update(optimizer=name, dropout=dropout, seed=seed)
             runs.append(run)
     return runs
 
@@ -293,21 +313,25 @@ def scaling_check(model: Sequential, data: Dict[str, Any], config: Dict[str, Any
     return {"rows": rows, "examples": len(x)}
 
 
-def noninverted_study(data: Dict[str, Any], config: Dict[str, Any], rng: np.random.Generator,
-                      progress, tag: str) -> Dict[str, Any]:
-    """Train the non-inverted-dropout MLP with Adam; check the weight-scaling rule."""
+def noninverted_study(data: Dict[str, Any], config: Dict[str, Any], seed: int, progress,
+                      tag: str, check: bool = True) -> Dict[str, Any]:
+    """Train the non-inverted-dropout MLP with Adam from ``seed``; its test accuracy with and
+    without the weight scaling and averaged over masks; with ``check``, the weight-scaling
+    check of the pre-activations."""
     sizes = [int(np.prod(data["X_train"].shape[1:]))] + list(config["hidden"]) + [10]
-    seed = int(rng.integers(2**31))
     model = noninverted_mlp(sizes, config["p_input"], config["p_hidden"], seed)
-    run = train_model(model, "Adam", data, config, seed, progress, f"{tag} Adam non-inverted")
-    check = scaling_check(model, data, config, rng)
+    run = train_model(model, "Adam", data, config, seed, progress,
+                      f"{tag} seed {seed} Adam non-inverted")
+    out = {"seed": seed, "train_loss": run["train_loss"], "diverged": run["diverged"]}
+    if check:
+        result = scaling_check(model, data, config, np.random.default_rng([seed, 2]))
+        out.update(check_rows=result["rows"], probe_examples=result["examples"])
     X, y = data["X_test"], data["y_test"]
     with weights_scaled_by_keep(model):
-        acc_scaled = accuracy(model, X, y)
-    return {"check_rows": check["rows"], "probe_examples": check["examples"],
-            "acc_scaled": acc_scaled, "acc_unscaled": accuracy(model, X, y),
-            "acc_mc": mc_accuracy(model, X, y, config["mc_masks"]),
-            "train_loss": run["train_loss"], "diverged": run["diverged"]}
+        out["acc_scaled"] = accuracy(model, X, y)
+    out.update(acc_unscaled=accuracy(model, X, y),
+               acc_mc=mc_accuracy(model, X, y, config["mc_masks"]))
+    return out
 
 
 # -- summaries ------------------------------------------------------------------------------------
@@ -315,71 +339,144 @@ def _label(run: Dict[str, Any]) -> str:
     return run["optimizer"] + (" + dropout" if run["dropout"] else "")
 
 
-def _compare(a: float, b: float, up: str, down: str, same: str = "left unchanged") -> str:
-    """A verb for a -> b worded from the sign of the difference."""
-    return up if b > a else down if b < a else same
+def _names(items: List[str]) -> str:
+    return ", ".join(items) or "none"
 
 
-def summarize_grid(runs: List[Dict[str, Any]], tag: str) -> Dict[str, Any]:
-    """Tables and headline numbers of the optimizer grid, keys prefixed by ``tag``."""
-    rows = [{"optimizer": r["optimizer"], "dropout": r["dropout"],
-             "final train loss": r["train_loss"][-1], "test accuracy": r["test_acc"][-1],
-             "test error %": 100 * (1 - r["test_acc"][-1]),
-             "best test accuracy": max(r["test_acc"]),
-             "s/epoch": float(np.mean(r["seconds"])),
-             "CPU s/epoch": float(np.mean(r["cpu_seconds"])), "diverged": r["diverged"]}
-            for r in runs]
-    plain = {r["optimizer"]: r for r in rows if not r["dropout"]}
-    drop = {r["optimizer"]: r for r in rows if r["dropout"]}
-    timing = [{"optimizer": n, "s/epoch without dropout": plain[n]["s/epoch"],
-               "s/epoch with dropout": drop[n]["s/epoch"],
-               "ratio (with / without)": drop[n]["s/epoch"] / plain[n]["s/epoch"],
-               "CPU s/epoch without dropout": plain[n]["CPU s/epoch"],
-               "CPU s/epoch with dropout": drop[n]["CPU s/epoch"],
-               "CPU ratio (with / without)": drop[n]["CPU s/epoch"] / plain[n]["CPU s/epoch"]}
-              for n in OPTIMIZERS]
-    best_p = max(plain.values(), key=lambda r: r["test accuracy"])
-    best_d = max(drop.values(), key=lambda r: r["test accuracy"])
-    helped = [n for n in OPTIMIZERS if drop[n]["test accuracy"] > plain[n]["test accuracy"]]
-    lowest = min(plain.values(), key=lambda r: r["final train loss"])
-    out = {"runs": rows, "timing_rows": timing,
-           "curves": {_label(r): r["train_loss"] for r in runs},
-           "test_acc_curves": {_label(r): r["test_acc"] for r in runs},
-           "best_plain": best_p["optimizer"], "best_plain_acc": best_p["test accuracy"],
-           "best_dropout": best_d["optimizer"], "best_dropout_acc": best_d["test accuracy"],
-           "best_effect": _compare(best_p["test accuracy"], best_d["test accuracy"],
-                                   "raised", "lowered"),
-           "dropout_helped": helped, "dropout_helped_count": len(helped),
-           "dropout_helped_text": ", ".join(helped) or "none",
-           "lowest_loss_plain": lowest["optimizer"],
-           "lowest_loss_plain_value": lowest["final train loss"],
-           "time_ratio_mean": float(np.mean([t["ratio (with / without)"] for t in timing])),
-           "diverged_runs": [_label(r) for r in runs if r["diverged"]]}
-    out["diverged_text"] = ", ".join(out["diverged_runs"]) or "none"
-    out["time_effect"] = "slower" if out["time_ratio_mean"] > 1 else "faster"
+def summarize_grid(runs: List[Dict[str, Any]], seeds: List[int], tag: str) -> Dict[str, Any]:
+    """Tables, comparisons and the numbers of the conclusions, keys prefixed by ``tag``.
+
+    Arms with a diverged run are left out of the comparisons (and named)."""
+    arms = {(n, d): [r for r in runs if r["optimizer"] == n and r["dropout"] == d]
+            for n in OPTIMIZERS for d in (False, True)}       # each in seed order
+    rows, run_rows = [], []
+    for (n, d), rs in arms.items():
+        acc = stats.summarize([r["test_acc"] for r in rs])
+        rows.append({"optimizer": n, "dropout": d, "seeds": len(rs),
+                     "test accuracy": acc["mean"], "test acc CI lo": acc["ci95"][0],
+                     "test acc CI hi": acc["ci95"][1], "test error %": 100 * (1 - acc["mean"]),
+                     "final train loss": float(np.mean([r["train_loss"][-1] for r in rs])),
+                     "CPU s/epoch": float(np.mean([np.mean(r["cpu_seconds"]) for r in rs])),
+                     "s/epoch": float(np.mean([np.mean(r["seconds"]) for r in rs])),
+                     "diverged": sum(r["diverged"] for r in rs)})
+        run_rows += [{"seed": r["seed"], "optimizer": n, "dropout": d,
+                      "final train loss": r["train_loss"][-1],
+                      "final val accuracy": r["val_acc"][-1], "test accuracy": r["test_acc"],
+                      "CPU s/epoch": float(np.mean(r["cpu_seconds"])),
+                      "s/epoch": float(np.mean(r["seconds"])), "diverged": r["diverged"]}
+                     for r in rs]
+    ok = {a for a, rs in arms.items() if not any(r["diverged"] for r in rs)}
+    comps, timing = [], []
+    helped, hurt, acc_unsep, slower, faster, time_unsep = [], [], [], [], [], []
+    for n in OPTIMIZERS:
+        plain, drop = arms[n, False], arms[n, True]
+        cpu_p = [float(np.mean(r["cpu_seconds"])) for r in plain]
+        cpu_d = [float(np.mean(r["cpu_seconds"])) for r in drop]
+        wall_p = [float(np.mean(r["seconds"])) for r in plain]
+        wall_d = [float(np.mean(r["seconds"])) for r in drop]
+        ratio = stats.summarize([d / p for d, p in zip(cpu_d, cpu_p)])
+        timing.append({"optimizer": n, "CPU s/epoch without dropout": float(np.mean(cpu_p)),
+                       "CPU s/epoch with dropout": float(np.mean(cpu_d)),
+                       "CPU ratio (with / without)": ratio["mean"],
+                       "CPU ratio CI lo": ratio["ci95"][0], "CPU ratio CI hi": ratio["ci95"][1],
+                       "wall s/epoch without dropout": float(np.mean(wall_p)),
+                       "wall s/epoch with dropout": float(np.mean(wall_d)),
+                       "wall ratio (with / without)": float(np.mean(
+                           [d / p for d, p in zip(wall_d, wall_p)]))})
+        c = stats.compare(f"{n} + dropout", cpu_d, n, cpu_p, "CPU seconds per training epoch",
+                          higher_is_better=False)
+        c.update(kind="time", optimizer=n)
+        comps.append(c)
+        {"a better": faster, "b better": slower}.get(c["verdict"], time_unsep).append(n)
+        if (n, False) in ok and (n, True) in ok:
+            c = stats.compare(f"{n} + dropout", [r["test_acc"] for r in drop], n,
+                              [r["test_acc"] for r in plain], "test accuracy",
+                              higher_is_better=True)
+            c.update(kind="dropout", optimizer=n)
+            comps.append(c)
+            {"a better": helped, "b better": hurt}.get(c["verdict"], acc_unsep).append(n)
+    loss_comps = []
+    for a, b in itertools.combinations(OPTIMIZERS, 2):
+        if (a, False) in ok and (b, False) in ok:
+            c = stats.compare(a, [r["train_loss"][-1] for r in arms[a, False]], b,
+                              [r["train_loss"][-1] for r in arms[b, False]],
+                              "final training loss (no dropout)", higher_is_better=False)
+            c.update(kind="loss")
+            loss_comps.append(c)
+    comps += loss_comps
+    plain_rows = {r["optimizer"]: r for r in rows if not r["dropout"]}
+    candidates = [n for n in OPTIMIZERS if (n, False) in ok]
+    out = {"runs": rows, "run_rows": run_rows, "timing_rows": timing, "comparisons": comps,
+           "curves": {_label(rs[0]): np.mean([r["train_loss"] for r in rs], axis=0).tolist()
+                      for rs in arms.values() if all(len(r["train_loss"]) == len(
+                          rs[0]["train_loss"]) for r in rs)},
+           "val_acc_curves": {_label(rs[0]): np.mean([r["val_acc"] for r in rs], axis=0).tolist()
+                              for rs in arms.values() if all(len(r["val_acc"]) == len(
+                                  rs[0]["val_acc"]) for r in rs)},
+           "dropout_helped": helped, "dropout_helped_text": _names(helped),
+           "dropout_hurt_text": _names(hurt), "dropout_unsep_text": _names(acc_unsep),
+           "dropout_helped_count": len(helped), "dropout_hurt_count": len(hurt),
+           "dropout_unsep_count": len(acc_unsep),
+           "time_slower_text": _names(slower), "time_faster_text": _names(faster),
+           "time_unsep_text": _names(time_unsep), "time_slower_count": len(slower),
+           "time_faster_count": len(faster), "time_unsep_count": len(time_unsep),
+           "cpu_ratio_mean": float(np.mean([t["CPU ratio (with / without)"] for t in timing])),
+           "wall_ratio_mean": float(np.mean([t["wall ratio (with / without)"] for t in timing])),
+           "diverged_runs": sorted({f"{_label(r)} (seed {r['seed']})" for r in runs
+                                    if r["diverged"]}),
+           "n_seeds": len(seeds)}
+    if candidates:
+        low = min(candidates, key=lambda n: plain_rows[n]["final train loss"])
+        mine = [c for c in loss_comps if low in (c["a"], c["b"])]
+
+        def low_wins(c):
+            return c["verdict"] == ("a better" if c["a"] == low else "b better")
+        beaten = [c["b"] if c["a"] == low else c["a"] for c in mine if low_wins(c)]
+        tied = [c["b"] if c["a"] == low else c["a"] for c in mine
+                if c["verdict"] == "not separable"]
+        out.update(lowest_loss_plain=low,
+                   lowest_loss_plain_value=plain_rows[low]["final train loss"],
+                   lowest_beats_text=_names(beaten), lowest_ties_text=_names(tied),
+                   loss_separable=sum(c["verdict"] != "not separable" for c in loss_comps),
+                   loss_pairs=len(loss_comps))
+    out["diverged_text"] = _names(out["diverged_runs"])
     return {f"{tag}_{k}": v for k, v in out.items()}
 
 
-def summarize_noninverted(study: Dict[str, Any], inverted_acc: float, tag: str) -> Dict[str, Any]:
-    first = study["check_rows"][0]
+def summarize_noninverted(studies: List[Dict[str, Any]], inverted_accs: List[float], tag: str
+                          ) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """The weight-scaling check (first seed) and the paired accuracy comparisons (all seeds)."""
+    first_study = studies[0]
+    first = first_study["check_rows"][0]
     gap = first["rel. gap: mean over masks vs scaled weights"]
     noise = first["rel. Monte Carlo std error"]
-    out = {"scaling_rows": study["check_rows"], "probe_examples": study["probe_examples"],
+    comps = [stats.compare("non-inverted, weights scaled by q",
+                           [s["acc_scaled"] for s in studies],
+                           "non-inverted, weights not scaled",
+                           [s["acc_unscaled"] for s in studies], "test accuracy",
+                           higher_is_better=True),
+             stats.compare("inverted dropout (Adam)", inverted_accs,
+                           "non-inverted, weights scaled by q", [s["acc_scaled"] for s in studies],
+                           "test accuracy", higher_is_better=True)]
+    for c in comps:
+        c["kind"] = "noninverted"
+    out = {"scaling_rows": first_study["check_rows"],
+           "probe_examples": first_study["probe_examples"], "probe_seed": first_study["seed"],
            "layer1_gap": gap, "layer1_noise": noise,
            "layer1_unscaled_gap": first["rel. gap: mean over masks vs unscaled weights"],
            "layer1_within_noise": bool(gap <= 3 * noise),
            "deep_gaps": [float(r["rel. gap: mean over masks vs scaled weights"])
-                         for r in study["check_rows"][1:]],
-           "acc_scaled": study["acc_scaled"], "acc_unscaled": study["acc_unscaled"],
-           "acc_mc": study["acc_mc"], "acc_inverted": inverted_acc,
-           "noninv_train_loss": study["train_loss"], "noninv_diverged": study["diverged"]}
-    out["scaling_effect"] = _compare(out["acc_unscaled"], out["acc_scaled"], "higher", "lower",
-                                     "the same")
-    out["inverted_vs_scaled"] = _compare(out["acc_scaled"], inverted_acc, "higher", "lower",
-                                         "the same")
+                         for r in first_study["check_rows"][1:]],
+           "acc_scaled": float(np.mean([s["acc_scaled"] for s in studies])),
+           "acc_unscaled": float(np.mean([s["acc_unscaled"] for s in studies])),
+           "acc_mc": float(np.mean([s["acc_mc"] for s in studies])),
+           "acc_inverted": float(np.mean(inverted_accs)),
+           "noninv_diverged": any(s["diverged"] for s in studies),
+           "scaling_sentence": stats.sentence(comps[0]),
+           "inverted_sentence": stats.sentence(comps[1])}
     out["deep_gaps_text"] = ", ".join(f"{g:.2%}" for g in out["deep_gaps"])
     out["within_noise_word"] = "within" if out["layer1_within_noise"] else "outside"
-    return {f"{tag}_{k}": v for k, v in out.items()}
+    return {f"{tag}_{k}": v for k, v in out.items()}, comps
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -390,93 +487,118 @@ def _t(template: str, tag: str) -> str:
 
 def _loss_figure(rep: Report, results: Dict[str, Any], tag: str, dropout: bool) -> None:
     fig, ax = new_figure(figsize=(6, 4))
-    for name in OPTIMIZERS:
+    n_epochs = 1
+    for i, name in enumerate(OPTIMIZERS):
         label = name + (" + dropout" if dropout else "")
-        losses = results[f"{tag}_curves"][label]
+        losses = results[f"{tag}_curves"].get(label)
+        if losses is None:          # a diverged seed stopped early: no mean curve
+            continue
+        n_epochs = max(n_epochs, len(losses))
         ax.plot(range(1, len(losses) + 1), losses, marker="o" if len(losses) < 20 else None,
-                label=name)
+                color=f"C{i}", label=name)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    if n_epochs <= 20:
+        ax.set_xticks(range(1, n_epochs + 1))
     ax.set_ylabel("training loss (cross-entropy, log scale)")
     setting = "with dropout 0.2 input / 0.5 hidden" if dropout else "without dropout"
-    ax.set_title(f"{results[f'{tag}_used']}: {setting}")
+    ax.set_title(f"{results[f'{tag}_used']}: {setting} (mean of {results['n_seeds']} seeds)")
     ax.legend()
     name = f"{tag}_loss_{'dropout' if dropout else 'no_dropout'}"
-    rep.figure(name, fig, _t("Training loss per epoch on {T_used}, " + setting + ".", tag))
+    rep.figure(name, fig, _t("Training loss per epoch on {T_used}, " + setting +
+                             " (mean over seeds).", tag))
 
 
 def _acc_figure(rep: Report, results: Dict[str, Any], tag: str) -> None:
     fig, ax = new_figure(figsize=(6, 4))
+    n_epochs = 1
     for i, name in enumerate(OPTIMIZERS):
         for dropout, style in ((False, "-"), (True, "--")):
-            acc = results[f"{tag}_test_acc_curves"][name + (" + dropout" if dropout else "")]
-            ax.plot(range(1, len(acc) + 1), acc, style, color=f"C{i}",
-                    label=name + (" + dropout" if dropout else ""))
+            label = name + (" + dropout" if dropout else "")
+            acc = results[f"{tag}_val_acc_curves"].get(label)
+            if acc is None:
+                continue
+            n_epochs = max(n_epochs, len(acc))
+            ax.plot(range(1, len(acc) + 1), acc, style, color=f"C{i}", label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy")
+    if n_epochs <= 20:
+        ax.set_xticks(range(1, n_epochs + 1))
+    ax.set_ylabel("validation accuracy (fraction)")
+    ax.set_title(f"{results[f'{tag}_used']}: validation accuracy (mean of {results['n_seeds']} "
+                 "seeds)")
     ax.legend(fontsize=7, ncol=2)
-    rep.figure(f"{tag}_test_accuracy", fig,
-               _t("Test accuracy per epoch on {T_used} (dashed: with dropout).", tag))
+    rep.figure(f"{tag}_val_accuracy", fig,
+               _t("Validation accuracy per epoch on {T_used} (held out of the training images; "
+                  "dashed: with dropout; mean over seeds).", tag))
 
 
 def report_dataset(rep: Report, results: Dict[str, Any], tag: str) -> None:
     t = lambda s: _t(s, tag)  # noqa: E731
-    rep.section(rep.fmt(t("{T_wanted} (run on {T_used}: {T_n_train:,} training, "
-                          "{T_n_test:,} test images)")))
+    rep.section(rep.fmt(t("{T_wanted} (run on {T_used}: {T_n_train:,} training, {T_n_val:,} "
+                          "validation, {T_n_test:,} test images)")))
     _loss_figure(rep, results, tag, dropout=False)
     _loss_figure(rep, results, tag, dropout=True)
     _acc_figure(rep, results, tag)
     rep.table(f"{tag}_test_accuracy", results[f"{tag}_runs"],
-              t("Test accuracy after {T_epochs} epochs, per optimizer and setting"))
+              t("Test accuracy after {T_epochs} epochs (the test split evaluated once, at the "
+                "end), per optimizer and setting: mean and 95% CI over {n_seeds} seeds"))
+    rep.table(f"{tag}_runs", results[f"{tag}_run_rows"], t("Every run (one row per seed)"))
     rep.table(f"{tag}_timing", results[f"{tag}_timing_rows"],
-              t("Training seconds per epoch (mean over {T_epochs} epochs), without vs with "
-                "dropout"))
-    rep.text("Seconds are wall-clock time of the training epochs (evaluation excluded); the two "
-             "settings of each optimizer ran back to back, but on a machine shared with other "
-             "jobs the wall-clock ratio also reflects changes in load. CPU seconds are the "
-             "process's CPU time over the same epochs (all its threads): they do not grow "
-             "while the process waits for a core, so where wall seconds are well above them "
-             "the machine was shared, and the CPU ratio is the one to read.")
+              t("Training seconds per epoch (mean over {T_epochs} epochs and {n_seeds} seeds), "
+                "without vs with dropout: CPU seconds, wall seconds beside"))
+    rep.text("CPU seconds are the process's CPU time over the training epochs (all its threads; "
+             "evaluation excluded): they do not grow while the process waits for a core, so on "
+             "a machine shared with other jobs they, not the wall seconds, decide the timing "
+             "comparisons. The two settings of each optimizer ran back to back.")
     rep.section(rep.fmt(t("Non-inverted dropout and the weight-scaling rule ({T_used})")))
     rep.text(t("An MLP with the same sizes and dropout rates, but masks *not* scaled by 1/q in "
-               "training, was trained with Adam. For {T_probe_examples} test images the output of "
-               "every Linear layer was averaged over {T_probe_masks:,} dropout masks and compared "
-               "with one pass whose weights after each dropout are multiplied by the keep "
-               "probability q (relative Frobenius gaps)."))
+               "training, was trained with Adam for every seed. For {T_probe_examples} test "
+               "images (seed {T_probe_seed}'s net) the output of every Linear layer was averaged "
+               "over {T_probe_masks:,} dropout masks and compared with one pass whose weights "
+               "after each dropout are multiplied by the keep probability q (relative Frobenius "
+               "gaps)."))
     rep.table(f"{tag}_weight_scaling", results[f"{tag}_scaling_rows"],
               t("Mean pre-activation over masks vs scaled-weights pre-activation"))
     rep.table(f"{tag}_noninverted_accuracy", [
         {"model": "inverted dropout (Adam), no test-time change",
-         "test accuracy": results[f"{tag}_acc_inverted"]},
-        {"model": "non-inverted dropout, weights scaled by q", "test accuracy":
-            results[f"{tag}_acc_scaled"]},
-        {"model": "non-inverted dropout, weights not scaled", "test accuracy":
-            results[f"{tag}_acc_unscaled"]},
+         "test accuracy (mean over seeds)": results[f"{tag}_acc_inverted"]},
+        {"model": "non-inverted dropout, weights scaled by q",
+         "test accuracy (mean over seeds)": results[f"{tag}_acc_scaled"]},
+        {"model": "non-inverted dropout, weights not scaled",
+         "test accuracy (mean over seeds)": results[f"{tag}_acc_unscaled"]},
         {"model": f"non-inverted dropout, softmax averaged over {results['mc_masks']} masks",
-         "test accuracy": results[f"{tag}_acc_mc"]}], t("Test accuracy, {T_used}"))
+         "test accuracy (mean over seeds)": results[f"{tag}_acc_mc"]}],
+        t("Test accuracy, {T_used}"))
+    rep.comparisons([c for c in results["comparisons"] if c["dataset"] == tag],
+                    rep.fmt(t("Comparisons on {T_used} (paired by seed)")))
 
 
-def conclusions(tag: str) -> List[str]:
+def conclusions(tag: str, results: Dict[str, Any]) -> List[str]:
     t = lambda s: _t(s, tag)  # noqa: E731
-    return [t("{T_used}, without dropout: the best test accuracy is {T_best_plain_acc:.2%} "
-              "({T_best_plain}); the lowest final training loss is {T_lowest_loss_plain_value:.4f} "
-              "({T_lowest_loss_plain})."),
-            t("{T_used}, with dropout: the best test accuracy is {T_best_dropout_acc:.2%} "
-              "({T_best_dropout}); dropout {T_best_effect} the best accuracy, and raised the test "
-              "accuracy for {T_dropout_helped_count} of the 5 optimizers "
-              "({T_dropout_helped_text})."),
-            t("{T_used}: an epoch with dropout took {T_time_ratio_mean:.2f}x the time of one "
-              "without (mean over the optimizers), i.e. dropout made epochs {T_time_effect}."),
-            t("Weight scaling, first layer: the mean pre-activation over {T_probe_masks:,} masks "
+    out = [t("{T_used}, dropout vs no dropout, test accuracy over {n_seeds} seeds: dropout was "
+             "better for {T_dropout_helped_count} of the 5 optimizers ({T_dropout_helped_text}), "
+             "worse for {T_dropout_hurt_count} ({T_dropout_hurt_text}) and not separable for "
+             "{T_dropout_unsep_count} ({T_dropout_unsep_text})."),
+           t("{T_used}, CPU seconds per training epoch with vs without dropout: dropout was "
+             "slower for {T_time_slower_count} of the 5 optimizers ({T_time_slower_text}), "
+             "faster for {T_time_faster_count} ({T_time_faster_text}) and not separable for "
+             "{T_time_unsep_count} ({T_time_unsep_text}); mean CPU ratio {T_cpu_ratio_mean:.2f}x "
+             "(wall seconds: {T_wall_ratio_mean:.2f}x).")]
+    if f"{tag}_lowest_loss_plain" in results:
+        out.append(t("{T_used}, final training loss without dropout: the lowest mean is "
+                     "{T_lowest_loss_plain} ({T_lowest_loss_plain_value:.4f}); it is separably "
+                     "lower than {T_lowest_beats_text} and not separable from "
+                     "{T_lowest_ties_text}. {T_loss_separable} of the {T_loss_pairs} optimizer "
+                     "pairs are separable."))
+    out += [t("Weight scaling, first layer: the mean pre-activation over {T_probe_masks:,} masks "
               "differs from the scaled-weights one by {T_layer1_gap:.2%}, {T_within_noise_word} 3x "
               "the Monte Carlo standard error ({T_layer1_noise:.2%}); without the scaling the gap "
               "is {T_layer1_unscaled_gap:.2%}. Deeper layers (after a ReLU, where the rule is only "
               "an approximation): gaps {T_deep_gaps_text}."),
-            t("Non-inverted dropout: test accuracy {T_acc_scaled:.2%} with the weights scaled by "
-              "q, {T_acc_unscaled:.2%} without ({T_scaling_effect} with the scaling); inverted "
-              "dropout reached {T_acc_inverted:.2%} ({T_inverted_vs_scaled} than the scaled "
-              "non-inverted net)."),
-            t("Diverged runs (loss NaN/inf): {T_diverged_text}.")]
+            t("Non-inverted dropout: {T_scaling_sentence}"),
+            t("Inverted vs non-inverted dropout: {T_inverted_sentence}"),
+            t("Diverged runs (loss NaN/inf; left out of the comparisons): {T_diverged_text}.")]
+    return out
 
 
 def write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any], notes: List[str]
@@ -489,41 +611,112 @@ def write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any], notes
     rep.setup(config)
     rep.text("MLP {sizes_text} with ReLU, batch {batch_size}, L2 weight decay {weight_decay:g} on "
              "the weights (not biases), {epochs} epochs; dropout setting: p = {p_input} on the "
-             "input, {p_hidden} on each hidden layer (inverted dropout).")
+             "input, {p_hidden} on each hidden layer (inverted dropout). Seeds {seeds}: for one "
+             "seed every run starts from the same initial weights and sees the same batches.")
     for tag in results["datasets_run"]:
         report_dataset(rep, results, tag)
     rep.section("Published result")
     rep.text("For comparison, " + PAPER + ". Numbers above are from this run only.")
-    rep.conclusions([c for tag in results["datasets_run"] for c in conclusions(tag)])
+    rep.conclusions([c for tag in results["datasets_run"] for c in conclusions(tag, results)])
     rep.write()
 
 
 # -- the lab ------------------------------------------------------------------------------------
-def run_dataset(wanted: str, config: Dict[str, Any], rng: np.random.Generator, progress
-                ) -> Dict[str, Any]:
-    """The whole study on one dataset: the optimizer grid and the non-inverted variant."""
+def run_dataset(wanted: str, config: Dict[str, Any], seeds: List[int], progress
+                ) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """The whole study on one dataset over the seeds: the optimizer grid and the non-inverted
+    variant. Returns the tagged results and the comparisons."""
     tag = wanted
-    data = load_study_data(wanted, config["n_train"], config["n_test"], rng)
-    runs = run_optimizer_grid(data, config, rng, progress, tag)
-    inverted_adam = next(r for r in runs if r["optimizer"] == "Adam" and r["dropout"])
-    study = noninverted_study(data, config, rng, progress, tag)
+    data = load_study_data(wanted, config["n_train"], config["n_test"],
+                           np.random.default_rng([config["seed"], 0]), config["val_fraction"],
+                           config["seed"])
+    _warm_up(data, config)
+    runs, studies, inverted = [], [], []
+    for seed in seeds:
+        grid = run_optimizer_grid(data, config, seed, progress, tag)
+        runs += grid
+        inverted.append(next(r for r in grid if r["optimizer"] == "Adam" and r["dropout"])
+                        ["test_acc"])
+        studies.append(noninverted_study(data, config, seed, progress, tag,
+                                         check=seed == seeds[0]))
     out = {f"{tag}_wanted": wanted, f"{tag}_used": data["used"],
-           f"{tag}_n_train": len(data["X_train"]), f"{tag}_n_test": len(data["X_test"]),
+           f"{tag}_n_train": len(data["X_train"]), f"{tag}_n_val": len(data["X_val"]),
+           f"{tag}_n_test": len(data["X_test"]),
            f"{tag}_epochs": config["epochs"], f"{tag}_probe_masks": config["probe_masks"]}
-    out.update(summarize_grid(runs, tag))
-    out.update(summarize_noninverted(study, inverted_adam["test_acc"][-1], tag))
-    return out
+    grid = summarize_grid(runs, seeds, tag)
+    comps = grid.pop(f"{tag}_comparisons")
+    out.update(grid)
+    noninv, more = summarize_noninverted(studies, inverted, tag)
+    out.update(noninv)
+    comps += more
+    for c in comps:
+        c["dataset"] = tag
+    return out, comps
+
+
+def _warm_up(data: Dict[str, Any], config: Dict[str, Any]) -> None:
+    """A few untimed, unreported steps with and without dropout, so that one-time costs
+    (first calls, allocations) do not land in the first timed run."""
+    n = min(len(data["X_train"]), 4 * config["batch_size"])
+    small = {**data, "X_train": data["X_train"][:n], "y_train": data["y_train"][:n],
+             "X_val": data["X_val"][:8], "y_val": data["y_val"][:8],
+             "X_test": data["X_test"][:8], "y_test": data["y_test"][:8]}
+    sizes = [int(np.prod(data["X_train"].shape[1:]))] + list(config["hidden"]) + [10]
+    for p_in, p_hid in ((0.0, 0.0), (config["p_input"], config["p_hidden"])):
+        model = mlp(sizes, p_input=p_in, p_hidden=p_hid, rng=0)
+        train_model(model, OPTIMIZERS[0], small, {**config, "epochs": 1}, 0,
+                    lambda it, **_: it, "warm-up")
+
+
+def _validate(config: Dict[str, Any]) -> None:
+    """A clear ValueError for every bad config value, before any work."""
+    def integer(key, lo):
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"optimizers lab: {key} must be an integer >= {lo}, got {v!r}")
+    for key, lo in (("epochs", 1), ("batch_size", 1), ("n_train", 0), ("n_test", 0),
+                    ("probe_examples", 1), ("probe_masks", 2), ("mc_masks", 1)):
+        integer(key, lo)
+    for key in ("lr_adagrad", "lr_rmsprop", "lr_rmsprop_nesterov", "lr_adadelta", "lr_adam"):
+        if not (math.isfinite(config[key]) and config[key] > 0):
+            raise ValueError(f"optimizers lab: {key} must be a finite number > 0, got "
+                             f"{config[key]!r}")
+    for key, lo, hi in (("weight_decay", 0.0, math.inf), ("momentum", 0.0, 1.0),
+                        ("rho_adadelta", 0.0, 1.0)):
+        v = config[key]
+        if not (math.isfinite(v) and lo <= v and (v < hi)):
+            raise ValueError(f"optimizers lab: {key} must be in [{lo}, {hi}), got {v!r}")
+    for key in ("p_input", "p_hidden"):
+        if not 0.0 <= config[key] < 1.0:
+            raise ValueError(f"optimizers lab: {key} is a drop probability in [0, 1), got "
+                             f"{config[key]!r}")
+    if not 0.0 < config["val_fraction"] < 1.0:
+        raise ValueError(f"optimizers lab: val_fraction must be in (0, 1), got "
+                         f"{config['val_fraction']!r}")
+    hidden = config["hidden"]
+    if not isinstance(hidden, (list, tuple)) or not hidden or any(
+            isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
+        raise ValueError(f"optimizers lab: hidden must be a non-empty list of integers >= 1, "
+                         f"got {hidden!r}")
+    bad = [d for d in config["datasets"] if d not in ("mnist", "cifar10")]
+    if not config["datasets"] or bad:
+        raise ValueError(f"optimizers lab: datasets must be a non-empty list of mnist, cifar10; "
+                         f"got {config['datasets']!r}")
+    stats.seeds_of(config)
 
 
 @lab(name="optimizers",
      study="AdaGrad, RMSProp, RMSProp+Nesterov, AdaDelta, Adam on a 2x1000 ReLU MLP, without and "
            "with dropout (Srivastava et al. 2014)",
-     quick=QUICK, full=FULL,
-     expected_seconds={"quick": 15, "full": 8 * 3600, "full_embedded": 3600})
+     quick=QUICK, standard=STANDARD, full=FULL,
+     expected_seconds={"quick": 20, "standard": 1900, "full": 40 * 3600,
+                       "full_embedded": 5 * 3600})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
-    rng = np.random.default_rng(config["seed"])
+    _validate(config)
+    seeds = stats.seeds_of(config)
     results: Dict[str, Any] = {"datasets_run": [], "substitutions": [], "skipped": [],
-                               "mc_masks": config["mc_masks"]}
+                               "mc_masks": config["mc_masks"], "seeds": seeds,
+                               "n_seeds": len(seeds), "comparisons": []}
     notes = []
     for wanted in config["datasets"]:
         used, _ = resolve_dataset(wanted)
@@ -534,7 +727,9 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
             continue
         if used != wanted:
             results["substitutions"].append([wanted, used])
-        results.update(run_dataset(wanted, config, rng, progress))
+        out, comps = run_dataset(wanted, config, seeds, progress)
+        results.update(out)
+        results["comparisons"] += comps
         results["datasets_run"].append(wanted)
     sizes = ["in"] + [str(h) for h in config["hidden"]] + ["10"]
     results.update({"sizes_text": "-".join(sizes), **{k: config[k] for k in (

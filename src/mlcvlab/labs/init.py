@@ -428,13 +428,13 @@ def _write_report(out_dir, config, results, first, per_layer, growth) -> None:
              "that a sigmoid's mean of 0.5 does not hide a collapsing spread); the gradient "
              "factor is the geometric mean of RMS(dL/dz_l) / RMS(dL/dz_(l+1)) from the last "
              "hidden layer toward the first (z_l: layer l's pre-activation). A factor above "
-             "{factor_explode} per layer is labelled *exploding*, below {factor_vanish} *vanishing*, otherwise *stable*; "
-             "the label uses the mean over seeds, and 'borderline' marks a 95% interval over "
-             "seeds that contains a threshold. A tanh/sigmoid network is 'saturated' when more "
-             "than {saturation_fraction} of the last hidden layer's units have a derivative "
-             "below {saturation_deriv}; a ReLU network has 'most units dead' when more than "
-             "{saturation_fraction} of the last hidden layer's units are zero for the whole "
-             "batch.")
+             "{factor_explode} per layer is labelled *exploding*, below {factor_vanish} "
+             "*vanishing*, otherwise *stable*; the label uses the mean over seeds, and "
+             "'borderline' marks a 95% interval over seeds that contains a threshold. A "
+             "tanh/sigmoid network is 'saturated' when more than {saturation_fraction} of the "
+             "last hidden layer's units have a derivative below {saturation_deriv}; a ReLU "
+             "network has 'most units dead' when more than {saturation_fraction} of the last "
+             "hidden layer's units are zero for the whole batch.")
     rows = [{"init": s["init"], "activation": s["activation"],
              "activation std factor/layer [95% CI]":
                  _fmt_ci(s["act_factor"], s["act_factor_ci"]),

@@ -346,7 +346,7 @@ def _comparisons(fac: Dict[str, Dict[str, List[float]]], config) -> List[Dict[st
      quick=dict(_COMMON, width=256, batch_size=256, seeds=2),
      standard=dict(_COMMON, width=500, batch_size=1000, seeds=5),
      full=dict(_COMMON, width=500, batch_size=1000, seeds=10),
-     expected_seconds={"quick": 8, "standard": 60, "full": 120})
+     expected_seconds={"quick": 15, "standard": 90, "full": 150})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     _check_config(config)
     seeds = stats.seeds_of(config)

@@ -403,6 +403,9 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
                                                if s["act_label"] == word) or "none"
         results[f"grad_{lab_name}"] = ", ".join(f"{s['init']}+{s['activation']}" for s in summary
                                                 if s["grad_label"] == word) or "none"
+    results["saturated_arms"] = ", ".join(f"{s['init']}+{s['activation']}" for s in summary
+                                          if "saturated" in s["verdict"]
+                                          or "most units dead" in s["verdict"]) or "none"
     _write_report(out_dir, config, results, first, per_layer, growth)
     return results
 
@@ -464,6 +467,11 @@ def _write_report(out_dir, config, results, first, per_layer, growth) -> None:
                     "Norm of dL/dW per Linear layer after one backward pass.", n_hidden + 1)
     rep.comparisons(results["comparisons"], heading="Recommended init vs the others, per "
                     "activation (paired by seed)")
+    rep.text("The factors measure scale, not saturation: saturated (or mostly dead) by the "
+             "criterion above: {saturated_arms}. A saturated tanh or sigmoid layer can keep its "
+             "activation std near 1 while its derivatives are near 0, so a comparison on the "
+             "activation factor alone can favour it; read it with the gradient factor and the "
+             "labels.")
     lines = []
     for i, s in enumerate(results["summary"]):
         lines.append(f"{s['init']} + {s['activation']}: {{summary[{i}][verdict]}} (activation "

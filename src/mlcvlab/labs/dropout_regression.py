@@ -440,6 +440,9 @@ def _summary(config, X, y, runs, rows, sweep_rows, jump, comps) -> Dict[str, Any
          "sweep_verdicts": ", ".join(f"p = {r['p']:g}: {r['tolerance']}" for r in trained)
                            or "none trained",
          "sweep_all_within": bool(all(r["tolerance"] == "within" for r in trained))}
+    gd_ws = {(r["w1"], r["w2"]) for r in rows if r["run"] == gd["run"]}
+    s["gd_seed_word"] = ("are identical for every seed" if len(gd_ws) == 1
+                         else "vary by seed; the mean is shown")
     for i, c in enumerate(comps):
         s[f"comparison_{i}"] = stats.sentence(c)
     return s
@@ -452,7 +455,7 @@ def _fmt_ci(lo, hi) -> str:
 _CONCLUSIONS = [
     "Without dropout GD from 0 ends at {gd_w_r} (the minimum-norm exact fit, relative distance "
     "{gd_rel:.1e}); it predicts {gd_pred:.3f} and puts {minnorm_share1:.1%} of the prediction on "
-    "the large feature (GD on copies of one point is deterministic: the same for every seed).",
+    "the large feature (its weights {gd_seed_word}).",
     "With dropout p = {p}, large-batch SGD ends at {large_w_r} (mean over {n_seeds} seeds), "
     "{large_rel:.2%} from the closed form {star_w_r} ({large_rel_ci}): {large_tolerance} the "
     "tolerance of {tolerance:.0%}. It puts {large_share1:.1%} ({large_share1_ci}) of the "

@@ -4,6 +4,7 @@ import pytest
 
 from mlcvlab import nn, optim
 from mlcvlab.labs import dying_relu as dr
+from mlcvlab.labs import stats
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,53 @@ def test_quick_preset_writes_report_and_keys(quick_run):
                "examples_abs_relu.png", "examples_abs_leaky.png", "config.json"))
     res, report = quick_run.results, quick_run.report()
     assert f"{res['abs_relu_strict_fraction']:.1%}" in report
-    assert "collapses more often" in report or "collapses less often" in report \
-        or "as often" in report
+
+
+def test_comparisons_schema_and_sentences(quick_run):
+    """ReLU vs Leaky ReLU per target and criterion, each as a stats comparison whose sentence
+    (computed verdict) is in report.md, in results.json as saved."""
+    saved, report = quick_run.saved(), quick_run.report()
+    comps = saved["comparisons"]
+    assert saved["preset"] == "quick" and len(comps) == 2 * len(saved["targets"])
+    for c in comps:
+        stats.check_comparison(c)
+        assert c["a"] == "ReLU" and c["b"].startswith("LeakyReLU")
+        lo, hi = c["ci95"]
+        assert lo <= c["diff"] <= hi and c["n_seeds"] == saved["total_runs"]
+        assert f"- {stats.sentence(c)}" in report
+    assert f"- {stats.sentence(comps[0])}" in report.split("## Conclusions")[1]
+
+
+def test_paper_quote_with_measured_interval(quick_run):
+    """The paper's ">90%" stands next to each measured fraction and its Wilson interval, with
+    the criterion stated and a verdict computed from the interval."""
+    res, report = quick_run.results, quick_run.report()
+    assert '">90%"' in report and "**Collapse criterion.**" in report
+    conclusions = report.split("## Conclusions")[1]
+    for arm in ("relu", "leaky"):
+        lo, hi = res[f"abs_{arm}_strict_ci_low"], res[f"abs_{arm}_strict_ci_high"]
+        assert (lo, hi) == tuple(stats.binomial_interval(res[f"abs_{arm}_strict_count"],
+                                                         res["total_runs"])["ci95"])
+        line = next(ln for ln in conclusions.splitlines()
+                    if f"{res[f'abs_{arm}_strict_fraction']:.1%} of" in ln)
+        assert f"95% Wilson CI {lo:.1%}-{hi:.1%}" in line and '">90%"' in line
+        assert res[f"abs_{arm}_paper_verdict"] in line
+
+
+def test_paper_verdict_from_the_interval():
+    assert dr.paper_verdict(0.92, 0.97).startswith("above 90%")
+    assert dr.paper_verdict(0.5, 0.7).startswith("below 90%")
+    assert dr.paper_verdict(0.85, 0.95).startswith("not separable")
+
+
+@pytest.mark.parametrize("override, key", [("lr=nan", "lr"), ("lr=0", "lr"),
+                                           ("runs=0", "runs"), ("leaky_slope=-0.1", "leaky_slope"),
+                                           ("collapse_tol=0", "collapse_tol"),
+                                           ("epochs=-1", "epochs"), ("seeds=0", "seeds")])
+def test_bad_config_values_fail_up_front(run_quick, tmp_path, override, key):
+    with pytest.raises(ValueError, match=key):
+        run_quick("dying-relu", out=tmp_path, overrides=[override])
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_relu_collapses_and_leaky_relu_collapses_less(quick_run):

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from mlcvlab.labs import stats
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import mlp
@@ -199,18 +200,20 @@ def train_dropout_mlp(x, y, xt, hidden: int, p: float, steps: int, lr: float,
 
 # -- the study -------------------------------------------------------------------------------------
 VARIANTS = {"bagging": True, "init_only": False}          # name -> bootstrap resampling?
+VARIANT_COLOURS = {"bagging": "C0", "init_only": "C1", "dropout": "C2"}
 
 
-def train_pools(config: Dict[str, Any], data, gen, progress) -> Dict[str, Any]:
+def train_pools(config: Dict[str, Any], data, seed: int, progress) -> Dict[str, Any]:
     """Train 2 x models_per_pool MLPs per variant; return the test-grid errors (M, T) and
-    outputs.
-    """
+    outputs. Both variants start from the same initial weights (drawn from ``seed``): only the
+    bootstrap resampling differs."""
     x, y, xt, ft = data
     M = 2 * int(config["models_per_pool"])
+    params = init_mlps(M, int(config["hidden"]), np.random.default_rng([seed, 1]))
+    counts = bootstrap_counts(M, len(y), np.random.default_rng([seed, 2]))[1]
     out = {}
     for name, boot in VARIANTS.items():
-        params = init_mlps(M, int(config["hidden"]), gen)
-        weights = bootstrap_counts(M, len(y), gen)[1] if boot else np.ones((M, len(y)))
+        weights = counts if boot else np.ones((M, len(y)))
         trained = train_mlps(params, x, y, weights, int(config["steps"]), float(config["lr"]),
                              progress=lambda it, desc, n=name: progress(it, desc=f"{n} MLPs"))
         pred = forward(trained, xt)[0]
@@ -218,47 +221,128 @@ def train_pools(config: Dict[str, Any], data, gen, progress) -> Dict[str, Any]:
     return out
 
 
-def _headline(res: Dict[str, Any], kmax: int) -> None:
-    """Numbers and words the conclusions use, computed from the results."""
+def run_seed(config: Dict[str, Any], seed: int, ks: List[int], progress) -> Dict[str, Any]:
+    """One seed: data, both pools, the pool studies and the dropout networks."""
+    gen = np.random.default_rng(seed)
+    data = make_data(int(config["n_train"]), int(config["n_test"]), float(config["noise_std"]),
+                     gen)
+    pools = train_pools(config, data, seed, progress)
+    out: Dict[str, Any] = {"data": data, "pools": pools}
+    sub_gen = np.random.default_rng([seed, 3])
     for name in VARIANTS:
-        rows = res[name]["rows"]
-        res[f"{name}_v"], res[f"{name}_c"] = res[name]["v"], res[name]["c"]
-        res[f"{name}_rho"] = res[name]["rho"]
+        out[name] = pool_study(pools[name]["errors"], ks, int(config["subsets"]), sub_gen)
+    x, y, xt, ft = data
+    dgen = np.random.default_rng([seed, 4])
+    preds = [train_dropout_mlp(x, y, xt, int(config["hidden"]), float(config["p_dropout"]),
+                               int(config["steps"]), float(config["lr"]), dgen)
+             for _ in range(int(config["dropout_runs"]))]
+    out["dropout_pred"] = preds[0]
+    out["dropout_mse"] = float(np.mean([np.mean((p - ft) ** 2) for p in preds]))
+    return out
+
+
+def _ci_text(s: Dict[str, Any], digits: int = 4) -> str:
+    lo, hi = s["ci95"]
+    return "no interval (1 seed)" if lo is None else f"95% CI [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _aggregate(per_seed: List[Dict[str, Any]], ks: List[int]) -> Dict[str, Any]:
+    """Over seeds: the K-rows (measured, predicted, gap with its interval), the moments, and
+    the per-seed values the comparisons pair."""
+    res: Dict[str, Any] = {}
+    for name in VARIANTS:
+        rows = []
+        for i, k in enumerate(ks):
+            meas = [ps[name]["rows"][i]["measured"] for ps in per_seed]
+            pred = [ps[name]["rows"][i]["formula_poolA"] for ps in per_seed]
+            predb = [ps[name]["rows"][i]["formula_poolB"] for ps in per_seed]
+            gap = stats.summarize(np.subtract(meas, pred))
+            rel = stats.summarize(np.divide(meas, pred) - 1.0)
+            rows.append({"variant": name, "K": k, "measured": float(np.mean(meas)),
+                         "measured_ci_low": stats.summarize(meas)["ci95"][0],
+                         "measured_ci_high": stats.summarize(meas)["ci95"][1],
+                         "formula_poolA": float(np.mean(pred)),
+                         "formula_poolB": float(np.mean(predb)),
+                         "gap": gap["mean"], "gap_ci_low": gap["ci95"][0],
+                         "gap_ci_high": gap["ci95"][1], "rel_gap": rel["mean"],
+                         "rel_gap_ci_low": rel["ci95"][0], "rel_gap_ci_high": rel["ci95"][1],
+                         "measured_per_seed": meas, "formula_per_seed": pred})
+        res[name] = {"rows": rows}
+        for m in ("v", "c", "rho", "v_B", "c_B"):
+            res[name][m] = stats.summarize([ps[name][m] for ps in per_seed])
+    res["dropout"] = stats.summarize([ps["dropout_mse"] for ps in per_seed])
+    return res
+
+
+def _comparisons(agg: Dict[str, Any], per_seed, kmax: int) -> List[Dict[str, Any]]:
+    """The paired-by-seed comparisons of the study (ensemble MSE vs the noiseless f)."""
+    bag, init = agg["bagging"]["rows"], agg["init_only"]["rows"]
+    m = "test MSE vs noiseless f"
+    drop = [ps["dropout_mse"] for ps in per_seed]
+    out = [stats.compare(f"bagged ensemble of {kmax}", bag[-1]["measured_per_seed"],
+                         "one bagged model (K = 1)", bag[0]["measured_per_seed"], m, False),
+           stats.compare(f"init-only ensemble of {kmax}", init[-1]["measured_per_seed"],
+                         "one model (K = 1)", init[0]["measured_per_seed"], m, False),
+           stats.compare(f"bagged ensemble of {kmax}", bag[-1]["measured_per_seed"],
+                         f"init-only ensemble of {kmax}", init[-1]["measured_per_seed"], m, False),
+           stats.compare(f"bagged ensemble of {kmax}", bag[-1]["measured_per_seed"],
+                         "one dropout network", drop, m, False),
+           stats.compare("bagging", [ps["bagging"]["rho"] for ps in per_seed], "init_only",
+                         [ps["init_only"]["rho"] for ps in per_seed],
+                         "error correlation c/v between models (lower helps averaging)", False)]
+    for name, rows in (("bagging", bag), ("init_only", init)):
+        out.append(stats.compare(f"{name}: measured (pool B)", rows[-1]["measured_per_seed"],
+                                 f"{name}: predicted v/K + (K-1)c/K (pool A)",
+                                 rows[-1]["formula_per_seed"], f"ensemble MSE at K = {kmax}",
+                                 False))
+    return out
+
+
+def _headline(res: Dict[str, Any], agg: Dict[str, Any], kmax: int) -> None:
+    """Numbers the report's text uses, computed from the aggregates."""
+    for name in VARIANTS:
+        rows = agg[name]["rows"]
+        res[f"{name}_v"], res[f"{name}_c"] = agg[name]["v"]["mean"], agg[name]["c"]["mean"]
+        res[f"{name}_rho"] = agg[name]["rho"]["mean"]
+        res[f"{name}_rho_ci"] = _ci_text(agg[name]["rho"], 3)
         res[f"{name}_k1"], res[f"{name}_kmax"] = rows[0]["measured"], rows[-1]["measured"]
         res[f"{name}_kmax_formula"] = rows[-1]["formula_poolA"]
-        res[f"{name}_max_rel_diff"] = max(abs(r["rel_diff"]) for r in rows)
+        res[f"{name}_gap"] = rows[-1]["gap"]
+        res[f"{name}_gap_ci"] = _ci_text({"ci95": [rows[-1]["gap_ci_low"],
+                                                    rows[-1]["gap_ci_high"]]})
+        res[f"{name}_rel_gap"] = rows[-1]["rel_gap"]
         res[f"{name}_gain"] = rows[0]["measured"] / rows[-1]["measured"]
-        res[f"{name}_pool_v_ratio"] = res[name]["v"] / res[name]["v_B"]
-        res[f"{name}_pool_c_ratio"] = res[name]["c"] / res[name]["c_B"]
     res["kmax"] = kmax
-    cands = {"one model (no bootstrap)": res["init_only_k1"],
-             f"bagged ensemble of {kmax}": res["bagging_kmax"],
-             f"init-only ensemble of {kmax}": res["init_only_kmax"],
-             "one dropout network": res["dropout_mse_mean"]}
-    ordered = sorted(cands.items(), key=lambda kv: kv[1])
-    res["ranking"] = ", ".join(f"{k} ({v:.4f})" for k, v in ordered)
-    res["best_method"] = min(cands, key=cands.get)
-    res["bag_vs_dropout"] = "lower" if res["bagging_kmax"] < res["dropout_mse_mean"] else "higher"
-    res["bag_vs_init"] = "lower" if res["bagging_kmax"] < res["init_only_kmax"] else "higher"
-    res["corr_word"] = ("less" if res["bagging_rho"] < res["init_only_rho"] else "more")
+    res["dropout_mse_mean"] = agg["dropout"]["mean"]
+    res["dropout_mse_ci"] = _ci_text(agg["dropout"])
 
 
-def _curve_figure(res: Dict[str, Any]):
-    fig, ax = new_figure(figsize=(7, 4.5))
-    for i, name in enumerate(VARIANTS):
-        rows = res[name]["rows"]
+def _curve_figure(agg: Dict[str, Any], n_seeds: int):
+    fig, ax = new_figure(figsize=(7.5, 4.8))
+    for name in VARIANTS:
+        rows = agg[name]["rows"]
         ks = [r["K"] for r in rows]
-        ax.errorbar(ks, [r["measured"] for r in rows], yerr=[2 * r["measured_se"] for r in rows],
-                    fmt="o-", color=f"C{i}", capsize=3, label=f"{name}: measured (pool B)")
-        ax.plot(ks, [r["formula_poolA"] for r in rows], "s--", color=f"C{i}", mfc="none",
+        col = VARIANT_COLOURS[name]
+        meas = np.array([r["measured"] for r in rows])
+        if rows[0]["measured_ci_low"] is not None:
+            err = np.array([[m - r["measured_ci_low"], r["measured_ci_high"] - m]
+                            for m, r in zip(meas, rows)]).T.clip(min=0)
+        else:
+            err = None
+        ax.errorbar(ks, meas, yerr=err, fmt="o-", color=col, capsize=3,
+                    label=f"{name}: measured (pool B), 95% CI")
+        ax.plot(ks, [r["formula_poolA"] for r in rows], "s--", color=col, mfc="none",
                 label=f"{name}: v/K + (K-1)c/K (v, c from pool A)")
-        ax.axhline(res[name]["c"], color=f"C{i}", ls=":", lw=1, label=f"{name}: c (K -> inf)")
-    ax.axhline(res["dropout_mse_mean"], color="C2", lw=1.5, label="one dropout network (mean)")
-    ax.set(xscale="log", yscale="log", xlabel="ensemble size K",
-           ylabel="mean squared error vs noiseless f")
+        ax.axhline(agg[name]["c"]["mean"], color=col, ls=":", lw=1, label=f"{name}: c (K -> inf)")
+    ax.axhline(agg["dropout"]["mean"], color=VARIANT_COLOURS["dropout"], lw=1.5,
+               label="one dropout network (mean)")
+    ax.set(xscale="log", yscale="log", xlabel="ensemble size K (models)",
+           ylabel="mean squared error vs noiseless f (target units²)",
+           title=f"Ensemble error vs K, mean over {n_seeds} seeds")
     ax.set_xticks(ks)
     ax.set_xticklabels([str(k) for k in ks])
-    ax.legend(fontsize=7)
+    ax.minorticks_off()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -270,20 +354,29 @@ def _fits_figure(data, pools, dropout_pred, kmax: int):
         for k in range(3):
             ax.plot(xt[:, 0], pred[k], color="0.6", lw=0.8,
                     label="single models" if k == 0 else None)
-        ax.plot(xt[:, 0], pred[-kmax:].mean(axis=0), "C0", lw=2, label=f"ensemble of {kmax}")
-        ax.plot(xt[:, 0], dropout_pred, "C2", lw=1.5, label="dropout network")
+        ax.plot(xt[:, 0], pred[-kmax:].mean(axis=0), color=VARIANT_COLOURS[name], lw=2,
+                label=f"{name}: ensemble of {kmax}")
+        ax.plot(xt[:, 0], dropout_pred, color=VARIANT_COLOURS["dropout"], lw=1.5,
+                label="dropout network")
         ax.plot(xt[:, 0], ft, "k--", lw=1, label="noiseless f")
         ax.scatter(x[:, 0], y, s=12, color="C3", label="training points", zorder=5)
-        ax.set(xlabel="x", ylabel="prediction", title=name, ylim=(-3, 3))
+        ax.set(xlabel="x (input, unitless)", ylabel="prediction (target units)", title=name,
+               ylim=(-3, 3))
         ax.legend(fontsize=7)
+    fig.suptitle("Fits on the first seed")
     return fig
 
 
-def _table_rows(res: Dict[str, Any]) -> List[Dict[str, Any]]:
-    return [{"variant": name, **r} for name in VARIANTS for r in res[name]["rows"]]
+_TABLE_COLUMNS = ["variant", "K", "measured", "measured_ci_low", "measured_ci_high",
+                  "formula_poolA", "formula_poolB", "gap", "gap_ci_low", "gap_ci_high",
+                  "rel_gap", "rel_gap_ci_low", "rel_gap_ci_high"]
 
 
-def _write_report(out_dir, config, res, data, pools, dropout_pred) -> None:
+def _table_rows(agg: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [{k: r[k] for k in _TABLE_COLUMNS} for name in VARIANTS for r in agg[name]["rows"]]
+
+
+def _write_report(out_dir, config, res, agg, first) -> None:
     rep = Report(out_dir, "Bagging vs one model vs dropout, and the ensemble-error formula", res)
     rep.setup(config)
     rep.note("Data: the 1-D regression f(x) = sin(3x) + 0.5 cos(7x) + noise is generated inside "
@@ -292,73 +385,117 @@ def _write_report(out_dir, config, res, data, pools, dropout_pred) -> None:
              "noiseless f on {n_test} grid points in [-1, 1]. Models: MLP 1-{hidden}-{hidden}-1 "
              "with tanh, full-batch Adam (lr {lr}) for {steps} steps; {models_per_pool} models per "
              "pool, two pools per variant. `bagging`: each model on its own bootstrap resample; "
-             "`init_only`: each model on the full set (only the initialization differs). v = "
+             "`init_only`: each model on the full set (only the initialization differs); both "
+             "variants start from the same initial weights. v = "
              "mean e_k(x)² and c = mean e_k(x) e_l(x) (k != l) are measured on pool A; the "
              "measured ensemble error is the mean over {subsets} random K-subsets of pool B. "
-             "Dropout: {dropout_runs} library networks (`mlcvlab.models.mlp`, p_hidden = "
-             "{p_dropout}), same optimizer and steps, evaluated with the weight-scaling rule.")
-    rep.table("ensemble_error", _table_rows(res), "Ensemble error vs K: measured (pool B) and "
-              "predicted by v/K + (K-1)c/K from pool A (formula_poolA) and from pool B itself "
-              "(formula_poolB); rel_diff = measured / formula_poolA - 1")
-    rep.table("moments", [{"variant": n, "v": res[n]["v"], "c": res[n]["c"], "rho = c/v":
-                           res[n]["rho"], "v (pool B)": res[n]["v_B"], "c (pool B)": res[n]["c_B"],
-                           "single-model MSE std": res[n]["single_mse_std"]} for n in VARIANTS],
-              "Per-model error second moment v and pairwise covariance c")
-    rep.figure("ensemble_error", _curve_figure(res),
+             "Dropout: {dropout_runs} library networks per seed (`mlcvlab.models.mlp`, p_hidden "
+             "= {p_dropout}), same optimizer and steps, evaluated with the weight-scaling rule. "
+             "Everything is repeated over seeds {seeds_used} (a fresh training set, initial "
+             "weights and resamples per seed); intervals are 95% t-intervals over seeds.")
+    rep.table("ensemble_error", _table_rows(agg), "Ensemble error vs K, mean over seeds: measured "
+              "(pool B) and predicted by v/K + (K-1)c/K from pool A (formula_poolA) and from pool "
+              "B itself (formula_poolB); gap = measured - formula_poolA and rel_gap = measured / "
+              "formula_poolA - 1, each with its 95% interval over seeds", columns=_TABLE_COLUMNS)
+    rep.table("moments", [{"variant": n, "v": agg[n]["v"]["mean"], "c": agg[n]["c"]["mean"],
+                           "rho = c/v": agg[n]["rho"]["mean"],
+                           "rho CI low": agg[n]["rho"]["ci95"][0],
+                           "rho CI high": agg[n]["rho"]["ci95"][1],
+                           "v (pool B)": agg[n]["v_B"]["mean"],
+                           "c (pool B)": agg[n]["c_B"]["mean"]} for n in VARIANTS],
+              "Per-model error second moment v and pairwise covariance c (mean over seeds)")
+    rep.figure("ensemble_error", _curve_figure(agg, len(res["seeds_used"])),
                "Ensemble error vs K, measured next to the formula; dropout for reference")
-    rep.figure("fits", _fits_figure(data, pools, dropout_pred, res["kmax"]),
-               "Three single models, the ensemble of {kmax} and a dropout network")
+    rep.figure("fits", _fits_figure(first["data"], first["pools"], first["dropout_pred"],
+                                    res["kmax"]),
+               "Three single models, the ensemble of {kmax} and a dropout network (first seed)")
+    rep.text("Predicted vs measured at K = {kmax}: bagging {bagging_kmax:.4f} measured vs "
+             "{bagging_kmax_formula:.4f} predicted, gap {bagging_gap:+.4f} ({bagging_gap_ci}); "
+             "init-only {init_only_kmax:.4f} vs {init_only_kmax_formula:.4f}, gap "
+             "{init_only_gap:+.4f} ({init_only_gap_ci}). The gap for every K is in "
+             "`ensemble_error.csv`. With pool B's own v and c the formula is exact up to the "
+             "K-subset sampling (column formula_poolB): it is an identity for the mean over all "
+             "K-subsets.")
+    rep.comparisons(res["comparisons"], heading="Comparisons (paired by seed)")
+    rep.explanation("a gap between pool A's prediction and pool B's measurement comes from "
+                    "estimating v and c on a finite pool of {models_per_pool} models; bootstrap "
+                    "models that extrapolate badly near the ends of [-1, 1] make those estimates "
+                    "heavy-tailed. Averaging helps in proportion to 1 - c/v, which bootstrap "
+                    "resampling lowers (Breiman 1996; Goodfellow et al. 2016, Sec. 7.11)."
+                    .replace("{models_per_pool}", str(config["models_per_pool"])))
     rep.conclusions([
-        "Bagging: v = {bagging_v:.4f}, c = {bagging_c:.4f} (c/v = {bagging_rho:.3f}); the "
-        "measured error falls from {bagging_k1:.4f} (K = 1) to {bagging_kmax:.4f} (K = {kmax}), "
-        "a factor {bagging_gain:.2f}; the formula with pool A's v and c predicts "
-        "{bagging_kmax_formula:.4f} at K = {kmax} (largest relative difference over K "
-        "{bagging_max_rel_diff:.1%}). With pool B's own v and c the formula matches up to the "
-        "subset sampling (column formula_poolB); pool A / pool B ratios are "
-        "{bagging_pool_v_ratio:.2f} for v and {bagging_pool_c_ratio:.2f} for c: the gap to "
-        "pool A's prediction is the sampling noise of v and c from {models_per_pool} models "
-        "(a few bootstrap models extrapolate badly near the ends of [-1, 1]).",
-        "Init-only ensembles: c/v = {init_only_rho:.3f}, so averaging helps little: "
-        "{init_only_k1:.4f} -> {init_only_kmax:.4f} (factor {init_only_gain:.2f}); formula vs "
-        "measured within {init_only_max_rel_diff:.1%}. Bootstrap errors are {corr_word} correlated "
-        "than init-only errors.",
-        "One dropout network (p = {p_dropout}): {dropout_mse_mean:.4f} +- {dropout_mse_std:.4f} "
-        "over {dropout_runs} runs; the bagged ensemble of {kmax} has {bag_vs_dropout} error than "
-        "dropout and {bag_vs_init} error than the init-only ensemble.",
-        "Ranking (lowest error first): {ranking}; best: {best_method}.",
+        "Bagging: v = {bagging_v:.4f}, c = {bagging_c:.4f} (c/v = {bagging_rho:.3f}, "
+        "{bagging_rho_ci}); the measured error goes from {bagging_k1:.4f} (K = 1) to "
+        "{bagging_kmax:.4f} (K = {kmax}), means over seeds. {comparison_0}",
+        "Init-only ensembles: c/v = {init_only_rho:.3f} ({init_only_rho_ci}); {init_only_k1:.4f} "
+        "-> {init_only_kmax:.4f}. {comparison_1}",
+        "Bagging vs init-only: {comparison_2} Correlation: {comparison_4}",
+        "Bagging vs dropout (one dropout network, {dropout_mse_mean:.4f}, "
+        "{dropout_mse_ci}): {comparison_3}",
+        "Formula vs measurement at K = {kmax}: {comparison_5} {comparison_6}",
     ])
     rep.write()
+
+
+def _check_config(config: Dict[str, Any]) -> List[int]:
+    """Every user-settable value, checked before any work; errors name the key. Returns ks."""
+    def num(key, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
+        v = config[key]
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+              and (not integer or float(v) == int(v)))
+        if ok and lo is not None:
+            ok = v > lo if lo_open else v >= lo
+        if ok and hi is not None:
+            ok = v < hi if hi_open else v <= hi
+        if not ok:
+            rng = (f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"
+                   f"{')' if hi_open or hi is None else ']'}")
+            raise ValueError(f"bagging: config key {key!r} must be "
+                             f"{'an integer' if integer else 'a finite number'} in {rng}, "
+                             f"got {v!r}")
+    for key, lo in (("n_train", 2), ("n_test", 2), ("hidden", 1), ("subsets", 1),
+                    ("models_per_pool", 2), ("steps", 1), ("dropout_runs", 1)):
+        num(key, lo, integer=True)
+    num("noise_std", 0)
+    num("lr", 0, lo_open=True)
+    num("p_dropout", 0, 1, hi_open=True)
+    ks = config["ks"]
+    if (not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks)
+            or min(ks) < 1 or max(ks) > int(config["models_per_pool"])):
+        raise ValueError(f"bagging: every K in config key 'ks' must be an integer in [1, "
+                         f"models_per_pool = {config['models_per_pool']}], got ks={ks}")
+    stats.seeds_of(config)
+    return sorted(set(int(k) for k in ks))
 
 
 @lab(name="bagging",
      study="Bootstrap ensembles (Breiman 1996) vs one model vs dropout (Srivastava et al. 2014); "
            "ensemble error v/K + (K-1)c/K (Goodfellow et al. 2016, Sec. 7.11)",
-     quick={**_COMMON, "models_per_pool": 16, "steps": 600, "dropout_runs": 2},
-     full={**_COMMON, "models_per_pool": 128, "steps": 3000, "dropout_runs": 8,
+     quick={**_COMMON, "models_per_pool": 16, "steps": 600, "dropout_runs": 2, "seeds": 2},
+     standard={**_COMMON, "models_per_pool": 64, "steps": 3000, "dropout_runs": 4, "seeds": 5,
+               "ks": [1, 2, 4, 8, 16, 32, 64]},
+     full={**_COMMON, "models_per_pool": 128, "steps": 3000, "dropout_runs": 8, "seeds": 10,
            "ks": [1, 2, 4, 8, 16, 32, 64, 128]},
-     expected_seconds={"quick": 8, "full": 300})
+     expected_seconds={"quick": 15, "standard": 900, "full": 3000})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
-    """Train the pools and the dropout networks, compare with the formula, write the report."""
-    ks = [int(k) for k in config["ks"]]
-    if not ks or min(ks) < 1 or max(ks) > int(config["models_per_pool"]):
-        raise ValueError(f"bagging: every K in ks must be in [1, models_per_pool = "
-                         f"{config['models_per_pool']}], got ks={ks}")
-    gen = np.random.default_rng(config["seed"])
-    data = make_data(int(config["n_train"]), int(config["n_test"]), float(config["noise_std"]), gen)
-    pools = train_pools(config, data, gen, progress)
+    """Train the pools and the dropout networks over seeds, compare with the formula, write the
+    report."""
+    ks = _check_config(config)
+    seeds = stats.seeds_of(config)
+    per_seed = [run_seed(config, s, ks, progress) for s in progress(seeds, desc="seeds")]
+    agg = _aggregate(per_seed, ks)
     res: Dict[str, Any] = {k: config[k] for k in ("n_train", "n_test", "noise_std", "hidden", "lr",
                                                    "steps", "models_per_pool", "subsets",
                                                    "dropout_runs", "p_dropout")}
+    res["seeds_used"] = seeds
     for name in VARIANTS:
-        res[name] = pool_study(pools[name]["errors"], ks, int(config["subsets"]), gen)
-    x, y, xt, ft = data
-    preds = [train_dropout_mlp(x, y, xt, int(config["hidden"]), float(config["p_dropout"]),
-                               int(config["steps"]), float(config["lr"]), gen)
-             for _ in progress(range(int(config["dropout_runs"])), desc="dropout MLPs")]
-    mses = np.array([np.mean((p - ft) ** 2) for p in preds])
-    res.update({"dropout_mse": mses, "dropout_mse_mean": float(mses.mean()),
-                "dropout_mse_std": float(mses.std(ddof=1)) if len(mses) > 1 else 0.0})
-    _headline(res, max(ks))
-    res["table"] = _table_rows(res)
-    _write_report(out_dir, config, res, data, pools, preds[0])
+        res[name] = {"rows": agg[name]["rows"],
+                     **{m: agg[name][m] for m in ("v", "c", "rho", "v_B", "c_B")}}
+    res["dropout"] = agg["dropout"]
+    _headline(res, agg, max(ks))
+    res["comparisons"] = _comparisons(agg, per_seed, max(ks))
+    for i, c in enumerate(res["comparisons"]):
+        res[f"comparison_{i}"] = stats.sentence(c)
+    res["table"] = _table_rows(agg)
+    _write_report(out_dir, config, res, agg, per_seed[0])
     return res

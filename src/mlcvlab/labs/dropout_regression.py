@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from mlcvlab.data.synthetic import dropout_regression
+from mlcvlab.labs import stats
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.nn import Dropout, Linear, MSELoss, Sequential
@@ -161,28 +162,54 @@ def _target(X, y, p: float) -> np.ndarray:
     return dropout_minimizer(X, y, p) if p > 0 else min_norm_fit(X, y)
 
 
-def _row(spec: Dict[str, Any], w: np.ndarray, X, y, tol: float) -> Dict[str, Any]:
+def _row(spec: Dict[str, Any], w: np.ndarray, X, y, tol: float, p_config: float,
+         seed: int) -> Dict[str, Any]:
     star = _target(X, y, spec["p"])
     rel = float(np.linalg.norm(w - star) / np.linalg.norm(star))
-    return {**spec, "w1": w[0], "w2": w[1], "prediction": float(X[0] @ w),
+    star_cfg, ols = dropout_minimizer(X, y, p_config), min_norm_fit(X, y)
+    return {**spec, "seed": seed, "w1": w[0], "w2": w[1], "prediction": float(X[0] @ w),
             "closed_w1": star[0], "closed_w2": star[1],
             "formula_w1": star[0] / (1 - spec["p"]), "formula_w2": star[1] / (1 - spec["p"]),
             "rel_error": rel, "within_tol": bool(rel <= tol),
+            "rel_to_dropout_star": float(np.linalg.norm(w - star_cfg) / np.linalg.norm(star_cfg)),
+            "rel_to_ols": float(np.linalg.norm(w - ols) / np.linalg.norm(ols)),
+            "share1": float(X[0, 0] * w[0] / (X[0] @ w)),
             "expected_loss": float(expected_loss(X, y, w, spec["p"]))}
 
 
 def train_runs(config: Dict[str, Any], X, y, progress) -> Tuple[List[Dict[str, Any]], Dict]:
+    """Every run of :func:`_runs` for every seed. For one seed every run draws its batches
+    and masks from the same seeded stream (paired by seed); all start from w = 0.
+    Returns the per-(seed, run) rows and the paths of the first seed."""
     rows, paths = [], {}
-    for i, spec in enumerate(progress(_runs(config), desc="train runs")):
+    seeds = stats.seeds_of(config)
+    jobs = [(s, spec) for s in seeds for spec in _runs(config)]
+    for seed, spec in progress(jobs, desc="train runs"):
         out = train(X, y, spec["p"], spec["batch"], int(config["steps"]), spec["lr"],
-                    spec["optimizer"], config["seed"] + i, float(config["tail"]))
-        rows.append(_row(spec, out["w"], X, y, float(config["tolerance"])))
-        paths[spec["run"]] = out
+                    spec["optimizer"], seed, float(config["tail"]))
+        rows.append(_row(spec, out["w"], X, y, float(config["tolerance"]), float(config["p"]),
+                         seed))
+        if seed == seeds[0]:
+            paths[spec["run"]] = out
     return rows, paths
 
 
+def tolerance_verdict(ci95, mean: float, tol: float) -> str:
+    """"within" / "not within" the tolerance when the 95% interval of the relative distance
+    lies below / above it; "not separable from" when it contains it (one seed: the mean)."""
+    lo, hi = ci95
+    if lo is None:
+        return "within" if mean <= tol else "not within"
+    if hi <= tol:
+        return "within"
+    if lo > tol:
+        return "not within"
+    return "not separable from"
+
+
 def sweep(config: Dict[str, Any], X, y, progress) -> List[Dict[str, Any]]:
-    """Closed form over the p grid, plus large-batch SGD at the ``sweep_train`` rates.
+    """Closed form over the p grid, plus large-batch SGD at the ``sweep_train`` rates over
+    the seeds (mean weights and the relative distance to w*(p) with its 95% interval).
 
     The SGD step shrinks for p > 0.5 (lr · 2(1 - p)) because the inverted mask scales the
     input by 1/(1 - p) and a fixed step would diverge.
@@ -193,13 +220,21 @@ def sweep(config: Dict[str, Any], X, y, progress) -> List[Dict[str, Any]]:
         rows.append({"p": p, "kind": "closed form" if p > 0 else "p = 0: GD from 0 (min-norm)",
                      "w1": w[0], "w2": w[1], "prediction": float(X[0] @ w),
                      "time_constant_steps": slowest_time_constant(X, p, float(config["lr"]))})
-    for i, p in enumerate(progress(config["sweep_train"], desc="sweep")):
+    seeds = stats.seeds_of(config)
+    for p in progress(config["sweep_train"], desc="sweep"):
         lr = float(config["lr"]) * min(1.0, 2.0 * (1.0 - p))
-        out = train(X, y, p, int(config["batch_large"]), int(config["steps"]), lr, "sgd",
-                    config["seed"] + 100 + i, float(config["tail"]))
-        rows.append({"p": p, "kind": "trained (SGD, large batch)", "w1": out["w"][0],
-                     "w2": out["w"][1], "prediction": float(X[0] @ out["w"]),
-                     "time_constant_steps": slowest_time_constant(X, p, lr)})
+        star = dropout_minimizer(X, y, p)
+        ws = [train(X, y, p, int(config["batch_large"]), int(config["steps"]), lr, "sgd",
+                    s + 100, float(config["tail"]))["w"] for s in seeds]
+        rel = stats.summarize([np.linalg.norm(w - star) / np.linalg.norm(star) for w in ws])
+        w = np.mean(ws, axis=0)
+        rows.append({"p": p, "kind": f"trained (SGD, large batch, mean of {len(seeds)} seeds)",
+                     "w1": w[0], "w2": w[1], "prediction": float(X[0] @ w),
+                     "time_constant_steps": slowest_time_constant(X, p, lr),
+                     "rel_error": rel["mean"], "rel_error_ci_low": rel["ci95"][0],
+                     "rel_error_ci_high": rel["ci95"][1],
+                     "tolerance": tolerance_verdict(rel["ci95"], rel["mean"],
+                                                    float(config["tolerance"]))})
     return rows
 
 
@@ -222,27 +257,39 @@ def jump_numbers(X, y, config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # -- figures and report ---------------------------------------------------------------------------
-def _curves_figure(X, y, rows, paths):
-    """Left: expected-dropout-loss gap to its minimum per run; right: the weight paths."""
+RUN_COLOURS = {"GD, no dropout": "C0", "dropout SGD, small batch": "C1",
+               "dropout SGD, large batch": "C2", "dropout Adam, small batch": "C3",
+               "dropout Adam, large batch": "C4"}
+
+
+def _curves_figure(X, y, specs, paths):
+    """Left: expected-dropout-loss gap to its minimum per run; right: the weight paths
+    (first seed)."""
     fig, (ax, bx) = new_figure(ncols=2, figsize=(11, 4.4))
-    for i, r in enumerate(rows):
+    for r in specs:
         path = paths[r["run"]]["path"]
+        colour = RUN_COLOURS.get(r["run"])
         floor = expected_loss(X, y, _target(X, y, r["p"]), r["p"])
         gap = np.maximum(expected_loss(X, y, path, r["p"]) - floor, 1e-12)
         win = max(1, len(gap) // 100)                  # moving average: the SGD noise is large
         smooth = np.convolve(gap, np.ones(win) / win, mode="valid")
-        ax.loglog(np.arange(1, len(smooth) + 1), smooth, color=f"C{i}", lw=1,
+        ax.loglog(np.arange(1, len(smooth) + 1), smooth, color=colour, lw=1,
                   label=f"{r['run']} (p={r['p']:g})")
-        bx.plot(path[:, 0], path[:, 1], color=f"C{i}", lw=0.8, alpha=0.8, label=r["run"])
-    ax.set(xlabel="step", ylabel="expected loss - its minimum (own p), moving average")
+        bx.plot(path[:, 0], path[:, 1], color=colour, lw=0.8, alpha=0.8, label=r["run"])
+    ax.set(xlabel="step (optimizer updates)",
+           ylabel="expected loss - its minimum (squared target units)",
+           title="expected loss gap (own p), moving average")
     ax.legend(fontsize=7)
     w1 = np.linspace(-0.2, 1.3, 2)
     bx.plot(w1, (y[0] - X[0, 0] * w1) / X[0, 1], "k:", lw=1, label="exact fits 10 w1 + w2 = y")
-    for r in rows[:2]:
-        bx.scatter([r["closed_w1"]], [r["closed_w2"]], marker="*", s=140, color="k", zorder=5)
-    bx.set(xlabel="w1 (feature of scale 10)", ylabel="w2 (feature of scale 1)",
-           title="weight paths from w = 0; stars: closed forms")
+    for p in sorted({r["p"] for r in specs}):
+        star = _target(X, y, p)
+        bx.scatter([star[0]], [star[1]], marker="*", s=140, color="k", zorder=5)
+    bx.set(xlabel="w1 (weight of the feature of scale 10; unitless)",
+           ylabel="w2 (weight of the feature of scale 1; unitless)",
+           title="weight paths from w = 0 (first seed); stars: closed forms")
     bx.legend(fontsize=7)
+    fig.suptitle("Training runs: loss gap and weight paths")
     return fig
 
 
@@ -257,15 +304,23 @@ def _sweep_figure(rows, jump):
             ax.plot([r["p"] for r in closed], [r[key] for r in closed], "-", color=c,
                     label=f"{key} closed form w*(p)")
             ax.plot([r["p"] for r in trained], [r[key] for r in trained], "o", color=c,
-                    label=f"{key} trained (SGD)")
+                    label=f"{key} trained (SGD, mean over seeds)")
             ax.axhline(jump["minnorm_w"][j], color=c, ls="--", lw=1,
                        label=f"{key} at p = 0 (GD, min-norm)")
             if xscale == "linear":
                 ax.plot([0.0], [jump["minnorm_w"][j]], "s", color=c, ms=8)
-        ax.set(xscale=xscale, xlabel="dropout rate p (drop probability)", ylabel="weight",
-               title=f"weights vs p ({xscale} p axis)")
+        ax.set(xscale=xscale, xlabel="dropout rate p (drop probability, 0-1)",
+               ylabel="weight (unitless)", title=f"weights vs p ({xscale} p axis)")
         ax.legend(fontsize=7)
+    fig.suptitle("Dropout minimizer w*(p) and trained weights")
     return fig
+
+
+_SWEEP_COLUMNS = ["p", "kind", "w1", "w2", "prediction", "time_constant_steps", "rel_error",
+                  "rel_error_ci_low", "rel_error_ci_high", "tolerance"]
+_RUN_COLUMNS = ["run", "p", "batch", "optimizer", "lr", "seeds", "w1", "w2", "closed_w1",
+                "closed_w2", "formula_w1", "formula_w2", "rel_error", "rel_error_ci_low",
+                "rel_error_ci_high", "tolerance", "share1"]
 
 
 def _write_report(out_dir, config, res, X, y, paths) -> None:
@@ -274,7 +329,9 @@ def _write_report(out_dir, config, res, X, y, paths) -> None:
     rep.text("Toy: one training point x = {x}, target y = {y}; model x.w = {x[0]:g} w1 + "
              "{x[1]:g} w2 (no bias), MSELoss, training from w = 0 in float64 with `mlcvlab.nn` "
              "(Dropout -> Linear) and `mlcvlab.optim`, {steps} steps; trained weights are the "
-             "mean of the iterates over the last {tail:.0%} of the steps. Γ = diag{gamma}.")
+             "mean of the iterates over the last {tail:.0%} of the steps. Γ = diag{gamma}. "
+             "Every run is repeated over seeds {seeds_used}; for one seed all runs draw their "
+             "batches and dropout masks from the same seeded stream.")
     rep.text("Parameterization: the library's Dropout(p) is inverted (keep probability q = 1 - p, "
              "kept inputs scaled by 1/q, prediction with w). Its expected loss is "
              "||y - Xw||² + (p/(1-p)) ||Γw||², minimized by w*(p) = (XᵀX + (p/(1-p))Γ²)⁻¹Xᵀy, "
@@ -286,27 +343,38 @@ def _write_report(out_dir, config, res, X, y, paths) -> None:
              "Closed-form OLS (pseudo-inverse, minimum norm): w = {ols_w_r}; GD from 0 reaches "
              "{gd_w_r}. The dropout closed form at p = {p}: w* = {star_w_r} (formula "
              "parameterization {formula_w_r}).")
-    rep.table("runs", res["runs"], "Trained weights vs closed form; within_tol: "
-              "||w - w*|| / ||w*|| <= {tolerance}")
-    rep.figure("loss_curves", _curves_figure(X, y, res["runs"], paths),
-               "Loss curves (expected loss of each run's own p minus its minimum) and weight paths")
+    rep.table("runs", res["runs"], "Trained weights (mean over {n_seeds} seeds) vs closed form; "
+              "rel_error = ||w - w*|| / ||w*|| with its 95% t-interval over seeds; tolerance: "
+              "the interval below / above / containing {tolerance}", columns=_RUN_COLUMNS)
+    rep.table("runs_per_seed", res["runs_per_seed"], "Every run and seed",
+              columns=["run", "seed", "w1", "w2", "rel_error", "rel_to_dropout_star",
+                       "rel_to_ols", "share1"])
+    rep.figure("loss_curves", _curves_figure(X, y, _runs(config), paths),
+               "Loss curves (expected loss of each run's own p minus its minimum) and weight "
+               "paths, first seed")
+    rep.comparisons(res["comparisons"], heading="Comparisons (paired by seed)")
     rep.section("Sweep over the dropout rate, and the jump at p = 0")
-    rep.table("sweep", res["sweep"], "w*(p) in closed form, and trained with large-batch SGD; "
-              "time_constant_steps = 1/(lr λ_min) of the expected loss's Hessian")
+    rep.table("sweep", res["sweep"], "w*(p) in closed form, and trained with large-batch SGD "
+              "(mean over seeds; rel_error with its 95% interval); time_constant_steps = "
+              "1/(lr λ_min) of the expected loss's Hessian", columns=_SWEEP_COLUMNS)
     rep.figure("sweep", _sweep_figure(res["sweep"], res["jump"]),
                "Dropout weights vs p; dashed: the weights at p = 0 exactly")
     rep.text("As p -> 0+, w*(p) -> {limit_w_r} (the fit of minimum ||Γw||; at p = {tiny_p:g} "
              "w* = {tiny_w_r}, {tiny_vs_limit:.2e} from the limit), but at p = 0 exactly GD "
              "trains to {ols_w_r}: a jump of {jump_size:.3f} in w. At the limit the large "
              "feature carries {limit_share1:.1%} of the prediction, at p = 0 {minnorm_share1:.1%}. "
-             "Why: any p > 0 adds ε||Γw||² with ε = p/(1-p), which selects, among the exact "
-             "fits, the one of smallest Γ-norm however small ε is; at p = 0 nothing selects and "
-             "GD keeps the min-Euclidean-norm fit its start w = 0 implies. The selection is slow: "
-             "the curvature along the exact-fit line is of order ε, so GD needs about "
-             "{tiny_time_constant:.3g} steps at p = {tiny_p:g} (lr {lr}) to move along it.")
+             "These numbers are closed forms (no seed). The slowest direction of GD on the "
+             "expected loss at p = {tiny_p:g} (lr {lr}) has a time constant of "
+             "{tiny_time_constant:.3g} steps.")
+    rep.explanation("any p > 0 adds ε||Γw||² with ε = p/(1-p), which selects, among the exact "
+                    "fits, the one of smallest Γ-norm however small ε is; at p = 0 nothing "
+                    "selects and GD keeps the min-Euclidean-norm fit its start w = 0 implies. "
+                    "The curvature along the exact-fit line is of order ε, hence the long time "
+                    "constant above.")
     rep.text("On full-rank data ({full_rank_n} points from `mlcvlab.data.synthetic."
              "dropout_regression`, feature scales {x[0]:g} and {x[1]:g}) there is no jump: "
-             "||w*({tiny_p:g}) - w_OLS|| = {full_rank_gap:.2e}, because OLS is unique.")
+             "||w*({tiny_p:g}) - w_OLS|| = {full_rank_gap:.2e} (closed forms).")
+    rep.explanation("OLS is unique on full-rank data, so w*(p) tends to it as p -> 0.")
     rep.conclusions(_CONCLUSIONS)
     rep.write()
 
@@ -315,74 +383,164 @@ def _fmt_w(w) -> str:
     return "(" + ", ".join(f"{v:.4f}" for v in w) + ")"
 
 
-def _summary(config, X, y, rows, sweep_rows, jump) -> Dict[str, Any]:
-    """The headline numbers and the computed comparison words of the report."""
-    by = {r["run"]: r for r in rows}
-    gd, small, large = (by["GD, no dropout"], by["dropout SGD, small batch"],
-                        by["dropout SGD, large batch"])
-    adam_s, adam_l = by["dropout Adam, small batch"], by["dropout Adam, large batch"]
+def _aggregate(config, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per run: mean weights over seeds, rel_error with its 95% interval and the
+    tolerance verdict."""
+    out, tol = [], float(config["tolerance"])
+    for spec in _runs(config):
+        mine = [r for r in rows if r["run"] == spec["run"]]
+        rel = stats.summarize([r["rel_error"] for r in mine])
+        first = mine[0]
+        out.append({**spec, "seeds": len(mine),
+                    "w1": float(np.mean([r["w1"] for r in mine])),
+                    "w2": float(np.mean([r["w2"] for r in mine])),
+                    "closed_w1": first["closed_w1"], "closed_w2": first["closed_w2"],
+                    "formula_w1": first["formula_w1"], "formula_w2": first["formula_w2"],
+                    "rel_error": rel["mean"], "rel_error_ci_low": rel["ci95"][0],
+                    "rel_error_ci_high": rel["ci95"][1],
+                    "tolerance": tolerance_verdict(rel["ci95"], rel["mean"], tol),
+                    "share1": float(np.mean([r["share1"] for r in mine]))})
+    return out
+
+
+def _comparisons(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The paired-by-seed comparisons of the runs."""
+    def vals(run, key):
+        return [r[key] for r in rows if r["run"] == run]
+
+    d = "relative distance to the dropout minimizer w*(p)"
+    pairs = [("dropout Adam, small batch", "dropout SGD, small batch", "rel_error", d),
+             ("dropout Adam, large batch", "dropout SGD, large batch", "rel_error", d),
+             ("dropout SGD, large batch", "dropout SGD, small batch", "rel_error", d),
+             ("dropout SGD, large batch", "GD, no dropout", "rel_to_dropout_star", d),
+             ("GD, no dropout", "dropout SGD, large batch", "rel_to_ols",
+              "relative distance to the OLS (minimum-norm) weights")]
+    return [stats.compare(a, vals(a, key), b, vals(b, key), metric, higher_is_better=False)
+            for a, b, key, metric in pairs]
+
+
+def _summary(config, X, y, runs, rows, sweep_rows, jump, comps) -> Dict[str, Any]:
+    """The headline numbers and the computed words of the report."""
+    by = {r["run"]: r for r in runs}
+    gd, large = by["GD, no dropout"], by["dropout SGD, large batch"]
     star = dropout_minimizer(X, y, float(config["p"]))
-    tol = float(config["tolerance"])
     trained = [r for r in sweep_rows if r["kind"].startswith("trained")]
-    sweep_err = [float(np.linalg.norm([r["w1"], r["w2"]] - dropout_minimizer(X, y, r["p"]))
-                       / np.linalg.norm(dropout_minimizer(X, y, r["p"]))) for r in trained]
-    s = {"gd_rel": gd["rel_error"], "small_rel": small["rel_error"],
-         "large_rel": large["rel_error"],
-         "adam_small_rel": adam_s["rel_error"], "adam_large_rel": adam_l["rel_error"],
-         "gd_pred": gd["prediction"], "drop_pred": float(X[0] @ star),
+    share = stats.summarize([r["share1"] for r in rows if r["run"] == large["run"]])
+    s = {"gd_rel": gd["rel_error"], "large_rel": large["rel_error"],
+         "large_rel_ci": _fmt_ci(large["rel_error_ci_low"], large["rel_error_ci_high"]),
+         "large_tolerance": large["tolerance"],
+         "gd_pred": float(X[0] @ [gd["w1"], gd["w2"]]), "drop_pred": float(X[0] @ star),
          "drop_share1": float(X[0, 0] * star[0] / (X[0] @ star)),
+         "large_share1": share["mean"], "large_share1_ci": _fmt_ci(*share["ci95"]),
          "ols_w_r": _fmt_w(min_norm_fit(X, y)), "gd_w_r": _fmt_w([gd["w1"], gd["w2"]]),
          "star_w_r": _fmt_w(star), "formula_w_r": _fmt_w(star / (1 - float(config["p"]))),
          "large_w_r": _fmt_w([large["w1"], large["w2"]]),
          "limit_w_r": _fmt_w(jump["limit_w"]), "tiny_w_r": _fmt_w(jump["tiny_w"]),
-         "sweep_max_rel": max(sweep_err) if sweep_err else float("nan"),
-         "sweep_all_within": bool(all(e <= tol for e in sweep_err))}
-    s["large_verdict"] = ("within the tolerance" if large["within_tol"]
-                          else "NOT within the tolerance")
-    s["batch_word"] = "closer to" if s["large_rel"] < s["small_rel"] else "further from"
-    s["adam_word"] = "Adam" if s["adam_small_rel"] < s["small_rel"] else "SGD"
-    s["sweep_word"] = "all within" if s["sweep_all_within"] else "not all within"
+         "sweep_max_rel": max(r["rel_error"] for r in trained) if trained else float("nan"),
+         "sweep_verdicts": ", ".join(f"p = {r['p']:g}: {r['tolerance']}" for r in trained)
+                           or "none trained",
+         "sweep_all_within": bool(all(r["tolerance"] == "within" for r in trained))}
+    gd_ws = {(r["w1"], r["w2"]) for r in rows if r["run"] == gd["run"]}
+    s["gd_seed_word"] = ("are identical for every seed" if len(gd_ws) == 1
+                         else "vary by seed; the mean is shown")
+    for i, c in enumerate(comps):
+        s[f"comparison_{i}"] = stats.sentence(c)
     return s
+
+
+def _fmt_ci(lo, hi) -> str:
+    return "no interval (1 seed)" if lo is None else f"95% CI [{lo:.2%}, {hi:.2%}]"
 
 
 _CONCLUSIONS = [
     "Without dropout GD from 0 ends at {gd_w_r} (the minimum-norm exact fit, relative distance "
     "{gd_rel:.1e}); it predicts {gd_pred:.3f} and puts {minnorm_share1:.1%} of the prediction on "
-    "the large feature.",
-    "With dropout p = {p}, large-batch SGD ends at {large_w_r}, {large_rel:.2%} from the closed "
-    "form {star_w_r}: {large_verdict} of {tolerance:.0%}. Dropout shrinks the prediction to "
-    "{drop_pred:.3f} and splits it evenly ({drop_share1:.1%} on the large feature).",
-    "The large batch ends {batch_word} the closed form than the small batch ({large_rel:.2%} vs "
-    "{small_rel:.2%}).",
-    "SGD vs Adam at small batch: {adam_small_rel:.2%} (Adam) vs {small_rel:.2%} (SGD) from w*; "
-    "{adam_word} ends closer. Large batch Adam: {adam_large_rel:.2%}.",
-    "Across the sweep, the trained weights are {sweep_word} the tolerance of the closed form "
-    "(largest relative distance {sweep_max_rel:.2%}).",
-    "The jump at p = 0: w*(p) -> {limit_w_r} as p -> 0+, but p = 0 gives {ols_w_r}.",
+    "the large feature (its weights {gd_seed_word}).",
+    "With dropout p = {p}, large-batch SGD ends at {large_w_r} (mean over {n_seeds} seeds), "
+    "{large_rel:.2%} from the closed form {star_w_r} ({large_rel_ci}): {large_tolerance} the "
+    "tolerance of {tolerance:.0%}. It puts {large_share1:.1%} ({large_share1_ci}) of the "
+    "prediction on the large feature; the closed form puts {drop_share1:.1%} and predicts "
+    "{drop_pred:.3f}.",
+    "SGD vs Adam, small batch: {comparison_0}",
+    "SGD vs Adam, large batch: {comparison_1}",
+    "Batch size: {comparison_2}",
+    "Dropout vs no dropout: {comparison_3} {comparison_4}",
+    "Across the sweep, the trained weights vs the tolerance of the closed form: "
+    "{sweep_verdicts} (largest mean relative distance {sweep_max_rel:.2%}).",
+    "The jump at p = 0 (closed forms): w*(p) -> {limit_w_r} as p -> 0+, but p = 0 gives "
+    "{ols_w_r}.",
 ]
+
+
+def _check_config(config: Dict[str, Any]) -> None:
+    """Every user-settable value, checked before any work; errors name the key."""
+    def fin(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    def num(key, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
+        v = config[key]
+        ok = fin(v) and (not integer or float(v) == int(v))
+        if ok and lo is not None:
+            ok = v > lo if lo_open else v >= lo
+        if ok and hi is not None:
+            ok = v < hi if hi_open else v <= hi
+        if not ok:
+            rng = (f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"
+                   f"{')' if hi_open or hi is None else ']'}" if lo is not None
+                   else "a finite number")
+            raise ValueError(f"dropout-regression: config key {key!r} must be "
+                             f"{'an integer' if integer else 'a finite number'} in {rng}, "
+                             f"got {v!r}")
+    num("p", 0, 1, lo_open=True, hi_open=True)
+    num("lr", 0, lo_open=True)
+    num("adam_lr", 0, lo_open=True)
+    num("tail", 0, 1, lo_open=True)
+    num("tolerance", 0, lo_open=True)
+    num("y")
+    for key in ("batch_small", "batch_large", "steps"):
+        num(key, 1, integer=True)
+    num("full_rank_n", 2, integer=True)
+    x = config["x"]
+    if len(x) != 2 or not all(fin(v) and v != 0 for v in x):
+        raise ValueError(f"dropout-regression: config key 'x' must be two finite nonzero "
+                         f"numbers, got {x!r}")
+    for key, lo_ok in (("sweep_grid", True), ("sweep_train", False)):
+        vals = config[key]
+        if not all(fin(v) and (0 <= v < 1 if lo_ok else 0 < v < 1) for v in vals) or (
+                lo_ok and not any(v > 0 for v in vals)):
+            raise ValueError(f"dropout-regression: config key {key!r} must hold numbers in "
+                             f"{'[0, 1) with at least one > 0' if lo_ok else '(0, 1)'}, "
+                             f"got {vals!r}")
+    stats.seeds_of(config)
 
 
 @lab(name="dropout-regression",
      study="Dropout as Tikhonov regularization (Srivastava et al. 2014 Sec. 9.1; Wager et al. "
            "2013): OLS vs dropout on the regression 10 w1 + w2",
-     quick={**_COMMON, "steps": 3000, "sweep_train": [0.3, 0.5, 0.7]},
-     full={**_COMMON, "steps": 20000, "sweep_train": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
-                                                      0.9]},
-     expected_seconds={"quick": 10, "full": 60})
+     quick={**_COMMON, "steps": 3000, "sweep_train": [0.3, 0.5, 0.7], "seeds": 2},
+     standard={**_COMMON, "steps": 20000, "sweep_train": [0.1, 0.3, 0.5, 0.7, 0.9],
+               "seeds": 5},
+     full={**_COMMON, "steps": 50000, "sweep_train": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
+                                                      0.9], "seeds": 10},
+     expected_seconds={"quick": 15, "standard": 360, "full": 2400})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
-    """Train the runs and the sweep, compute the closed forms, write the report."""
+    """Train the runs and the sweep over seeds, compute the closed forms, write the report."""
+    _check_config(config)
     X, y = _data(config)
-    if not 0.0 < float(config["p"]) < 1.0:
-        raise ValueError(f"dropout-regression: p must be in (0, 1), got {config['p']}")
     rows, paths = train_runs(config, X, y, progress)
+    runs = _aggregate(config, rows)
+    comps = _comparisons(rows)
     sweep_rows = sweep(config, X, y, progress)
     jump = jump_numbers(X, y, config)
     res: Dict[str, Any] = {k: config[k] for k in ("x", "y", "p", "lr", "steps", "tail",
                                                    "tolerance", "full_rank_n")}
-    res.update({"gamma": _fmt_w(np.sqrt(gamma_sq(X))), "runs": rows, "sweep": sweep_rows,
+    seeds = stats.seeds_of(config)
+    res.update({"gamma": _fmt_w(np.sqrt(gamma_sq(X))), "runs": runs, "runs_per_seed": rows,
+                "sweep": sweep_rows, "seeds_used": seeds, "n_seeds": len(seeds),
+                "comparisons": comps,
                 "jump": jump, **{k: v for k, v in jump.items() if not k.endswith("_w")
                                   and k != "full_rank_ols"}})
-    res.update(_summary(config, X, y, rows, sweep_rows, jump))
+    res.update(_summary(config, X, y, runs, rows, sweep_rows, jump, comps))
     res["conclusions"] = [t.format(**res) for t in _CONCLUSIONS]
     _write_report(out_dir, config, res, X, y, paths)
     return res

@@ -464,21 +464,30 @@ def res_count(res, what: str) -> int:
 # -- figures ------------------------------------------------------------------------------------
 def curve_figure(rep: Report, grid, sizes) -> None:
     fig, ax = new_figure(figsize=(7, 4.5))
-    for kind in grid:
+    kinds = list(grid)
+    for i, kind in enumerate(kinds):
         st = np.array([mean_ci(grid[kind][n], "in-domain") for n in sizes])
         yerr = None
-        if np.all(np.isfinite(st[:, 1:])):
-            yerr = np.vstack([st[:, 0] - st[:, 1], st[:, 2] - st[:, 0]])
-        ax.errorbar(sizes, st[:, 0], yerr=yerr, marker="o", capsize=3,
-                    color=KIND_COLORS[kind], label=KIND_LABELS[kind])
+        if np.all(np.isfinite(st[:, 1:])):     # the interval, drawn clipped to [0, 1]
+            yerr = np.vstack([st[:, 0] - np.clip(st[:, 1], 0, 1),
+                              np.clip(st[:, 2], 0, 1) - st[:, 0]])
+        dodge = 1.0 + 0.03 * (i - (len(kinds) - 1) / 2)    # side by side, none hidden
+        ax.errorbar(np.asarray(sizes, float) * dodge, st[:, 0], yerr=yerr,
+                    marker="osD^v"[i % 5], capsize=3, color=KIND_COLORS[kind],
+                    label=KIND_LABELS[kind], alpha=0.85)
+    ax.axhline(1 / 3, color="0.5", ls=":", lw=1, label="chance (1/3)")
     ax.set_xscale("log")
-    ax.set_xlabel("training images per class (log scale)")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("training images per class (log scale; markers nudged apart)")
     ax.set_ylabel("test accuracy, in-domain (fraction)")
     ax.set_title("CNN vs MLP: in-domain test accuracy vs training size (3 classes)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     rep.figure("accuracy_vs_training_size", fig, "In-domain test accuracy vs training images "
-               "per class (mean and 95% interval over {n_seeds} seeds), 3 classes.")
+               "per class (mean and 95% interval over {n_seeds} seeds, the interval drawn "
+               "clipped to [0, 1]), 3 classes.")
 
 
 def _draw_confusion(ax, mat: np.ndarray, labels: Sequence[str], title: str) -> None:
@@ -503,8 +512,8 @@ def confusion_figure(rep: Report, grid, n: int, names, n_classes: int, name: str
             mat = grid[kind][n][0]["confusion"][d]
             acc = np.trace(mat) / mat.sum()
             _draw_confusion(axes[r, c], mat, labels, f"{KIND_LABELS[kind]}\n{d} (acc {acc:.2f})")
-    fig.suptitle(f"Confusion matrices, {n_classes} classes, {n} images/class (first seed; "
-                 "counts of test images)")
+    fig.suptitle(f"Confusion matrices, {n_classes} classes,\n{n} images/class (first seed; "
+                 "counts of test images)", fontsize=10)
     fig.tight_layout()
     rep.figure(name, fig, caption)
 

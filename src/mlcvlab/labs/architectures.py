@@ -55,7 +55,8 @@ def vgg19_tables() -> Dict[str, Any]:
     late_weights = sum(r.weights for r in rows_all[half:])
     return {"vgg19_half_layer": rows_all[half - 1].name,
             "vgg19_first_half_act_share": first_acts / acts,
-            "vgg19_second_half_weight_share": late_weights / t["weights"],"vgg19_rows": rows, "vgg19_weights": t["weights"], "vgg19_biases": t["biases"],
+            "vgg19_second_half_weight_share": late_weights / t["weights"],
+            "vgg19_rows": rows, "vgg19_weights": t["weights"], "vgg19_biases": t["biases"],
             "vgg19_activations": acts, "vgg19_activation_mb": 4 * acts / 2**20,
             "vgg19_weight_mb": 4 * t["weights"] / 2**20, "vgg19_macs": t["macs"],
             "vgg19_conv_weight_share": sum(r.weights for r in rows_all if r.kind.startswith("conv"))

@@ -30,7 +30,7 @@ for the fixed number of epochs and is evaluated once on each test set.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -337,26 +337,29 @@ def _cite(c: Dict[str, Any]) -> str:
     return f"(difference {c['diff']:+.3f}, {interval}, {c['n_seeds']} seeds)"
 
 
-def lowest_domain(grid, kind: str, n: int, shifted, status) -> str:
+def lowest_domain(grid, kind: str, n: int, shifted, status
+                  ) -> Tuple[str, Optional[Dict[str, Any]]]:
     """The shifted domain with the lowest mean accuracy among the non-degenerate ones, and
-    whether it is separable from the next lowest (paired by seed): a sentence."""
+    whether it is separable from the next lowest (paired by seed): (a sentence, the
+    comparison or None)."""
     usable = [d for d in shifted if not status[d]]
     if not usable:
         return (f"{KIND_LABELS[kind]}: every shifted domain is degenerate, so none is ranked "
-                "lowest")
+                "lowest"), None
     means = {d: mean_ci(grid[kind][n], d)[0] for d in usable}
     order = sorted(usable, key=means.get)
     text = f"{KIND_LABELS[kind]}: lowest mean on {order[0]} ({means[order[0]]:.3f})"
     if len(order) == 1:
-        return text + " (the only shifted domain that is not degenerate)"
+        return text + " (the only shifted domain that is not degenerate)", None
     c = stats.compare(order[0], accs(grid[kind][n], order[0]), order[1],
-                      accs(grid[kind][n], order[1]), f"{KIND_LABELS[kind]} test accuracy",
+                      accs(grid[kind][n], order[1]),
+                      f"{KIND_LABELS[kind]} test accuracy, 3 classes, {n} images/class",
                       higher_is_better=True)
     verdict = {"b better": f"below {order[1]} ({means[order[1]]:.3f})",
                "a better": f"above {order[1]}",
                "not separable": f"not separable from the next lowest, {order[1]} "
                                 f"({means[order[1]]:.3f}), so no single worst domain"}
-    return f"{text}, {verdict[c['verdict']]} {_cite(c)}"
+    return f"{text}, {verdict[c['verdict']]} {_cite(c)}", c
 
 
 def summarize(config, grid3, grid5, sizes, names) -> Dict[str, Any]:
@@ -383,16 +386,20 @@ def summarize(config, grid3, grid5, sizes, names) -> Dict[str, Any]:
     # 5. max vs average pooling with more classes, every non-degenerate domain
     pool_comps = [_cmp(grid5, "cnn_max", "cnn_avg", big, d, config["more_classes"])
                   for d in names if not status5[d]]
-    res["comparisons"] = cell_comps + kernel_comps + pool_comps + vs_chance3 + vs_chance5
-    res["comparison_groups"] = {"cnn_vs_mlp": len(cell_comps), "kernels": len(kernel_comps),
-                                "max_vs_avg": len(pool_comps),
-                                "vs_chance": len(vs_chance3) + len(vs_chance5)}
     for tag, n in (("small", small), ("main", big)):
         for kind in MAIN_KINDS:
             res[f"{kind}_{tag}"] = mean_ci(grid3[kind][n], "in-domain")[0]
+    res["domain_comparisons"] = []           # filled by the lowest-domain conclusions
     res["conclusion_lines"] = _conclusion_lines(res, grid3, grid5, cell_comps, kernel_comps,
                                                 pool_comps, status3, status5, names, sizes,
                                                 config)
+    domain_comps = res.pop("domain_comparisons")
+    res["comparisons"] = (cell_comps + kernel_comps + pool_comps + domain_comps + vs_chance3
+                          + vs_chance5)
+    res["comparison_groups"] = {"cnn_vs_mlp": len(cell_comps), "kernels": len(kernel_comps),
+                                "max_vs_avg": len(pool_comps),
+                                "lowest_domain": len(domain_comps),
+                                "vs_chance": len(vs_chance3) + len(vs_chance5)}
     for kind in ("cnn_max", "mlp"):
         res[f"{kind}_n90"] = first_reaching(curve, f"{KIND_LABELS[kind]} acc", 0.9)
     res["frozen_unchanged"] = all(r["frozen_unchanged"] for n in sizes
@@ -431,8 +438,10 @@ def _conclusion_lines(res, grid3, grid5, cell_comps, kernel_comps, pool_comps, s
                          f"95% interval lies above chance, {1 / 3:.3f}).")
     shifted = [d for d in names if d != "in-domain"]
     for kind in ("cnn_max", "mlp"):
-        lines.append("Lowest shifted domain at " + f"{sizes[-1]} images/class, "
-                     + lowest_domain(grid3, kind, sizes[-1], shifted, status3) + ".")
+        text, c = lowest_domain(grid3, kind, sizes[-1], shifted, status3)
+        lines.append(f"Lowest shifted domain at {sizes[-1]} images/class, {text}.")
+        if c is not None:
+            res["domain_comparisons"].append(c)
     worse = [c for c in res["cnn_mlp_cells"] if c["verdict"] == "MLP better"]
     where = ("; ".join(f"{c['images per class']} images/class on {c['domain']}" for c in worse)
              if worse else "in none of the cells")
@@ -518,10 +527,10 @@ def confusion_figure(rep: Report, grid, n: int, names, n_classes: int, name: str
     rep.figure(name, fig, caption)
 
 
-def kernels_figure(rep: Report, grid3, grid5, n: int) -> None:
+def kernels_figure(rep: Report, grid3, grid5, n: int, more: int) -> None:
     rows = [(KIND_LABELS[k] + ", 3 classes", grid3[k][n][0]["kernels"])
             for k in ("cnn_max", "sobel_init", "sobel_frozen")]
-    rows += [(KIND_LABELS[k] + ", 5 classes", grid5[k][n][0]["kernels"])
+    rows += [(KIND_LABELS[k] + f", {more} classes", grid5[k][n][0]["kernels"])
              for k in ("cnn_max", "cnn_avg")]
     n_k = rows[0][1].shape[0]
     fig, axes = new_figure(nrows=len(rows), ncols=n_k, figsize=(1.6 * n_k + 2, 1.6 * len(rows)),
@@ -584,7 +593,7 @@ def write_report(out_dir, config, results, grid3, grid5) -> None:
     confusion_figure(rep, grid3, results["n_main"], results["domains"], 3, "confusion_3class",
                      ("mlp", "cnn_max", "sobel_frozen"), "Confusion matrices (first seed, "
                      "{n_main} images per class): rows true class, columns predicted.")
-    kernels_figure(rep, grid3, grid5, results["n_main"])
+    kernels_figure(rep, grid3, grid5, results["n_main"], config["more_classes"])
     rep.section("When is the CNN worse than the MLP?")
     rep.table("cnn_vs_mlp_cells", results["cnn_mlp_cells"], "CNN (max pool, random init) vs "
               "MLP in every (training size, domain) cell, paired by seed: verdict from the 95% "

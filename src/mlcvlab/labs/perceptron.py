@@ -10,7 +10,8 @@ gradient descent on
 
 and test both on 1000 fresh points. Repeating this for many independent draws of
 the 20 training points (one seed per draw: ``config["seeds"]``; both losses see the same
-draw and start from the same initialization, so they are compared paired by draw) shows the distribution of test accuracy and how much the
+draw and start from the same initialization, so they are compared paired by draw)
+shows the distribution of test accuracy and how much the
 *predictions* move from draw to draw: for every test point, the fraction of draws
 predicting +1 (p_i), and the Bernoulli variance p_i (1 - p_i) averaged over the
 test points. The perceptron criterion stops at the first separating line it finds
@@ -259,7 +260,8 @@ def _rows(res: Dict[str, Any]) -> List[Dict[str, Any]]:
 def _conclusions(res: Dict[str, Any]) -> List[str]:
     """Conclusion lines; each comparison's words come from its computed verdict."""
     acc, angle, dev = res["comparisons"]
-    lines = ["Mean test accuracy over {draws} draws: perceptron criterion {perceptron_acc_mean:.4f} "
+    lines = ["Mean test accuracy over {draws} draws: perceptron criterion "
+             "{perceptron_acc_mean:.4f} "
              "(95% CI [{perceptron_acc_ci_lo:.4f}, {perceptron_acc_ci_hi:.4f}]), hinge loss "
              "{hinge_acc_mean:.4f} (95% CI [{hinge_acc_ci_lo:.4f}, {hinge_acc_ci_hi:.4f}])."]
     words = {"a better": "the hinge loss's test accuracy is higher than the perceptron "
@@ -275,8 +277,8 @@ def _conclusions(res: Dict[str, Any]) -> List[str]:
               "not separable": "how much the predictions move from draw to draw is not "
                                "separable between the two losses"}
     lines.append("Spread (mean p(1-p) over the test points: {hinge_mean_var:.4f} hinge, "
-                 "{perceptron_mean_var:.4f} perceptron): " + spread[dev["verdict"]] + " " + _cite(dev)
-                 + ".")
+                 "{perceptron_mean_var:.4f} perceptron): " + spread[dev["verdict"]] + " "
+                 + _cite(dev) + ".")
     direction = {"a better": "the hinge loss's line is closer in direction to the true boundary",
                  "b better": "the perceptron criterion's line is closer in direction to the true "
                              "boundary",

@@ -624,7 +624,7 @@ def write_report(out_dir, config, results, grid3, grid5) -> None:
      study="CNN vs MLP on synthetic edge images: training size, Sobel kernels, domain shift, "
            "more classes, max vs average pooling",
      quick=_QUICK, standard=_STANDARD, full=_FULL,
-     expected_seconds={"quick": 10, "standard": 180, "full": 600})
+     expected_seconds={"quick": 10, "standard": 120, "full": 300})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     """All studies; every report number and comparison comes from here."""
     check_config(config)

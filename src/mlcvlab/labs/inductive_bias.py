@@ -430,8 +430,10 @@ def _conclusion_lines(res, grid3, grid5, cell_comps, kernel_comps, pool_comps, s
                      f"({c['a_mean']:.3f}) is {VERDICT_WORDS[c['verdict']]} the MLP's "
                      f"({c['b_mean']:.3f}) {_cite(c)}.")
     for c in kernel_comps:
-        lines.append(f"{c['a']} vs random init, learned, {c['metric']}: {c['a_mean']:.3f} is "
-                     f"{VERDICT_WORDS[c['verdict']]} {c['b_mean']:.3f} {_cite(c)}.")
+        n = c["metric"].split(", ")[-1]
+        lines.append(f"In-domain, {n}: {c['a']} ({c['a_mean']:.3f}) is "
+                     f"{VERDICT_WORDS[c['verdict']]} the random-init CNN ({c['b_mean']:.3f}) "
+                     f"{_cite(c)}.")
     for d in names:
         if status3[d]:
             lines.append(f"{d} (3 classes, {sizes[-1]} images/class): {status3[d]} (no model's "
@@ -616,7 +618,9 @@ def write_report(out_dir, config, results, grid3, grid5) -> None:
                     "then pools over positions, so an edge detector learned in the central band "
                     "also fires near the border, and few images suffice to learn it; the MLP "
                     "must learn every position separately. Frozen Sobel kernels already are "
-                    "edge detectors of both polarities, leaving only a linear read-out to learn.")
+                    "edge detectors of both polarities, leaving only a linear read-out to learn; "
+                    "that read-out is trained on one polarity only, so it may give no weight to "
+                    "the kernels an inverted edge excites.")
     rep.write()
 
 

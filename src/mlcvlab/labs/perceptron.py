@@ -217,7 +217,9 @@ def _boundary_figure(arrays: Dict[str, Any], k: int):
         ax.plot(grid, grid, "k--", lw=1, label="true boundary x1 = x2")
         ax.set(xlim=(-1, 1), ylim=(-1, 1), xlabel="x1", ylabel="x2",
                title=f"{name} (margin {LOSSES[name]:g})")
-        ax.legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()    # outside the axes: hides nothing
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.subplots_adjust(bottom=0.2, wspace=0.25)
     fig.suptitle(f"Decision boundaries of the first {k} draws (one colour per draw, same in "
                  "both panels)")
     return fig
@@ -237,16 +239,17 @@ def _histogram_figure(arrays: Dict[str, Any]):
 
 def _spread_figure(arrays: Dict[str, Any]):
     """Per test point: the fraction of draws predicting +1, for each loss."""
-    fig, axes = new_figure(ncols=2, figsize=(10, 4.4))
+    fig, axes = new_figure(ncols=2, figsize=(11.5, 4.8))
+    fig.subplots_adjust(wspace=0.3)
     Xt = arrays["X_test"]
     for ax, name in zip(axes, LOSSES):
         sc = ax.scatter(Xt[:, 0], Xt[:, 1], c=arrays[name]["p_plus"], cmap="coolwarm", s=8,
                         vmin=0, vmax=1)
-        ax.plot([-1, 1], [-1, 1], "k--", lw=1, label="true boundary")
-        ax.set(xlabel="x1", ylabel="x2", title=f"{name}: fraction of draws predicting +1")
-        ax.legend(fontsize=7, loc="lower right")
-        fig.colorbar(sc, ax=ax, label="fraction of draws predicting +1")
-    fig.suptitle(f"Prediction spread per test point over {len(arrays['X'])} draws")
+        ax.plot([-1, 1], [-1, 1], "k--", lw=1, label="true boundary x1 = x2")
+        ax.set(xlabel="x1", ylabel="x2", title=f"{name} (margin {LOSSES[name]:g})")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    fig.colorbar(sc, ax=list(axes), label="fraction of draws predicting +1")
+    fig.suptitle(f"Fraction of {len(arrays['X'])} draws predicting +1, per test point")
     return fig
 
 

@@ -3,6 +3,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from mlcvlab.labs import run_lab
+
 REPORT_KEYS = ["alexnet_rows", "alexnet_params_grouped", "alexnet_params_single", "alexnet_biases",
                "alexnet_fc_share", "alexnet_macs_grouped", "alexnet_macs_single",
                "alexnet_group_saving", "vgg19_rows", "vgg19_weights", "vgg19_biases",
@@ -27,6 +31,29 @@ def test_architectures_quick_via_api(run_quick):
                               "vgg19_per_layer.png"))
     report = run.report()
     assert "143,652,544" in report and "60,965,224" in report and "528,482,304" in report
+    saved = run.saved()
+    assert saved["comparisons"] == [] and saved["preset"] == "quick"
+    assert "nothing is measured" in report
+    assert 0.5 < res["vgg19_first_half_act_share"] <= 1
+    assert f"{res['vgg19_first_half_act_share']:.0%} of the activations" in report
+
+
+def test_standard_preset_is_the_full_computation():
+    from mlcvlab.labs.registry import get_lab
+
+    spec = get_lab("architectures")
+    assert spec.preset("standard") == spec.preset("full")
+    assert spec.expected_seconds["standard"] < 60
+
+
+@pytest.mark.parametrize("key,value", [("rf_max_n", "0"), ("rf_kernels", "0"),
+                                       ("inception_in", "256,32"), ("n3x3", "0"),
+                                       ("resnet_depths", "20")])
+def test_bad_config_fails_up_front_naming_the_key(tmp_path, key, value):
+    with pytest.raises(ValueError, match=key):
+        run_lab("architectures", quick=True, out_dir=str(tmp_path), show_progress=False,
+                overrides=[f"{key}={value}"])
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_architectures_via_cli_with_overrides(tmp_path):

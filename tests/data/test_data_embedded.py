@@ -109,3 +109,22 @@ def test_corrupt_embedded_file_gives_clear_error(tmp_path, monkeypatch):
     (broken / "mnist10k.npz").unlink()
     with pytest.raises(FileNotFoundError, match="embedded file .*mnist10k.npz is missing"):
         load("mnist10k", "test")
+
+
+def test_digits_file_equals_scikit_learns_digits_and_needs_no_sklearn_at_run_time():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits   # the reference, in the tests only
+
+    from mlcvlab import data
+    bunch = load_digits()
+    X_tr, y_tr = data.load("digits", "train")
+    X_te, y_te = data.load("digits", "test")
+    assert len(y_tr) + len(y_te) == 1797
+    got = np.sort(np.concatenate([X_tr, X_te]).reshape(1797, 64) * 16, axis=0)
+    np.testing.assert_allclose(got, np.sort(bunch.images.reshape(1797, 64), axis=0), atol=1e-5)
+    code = ("import sys; sys.modules['sklearn'] = None; from mlcvlab import data; "
+            "print(data.load('digits', 'train')[0].shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "(1438, 1, 8, 8)" in out.stdout, out.stderr

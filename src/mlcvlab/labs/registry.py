@@ -25,8 +25,8 @@ SMOKE_TEST_BANNER = (
     "> **Smoke test (quick preset).** This run only checks that the lab runs end to end: too few "
     "seeds, epochs or samples to measure the study's effect. Its numbers and verdicts are not "
     "evidence; run the `standard` preset (the default) for that.")
-# Optional key of expected_seconds: the full preset's time when the study's dataset is not on
-# disk and the lab runs on its embedded substitute (mnist10k, fashion10k), often far shorter.
+# Optional keys of expected_seconds, "<preset>_embedded": the preset's time when the study's
+# dataset is not on disk and the lab runs on its embedded substitute (mnist10k, fashion10k).
 EMBEDDED = "full_embedded"
 
 RunFn = Callable[[Dict[str, Any], Path, Callable], Dict[str, Any]]
@@ -55,8 +55,9 @@ class Lab:
     def expected_time(self, preset: str) -> str:
         """The expected run time of ``preset`` in words, e.g. "~8 h (~1 h on embedded data)"."""
         text = "~" + format_duration(self.expected_seconds[preset])
-        if preset == "full" and EMBEDDED in self.expected_seconds:
-            text += f" (~{format_duration(self.expected_seconds[EMBEDDED])} on embedded data)"
+        embedded = self.expected_seconds.get(f"{preset}_embedded")
+        if embedded is not None:
+            text += f" (~{format_duration(embedded)} on embedded data)"
         return text
 
     def presets(self) -> List[str]:
@@ -104,9 +105,11 @@ def lab(name: str, study: str, quick: Dict[str, Any], full: Dict[str, Any],
         if set(config) != set(quick):
             raise ValueError(f"lab {name}: every preset needs the same keys; quick has "
                              f"{sorted(quick)}, {which} has {sorted(config)}")
-    if not set(given) <= set(expected_seconds) <= set(PRESETS) | {EMBEDDED}:
+    optional = {f"{p}_embedded" for p in PRESETS}
+    if not set(given) <= set(expected_seconds) <= set(PRESETS) | optional:
         raise ValueError(f"lab {name}: expected_seconds needs keys {sorted(given)} (and "
-                         f"optionally {EMBEDDED!r}), got {sorted(expected_seconds)}")
+                         f"optionally 'standard_embedded', 'full_embedded': the time on the "
+                         f"embedded substitute data), got {sorted(expected_seconds)}")
 
     def register(run: RunFn) -> RunFn:
         _REGISTRY[name] = Lab(name, study, dict(quick), dict(full), dict(expected_seconds), run,

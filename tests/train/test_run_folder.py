@@ -232,3 +232,20 @@ def test_last_batch_of_one_into_batch_norm_is_dropped_or_refused(tmp_path, capsy
     assert main(common + ["--out", str(tmp_path / "auto")]) == 0
     assert "the last batch of each epoch (1 samples) is dropped" in capsys.readouterr().out
     assert json.loads((tmp_path / "auto" / "config.json").read_text())["drop_last_batch"]
+
+
+def test_a_full_disk_is_named_and_leaves_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from mlcvlab import io as mio
+    path = tmp_path / "history.json"
+    mio.atomic_write_text(str(path), "old")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mio.os, "fsync", full)
+    with pytest.raises(OSError, match="no space left on the disk while writing .*history.json"):
+        mio.atomic_write_text(str(path), "new")
+    assert path.read_text() == "old"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]

@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from mlcvlab.labs import stats
+from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import mlp
@@ -439,26 +440,13 @@ def _write_report(out_dir, config, res, agg, first) -> None:
 
 def _check_config(config: Dict[str, Any]) -> List[int]:
     """Every user-settable value, checked before any work; errors name the key. Returns ks."""
-    def num(key, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
-        v = config[key]
-        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-              and (not integer or float(v) == int(v)))
-        if ok and lo is not None:
-            ok = v > lo if lo_open else v >= lo
-        if ok and hi is not None:
-            ok = v < hi if hi_open else v <= hi
-        if not ok:
-            rng = (f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"
-                   f"{')' if hi_open or hi is None else ']'}")
-            raise ValueError(f"bagging: config key {key!r} must be "
-                             f"{'an integer' if integer else 'a finite number'} in {rng}, "
-                             f"got {v!r}")
+    check = Checker("bagging", config)
     for key, lo in (("n_train", 2), ("n_test", 2), ("hidden", 1), ("subsets", 1),
                     ("models_per_pool", 2), ("steps", 1), ("dropout_runs", 1)):
-        num(key, lo, integer=True)
-    num("noise_std", 0)
-    num("lr", 0, lo_open=True)
-    num("p_dropout", 0, 1, hi_open=True)
+        check.integer(key, lo)
+    check.number("noise_std", 0)
+    check.number("lr", 0, lo_open=True)
+    check.probability("p_dropout")
     ks = config["ks"]
     if (not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks)
             or min(ks) < 1 or max(ks) > int(config["models_per_pool"])):

@@ -40,6 +40,7 @@ import numpy as np
 
 from mlcvlab.data.synthetic import dropout_regression
 from mlcvlab.labs import stats
+from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.nn import Dropout, Linear, MSELoss, Sequential
@@ -474,32 +475,20 @@ _CONCLUSIONS = [
 
 def _check_config(config: Dict[str, Any]) -> None:
     """Every user-settable value, checked before any work; errors name the key."""
+    check = Checker("dropout-regression", config)
+    check.number("p", 0, 1, lo_open=True, hi_open=True)
+    check.number("lr", 0, lo_open=True)
+    check.number("adam_lr", 0, lo_open=True)
+    check.number("tail", 0, 1, lo_open=True)
+    check.number("tolerance", 0, lo_open=True)
+    check.number("y")
+    for key in ("batch_small", "batch_large", "steps"):
+        check.integer(key, 1)
+    check.integer("full_rank_n", 2)
+
     def fin(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
-    def num(key, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
-        v = config[key]
-        ok = fin(v) and (not integer or float(v) == int(v))
-        if ok and lo is not None:
-            ok = v > lo if lo_open else v >= lo
-        if ok and hi is not None:
-            ok = v < hi if hi_open else v <= hi
-        if not ok:
-            rng = (f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}"
-                   f"{')' if hi_open or hi is None else ']'}" if lo is not None
-                   else "a finite number")
-            raise ValueError(f"dropout-regression: config key {key!r} must be "
-                             f"{'an integer' if integer else 'a finite number'} in {rng}, "
-                             f"got {v!r}")
-    num("p", 0, 1, lo_open=True, hi_open=True)
-    num("lr", 0, lo_open=True)
-    num("adam_lr", 0, lo_open=True)
-    num("tail", 0, 1, lo_open=True)
-    num("tolerance", 0, lo_open=True)
-    num("y")
-    for key in ("batch_small", "batch_large", "steps"):
-        num(key, 1, integer=True)
-    num("full_rank_n", 2, integer=True)
     x = config["x"]
     if len(x) != 2 or not all(fin(v) and v != 0 for v in x):
         raise ValueError(f"dropout-regression: config key 'x' must be two finite nonzero "

@@ -29,6 +29,7 @@ import numpy as np
 
 from mlcvlab.data.synthetic import DYING_RELU_TARGETS, dying_relu_1d
 from mlcvlab.labs import stats
+from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure, write_csv
 from mlcvlab.nn import init
@@ -342,27 +343,14 @@ def _conclusions(r: Dict[str, Any], targets: Sequence[str]) -> List[str]:
 
 def _check_config(config: Dict[str, Any]) -> None:
     """Every user-settable value, checked before any work; errors name the key."""
-    def num(key, lo=None, hi=None, lo_open=False, integer=False):
-        v = config[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-        ok = ok and (not integer or float(v) == int(v))
-        if ok and lo is not None:
-            ok = v > lo if lo_open else v >= lo
-        if ok and hi is not None:
-            ok = v <= hi
-        if not ok:
-            rng = (f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]"
-                   if lo is not None else "a finite number")
-            raise ValueError(f"dying-relu: config key {key!r} must be "
-                             f"{'an integer' if integer else 'a finite number'} in {rng}, "
-                             f"got {v!r}")
+    check = Checker("dying-relu", config)
     for key, lo in (("depth", 2), ("width", 1), ("n_train", 1), ("batch_size", 1), ("runs", 1),
                     ("epochs", 1), ("grid_points", 2), ("examples", 0)):
-        num(key, lo, integer=True)
-    num("lr", 0, lo_open=True)
-    num("leaky_slope", 0, 1, lo_open=True)
-    num("collapse_tol", 0, lo_open=True)
-    num("r2_threshold", hi=1)
+        check.integer(key, lo)
+    check.number("lr", 0, lo_open=True)
+    check.number("leaky_slope", 0, 1, lo_open=True)
+    check.number("collapse_tol", 0, lo_open=True)
+    check.number("r2_threshold", hi=1)
     if config["init"] != "he_normal":
         raise ValueError(f"dying-relu: config key 'init' must be 'he_normal' (the symmetric "
                          f"initialization of the study; no other is implemented), got "

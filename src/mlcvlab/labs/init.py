@@ -34,6 +34,7 @@ import numpy as np
 
 from mlcvlab import nn
 from mlcvlab.labs import stats
+from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.nn import init as initializers
@@ -269,28 +270,15 @@ def _per_layer_plot(rep: Report, per_layer: Dict[str, Dict[str, Any]], config, k
 # -- the lab ---------------------------------------------------------------------------------------
 def _check_config(config: Dict[str, Any]) -> None:
     """Every user-settable value, checked before any work; errors name the key."""
-    def num(key, lo=None, hi=None, lo_open=False, integer=False):
-        v = config[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (not integer or float(v) == int(v))
-        if ok and lo is not None:
-            ok = v > lo if lo_open else v >= lo
-        if ok and hi is not None:
-            ok = v < hi
-        if not ok:
-            rng = (f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'})"
-                   if lo is not None else "a finite number")
-            raise ValueError(f"init lab: config key {key!r} must be "
-                             f"{'an integer' if integer else 'a finite number'} in {rng}, "
-                             f"got {v!r}")
+    check = Checker("init", config)
     for key, lo in (("depth", 2), ("width", 1), ("n_classes", 2), ("batch_size", 1),
                     ("bins", 2)):
-        num(key, lo, integer=True)
-    num("small_std", 0, lo_open=True)
-    num("factor_explode", 1, lo_open=True)
-    num("factor_vanish", 0, 1, lo_open=True)
-    num("saturation_deriv", 0, lo_open=True)
-    num("saturation_fraction", 0, 1)
+        check.integer(key, lo)
+    check.number("small_std", 0, lo_open=True)
+    check.number("factor_explode", 1, lo_open=True)
+    check.number("factor_vanish", 0, 1, lo_open=True, hi_open=True)
+    check.number("saturation_deriv", 0, lo_open=True)
+    check.number("saturation_fraction", 0, 1, hi_open=True)
     for key, known in (("inits", INITS), ("activations", ACTIVATIONS)):
         bad = [v for v in config[key] if v not in known]
         if bad or not config[key]:

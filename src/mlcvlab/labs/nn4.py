@@ -24,6 +24,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from mlcvlab.labs import stats
+from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 
@@ -116,31 +117,18 @@ STUDY = "NN4 (the course handout's network) trained with synchronous SGD over K 
 
 def _validate(config: Dict[str, Any]) -> List[int]:
     """A clear ValueError for every bad config value, before any work; the worker counts."""
-    def integer(key, lo):
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"nn4 lab: {key} must be an integer >= {lo}, got {v!r}")
+    check = Checker("nn4", config)
     for key, lo in (("epochs", 1), ("batch_size", 1), ("n_train", 0), ("n_test", 0)):
-        integer(key, lo)
-    ks = config["workers"]
-    if not isinstance(ks, (list, tuple)) or not ks or any(
-            isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
-            or config["batch_size"] % k for k in ks) or len(set(ks)) != len(ks):
-        raise ValueError(f"nn4 lab: workers must be distinct integers >= 1 dividing batch_size "
-                         f"{config['batch_size']}, got {config['workers']}")
-    hidden = config["hidden"]
-    if not isinstance(hidden, (list, tuple)) or len(hidden) != 3 or any(
-            isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
-        raise ValueError(f"nn4 lab: hidden must be three integers >= 1, got {hidden!r}")
-    if not (np.isfinite(config["lr"]) and config["lr"] > 0):
-        raise ValueError(f"nn4 lab: lr must be a finite number > 0, got {config['lr']!r}")
-    for key in ("p_input", "p_hidden"):
-        if not 0.0 <= config[key] < 1.0:
-            raise ValueError(f"nn4 lab: {key} is a drop probability in [0, 1), got "
-                             f"{config[key]!r}")
-    if not 0.0 < config["val_fraction"] < 1.0:
-        raise ValueError(f"nn4 lab: val_fraction must be in (0, 1), got "
-                         f"{config['val_fraction']!r}")
+        check.integer(key, lo)
+    ks = check.integers("workers", 1)
+    if len(set(ks)) != len(ks) or any(config["batch_size"] % k for k in ks):
+        check.fail("workers", f"distinct integers >= 1 dividing batch_size "
+                              f"{config['batch_size']}")
+    check.integers("hidden", 1, length=3)
+    check.number("lr", 0, lo_open=True)
+    check.probability("p_input")
+    check.probability("p_hidden")
+    check.number("val_fraction", 0, 1, lo_open=True, hi_open=True)
     stats.seeds_of(config)
     return [int(k) for k in ks]
 

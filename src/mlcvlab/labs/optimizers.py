@@ -33,6 +33,7 @@ from mlcvlab import backend
 from mlcvlab.data.datasets import load, resolve_dataset
 from mlcvlab.data.loader import DataLoader
 from mlcvlab.labs import stats
+from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import mlp
@@ -670,34 +671,19 @@ def _warm_up(data: Dict[str, Any], config: Dict[str, Any]) -> None:
 
 def _validate(config: Dict[str, Any]) -> None:
     """A clear ValueError for every bad config value, before any work."""
-    def integer(key, lo):
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"optimizers lab: {key} must be an integer >= {lo}, got {v!r}")
+    check = Checker("optimizers", config)
     for key, lo in (("epochs", 1), ("batch_size", 1), ("n_train", 0), ("n_test", 0),
                     ("probe_examples", 1), ("probe_masks", 2), ("mc_masks", 1)):
-        integer(key, lo)
+        check.integer(key, lo)
     for key in ("lr_adagrad", "lr_rmsprop", "lr_rmsprop_nesterov", "lr_adadelta", "lr_adam"):
-        if not (math.isfinite(config[key]) and config[key] > 0):
-            raise ValueError(f"optimizers lab: {key} must be a finite number > 0, got "
-                             f"{config[key]!r}")
-    for key, lo, hi in (("weight_decay", 0.0, math.inf), ("momentum", 0.0, 1.0),
-                        ("rho_adadelta", 0.0, 1.0)):
-        v = config[key]
-        if not (math.isfinite(v) and lo <= v and (v < hi)):
-            raise ValueError(f"optimizers lab: {key} must be in [{lo}, {hi}), got {v!r}")
-    for key in ("p_input", "p_hidden"):
-        if not 0.0 <= config[key] < 1.0:
-            raise ValueError(f"optimizers lab: {key} is a drop probability in [0, 1), got "
-                             f"{config[key]!r}")
-    if not 0.0 < config["val_fraction"] < 1.0:
-        raise ValueError(f"optimizers lab: val_fraction must be in (0, 1), got "
-                         f"{config['val_fraction']!r}")
-    hidden = config["hidden"]
-    if not isinstance(hidden, (list, tuple)) or not hidden or any(
-            isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
-        raise ValueError(f"optimizers lab: hidden must be a non-empty list of integers >= 1, "
-                         f"got {hidden!r}")
+        check.number(key, 0, lo_open=True)
+    check.number("weight_decay", 0)
+    check.number("momentum", 0, 1, hi_open=True)
+    check.number("rho_adadelta", 0, 1, hi_open=True)
+    check.probability("p_input")
+    check.probability("p_hidden")
+    check.number("val_fraction", 0, 1, lo_open=True, hi_open=True)
+    check.integers("hidden", 1)
     bad = [d for d in config["datasets"] if d not in ("mnist", "cifar10")]
     if not config["datasets"] or bad:
         raise ValueError(f"optimizers lab: datasets must be a non-empty list of mnist, cifar10; "

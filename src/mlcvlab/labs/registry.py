@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-FRAMEWORK_MODULES = {"registry", "cli", "report", "stats"}
+FRAMEWORK_MODULES = {"registry", "cli", "report", "stats", "checks"}
 PRESETS = ("quick", "standard", "full")
 DEFAULT_PRESET = "standard"
 SMOKE_TEST_BANNER = (

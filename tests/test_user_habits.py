@@ -85,3 +85,10 @@ def test_eval_on_another_split_writes_a_confusion_matrix(tmp_path, capsys):
     assert (out / "confusion_digits_val.png").exists()
     main(["eval", str(out), "--dataset", "mnist10k"])
     assert "trained on digits; evaluating it on mnist10k" in capsys.readouterr().err
+
+
+def test_names_with_hyphens_or_underscores_and_one_data_root_flag(tmp_path, capsys):
+    assert main(["data", "info", "fashion-mnist", "--data-root", str(tmp_path)]) == 0
+    assert "fashion_mnist" in capsys.readouterr().out
+    from mlcvlab.labs.registry import get_lab
+    assert get_lab("dying_relu").name == "dying-relu"

@@ -16,16 +16,36 @@ def register(subparsers) -> None:
 
     info = sub.add_parser("info", help="show each dataset: present/embedded, where, sizes, "
                                        "class counts")
-    info.add_argument("name", nargs="?", choices=names, help="one dataset (default: all)")
-    info.add_argument("--root", default=None, help="also look in this folder")
+    info.add_argument("name", nargs="?", type=_dataset_name(names),
+                      help=f"one dataset of {', '.join(names)} (default: all)")
+    info.add_argument("--data-root", "--root", dest="root", default=None,
+                      help="also look in this folder")
     info.set_defaults(func=run_info)
 
     down = sub.add_parser("download", help="download a dataset into ~/.mlcvlab/data/NAME "
                                            "(or --root, or $MLCVLAB_DATA/NAME)")
-    down.add_argument("name", choices=list(datasets.REMOTE))
-    down.add_argument("--root", default=None, help="download into this folder")
+    down.add_argument("name", type=_dataset_name(list(datasets.REMOTE)),
+                      help=", ".join(datasets.REMOTE))
+    down.add_argument("--data-root", "--root", dest="root", default=None,
+                      help="download into this folder")
     down.set_defaults(func=run_download)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _dataset_name(names: List[str]):
+    """An argparse type: a dataset name, with '-' and '_' and case both accepted."""
+    import argparse
+
+    def parse(text: str) -> str:
+        try:
+            key = datasets.canonical_name(text.replace("-", "_"))
+        except ValueError:
+            key = None
+        if key not in names:
+            raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; choose one of "
+                                             f"{', '.join(names)}")
+        return key
+    return parse
 
 
 def _counts(labels: np.ndarray, n_classes: int) -> str:

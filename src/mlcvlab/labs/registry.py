@@ -133,7 +133,10 @@ def lab_names() -> List[str]:
 
 
 def get_lab(name: str) -> Lab:
-    """Import the module of lab ``name`` and return its registration."""
+    """Import the module of lab ``name`` (``dying-relu`` or ``dying_relu``) and return its
+    registration."""
+    if name not in _REGISTRY and name.replace("_", "-") in lab_names():
+        name = name.replace("_", "-")
     if name not in _REGISTRY:
         names = lab_names()
         if name not in names:

@@ -46,7 +46,7 @@ def _encode(obj: Any, arrays: Dict[str, np.ndarray]) -> Any:
         if obj.dtype == object:
             raise TypeError("checkpoint: object arrays cannot be stored (they would need pickle)")
         key = f"a{len(arrays)}"
-        arrays[key] = np.ascontiguousarray(obj)
+        arrays[key] = np.ascontiguousarray(obj).reshape(obj.shape)   # keeps 0-d arrays 0-d
         return {"__array__": key}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj) and not any(k.startswith("__") for k in obj):

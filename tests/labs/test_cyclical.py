@@ -62,12 +62,14 @@ def test_cyclical_quick_via_api(quick_run):
     assert (res["lr_min"], res["lr_max"]) == pytest.approx((rule["base_lr"], rule["max_lr"]))
     assert 0 < res["lr_min"] < res["lr_max"] <= res["lr_at_min_loss"]
     assert not res["lr_test_no_decrease"]
-    # every size of the batch-size test trains on the same number of examples
+    # every size of the batch-size test trains the same number of steps from the same weights;
+    # b_max where the loss stops falling with the size, b_min = b_max / 4
     sizes = list(res["bs_test"]["batch_size"])
     assert sizes == [32, 64, 128, 256, 512]
-    assert res["bs_test"]["steps"] == [-(-2048 // s) for s in sizes]
-    assert res["b_min"] == sizes[int(np.argmin(res["bs_test"]["loss"]))]
-    assert res["b_max"] == min(4 * res["b_min"], 512)
+    assert res["bs_test"]["examples"] == [16 * s for s in sizes]
+    bs_rule = smith_lr_bounds(sizes, res["bs_test"]["loss"])
+    assert res["b_max"] == sizes[bs_rule["stop_index"]]
+    assert res["b_min"] == max(32, res["b_max"] // 4)
     assert set(res["policy_runs"]) == set(POLICIES)
     for name, runs in res["policy_runs"].items():
         assert [r["seed"] for r in runs] == [0, 1]
@@ -101,7 +103,7 @@ def test_comparisons_and_their_sentences(quick_run):
                                           - np.mean([r["test_acc"] for r in runs["fixed"]]))
     report = quick_run.assert_report("Sec. 3.3", "slows, becomes ragged, or starts to fall",
                                      "1/3 or 1/4 of max_lr", "class-balanced",
-                                     "restarts from the same initial weights",
+                                     "restarts from the same initial weights", "the paper has no batch-size test",
                                      "The study's explanation (not a finding of this run)",
                                      substituted=bool(res["data_note"]))
     assert "## Comparisons of policies (paired by seed)" in report
@@ -113,7 +115,7 @@ def test_comparisons_and_their_sentences(quick_run):
 @pytest.mark.parametrize("override, key", [("lr_test_min=nan", "lr_test_min"),
                                            ("seeds=0", "seeds"), ("model=resnet", "model"),
                                            ("val_fraction=1", "val_fraction"),
-                                           ("epochs=0", "epochs"), ("bs_samples=-5", "bs_samples"),
+                                           ("epochs=0", "epochs"), ("bs_steps=-5", "bs_steps"),
                                            ("decay_per_epoch=0", "decay_per_epoch")])
 def test_bad_config_values_are_refused_before_any_work(run_quick, tmp_path, override, key):
     with pytest.raises(ValueError, match=key):

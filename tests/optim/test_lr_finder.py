@@ -91,34 +91,43 @@ def test_batch_size_range_test_with_accumulation_and_restore():
     w0 = model.flat().data.copy()
     opt = optim.Adam(model.parameters(), lr=0.01)
     res = optim.batch_size_range_test(model, nn.CrossEntropyLoss(), opt, x, y, min_size=16,
-                                      max_size=256, max_micro_batch=32, rng=0,
-                                      samples_per_size=512, eval_x=x[:128], eval_y=y[:128])
+                                      max_size=256, steps_per_size=6, max_micro_batch=32,
+                                      rng=0, eval_x=x[:128], eval_y=y[:128])
     np.testing.assert_array_equal(res.sizes, [16, 32, 64, 128, 256])
     assert res.restarted and np.all(np.isfinite(res.losses))
-    # an equal number of examples per size: ceil(512 / size) steps each
-    counts = [int(np.sum(res.step_sizes == s)) for s in res.sizes]
-    assert counts == [32, 16, 8, 4, 2]
-    best = int(res.sizes[np.argmin(res.losses)])
-    assert res.suggested == (best, min(4 * best, 256))
+    assert [int(np.sum(res.step_sizes == s)) for s in res.sizes] == [6] * 5
+    # equal steps from the same weights: more examples per step, lower loss
+    assert res.losses[-1] < res.losses[0]
+    rule = smith_lr_bounds(res.sizes, res.losses)
+    b_max = int(res.sizes[rule["stop_index"]])
+    assert res.suggested == (max(16, b_max // 4), b_max) and res.rule == rule
     np.testing.assert_array_equal(model.flat().data, w0)
     assert opt.t == 0
     with pytest.raises(ValueError, match="max_size=1024 exceeds the 512 training samples"):
         optim.batch_size_range_test(model, nn.CrossEntropyLoss(), opt, x, y, max_size=1024)
 
 
+def test_batch_size_rule_reads_where_the_fall_slows():
+    """Loss falls steeply up to 64, then flattens: b_max = 64, b_min = 16."""
+    class Fixed:                       # a stand-in result curve through smith_lr_bounds
+        sizes = np.array([16, 32, 64, 128, 256])
+        losses = np.array([2.0, 1.4, 1.0, 0.98, 0.97])
+    rule = smith_lr_bounds(Fixed.sizes, Fixed.losses)
+    assert int(Fixed.sizes[rule["stop_index"]]) == 64
+
+
 def test_batch_size_range_test_restarts_every_size_from_the_same_weights():
     """A size's loss does not depend on which sizes were tried before it (the walk without
     restarts trains on through them, so its larger sizes start from better weights)."""
     x, y = _separable(n=512)
-    kw = dict(max_micro_batch=64, rng=0, samples_per_size=256, eval_x=x[:128], eval_y=y[:128])
 
     def losses(min_size, restart=True):
         model = make_mlp()
         opt = optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-        kw2 = dict(kw) if restart else dict(rng=0, max_micro_batch=64, steps_per_size=8)
+        extra = dict(eval_x=x[:128], eval_y=y[:128]) if restart else {}
         res = optim.batch_size_range_test(model, nn.CrossEntropyLoss(), opt, x, y,
                                           min_size=min_size, max_size=128, restart=restart,
-                                          **kw2)
+                                          steps_per_size=8, max_micro_batch=64, rng=0, **extra)
         return dict(zip(res.sizes.tolist(), res.losses.tolist())), res
 
     all_sizes, _ = losses(8)

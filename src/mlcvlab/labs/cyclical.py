@@ -9,8 +9,9 @@ subset when the full set is not on disk):
    (:func:`mlcvlab.optim.lr_finder.smith_lr_bounds`, quoted in the report).
 2. Batch-size range test: sizes from 64 to 8192 (doubling; sizes above ``micro_batch``
    run by gradient accumulation), every size restarted from the same initial weights and
-   trained on the same number of examples (``bs_samples``), its loss measured on a fixed
-   class-balanced sample of the training set; giving b_min / b_max.
+   trained for the same ``bs_steps`` steps, its loss measured on a fixed class-balanced
+   sample of the training set; b_max where the loss stops falling with the size, b_min =
+   b_max / 4.
 3. Three training policies from the same initial weights, per seed: a fixed lr (max_lr),
    a cyclical lr with exponential decay (``CyclicLR`` mode ``exp_range``), and a
    cyclical batch size (``CyclicBatchSize`` mode ``exp``, geometric between
@@ -65,7 +66,7 @@ _FULL = {"dataset": "fashion_mnist", "model": "minigooglenet", "mlp_hidden": 64,
          "val_fraction": 0.1, "n_test": 0, "n_check": 2000, "batch_size": 64,
          "momentum": 0.9, "weight_decay": 5e-4, "lr_test_min": 1e-9, "lr_test_max": 10.0,
          "lr_test_num": 10, "lr_test_epochs": 5, "bs_min": 64, "bs_max": 8192,
-         "bs_samples": 65536, "micro_batch": 64, "epochs": 48, "clr_step_epochs": 8,
+         "bs_steps": 20, "micro_batch": 64, "epochs": 48, "clr_step_epochs": 8,
          "decay_per_epoch": 0.95, "seeds": 5}
 # standard: LeNet-5 (with batch norm) instead of MiniGoogLeNet, 10,000 training images (all 8,000
 # of fashion10k when Fashion-MNIST is not on disk), 3 seeds x 3 policies x 16 epochs. Estimated
@@ -73,12 +74,12 @@ _FULL = {"dataset": "fashion_mnist", "model": "minigooglenet", "mlp_hidden": 64,
 # images took 11-14 CPU s (timed on a loaded 2-core machine), x 144 policy epochs, plus about
 # 10 epochs' worth of range tests; an estimate, not a measured run.
 _STANDARD = {**_FULL, "model": "lenet5", "n_train": 10_000, "n_check": 1000,
-             "lr_test_epochs": 2, "bs_min": 32, "bs_max": 1024, "bs_samples": 8192,
+             "lr_test_epochs": 2, "bs_min": 32, "bs_max": 1024, "bs_steps": 16,
              "micro_batch": 256, "epochs": 16, "clr_step_epochs": 2, "decay_per_epoch": 0.9,
              "seeds": 3}
 _QUICK = {**_FULL, "model": "mlp", "n_train": 2048, "n_test": 512, "n_check": 500,
           "batch_size": 32, "lr_test_epochs": 3, "bs_min": 32, "bs_max": 512,
-          "bs_samples": 2048, "micro_batch": 128, "epochs": 4, "clr_step_epochs": 1,
+          "bs_steps": 16, "micro_batch": 128, "epochs": 4, "clr_step_epochs": 1,
           "seeds": 2}
 
 
@@ -97,7 +98,7 @@ def check_config(config: Dict[str, Any]) -> None:
         bad("model", " / ".join(MODELS) + " (mlp and lenet5 are stand-ins)")
     for key, lo in (("mlp_hidden", 1), ("n_train", 0), ("n_test", 0), ("n_check", 10),
                     ("batch_size", 1), ("lr_test_num", 2), ("bs_min", 1), ("bs_max", 1),
-                    ("bs_samples", 1), ("micro_batch", 1), ("epochs", 1),
+                    ("bs_steps", 1), ("micro_batch", 1), ("epochs", 1),
                     ("clr_step_epochs", 1)):
         if not is_int(config[key]) or config[key] < lo:
             bad(key, f"an integer >= {lo}")
@@ -211,7 +212,7 @@ def bs_test_range(bs_min: int, bs_max: int, n_train: int) -> Tuple[int, int]:
 
 def run_bs_test(data, config, lr: float) -> Dict[str, Any]:
     """Batch-size range test at learning rate ``lr``, every size from the same initial weights
-    and on the same number of examples; returns the curve and (b_min, b_max)."""
+    for the same number of steps; returns the curve and (b_min, b_max)."""
     lo, hi = bs_test_range(config["bs_min"], config["bs_max"], len(data["y_train"]))
     model = build_model(config)
     opt = make_optimizer(model, config, lr=lr)
@@ -220,14 +221,15 @@ def run_bs_test(data, config, lr: float) -> Dict[str, Any]:
                                 data["y_train"], min_size=lo, max_size=hi,
                                 max_micro_batch=config["micro_batch"],
                                 rng=np.random.default_rng([config["seed"], 2]), restart=True,
-                                samples_per_size=config["bs_samples"],
+                                steps_per_size=config["bs_steps"],
                                 eval_x=data["X_train"][check], eval_y=data["y_train"][check])
     b_min, b_max = (int(v) for v in res.suggested)
     return {"bs_test": {"batch_size": res.sizes, "loss": res.losses,
-                        "steps": [-(-config["bs_samples"] // int(b)) for b in res.sizes]},
+                        "examples": [config["bs_steps"] * int(b) for b in res.sizes]},
             "b_min": b_min, "b_max": b_max, "bs_ratio": b_max / b_min, "bs_max_tested": hi,
             "bs_capped": hi < config["bs_max"], "bs_test_diverged": bool(res.diverged),
-            "bs_degenerate": b_min == b_max}
+            "bs_degenerate": b_min == b_max,
+            "bs_no_decrease": bool(res.rule.get("no_decrease", False))}
 
 
 # -- training policies --------------------------------------------------------------------------
@@ -383,9 +385,12 @@ def _write_report(out_dir, config, results) -> None:
         rep.note("The LR range test's smoothed loss never fell below its value at the lowest "
                  "rate, so the chosen lr range is not meaningful; rerun with more "
                  "lr_test_epochs or training data (more batches per rate).")
+    if results["bs_no_decrease"]:
+        rep.note("The batch-size range test's loss did not fall with the batch size, so the "
+                 "chosen batch-size range is not meaningful.")
     if results["bs_degenerate"]:
-        rep.note("The batch-size range test found its lowest loss at the largest size tested, "
-                 "so b_min = b_max and the cyclical batch size does not cycle.")
+        rep.note("The batch-size range test gave b_min = b_max, so the cyclical batch size "
+                 "does not cycle in this run.")
     rep.setup(config)
     rep.text("Data: {n_train:,} training and {n_val:,} validation images (the validation split "
              "held out of the training split, stratified, seed {seed}) and {n_test:,} test "
@@ -420,25 +425,31 @@ def _write_report(out_dir, config, results) -> None:
                   "smoothed loss (EMA, at the last batch of each rate)")
     rep.section("Batch-size range test")
     rep.text("Batch sizes {bs_min} to {bs_max_tested} doubling, at lr {lr_max:.3g}. Every size "
-             "restarts from the same initial weights and optimizer state and trains on the same "
-             "{bs_samples:,} examples' worth of batches (equal compute: ceil({bs_samples} / "
-             "size) steps), then its loss is measured on the same class-balanced sample of "
-             "{n_check:,} training images. (Walking the sizes upwards while training continues "
-             "would see the larger sizes later in training, where the loss is lower anyway, "
-             "and so favour the largest size.) Batches above {micro_batch} run by gradient "
-             "accumulation (with batch norm the statistics are then per micro-batch). "
-             "Requested up to {bs_max}; capped at the data: {bs_capped}. Rule: b_min = the size "
-             "with the lowest loss, b_max = min(4 b_min, the largest size tested): b_min = "
-             "{b_min}, b_max = {b_max}. This lab's rule mirrors the lr rule through the "
-             "gradient-noise scale (about lr / batch): b_min plays max_lr, b_max = 4 b_min "
-             "plays base_lr = max_lr / 4; it is not a rule of the paper.")
+             "restarts from the same initial weights and optimizer state, sees the same "
+             "shuffled order and trains {bs_steps} steps; then its loss is measured on the same "
+             "class-balanced sample of {n_check:,} training images. (Walking the sizes upwards "
+             "while training continues would see the larger sizes later in training, where the "
+             "loss is lower anyway, and so always favour the largest size.) Batches above "
+             "{micro_batch} run by gradient accumulation (with batch norm the statistics are "
+             "then per micro-batch). Requested up to {bs_max}; capped at the data: {bs_capped}. "
+             "Rule (this lab's, read like the lr rule; the paper has no batch-size test): "
+             "b_max = the last size that still lowered the loss by at least "
+             "{slow_fraction_pct:.0f}% of its total fall over the sizes (beyond it the fall "
+             "slows), b_min = b_max / 4 (clipped to the sizes tested): b_min = {b_min}, b_max = "
+             "{b_max}.")
+    rep.explanation("at equal steps a larger batch averages away more gradient noise per "
+                    "step, so the loss falls with the batch size until the noise no longer "
+                    "limits progress; beyond that size (a critical batch size, McCandlish et "
+                    "al. 2018) more examples per step buy little, which makes it a natural "
+                    "upper bound for a cyclical batch size.")
     rep.table("bs_range_test", results["bs_test_rows"], "Loss per batch size")
     _range_figure(rep, results["bs_test"]["batch_size"], results["bs_test"]["loss"],
                   results["b_min"], results["b_max"], "batch size (examples, log scale)",
                   "bs_range_test", "Batch-size range test (each size from the same weights)",
-                  "Loss on a fixed class-balanced training sample after an equal number of "
-                  "examples at each batch size, with the chosen bounds.",
-                  "loss after {bs_samples} examples".format(bs_samples=config["bs_samples"]))
+                  "Loss on a fixed class-balanced training sample after the same number of "
+                  "steps at each batch size (each from the same initial weights), with the "
+                  "chosen bounds.",
+                  "loss after {} steps from the same weights".format(config["bs_steps"]))
     rep.section("Policies")
     rep.text("fixed: lr = max_lr, batch {batch_size}. clr: CyclicLR between base_lr and max_lr, "
              "mode exp_range (amplitude x gamma^t), half cycle {clr_step_epochs} epochs, gamma "
@@ -511,7 +522,7 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
             runs[p].append(train_policy(p, data, config, results, seed))
     results["policy_runs"] = runs
     results["lr_test_rows"] = _rows(results["lr_test"], "lr", ("loss", "smoothed"))
-    results["bs_test_rows"] = _rows(results["bs_test"], "batch_size", ("steps", "loss"))
+    results["bs_test_rows"] = _rows(results["bs_test"], "batch_size", ("examples", "loss"))
     summaries = {p: stats.summarize([r["test_acc"] for r in runs[p]]) for p in POLICIES}
     results["policy_summary"] = summaries
     results["policy_rows"] = [
@@ -539,7 +550,7 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     results.update(start_fraction_pct=100 * START_FRACTION, slow_fraction_pct=100 * SLOW_FRACTION)
     results.update({k: config[k] for k in ("lr_test_min", "lr_test_max", "lr_test_epochs",
                                            "batch_size", "momentum", "weight_decay", "bs_min",
-                                           "bs_max", "bs_samples", "micro_batch", "epochs",
+                                           "bs_max", "bs_steps", "micro_batch", "epochs",
                                            "clr_step_epochs", "decay_per_epoch", "seed")})
     _write_report(out_dir, config, results)
     return results

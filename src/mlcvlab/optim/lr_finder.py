@@ -68,7 +68,8 @@ class LRRangeResult:
 class BatchSizeRangeResult:
     """Result of :func:`batch_size_range_test`: sizes (K,), losses (K,) (inf where the size
     diverged), smoothed (K,) (the same as losses when restarted), step_sizes / step_losses
-    (T,), suggested (min_size, max_size), restarted (every size from the same weights)."""
+    (T,), suggested (min_size, max_size), restarted (every size from the same weights), rule
+    (:func:`smith_lr_bounds` read on the sizes, when restarted)."""
 
     sizes: np.ndarray
     losses: np.ndarray
@@ -78,6 +79,7 @@ class BatchSizeRangeResult:
     suggested: Tuple[int, int]
     diverged: bool = False
     restarted: bool = False
+    rule: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v)
@@ -275,7 +277,6 @@ def batch_size_range_test(model: Module, loss, optimizer: Optimizer, x: np.ndarr
                           steps_per_size: int = 5, max_micro_batch: int = 1024,
                           beta: float = 0.9, diverge: float = 4.0,
                           rng=None, restart: bool = True,
-                          samples_per_size: Optional[int] = None,
                           eval_x: Optional[np.ndarray] = None,
                           eval_y: Optional[np.ndarray] = None) -> BatchSizeRangeResult:
     """Batch-size range test: train at batch sizes min_size, 2*min_size, ..., max_size.
@@ -286,15 +287,16 @@ def batch_size_range_test(model: Module, loss, optimizer: Optimizer, x: np.ndarr
     models without batch norm, see ``accumulate.py``).
 
     restart=True (default): every size starts from the model's and optimizer's initial
-    state and sees the same shuffled order, and trains ``ceil(samples_per_size / size)``
-    steps (an equal number of training examples, i.e. equal compute, for every size) or,
-    without samples_per_size, ``steps_per_size`` steps. Its loss is the loss on
-    (eval_x, eval_y) after those steps (forward passes in training mode, in chunks of
-    max_micro_batch), or without them the mean loss of its last steps' batches.
-    Suggested range (rule): min_size is the size with the lowest loss, max_size =
-    min(4 * min_size, the largest size tested). At one lr the gradient noise grows like
-    1/batch, so this mirrors the lr rule: the best noisiest setting, and a quarter of its
-    noise.
+    state, sees the same shuffled order and trains ``steps_per_size`` steps (equal steps, so
+    a larger size sees more examples with less gradient noise per step). Its loss is the loss
+    on (eval_x, eval_y) after those steps (forward passes in training mode, in chunks of
+    max_micro_batch), or without them the mean loss of its last steps' batches (inf where
+    the size diverged). The loss then falls with the size and flattens out once more
+    examples per step stop helping; read like the lr curve (:func:`smith_lr_bounds` on
+    sizes and losses): max_size = the last size that still lowered the loss by at least 10%
+    of the total fall (where the fall "slows"), min_size = max(smallest size, max_size / 4)
+    (Smith's 1/4 rule of thumb, applied to the batch size). Sizes that diverged below the
+    first finite one are skipped; where the loss never falls, both are the smallest size.
 
     restart=False: the older walk that trains on through the sizes (EMA-smoothed loss,
     ``steps_per_size`` steps each); larger sizes come later in training, so its minimum is
@@ -307,9 +309,9 @@ def batch_size_range_test(model: Module, loss, optimizer: Optimizer, x: np.ndarr
     if max_size > n:
         raise ValueError(f"batch_size_range_test: max_size={max_size} exceeds the "
                          f"{n} training samples; lower max_size or pass more data")
-    if samples_per_size is not None and samples_per_size < 1:
-        raise ValueError(f"batch_size_range_test: samples_per_size must be >= 1, got "
-                         f"{samples_per_size}")
+    if not isinstance(steps_per_size, (int, np.integer)) or steps_per_size < 1:
+        raise ValueError(f"batch_size_range_test: steps_per_size must be an int >= 1, got "
+                         f"{steps_per_size!r}")
     if (eval_x is None) != (eval_y is None):
         raise ValueError("batch_size_range_test: pass both eval_x and eval_y, or neither")
     sizes = [min_size]
@@ -329,8 +331,7 @@ def batch_size_range_test(model: Module, loss, optimizer: Optimizer, x: np.ndarr
             optimizer.load_state_dict(saved.opt_state)
             optimizer.zero_grad()
             model.train()
-            steps = (-(-samples_per_size // size) if samples_per_size is not None
-                     else steps_per_size)
+            steps = steps_per_size
             order, pos, own, ok = first_order, 0, [], True
             reshuffle = np.random.default_rng([size, n])     # only used past the first pass
             for _ in range(steps):
@@ -358,10 +359,13 @@ def batch_size_range_test(model: Module, loss, optimizer: Optimizer, x: np.ndarr
     if not np.any(np.isfinite(losses)):
         raise ValueError("batch_size_range_test: the loss diverged at every batch size; "
                          "lower the optimizer's lr")
-    best = int(tried[int(np.argmin(losses))])
+    first = int(np.argmax(np.isfinite(losses)))       # sizes below it diverged
+    rule = smith_lr_bounds(tried[first:], losses[first:])
+    rule.update(start_index=rule["start_index"] + first, stop_index=rule["stop_index"] + first)
+    b_max = int(tried[rule["stop_index"]])
     return BatchSizeRangeResult(np.array(tried, dtype=np.int64), losses, losses.copy(),
                                 np.array(step_sizes, dtype=np.int64), np.array(step_losses),
-                                (best, min(4 * best, sizes[-1])), diverged_any, True)
+                                (max(sizes[0], b_max // 4), b_max), diverged_any, True, rule)
 
 
 def _eval_loss(model, loss, x, y, chunk: int) -> float:

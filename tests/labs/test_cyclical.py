@@ -121,3 +121,24 @@ def test_bad_config_values_are_refused_before_any_work(run_quick, tmp_path, over
     with pytest.raises(ValueError, match=key):
         run_quick("cyclical", tmp_path / "bad", overrides=[override])
     assert not (tmp_path / "bad" / "report.md").exists()
+
+
+def test_a_policy_that_diverges_is_reported_and_left_out(run_quick, tmp_path, monkeypatch):
+    """An lr far too high makes the fixed-lr runs diverge in their first epoch: the run still
+    finishes, the report says so, and no comparison uses the diverged policy."""
+    from mlcvlab.labs import cyclical
+
+    real = cyclical.run_lr_test
+
+    def too_high(data, config):
+        res = real(data, config)
+        res.update(lr_max=1e6, lr_min=1e-3)
+        return res
+
+    monkeypatch.setattr(cyclical, "run_lr_test", too_high)
+    run = run_quick("cyclical", tmp_path / "div", overrides=["epochs=2", "lr_test_epochs=1"])
+    res = run.saved()
+    assert POLICY_LABELS["fixed"] in res["left_out"]
+    assert all(POLICY_LABELS["fixed"] not in (c["a"], c["b"]) for c in res["comparisons"])
+    report = run.report()
+    assert "Runs that diverged" in report and "no epoch finished" in report

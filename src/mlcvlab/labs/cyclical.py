@@ -217,12 +217,22 @@ def run_bs_test(data, config, lr: float) -> Dict[str, Any]:
     model = build_model(config)
     opt = make_optimizer(model, config, lr=lr)
     check = data["check"]
-    res = batch_size_range_test(model, CrossEntropyLoss(), opt, data["X_train"],
-                                data["y_train"], min_size=lo, max_size=hi,
-                                max_micro_batch=config["micro_batch"],
-                                rng=np.random.default_rng([config["seed"], 2]), restart=True,
-                                steps_per_size=config["bs_steps"],
-                                eval_x=data["X_train"][check], eval_y=data["y_train"][check])
+    try:
+        res = batch_size_range_test(model, CrossEntropyLoss(), opt, data["X_train"],
+                                    data["y_train"], min_size=lo, max_size=hi,
+                                    max_micro_batch=config["micro_batch"],
+                                    rng=np.random.default_rng([config["seed"], 2]), restart=True,
+                                    steps_per_size=config["bs_steps"],
+                                    eval_x=data["X_train"][check], eval_y=data["y_train"][check])
+    except ValueError as err:               # diverged at every size: no range to read
+        if "diverged at every batch size" not in str(err):
+            raise
+        sizes = [lo * 2 ** k for k in range(int(math.log2(hi // lo)) + 1)]
+        return {"bs_test": {"batch_size": sizes, "loss": [float("inf")] * len(sizes),
+                            "examples": [config["bs_steps"] * b for b in sizes]},
+                "b_min": lo, "b_max": lo, "bs_ratio": 1.0, "bs_max_tested": hi,
+                "bs_capped": hi < config["bs_max"], "bs_test_diverged": True,
+                "bs_degenerate": True, "bs_no_decrease": True}
     b_min, b_max = (int(v) for v in res.suggested)
     return {"bs_test": {"batch_size": res.sizes, "loss": res.losses,
                         "examples": [config["bs_steps"] * int(b) for b in res.sizes]},
@@ -262,7 +272,12 @@ def accumulating_step(micro_batch: int):
 
     def step(trainer, xb, yb):
         t0 = time.perf_counter()
-        value = accumulate_gradients(trainer.model, trainer.loss, xb, yb, micro_batch)
+        try:
+            value = accumulate_gradients(trainer.model, trainer.loss, xb, yb, micro_batch)
+        except ValueError as err:           # outputs not finite: let NaNGuard stop the run
+            if "NaN or inf" not in str(err):
+                raise
+            return float("nan"), {}
         t1 = time.perf_counter()
         trainer.optimizer.step()
         return value, {"compute_seconds": t1 - t0, "update_seconds": time.perf_counter() - t1}
@@ -307,17 +322,28 @@ def train_policy(policy: str, data, config, ranges, seed: int) -> Dict[str, Any]
                                                256), best],
                       step_fn=accumulating_step(config["micro_batch"]))
     start, cpu_start = time.perf_counter(), time.process_time()
-    history = trainer.fit(loader, config["epochs"],
-                          val_loader=list(array_batches(data["X_val"], data["y_val"], 256)))
+    diverged = None
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):    # NaNGuard reports a divergence
+            trainer.fit(loader, config["epochs"],
+                        val_loader=list(array_batches(data["X_val"], data["y_val"], 256)))
+    except FloatingPointError as err:       # NaNGuard: the loss became NaN or infinite
+        diverged = str(err)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    accs = history.column("val_acc")
-    if best.state is not None:
-        model.load_state_dict(best.state)
+    history = trainer.history
+    nan = float("nan")
+    if best.state is None:                  # not one epoch finished: nothing to test
+        return {"history": history.records, "settings": settings, "seed": seed,
+                "diverged": diverged, "best_val_acc": nan, "best_epoch": 0,
+                "final_val_acc": nan, "test_acc": nan, "test_loss": nan, "seconds": seconds,
+                "cpu_seconds": cpu_seconds}
+    model.load_state_dict(best.state)
     test = evaluate(model, CrossEntropyLoss(), array_batches(data["X_test"], data["y_test"], 256))
     return {"history": history.records, "settings": settings, "seed": seed,
-            "best_val_acc": float(best.best), "best_epoch": best.epoch,
-            "final_val_acc": float(accs[-1]), "test_acc": float(test["acc"]),
-            "test_loss": float(test["loss"]), "seconds": seconds, "cpu_seconds": cpu_seconds}
+            "diverged": diverged, "best_val_acc": float(best.best), "best_epoch": best.epoch,
+            "final_val_acc": float(history.column("val_acc")[-1]),
+            "test_acc": float(test["acc"]), "test_loss": float(test["loss"]),
+            "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -349,7 +375,9 @@ def _curves_figure(rep: Report, results: Dict[str, Any]) -> None:
 
     fig, (ax1, ax2) = new_figure(ncols=2, figsize=(11, 4))
     for p in POLICIES:
-        runs = results["policy_runs"][p]
+        runs = [r for r in results["policy_runs"][p] if len(r["history"]) == results["epochs"]]
+        if not runs:                        # every seed of this policy diverged
+            continue
         ep = [r["epoch"] for r in runs[0]["history"]]
         color = POLICY_COLORS[p]
         for ax, key in ((ax1, "loss"), (ax2, "acc")):
@@ -363,8 +391,10 @@ def _curves_figure(rep: Report, results: Dict[str, Any]) -> None:
         ax.set_ylabel(label)
         ax.set_title(title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
-    fig.suptitle("Training policies: mean over {} seed(s)".format(results["n_seeds"]))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("Training policies: mean over {} seed(s) (runs that diverged left out)"
+                 .format(results["n_seeds"]))
     rep.figure("curves", fig, "Training (solid; train accuracy on a class-balanced sample of "
                "the training set) and validation (dashed; held out of the training data) loss "
                "and accuracy per policy, mean over seeds; one colour per policy.")
@@ -386,11 +416,17 @@ def _write_report(out_dir, config, results) -> None:
                  "rate, so the chosen lr range is not meaningful; rerun with more "
                  "lr_test_epochs or training data (more batches per rate).")
     if results["bs_no_decrease"]:
-        rep.note("The batch-size range test's loss did not fall with the batch size, so the "
-                 "chosen batch-size range is not meaningful.")
+        rep.note("The batch-size range test's loss did not fall with the batch size (or it "
+                 "diverged at every size), so the chosen batch-size range is not meaningful.")
     if results["bs_degenerate"]:
         rep.note("The batch-size range test gave b_min = b_max, so the cyclical batch size "
                  "does not cycle in this run.")
+    if results["diverged_runs"]:
+        rep.note("Runs that diverged (the loss became NaN or infinite): "
+                 + "; ".join(results["diverged_runs"]) + ". A run that finished no epoch has "
+                 "no test accuracy, and its policy is left out of the comparisons"
+                 + (": " + ", ".join(results["left_out"]) if results["left_out"] else "")
+                 + ".")
     rep.setup(config)
     rep.text("Data: {n_train:,} training and {n_val:,} validation images (the validation split "
              "held out of the training split, stratified, seed {seed}) and {n_test:,} test "
@@ -523,7 +559,16 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     results["policy_runs"] = runs
     results["lr_test_rows"] = _rows(results["lr_test"], "lr", ("loss", "smoothed"))
     results["bs_test_rows"] = _rows(results["bs_test"], "batch_size", ("examples", "loss"))
-    summaries = {p: stats.summarize([r["test_acc"] for r in runs[p]]) for p in POLICIES}
+    # a run that diverged before finishing one epoch has no test accuracy; its policy is left
+    # out of the summaries and the comparisons (stated in the report)
+    ok = [p for p in POLICIES if all(np.isfinite(r["test_acc"]) for r in runs[p])]
+    results["diverged_runs"] = [
+        f"{POLICY_LABELS[p]} (seed {r['seed']}, " + ("no epoch finished)"
+                                                     if not np.isfinite(r["test_acc"]) else
+                                                     f"tested at its best epoch, {r['best_epoch']})")
+        for p in POLICIES for r in runs[p] if r["diverged"]]
+    results["left_out"] = [POLICY_LABELS[p] for p in POLICIES if p not in ok]
+    summaries = {p: stats.summarize([r["test_acc"] for r in runs[p]]) for p in ok}
     results["policy_summary"] = summaries
     results["policy_rows"] = [
         {"policy": POLICY_LABELS[p], "seeds": s["n"], "mean test acc": s["mean"],
@@ -532,20 +577,21 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
          "mean best val acc": float(np.mean([r["best_val_acc"] for r in runs[p]])),
          "mean CPU seconds": float(np.mean([r["cpu_seconds"] for r in runs[p]])),
          "mean seconds": float(np.mean([r["seconds"] for r in runs[p]]))}
-        for p, s in summaries.items()]
+        for p, s in summaries.items()] or [{"policy": "(every policy diverged)"}]
     results["policy_run_rows"] = [
         {"policy": POLICY_LABELS[p], "seed": r["seed"], "best epoch": r["best_epoch"],
          "best val acc": r["best_val_acc"], "final val acc": r["final_val_acc"],
-         "test acc": r["test_acc"], "seconds": r["seconds"], "CPU seconds": r["cpu_seconds"]}
+         "test acc": r["test_acc"], "diverged": bool(r["diverged"]), "seconds": r["seconds"],
+         "CPU seconds": r["cpu_seconds"]}
         for p in POLICIES for r in runs[p]]
     results["ranking_text"] = "; ".join(f"{POLICY_LABELS[p]} {_ci(summaries[p])}"
-                                        for p in POLICIES)
-    acc = {p: [r["test_acc"] for r in runs[p]] for p in POLICIES}
+                                        for p in ok) or "none (every policy diverged)"
+    acc = {p: [r["test_acc"] for r in runs[p]] for p in ok}
     metric = "test accuracy at the best validation epoch"
     results["comparisons"] = [
         stats.compare(POLICY_LABELS[a], acc[a], POLICY_LABELS[b], acc[b], metric,
                       higher_is_better=True)
-        for a, b in (("clr", "fixed"), ("cbs", "fixed"), ("clr", "cbs"))]
+        for a, b in (("clr", "fixed"), ("cbs", "fixed"), ("clr", "cbs")) if a in ok and b in ok]
     results["comparison_sentences"] = [stats.sentence(c, 3) for c in results["comparisons"]]
     results.update(start_fraction_pct=100 * START_FRACTION, slow_fraction_pct=100 * SLOW_FRACTION)
     results.update({k: config[k] for k in ("lr_test_min", "lr_test_max", "lr_test_epochs",

@@ -404,11 +404,12 @@ def _bs_walk(model, loss, optimizer, x, y, sizes, steps_per_size, max_micro_batc
 
 
 def _accumulated_step(model, loss, optimizer, x, y, micro: int) -> float:
-    """accumulate_gradients + step; NaN when the weights are no longer finite (diverged)."""
+    """accumulate_gradients + step; NaN when the model diverged (weights or outputs no longer
+    finite)."""
     try:
         value = accumulate_gradients(model, loss, x, y, micro)
-    except ValueError:
-        if np.all(np.isfinite(optimizer.flat.data)):
+    except ValueError as err:
+        if np.all(np.isfinite(optimizer.flat.data)) and "NaN or inf" not in str(err):
             raise
         return float("nan")
     optimizer.step()

@@ -186,3 +186,13 @@ def test_resume_in_pieces_matches_an_uninterrupted_run(run_quick, tmp_path):
     assert json.loads(done.read_text())["val_rmse"] > 0
     with pytest.raises(ValueError, match="other settings"):
         run_quick("depth-width", out, overrides=SMALL + ["lr=0.5"])
+
+
+def test_runs_that_diverge_are_reported_not_fatal(run_quick, tmp_path):
+    out = tmp_path / "div"
+    res = run_quick("depth-width", out, overrides=SMALL + ["lr=100000"]).saved()
+    assert res["finished"] == 0 and len(res["diverged_runs"]) == 3
+    report = (out / "report.md").read_text()
+    assert "Runs that diverged" in report and "without diverging" in report
+    done = json.loads((out / "configs" / "s0-bn" / "d1_16" / "result.json").read_text())
+    assert done["diverged"]                       # a rerun skips it instead of retraining

@@ -260,14 +260,27 @@ def train_config(hidden: Sequence[int], data: Dict[str, Any], config: Dict[str, 
         trainer.restore_loader(loader)
     remaining = config["epochs"] - trainer.epoch
     todo = remaining if max_epochs is None else max(0, min(remaining, max_epochs))
-    trainer.fit(loader, todo)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):   # NaNGuard reports a divergence
+            trainer.fit(loader, todo)
+            if trainer.epoch >= config["epochs"]:
+                rmse = {split: _rmse(model, data[f"X_{split}"], data[f"y_{split}"],
+                                     data["y_std"]) for split in ("train", "val", "test")}
+    except (FloatingPointError, ValueError) as err:   # the loss or the outputs became NaN/inf
+        if isinstance(err, ValueError) and "NaN or inf" not in str(err):
+            raise
+        result = {"name": config_name(hidden), "depth": len(hidden), "widths": list(hidden),
+                  "seed": seed, "batchnorm": bool(batchnorm), "diverged": str(err),
+                  "epochs": trainer.epoch}
+        atomic_write_text(str(result_path), json.dumps(result, indent=2))
+        for path in checkpoint_paths(str(folder)):
+            os.remove(path)
+        return result, todo
     if trainer.epoch < config["epochs"]:
         save_checkpoint(str(folder), trainer.checkpoint_state())   # save the epochs since the last one
         return None, todo
-    rmse = {split: _rmse(model, data[f"X_{split}"], data[f"y_{split}"], data["y_std"])
-            for split in ("train", "val", "test")}
     result = {"name": config_name(hidden), "depth": len(hidden), "widths": list(hidden),
-              "seed": seed, "batchnorm": bool(batchnorm),
+              "seed": seed, "batchnorm": bool(batchnorm), "diverged": None,
               "total_units": int(sum(hidden)), "params": int(model.num_parameters()),
               "test_rmse": rmse["test"], "val_rmse": rmse["val"], "train_rmse": rmse["train"],
               "train_seconds": float(sum(trainer.history.column("seconds"))),
@@ -360,7 +373,7 @@ def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int],
     arms = sorted({(r["batchnorm"], r["depth"]) for r in rows}, key=lambda a: (not a[0], a[1]))
     both = len({bn for bn, _ in arms}) > 1
     res["n_learned"] = sum(r["test_r2"] >= R2_LEARNED for r in rows)
-    per_seed: Dict[Tuple[bool, int], List[float]] = {}
+    per_seed: Dict[Tuple[bool, int], Dict[int, float]] = {}
     for bn, d in arms:
         own = [r for r in rows if r["depth"] == d and r["batchnorm"] == bn]
         names = sorted({r["name"] for r in own})
@@ -369,11 +382,11 @@ def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int],
         if not done_seeds:
             continue
         # the mean over this depth's configurations, one value per seed (equal weight per net)
-        per_seed[bn, d] = [float(np.mean([r["test_rmse"] for r in own if r["seed"] == s]))
-                           for s in done_seeds]
+        per_seed[bn, d] = {s: float(np.mean([r["test_rmse"] for r in own if r["seed"] == s]))
+                           for s in done_seeds}
         r2_seed = [float(np.mean([r["test_r2"] for r in own if r["seed"] == s]))
                    for s in done_seeds]
-        rm, rr = stats.summarize(per_seed[bn, d]), stats.summarize(r2_seed)
+        rm, rr = stats.summarize(list(per_seed[bn, d].values())), stats.summarize(r2_seed)
         learned = rr["mean"] >= R2_LEARNED
         label = arm_label(d, bn, both)
         res["depth_summary"].append({
@@ -390,17 +403,19 @@ def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int],
     metric = "test RMSE, mean over the depth's configurations"
     for i, (bn_a, da) in enumerate(learned_arms):     # depths within one batch-norm mode
         for bn_b, db in learned_arms[i + 1:]:
-            a, b = per_seed[bn_a, da], per_seed[bn_b, db]
-            if bn_a == bn_b and len(a) == len(b):
+            common = sorted(set(per_seed[bn_a, da]) & set(per_seed[bn_b, db]))
+            if bn_a == bn_b and common:                 # paired: the seeds both finished
                 res["comparisons"].append(stats.compare(
-                    arm_label(da, bn_a, both), a, arm_label(db, bn_b, both), b, metric,
+                    arm_label(da, bn_a, both), [per_seed[bn_a, da][s] for s in common],
+                    arm_label(db, bn_b, both), [per_seed[bn_b, db][s] for s in common], metric,
                     higher_is_better=False))
     for d in sorted({d for _, d in learned_arms}):    # batch norm vs none, per depth
         if (True, d) in learned_arms and (False, d) in learned_arms:
-            a, b = per_seed[True, d], per_seed[False, d]
-            if len(a) == len(b):
+            common = sorted(set(per_seed[True, d]) & set(per_seed[False, d]))
+            if common:
                 res["comparisons"].append(stats.compare(
-                    arm_label(d, True, True), a, arm_label(d, False, True), b, metric,
+                    arm_label(d, True, True), [per_seed[True, d][s] for s in common],
+                    arm_label(d, False, True), [per_seed[False, d][s] for s in common], metric,
                     higher_is_better=False))
     res["comparison_sentences"] = [stats.sentence(c, 3) for c in res["comparisons"]]
     # the best network: the lowest mean *validation* RMSE over seeds; the test split only reports
@@ -470,6 +485,11 @@ def _figures(rep: Report, rows: List[dict], curve: List[dict], baseline: float) 
 
 def _write_report(out_dir: Path, config: Dict[str, Any], results: Dict[str, Any]) -> None:
     rep = Report(out_dir, "Depth vs width on the Eggholder regression", results)
+    if results["diverged_runs"]:
+        rep.note("Runs that diverged (the loss became NaN or infinite), left out: "
+                 + "; ".join(results["diverged_runs"]) + ". A depth's mean over its "
+                 "configurations needs all of them, so such a seed drops out of that depth's "
+                 "interval and comparisons.")
     if not results["complete"]:
         rep.note("Partial run: {} of {} network runs finished; rerun with the same --out to "
                  "continue (finished networks are skipped, an unfinished one resumes from its "
@@ -489,7 +509,9 @@ def _write_report(out_dir: Path, config: Dict[str, Any], results: Dict[str, Any]
              "{baseline_test_rmse:.2f}, validation RMSE {baseline_val_rmse:.2f}. R^2 = 1 - "
              "(RMSE / baseline RMSE)^2; a network with test R^2 < {r2_learned} did not learn.")
     if results["finished"] == 0:
-        rep.text("No network has finished yet, so there are no results to show.")
+        rep.text("No network run has finished without diverging, so there are no results "
+                 "to show." if results["diverged_runs"] else
+                 "No network has finished yet, so there are no results to show.")
         rep.write()
         return
     rep.table("networks", results["rows"], "Every finished network and seed",
@@ -556,18 +578,24 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     _warm_up(config["seed"])
     jobs = [(s, bn, h) for s in seeds for bn in bn_arms(config["batchnorm"]) for h in configs]
     rows: List[dict] = []
+    diverged: List[dict] = []
     for seed, bn, hidden in progress(jobs, desc="networks"):
         folder = out_dir / "configs" / arm_folder(seed, bn) / config_name(hidden)
         result, used = train_config(hidden, data, config, folder, max_epochs=budget, seed=seed,
                                     batchnorm=bn)
         if budget is not None:
             budget -= used
-        if result is not None:
+        if result is not None and result.get("diverged"):
+            diverged.append(result)         # no RMSE; its depth loses this seed (see report)
+        elif result is not None:
             result["test_r2"] = r2(result["test_rmse"], base_test)
             result["val_r2"] = r2(result["val_rmse"], base_val)
             result["learned"] = bool(result["test_r2"] >= R2_LEARNED)
             rows.append(result)
-    results = summarize(rows, len(jobs), seeds, base_test)
+    results = summarize(rows, len(jobs) - len(diverged), seeds, base_test)
+    results["diverged_runs"] = [f"{r['name']} (seed {r['seed']}, "
+                                f"{'BN' if r['batchnorm'] else 'no BN'}, epoch {r['epochs']})"
+                                for r in diverged]
     learned = [r for r in results["depth_summary"] if r["learned"]]
     if results["not_learned_depths"]:
         why = (f"{', '.join(results['not_learned_depths'])} did not learn (mean test R^2 < "

@@ -439,7 +439,8 @@ def _write_report(out_dir, config, results) -> None:
              "starts from the same weights and sees the same batch order).")
     rep.section("LR range test")
     rep.text("The rule, quoted: " + SMITH_QUOTE.replace("{", "{{").replace("}", "}}"))
-    rep.text("How this lab applies it: {lr_test_tried} learning rates from {lr_test_min:g} to "
+    rep.text("How this lab applies it (both range tests run once, with seed {seed}; their "
+             "bounds serve every seed's runs): {lr_test_tried} learning rates from {lr_test_min:g} to "
              "{lr_test_max:g}, stepped geometrically (Smith raises the lr linearly; ten decades "
              "need geometric steps), {lr_test_epochs} epoch(s) in total at batch {batch_size}, "
              "read on the smoothed training loss instead of the accuracy (lower is better). With "

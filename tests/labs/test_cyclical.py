@@ -92,7 +92,8 @@ def test_comparisons_and_their_sentences(quick_run):
     res = quick_run.saved()
     comps = res["comparisons"]
     assert [(c["a"], c["b"]) for c in comps] == [
-        (POLICY_LABELS["clr"], POLICY_LABELS["fixed"]), (POLICY_LABELS["cbs"], POLICY_LABELS["fixed"]),
+        (POLICY_LABELS["clr"], POLICY_LABELS["fixed"]),
+        (POLICY_LABELS["cbs"], POLICY_LABELS["fixed"]),
         (POLICY_LABELS["clr"], POLICY_LABELS["cbs"])]
     runs = res["policy_runs"]
     for c in comps:
@@ -103,7 +104,8 @@ def test_comparisons_and_their_sentences(quick_run):
                                           - np.mean([r["test_acc"] for r in runs["fixed"]]))
     report = quick_run.assert_report("Sec. 3.3", "slows, becomes ragged, or starts to fall",
                                      "1/3 or 1/4 of max_lr", "class-balanced",
-                                     "restarts from the same initial weights", "the paper has no batch-size test",
+                                     "restarts from the same initial weights",
+                                     "the paper has no batch-size test",
                                      "The study's explanation (not a finding of this run)",
                                      substituted=bool(res["data_note"]))
     assert "## Comparisons of policies (paired by seed)" in report

@@ -147,7 +147,7 @@ def test_summarize_does_not_rank_depths_that_did_not_learn():
                          "batchnorm": True, "seed": seed, "total_units": sum(hidden),
                          "params": sum(hidden), "test_rmse": rmse, "val_rmse": rmse,
                          "test_r2": 1 - (rmse / 300) ** 2, "train_cpu_seconds": 1.0})
-    res = summarize(rows, len(rows), [0, 1, 2], 300.0)
+    res = summarize(rows, len(rows), [0, 1, 2])
     assert res["not_learned_depths"] == ["1 hidden layer"]
     assert [(c["a"], c["b"]) for c in res["comparisons"]] == [("2 hidden layers",
                                                                "3 hidden layers")]

@@ -440,9 +440,9 @@ def _write_report(out_dir, config, results) -> None:
     rep.section("LR range test")
     rep.text("The rule, quoted: " + SMITH_QUOTE.replace("{", "{{").replace("}", "}}"))
     rep.text("How this lab applies it (both range tests run once, with seed {seed}; their "
-             "bounds serve every seed's runs): {lr_test_tried} learning rates from {lr_test_min:g} to "
-             "{lr_test_max:g}, stepped geometrically (Smith raises the lr linearly; ten decades "
-             "need geometric steps), {lr_test_epochs} epoch(s) in total at batch {batch_size}, "
+             "bounds serve every seed's runs): {lr_test_tried} learning rates from "
+             "{lr_test_min:g} to {lr_test_max:g}, stepped geometrically (Smith raises the lr "
+             "linearly; ten decades need geometric steps), {lr_test_epochs} epoch(s) in total at batch {batch_size}, "
              "read on the smoothed training loss instead of the accuracy (lower is better). With "
              "the total fall = the loss at the first rate minus the lowest loss: max_lr = the "
              "last rate, up to the one of the lowest loss, that still lowered the loss by at "
@@ -564,9 +564,9 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     # out of the summaries and the comparisons (stated in the report)
     ok = [p for p in POLICIES if all(np.isfinite(r["test_acc"]) for r in runs[p])]
     results["diverged_runs"] = [
-        f"{POLICY_LABELS[p]} (seed {r['seed']}, " + ("no epoch finished)"
-                                                     if not np.isfinite(r["test_acc"]) else
-                                                     f"tested at its best epoch, {r['best_epoch']})")
+        f"{POLICY_LABELS[p]} (seed {r['seed']}, "
+        + ("no epoch finished)" if not np.isfinite(r["test_acc"])
+           else f"tested at its best epoch, {r['best_epoch']})")
         for p in POLICIES for r in runs[p] if r["diverged"]]
     results["left_out"] = [POLICY_LABELS[p] for p in POLICIES if p not in ok]
     summaries = {p: stats.summarize([r["test_acc"] for r in runs[p]]) for p in ok}

@@ -277,7 +277,7 @@ def train_config(hidden: Sequence[int], data: Dict[str, Any], config: Dict[str, 
             os.remove(path)
         return result, todo
     if trainer.epoch < config["epochs"]:
-        save_checkpoint(str(folder), trainer.checkpoint_state())   # save the epochs since the last one
+        save_checkpoint(str(folder), trainer.checkpoint_state())   # the epochs since the last
         return None, todo
     result = {"name": config_name(hidden), "depth": len(hidden), "widths": list(hidden),
               "seed": seed, "batchnorm": bool(batchnorm), "diverged": None,
@@ -354,15 +354,7 @@ def curves(rows: List[dict]) -> List[dict]:
     return out
 
 
-def _ci_text(s: Dict[str, Any], digits: int = 2) -> str:
-    lo, hi = s["ci95"]
-    if lo is None:
-        return f"{s['mean']:.{digits}f} (one seed, no interval)"
-    return f"{s['mean']:.{digits}f} (95% CI [{lo:.{digits}f}, {hi:.{digits}f}])"
-
-
-def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int],
-              baseline_test: float) -> Dict[str, Any]:
+def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int]) -> Dict[str, Any]:
     """Per-depth means with intervals over seeds, 'did not learn' flags, paired comparisons of
     the depths that learned, the best network by validation RMSE, and the time fit."""
     res: Dict[str, Any] = {"finished": len(rows), "n_runs": n_runs,
@@ -592,7 +584,7 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
             result["val_r2"] = r2(result["val_rmse"], base_val)
             result["learned"] = bool(result["test_r2"] >= R2_LEARNED)
             rows.append(result)
-    results = summarize(rows, len(jobs) - len(diverged), seeds, base_test)
+    results = summarize(rows, len(jobs) - len(diverged), seeds)
     results["diverged_runs"] = [f"{r['name']} (seed {r['seed']}, "
                                 f"{'BN' if r['batchnorm'] else 'no BN'}, epoch {r['epochs']})"
                                 for r in diverged]

@@ -386,7 +386,7 @@ def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int]) -> Dict[str, 
             "seeds": len(done_seeds), "mean_test_rmse": rm["mean"],
             "rmse_ci95_lo": rm["ci95"][0], "rmse_ci95_hi": rm["ci95"][1],
             "mean_test_r2": rr["mean"], "r2_ci95_lo": rr["ci95"][0], "r2_ci95_hi": rr["ci95"][1],
-            "networks_learned": sum(r["test_r2"] >= R2_LEARNED for r in own),
+            "runs_learned": sum(r["test_r2"] >= R2_LEARNED for r in own),
             "runs": len(own), "learned": bool(learned)})
         if not learned:
             res["not_learned_depths"].append(label)
@@ -547,7 +547,7 @@ def _depth_text(row: Dict[str, Any]) -> str:
                 f"{R2_LEARNED}; mean test RMSE {row['mean_test_rmse']:.2f}, {ci}); not ranked.")
     return (f"{row['arm']}: mean test RMSE {row['mean_test_rmse']:.2f} ({ci}) over "
             f"{row['configurations']} configurations and {row['seeds']} seed(s); mean test R^2 "
-            f"{row['mean_test_r2']:.3f}; {row['networks_learned']} of {row['runs']} runs learned.")
+            f"{row['mean_test_r2']:.3f}; {row['runs_learned']} of {row['runs']} runs learned.")
 
 
 @lab(name="depth-width",

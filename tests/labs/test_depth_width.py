@@ -111,7 +111,11 @@ def test_depths_that_learned_are_compared_paired_by_seed(run_quick, tmp_path, mo
     # deeper is better by 40 function units on every seed; seeds add a shared offset; the
     # network with the lowest validation RMSE is not the one with the lowest test RMSE
     def rmse_of(hidden, seed, bn):
-        test = 200.0 - 40 * len(hidden) + 7 * seed + (0 if bn else 15) + 0.01 * sum(hidden)
+        # a little seed-to-seed noise: identical differences on every seed would be a
+        # zero-width interval, which stats does not count as evidence from 3 seeds
+        jitter = 0.4 * np.sin(3.1 * seed + len(hidden) + (0.7 if bn else 0.0))
+        test = (200.0 - 40 * len(hidden) + 7 * seed + (0 if bn else 15) + 0.01 * sum(hidden)
+                + jitter)
         val = test + (-150 if hidden == (16,) else 0)
         return test, val
     monkeypatch.setattr(depth_width, "train_config", _fake_train(rmse_of))
@@ -127,7 +131,7 @@ def test_depths_that_learned_are_compared_paired_by_seed(run_quick, tmp_path, mo
     c13 = [c for c in comps if c["a"] == "1 hidden layer, BN" and c["b"] == "3 hidden layers, BN"]
     assert len(c13) == 1 and c13[0]["verdict"] == "b better"
     bn1 = [c for c in comps if c["a"] == "1 hidden layer, BN" and c["b"] == "1 hidden layer, no BN"]
-    assert bn1[0]["verdict"] == "a better" and bn1[0]["diff"] == pytest.approx(-15)
+    assert bn1[0]["verdict"] == "a better" and bn1[0]["diff"] == pytest.approx(-15, abs=1)
     report = run.report()
     assert "## Comparisons of depths (paired by seed)" in report
     for c in comps:

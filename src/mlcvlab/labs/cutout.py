@@ -289,6 +289,19 @@ def train_run(label: str, M: int, cutout: bool, data, config, settings, seed: in
     return out
 
 
+def _warm_up(plan, data, config, settings) -> None:
+    """One untimed training step and one evaluation of every arm's shape, so that one-time
+    costs (compiling kernels, first allocations) are not charged to the first arm timed."""
+    model = cifar_resnet(settings["depth"], settings["width"], rng=np.random.default_rng(0))
+    trainer = Trainer(model, CrossEntropyLoss(), SGD(model.parameters(), lr=0.0))
+    n = min(config["batch_size"], len(data["X_train"]))
+    for _, M, cut in plan:
+        transform = make_transform(M, cut, config, np.random.default_rng(0))
+        xb, yb = transform(data["X_train"][:n], data["y_train"][:n])
+        trainer.train_step(xb, yb)
+    evaluate(model, CrossEntropyLoss(), [(data["X_val"][:n], data["y_val"][:n])])
+
+
 def summarize_run(label: str, M: int, cutout: bool, history: List[Dict[str, Any]],
                   target: float) -> Dict[str, Any]:
     """Validation curve, best validation accuracy, first epoch at ``target`` on the validation
@@ -375,6 +388,9 @@ def comparisons(arms: Dict[str, List[Dict[str, Any]]]) -> Tuple[List[Dict[str, A
 
 
 # -- report -------------------------------------------------------------------------------------
+MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+
+
 def _colours(labels: List[str]) -> Dict[str, str]:
     return {label: f"C{i}" for i, label in enumerate(labels)}
 
@@ -391,8 +407,8 @@ def _error_figure(rep: Report, arms: Dict[str, List[Dict[str, Any]]]) -> None:
         ep = np.arange(1, err.shape[1] + 1)
         cpu = np.mean([np.cumsum(r["epoch_cpu_seconds"]) for r in runs], axis=0)
         for ax, x in ((ax1, ep), (ax2, cpu)):
-            ax.plot(x, err.mean(axis=0), "o-", ms=3, color=colours[label],
-                    label=f"{label} ({len(runs)} seeds)")
+            ax.plot(x, err.mean(axis=0), marker=MARKERS[list(arms).index(label) % len(MARKERS)],
+                    ls="-", ms=4, color=colours[label], label=f"{label} ({len(runs)} seeds)")
             if len(runs) > 1:
                 ax.fill_between(x, err.min(axis=0), err.max(axis=0), color=colours[label],
                                 alpha=0.15, lw=0)
@@ -504,6 +520,7 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     settings = effective_settings(config, substituted)
     images = example_images(data)
     plan = [(BASELINE, 1, False)] + [(arm_label(m), m, True) for m in settings["Ms"]]
+    _warm_up(plan, data, config, settings)
     arms: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _, _ in plan}
     for seed in seeds:
         for label, M, cut in plan:

@@ -342,6 +342,10 @@ STYLE = {"plain": ("o", "-"), "bn": ("s", "-"), "bn_input": ("^", "--"), "dropou
          "bn_dropout": ("D", ":")}
 
 
+def _seeds_words(n: int) -> str:
+    return "1 seed" if n == 1 else f"mean of {n} seeds"
+
+
 def _curves_figure(rep: Report, results: Dict[str, Any]) -> None:
     """Training loss and validation accuracy per epoch: mean over seeds, band = min..max."""
     from matplotlib.ticker import MaxNLocator
@@ -354,7 +358,7 @@ def _curves_figure(rep: Report, results: Dict[str, Any]) -> None:
                 vals = 100 * vals
             epochs = np.arange(1, vals.shape[1] + 1)
             ax.plot(epochs, vals.mean(axis=0), marker=STYLE[name][0], ls=STYLE[name][1],
-                    ms=4, color=colour(name), label=f"{name} (mean of {len(vals)} seeds)")
+                    ms=4, color=colour(name), label=f"{name} ({_seeds_words(len(vals))})")
             if len(vals) > 1:
                 ax.fill_between(epochs, vals.min(axis=0), vals.max(axis=0), color=colour(name),
                                 alpha=0.15, lw=0)

@@ -53,9 +53,13 @@ _FULL = {"dataset": "cifar10", "depth": 44, "width": 16, "epochs": 100, "batch_s
 # standard: <= 60 min on 2 cores, on CIFAR-10 (an 8,000-image subset) or its substitute
 # (fashion10k, 8,000 training images): ResNet-8 of width 8, 15 epochs, baseline + M in {1, 4},
 # 3 paired seeds. The same model and epochs either way (sub_* = the main settings).
+# Estimated from one epoch per arm (10.1 / 8.0 / 32.7 CPU s for baseline / M=1 / M=4):
+# 3 seeds x 15 epochs x ~51 CPU s ~ 40 min. The substitute's target (78%) is below the
+# validation accuracy a one-seed check of cutout M=1 reached after the first lr decay (81%
+# at epoch 9, 83% at epoch 12); the CIFAR subset's (55%) is a guess.
 _STANDARD = {**_FULL, "depth": 8, "width": 8, "epochs": 15, "Ms": [1, 4], "n_train": 8000,
              "n_test": 0, "target_acc": 0.55, "sub_depth": 8, "sub_width": 8, "sub_epochs": 15,
-             "sub_max_M": 4, "sub_target_acc": 0.8, "seeds": 3}
+             "sub_max_M": 4, "sub_target_acc": 0.78, "seeds": 3}
 # quick: a smoke test (2 seeds so that intervals are computed; nothing is measured)
 _QUICK = {**_FULL, "depth": 8, "width": 4, "epochs": 2, "batch_size": 16, "Ms": [1, 2],
           "lr": 0.05, "n_train": 320, "n_test": 256, "sub_depth": 8, "sub_width": 4,

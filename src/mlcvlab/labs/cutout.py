@@ -410,9 +410,11 @@ def _error_figure(rep: Report, arms: Dict[str, List[Dict[str, Any]]]) -> None:
         err = 100 * np.asarray([r["val_error"] for r in runs])
         ep = np.arange(1, err.shape[1] + 1)
         cpu = np.mean([np.cumsum(r["epoch_cpu_seconds"]) for r in runs], axis=0)
+        marker = MARKERS[list(arms).index(label) % len(MARKERS)]
+        seeds = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
         for ax, x in ((ax1, ep), (ax2, cpu)):
-            ax.plot(x, err.mean(axis=0), marker=MARKERS[list(arms).index(label) % len(MARKERS)],
-                    ls="-", ms=4, color=colours[label], label=f"{label} ({len(runs)} seed{'s' if len(runs) != 1 else ''})")
+            ax.plot(x, err.mean(axis=0), marker=marker, ls="-", ms=4, color=colours[label],
+                    label=f"{label} ({seeds})")
             if len(runs) > 1:
                 ax.fill_between(x, err.min(axis=0), err.max(axis=0), color=colours[label],
                                 alpha=0.15, lw=0)

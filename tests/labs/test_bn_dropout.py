@@ -170,5 +170,5 @@ def test_bad_config_values_raise_before_any_work(run_quick, monkeypatch, overrid
         raise AssertionError("data loaded before the config was validated")
 
     monkeypatch.setattr(bn_dropout, "load_data", no_data)
-    with pytest.raises(ValueError, match=f"bn-dropout lab: {key} must be"):
+    with pytest.raises(ValueError, match=f"(bn-dropout lab: {key} must be|--set {key}=)"):
         run_quick("bn-dropout", overrides=[override])

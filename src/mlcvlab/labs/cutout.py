@@ -1,8 +1,8 @@
 """Lab ``cutout``: cutout (DeVries & Taylor 2017) and batch augmentation (Hoffer et al. 2019).
 
-1. Cutout examples: two images before and after a random ``cutout_size`` x ``cutout_size``
-   square is zeroed (CIFAR-10 training images when on disk, else two of scikit-learn's sample
-   photographs, area-averaged down to 32 x 32).
+1. Cutout examples: two training images (of two classes) before and after a random
+   ``cutout_size`` x ``cutout_size`` square is zeroed: CIFAR-10 when on disk, else the
+   substitute's own images.
 2. A CIFAR ResNet (He et al. 2016; ResNet-44 in the full preset) trained with the standard
    augmentation (random crop 32 with padding 4, horizontal flip) at batch ``batch_size``.
 3. Batch augmentation with cutout: every image of a batch appears M times, each copy with its
@@ -192,34 +192,16 @@ def effective_settings(config: Dict[str, Any], substituted: bool) -> Dict[str, A
 
 
 # -- cutout examples ----------------------------------------------------------------------------
-def sample_images_32() -> Tuple[np.ndarray, List[str]]:
-    """scikit-learn's two sample photographs as (2, 3, 32, 32) float32 in [0, 1].
-
-    Each (427, 640, 3) photo is centre-cropped to 416 x 416 and averaged over 13 x 13 blocks
-    (area downsampling, one reshape, no loop over pixels).
-    """
-    from sklearn.datasets import load_sample_images
-
-    data = load_sample_images()
-    imgs = np.stack(data.images).astype(np.float32) / 255.0          # (2, 427, 640, 3)
-    side, block = 416, 13
-    top, left = (imgs.shape[1] - side) // 2, (imgs.shape[2] - side) // 2
-    crop = imgs[:, top:top + side, left:left + side]                 # (2, 416, 416, 3)
-    small = crop.reshape(2, 32, block, 32, block, 3).mean(axis=(2, 4))
-    names = [str(f).rsplit("/", 1)[-1] for f in data.filenames]
-    return np.ascontiguousarray(small.transpose(0, 3, 1, 2)), names
-
-
 def example_images(data: Dict[str, Any]) -> Tuple[np.ndarray, List[str], str]:
-    """Two images for the cutout figure: CIFAR-10 ones when on disk, else sklearn's photos."""
-    if not data["note"]:
-        y = data["raw_labels"]
-        first = 0
-        second = int(np.argmax(y != y[0])) if np.any(y != y[0]) else 1
-        imgs = data["raw_train"][[first, second]]
-        return imgs, [f"CIFAR-10 train #{first}", f"CIFAR-10 train #{second}"], "CIFAR-10"
-    imgs, names = sample_images_32()
-    return imgs, names, "scikit-learn sample images (CIFAR-10 not on disk)"
+    """Two training images of two different classes for the cutout figure, from the data the
+    lab trains on: CIFAR-10 when on disk, else its labelled substitute."""
+    y = data["raw_labels"]
+    first = 0
+    second = int(np.argmax(y != y[0])) if np.any(y != y[0]) else 1
+    imgs = data["raw_train"][[first, second]]
+    source = "CIFAR-10" if not data["note"] else f"{data['used']} (CIFAR-10 not on disk)"
+    name = "CIFAR-10" if not data["note"] else data["used"]
+    return imgs, [f"{name} train #{first}", f"{name} train #{second}"], source
 
 
 def cutout_figure(rep: Report, imgs: np.ndarray, names: List[str], config, seed: int) -> None:

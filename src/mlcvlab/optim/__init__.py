@@ -9,12 +9,14 @@ from mlcvlab.optim.base import Optimizer
 from mlcvlab.optim.lr_finder import (BatchSizeRangeResult, LRRangeResult, batch_size_range_test,
                                      lr_range_test)
 from mlcvlab.optim.regularizers import L1, MaxNorm, max_norm_, soft_threshold_
-from mlcvlab.optim.schedules import CyclicBatchSize, CyclicLR, ExponentialDecay, LinearWarmup
+from mlcvlab.optim.schedules import (CosineAnnealingLR, CyclicBatchSize, CyclicLR, ExponentialDecay,
+                                      LinearWarmup, MultiStepLR, OneCycleLR, StepLR)
 from mlcvlab.optim.sgd import SGD
 
 __all__ = [
     "Optimizer", "SGD", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW",
     "ExponentialDecay", "CyclicLR", "CyclicBatchSize", "LinearWarmup",
+    "StepLR", "MultiStepLR", "CosineAnnealingLR", "OneCycleLR",
     "L1", "MaxNorm", "max_norm_", "soft_threshold_",
     "accumulate_gradients", "GradientAccumulator",
     "lr_range_test", "batch_size_range_test", "LRRangeResult", "BatchSizeRangeResult",

@@ -296,3 +296,29 @@ def test_decay_mask_per_group():
     np.testing.assert_array_equal(after[1], before[1])        # b1, masked group: not
     np.testing.assert_allclose(after[2], before[2] * 0.95)   # W2
     np.testing.assert_allclose(after[3], before[3] * 0.95)   # b2: no mask in group 1
+
+
+@pytest.mark.parametrize("make,tmake", [
+    (lambda o: optim.ExponentialDecay(o, 0.9),
+     lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9)),
+    (lambda o: optim.LinearWarmup(o, 6, start_factor=0.2),
+     lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=6)),
+])
+def test_older_schedules_decay_each_group_from_its_own_lr(make, tmake):
+    _, _, opt, topt = _pair("sgd_momentum")
+    sched, tsched = make(opt), tmake(topt)
+    lrs, tlrs = [], []
+    for i in range(12):
+        if i:
+            sched.step()
+            topt.step()
+            tsched.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+        tlrs.append([g["lr"] for g in topt.param_groups])
+    np.testing.assert_allclose(lrs, tlrs, rtol=1e-12, atol=0)
+    state = sched.state_dict()
+    for key in ("base_lrs", "target_lrs"):  # a state dict from before groups still loads
+        state.pop(key, None)
+    _, _, opt2, _ = _pair("sgd_momentum")
+    make(opt2).load_state_dict(state)
+    assert opt2.lr == pytest.approx(lrs[-1][0])

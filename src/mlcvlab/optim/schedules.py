@@ -138,19 +138,29 @@ class ExponentialDecay(_Schedule):
     """lr = lr0 * gamma**t after t steps (lr0 is the optimizer's lr at construction).
 
     The same sequence as ``torch.optim.lr_scheduler.ExponentialLR`` stepped per batch.
+    With parameter groups each group decays from its own lr (``base_lrs``; ``lr0`` is
+    the first group's).
     """
 
-    _config = ("lr0", "gamma")
+    _config = ("lr0", "gamma", "base_lrs")
 
     def __init__(self, optimizer: Optimizer, gamma: float):
         _check_optimizer("ExponentialDecay", optimizer)
         _check("ExponentialDecay", "gamma", gamma, _is_real(gamma) and 0 < gamma <= 1, "in (0, 1]")
         self.optimizer, self.gamma = optimizer, float(gamma)
-        self.lr0 = optimizer.lr
+        self.base_lrs = [float(g["lr"]) for g in param_groups(optimizer)]
+        self.lr0 = self.base_lrs[0]
         self.t = 0
 
+    def load_state_dict(self, state: dict) -> None:
+        if isinstance(state, dict) and "base_lrs" not in state and "lr0" in state:
+            state = {**state, "base_lrs": [state["lr0"]] * len(self.base_lrs)}  # older dicts
+        super().load_state_dict(state)
+
     def _apply(self) -> None:
-        self.optimizer.lr = self.lr0 * self.gamma ** self.t
+        factor = self.gamma ** self.t
+        for group, base in zip(param_groups(self.optimizer), self.base_lrs):
+            group["lr"] = base * factor
 
 
 class CyclicLR(_Schedule):
@@ -260,11 +270,12 @@ class LinearWarmup(_Schedule):
 
     lr(t) = target_lr * (f + (1 - f) * min(t, warmup_steps) / warmup_steps), f =
     ``start_factor``; the target is the optimizer's lr at construction unless
-    given. After the warm-up the lr stays at the target (the same sequence as
+    given (with parameter groups: each group's own lr, ``target_lrs``). After the
+    warm-up the lr stays at the target (the same sequence as
     ``torch.optim.lr_scheduler.LinearLR(start_factor=f, total_iters=warmup_steps)``).
     """
 
-    _config = ("target_lr", "warmup_steps", "start_factor")
+    _config = ("target_lr", "warmup_steps", "start_factor", "target_lrs")
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, start_factor: float = 0.1,
                  target_lr: Optional[float] = None):
@@ -274,13 +285,20 @@ class LinearWarmup(_Schedule):
                isinstance(warmup_steps, int) and warmup_steps >= 1, "an int >= 1")
         _check(name, "start_factor", start_factor,
                _is_real(start_factor) and 0 <= start_factor <= 1, "in [0, 1]")
-        target_lr = optimizer.lr if target_lr is None else target_lr
-        _check(name, "target_lr", target_lr, _is_real(target_lr) and target_lr >= 0,
+        groups = param_groups(optimizer)
+        targets = [g["lr"] for g in groups] if target_lr is None else [target_lr] * len(groups)
+        _check(name, "target_lr", target_lr, all(_is_real(t) and t >= 0 for t in targets),
                "a number >= 0")
         self.optimizer, self.warmup_steps = optimizer, warmup_steps
-        self.start_factor, self.target_lr = float(start_factor), float(target_lr)
+        self.target_lrs = [float(t) for t in targets]
+        self.start_factor, self.target_lr = float(start_factor), self.target_lrs[0]
         self.t = 0
         self._apply()
+
+    def load_state_dict(self, state: dict) -> None:
+        if isinstance(state, dict) and "target_lrs" not in state and "target_lr" in state:
+            state = {**state, "target_lrs": [state["target_lr"]] * len(self.target_lrs)}
+        super().load_state_dict(state)
 
     @property
     def done(self) -> bool:
@@ -290,7 +308,8 @@ class LinearWarmup(_Schedule):
     def _apply(self) -> None:
         frac = min(self.t, self.warmup_steps) / self.warmup_steps
         f = self.start_factor
-        self.optimizer.lr = self.target_lr * (f + (1 - f) * frac)
+        for group, target in zip(param_groups(self.optimizer), self.target_lrs):
+            group["lr"] = target * (f + (1 - f) * frac)
 
 
 class _LRScheduler(_Schedule):

@@ -322,3 +322,24 @@ def test_older_schedules_decay_each_group_from_its_own_lr(make, tmake):
     _, _, opt2, _ = _pair("sgd_momentum")
     make(opt2).load_state_dict(state)
     assert opt2.lr == pytest.approx(lrs[-1][0])
+
+
+def test_l1_threshold_uses_each_groups_lr():
+    a, b = Parameter(np.full(3, 1.0)), Parameter(np.full(2, 1.0))
+    opt = optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.4}], lr=0.1)
+    optim.L1(opt, lam=1.0, use_decay_mask=False)
+    opt.step()  # zero gradient: only the soft threshold acts
+    np.testing.assert_allclose(a.data, 0.9)
+    np.testing.assert_allclose(b.data, 0.6)
+
+
+def test_sync_sgd_has_param_groups_for_schedulers():
+    model = make_mlp()
+    from mlcvlab.optim.sync_sgd import SyncSGD
+    sync = SyncSGD(model, lr=0.2, workers=2, loss=nn.CrossEntropyLoss())
+    sched = optim.StepLR(sync, 2, gamma=0.5)
+    x, y = make_data()
+    for _ in range(4):
+        sync.step(x, y)
+        sched.step()
+    assert sync.lr == pytest.approx(0.05) and sync.param_groups[0]["initial_lr"] == 0.2

@@ -45,11 +45,20 @@ class L1:
         optimizer.register_post_step(self)
 
     def __call__(self) -> None:
-        """Apply the soft-threshold step with the optimizer's current lr."""
-        thr = self.lam * self.optimizer.lr
+        """Apply the soft-threshold step with the optimizer's current lr (each parameter
+        group's own lr when there are several)."""
+        opt = self.optimizer
+        groups = getattr(opt, "param_groups", None)
+        if groups is not None and len(groups) > 1:
+            thr = np.empty_like(opt.flat.data)
+            for g, slices in zip(groups, opt._slices):
+                for sl in slices:
+                    thr[sl] = self.lam * g["lr"]
+        else:
+            thr = self.lam * opt.lr
         if self._mask is not None:
             thr = self._mask * thr
-        soft_threshold_(self.optimizer.flat.data, thr)
+        soft_threshold_(opt.flat.data, thr)
 
 
 def max_norm_(model: Module, c: float) -> int:

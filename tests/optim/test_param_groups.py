@@ -118,7 +118,8 @@ def test_group_lr_set_by_hand_mid_run(case):
     (lambda o: optim.StepLR(o, 4, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 4, 0.5)),
     (lambda o: optim.CosineAnnealingLR(o, 15, eta_min=1e-4),
      lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 15, eta_min=1e-4)),
-    (lambda o: optim.MultiStepLR(o, [5, 11]), lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [5, 11])),
+    (lambda o: optim.MultiStepLR(o, [5, 11]),
+     lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [5, 11])),
     (lambda o: optim.OneCycleLR(o, [0.2, 0.05], total_steps=STEPS),
      lambda o: torch.optim.lr_scheduler.OneCycleLR(o, [0.2, 0.05], total_steps=STEPS)),
 ])

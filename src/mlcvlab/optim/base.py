@@ -337,9 +337,9 @@ class Optimizer:
                 if list(sg.get("params", [])) != [index[id(p)] for p in g["params"]]:
                     raise ValueError(f"{name}.load_state_dict: parameter group {i} holds other "
                                      f"parameters than when it was saved")
-                checked.append(self._check_group(
-                    {**{k: v for k, v in g.items() if k != "params"},
-                     **{k: v for k, v in sg.items() if k != "params"}}, f"{name} param_groups[{i}]"))
+                merged = {**{k: v for k, v in g.items() if k != "params"},
+                          **{k: v for k, v in sg.items() if k != "params"}}
+                checked.append(self._check_group(merged, f"{name} param_groups[{i}]"))
             for g, c in zip(self.param_groups, checked):
                 g.update(c)
         else:  # a state dict from before parameter groups: one set of hyperparameters

@@ -423,7 +423,8 @@ class CosineAnnealingLR(_LRScheduler):
         self._apply()
 
     def lr_at(self, t: int, base_lr: float) -> float:
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+        cos = math.cos(math.pi * t / self.T_max)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
 
 
 class OneCycleLR(_LRScheduler):
@@ -443,9 +444,10 @@ class OneCycleLR(_LRScheduler):
     ``total_steps`` times (``epochs * steps_per_epoch`` can be given instead), and one
     more call raises. The last call sets the lr one step past the end of the final
     phase (as torch; no batch uses it): with ``anneal_strategy="linear"`` torch's value
-    there can be negative, ours is clipped at 0, the only difference. ``max_lr``, ``base_momentum`` and ``max_momentum`` may be lists
-    with one value per parameter group. Unlike the other schedulers, the base lr comes
-    from ``max_lr`` and not from the optimizer.
+    there can be negative, ours is clipped at 0, the only difference. ``max_lr``,
+    ``base_momentum`` and ``max_momentum`` may be lists with one value per parameter
+    group. Unlike the other schedulers, the base lr comes from ``max_lr`` and not from
+    the optimizer.
     """
 
     _config = ("total_steps", "pct_start", "anneal_strategy", "div_factor", "final_div_factor",

@@ -57,3 +57,29 @@ def test_apply_reinitializes_weights_in_the_flat_buffer():
     model.apply(init)
     assert model.flat() is flat
     assert set(np.unique(flat.data)) == {0.0, 0.5}
+
+
+def test_step_closure_and_zero_grad_set_to_none_as_torch():
+    from mlcvlab import optim
+    from optim_helpers import make_data
+    model = make_mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    loss = nn.CrossEntropyLoss()
+    x, y = make_data()
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        value = loss(model(x), y)
+        model.backward(loss.backward())
+        return value
+    before = opt.flat.data.copy()
+    first = opt.step(closure)
+    assert isinstance(first, float) and np.abs(opt.flat.data - before).max() > 0
+    assert opt.step(closure) < first
+    assert opt.step() is None
+
+
+def test_lr_scheduler_module_has_torchs_import_path():
+    from mlcvlab import optim
+    from mlcvlab.optim import lr_scheduler
+    assert lr_scheduler.StepLR is optim.StepLR and lr_scheduler.OneCycleLR is optim.OneCycleLR

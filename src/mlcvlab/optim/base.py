@@ -27,7 +27,7 @@ Per group, ``{"params": biases, "weight_decay": 0}`` does the same the torch way
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -238,8 +238,14 @@ class Optimizer:
         g += grad
         return g
 
-    def step(self) -> None:
-        """Apply one update to every parameter (in place), then the post-step hooks."""
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """Apply one update to every parameter (in place), then the post-step hooks.
+
+        closure: as torch, an optional function that computes the loss and the gradients
+        (zero_grad, forward, backward) and returns the loss; it is called first and its
+        loss returned.
+        """
+        loss = closure() if closure is not None else None
         self._check_flat()
         self.t += 1
         w, grad, groups = self.flat.data, self.flat.grad, self.param_groups
@@ -260,6 +266,7 @@ class Optimizer:
                     self._step_part(w[sl], grad[sl], h, st, self._decay(i, h, j))
         for hook in self._post_step:
             hook()
+        return loss
 
     def _step_part(self, w: np.ndarray, grad: np.ndarray, h: dict, st: dict, wd) -> None:
         """The update of one slice (or the whole vector) with group hyperparameters h."""
@@ -274,8 +281,12 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__}._update: Optimizer is abstract; "
                                   "subclasses implement _update(w, g, h, st) (or _fused_update)")
 
-    def zero_grad(self) -> None:
-        """Set every gradient to zero (lazily, as ``Module.zero_grad``: see nn.parameter)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set every gradient to zero (lazily, as ``Module.zero_grad``: see nn.parameter).
+
+        ``set_to_none`` is accepted for torch's signature; gradients are arrays that are
+        never None here, and either way the next backward starts from zero.
+        """
         self.flat.zero_grad()
 
     def register_post_step(self, hook: Callable[[], None]) -> None:

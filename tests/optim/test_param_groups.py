@@ -344,3 +344,31 @@ def test_sync_sgd_has_param_groups_for_schedulers():
         sync.step(x, y)
         sched.step()
     assert sync.lr == pytest.approx(0.05) and sync.param_groups[0]["initial_lr"] == 0.2
+
+
+@pytest.mark.parametrize("kernel", ["numba", "numpy"])
+def test_some_parameters_only_freezes_the_rest_in_the_models_buffer(kernel):
+    """torch's freezing habit: an optimizer of the last layer only. The model keeps one
+    buffer (model.flat() is the optimizer's), the first layer does not move, and the last
+    layer follows torch."""
+    model = make_mlp()
+    tmodel = torch_twin(model)
+    flat = model.flat()
+    opt = optim.Adam(model[2].parameters(), lr=1e-2, weight_decay=1e-3)
+    opt.kernel = kernel
+    topt = torch.optim.Adam(tmodel[2].parameters(), lr=1e-2, weight_decay=1e-3)
+    assert opt.flat is flat and not opt._whole
+    first = model[0].weight.data.copy()
+    optim.L1(opt, lam=1e-3)  # thresholds the last layer's weight only
+    loss, tloss = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    for x, y in _batches():
+        train_step(model, loss, opt, x, y)
+        topt.zero_grad()
+        tloss(tmodel(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        topt.step()
+        with torch.no_grad():  # the same proximal L1 step on the optimized weights only
+            w = tmodel[2].weight
+            w.copy_(torch.sign(w) * torch.clamp(w.abs() - 1e-3 * 1e-2, min=0))
+    assert model.flat() is flat
+    np.testing.assert_array_equal(model[0].weight.data, first)
+    np.testing.assert_allclose(opt.flat.data, torch_flat(tmodel), rtol=0, atol=1e-10)

@@ -6,6 +6,10 @@ once, and from then on updates ``flat.data`` (P,) in place from ``flat.grad`` (P
 with a few whole-vector NumPy calls. Its state (momentum, Adam's m and v, ...)
 is a dict of (P,) arrays, so ``step()`` never loops over parameter tensors.
 
+Some of a model's parameters (``SGD(model[-1].parameters(), ...)``, torch's way of
+freezing the rest) stay in the model's buffer too: the optimizer updates only their
+slices (its state arrays are still (P,), zero elsewhere).
+
 Parameter groups, as ``torch.optim``: ``params`` may instead be a list of dicts,
 ``[{"params": [...], "lr": 0.1}, {"params": [...], "weight_decay": 0}]``, each
 group's missing hyperparameters taken from the constructor's arguments.
@@ -111,14 +115,17 @@ class Optimizer:
         if not self.params:
             raise ValueError(f"{name}: got an empty parameter list; nothing to optimize")
         first = self.params[0]._flat
-        if (first is not None and len(first.params) == len(self.params)
-                and all(p._flat is first for p in self.params)):
-            self.flat: FlatParameters = first  # the same parameters in another order: reuse
+        if first is not None and all(p._flat is first for p in self.params):
+            # the model's buffer, for all its parameters in any order or for some of them
+            self.flat: FlatParameters = first
         else:
             self.flat = flatten(self.params)
         where = {id(p): sl for p, sl in zip(self.flat.params, self.flat.slices)}
         self._slices: List[List[slice]] = [_merge_slices([where[id(p)] for p in g["params"]])
                                            for g in self.param_groups]
+        # one group over the whole buffer: every step is a few whole-vector calls
+        self._whole = (len(self.param_groups) == 1
+                       and self._slices[0] == [slice(0, self.flat.size)])
         self.t = 0  # number of steps taken
         self.kernel = "numba" if kernels.available() else "numpy"
         self._post_step: List[Callable[[], None]] = []
@@ -249,7 +256,7 @@ class Optimizer:
         self._check_flat()
         self.t += 1
         w, grad, groups = self.flat.data, self.flat.grad, self.param_groups
-        if len(groups) == 1:  # the whole vector at once
+        if self._whole:  # the whole vector at once
             h = groups[0]
             for s in self._states_for(h):
                 if s not in self.state:

@@ -46,11 +46,11 @@ class L1:
 
     def __call__(self) -> None:
         """Apply the soft-threshold step with the optimizer's current lr (each parameter
-        group's own lr when there are several)."""
+        group's own lr when there are several; none on parameters it does not optimize)."""
         opt = self.optimizer
-        groups = getattr(opt, "param_groups", None)
-        if groups is not None and len(groups) > 1:
-            thr = np.empty_like(opt.flat.data)
+        if not getattr(opt, "_whole", True):  # several groups, or not all of the buffer
+            thr = np.zeros_like(opt.flat.data)
+            groups = opt.param_groups
             for g, slices in zip(groups, opt._slices):
                 for sl in slices:
                     thr[sl] = self.lam * g["lr"]

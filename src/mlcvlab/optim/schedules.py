@@ -452,7 +452,7 @@ class OneCycleLR(_LRScheduler):
 
     _config = ("total_steps", "pct_start", "anneal_strategy", "div_factor", "final_div_factor",
                "three_phase", "cycle_momentum", "max_lrs", "base_momentums", "max_momentums",
-               "use_beta1")
+               "use_beta1", "base_lrs")
 
     def __init__(self, optimizer: Optimizer, max_lr: Union[float, List[float]],
                  total_steps: Optional[int] = None, epochs: Optional[int] = None,

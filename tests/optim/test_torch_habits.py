@@ -83,3 +83,12 @@ def test_lr_scheduler_module_has_torchs_import_path():
     from mlcvlab import optim
     from mlcvlab.optim import lr_scheduler
     assert lr_scheduler.StepLR is optim.StepLR and lr_scheduler.OneCycleLR is optim.OneCycleLR
+    opt = optim.SGD([Parameter(np.zeros(2))], lr=0.5)
+    topt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.5)
+    sched = lr_scheduler.ExponentialLR(opt, gamma=0.9)
+    tsched = torch.optim.lr_scheduler.ExponentialLR(topt, gamma=0.9)
+    for _ in range(20):
+        sched.step()
+        topt.step()
+        tsched.step()
+    assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12)

@@ -143,7 +143,8 @@ def test_straggler_effect_rows():
 # -- config checks -----------------------------------------------------------------------------
 @pytest.mark.parametrize("key,value", [
     ("workers", 1), ("backup", 4), ("backup", 0), ("lr", 0.0), ("lr", float("nan")),
-    ("horizon", -1.0), ("target_acc", 1.0), ("sigma", -0.1), ("straggler_p", 1.5),
+    ("horizon", -1.0), ("horizon", 5.0), ("target_acc", 1.0), ("sigma", -0.1),
+    ("straggler_p", 1.5),
     ("straggler_factor", 0.5), ("straggler", "pareto"), ("lr_scaling", "sqrt"),
     ("hidden", []), ("straggler_ks", [2, 2]), ("eval_points", 1), ("batch", 0),
     ("dataset", "cifar10"), ("val_fraction", 0.0), ("seeds", 0)])
@@ -194,3 +195,14 @@ def test_quick_run_comparisons_and_report(quick_run):
     for c in comps:
         assert stats.sentence(c) in report
     assert "not the wall-clock time of real parallel workers" in report
+
+
+def test_paper_verdict_follows_the_two_time_to_accuracy_verdicts():
+    def comps(v_sync, v_async):
+        return {("sync+backup", "sync", "time_to_accuracy"): {"verdict": v_sync},
+                ("sync+backup", "async", "time_to_accuracy"): {"verdict": v_async}}
+    assert sa._paper_verdict(comps("a better", "a better")).startswith("supports it")
+    assert sa._paper_verdict(comps("a better", "b better")).startswith("contradicts it: async")
+    text = sa._paper_verdict(comps("a better", "not separable"))
+    assert text.startswith("does not show it") and "from async" in text and "faster than sync" \
+        in text

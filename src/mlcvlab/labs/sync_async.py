@@ -101,7 +101,7 @@ def _validate(config: Dict[str, Any]) -> None:
         _fail("backup", f"smaller than workers ({config['workers']}): N = workers - backup "
               "gradients are averaged, N >= 1", config["backup"])
     _check_float(config, "lr", 0.0, 10.0, True, False)
-    _check_float(config, "horizon", 0.0, 1e7, True, False)
+    _check_float(config, "horizon", 10.0, 1e7, False, False)   # in median compute times
     _check_float(config, "target_acc", 0.0, 1.0, True, True)
     _check_float(config, "sigma", 0.0, 3.0, False, False)
     _check_float(config, "straggler_p", 0.0, 1.0, False, False)
@@ -264,9 +264,15 @@ class Setup:
 def run_sync(s: Setup, n_aggregate: int) -> Dict[str, Any]:
     """Synchronous steps: all K workers compute on the same weights, the first
     ``n_aggregate`` to finish are averaged (n_aggregate = K: plain sync; K - b: backup
-    workers), the others are cancelled; a step lasts the n_aggregate-th fastest time."""
+    workers), the others are cancelled; a step lasts the n_aggregate-th fastest time. The
+    update is the library's :class:`DataParallelStep` over the aggregated workers' batches
+    (one shard each, mean of the shard gradients, one optimizer step)."""
+    from mlcvlab.parallel import DataParallelStep, LocalCommunicator
     K = s.config["workers"]
     stream, clocks, rec = s.reset(synchronous=True)
+    # the library's synchronous step: one shard per aggregated worker, all-reduce mean, update
+    dp = DataParallelStep(s.model, LocalCommunicator(n_aggregate), seed=s.seed,
+                          grad_fn=s.grad_fn)
     t, updates, step_times, dropped = 0.0, 0, [], 0
     while True:
         times = np.array([clocks.next(k) for k in range(K)])
@@ -275,9 +281,9 @@ def run_sync(s: Setup, n_aggregate: int) -> Dict[str, Any]:
         step = float(times[order[n_aggregate - 1]])
         if t + step > s.horizon:
             break
-        grad = np.mean([s.gradient(batches[k]) for k in order[:n_aggregate]], axis=0)
         rec.before_update(t + step)
-        s.apply(grad)
+        idx = np.concatenate([batches[k] for k in order[:n_aggregate]])
+        dp.step(s.X[idx], s.y[idx], s.optimizer, s.grad_fn)
         t, updates = t + step, updates + 1
         step_times.append(step)
         dropped += K - n_aggregate
@@ -400,6 +406,11 @@ def run_policies(config, data, seeds, base: float, progress) -> Dict[str, List[D
         runs["sync"].append(run_sync(s, K))
         runs["sync+backup"].append(run_sync(s, K - b))
         runs["async"].append(run_async(s))
+        for p in POLICIES:
+            if runs[p][-1]["updates"] == 0:
+                raise ValueError(f"sync-async lab: {p} made no update within the horizon on "
+                                 f"seed {seed}; increase horizon (now {config['horizon']:g} "
+                                 "median compute times)")
     return runs
 
 

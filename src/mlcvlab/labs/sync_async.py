@@ -31,10 +31,21 @@ and the same drawn compute times (worker k's j-th computation gets the same draw
 policy; sync and sync+backup cancel the stragglers at each step, so step j uses draw j of
 every worker in both). The validation split (``train_val_split``) gives every curve and the
 time-to-accuracy; the test split is evaluated once per run, on the final weights.
+
+Optional (``mpi_ranks`` >= 2): the synchronous policy, straggler-free, on real MPI ranks
+(``mpiexec -n mpi_ranks python -m mlcvlab.labs.sync_async``): measured per-step compute and
+all-reduce times, and a check that the ranks end with the same weights as the same steps
+computed in this process. It is reported as measured, apart from the simulation.
 """
 from __future__ import annotations
 
 import heapq
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -48,15 +59,16 @@ QUICK = {"dataset": "mnist10k", "hidden": [64], "workers": 4, "backup": 1, "batc
          "lr": 0.1, "lr_scaling": "linear", "horizon": 120.0, "target_acc": 0.85, "eval_points": 40,
          "eval_every": 10, "straggler": "mixture", "sigma": 0.1, "straggler_p": 0.05,
          "straggler_factor": 5.0, "straggler_ks": [1, 2, 4, 8, 16], "straggler_steps": 2000,
-         "timing_repeats": 20, "val_fraction": 0.1, "seeds": 2, "seed": 0}
+         "timing_repeats": 20, "val_fraction": 0.1, "mpi_ranks": 0, "mpi_steps": 20,
+         "seeds": 2, "seed": 0}
 STANDARD = {**QUICK, "hidden": [128], "workers": 16, "backup": 2, "lr": 0.05,
             "horizon": 800.0, "target_acc": 0.93, "eval_points": 100, "eval_every": 20,
             "straggler_ks": [1, 2, 4, 8, 16, 32, 64], "straggler_steps": 5000,
-            "timing_repeats": 50, "seeds": 10}
+            "timing_repeats": 50, "mpi_ranks": 2, "seeds": 10}
 FULL = {**STANDARD, "dataset": "mnist", "workers": 32, "backup": 2, "lr": 0.025,
         "horizon": 1500.0,
         "target_acc": 0.96, "eval_points": 300, "eval_every": 50,
-        "straggler_ks": [1, 2, 4, 8, 16, 32, 64, 128], "seeds": 10}
+        "straggler_ks": [1, 2, 4, 8, 16, 32, 64, 128], "mpi_ranks": 4, "seeds": 10}
 
 POLICIES = ("sync", "sync+backup", "async")
 COLORS = {"sync": "tab:blue", "sync+backup": "tab:green", "async": "tab:red"}
@@ -95,8 +107,12 @@ def _validate(config: Dict[str, Any]) -> None:
             isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1 for x in h):
         _fail("hidden", "a non-empty list of integers >= 1", h)
     for key, lo in (("workers", 2), ("backup", 1), ("batch", 1), ("eval_points", 2),
-                    ("eval_every", 1), ("straggler_steps", 1), ("timing_repeats", 1)):
+                    ("eval_every", 1), ("straggler_steps", 1), ("timing_repeats", 1),
+                    ("mpi_ranks", 0), ("mpi_steps", 2)):
         _check_int(config, key, lo)
+    if config["mpi_ranks"] == 1 or config["mpi_ranks"] > 64:
+        _fail("mpi_ranks", "0 (no MPI measurement) or an integer in [2, 64]",
+              config["mpi_ranks"])
     if config["backup"] >= config["workers"]:
         _fail("backup", f"smaller than workers ({config['workers']}): N = workers - backup "
               "gradients are averaged, N >= 1", config["backup"])
@@ -382,6 +398,98 @@ def straggler_effect(config, seeds, base: float) -> List[Dict[str, Any]]:
                              "hi": s["ci95"][1], "slowdown_vs_median": s["mean"] / base,
                              "values": vals})
     return rows
+
+
+# -- optional: real MPI ranks for the synchronous policy ---------------------------------------
+def sync_steps(config, data, comm, seed: int) -> Dict[str, Any]:
+    """``mpi_steps`` straggler-free synchronous steps with the library's DataParallelStep over
+    ``comm`` (one real worker per rank under MPI, or all shards in this process with a
+    LocalCommunicator): the same init weights and batches on every rank. Returns per-step
+    means (first step = warm-up, left out) and the final weights."""
+    from mlcvlab.parallel import DataParallelStep
+    k = comm.size
+    s = Setup({**config, "workers": k}, seed, data, 1.0)
+    stream, _, _ = s.reset(synchronous=True)
+    cpu = [0.0]
+
+    def timed_grad(model, x, y):
+        c0 = time.process_time()
+        out = s.grad_fn(model, x, y)
+        cpu[0] += time.process_time() - c0
+        return out
+
+    dp = DataParallelStep(s.model, comm, seed=seed, grad_fn=timed_grad)
+    rows = []
+    for _ in range(config["mpi_steps"] + 1):
+        idx = np.concatenate([stream.next() for _ in range(k)])
+        cpu[0] = 0.0
+        w0 = time.perf_counter()
+        _, t = dp.step(s.X[idx], s.y[idx], s.optimizer, timed_grad)
+        rows.append({"compute_cpu": cpu[0], "compute_wall": t["compute_seconds"],
+                     "allreduce_wall": t["communication_seconds"],
+                     "step_wall": time.perf_counter() - w0})
+    means = {key: float(np.mean([r[key] for r in rows[1:]])) for key in rows[0]}
+    return {"ranks": k, "steps": config["mpi_steps"], **means,
+            "weights": s.flat.data.copy()}
+
+
+def _mpi_main(config_path: str, out_path: str) -> None:
+    """Entry point on every rank of ``mpiexec -n k python -m mlcvlab.labs.sync_async``."""
+    from threadpoolctl import threadpool_limits
+    from mlcvlab.parallel.mpi import MPICommunicator, abort_on_error
+    with abort_on_error():
+        with open(config_path) as f:
+            config = json.load(f)
+        comm = MPICommunicator()
+        data, _, _ = _load(config)
+        with threadpool_limits(limits=1):
+            out = sync_steps(config, data, comm, config["mpi_seed"])
+        for key in ("compute_cpu", "step_wall"):     # a step ends with the slowest rank
+            out[key] = comm.comm.allreduce(out[key], op=comm.MPI.MAX)
+        if comm.rank == 0:
+            np.save(out_path + ".npy", out.pop("weights"))
+            with open(out_path, "w") as f:
+                json.dump(out, f)
+
+
+def measure_mpi(config, data, seed: int) -> Dict[str, Any]:
+    """The synchronous policy on ``mpi_ranks`` real MPI ranks (measured), and the largest
+    weight difference to the same steps computed in this process."""
+    from threadpoolctl import threadpool_limits
+    from mlcvlab.parallel import LocalCommunicator
+    k = config["mpi_ranks"]
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise FileNotFoundError("sync-async lab: mpiexec is not on PATH; pip install mpich, or "
+                                "run with --set mpi_ranks=0 (no MPI measurement)")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, out = os.path.join(tmp, "config.json"), os.path.join(tmp, "out.json")
+        with open(cfg, "w") as f:
+            json.dump({**config, "mpi_seed": int(seed)}, f)
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        proc = subprocess.run([mpiexec, "-n", str(k), sys.executable, "-m",
+                               "mlcvlab.labs.sync_async", cfg, out],
+                              capture_output=True, text=True, env=env, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sync-async lab: mpiexec -n {k} failed (exit "
+                               f"{proc.returncode}): {proc.stderr[-1500:]}")
+        with open(out) as f:
+            measured = json.load(f)
+        weights = np.load(out + ".npy")
+    with threadpool_limits(limits=1):
+        local = sync_steps(config, data, LocalCommunicator(k), seed)
+    measured["max_weight_diff"] = float(np.abs(weights - local["weights"]).max())
+    measured["cores"] = _cores()
+    measured["oversubscribed"] = k > measured["cores"]
+    measured["allreduce_share"] = measured["allreduce_wall"] / measured["step_wall"]
+    return measured
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 # -- running all policies over the seeds -------------------------------------------------------
@@ -670,8 +778,28 @@ def _write_report(rep: Report, results, config) -> None:
               "Simulated step time vs K (seconds; lo/hi: 95% CI over seeds)")
     rep.figure("straggler_effect", straggler_figure(results),
                "Simulated step time vs the number of workers K")
+    if "mpi" in results:
+        _mpi_section(rep, results)
     rep.comparisons(results["comparisons"], "Comparisons (paired by seed; simulated times)")
     _conclusions(rep, results)
+
+
+def _mpi_section(rep: Report, results) -> None:
+    m = results["mpi"]
+    results["mpi_over"] = (f" (oversubscribed: {m['ranks']} ranks on {m['cores']} cores, so "
+                           "wall seconds include waiting for a core)" if m["oversubscribed"]
+                           else "")
+    rep.section("Real MPI ranks (synchronous policy only; measured)")
+    rep.text("Measured, not simulated: {mpi[ranks]} MPI ranks (`mpiexec -n {mpi[ranks]}`, one "
+             "BLAS thread each){mpi_over} ran {mpi[steps]} straggler-free synchronous steps "
+             "of the library's DataParallelStep (one mini-batch per rank, all-reduce mean, one "
+             "update) on seed {seeds[0]}, after one warm-up step. Per step (means over steps, "
+             "one run, no interval): gradient compute {mpi[compute_cpu]:.3g} CPU s (slowest "
+             "rank; wall {mpi[compute_wall]:.3g} s on rank 0), all-reduce {mpi[allreduce_wall]:.3g} "
+             "wall s, whole step {mpi[step_wall]:.3g} wall s (slowest rank); the all-reduce is "
+             "{mpi[allreduce_share]:.1%} of rank 0's step (the all-reduce call includes waiting "
+             "for the slower rank). The simulation above gives communication no time. The MPI run's final weights differ from the same steps "
+             "computed in one process by at most {mpi[max_weight_diff]:.2g} (float32).")
 
 
 def _paper_verdict(comps) -> str:
@@ -725,6 +853,8 @@ def run(config, out_dir, progress):
         runs = run_policies(config, data, seeds, base["cpu_seconds"], progress)
     straggler_rows = straggler_effect(config, seeds, base["cpu_seconds"])
     results = summarize_runs(runs, config, base, seeds, used, straggler_rows)
+    if config["mpi_ranks"]:
+        results["mpi"] = measure_mpi(config, data, seeds[0])
     rep = Report(out_dir, "Sync vs sync+backup vs async SGD with stragglers (simulated)",
                  results)
     if note:
@@ -733,3 +863,7 @@ def run(config, out_dir, progress):
     _write_report(rep, results, config)
     rep.write()
     return results
+
+
+if __name__ == "__main__":     # an MPI rank started by measure_mpi
+    _mpi_main(sys.argv[1], sys.argv[2])

@@ -575,7 +575,9 @@ def comparisons_of(runs, config, horizon: float) -> List[Dict[str, Any]]:
     if u > 0:
         c = stats.compare("async", [acc_at_updates(o, u) for o in runs["async"]], "sync",
                           [acc_at_updates(o, u) for o in runs["sync"]],
-                          f"validation accuracy after {u} updates", higher_is_better=True)
+                          f"validation accuracy after {u} updates (a sync update averages "
+                          f"{config['workers']} gradients, an async update applies one)",
+                          higher_is_better=True)
         c.update(kind="accuracy_per_update", updates=u)
         out.append(c)
     return out

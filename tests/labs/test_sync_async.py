@@ -227,3 +227,20 @@ def test_real_mpi_ranks_match_the_in_process_sync_steps(tmp_path):
     rep.write()
     text = (tmp_path / "report.md").read_text()
     assert "Measured, not simulated: 2 MPI ranks" in text and "{" not in text
+
+
+def test_runs_that_miss_the_target_count_as_the_horizon_and_say_so():
+    def run(tta, counts=(0, 10, 20), step=1.0):
+        return {"tta": tta, "update_counts": list(counts), "update_acc": [0.1, 0.5, 0.8],
+                "step_times": [step]}
+    runs = {"sync": [run(None), run(4.0)], "sync+backup": [run(2.0), run(3.0)],
+            "async": [run(1.0), run(2.0)]}
+    comps = sa.comparisons_of(runs, tiny_config(target_acc=0.9, eval_every=10), horizon=9.0)
+    c = next(c for c in comps if (c["a"], c["b"]) == ("sync+backup", "sync")
+             and c["kind"] == "time_to_accuracy")
+    assert c["b_mean"] == pytest.approx((9.0 + 4.0) / 2)
+    assert "sync on 1 of 2 seeds" in c["metric"] and "lower bound" in c["metric"]
+    ok = next(c for c in comps if (c["a"], c["b"]) == ("sync+backup", "async"))
+    assert "not reached" not in ok["metric"]
+    per_update = next(c for c in comps if c["kind"] == "accuracy_per_update")
+    assert per_update["updates"] == 20

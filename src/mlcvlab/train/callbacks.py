@@ -23,9 +23,17 @@ class Callback:
     def on_train_end(self, trainer) -> None: ...
 
 
+def in_jupyter() -> bool:
+    """Whether this code runs in a Jupyter kernel (an IPython ZMQ shell), not merely in a
+    process that imported ipykernel."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def interactive() -> bool:
     """Whether a progress bar can be drawn: a terminal on stderr, or a Jupyter kernel."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return sys.stderr.isatty() or in_jupyter()
 
 
 class ProgressBar(Callback):
@@ -58,7 +66,7 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.plain_lines and (not self.enabled or "ipykernel" in sys.modules):
+        if self.plain_lines and (not self.enabled or in_jupyter()):
             print(format_record(record), flush=True)   # the bar vanishes; a line stays
 
 

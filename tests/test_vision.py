@@ -259,3 +259,14 @@ def test_clip_and_remove_small():
     np.testing.assert_array_equal(clip_boxes(b, 10, 20), [[0, 0, 5, 5], [8, 8, 20, 9.5]])
     assert remove_small_boxes(b, 2.0).tolist() == [0]
     assert vision.DEFAULT_CLAMP == pytest.approx(math.log(62.5))
+
+
+def test_nms_max_kept_is_a_prefix_of_the_full_answer():
+    gen = np.random.default_rng(3)
+    for _ in range(100):
+        boxes, scores, t = random_case(gen)
+        full = nms(boxes, scores, t).tolist()
+        for k in (0, 1, 3, 1000):
+            assert nms(boxes, scores, t, max_kept=k).tolist() == full[:k]
+    with pytest.raises(ValueError, match="max_kept"):
+        nms(np.zeros((1, 4)), np.zeros(1), 0.5, max_kept=-1)

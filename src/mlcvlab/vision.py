@@ -21,7 +21,7 @@ as 0 here; torchvision computes 0 / 0 = NaN there, which its NMS never counts as
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -111,27 +111,38 @@ def score_order(scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(scores.size), -scores))
 
 
-def nms(boxes, scores, iou_threshold: float) -> np.ndarray:
+def nms(boxes, scores, iou_threshold: float, max_kept: Optional[int] = None) -> np.ndarray:
     """Greedy non-maximum suppression: the indices of the boxes kept, by score descending.
 
     boxes (N, 4) as (x1, y1, x2, y2); scores (N,); iou_threshold in [0, 1]. Visit the boxes by
     score (descending; equal scores by lower index first); keep a box unless a box kept
     before it overlaps it with IoU > iou_threshold (strictly greater, as torchvision).
-    Returns int64 (K,). Each step compares the newly kept box with all the boxes still
-    undecided in one vectorized IoU, so the cost is O(N * K).
+    max_kept: stop after keeping that many (the first max_kept of the full answer; an RPN's
+    "post-NMS top N"); None keeps going. Returns int64 (K,). Each step compares the newly
+    kept box with all the boxes still undecided in one vectorized IoU, so the cost is O(N * K).
     """
     b = check_boxes("nms", boxes)
     s = _check_scores("nms", scores, b.shape[0])
     t = _check_threshold("nms", iou_threshold)
+    if max_kept is not None and (not isinstance(max_kept, (int, np.integer)) or max_kept < 0):
+        raise ValueError(f"nms: max_kept must be None or an integer >= 0, got {max_kept!r}")
+    limit = b.shape[0] if max_kept is None else int(max_kept)
     order = score_order(s)
-    areas = _areas(b)
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[order, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    alive = np.arange(order.size)            # positions (in score order) still undecided
     keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        iou = _iou(b[i:i + 1], areas[i:i + 1], b[rest], areas[rest])[0]
-        order = rest[~(iou > t)]
+    while alive.size and len(keep) < limit:
+        i, rest = alive[0], alive[1:]
+        keep.append(order[i])
+        w = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])
+        h = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
+        inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+        union = areas[i] + areas[rest] - inter
+        # IoU > t  <=>  inter / union > t; an empty union (IoU defined 0) never suppresses
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overlap = (union > 0) & (inter / np.where(union > 0, union, 1.0) > t)
+        alive = rest[~overlap]
     return np.asarray(keep, dtype=np.int64)
 
 

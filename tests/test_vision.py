@@ -270,3 +270,14 @@ def test_nms_max_kept_is_a_prefix_of_the_full_answer():
             assert nms(boxes, scores, t, max_kept=k).tolist() == full[:k]
     with pytest.raises(ValueError, match="max_kept"):
         nms(np.zeros((1, 4)), np.zeros(1), 0.5, max_kept=-1)
+
+
+def test_nms_loop_path_equals_matrix_path(monkeypatch):
+    """Above MATRIX_NMS_MAX boxes nms uses the one-row-per-kept-box loop: same answer."""
+    gen = np.random.default_rng(11)
+    cases = [random_case(gen) for _ in range(200)]
+    want = [nms(b, s, t).tolist() for b, s, t in cases]
+    monkeypatch.setattr(vision, "MATRIX_NMS_MAX", -1)
+    assert [nms(b, s, t).tolist() for b, s, t in cases] == want
+    assert [nms(b, s, t).tolist() for b, s, t in cases] == [nms_reference(b, s, t)
+                                                            for b, s, t in cases]

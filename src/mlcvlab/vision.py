@@ -128,6 +128,8 @@ def nms(boxes, scores, iou_threshold: float, max_kept: Optional[int] = None) -> 
         raise ValueError(f"nms: max_kept must be None or an integer >= 0, got {max_kept!r}")
     limit = b.shape[0] if max_kept is None else int(max_kept)
     order = score_order(s)
+    if order.size <= MATRIX_NMS_MAX:
+        return _nms_matrix(b[order], t, limit, order)
     x1, y1, x2, y2 = (np.ascontiguousarray(b[order, k]) for k in range(4))
     areas = (x2 - x1) * (y2 - y1)
     alive = np.arange(order.size)            # positions (in score order) still undecided
@@ -139,10 +141,31 @@ def nms(boxes, scores, iou_threshold: float, max_kept: Optional[int] = None) -> 
         h = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
         inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
         union = areas[i] + areas[rest] - inter
-        # IoU > t  <=>  inter / union > t; an empty union (IoU defined 0) never suppresses
-        with np.errstate(divide="ignore", invalid="ignore"):
-            overlap = (union > 0) & (inter / np.where(union > 0, union, 1.0) > t)
-        alive = rest[~overlap]
+        # an empty union has inter = 0, so 0 / 1 = 0: IoU 0, never an overlap
+        alive = rest[~(inter / np.where(union > 0, union, 1.0) > t)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+#: Up to this many boxes, :func:`nms` builds the whole IoU matrix once (N^2 floats) and the
+#: greedy pass only ORs its rows; above it, one IoU row per kept box (O(N) memory).
+MATRIX_NMS_MAX = 1024
+
+
+def _nms_matrix(sorted_boxes: np.ndarray, t: float, limit: int, order: np.ndarray) -> np.ndarray:
+    """The greedy pass of :func:`nms` on boxes already in score order, with the full IoU
+    matrix. IoU is symmetric, so a box's whole row may be ORed into the suppressed set: the
+    boxes before it are already decided (kept ones do not overlap it, or it would be
+    suppressed)."""
+    areas = _areas(sorted_boxes)
+    over = _iou(sorted_boxes, areas, sorted_boxes, areas) > t
+    suppressed = np.zeros(len(sorted_boxes), dtype=bool)
+    keep = []
+    for i in range(len(sorted_boxes)):
+        if len(keep) >= limit:
+            break
+        if not suppressed[i]:
+            keep.append(order[i])
+            suppressed |= over[i]
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -42,6 +42,7 @@ from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.nn import BCEWithLogitsLoss, Conv2d, ReLU, Sequential
 from mlcvlab.optim import Adam
+from mlcvlab import vision
 from mlcvlab.vision import (box_iou, clip_boxes, decode_boxes, encode_boxes, generate_anchors,
                             nms, remove_small_boxes)
 
@@ -63,14 +64,14 @@ _FULL = {"canvas": 96, "min_digits": 1, "max_digits": 5, "min_digit": 14, "max_d
          "nms_sizes": [100, 300, 1000, 3000, 10000, 20000], "nms_repeats": 5, "seeds": 5,
          "seed": 0}
 _STANDARD = {**_FULL, "canvas": 64, "max_digits": 4, "min_digit": 12, "max_digit": 32,
-             "n_train": 1500, "n_val": 200, "n_test": 400, "epochs": 12,
+             "n_train": 2000, "n_val": 200, "n_test": 400, "epochs": 15,
              "channels": [16, 32, 32], "anchor_scales": [12.0, 20.0, 32.0],
              "anchors_per_image": 64, "nms_sizes": [100, 300, 1000, 3000, 6000],
-             "nms_repeats": 3, "seeds": 3}
-_QUICK = {**_STANDARD, "n_train": 240, "n_val": 40, "n_test": 60, "epochs": 4,
-          "channels": [8, 16, 16], "proposal_counts": [1, 2, 5, 10, 20, 50, 100],
-          "nms_thresholds": [0.5, 0.7, 0.9], "nms_sizes": [100, 300, 1000], "nms_repeats": 2,
-          "seeds": 2}
+             "nms_repeats": 3, "seeds": 5}
+_QUICK = {**_STANDARD, "n_train": 200, "n_val": 40, "n_test": 50, "epochs": 3,
+          "proposal_counts": [1, 2, 5, 10, 20, 50, 100],
+          "nms_thresholds": [0.5, 0.7, 0.9], "nms_sizes": [100, 300, 1000, 2000],
+          "nms_repeats": 2, "seeds": 2}
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -385,7 +386,9 @@ def nms_timing(sizes: Sequence[int], repeats: int, iou: float, seed: int) -> Lis
             kept = nms(boxes, scores, iou)
             cpu.append(time.process_time() - t0)
             wall.append(time.perf_counter() - w0)
-        rows.append({"boxes": int(n), "kept": int(len(kept)), "cpu_s": float(np.mean(cpu)),
+        method = "IoU matrix" if n <= vision.MATRIX_NMS_MAX else "one IoU row per kept box"
+        rows.append({"boxes": int(n), "method": method, "kept": int(len(kept)),
+                     "cpu_s": float(np.mean(cpu)),
                      "wall_s": float(np.mean(wall)), "repeats": int(repeats)})
     return rows
 
@@ -429,9 +432,17 @@ def _ci(values: Sequence[float]) -> Dict[str, Any]:
     return stats.summarize(values)
 
 
-def _fmt_ci(s: Dict[str, Any], digits: int = 3) -> str:
+def _fmt_ci(s: Dict[str, Any], digits: int = 3, low: float = 0.0, high: float = math.inf) -> str:
+    """"[lo, hi]" of a summary's t-interval, clipped to the quantity's range [low, high]."""
     lo, hi = s["ci95"]
-    return "n/a (1 value)" if lo is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+    if lo is None:
+        return "n/a (1 value)"
+    return f"[{max(lo, low):.{digits}f}, {min(hi, high):.{digits}f}]"
+
+
+def _clip(ci: Sequence, low: float, high: float) -> List:
+    """A [lo, hi] interval clipped to [low, high]; [None, None] stays so."""
+    return [None, None] if ci[0] is None else [max(ci[0], low), min(ci[1], high)]
 
 
 def summarize(config: Dict[str, Any], runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -444,13 +455,15 @@ def summarize(config: Dict[str, Any], runs: List[Dict[str, Any]]) -> Dict[str, A
             images = np.concatenate([r["arms"][arm]["recall_per_image"][:, j] for r in runs])
             s, si = _ci(by_seed), _ci(images)
             recall_rows.append({"arm": arm, "proposals kept": int(k), "recall": s["mean"],
-                                "95% CI over seeds": _fmt_ci(s),
-                                "95% CI over images": _fmt_ci(si), "seeds": s["n"],
-                                "images": si["n"]})
+                                "95% CI over seeds": _fmt_ci(s, high=1.0),
+                                "95% CI over images": _fmt_ci(si, high=1.0), "seeds": s["n"],
+                                "images": si["n"], "ci95_seeds": _clip(s["ci95"], 0.0, 1.0)})
         for j, t in enumerate(thresholds):
             per_img = np.concatenate([r["arms"][arm]["kept"][:, j] for r in runs])
             s, si = _ci([r["arms"][arm]["kept"][:, j].mean() for r in runs]), _ci(per_img)
             kept_rows.append({"arm": arm, "NMS IoU threshold": float(t),
+                              "proposals before NMS": float(np.mean(
+                                  [r["arms"][arm]["n_proposals"] for r in runs])),
                               "proposals kept per image": s["mean"],
                               "95% CI over seeds": _fmt_ci(s, 1),
                               "95% CI over images": _fmt_ci(si, 1)})
@@ -563,15 +576,16 @@ def example_figure(rep: Report, example: Dict[str, Any], config: Dict[str, Any])
         _draw(ax, gt, "tab:green", lw=2.0, ls="--")
         ax.plot([], [], color=colour, label="anchors" if colour == "tab:orange" else "proposals")
         ax.plot([], [], "--", color="tab:green", label="true boxes")
-        ax.set_xlim(-0.5 * size, 1.5 * size) if colour == "tab:orange" else ax.set_xlim(0, size)
-        ax.set_ylim(1.5 * size, -0.5 * size) if colour == "tab:orange" else ax.set_ylim(size, 0)
+        margin = 0.15 * size if colour == "tab:orange" else 0.0   # anchors may cross the border
+        ax.set_xlim(-margin, size + margin)
+        ax.set_ylim(size + margin, -margin)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("x (pixels)")
         ax.set_ylabel("y (pixels)")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Region proposals on the first test canvas (trained RPN, first seed)")
     rep.figure("example_proposals", fig, "The first test canvas of the first seed: left, the "
-               "anchors of the centre cell (extending past the canvas) and every cell's centre; "
+               "anchors of one cell near the centre and every cell's centre; "
                "middle, the 50 best-scored proposals before NMS; right, the top "
                "{compare_at} left after NMS. Dashed green: the true boxes.")
 
@@ -583,10 +597,10 @@ def curves_figure(rep: Report, results: Dict[str, Any], config: Dict[str, Any]) 
     for arm in ARMS:
         rows = [r for r in results["recall_rows"] if r["arm"] == arm]
         ax1.plot(counts, [r["recall"] for r in rows], "o-", color=COLOURS[arm], label=arm)
-        lo = [r["ci_lo"] for r in rows]
+        lo = [r["ci95_seeds"][0] for r in rows]
         if None not in lo:
-            ax1.fill_between(counts, lo, [r["ci_hi"] for r in rows], color=COLOURS[arm],
-                             alpha=0.2)
+            ax1.fill_between(counts, lo, [r["ci95_seeds"][1] for r in rows],
+                             color=COLOURS[arm], alpha=0.2)
         krows = [r for r in results["kept_rows"] if r["arm"] == arm]
         ax2.plot([r["NMS IoU threshold"] for r in krows],
                  [r["proposals kept per image"] for r in krows], "o-", color=COLOURS[arm],
@@ -597,7 +611,7 @@ def curves_figure(rep: Report, results: Dict[str, Any], config: Dict[str, Any]) 
     ax1.set_ylim(0, 1.02)
     ax1.set_title("Recall vs number of proposals (band: 95% CI over seeds)")
     ax1.legend()
-    ax2.axhline(results["anchors_total"], color="grey", ls=":", label="proposals before NMS")
+    ax2.axhline(results["anchors_total"], color="grey", ls=":", label="anchors (upper bound)")
     ax2.set_xlabel("NMS IoU threshold")
     ax2.set_ylabel("proposals kept per image")
     ax2.set_yscale("log")
@@ -653,15 +667,11 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     seeds = stats.seeds_of(config)
     runs = [run_seed(config, s) for s in progress(seeds, desc="seeds", total=len(seeds))]
     results = summarize(config, runs)
-    for row in results["recall_rows"]:          # numeric band edges for the figure
-        lo_hi = row["95% CI over seeds"]
-        row["ci_lo"], row["ci_hi"] = ((None, None) if lo_hi.startswith("n/a") else
-                                      tuple(float(v) for v in lo_hi.strip("[]").split(",")))
     timing = nms_timing(config["nms_sizes"], config["nms_repeats"], config["nms_iou"], seeds[0])
     r0 = runs[0]
     results.update({
         "n_seeds": len(seeds), "seeds": seeds, "seed_text": ", ".join(map(str, seeds)),
-        "timing_rows": timing, "anchors_total": r0["anchors_total"],
+        "timing_rows": timing, "matrix_max": vision.MATRIX_NMS_MAX, "anchors_total": r0["anchors_total"],
         "anchors_per_cell": n_anchors(config), "feature": config["canvas"] // STRIDE,
         "positives_per_image": float(np.mean([r["positives_per_image"] for r in runs])),
         "digits_per_image": float(np.mean([r["digits_per_image"] for r in runs])),
@@ -676,8 +686,6 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
                                   "n_train", "n_val", "n_test", "lr", "batch_size",
                                   "anchors_per_image", "pos_iou", "neg_iou")}})
     write_report(out_dir, config, results, runs)
-    for row in results["recall_rows"]:
-        row.pop("ci_lo"), row.pop("ci_hi")
     return results
 
 
@@ -712,17 +720,18 @@ def write_report(out_dir, config, results, runs) -> None:
               "Test recall of the true boxes at IoU >= 0.5 by the top k proposals after NMS at "
               "IoU {nms_iou} ({n_test_boxes} true boxes over all seeds). Intervals: 95% t-"
               "interval over seeds (per-seed recall pooled over its boxes) and over test "
-              "canvases (per-canvas recall, all seeds together)",
+              "canvases (per-canvas recall, all seeds together), clipped to [0, 1]",
               columns=["arm", "proposals kept", "recall", "95% CI over seeds",
                        "95% CI over images", "seeds", "images"])
     rep.section("Proposals kept vs the NMS threshold")
     rep.table("kept_vs_threshold", results["kept_rows"], "Proposals NMS keeps per test canvas "
-              "(of {proposals_before_nms:.0f} before NMS) against its IoU threshold")
+              "against its IoU threshold (mean; 95% t-intervals over seeds and over canvases)")
     curves_figure(rep, results, config)
     rep.section("NMS time vs the number of boxes")
     rep.table("nms_time", results["timing_rows"], "One nms() call on random proposal-like "
               "boxes (800x800 image, sides 16-256 px) at IoU {nms_iou}: CPU seconds with wall "
-              "seconds beside (mean of {nms_repeats} calls)")
+              "seconds beside (mean of {nms_repeats} calls). Up to {matrix_max} boxes nms() "
+              "computes the whole IoU matrix once; above, one IoU row per kept box")
     timing_figure(rep, results["timing_rows"])
     rep.section("Training curve")
     curve_figure(rep, runs)

@@ -29,7 +29,8 @@ def test_quick_run_writes_report_figures_and_tables(quick_run):
                                      "not a finding of this run", substituted=False)
     assert saved["preset"] == "quick" and saved["n_seeds"] == 2
     counts = rp._QUICK["proposal_counts"]
-    assert len(saved["recall_rows"]) == 2 * len(counts)
+    assert len(saved["recall_rows"]) == 3 * len(counts)
+    assert {r["arm"] for r in saved["kept_rows"]} == {"trained RPN", "untrained RPN"}
     for arm, recalls in saved["recall_by_arm"].items():
         assert all(0 <= r <= 1 for r in recalls)
         assert recalls == sorted(recalls)               # more proposals never lose a box
@@ -41,11 +42,13 @@ def test_quick_run_writes_report_figures_and_tables(quick_run):
 
 def test_comparison_schema_and_sentence_in_report(quick_run):
     saved, report = quick_run.saved(), quick_run.report()
-    (c,) = saved["comparisons"]
-    stats.check_comparison(c)
+    c, c_nms = saved["comparisons"]
     assert (c["a"], c["b"], c["n_seeds"]) == ("trained RPN", "untrained RPN", 2)
-    assert stats.sentence(c) in report
-    assert report.count(stats.sentence(c)) == 2          # comparisons section + conclusions
+    assert c_nms["b"] == rp.NO_NMS and c_nms["a"].startswith("trained RPN with NMS")
+    for comp in (c, c_nms):
+        stats.check_comparison(comp)
+        assert comp["n_seeds"] == 2
+        assert report.count(stats.sentence(comp)) == 2     # comparisons section + conclusions
 
 
 def test_smooth_l1_value_and_gradient_by_finite_differences():
@@ -150,7 +153,8 @@ def test_canvases_boxes_hold_all_the_ink():
                                              ("compare_at=7", "compare_at"),
                                              ("neg_iou=0.9", "neg_iou"),
                                              ("n_train=0", "n_train"),
-                                             ("max_digit=200", "max_digit")])
+                                             ("max_digit=200", "max_digit"),
+                                             ("nms_iou=0.6", "nms_thresholds")])
 def test_bad_config_raises_before_any_work(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         run_lab("region-proposals", quick=True, out_dir=str(tmp_path), show_progress=False,

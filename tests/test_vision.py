@@ -273,7 +273,7 @@ def test_nms_max_kept_is_a_prefix_of_the_full_answer():
 
 
 def test_nms_loop_path_equals_matrix_path(monkeypatch):
-    """Above MATRIX_NMS_MAX boxes nms uses the one-row-per-kept-box loop: same answer."""
+    """Above MATRIX_NMS_MAX boxes (512) nms uses the one-row-per-kept-box loop: same answer."""
     gen = np.random.default_rng(11)
     cases = [random_case(gen) for _ in range(200)]
     want = [nms(b, s, t).tolist() for b, s, t in cases]

@@ -146,8 +146,10 @@ def nms(boxes, scores, iou_threshold: float, max_kept: Optional[int] = None) -> 
 
 
 #: Up to this many boxes, :func:`nms` builds the whole IoU matrix once (N^2 floats) and the
-#: greedy pass only ORs its rows; above it, one IoU row per kept box (O(N) memory).
-MATRIX_NMS_MAX = 1024
+#: greedy pass only ORs its rows; above it, one IoU row per kept box (O(N) memory). Measured
+#: on the 2-core box (process_time, random boxes, IoU 0.7): 100 boxes 0.3 vs 1.8 ms, 384 boxes
+#: 6 vs 9 ms, 1000 boxes 30 vs 27 ms (matrix vs rows), hence the switch at 512.
+MATRIX_NMS_MAX = 512
 
 
 def _nms_matrix(sorted_boxes: np.ndarray, t: float, limit: int, order: np.ndarray) -> np.ndarray:

@@ -669,20 +669,31 @@ def timing_figure(rep: Report, rows: List[Dict[str, Any]]) -> None:
 
 
 def curve_figure(rep: Report, runs: List[Dict[str, Any]]) -> None:
-    fig, ax = new_figure(figsize=(6, 4.2))
+    """Training and validation loss per epoch, and the validation recall (every seed)."""
+    fig, (ax1, ax2) = new_figure(ncols=2, figsize=(12, 4.2))
     for r in runs:
         ep = [c["epoch"] for c in r["curve"]]
-        ax.plot(ep, [c["train_loss"] for c in r["curve"]], "-", color="tab:blue", alpha=0.7,
-                label="training loss" if r is runs[0] else None)
-        ax.plot(ep, [c["val_loss"] for c in r["curve"]], "--", color="tab:red", alpha=0.7,
-                label="validation loss" if r is runs[0] else None)
-    ax.set_xticks(range(1, len(runs[0]["curve"]) + 1))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("RPN loss (objectness + box)")
-    ax.set_title("Training curve of the RPN (one line per seed)")
-    ax.legend()
-    rep.figure("training_curve", fig, "RPN loss per epoch on the training canvases (mean over "
-               "the epoch's batches) and on the validation canvases (end of epoch), every seed.")
+        first = r is runs[0]
+        ax1.plot(ep, [c["train_loss"] for c in r["curve"]], "-", color="tab:blue", alpha=0.7,
+                 label="training loss" if first else None)
+        ax1.plot(ep, [c["val_loss"] for c in r["curve"]], "--", color="tab:red", alpha=0.7,
+                 label="validation loss" if first else None)
+        ax2.plot(ep, [c["val_recall"] for c in r["curve"]], "-", color="tab:blue", alpha=0.7,
+                 label="trained RPN (validation)" if first else None)
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(1, len(runs[0]["curve"]) + 1))
+        ax.set_xlabel("epoch")
+        ax.legend()
+    ax1.set_ylabel("RPN loss (objectness + box)")
+    ax1.set_title("RPN loss per epoch (one line per seed)")
+    ax2.set_ylabel("validation recall at IoU >= 0.5")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_title("Validation recall of the top {} proposals after NMS".format(
+        rep.results["compare_at"]))
+    rep.figure("training_curve", fig, "Left: RPN loss per epoch on the training canvases (mean "
+               "over the epoch's batches) and on the validation canvases (end of epoch). Right: "
+               "validation recall of the top {compare_at} proposals after NMS. Every seed; a "
+               "curve only, nothing is selected from it.")
 
 
 # -- the lab ----------------------------------------------------------------------------------------

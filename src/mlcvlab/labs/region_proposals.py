@@ -70,7 +70,7 @@ _STANDARD = {**_FULL, "canvas": 64, "max_digits": 4, "min_digit": 12, "max_digit
              "channels": [16, 32, 32], "anchor_scales": [12.0, 20.0, 32.0],
              "anchors_per_image": 64, "nms_sizes": [100, 300, 1000, 3000, 6000],
              "nms_repeats": 3, "seeds": 5}
-_QUICK = {**_STANDARD, "n_train": 200, "n_val": 40, "n_test": 50, "epochs": 3,
+_QUICK = {**_STANDARD, "n_train": 300, "n_val": 40, "n_test": 50, "epochs": 4,
           "proposal_counts": [1, 2, 5, 10, 20, 50, 100],
           "nms_thresholds": [0.5, 0.7, 0.9], "nms_sizes": [100, 300, 1000, 2000],
           "nms_repeats": 2, "seeds": 2}

@@ -189,6 +189,60 @@ def mlp_train_step_equals_cpu():
     _train_step_equal(lambda: mlp([10, 9, 3], p_hidden=0.3, rng=0), optimizer="adam")
 
 
+def _describe(arg) -> str:
+    """The numba type a launch argument gets: float32 arrays and np.float32 scalars keep a
+    kernel float32; a Python float (float64) or a float64 array does not."""
+    if isinstance(arg, (bool, np.bool_)):
+        return "bool"
+    if isinstance(arg, (int, np.integer)):
+        return "int"
+    if isinstance(arg, float):
+        return "float64 (a Python float)"
+    if isinstance(arg, np.floating):
+        return str(arg.dtype)
+    return f"{np.dtype(arg.dtype)} array"
+
+
+@check
+def launch_arguments_are_float32():
+    """Every kernel launch of nn4/mlp --dist cuda steps (BN, dropout, sigmoid and softmax
+    heads, fused SGD and host Adam) passes float32 arrays (int64 labels) and float32
+    scalars, the types tests/parallel/ptx_checks.py compiles the kernels for."""
+    from mlcvlab.models import NN4, mlp
+    launches = {}
+
+    class Recorder:
+        def __init__(self, name, kern):
+            self.name, self.kern = name, kern
+
+        def __getitem__(self, config):
+            launch = self.kern[config]
+
+            def call(*args):
+                launches.setdefault(self.name, set()).add(tuple(_describe(a) for a in args))
+                return launch(*args)
+            return call
+
+    names = [n for n in dir(K) if n.endswith("_kernel")]
+    saved = {n: getattr(K, n) for n in names}
+    try:
+        for n in names:
+            setattr(K, n, Recorder(n, saved[n]))
+        _train_step_equal(lambda: NN4(10, hidden=(8, 7, 6), n_classes=3, p_input=0.2,
+                                      p_hidden=0.5, rng=0))
+        _train_step_equal(lambda: mlp([10, 9, 3], p_hidden=0.3, rng=0), optimizer="adam")
+        _train_step_equal(lambda: mlp([10, 9, 3], activation="sigmoid", rng=0))
+    finally:
+        for n in names:
+            setattr(K, n, saved[n])
+    allowed = {"float32 array", "float32", "bool", "int", "int64 array"}
+    bad = {n: sigs for n, sigs in launches.items()
+           if any(d not in allowed for sig in sigs for d in sig)}
+    assert not bad, f"launches with non-float32 arguments: {bad}"
+    missing = set(names) - set(launches)
+    assert not missing, f"kernels never launched by these steps: {missing}"
+
+
 @check
 def rejects_float64():
     from mlcvlab.models import mlp

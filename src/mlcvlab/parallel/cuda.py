@@ -176,7 +176,8 @@ class CudaDataParallelStep:
                 y, xhat = (cuda.device_array((n, d), dtype=np.float32) for _ in range(2))
                 stats = [cuda.device_array(d, dtype=np.float32) for _ in range(3)]
                 k.bn_forward_kernel[k.grid1(d)](a, self._view(w, layer.weight),
-                                                self._view(w, layer.bias), layer.eps, y, xhat,
+                                                self._view(w, layer.bias),
+                                                np.float32(layer.eps), y, xhat,
                                                 *stats)
                 caches.append((xhat, *stats))
             else:   # ReLU, Sigmoid, Softmax

@@ -218,11 +218,19 @@ class CudaDataParallelStep:
         return dz, float(loss), skip
 
     def _backward(self, w, g, dy, caches, skip: int) -> None:
-        """Backward of one worker from dy, writing parameter gradients into g (P,)."""
+        """Backward of one worker from dy, writing parameter gradients into g (P,).
+
+        The model's input is data: as the CPU path after ``set_input_grad(False)``, the
+        backward stops at the first layer with parameters, which computes only its
+        parameter gradients (a Linear skips its dx GEMM; layers before it, such as an
+        input Dropout, are not run backward)."""
         from mlcvlab.nn.modules import BatchNorm1d, Dropout, Linear, ReLU, Sigmoid
         cuda, k = self.cuda, self.k
-        layers = self.layers[:len(self.layers) - skip]
-        for layer, cache in zip(reversed(layers), reversed(caches[:len(layers)])):
+        end = len(self.layers) - skip
+        first = next((i for i, m in enumerate(self.layers[:end])
+                      if isinstance(m, (Linear, BatchNorm1d))), 0)
+        layers, caches = self.layers[first:end], caches[first:end]
+        for layer, cache in zip(reversed(layers), reversed(caches)):
             n, d = dy.shape
             if isinstance(layer, Dropout):
                 if cache is None:
@@ -235,6 +243,8 @@ class CudaDataParallelStep:
                 k.matmul_kernel[k.grid2(*dW.shape)](dy, x, dW, True, False)
                 if layer.bias is not None:
                     k.colsum_kernel[k.grid1(d)](dy, self._view(g, layer.bias))
+                if layer is layers[0]:       # the first layer: dL/d(data) is never used
+                    return
                 dx = cuda.device_array((n, W.shape[1]), dtype=np.float32)
                 k.matmul_kernel[k.grid2(n, W.shape[1])](dy, W, dx, False, False)
             elif isinstance(layer, BatchNorm1d):

@@ -149,7 +149,7 @@ def sgd_update():
         close(w.copy_to_host(), p.data)
 
 
-def _train_step_equal(build, steps=1, optimizer="sgd"):
+def _train_step_equal(build, steps=1, optimizer="sgd", workers=2):
     from mlcvlab.optim import SGD, Adam
     from mlcvlab.parallel import make_step_fn
     from mlcvlab.train import Trainer
@@ -161,7 +161,7 @@ def _train_step_equal(build, steps=1, optimizer="sgd"):
         m = build()
         opt = (SGD(m.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd"
                else Adam(m.parameters(), lr=0.01))
-        tr = Trainer(m, loss_for(m), opt, step_fn=make_step_fn(dist, 2, m, seed=5))
+        tr = Trainer(m, loss_for(m), opt, step_fn=make_step_fn(dist, workers, m, seed=5))
         for _ in range(steps):
             loss, t = tr.train_step(X, y)
         losses.append(loss)
@@ -272,6 +272,16 @@ def first_layer_skips_input_gradient():
     # (or is a weight gradient, whose second axis is the layer's fan-in)
     outs = [args[2][1] for args in matmuls]
     assert all(shape[1] != 10 or shape[0] == 8 for shape in outs), outs
+
+
+@check
+def one_worker_equals_local_step():
+    """--dist cuda --workers 1 draws the dropout masks of the data-parallel step with K = 1
+    (generators seeded (seed, 0, layer)), so it equals make_step_fn("local", 1); the
+    plain Trainer step that `--dist local --workers 1` uses draws from the model's own
+    Dropout generators instead, and differs (see the module docstring of
+    mlcvlab.parallel.cuda)."""
+    _train_step_equal(_nn4, steps=3, workers=1)
 
 
 @check

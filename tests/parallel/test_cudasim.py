@@ -15,7 +15,7 @@ CHECKS = ["matmul", "add_bias_and_colsum", "activations", "dropout_mask", "batch
           "softmax_and_head_gradients", "reduce_mean", "sgd_update",
           "nn4_train_step_equals_cpu", "mlp_train_step_equals_cpu",
           "launch_arguments_are_float32", "first_layer_skips_input_gradient",
-          "rejects_float64"]
+          "one_worker_equals_local_step", "rejects_float64"]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,12 @@ Models: NN4 and MLPs from :func:`mlcvlab.models.mlp` (Flatten, Dropout, Linear,
 ReLU, Sigmoid, Softmax, BatchNorm1d), float32. Dropout masks are drawn on the
 host from the same per-worker generators as the CPU step (seeded from
 (seed, rank, layer)), so a CUDA step equals the CPU step up to float rounding.
+With one worker that CPU step is ``make_step_fn("local", 1)``; the plain Trainer step
+that ``mlcvlab train --dist local --workers 1`` runs draws from the model's own Dropout
+generators instead, so its masks (and losses) differ from ``--dist cuda --workers 1``
+(a counter-based dropout generator shared by both paths is the fix, issue #22).
+The backward stops at the first layer with parameters: the gradient of the input data
+is never computed (as the CPU path after ``set_input_grad(False)``).
 Batch norm: per-worker batch statistics; running statistics averaged across
 workers on the host, as in :mod:`mlcvlab.parallel.step`.
 numba is imported when a step is built: without a GPU (and without the

@@ -5,10 +5,15 @@ NUMBA_ENABLE_CUDASIM, so that ``numba.cuda`` is the real compiler and no simulat
 state leaks in). Needs ``numba-cuda`` and NVVM from PyPI: the ``test`` extra installs
 ``numba-cuda[cu13]`` (libnvvm, NVRTC, cuda-bindings); no driver or device is used.
 
-Writes ``{"numba_cuda": version, "kernels": {name: {"ok": bool, "error": str,
-"f64": [instructions], "ptx_lines": int}}}`` for every (kernel, signature) in
-SIGNATURES, and lists under ``"unsigned"`` every kernel found in the sources that
-SIGNATURES does not cover (a new kernel must get a signature here).
+Each PTX is then assembled to sm_90 machine code (SASS) with nvJitLink, which runs
+ptxas inside (the cu13 extra ships it): an assembly error fails the test too, and
+ptxas's register and spill counts are recorded.
+
+Writes ``{"numba_cuda": version, "kernels": {key: {"ok": bool, "error": str,
+"f64": [instructions], "ptx_lines": int, "sass": {"ok", "registers", "spill_stores",
+"error"}}}}`` for every (kernel, signature) of signatures(), and lists under
+``"unsigned"`` every kernel found in the sources that signatures() does not cover (a
+new kernel must get a signature here).
 """
 from __future__ import annotations
 
@@ -90,6 +95,37 @@ def f64_instructions(ptx: str):
     return F64.findall(ptx)
 
 
+def assemble(ptx: str) -> dict:
+    """ptxas through nvJitLink: PTX -> sm_90 cubin, with the register and spill counts."""
+    from cuda.bindings import nvjitlink as nj
+    opts = [f"-arch=sm_{CC[0]}{CC[1]}", "-verbose"]
+    handle = nj.create(len(opts), opts)
+    try:
+        data = ptx.encode()
+        try:
+            nj.add_data(handle, nj.InputType.PTX, data, len(data), "kernel.ptx")
+            nj.complete(handle)
+        except Exception as err:  # noqa: BLE001 - the error log is the finding
+            size = nj.get_error_log_size(handle)
+            log = bytearray(size)
+            if size:
+                nj.get_error_log(handle, log)
+            return {"ok": False, "registers": None, "spill_stores": None,
+                    "error": f"{err}\n{log.decode(errors='replace')}"[-2000:]}
+        size = nj.get_info_log_size(handle)
+        log = bytearray(size)
+        if size:
+            nj.get_info_log(handle, log)
+        text = log.decode(errors="replace")
+        regs = re.search(r"Used (\d+) registers", text)
+        spills = re.search(r"(\d+) bytes spill stores", text)
+        return {"ok": nj.get_linked_cubin_size(handle) > 0, "error": "",
+                "registers": int(regs.group(1)) if regs else None,
+                "spill_stores": int(spills.group(1)) if spills else None}
+    finally:
+        nj.destroy(handle)
+
+
 class _Device:
     """Stands in for the current device: numba-cuda compiles a kernel's device
     functions for get_current_device().compute_capability, which needs a driver."""
@@ -127,10 +163,12 @@ def main(out: str) -> None:
                     ptx, _ = cuda.compile_ptx(kern.py_func, sig, cc=CC)
                     result["kernels"][key] = {"ok": True, "error": "",
                                               "f64": f64_instructions(ptx),
-                                              "ptx_lines": ptx.count("\n")}
+                                              "ptx_lines": ptx.count("\n"),
+                                              "sass": assemble(ptx)}
                 except Exception:  # noqa: BLE001 - a compile error is the test's finding
                     result["kernels"][key] = {"ok": False, "f64": [], "ptx_lines": 0,
-                                              "error": traceback.format_exc()[-2000:]}
+                                              "error": traceback.format_exc()[-2000:],
+                                              "sass": None}
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
 

@@ -1,5 +1,5 @@
-"""Every numba CUDA kernel compiles to sm_90 PTX, and no float32 kernel has a float64
-instruction. No GPU needed: numba-cuda and NVVM come from PyPI (the ``test`` extra's
+"""Every numba CUDA kernel compiles to sm_90 PTX and assembles to sm_90 machine code
+(ptxas, through nvJitLink), and no float32 kernel has a float64 instruction. No GPU needed: numba-cuda and NVVM come from PyPI (the ``test`` extra's
 ``numba-cuda[cu13]``); the compile runs in a subprocess (ptx_checks.py) so that the
 simulator, if another test turned it on, does not stand in for the compiler.
 
@@ -51,6 +51,7 @@ def test_kernel_compiles_to_float32_ptx(ptx_results, key):
     assert res["ok"], f"{key} does not compile for sm_90:\n{res['error']}"
     assert res["f64"] == [], (f"{key}: {len(res['f64'])} float64 instructions in a float32 "
                               f"kernel: {sorted(set(res['f64']))}")
+    assert res["sass"]["ok"], f"{key}: ptxas (nvJitLink) rejects the PTX:\n{res['sass']['error']}"
 
 
 def test_f64_instruction_scan():
@@ -59,3 +60,13 @@ def test_f64_instruction_scan():
            "\t@!%p2 sqrt.rn.f64 \t%fd2, %fd2;\n\tcvt.rn.f32.f64 \t%f4, %fd2;\n")
     assert ptx_checks.f64_instructions(ptx) == ["cvt.f64.f32", "add.f64", "sqrt.rn.f64",
                                                 "cvt.rn.f32.f64"]
+
+
+def test_assembler_reports_bad_ptx():
+    assert importlib.util.find_spec("cuda.bindings") is not None, INSTALL
+    good = ptx_checks.assemble(".version 8.0\n.target sm_90\n.address_size 64\n"
+                               ".visible .entry k() { ret; }\n")
+    assert good["ok"] and good["registers"] is not None, good
+    bad = ptx_checks.assemble(".version 8.0\n.target sm_90\n.address_size 64\n"
+                              ".visible .entry k() { add.f32 %f1, %f2; ret; }\n")
+    assert not bad["ok"] and bad["error"], bad

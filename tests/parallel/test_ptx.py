@@ -1,5 +1,6 @@
 """Every numba CUDA kernel compiles to sm_90 PTX and assembles to sm_90 machine code
-(ptxas, through nvJitLink), and no float32 kernel has a float64 instruction. No GPU needed: numba-cuda and NVVM come from PyPI (the ``test`` extra's
+(ptxas, through nvJitLink), and no float32 kernel has a float64 instruction. No GPU
+needed: numba-cuda, NVVM and nvJitLink come from PyPI (the ``test`` extra's
 ``numba-cuda[cu13]``); the compile runs in a subprocess (ptx_checks.py) so that the
 simulator, if another test turned it on, does not stand in for the compiler.
 

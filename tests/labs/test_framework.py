@@ -136,3 +136,14 @@ def test_cli_list_and_errors(capsys):
     assert "unknown lab 'nope'" in capsys.readouterr().err
     assert cli.main(["lab", "run", "autodiff", "--quick", "--set", "nokey=1"]) == 1
     assert "unknown config key 'nokey'" in capsys.readouterr().err
+
+
+def test_every_lab_has_three_presets_with_times():
+    labs, errors = registry.discover()
+    assert not errors and len(labs) >= 17
+    for spec in labs:
+        assert spec.presets() == ["quick", "standard", "full"], spec.name
+        for p in ("quick", "standard", "full"):
+            assert spec.expected_seconds[p] > 0, (spec.name, p)
+        assert spec.expected_seconds["quick"] < 60, spec.name     # a smoke test: < 1 min
+        assert spec.expected_seconds["standard"] <= 3600, spec.name

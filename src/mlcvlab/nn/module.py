@@ -16,7 +16,7 @@ Contract for every layer:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -72,6 +72,14 @@ class Module:
 
     def children(self) -> Iterator["Module"]:
         return iter(self._modules.values())
+
+    def apply(self, fn: Callable[["Module"], None]) -> "Module":
+        """Call ``fn(m)`` on every submodule (children first, recursively) and then on self,
+        as ``torch.nn.Module.apply`` (e.g. to re-initialize weights); returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
         seen = set()

@@ -54,6 +54,22 @@ class Parameter:
     def dtype(self):
         return self.data.dtype
 
+    def numel(self) -> int:
+        """The number of values, as ``torch.Tensor.numel()`` (the same as ``size``)."""
+        return self.data.size
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(param)`` is ``param.data`` (the same memory, not a copy), as for a
+        tensor; a dtype or ``copy=True`` gives a converted copy."""
+        if copy:
+            return np.array(self.data, dtype=dtype, copy=True)
+        if dtype is None or np.dtype(dtype) == self.data.dtype:
+            return self.data
+        if copy is False:
+            raise ValueError(f"Parameter.__array__: converting {self.data.dtype} to "
+                             f"{np.dtype(dtype)} needs a copy, but copy=False")
+        return self.data.astype(dtype)
+
     @property
     def grad(self) -> np.ndarray:
         """dL/d(data), same shape and dtype as ``data``."""

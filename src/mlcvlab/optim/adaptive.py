@@ -4,7 +4,8 @@ Every rule works on the whole flat vector: w, g and the state arrays are all (P,
 Each update matches the corresponding ``torch.optim`` class (checked over 50-step
 trajectories in ``tests/optim``), except RMSProp with ``nesterov=True``, which
 ``torch`` does not have (Goodfellow, Bengio & Courville, Deep Learning, Alg. 8.7).
-Scratch buffers are allocated once, so a step allocates nothing.
+Scratch buffers are allocated once, so a step allocates nothing. Every
+hyperparameter may differ between parameter groups (``base.py``).
 """
 from __future__ import annotations
 
@@ -18,24 +19,15 @@ from mlcvlab.optim import kernels
 from mlcvlab.optim.base import Optimizer, _is_real, check_hyper
 
 
-def _check_eps(name: str, eps) -> None:
-    check_hyper(name, "eps", eps, _is_real(eps) and eps > 0, "a number > 0")
+def _check_eps(where: str, eps) -> None:
+    check_hyper(where, "eps", eps, _is_real(eps) and eps > 0, "a number > 0")
 
 
-def _check_unit(name: str, arg: str, value) -> None:
-    check_hyper(name, arg, value, _is_real(value) and 0 <= value < 1, "in [0, 1)")
+def _check_unit(where: str, arg: str, value) -> None:
+    check_hyper(where, arg, value, _is_real(value) and 0 <= value < 1, "in [0, 1)")
 
 
-class _Scratch:
-    """Two lazily allocated (P,) scratch vectors shared by a step's temporaries."""
-
-    def _scratch(self, w: np.ndarray):
-        if getattr(self, "_tmp", None) is None or self._tmp[0].shape != w.shape:
-            self._tmp = (np.empty_like(w), np.empty_like(w))
-        return self._tmp
-
-
-class AdaGrad(Optimizer, _Scratch):
+class AdaGrad(Optimizer):
     """AdaGrad (Duchi et al. 2011), as ``torch.optim.Adagrad``.
 
     With g = grad + weight_decay * w, t the step number::
@@ -44,37 +36,49 @@ class AdaGrad(Optimizer, _Scratch):
         w  <- w - lr_t * g / (sqrt(s) + eps),   lr_t = lr / (1 + (t - 1) * lr_decay)
 
     Defaults as torch: lr=1e-2, lr_decay=0, eps=1e-10, initial_accumulator_value=0.
+    A parameter group's own ``initial_accumulator_value`` fills its part of s (torch
+    2.13 fills every group's with the constructor's value).
     """
 
     _state_names = ("sum",)
-    _hyper_names = ("lr_decay", "eps")
+    _hyper_names = ("lr_decay", "eps", "initial_accumulator_value")
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
                  eps: float = 1e-10, decay_mask: bool = False):
-        check_hyper("AdaGrad", "lr_decay", lr_decay, _is_real(lr_decay) and lr_decay >= 0,
-                    "a number >= 0")
-        check_hyper("AdaGrad", "initial_accumulator_value", initial_accumulator_value,
-                    _is_real(initial_accumulator_value) and initial_accumulator_value >= 0,
-                    "a number >= 0")
-        _check_eps("AdaGrad", eps)
-        self.lr_decay, self.eps = float(lr_decay), float(eps)
-        super().__init__(params, lr, weight_decay, decay_mask)
-        self.state["sum"].fill(initial_accumulator_value)
+        super().__init__(params, lr, weight_decay, decay_mask, lr_decay=lr_decay, eps=eps,
+                         initial_accumulator_value=initial_accumulator_value)
 
-    def _update(self, w: np.ndarray, g: np.ndarray) -> None:
-        s = self.state["sum"]
-        a, b = self._scratch(w)
+    def _check_group(self, h: dict, where: str) -> dict:
+        lr_decay, iav = h["lr_decay"], h["initial_accumulator_value"]
+        check_hyper(where, "lr_decay", lr_decay, _is_real(lr_decay) and lr_decay >= 0,
+                    "a number >= 0")
+        check_hyper(where, "initial_accumulator_value", iav, _is_real(iav) and iav >= 0,
+                    "a number >= 0")
+        _check_eps(where, h["eps"])
+        return {**super()._check_group(h, where), "lr_decay": float(lr_decay),
+                "initial_accumulator_value": float(iav), "eps": float(h["eps"])}
+
+    def _init_state(self, name: str) -> np.ndarray:
+        s = np.zeros_like(self.flat.data)
+        for g, slices in zip(self.param_groups, self._slices):
+            for sl in slices:
+                s[sl] = g["initial_accumulator_value"]
+        return s
+
+    def _update(self, w, g, h, st) -> None:
+        s = st["sum"]
+        a, b = self._buffer("a", w.size), self._buffer("b", w.size)
         np.multiply(g, g, out=a)
         s += a
         np.sqrt(s, out=a)
-        a += self.eps
+        a += h["eps"]
         np.divide(g, a, out=b)
-        b *= self.lr / (1 + (self.t - 1) * self.lr_decay)
+        b *= h["lr"] / (1 + (self.t - 1) * h["lr_decay"])
         w -= b
 
 
-class RMSProp(Optimizer, _Scratch):
+class RMSProp(Optimizer):
     """RMSProp (Tieleman & Hinton 2012), optionally centered, with momentum or Nesterov momentum.
 
     With g = grad + weight_decay * w (on the weights the model holds)::
@@ -114,63 +118,71 @@ class RMSProp(Optimizer, _Scratch):
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
                  centered: bool = False, nesterov: bool = False, decay_mask: bool = False):
-        _check_unit("RMSProp", "alpha", alpha)
-        _check_eps("RMSProp", eps)
-        _check_unit("RMSProp", "momentum", momentum)
-        check_hyper("RMSProp", "nesterov", nesterov, not (nesterov and momentum == 0),
-                    "False when momentum is 0 (Nesterov needs momentum > 0)")
-        self.alpha, self.eps, self.momentum = float(alpha), float(eps), float(momentum)
-        self.centered, self.nesterov = bool(centered), bool(nesterov)
-        self._state_names = ("square_avg",) + (("momentum_buffer",) if momentum > 0 else ()) \
-            + (("grad_avg",) if centered else ())
-        super().__init__(params, lr, weight_decay, decay_mask)
+        super().__init__(params, lr, weight_decay, decay_mask, alpha=alpha, eps=eps,
+                         momentum=momentum, centered=centered, nesterov=nesterov)
 
-    def _denominator(self, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _check_group(self, h: dict, where: str) -> dict:
+        _check_unit(where, "alpha", h["alpha"])
+        _check_eps(where, h["eps"])
+        _check_unit(where, "momentum", h["momentum"])
+        check_hyper(where, "nesterov", h["nesterov"], not (h["nesterov"] and h["momentum"] == 0),
+                    "False when momentum is 0 (Nesterov needs momentum > 0)")
+        return {**super()._check_group(h, where), "alpha": float(h["alpha"]),
+                "eps": float(h["eps"]), "momentum": float(h["momentum"]),
+                "centered": bool(h["centered"]), "nesterov": bool(h["nesterov"])}
+
+    def _states_for(self, h: dict) -> tuple:
+        return ("square_avg",) + (("momentum_buffer",) if h["momentum"] > 0 else ()) \
+            + (("grad_avg",) if h["centered"] else ())
+
+    def _denominator(self, g, h, st, out):
         """den = sqrt(r - mean^2 or r) + eps, after updating r (and mean) with g."""
-        r = self.state["square_avg"]
-        r *= self.alpha
+        alpha = h["alpha"]
+        r = st["square_avg"]
+        r *= alpha
         np.multiply(g, g, out=out)
-        out *= 1 - self.alpha
+        out *= 1 - alpha
         r += out
-        if self.centered:
-            mean = self.state["grad_avg"]
-            mean *= self.alpha
-            np.multiply(g, 1 - self.alpha, out=out)
+        if h["centered"]:
+            mean = st["grad_avg"]
+            mean *= alpha
+            np.multiply(g, 1 - alpha, out=out)
             mean += out
             np.multiply(mean, mean, out=out)
             np.subtract(r, out, out=out)
             np.sqrt(out, out=out)
         else:
             np.sqrt(r, out=out)
-        out += self.eps
+        out += h["eps"]
         return out
 
-    def _update(self, w: np.ndarray, g: np.ndarray) -> None:
-        a, b = self._scratch(w)
-        den = self._denominator(g, a)
+    def _update(self, w, g, h, st) -> None:
+        a, b = self._buffer("a", w.size), self._buffer("b", w.size)
+        lr, momentum = h["lr"], h["momentum"]
+        den = self._denominator(g, h, st, a)
         np.divide(g, den, out=b)  # b = g / den
-        if self.momentum == 0:
-            b *= self.lr
+        if momentum == 0:
+            b *= lr
             w -= b
             return
-        v = self.state["momentum_buffer"]
-        if not self.nesterov:
-            v *= self.momentum
+        v = st["momentum_buffer"]
+        if not h["nesterov"]:
+            v *= momentum
             v += b
-            np.multiply(v, self.lr, out=b)
+            np.multiply(v, lr, out=b)
             w -= b
             return
         # Nesterov (Alg. 8.7): v_new = mu v - lr g/den; w += (1 + mu) v_new - mu v_old
-        b *= -self.lr
-        np.multiply(v, -self.momentum, out=a)  # a = -mu * v_old
-        v *= self.momentum
-        v += b                                 # v = v_new
+        b *= -lr
+        np.multiply(v, -momentum, out=a)  # a = -mu * v_old
+        v *= momentum
+        v += b                            # v = v_new
         w += a
-        np.multiply(v, 1 + self.momentum, out=b)
+        np.multiply(v, 1 + momentum, out=b)
         w += b
 
 
-class AdaDelta(Optimizer, _Scratch):
+class AdaDelta(Optimizer):
     """AdaDelta (Zeiler 2012), as ``torch.optim.Adadelta``.
 
     With g = grad + weight_decay * w::
@@ -188,33 +200,37 @@ class AdaDelta(Optimizer, _Scratch):
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1.0, rho: float = 0.9,
                  eps: float = 1e-6, weight_decay: float = 0.0, decay_mask: bool = False):
-        _check_unit("AdaDelta", "rho", rho)
-        _check_eps("AdaDelta", eps)
-        self.rho, self.eps = float(rho), float(eps)
-        super().__init__(params, lr, weight_decay, decay_mask)
+        super().__init__(params, lr, weight_decay, decay_mask, rho=rho, eps=eps)
 
-    def _update(self, w: np.ndarray, g: np.ndarray) -> None:
-        r, u = self.state["square_avg"], self.state["acc_delta"]
-        a, b = self._scratch(w)
-        r *= self.rho
+    def _check_group(self, h: dict, where: str) -> dict:
+        _check_unit(where, "rho", h["rho"])
+        _check_eps(where, h["eps"])
+        return {**super()._check_group(h, where), "rho": float(h["rho"]),
+                "eps": float(h["eps"])}
+
+    def _update(self, w, g, h, st) -> None:
+        r, u = st["square_avg"], st["acc_delta"]
+        rho, eps = h["rho"], h["eps"]
+        a, b = self._buffer("a", w.size), self._buffer("b", w.size)
+        r *= rho
         np.multiply(g, g, out=a)
-        a *= 1 - self.rho
+        a *= 1 - rho
         r += a
-        np.add(r, self.eps, out=a)
+        np.add(r, eps, out=a)
         np.sqrt(a, out=a)            # a = sqrt(r + eps)
-        np.add(u, self.eps, out=b)
+        np.add(u, eps, out=b)
         np.sqrt(b, out=b)
         b /= a
         b *= g                       # b = delta
-        u *= self.rho
+        u *= rho
         np.multiply(b, b, out=a)
-        a *= 1 - self.rho
+        a *= 1 - rho
         u += a
-        b *= self.lr
+        b *= h["lr"]
         w -= b
 
 
-class Adam(Optimizer, _Scratch):
+class Adam(Optimizer):
     """Adam (Kingma & Ba 2015), as ``torch.optim.Adam`` (amsgrad=False).
 
     With g = grad + weight_decay * w (coupled L2; see :class:`AdamW` for decoupled)::
@@ -232,19 +248,22 @@ class Adam(Optimizer, _Scratch):
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decay_mask: bool = False):
-        name = type(self).__name__
-        check_hyper(name, "betas", betas, isinstance(betas, (tuple, list)) and len(betas) == 2,
-                    "a pair (beta1, beta2)")
-        _check_unit(name, "betas[0]", betas[0])
-        _check_unit(name, "betas[1]", betas[1])
-        _check_eps(name, eps)
-        self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
-        super().__init__(params, lr, weight_decay, decay_mask)
+        super().__init__(params, lr, weight_decay, decay_mask, betas=betas, eps=eps)
 
-    def _adam_update(self, w: np.ndarray, g: np.ndarray) -> None:
-        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
-        beta1, beta2 = self.betas
-        a, b = self._scratch(w)
+    def _check_group(self, h: dict, where: str) -> dict:
+        betas = h["betas"]
+        check_hyper(where, "betas", betas, isinstance(betas, (tuple, list)) and len(betas) == 2,
+                    "a pair (beta1, beta2)")
+        _check_unit(where, "betas[0]", betas[0])
+        _check_unit(where, "betas[1]", betas[1])
+        _check_eps(where, h["eps"])
+        return {**super()._check_group(h, where), "betas": (float(betas[0]), float(betas[1])),
+                "eps": float(h["eps"])}
+
+    def _adam_update(self, w, g, h, st) -> None:
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        beta1, beta2 = h["betas"]
+        a, b = self._buffer("a", w.size), self._buffer("b", w.size)
         m *= beta1
         np.multiply(g, 1 - beta1, out=a)
         m += a
@@ -254,25 +273,25 @@ class Adam(Optimizer, _Scratch):
         v += a
         np.sqrt(v, out=a)
         a *= 1 / math.sqrt(1 - beta2 ** self.t)
-        a += self.eps
+        a += h["eps"]
         np.divide(m, a, out=b)
-        b *= self.lr / (1 - beta1 ** self.t)
+        b *= h["lr"] / (1 - beta1 ** self.t)
         w -= b
 
     _update = _adam_update
 
-    def _adam_kernel(self, w: np.ndarray, wd: float, shrink: float) -> None:
-        beta1, beta2 = self.betas
+    def _adam_kernel(self, w, grad, h, st, wd: float, shrink: float) -> None:
+        beta1, beta2 = h["betas"]
         c = w.dtype.type
-        kernels.get("adam")(w, self.flat.grad, self.state["exp_avg"], self.state["exp_avg_sq"],
-                            c(self.lr / (1 - beta1 ** self.t)), c(beta1), c(1 - beta1), c(beta2),
-                            c(1 - beta2), c(self.eps), c(1 / math.sqrt(1 - beta2 ** self.t)),
+        kernels.get("adam")(w, grad, st["exp_avg"], st["exp_avg_sq"],
+                            c(h["lr"] / (1 - beta1 ** self.t)), c(beta1), c(1 - beta1), c(beta2),
+                            c(1 - beta2), c(h["eps"]), c(1 / math.sqrt(1 - beta2 ** self.t)),
                             c(wd), c(shrink))
 
-    def _fused_update(self, w: np.ndarray) -> bool:
-        if not np.isscalar(self._wd):
+    def _fused_update(self, w, grad, h, st, wd) -> bool:
+        if not np.isscalar(wd):
             return False
-        self._adam_kernel(w, self._wd, 1.0)
+        self._adam_kernel(w, grad, h, st, wd, 1.0)
         return True
 
 
@@ -289,26 +308,21 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2, decay_mask: bool = False):
         super().__init__(params, lr, betas, eps, weight_decay, decay_mask)
 
-    def step(self) -> None:
+    def _step_part(self, w, grad, h, st, wd) -> None:
         """Shrink the weights (decoupled decay), then an Adam step on the raw gradient."""
-        self._check_flat()
-        self.t += 1
-        w = self.flat.data
-        if np.isscalar(self._wd) and self.kernel == "numba":
-            self._adam_kernel(w, 0.0, 1 - self.lr * self._wd)  # shrink fused into the pass
+        if np.isscalar(wd) and self.kernel == "numba":
+            self._adam_kernel(w, grad, h, st, 0.0, 1 - h["lr"] * wd)  # shrink fused in the pass
         else:
-            self._shrink(w)
-            self._adam_update(w, self.flat.grad)
-        for hook in self._post_step:
-            hook()
+            self._shrink(w, h["lr"], wd)
+            self._adam_update(w, grad, h, st)
 
-    def _shrink(self, w: np.ndarray) -> None:
-        """w <- w * (1 - lr * wd), wd a scalar or the masked (P,) vector."""
-        if np.isscalar(self._wd):
-            if self._wd != 0.0:
-                w *= 1 - self.lr * self._wd
+    def _shrink(self, w, lr: float, wd) -> None:
+        """w <- w * (1 - lr * wd), wd a scalar or the masked vector."""
+        if np.isscalar(wd):
+            if wd != 0.0:
+                w *= 1 - lr * wd
             return
-        a, _ = self._scratch(w)
-        np.multiply(self._wd, -self.lr, out=a)
+        a = self._buffer("a", w.size)
+        np.multiply(wd, -lr, out=a)
         a += 1
         w *= a

@@ -45,11 +45,20 @@ class L1:
         optimizer.register_post_step(self)
 
     def __call__(self) -> None:
-        """Apply the soft-threshold step with the optimizer's current lr."""
-        thr = self.lam * self.optimizer.lr
+        """Apply the soft-threshold step with the optimizer's current lr (each parameter
+        group's own lr when there are several; none on parameters it does not optimize)."""
+        opt = self.optimizer
+        if not getattr(opt, "_whole", True):  # several groups, or not all of the buffer
+            thr = np.zeros_like(opt.flat.data)
+            groups = opt.param_groups
+            for g, slices in zip(groups, opt._slices):
+                for sl in slices:
+                    thr[sl] = self.lam * g["lr"]
+        else:
+            thr = self.lam * opt.lr
         if self._mask is not None:
             thr = self._mask * thr
-        soft_threshold_(self.optimizer.flat.data, thr)
+        soft_threshold_(opt.flat.data, thr)
 
 
 def max_norm_(model: Module, c: float) -> int:

@@ -22,10 +22,11 @@ class SGD(Optimizer):
     Nesterov momentum in this form (Sutskever et al. 2013) evaluates the gradient
     at the current weights, so it needs no extra forward pass.
 
-    params: a model's ``parameters()``; lr >= 0; momentum in [0, 1);
-    nesterov requires momentum > 0; weight_decay >= 0 (L2, coupled);
+    params: a model's ``parameters()``, or parameter-group dicts as torch
+    (``[{"params": ..., "lr": ...}, ...]``; see ``base.py``); lr >= 0; momentum in
+    [0, 1); nesterov requires momentum > 0; weight_decay >= 0 (L2, coupled);
     decay_mask=True skips biases and batch-norm parameters (default False: all,
-    like torch).
+    like torch). Every one of these can differ between groups.
     """
 
     _state_names = ("momentum_buffer",)
@@ -33,42 +34,43 @@ class SGD(Optimizer):
 
     def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, decay_mask: bool = False):
-        check_hyper("SGD", "momentum", momentum, _is_real(momentum) and 0 <= momentum < 1,
-                    "in [0, 1)")
-        check_hyper("SGD", "nesterov", nesterov, not (nesterov and momentum == 0),
-                    "False when momentum is 0 (Nesterov needs momentum > 0)")
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
-        if self.momentum == 0:
-            self._state_names = ()  # plain SGD keeps no state
-        super().__init__(params, lr, weight_decay, decay_mask)
-        self._dbuf = None
+        super().__init__(params, lr, weight_decay, decay_mask, momentum=momentum,
+                         nesterov=nesterov)
 
-    def _fused_update(self, w: np.ndarray) -> bool:
-        if self.momentum == 0 or not np.isscalar(self._wd):
+    def _check_group(self, h: dict, where: str) -> dict:
+        momentum, nesterov = h["momentum"], h["nesterov"]
+        check_hyper(where, "momentum", momentum, _is_real(momentum) and 0 <= momentum < 1,
+                    "in [0, 1)")
+        check_hyper(where, "nesterov", nesterov, not (nesterov and momentum == 0),
+                    "False when momentum is 0 (Nesterov needs momentum > 0)")
+        return {**super()._check_group(h, where), "momentum": float(momentum),
+                "nesterov": bool(nesterov)}
+
+    def _states_for(self, h: dict) -> tuple:
+        return ("momentum_buffer",) if h["momentum"] != 0 else ()  # plain SGD keeps no state
+
+    def _fused_update(self, w, grad, h, st, wd) -> bool:
+        if h["momentum"] == 0 or not np.isscalar(wd):
             return False  # plain SGD is 2 passes in NumPy already; masks stay on NumPy
         c = w.dtype.type
-        kernels.get("sgd_momentum")(w, self.flat.grad, self.state["momentum_buffer"],
-                                    c(self.lr), c(self.momentum), c(self._wd), self.nesterov)
+        kernels.get("sgd_momentum")(w, grad, st["momentum_buffer"], c(h["lr"]),
+                                    c(h["momentum"]), c(wd), h["nesterov"])
         return True
 
-    def _update(self, w: np.ndarray, g: np.ndarray) -> None:
-        if self.momentum == 0:
-            if self._dbuf is None:
-                self._dbuf = np.empty_like(w)
-            np.multiply(g, self.lr, out=self._dbuf)
-            w -= self._dbuf
+    def _update(self, w, g, h, st) -> None:
+        lr, momentum = h["lr"], h["momentum"]
+        d = self._buffer("d", w.size)
+        if momentum == 0:
+            np.multiply(g, lr, out=d)
+            w -= d
             return
-        b = self.state["momentum_buffer"]
-        b *= self.momentum
+        b = st["momentum_buffer"]
+        b *= momentum
         b += g
-        if self._dbuf is None:
-            self._dbuf = np.empty_like(w)
-        d = self._dbuf
-        if self.nesterov:
-            np.multiply(b, self.momentum, out=d)
+        if h["nesterov"]:
+            np.multiply(b, momentum, out=d)
             d += g
-            d *= self.lr
+            d *= lr
         else:
-            np.multiply(b, self.lr, out=d)
+            np.multiply(b, lr, out=d)
         w -= d

@@ -72,6 +72,11 @@ class SyncSGD:
     def lr(self, value: float) -> None:
         self.optimizer.lr = value
 
+    @property
+    def param_groups(self) -> list:
+        """The inner SGD's parameter groups, so torch-style schedulers drive δ."""
+        return self.optimizer.param_groups
+
     def step(self, X: np.ndarray, y: np.ndarray) -> float:
         """One round on the data (X: (N, ...), y: (N,)), N >= K (equal mini-batches when K
         divides N).

@@ -327,6 +327,7 @@ class CudaDataParallelStep:
     def _fused(self, optimizer) -> bool:
         from mlcvlab.optim.sgd import SGD
         return (type(optimizer) is SGD and not optimizer.decay_mask
+                and getattr(optimizer, "_whole", True)     # one group over the whole buffer
                 and not getattr(optimizer, "_post_step", None))
 
     def _update(self, optimizer) -> None:

@@ -8,47 +8,30 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from mlcvlab.io import atomic_save_npz, atomic_write_text, load_npz
 
-OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "rmsprop-nesterov", "adadelta",
-              "adam", "adamw"]
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01, "rmsprop": 0.001,
-              "rmsprop-nesterov": 0.001, "adadelta": 1.0, "adam": 0.001, "adamw": 0.001}
+from mlcvlab.optim.registry import OPTIMIZERS as _OPTIMIZER_REGISTRY  # noqa: E402
+
+OPTIMIZERS = list(_OPTIMIZER_REGISTRY)
+DEFAULT_LR = {name: spec[1] for name, spec in _OPTIMIZER_REGISTRY.items()}
 SCHEDULES = ["none", "exponential", "cyclic"]
 DEFAULT_DATASET = "mnist10k"
 
 
-USES_MOMENTUM = ("momentum", "nesterov", "rmsprop-nesterov")
+USES_MOMENTUM = tuple(n for n, spec in _OPTIMIZER_REGISTRY.items() if "momentum" in spec[2])
 
 
-def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
-    """An optimizer of ``mlcvlab.optim`` by its CLI name. ``momentum`` is used by momentum,
-    nesterov and rmsprop-nesterov only; ``weight_decay`` is coupled L2, decoupled for adamw."""
+def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
+                    momentum: Optional[float] = None):
+    """An optimizer of ``mlcvlab.optim`` by its CLI name (``mlcvlab.optim.build``)."""
     from mlcvlab import optim
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    wd = {"weight_decay": weight_decay}
-    if name == "sgd":
-        return optim.SGD(params, lr=lr, **wd)
-    if name == "momentum":
-        return optim.SGD(params, lr=lr, momentum=momentum, **wd)
-    if name == "nesterov":
-        return optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, **wd)
-    if name == "adagrad":
-        return optim.AdaGrad(params, lr=lr, **wd)
-    if name == "rmsprop":
-        return optim.RMSProp(params, lr=lr, **wd)
-    if name == "rmsprop-nesterov":
-        return optim.RMSProp(params, lr=lr, momentum=momentum, nesterov=True, **wd)
-    if name == "adadelta":
-        return optim.AdaDelta(params, lr=lr, **wd)
-    if name == "adam":
-        return optim.Adam(params, lr=lr, **wd)
-    return optim.AdamW(params, lr=lr, **wd)
+    if momentum is not None and name not in USES_MOMENTUM:
+        momentum = None
+    return optim.build(name, params, lr=lr, weight_decay=weight_decay, momentum=momentum)
 
 
 def build_schedule(name: str, optimizer, steps_per_epoch: int, lr: float, epochs: int = 20):
@@ -260,11 +243,22 @@ def resume_config(args) -> Dict[str, Any]:
     return config
 
 
+def _jsonable(obj):
+    from mlcvlab.labs.report import to_jsonable
+    return to_jsonable(obj)
+
+
 def _versions() -> Dict[str, str]:
     import platform
 
+    import numba
+    from threadpoolctl import threadpool_info
+
     from mlcvlab import __version__
-    return {"mlcvlab": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('num_threads')} threads)"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    return {"mlcvlab": __version__, "numpy": np.__version__, "numba": numba.__version__,
+            "python": platform.python_version(), "blas": ", ".join(blas) or "unknown"}
 
 
 def _last_batch_plan(n: int, config: Dict[str, Any], model) -> bool:
@@ -353,7 +347,7 @@ def run_train(args) -> int:
     _probe_model(model, X_train, config)
     drop_last = _last_batch_plan(len(X_train), config, model)
     optimizer = build_optimizer(config["optimizer"], model.parameters(), config["lr"],
-                                config["weight_decay"], config["momentum"] or 0.0)
+                                config["weight_decay"], config["momentum"])
     loader = DataLoader(X_train, y_train, batch_size=config["batch_size"], shuffle=True,
                         seed=config["seed"], drop_last=drop_last)
     schedulers = build_schedule(config["schedule"], optimizer, len(loader), config["lr"],
@@ -368,7 +362,9 @@ def run_train(args) -> int:
     if is_root:
         record = dict(config, status="running", n_train=len(X_train),
                       n_val=0 if X_val is None else len(X_val), n_test=len(X_test),
-                      drop_last_batch=drop_last, threads=args.threads, versions=_versions())
+                      drop_last_batch=drop_last, threads=args.threads, versions=_versions(),
+                      optimizer_used=_jsonable({"class": type(optimizer).__name__,
+                                                **optimizer.hyperparameters()}))
         atomic_write_text(os.path.join(out, "config.json"), json.dumps(record, indent=2))
         if args.out is None and not resuming:
             _point_latest(out)

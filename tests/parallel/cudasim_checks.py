@@ -149,7 +149,7 @@ def sgd_update():
         close(w.copy_to_host(), p.data)
 
 
-def _train_step_equal(build, steps=1, optimizer="sgd"):
+def _train_step_equal(build, steps=1, optimizer="sgd", workers=2):
     from mlcvlab.optim import SGD, Adam
     from mlcvlab.parallel import make_step_fn
     from mlcvlab.train import Trainer
@@ -161,7 +161,7 @@ def _train_step_equal(build, steps=1, optimizer="sgd"):
         m = build()
         opt = (SGD(m.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd"
                else Adam(m.parameters(), lr=0.01))
-        tr = Trainer(m, loss_for(m), opt, step_fn=make_step_fn(dist, 2, m, seed=5))
+        tr = Trainer(m, loss_for(m), opt, step_fn=make_step_fn(dist, workers, m, seed=5))
         for _ in range(steps):
             loss, t = tr.train_step(X, y)
         losses.append(loss)
@@ -187,6 +187,101 @@ def mlp_train_step_equals_cpu():
     # no BN here: a bias followed by BN has a zero gradient, which Adam's g / sqrt(v)
     # turns from float noise into +-lr; the BN path is covered by NN4 with SGD
     _train_step_equal(lambda: mlp([10, 9, 3], p_hidden=0.3, rng=0), optimizer="adam")
+
+
+def _describe(arg) -> str:
+    """The numba type a launch argument gets: float32 arrays and np.float32 scalars keep a
+    kernel float32; a Python float (float64) or a float64 array does not."""
+    if isinstance(arg, (bool, np.bool_)):
+        return "bool"
+    if isinstance(arg, (int, np.integer)):
+        return "int"
+    if isinstance(arg, float):
+        return "float64 (a Python float)"
+    if isinstance(arg, np.floating):
+        return str(arg.dtype)
+    return f"{np.dtype(arg.dtype)} array"
+
+
+class _Recorder:
+    """Stands in for a kernel in module K and logs each launch's arguments."""
+
+    def __init__(self, name, kern, log):
+        self.name, self.kern, self.log = name, kern, log
+
+    def __getitem__(self, config):
+        launch = self.kern[config]
+
+        def call(*args):
+            self.log.setdefault(self.name, []).append(
+                [(_describe(a), tuple(getattr(a, "shape", ()))) for a in args])
+            return launch(*args)
+        return call
+
+
+def _recording(fn):
+    """Runs fn() with every kernel of K recorded; returns {kernel: [launch args]}."""
+    log = {}
+    names = [n for n in dir(K) if n.endswith("_kernel")]
+    saved = {n: getattr(K, n) for n in names}
+    try:
+        for n in names:
+            setattr(K, n, _Recorder(n, saved[n], log))
+        fn()
+    finally:
+        for n in names:
+            setattr(K, n, saved[n])
+    return log
+
+
+def _nn4():
+    from mlcvlab.models import NN4
+    return NN4(10, hidden=(8, 7, 6), n_classes=3, p_input=0.2, p_hidden=0.5, rng=0)
+
+
+@check
+def launch_arguments_are_float32():
+    """Every kernel launch of nn4/mlp --dist cuda steps (BN, dropout, sigmoid and softmax
+    heads, fused SGD and host Adam) passes float32 arrays (int64 labels) and float32
+    scalars, the types tests/parallel/ptx_checks.py compiles the kernels for."""
+    from mlcvlab.models import mlp
+
+    def steps():
+        _train_step_equal(_nn4)
+        _train_step_equal(lambda: mlp([10, 9, 3], p_hidden=0.3, rng=0), optimizer="adam")
+        _train_step_equal(lambda: mlp([10, 9, 3], activation="sigmoid", rng=0))
+    log = _recording(steps)
+    allowed = {"float32 array", "float32", "bool", "int", "int64 array"}
+    bad = {n: {tuple(d for d, _ in args) for args in calls} for n, calls in log.items()}
+    bad = {n: sigs for n, sigs in bad.items() if any(d not in allowed for sig in sigs for d in sig)}
+    assert not bad, f"launches with non-float32 arguments: {bad}"
+    missing = {n for n in dir(K) if n.endswith("_kernel")} - set(log)
+    assert not missing, f"kernels never launched by these steps: {missing}"
+
+
+@check
+def first_layer_skips_input_gradient():
+    """As the CPU path after set_input_grad(False): no dL/d(data). NN4 (4 Linear, input
+    Dropout), 2 workers, one step: per worker 4 forward + 4 dW + 3 dx GEMMs (not 4 dx)
+    and 4 forward + 3 backward dropout masks (the input Dropout is not run backward)."""
+    log = _recording(lambda: _train_step_equal(_nn4))
+    matmuls, masks = log["matmul_kernel"], log["mask_kernel"]
+    assert len(matmuls) == 2 * (4 + 4 + 3), len(matmuls)
+    assert len(masks) == 2 * (4 + 3), len(masks)
+    # no GEMM writes an (n_k, 10) input gradient: every output has 8, 7, 6 or 3 columns
+    # (or is a weight gradient, whose second axis is the layer's fan-in)
+    outs = [args[2][1] for args in matmuls]
+    assert all(shape[1] != 10 or shape[0] == 8 for shape in outs), outs
+
+
+@check
+def one_worker_equals_local_step():
+    """--dist cuda --workers 1 draws the dropout masks of the data-parallel step with K = 1
+    (generators seeded (seed, 0, layer)), so it equals make_step_fn("local", 1); the
+    plain Trainer step that `--dist local --workers 1` uses draws from the model's own
+    Dropout generators instead, and differs (see the module docstring of
+    mlcvlab.parallel.cuda)."""
+    _train_step_equal(_nn4, steps=3, workers=1)
 
 
 @check

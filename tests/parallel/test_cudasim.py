@@ -13,7 +13,9 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKS = ["matmul", "add_bias_and_colsum", "activations", "dropout_mask", "batchnorm",
           "softmax_and_head_gradients", "reduce_mean", "sgd_update",
-          "nn4_train_step_equals_cpu", "mlp_train_step_equals_cpu", "rejects_float64"]
+          "nn4_train_step_equals_cpu", "mlp_train_step_equals_cpu",
+          "launch_arguments_are_float32", "first_layer_skips_input_gradient",
+          "one_worker_equals_local_step", "rejects_float64"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def sim_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("cudasim") / "results.json"
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(HERE, "cudasim_checks.py"), str(out)],
-                          capture_output=True, text=True, timeout=110, env=env)
+                          capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

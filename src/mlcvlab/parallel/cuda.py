@@ -18,6 +18,12 @@ Models: NN4 and MLPs from :func:`mlcvlab.models.mlp` (Flatten, Dropout, Linear,
 ReLU, Sigmoid, Softmax, BatchNorm1d), float32. Dropout masks are drawn on the
 host from the same per-worker generators as the CPU step (seeded from
 (seed, rank, layer)), so a CUDA step equals the CPU step up to float rounding.
+With one worker that CPU step is ``make_step_fn("local", 1)``; the plain Trainer step
+that ``mlcvlab train --dist local --workers 1`` runs draws from the model's own Dropout
+generators instead, so its masks (and losses) differ from ``--dist cuda --workers 1``
+(a counter-based dropout generator shared by both paths is the fix, issue #22).
+The backward stops at the first layer with parameters: the gradient of the input data
+is never computed (as the CPU path after ``set_input_grad(False)``).
 Batch norm: per-worker batch statistics; running statistics averaged across
 workers on the host, as in :mod:`mlcvlab.parallel.step`.
 numba is imported when a step is built: without a GPU (and without the
@@ -176,7 +182,8 @@ class CudaDataParallelStep:
                 y, xhat = (cuda.device_array((n, d), dtype=np.float32) for _ in range(2))
                 stats = [cuda.device_array(d, dtype=np.float32) for _ in range(3)]
                 k.bn_forward_kernel[k.grid1(d)](a, self._view(w, layer.weight),
-                                                self._view(w, layer.bias), layer.eps, y, xhat,
+                                                self._view(w, layer.bias),
+                                                np.float32(layer.eps), y, xhat,
                                                 *stats)
                 caches.append((xhat, *stats))
             else:   # ReLU, Sigmoid, Softmax
@@ -217,11 +224,19 @@ class CudaDataParallelStep:
         return dz, float(loss), skip
 
     def _backward(self, w, g, dy, caches, skip: int) -> None:
-        """Backward of one worker from dy, writing parameter gradients into g (P,)."""
+        """Backward of one worker from dy, writing parameter gradients into g (P,).
+
+        The model's input is data: as the CPU path after ``set_input_grad(False)``, the
+        backward stops at the first layer with parameters, which computes only its
+        parameter gradients (a Linear skips its dx GEMM; layers before it, such as an
+        input Dropout, are not run backward)."""
         from mlcvlab.nn.modules import BatchNorm1d, Dropout, Linear, ReLU, Sigmoid
         cuda, k = self.cuda, self.k
-        layers = self.layers[:len(self.layers) - skip]
-        for layer, cache in zip(reversed(layers), reversed(caches[:len(layers)])):
+        end = len(self.layers) - skip
+        first = next((i for i, m in enumerate(self.layers[:end])
+                      if isinstance(m, (Linear, BatchNorm1d))), 0)
+        layers, caches = self.layers[first:end], caches[first:end]
+        for layer, cache in zip(reversed(layers), reversed(caches)):
             n, d = dy.shape
             if isinstance(layer, Dropout):
                 if cache is None:
@@ -234,6 +249,8 @@ class CudaDataParallelStep:
                 k.matmul_kernel[k.grid2(*dW.shape)](dy, x, dW, True, False)
                 if layer.bias is not None:
                     k.colsum_kernel[k.grid1(d)](dy, self._view(g, layer.bias))
+                if layer is layers[0]:       # the first layer: dL/d(data) is never used
+                    return
                 dx = cuda.device_array((n, W.shape[1]), dtype=np.float32)
                 k.matmul_kernel[k.grid2(n, W.shape[1])](dy, W, dx, False, False)
             elif isinstance(layer, BatchNorm1d):

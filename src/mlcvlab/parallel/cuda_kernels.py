@@ -11,6 +11,15 @@ block staging tiles of both operands in shared memory.
 
 The kernels also run under the simulator (``NUMBA_ENABLE_CUDASIM=1``, set before
 numba is imported), which is how the tests check each against NumPy.
+
+float32 only: every constant is a ``float32(...)`` (``_0``, ``_1``) and every count
+(``n``, ``K``) is cast with ``float32(...)`` before it divides a float32, because a
+bare Python float literal (``0.0``) or an int64 operand types as float64 on the
+device and turns the arithmetic into float64 instructions (``cvt.f64``,
+``add.f64``, ``sqrt.rn.f64``...: half rate on an H100/H200, 1/32-1/64 on consumer
+GPUs). ``tests/parallel/test_ptx.py`` compiles every kernel to sm_90 PTX and fails on
+any ``.f64`` instruction. No builtin ``max``/``min`` either: numba's own CUDA target
+(numba >= 0.66 without the ``numba-cuda`` package) does not compile them.
 """
 from __future__ import annotations
 
@@ -24,28 +33,31 @@ _SIM = bool(config.ENABLE_CUDASIM)
 TPB = 4 if _SIM else 16          # matmul tile edge: TPB x TPB threads per block
 THREADS = 32 if _SIM else 128    # threads per block of the 1-D kernels
 
+_0 = float32(0.0)
+_1 = float32(1.0)
+
 
 # ------------------------------------------------------------------ device functions
 @cuda.jit(device=True)
 def relu_d(x):
-    return x if x > 0 else 0.0 * x
+    return x if x > _0 else _0 * x
 
 
 @cuda.jit(device=True)
 def relu_grad_d(x, dy):
-    return dy if x > 0 else 0.0 * dy
+    return dy if x > _0 else _0 * dy
 
 
 @cuda.jit(device=True)
 def sigmoid_d(x):
-    return 1.0 / (1.0 + math.exp(-x))
+    return _1 / (_1 + math.exp(-x))
 
 
 @cuda.jit(device=True)
 def load_op(A, i, j, trans, rows, cols):
     """op(A)[i, j] with op(A) = A or A.T, of shape (rows, cols); 0 outside."""
     if i >= rows or j >= cols:
-        return 0.0
+        return _0
     if trans:
         return A[j, i]
     return A[i, j]
@@ -61,7 +73,7 @@ def matmul_kernel(A, B, C, trans_a, trans_b):
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     M, N = C.shape
     K = A.shape[0] if trans_a else A.shape[1]
-    acc = 0.0
+    acc = _0
     for t in range((K + TPB - 1) // TPB):
         sa[tx, ty] = load_op(A, row, t * TPB + ty, trans_a, M, K)
         sb[tx, ty] = load_op(B, t * TPB + tx, col, trans_b, K, N)
@@ -110,7 +122,7 @@ def sigmoid_grad_kernel(Y, dY, dX):
     """dX = dY · y (1 - y), Y the sigmoid output."""
     i = cuda.grid(1)
     if i < Y.shape[0]:
-        dX[i] = dY[i] * Y[i] * (1.0 - Y[i])
+        dX[i] = dY[i] * Y[i] * (_1 - Y[i])
 
 
 @cuda.jit
@@ -127,7 +139,7 @@ def colsum_kernel(dY, db):
     """db (D,) = sum over rows of dY (N, D): the bias gradient."""
     j = cuda.grid(1)
     if j < dY.shape[1]:
-        acc = 0.0
+        acc = _0
         for i in range(dY.shape[0]):
             acc += dY[i, j]
         db[j] = acc
@@ -139,15 +151,16 @@ def bn_forward_kernel(X, gamma, beta, eps, Y, Xhat, mean, var, inv_std):
     j = cuda.grid(1)
     n = X.shape[0]
     if j < X.shape[1]:
-        m = 0.0
+        nf = float32(n)
+        m = _0
         for i in range(n):
             m += X[i, j]
-        m /= n
-        v = 0.0
+        m /= nf
+        v = _0
         for i in range(n):
             v += (X[i, j] - m) * (X[i, j] - m)
-        v /= n
-        s = 1.0 / math.sqrt(v + eps)
+        v /= nf
+        s = _1 / math.sqrt(v + float32(eps))
         for i in range(n):
             Xhat[i, j] = (X[i, j] - m) * s
             Y[i, j] = Xhat[i, j] * gamma[j] + beta[j]
@@ -160,13 +173,14 @@ def bn_backward_kernel(dY, Xhat, gamma, inv_std, dX, dgamma, dbeta):
     j = cuda.grid(1)
     n = dY.shape[0]
     if j < dY.shape[1]:
-        sdy = 0.0
-        sdyx = 0.0
+        nf = float32(n)
+        sdy = _0
+        sdyx = _0
         for i in range(n):
             sdy += dY[i, j]
             sdyx += dY[i, j] * Xhat[i, j]
         for i in range(n):
-            dX[i, j] = gamma[j] * inv_std[j] * (dY[i, j] - sdy / n - Xhat[i, j] * sdyx / n)
+            dX[i, j] = gamma[j] * inv_std[j] * (dY[i, j] - sdy / nf - Xhat[i, j] * sdyx / nf)
         dgamma[j], dbeta[j] = sdyx, sdy
 
 
@@ -178,8 +192,9 @@ def softmax_kernel(Z, P):
     if i < Z.shape[0]:
         zmax = Z[i, 0]
         for c in range(1, Z.shape[1]):
-            zmax = max(zmax, Z[i, c])
-        total = 0.0
+            if Z[i, c] > zmax:       # Python's max(zmax, z), NaN included
+                zmax = Z[i, c]
+        total = _0
         for c in range(Z.shape[1]):
             P[i, c] = math.exp(Z[i, c] - zmax)
             total += P[i, c]
@@ -196,10 +211,10 @@ def prob_minus_target_kernel(P, y, dZ):
     n, classes = P.shape
     if i < n and c < classes:
         if classes == 1:
-            t = y[i]
+            t = float32(y[i])
         else:
-            t = 1.0 if y[i] == c else 0.0
-        dZ[i, c] = (P[i, c] - t) / n
+            t = _1 if int(y[i]) == c else _0
+        dZ[i, c] = (P[i, c] - t) / float32(n)
 
 
 # ------------------------------------------------------------------ reduction and update
@@ -212,7 +227,7 @@ def reduce_mean_kernel(G, wts):
         acc = G[0, j] * wts[0]
         for k in range(1, G.shape[0]):
             acc += G[k, j] * wts[k]
-        acc /= G.shape[0]
+        acc /= float32(G.shape[0])
         for k in range(G.shape[0]):
             G[k, j] = acc
 

@@ -1,0 +1,177 @@
+"""Compile every numba CUDA kernel of src/mlcvlab to PTX for sm_90, without a GPU.
+
+Run by test_ptx.py as ``python ptx_checks.py OUT.json`` (a subprocess, without
+NUMBA_ENABLE_CUDASIM, so that ``numba.cuda`` is the real compiler and no simulator
+state leaks in). Needs ``numba-cuda`` and NVVM from PyPI: the ``test`` extra installs
+``numba-cuda[cu13]`` (libnvvm, NVRTC, cuda-bindings); no driver or device is used.
+
+Each PTX is then assembled to sm_90 machine code (SASS) with nvJitLink, which runs
+ptxas inside (the cu13 extra ships it): an assembly error fails the test too, and
+ptxas's register and spill counts are recorded.
+
+Writes ``{"numba_cuda": version, "kernels": {key: {"ok": bool, "error": str,
+"f64": [instructions], "ptx_lines": int, "sass": {"ok", "registers", "spill_stores",
+"error"}}}}`` for every (kernel, signature) of signatures(), and lists under
+``"unsigned"`` every kernel found in the sources that signatures() does not cover (a
+new kernel must get a signature here).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pathlib
+import re
+import sys
+import traceback
+
+os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+
+CC = (9, 0)          # sm_90 (H100/H200); any current architecture gives the same f64 verdict
+
+SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
+
+
+def signatures():
+    """{module: {kernel: [argument types, ...]}}: the types mlcvlab.parallel.cuda launches
+    each kernel with (C-contiguous float32 device arrays, np.float32 scalars, bool flags,
+    int64 labels; cudasim_checks.launch_arguments_are_float32 checks the launches)."""
+    from numba import boolean, float32, int64
+    f1, f2, i1 = float32[::1], float32[:, ::1], int64[::1]
+    return {"mlcvlab.parallel.cuda_kernels": {
+        "matmul_kernel": [(f2, f2, f2, boolean, boolean)],
+        "add_bias_kernel": [(f2, f1)],
+        "relu_kernel": [(f1, f1)],
+        "relu_grad_kernel": [(f1, f1, f1)],
+        "sigmoid_kernel": [(f1, f1)],
+        "sigmoid_grad_kernel": [(f1, f1, f1)],
+        "mask_kernel": [(f1, f1, f1)],
+        "colsum_kernel": [(f2, f1)],
+        "bn_forward_kernel": [(f2, f1, f1, float32, f2, f2, f1, f1, f1)],
+        "bn_backward_kernel": [(f2, f2, f1, f1, f2, f1, f1)],
+        "softmax_kernel": [(f2, f2)],
+        # int labels (softmax head) and float targets (C = 1, sigmoid head)
+        "prob_minus_target_kernel": [(f2, i1, f2), (f2, f1, f2)],
+        "reduce_mean_kernel": [(f2, f1)],
+        "sgd_update_kernel": [(f1, f1, f1, float32, float32, float32, boolean)],
+    }}
+
+
+def sig_key(name, sig) -> str:
+    return f"{name}({', '.join(str(t) for t in sig)})"
+
+
+def all_keys():
+    return [sig_key(name, sig) for table in signatures().values()
+            for name, sigs in table.items() for sig in sigs]
+
+
+def kernel_modules():
+    """Every module under src/mlcvlab whose source has a ``cuda.jit``."""
+    mods = []
+    for path in sorted((SRC / "mlcvlab").rglob("*.py")):
+        if "cuda.jit" in path.read_text():
+            rel = path.relative_to(SRC).with_suffix("")
+            mods.append(".".join(rel.parts))
+    return mods
+
+
+def find_kernels(module):
+    """{name: dispatcher} of the module's @cuda.jit kernels (device functions left out:
+    they are compiled through the kernels that call them)."""
+    from numba.cuda.dispatcher import CUDADispatcher
+    return {name: obj for name, obj in vars(module).items()
+            if isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device")
+            and obj.py_func.__module__ == module.__name__}
+
+
+F64 = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][\w.]*\.f64[\w.]*)", re.M)
+
+
+def f64_instructions(ptx: str):
+    """The PTX instructions that touch float64 (``add.f64``, ``cvt.f64.f32``,
+    ``cvt.rn.f32.f64``, ``sqrt.rn.f64``, ``ld.param.f64``...); register declarations
+    (``.reg .f64``) are not instructions and are not counted."""
+    return F64.findall(ptx)
+
+
+def assemble(ptx: str) -> dict:
+    """ptxas through nvJitLink: PTX -> sm_90 cubin, with the register and spill counts."""
+    from cuda.bindings import nvjitlink as nj
+    opts = [f"-arch=sm_{CC[0]}{CC[1]}", "-verbose"]
+    handle = nj.create(len(opts), opts)
+    try:
+        data = ptx.encode()
+        try:
+            nj.add_data(handle, nj.InputType.PTX, data, len(data), "kernel.ptx")
+            nj.complete(handle)
+        except Exception as err:  # noqa: BLE001 - the error log is the finding
+            size = nj.get_error_log_size(handle)
+            log = bytearray(size)
+            if size:
+                nj.get_error_log(handle, log)
+            return {"ok": False, "registers": None, "spill_stores": None,
+                    "error": f"{err}\n{log.decode(errors='replace')}"[-2000:]}
+        size = nj.get_info_log_size(handle)
+        log = bytearray(size)
+        if size:
+            nj.get_info_log(handle, log)
+        text = log.decode(errors="replace")
+        regs = re.search(r"Used (\d+) registers", text)
+        spills = re.search(r"(\d+) bytes spill stores", text)
+        return {"ok": nj.get_linked_cubin_size(handle) > 0, "error": "",
+                "registers": int(regs.group(1)) if regs else None,
+                "spill_stores": int(spills.group(1)) if spills else None}
+    finally:
+        nj.destroy(handle)
+
+
+class _Device:
+    """Stands in for the current device: numba-cuda compiles a kernel's device
+    functions for get_current_device().compute_capability, which needs a driver."""
+    compute_capability = CC
+    id = 0
+    name = b"sm_90 (no device: PTX only)"
+
+
+def main(out: str) -> None:
+    import numba
+    from numba import cuda
+    import numba.cuda.dispatcher as disp
+    if getattr(cuda, "_simulator", False) or "simulator" in cuda.__name__:
+        raise RuntimeError("numba.cuda is the simulator; unset NUMBA_ENABLE_CUDASIM")
+    disp.get_current_device = lambda: _Device()
+    try:
+        import numba_cuda
+        version = getattr(numba_cuda, "__version__", "?")
+    except ImportError:
+        version = None
+    sys.path.insert(0, str(SRC))
+    sigs = signatures()
+    result = {"numba": numba.__version__, "numba_cuda": version, "cc": list(CC),
+              "kernels": {}, "unsigned": []}
+    for modname in kernel_modules():
+        mod = importlib.import_module(modname)
+        table = sigs.get(modname, {})
+        for name, kern in find_kernels(mod).items():
+            if name not in table:
+                result["unsigned"].append(f"{modname}.{name}")
+                continue
+            for sig in table[name]:
+                key = sig_key(name, sig)
+                try:
+                    ptx, _ = cuda.compile_ptx(kern.py_func, sig, cc=CC)
+                    result["kernels"][key] = {"ok": True, "error": "",
+                                              "f64": f64_instructions(ptx),
+                                              "ptx_lines": ptx.count("\n"),
+                                              "sass": assemble(ptx)}
+                except Exception:  # noqa: BLE001 - a compile error is the test's finding
+                    result["kernels"][key] = {"ok": False, "f64": [], "ptx_lines": 0,
+                                              "error": traceback.format_exc()[-2000:],
+                                              "sass": None}
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

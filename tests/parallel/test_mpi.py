@@ -98,6 +98,8 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_naming_it(tmp_path):
                 pass
     assert proc.returncode != 0
     assert waited < 4 + 30, f"the job took {waited:.0f} s to end"
-    assert "rank 1 never reached step" in err, err[-2000:]
+    # stopped before it reached the all-reduce, or inside it (then it no longer answers)
+    assert ("rank 1 never reached step" in err or
+            "rank 1 reached step" in err and "stopped responding" in err), err[-2000:]
     from mlcvlab.train import load_checkpoint
     assert load_checkpoint(str(out))["epoch"] >= 1

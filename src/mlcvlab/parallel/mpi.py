@@ -134,19 +134,54 @@ class MPICommunicator(Communicator):
         sys.stderr.flush()
         self.comm.Abort(code)
 
+    PING_TAG, PONG_TAG = 7302, 7303
+    PING_SECONDS = 3.0          # how long rank 0 waits for the others to answer its ping
+    REPORT_GRACE = 10.0         # other ranks wait this much longer, so rank 0 names the culprit
+
+    def _answer_pings(self) -> None:
+        """A rank waiting in a collective answers rank 0's "are you alive?" ping."""
+        if self.comm.Iprobe(source=0, tag=self.PING_TAG):
+            token = np.zeros(1, dtype=np.int64)
+            self.comm.Recv(token, source=0, tag=self.PING_TAG)
+            self.comm.Send(token, dest=0, tag=self.PONG_TAG)
+
+    def _unresponsive(self) -> list:
+        """Rank 0: the ranks that do not answer a ping within PING_SECONDS (stopped or dead;
+        a rank waiting in the same collective answers from its wait loop)."""
+        tokens = np.zeros((self.size, 1), dtype=np.int64)
+        replies = np.zeros((self.size, 1), dtype=np.int64)
+        sends = [self.comm.Isend(tokens[r], dest=r, tag=self.PING_TAG)
+                 for r in range(1, self.size)]
+        recvs = {r: self.comm.Irecv(replies[r], source=r, tag=self.PONG_TAG)
+                 for r in range(1, self.size)}
+        deadline = time.monotonic() + self.PING_SECONDS
+        while time.monotonic() < deadline and not all(q.Test() for q in recvs.values()):
+            time.sleep(1e-3)
+        del sends
+        return [r for r, q in recvs.items() if not q.Test()]
+
+    def _culprits(self) -> str:
+        missing = self._missing()
+        if missing:
+            return (f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+                    f"never reached step {self._step}")
+        silent = self._unresponsive()
+        if silent:
+            return (f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} "
+                    f"reached step {self._step} but stopped responding")
+        return "every rank answers, but the transfer did not finish"
+
     def _wait(self, request, what: str) -> None:
-        deadline = time.monotonic() + self.timeout
+        grace = 0.0 if self.rank == 0 else self.REPORT_GRACE
+        deadline = time.monotonic() + self.timeout + grace
         pause = 1e-5
         while not request.Test():
+            if self.rank != 0:
+                self._answer_pings()
             if time.monotonic() > deadline:
-                missing = self._missing()
-                if missing:
-                    who = (f"rank{'s' if len(missing) > 1 else ''} "
-                           f"{', '.join(map(str, missing))} never reached step {self._step}")
-                elif self.rank == 0:
-                    who = "every rank arrived but the transfer did not finish (a rank stopped?)"
-                else:
-                    who = "another rank did not arrive (rank 0 names it)"
+                who = (self._culprits() if self.rank == 0
+                       else "another rank did not arrive (rank 0 names it, unless rank 0 "
+                            "is the one that stopped)")
                 print(f"mlcvlab (rank {self.rank}): {what} did not complete within "
                       f"{self.timeout:g} s: {who} (stopped, hung or dead); aborting the job. The "
                       "last checkpoint is intact: resume with 'mlcvlab train --resume DIR'",

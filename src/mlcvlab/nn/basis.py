@@ -133,15 +133,19 @@ class BatchNormCache(NamedTuple):
 def _bn_axes(x: np.ndarray, fn: str):
     if x.ndim == 2:
         return (0,), (1, -1)
+    if x.ndim == 3:
+        return (0, 2), (1, -1, 1)
     if x.ndim == 4:
         return (0, 2, 3), (1, -1, 1, 1)
-    raise ValueError(f"{fn}: expected a 2-D (N, D) or 4-D (N, C, H, W) input, got shape {x.shape}")
+    raise ValueError(f"{fn}: expected a 2-D (N, D), 3-D (N, C, L) or 4-D (N, C, H, W) input, "
+                     f"got shape {x.shape}")
 
 
 def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
     """Batch normalization with batch statistics (Ioffe & Szegedy 2015).
 
-    Statistics are over axis 0 for x (N, D), over (N, H, W) for x (N, C, H, W);
+    Statistics are over axis 0 for x (N, D), over (N, L) for x (N, C, L), over (N, H, W) for
+    x (N, C, H, W);
     the variance is the biased one. gamma, beta: (D,) or (C,).
     y = gamma * (x - mean) / sqrt(var + eps) + beta.
     """
@@ -246,8 +250,8 @@ class ActivationCache(NamedTuple):
 def relu(x: np.ndarray):
     """max(x, 0), elementwise; large arrays in one slice of axis 0 per thread.
 
-    The cache keeps the output y, not x: y > 0 exactly where x > 0 (nan too: both are
-    false), and the layer before may free x (as torch's relu saves its result).
+    The cache keeps the output y, not x: y <= 0 exactly where x <= 0 (and y is nan where x
+    is), and the layer before may free x (as torch's relu saves its result).
     """
     _check_array("relu", "x", x)
     if x.ndim == 0:
@@ -264,13 +268,14 @@ def relu(x: np.ndarray):
 
 
 def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
-    """dy where the input was > 0, else 0 (as torch's threshold_backward: 0 even where dy is
-    nan); read off the cached output y, which is > 0 exactly there. Large arrays in one
-    slice of axis 0 per thread."""
+    """0 where the input was <= 0, dy elsewhere, as torch's threshold_backward: 0 even where
+    dy is nan, and dy where the input was nan (nan <= 0 is false). Read off the cached output
+    y, which is <= 0 exactly where x <= 0 and nan where x is nan. Large arrays in one slice of
+    axis 0 per thread."""
     y = cache.value
     check_dy("relu_grad", dy, y.shape)
     if dy.dtype != y.dtype or y.ndim == 0:
-        return np.where(y > 0, dy, 0).astype(np.result_type(dy, y), copy=False)
+        return np.where(y <= 0, 0, dy).astype(np.result_type(dy, y), copy=False)
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     dx = np.empty_like(dy)
     if kernels.available():
@@ -278,7 +283,7 @@ def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
         kernels.parallel_map(lambda p: kernel(dy[p].reshape(-1), y[p].reshape(-1),
                                               dx[p].reshape(-1)), kernels.row_parts(y))
     else:
-        dx[...] = np.where(y > 0, dy, 0)
+        dx[...] = np.where(y <= 0, 0, dy)
     return dx
 
 
@@ -323,6 +328,9 @@ def tanh_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 def softmax(x: np.ndarray, axis: int = -1):
     """exp(x) / sum(exp(x)) along ``axis``, shifted by the max for stability."""
     _check_array("softmax", "x", x)
+    if x.size == 0:                                 # an empty axis or batch: empty, as torch
+        y = np.empty_like(x)
+        return y, ActivationCache(y, axis)
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
     y = e / e.sum(axis=axis, keepdims=True)

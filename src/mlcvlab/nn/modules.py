@@ -199,25 +199,50 @@ class GlobalAvgPool2d(Module):
 
 
 class Flatten(Module):
-    """x: (N, ...) -> (N, prod(...))."""
+    """Merge the axes start_dim..end_dim into one, as ``torch.nn.Flatten``.
 
-    def __init__(self):
+    Default (1, -1): x (N, ...) -> (N, prod(...)); an empty batch gives (0, prod(...)).
+    Negative dims count from the end; a 0-D input is treated as 1-D (as torch).
+    """
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
+        for arg, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise TypeError(f"Flatten: {arg} must be an int, got {v!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
         self._shape = None
+
+    def _out_shape(self, shape):
+        nd = max(len(shape), 1)
+        dims = []
+        for arg, d in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -nd <= d < nd:
+                raise ValueError(f"Flatten: {arg}={d} is out of range for an input of shape "
+                                 f"{tuple(shape)} (expected in [{-nd}, {nd - 1}])")
+            dims.append(d % nd)
+        start, end = dims
+        if start > end:
+            raise ValueError(f"Flatten: start_dim={self.start_dim} comes after "
+                             f"end_dim={self.end_dim} for an input of shape {tuple(shape)}")
+        shape = tuple(shape) or (1,)
+        merged = int(np.prod(shape[start:end + 1], dtype=np.int64))
+        return shape[:start] + (merged,) + shape[end + 1:]
 
     def forward(self, x):
         check_input("Flatten", x)
-        if x.ndim < 2:
-            raise ValueError("Flatten: expected an input with a batch axis (N, ...), "
-                             f"got shape {x.shape}")
+        out = self._out_shape(x.shape)
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(out)
 
     def backward(self, dy):
         if self._shape is None:
             _no_cache(self)
-        basis.check_dy("Flatten.backward", dy, (self._shape[0], int(np.prod(self._shape[1:]))))
+        basis.check_dy("Flatten.backward", dy, self._out_shape(self._shape))
         return dy.reshape(self._shape)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class _BatchNorm(Module):
@@ -225,40 +250,62 @@ class _BatchNorm(Module):
 
     Training: normalize with the biased batch variance and update
     running = (1 - momentum)·running + momentum·batch, using the unbiased
-    variance for running_var. Evaluation: normalize with the running statistics.
+    variance for running_var (``momentum=None``: the cumulative average over the batches
+    seen, 1 / num_batches_tracked). Evaluation: normalize with the running statistics.
+    ``affine=False``: no weight and bias (gamma = 1, beta = 0, no parameters).
+    ``track_running_stats=False``: no running statistics; batch statistics in both modes.
     """
 
     _ndims: Tuple[int, ...] = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1,
+                 affine: bool = True, track_running_stats: bool = True):
         super().__init__()
         name = type(self).__name__
         self.num_features = _positive(name, "num_features", num_features)
         if not eps > 0:
             raise ValueError(f"{name}: eps must be > 0, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum}")
-        self.eps, self.momentum = float(eps), float(momentum)
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative "
+                             f"average), got {momentum}")
+        for arg, v in (("affine", affine), ("track_running_stats", track_running_stats)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name}: {arg} must be True or False, got {v!r}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         dtype = backend.default_dtype()
-        self.weight = Parameter(np.ones(num_features, dtype=dtype), decay=False)   # gamma
-        self.bias = Parameter(np.zeros(num_features, dtype=dtype), decay=False)    # beta
-        self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
-        self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
-        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        if self.affine:
+            self.weight = Parameter(np.ones(num_features, dtype=dtype), decay=False)   # gamma
+            self.bias = Parameter(np.zeros(num_features, dtype=dtype), decay=False)    # beta
+        else:
+            self.weight = self.bias = None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
         self._cache = None
+
+    def _gamma_beta(self, dtype):
+        if self.affine:
+            return self.weight.data, self.bias.data
+        return np.ones(self.num_features, dtype=dtype), np.zeros(self.num_features, dtype=dtype)
 
     def forward(self, x):
         name = type(self).__name__
         check_input(name, x, ndim=self._ndims, dim={1: self.num_features})
-        if not self.training:
+        gamma, beta = self._gamma_beta(x.dtype)
+        if not self.training and self.track_running_stats:
             shape = (1, -1) + (1,) * (x.ndim - 2)
             inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
-            scale = (self.weight.data * inv_std).astype(x.dtype, copy=False)
-            shift = (self.bias.data - self.running_mean * scale).astype(x.dtype, copy=False)
+            scale = (gamma * inv_std).astype(x.dtype, copy=False)
+            shift = (beta - self.running_mean * scale).astype(x.dtype, copy=False)
             y = np.empty(x.shape, dtype=np.result_type(x, scale))
             if kernels.available() and x.flags.c_contiguous and y.dtype == x.dtype:
                 kernel = kernels.get("channel_affine")
-                x3 = x.reshape(x.shape[0], x.shape[1], -1)
+                x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
                 y3 = y.reshape(x3.shape)
                 kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
                                      kernels.row_parts(x))
@@ -271,40 +318,44 @@ class _BatchNorm(Module):
 
             kernels.parallel_map(affine, kernels.row_parts(x))
             return y
-        y, cache = basis.batchnorm(x, self.weight.data, self.bias.data, self.eps)
+        y, cache = basis.batchnorm(x, gamma, beta, self.eps)
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
-        m = x.size // self.num_features
-        mom = self.momentum
-        self.running_mean *= 1 - mom
-        self.running_mean += mom * cache.mean
-        self.running_var *= 1 - mom
-        self.running_var += mom * cache.var * (m / (m - 1))
-        self.num_batches_tracked += 1
+        if self.training and self.track_running_stats:
+            m = x.size // self.num_features
+            self.num_batches_tracked += 1
+            mom = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                   else self.momentum)
+            self.running_mean *= 1 - mom
+            self.running_mean += mom * cache.mean
+            self.running_var *= 1 - mom
+            self.running_var += mom * cache.var * (m / (m - 1))
         return y
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
         dx, dgamma, dbeta = basis.batchnorm_grad_fused(dy, self._cache)
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
+        if self.affine:
+            self.weight.grad += dgamma
+            self.bias.grad += dbeta
         return dx
 
     @property
     def gamma(self) -> np.ndarray:
-        return self.weight.data
+        return self._gamma_beta(backend.default_dtype())[0]
 
     @property
     def beta(self) -> np.ndarray:
-        return self.bias.data
+        return self._gamma_beta(backend.default_dtype())[1]
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch norm over features. x: (N, D)."""
-    _ndims = (2,)
+    """Batch norm over features: x (N, C), or (N, C, L) with statistics over (N, L)."""
+    _ndims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):

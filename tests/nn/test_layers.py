@@ -167,7 +167,7 @@ def test_astype_state_dict_roundtrip(rng):
 
 def test_bad_input_messages():
     with pytest.raises(ValueError,
-                       match=r"Linear: expected size 4 on axis 1, got input shape \(2, 3\)"):
+                       match=r"Linear: expected size 4 on the last axis, got input shape \(2, 3\)"):
         nn.Linear(4, 2)(np.ones((2, 3), dtype=np.float32))
     with pytest.raises(TypeError, match="Linear: expected a floating input"):
         nn.Linear(4, 2)(np.ones((2, 4), dtype=np.int32))

@@ -5,6 +5,7 @@ writes parameter gradients into ``Parameter.grad`` in place during ``backward``.
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple, Union
 
 import numpy as np
@@ -42,7 +43,8 @@ def _no_cache(layer: Module):
 
 
 class Linear(Module):
-    """Fully connected layer y = x W^T + b. x: (N, in_features) -> y: (N, out_features).
+    """Fully connected layer y = x W^T + b. x: (..., in_features) -> y: (..., out_features)
+    (any leading axes, as torch; (in_features,) too).
 
     Weights start from He-uniform-like bounds as in PyTorch (U(-1/sqrt(in), 1/sqrt(in))).
     """
@@ -61,15 +63,26 @@ class Linear(Module):
         self._cache = None
 
     def forward(self, x):
-        check_input("Linear", x, ndim=(2,), dim={1: self.in_features})
+        check_input("Linear", x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected size {self.in_features} on the last axis, "
+                             f"got input shape {x.shape}")
+        lead = x.shape[:-1]
+        if x.ndim != 2:
+            x = x.reshape(int(np.prod(lead)), self.in_features)
         b = self.bias.data if self.bias is not None else None
         y, cache = basis.linear(x, self.weight.data, b)
         self._cache = cache if self.training else None
-        return y
+        self._lead = lead
+        return y if len(lead) == 1 else y.reshape(lead + (self.out_features,))
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
+        lead = self._lead
+        if len(lead) != 1:
+            basis.check_dy("Linear.backward", dy, lead + (self.out_features,))
+            dy = dy.reshape(-1, self.out_features)
         dW_out = self.weight.grad_to_overwrite()
         db_out = self.bias.grad_to_overwrite() if self.bias is not None else None
         try:
@@ -84,32 +97,56 @@ class Linear(Module):
             self.weight.grad += dW
         if self.bias is not None and db_out is None:
             self.bias.grad += db
-        return dx
+        return dx if dx is None or len(lead) == 1 else dx.reshape(lead + (self.in_features,))
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
 
+def _batched(name: str, x):
+    """x (N, C, H, W) as is, or an unbatched (C, H, W) with a batch axis of 1 (as torch)."""
+    check_input(name, x, ndim=(3, 4))
+    return (x, False) if x.ndim == 4 else (x[None], True)
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
 
-    x: (N, in_channels, H, W) -> y: (N, out_channels, H_out, W_out),
-    H_out = (H + 2·padding - kernel) // stride + 1.
+    x: (N, in_channels, H, W) or unbatched (in_channels, H, W) -> y: (N, out_channels, H_out,
+    W_out), H_out = (H + 2·padding - dilation·(kernel - 1) - 1) // stride + 1.
+    ``padding``: an int, a pair, "valid" or "same" (stride 1); ``padding_mode``: "zeros",
+    "reflect", "replicate" or "circular"; ``groups`` splits the channels into that many
+    independent convolutions (weight (out_channels, in_channels // groups, kh, kw)).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
-                 stride: IntPair = 1, padding: IntPair = 0, bias: bool = True, rng=None):
+                 stride: IntPair = 1, padding=0, dilation: IntPair = 1, groups: int = 1,
+                 bias: bool = True, padding_mode: str = "zeros", rng=None):
+        from mlcvlab.nn import conv
         super().__init__()
         self.in_channels = _positive("Conv2d", "in_channels", in_channels)
         self.out_channels = _positive("Conv2d", "out_channels", out_channels)
         self.kernel_size = _pair("Conv2d", "kernel_size", kernel_size, 1)
         self.stride = _pair("Conv2d", "stride", stride, 1)
-        self.padding = _pair("Conv2d", "padding", padding, 0)
+        self.dilation = _pair("Conv2d", "dilation", dilation, 1)
+        self.groups = _positive("Conv2d", "groups", groups)
+        if in_channels % self.groups or out_channels % self.groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels ({in_channels}) "
+                             f"and out_channels ({out_channels})")
+        if padding_mode not in conv.PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be one of {conv.PADDING_MODES}, "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            conv.conv_padding("Conv2d", padding, self.kernel_size, self.dilation, self.stride)
+            self.padding = padding
+        else:
+            self.padding = _pair("Conv2d", "padding", padding, 0)
         gen = backend.rng(rng)
-        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        fan_in = in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         bound = 1.0 / np.sqrt(fan_in)
         dtype = backend.default_dtype()
-        shape = (out_channels, in_channels) + self.kernel_size
+        shape = (out_channels, in_channels // self.groups) + self.kernel_size
         self.weight = Parameter(gen.uniform(-bound, bound, shape).astype(dtype))
         self.bias = (Parameter(gen.uniform(-bound, bound, out_channels).astype(dtype), decay=False)
                      if bias else None)
@@ -117,63 +154,171 @@ class Conv2d(Module):
 
     def forward(self, x):
         from mlcvlab.nn import conv
-        check_input("Conv2d", x, ndim=(4,), dim={1: self.in_channels})
+        x, unbatched = _batched("Conv2d", x)
+        check_input("Conv2d", x, dim={1: self.in_channels})
         b = self.bias.data if self.bias is not None else None
-        y, cache = conv.conv2d(x, self.weight.data, b, self.stride, self.padding)
+        y, cache = conv.conv2d(x, self.weight.data, b, self.stride, self.padding, self.dilation,
+                               self.groups, self.padding_mode)
         self._cache = cache if self.training else None
-        return y
+        self._unbatched = unbatched
+        return y[0] if unbatched else y
 
     def backward(self, dy):
         from mlcvlab.nn import conv
         if self._cache is None:
             _no_cache(self)
-        dx, dW, db = conv.conv2d_grad(dy, self._cache, input_grad=self.input_grad)
+        dx, dW, db = conv.conv2d_grad(dy[None] if self._unbatched else dy, self._cache,
+                                      input_grad=self.input_grad)
         self.weight.grad += dW
         if self.bias is not None:
             self.bias.grad += db
-        return dx
+        return dx[0] if self._unbatched and dx is not None else dx
 
     def extra_repr(self):
+        extra = "".join(f", {k}={getattr(self, k)}" for k, default in (
+            ("dilation", (1, 1)), ("groups", 1), ("padding_mode", "zeros"))
+            if getattr(self, k) != default)
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+                f"stride={self.stride}, padding={self.padding}{extra}")
 
 
 class _Pool2d(Module):
     _fn = ""
 
-    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0):
+    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0,
+                 ceil_mode: bool = False):
         super().__init__()
         name = type(self).__name__
         self.kernel_size = _pair(name, "kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _pair(name, "stride", stride, 1)
         self.padding = _pair(name, "padding", padding, 0)
+        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
+                             f"size {self.kernel_size} (as in PyTorch)")
+        self.ceil_mode = bool(ceil_mode)
         self._cache = None
+
+    def _options(self):
+        return {"ceil_mode": self.ceil_mode}
 
     def forward(self, x):
         from mlcvlab.nn import conv
-        check_input(type(self).__name__, x, ndim=(4,))
-        y, cache = getattr(conv, self._fn)(x, self.kernel_size, self.stride, self.padding)
-        self._cache = cache if self.training else None
-        return y
+        x, unbatched = _batched(type(self).__name__, x)
+        y, cache = getattr(conv, self._fn)(x, self.kernel_size, self.stride, self.padding,
+                                           **self._options())
+        self._cache = cache if self.training or getattr(self, "return_indices", False) else None
+        self._unbatched = unbatched
+        if getattr(self, "return_indices", False):
+            index = conv.pool_indices(cache)
+            if not self.training:
+                self._cache = None
+            return (y[0], index[0]) if unbatched else (y, index)
+        return y[0] if unbatched else y
 
     def backward(self, dy):
         from mlcvlab.nn import conv
         if self._cache is None:
             _no_cache(self)
-        return getattr(conv, self._fn + "_grad")(dy, self._cache)
+        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
+        return dx[0] if self._unbatched else dx
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+                + "".join(f", {k}={v}" for k, v in self._options().items()))
 
 
 class MaxPool2d(_Pool2d):
-    """Max over each kernel window. x: (N, C, H, W) -> (N, C, H_out, W_out)."""
+    """Max over each kernel window, as torch.nn.MaxPool2d. x: (N, C, H, W) or (C, H, W) ->
+    (N, C, H_out, W_out). ``padding`` (at most half the kernel) counts as -inf; ``dilation``
+    spaces the window's pixels; ``ceil_mode`` rounds the output size up;
+    ``return_indices=True``: forward returns (y, indices), the flat index h*W + w of each
+    maximum in its input plane (backward still takes dy of y only)."""
     _fn = "maxpool2d"
+
+    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0,
+                 dilation: IntPair = 1, return_indices: bool = False, ceil_mode: bool = False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = _pair("MaxPool2d", "dilation", dilation, 1)
+        self.return_indices = bool(return_indices)
+
+    def _options(self):
+        return {"dilation": self.dilation, "ceil_mode": self.ceil_mode}
 
 
 class AvgPool2d(_Pool2d):
-    """Mean over each kernel window (zero padding counted, as PyTorch's default)."""
+    """Mean over each kernel window, as torch.nn.AvgPool2d. x: (N, C, H, W) or (C, H, W).
+    ``count_include_pad=True`` (default): the zero padding counts in the mean; False: only the
+    input pixels a window covers; ``divisor_override``: divide every window sum by it."""
     _fn = "avgpool2d"
+
+    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override=None):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        if divisor_override is not None and (
+                not isinstance(divisor_override, (int, np.integer))
+                or isinstance(divisor_override, bool) or divisor_override == 0):
+            raise ValueError(f"AvgPool2d: divisor_override must be a non-zero int or None, "
+                             f"got {divisor_override!r}")
+        self.divisor_override = divisor_override
+
+    def _options(self):
+        return {"ceil_mode": self.ceil_mode, "count_include_pad": self.count_include_pad,
+                "divisor_override": self.divisor_override}
+
+
+class _AdaptivePool2d(Module):
+    _fn = ""
+
+    def __init__(self, output_size):
+        super().__init__()
+        name = type(self).__name__
+        pair = (output_size, output_size) if output_size is None or np.isscalar(output_size) \
+            else tuple(output_size)
+        if len(pair) != 2 or not all(v is None or (isinstance(v, (int, np.integer))
+                                                   and not isinstance(v, bool) and v >= 0)
+                                     for v in pair):
+            raise ValueError(f"{name}: output_size must be a non-negative int, None or a pair "
+                             f"of them, got {output_size!r}")
+        self.output_size = output_size
+        self._cache = None
+
+    def forward(self, x):
+        from mlcvlab.nn import conv
+        x, unbatched = _batched(type(self).__name__, x)
+        y, cache = getattr(conv, self._fn)(x, self.output_size)
+        self._cache = cache if self.training else None
+        self._unbatched = unbatched
+        if getattr(self, "return_indices", False):
+            index = cache.index
+            return (y[0], index[0]) if unbatched else (y, index)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        from mlcvlab.nn import conv
+        if self._cache is None:
+            _no_cache(self)
+        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
+        return dx[0] if self._unbatched else dx
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Mean over torch's adaptive windows (rows floor(i·H/Ho) to ceil((i+1)·H/Ho), likewise
+    columns): x (N, C, H, W) or (C, H, W) -> (..., *output_size); None keeps that axis."""
+    _fn = "adaptive_avgpool2d"
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Max over torch's adaptive windows; ``return_indices`` as MaxPool2d."""
+    _fn = "adaptive_maxpool2d"
+
+    def __init__(self, output_size, return_indices: bool = False):
+        super().__init__(output_size)
+        self.return_indices = bool(return_indices)
 
 
 class GlobalAvgPool2d(Module):
@@ -226,19 +371,18 @@ class Flatten(Module):
             raise ValueError(f"Flatten: start_dim={self.start_dim} comes after "
                              f"end_dim={self.end_dim} for an input of shape {tuple(shape)}")
         shape = tuple(shape) or (1,)
-        merged = int(np.prod(shape[start:end + 1], dtype=np.int64))
-        return shape[:start] + (merged,) + shape[end + 1:]
+        return shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
 
     def forward(self, x):
         check_input("Flatten", x)
-        out = self._out_shape(x.shape)
+        self._out = self._out_shape(x.shape)
         self._shape = x.shape
-        return x.reshape(out)
+        return x.reshape(self._out)
 
     def backward(self, dy):
         if self._shape is None:
             _no_cache(self)
-        basis.check_dy("Flatten.backward", dy, self._out_shape(self._shape))
+        basis.check_dy("Flatten.backward", dy, self._out)
         return dy.reshape(self._shape)
 
     def extra_repr(self):
@@ -465,6 +609,7 @@ class Identity(Module):
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d",
+    "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "GlobalAvgPool2d", "Flatten", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "LeakyReLU",
     "Sigmoid", "Tanh", "Softmax", "Identity", "init",
 ]

@@ -67,3 +67,26 @@ def test_flatten_start_and_end_dims_match_torch(shape, start, end):
     y = layer.forward(x)
     np.testing.assert_array_equal(y, expected.numpy())
     assert layer.backward(np.ones(y.shape)).shape == shape
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0, 3, 2, 2)])
+def test_training_batchnorm_of_an_empty_batch_is_empty_and_keeps_its_statistics(shape):
+    """as torch: an empty output, running statistics untouched, num_batches_tracked counts it,
+    zero parameter gradients."""
+    bn = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(3).astype(np.float64)
+    y = bn.forward(np.zeros(shape))
+    assert y.shape == shape
+    assert bn.backward(np.zeros(shape)).shape == shape
+    np.testing.assert_array_equal(bn.running_mean, np.zeros(3))
+    np.testing.assert_array_equal(bn.running_var, np.ones(3))
+    assert bn.num_batches_tracked == 1
+    np.testing.assert_array_equal(bn.weight.grad, np.zeros(3))
+
+
+def test_dropout_with_p_1_drops_everything_in_training_as_torch():
+    x = np.ones((3, 4))
+    layer = nn.Dropout(1.0)
+    np.testing.assert_array_equal(layer.forward(x), np.zeros((3, 4)))
+    np.testing.assert_array_equal(layer.backward(np.ones((3, 4))), np.zeros((3, 4)))
+    layer.eval()
+    np.testing.assert_array_equal(layer.forward(x), x)

@@ -92,14 +92,15 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
     """Inverted dropout (Srivastava et al. 2014).
 
     ``p`` is the probability of *dropping* a unit: units are kept with
-    probability 1 - p and scaled by 1 / (1 - p), so evaluation is the identity.
+    probability 1 - p and scaled by 1 / (1 - p), so evaluation is the identity (p = 1: zeros
+    in training, as torch).
     A fresh Bernoulli mask is drawn from ``rng`` on every call in training;
     tests may inject ``mask`` (0/1 array of x's shape) instead.
     x: any shape -> y: same shape.
     """
     _check_array("dropout", "x", x)
-    if not (0.0 <= float(p) < 1.0):
-        raise ValueError(f"dropout: p is the drop probability and must be in [0, 1), got {p}")
+    if not (0.0 <= float(p) <= 1.0):
+        raise ValueError(f"dropout: p is the drop probability and must be in [0, 1], got {p}")
     if not train or p == 0.0:
         return x, DropoutCache(None)
     if mask is None:
@@ -109,7 +110,8 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
         if mask.shape != x.shape:
             raise ValueError(f"dropout: mask shape {mask.shape} does not match x shape {x.shape}")
         keep = mask.astype(bool)
-    scaled = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)       # p = 1 drops every unit (as torch)
+    scaled = keep.astype(x.dtype) * x.dtype.type(scale)
     return x * scaled, DropoutCache(scaled)
 
 
@@ -221,6 +223,9 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     _, x_hat, _, _, inv_std, gamma, _ = cache
     check_dy("batchnorm_grad_fused", dy, x_hat.shape)
     axes, bshape = _bn_axes(x_hat, "batchnorm_grad_fused")
+    if x_hat.size == 0:                              # an empty batch: nothing flows back
+        C = x_hat.shape[1]
+        return np.empty_like(dy), np.zeros(C, dy.dtype), np.zeros(C, dy.dtype)
     if x_hat.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
         N, C, H, W = x_hat.shape
         dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),
@@ -331,6 +336,11 @@ def softmax(x: np.ndarray, axis: int = -1):
     if x.size == 0:                                 # an empty axis or batch: empty, as torch
         y = np.empty_like(x)
         return y, ActivationCache(y, axis)
+    if x.ndim == 0:                                 # a scalar is its own axis: 1, as torch
+        if axis not in (0, -1):
+            raise ValueError(f"softmax: axis {axis} is out of range for a 0-D input")
+        y = np.ones_like(x)
+        return y, ActivationCache(y, axis)
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
     y = e / e.sum(axis=axis, keepdims=True)
@@ -340,6 +350,8 @@ def softmax(x: np.ndarray, axis: int = -1):
 def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     y, axis = cache.value, int(cache.slope)
     check_dy("softmax_grad", dy, y.shape)
+    if y.ndim == 0:
+        return np.zeros_like(dy)
     return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
 
 

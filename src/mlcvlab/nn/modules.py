@@ -462,6 +462,13 @@ class _BatchNorm(Module):
 
             kernels.parallel_map(affine, kernels.row_parts(x))
             return y
+        if x.size == 0:         # an empty batch: empty out, statistics untouched (as torch)
+            C = self.num_features
+            self._cache = basis.BatchNormCache(None, x, np.zeros(C, x.dtype), np.ones(C, x.dtype),
+                                               np.ones(C, x.dtype), gamma, self.eps)
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked += 1
+            return np.empty_like(x)
         y, cache = basis.batchnorm(x, gamma, beta, self.eps)
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         if self.training and self.track_running_stats:
@@ -515,8 +522,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
-        if not isinstance(p, (float, int, np.floating)) or not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1), got {p!r}")
+        if not isinstance(p, (float, int, np.floating)) or not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1], got {p!r}")
         self.p = float(p)
         self.rng = backend.rng(rng)
         self._cache = None
@@ -570,8 +577,29 @@ class Tanh(_Activation):
 
 
 class Softmax(_Activation):
-    """Softmax over the last axis."""
-    _fwd, _bwd = basis.softmax, basis.softmax_grad
+    """Softmax over axis ``dim`` (the last by default), as torch.nn.Softmax(dim)."""
+    _bwd = basis.softmax_grad
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+            raise TypeError(f"Softmax: dim must be an int, got {dim!r}")
+        self.dim = int(dim)
+
+    def _fwd(self, x):
+        if not -max(x.ndim, 1) <= self.dim < max(x.ndim, 1):
+            raise ValueError(f"Softmax: dim={self.dim} is out of range for an input of shape "
+                             f"{x.shape}")
+        return basis.softmax(x, axis=self.dim)
+
+    def forward(self, x):
+        check_input("Softmax", x)
+        y, cache = self._fwd(x)
+        self._cache = cache if self.training else None
+        return y
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class LeakyReLU(Module):

@@ -251,3 +251,19 @@ def test_batchnorm1d_on_nCL_with_affine_and_tracking_matches_torch(affine, track
                                atol=1e-12)
     gradcheck_module(nn.BatchNorm1d(3, affine=affine, track_running_stats=track),
                      rng.standard_normal((4, 3, 5)))
+
+
+def test_batchnorm_without_bias_matches_torch():
+    rng = np.random.default_rng(10)
+    ours = nn.BatchNorm2d(3, bias=False).astype(np.float64)
+    theirs = torch.nn.BatchNorm2d(3, bias=False).double()
+    assert ours.bias is None and len(list(ours.parameters())) == 1
+    x = rng.standard_normal((4, 3, 2, 2))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = theirs(xt)
+    dy = rng.standard_normal(x.shape)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(ours.forward(x), yt.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), atol=1e-12)
+    gradcheck_module(nn.BatchNorm2d(3, bias=False), x)

@@ -396,14 +396,15 @@ class _BatchNorm(Module):
     running = (1 - momentum)·running + momentum·batch, using the unbiased
     variance for running_var (``momentum=None``: the cumulative average over the batches
     seen, 1 / num_batches_tracked). Evaluation: normalize with the running statistics.
-    ``affine=False``: no weight and bias (gamma = 1, beta = 0, no parameters).
+    ``affine=False``: no weight and bias (gamma = 1, beta = 0, no parameters); ``bias=False``:
+    a weight but no bias (beta = 0), as torch's ``bias`` argument.
     ``track_running_stats=False``: no running statistics; batch statistics in both modes.
     """
 
     _ndims: Tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1,
-                 affine: bool = True, track_running_stats: bool = True):
+                 affine: bool = True, track_running_stats: bool = True, *, bias: bool = True):
         super().__init__()
         name = type(self).__name__
         self.num_features = _positive(name, "num_features", num_features)
@@ -412,7 +413,8 @@ class _BatchNorm(Module):
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative "
                              f"average), got {momentum}")
-        for arg, v in (("affine", affine), ("track_running_stats", track_running_stats)):
+        for arg, v in (("affine", affine), ("track_running_stats", track_running_stats),
+                       ("bias", bias)):
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name}: {arg} must be True or False, got {v!r}")
         self.eps = float(eps)
@@ -421,7 +423,8 @@ class _BatchNorm(Module):
         dtype = backend.default_dtype()
         if self.affine:
             self.weight = Parameter(np.ones(num_features, dtype=dtype), decay=False)   # gamma
-            self.bias = Parameter(np.zeros(num_features, dtype=dtype), decay=False)    # beta
+            self.bias = (Parameter(np.zeros(num_features, dtype=dtype), decay=False)  # beta
+                         if bias else None)
         else:
             self.weight = self.bias = None
         if self.track_running_stats:
@@ -433,9 +436,10 @@ class _BatchNorm(Module):
         self._cache = None
 
     def _gamma_beta(self, dtype):
-        if self.affine:
-            return self.weight.data, self.bias.data
-        return np.ones(self.num_features, dtype=dtype), np.zeros(self.num_features, dtype=dtype)
+        gamma = self.weight.data if self.affine else np.ones(self.num_features, dtype=dtype)
+        beta = (self.bias.data if self.bias is not None
+                else np.zeros(self.num_features, dtype=gamma.dtype))
+        return gamma, beta
 
     def forward(self, x):
         name = type(self).__name__
@@ -488,6 +492,7 @@ class _BatchNorm(Module):
         dx, dgamma, dbeta = basis.batchnorm_grad_fused(dy, self._cache)
         if self.affine:
             self.weight.grad += dgamma
+        if self.bias is not None:
             self.bias.grad += dbeta
         return dx
 

@@ -136,6 +136,7 @@ class _ClassLoss(Loss):
     """
 
     _probabilities_allowed = True
+    _plain_logits = False           # CrossEntropyLoss on logits: the fast path of the common case
 
     def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0):
@@ -197,6 +198,8 @@ class _ClassLoss(Loss):
                 bad = target[keep]
                 raise ValueError(f"{name}: labels must be in [0, {C}), got range "
                                  f"[{bad.min()}, {bad.max()}]")
+            if self.weight is None and not eps and pred.ndim == 2 and self._plain_logits:
+                return self._plain(pred, t, keep)
             A = np.zeros(x.shape, dtype=pred.dtype)
             np.put_along_axis(A, t[..., None], (w[t] * (1 - eps))[..., None], axis=-1)
             if eps:
@@ -226,6 +229,32 @@ class CrossEntropyLoss(_ClassLoss):
                  label_smoothing: float = 0.0, from_probs: bool = False):
         super().__init__(weight, ignore_index, reduction, label_smoothing)
         self.from_probs = bool(from_probs)
+
+    @property
+    def _plain_logits(self):
+        return not self.from_probs
+
+    @staticmethod
+    def _plain(pred, t, keep):
+        """The common case (logits (N, C), class indices, no weight, no smoothing) without the
+        (N, C) coefficient matrix: (losses, grad_of, denominator) as :meth:`_compute`."""
+        rows = np.arange(pred.shape[0])
+        z = pred - pred.max(axis=1, keepdims=True)
+        logsumexp = np.log(np.exp(z).sum(axis=1))
+        all_kept = bool(keep.all())
+        losses = logsumexp - z[rows, t]
+        if not all_kept:
+            losses = losses * keep
+        soft = np.exp(z - logsumexp[:, None])
+
+        def grad_of(g):
+            if not all_kept:
+                g = g * keep
+            grad = soft * g[:, None]
+            grad[rows, t] -= g
+            return grad.astype(pred.dtype, copy=False)
+
+        return losses, grad_of, float(keep.sum())
 
     def _log_probs(self, x):
         if self.from_probs:

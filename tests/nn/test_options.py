@@ -13,6 +13,8 @@ from mlcvlab.testing import gradcheck_function, gradcheck_module
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 
 CONV_CASES = [  # C, F, kernel, stride, padding, dilation, groups, padding_mode, (H, W)
+    (4, 6, 3, 1, 1, 1, 2, "zeros", (7, 8)),           # grouped, on the fast path per group
+    (6, 6, 3, 2, 1, 1, 6, "zeros", (7, 6)),           # depthwise, strided
     (4, 6, 3, 1, 1, 2, 1, "zeros", (7, 8)),
     (4, 6, 3, 2, 2, (2, 3), 2, "zeros", (9, 10)),
     (4, 8, (2, 3), 1, "same", (1, 2), 4, "zeros", (6, 5)),
@@ -66,7 +68,8 @@ def test_the_common_case_keeps_the_fast_path_and_the_rest_takes_the_general_one(
     assert isinstance(conv.conv2d(x, W, padding=1)[1], conv.Conv2dCache)
     assert isinstance(conv.conv2d(x, W, padding="same")[1], conv.Conv2dCache)   # odd: symmetric
     assert isinstance(conv.conv2d(x, W, dilation=2)[1], conv.GeneralConv2dCache)
-    assert isinstance(conv.conv2d(x, W[:, :2], groups=2)[1], conv.GeneralConv2dCache)
+    assert isinstance(conv.conv2d(x, W[:, :2], groups=2)[1], conv.GroupedConv2dCache)
+    assert isinstance(conv.conv2d(x, W[:, :2], groups=2, dilation=2)[1], conv.GeneralConv2dCache)
     assert isinstance(conv.maxpool2d(x, 2)[1], conv.PoolCache)
     assert isinstance(conv.maxpool2d(x, 2, ceil_mode=True)[1], conv.PoolCache)  # same size
     assert isinstance(conv.maxpool2d(x, 3, 2, ceil_mode=True)[1], conv.GeneralPoolCache)
@@ -267,3 +270,23 @@ def test_batchnorm_without_bias_matches_torch():
     np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), atol=1e-12)
     np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), atol=1e-12)
     gradcheck_module(nn.BatchNorm2d(3, bias=False), x)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[3], CONV_CASES[7]])
+def test_general_conv_path_in_small_batch_blocks_gives_the_same_result(case, monkeypatch):
+    """the general path's im2col runs over blocks of the batch of at most BLOCK_BYTES: blocks
+    of one sample give what one block of the whole batch gives."""
+    C, F, k, s, p, d, g, mode, hw = case
+    rng = np.random.default_rng(11)
+    layer = nn.Conv2d(C, F, k, s, p, d, g, True, mode, rng=0).astype(np.float64)
+    x = rng.standard_normal((5, C) + hw)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    dx = layer.backward(dy)
+    dW = layer.weight.grad.copy()
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    layer.zero_grad()
+    np.testing.assert_allclose(layer.forward(x), y, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(layer.backward(dy), dx, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(layer.weight.grad, dW, rtol=1e-13, atol=1e-13)

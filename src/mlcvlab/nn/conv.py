@@ -321,9 +321,9 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     Wo), and the cache for :func:`conv2d_grad`. The cache keeps x, not the im2col matrix
     (C*kh*kw times larger): the backward rebuilds it, which costs one cheap pass.
 
-    Dilation 1, one group and symmetric zero padding (the common case) run the fast path
-    (blocked, threaded im2col; the row-padded layout for stride 1); anything else the general
-    path (one dilated im2col per group).
+    Dilation 1 and symmetric zero padding (the common case) run the fast path (blocked,
+    threaded im2col; the row-padded layout for stride 1), once per group when ``groups > 1``;
+    anything else the general path (a dilated im2col per group and block of the batch).
     """
     _check_4d("conv2d", "x", x)
     _check_4d("conv2d", "W", W, "(F, C // groups, kh, kw)")
@@ -356,10 +356,14 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
         if limit and (max(pads[:2]) > limit[0] or max(pads[2:]) > limit[1]):
             raise ValueError(f"conv2d: padding {pads[::2]} is too large for padding_mode="
                              f"{padding_mode!r} on an input of {H}x{Wd} (at most {limit})")
-    fast = (groups == 1 and dilation == (1, 1) and pads[0] == pads[1] and pads[2] == pads[3]
+    fast = (dilation == (1, 1) and pads[0] == pads[1] and pads[2] == pads[3]
             and (padding_mode == "zeros" or not any(pads)))
     if not fast:
         return _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode)
+    if groups > 1:
+        _out_size("conv2d", H, kh, stride[0], pads[0])
+        _out_size("conv2d", Wd, kw, stride[1], pads[2])
+        return _conv2d_grouped(x, W, b, stride, (pads[0], pads[2]), groups)
     padding = (pads[0], pads[2])
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
@@ -400,12 +404,19 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     row-padded layout: (F, N*Ho*pitch), zero in the dropped columns, so that
     they add nothing to dW or dx).
     """
+    if isinstance(cache, GroupedConv2dCache):
+        N, _, H, Wd = cache.x_shape
+        c0 = cache.caches[0]
+        Ho = (H + 2 * c0.padding[0] - c0.kernel[0]) // c0.stride[0] + 1
+        Wo = (Wd + 2 * c0.padding[1] - c0.kernel[1]) // c0.stride[1] + 1
+        F = sum(c.W.shape[0] for c in cache.caches)
+        check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
+        return _conv2d_grouped_grad(dy, cache, input_grad)
     if isinstance(cache, GeneralConv2dCache):
-        N, F = cache.x_shape[0], cache.W.shape[0]
-        Ho = (cache.xp.shape[2] - cache.dilation[0] * (cache.W.shape[2] - 1) - 1) \
-            // cache.stride[0] + 1
-        Wo = (cache.xp.shape[3] - cache.dilation[1] * (cache.W.shape[3] - 1) - 1) \
-            // cache.stride[1] + 1
+        (N, _, H, Wd), F = cache.x_shape, cache.W.shape[0]
+        pt, pb, pl, pr = cache.pads
+        Ho = (H + pt + pb - cache.dilation[0] * (cache.W.shape[2] - 1) - 1) // cache.stride[0] + 1
+        Wo = (Wd + pl + pr - cache.dilation[1] * (cache.W.shape[3] - 1) - 1) // cache.stride[1] + 1
         check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
         return _conv2d_general_grad(dy, cache, input_grad)
     x, W, kernel, stride, padding, has_bias = cache
@@ -469,7 +480,7 @@ _NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 class GeneralConv2dCache(NamedTuple):
     x_shape: Tuple[int, int, int, int]
-    xp: np.ndarray           # the padded input (N, C, Hp, Wp)
+    x: np.ndarray            # the input (N, C, H, W), kept by reference
     W: np.ndarray
     stride: Tuple[int, int]
     pads: Tuple[int, int, int, int]   # top, bottom, left, right
@@ -553,34 +564,75 @@ def _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode):
     Fg = F // groups
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     for g in range(groups):
-        cols = im2col_dilated(xp[:, g * Cg:(g + 1) * Cg], (kh, kw), stride, dilation, (Ho, Wo))
-        y_t = W[g * Fg:(g + 1) * Fg].reshape(Fg, -1) @ cols
-        if b is not None:
-            y_t += b[g * Fg:(g + 1) * Fg, None]
-        y[:, g * Fg:(g + 1) * Fg] = y_t.reshape(Fg, N, Ho, Wo).transpose(1, 0, 2, 3)
-    return y, GeneralConv2dCache(x.shape, xp, W, stride, pads, dilation, groups, padding_mode,
+        xs, fs = xp[:, g * Cg:(g + 1) * Cg], slice(g * Fg, (g + 1) * Fg)
+        W_mat = W[fs].reshape(Fg, -1)
+        for blk in _blocks(xs, Cg * kh * kw, Ho, Wo):      # cols of at most BLOCK_BYTES
+            n = blk.stop - blk.start
+            cols = im2col_dilated(xs[blk], (kh, kw), stride, dilation, (Ho, Wo))
+            y_t = W_mat @ cols
+            if b is not None:
+                y_t += b[fs, None]
+            y[blk, fs] = y_t.reshape(Fg, n, Ho, Wo).transpose(1, 0, 2, 3)
+    # the cache keeps x, not its padded copy: the backward pads again
+    return y, GeneralConv2dCache(x.shape, x, W, stride, pads, dilation, groups, padding_mode,
                                  b is not None)
 
 
 def _conv2d_general_grad(dy, cache: GeneralConv2dCache, input_grad: bool):
-    x_shape, xp, W, stride, pads, dilation, groups, padding_mode, has_bias = cache
-    N = x_shape[0]
+    x_shape, x, W, stride, pads, dilation, groups, padding_mode, has_bias = cache
+    xp = pad2d(x, pads, padding_mode)
     F, Cg, kh, kw = W.shape
     Fg = F // groups
     Ho, Wo = dy.shape[2:]
-    dW = np.empty(W.shape, dtype=dy.dtype)
+    dW = np.zeros(W.shape, dtype=dy.dtype)
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None
     for g in range(groups):
-        xs = xp[:, g * Cg:(g + 1) * Cg]
-        cols = im2col_dilated(xs, (kh, kw), stride, dilation, (Ho, Wo))
-        dy_t = dy[:, g * Fg:(g + 1) * Fg].transpose(1, 0, 2, 3).reshape(Fg, N * Ho * Wo)
-        dW[g * Fg:(g + 1) * Fg] = (dy_t @ cols.T).reshape(Fg, Cg, kh, kw)
-        if input_grad:
-            dcols = W[g * Fg:(g + 1) * Fg].reshape(Fg, -1).T @ dy_t
-            dxp[:, g * Cg:(g + 1) * Cg] = col2im_dilated(dcols, xs.shape, (kh, kw), stride,
-                                                         dilation, (Ho, Wo))
+        xs, fs, cs = xp[:, g * Cg:(g + 1) * Cg], slice(g * Fg, (g + 1) * Fg), \
+            slice(g * Cg, (g + 1) * Cg)
+        W_mat = W[fs].reshape(Fg, -1)
+        for blk in _blocks(xs, Cg * kh * kw, Ho, Wo):
+            n = blk.stop - blk.start
+            cols = im2col_dilated(xs[blk], (kh, kw), stride, dilation, (Ho, Wo))
+            dy_t = dy[blk, fs].transpose(1, 0, 2, 3).reshape(Fg, n * Ho * Wo)
+            dW[fs] += (dy_t @ cols.T).reshape(Fg, Cg, kh, kw)
+            if input_grad:
+                dxp[blk, cs] = col2im_dilated(W_mat.T @ dy_t, (n,) + xs.shape[1:], (kh, kw),
+                                              stride, dilation, (Ho, Wo))
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     dx = pad2d_grad(dxp, x_shape, pads, padding_mode) if input_grad else None
+    return dx, dW, db
+
+
+class GroupedConv2dCache(NamedTuple):
+    """A grouped convolution run as one fast-path convolution per group."""
+    x_shape: Tuple[int, int, int, int]
+    caches: Tuple[Conv2dCache, ...]
+    has_bias: bool
+
+
+def _conv2d_grouped(x, W, b, stride, padding, groups):
+    """groups > 1 with dilation 1 and symmetric zero padding: the fast path on each group's
+    channels (threads, blocking, the row-padded layout), outputs side by side."""
+    C, F = x.shape[1], W.shape[0]
+    Cg, Fg = C // groups, F // groups
+    ys, caches = [], []
+    for g in range(groups):
+        fs = slice(g * Fg, (g + 1) * Fg)
+        y_g, cache = conv2d(x[:, g * Cg:(g + 1) * Cg], W[fs], None if b is None else b[fs],
+                            stride, padding)
+        ys.append(y_g)
+        caches.append(cache)
+    return np.concatenate(ys, axis=1), GroupedConv2dCache(x.shape, tuple(caches), b is not None)
+
+
+def _conv2d_grouped_grad(dy, cache: GroupedConv2dCache, input_grad: bool):
+    groups = len(cache.caches)
+    Fg = dy.shape[1] // groups
+    parts = [conv2d_grad(np.ascontiguousarray(dy[:, g * Fg:(g + 1) * Fg]), c, input_grad)
+             for g, c in enumerate(cache.caches)]
+    dx = np.concatenate([p[0] for p in parts], axis=1) if input_grad else None
+    dW = np.concatenate([p[1] for p in parts], axis=0)
+    db = np.concatenate([p[2] for p in parts]) if cache.has_bias else None
     return dx, dW, db
 
 
@@ -991,7 +1043,7 @@ __all__ = [
     "conv_output_size", "conv2d", "conv2d_grad", "maxpool2d", "maxpool2d_grad",
     "avgpool2d", "avgpool2d_grad", "Conv2dCache", "PoolCache",
     "RowPadded", "row_padded_geometry", "pad_rows", "im2col_rows", "col2im_rows",
-    "GeneralConv2dCache", "GeneralPoolCache", "AdaptivePoolCache", "PADDING_MODES", "pad2d",
+    "GeneralConv2dCache", "GroupedConv2dCache", "GeneralPoolCache", "AdaptivePoolCache", "PADDING_MODES", "pad2d",
     "pad2d_grad", "im2col_dilated", "col2im_dilated", "conv_padding", "pool_setup",
     "pool_indices", "adaptive_avgpool2d", "adaptive_avgpool2d_grad", "adaptive_maxpool2d",
     "adaptive_maxpool2d_grad",

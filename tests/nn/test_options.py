@@ -15,6 +15,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even k
 CONV_CASES = [  # C, F, kernel, stride, padding, dilation, groups, padding_mode, (H, W)
     (4, 6, 3, 1, 1, 1, 2, "zeros", (7, 8)),           # grouped, on the fast path per group
     (6, 6, 3, 2, 1, 1, 6, "zeros", (7, 6)),           # depthwise, strided
+    (4, 4, 3, 1, "same", 3, 2, "zeros", (8, 7)),      # dilated stride 1: sub-grids, grouped
+    (2, 3, (3, 2), 1, (0, 1), (2, 3), 1, "zeros", (7, 8)),  # sub-grids, no padding on rows
     (4, 6, 3, 1, 1, 2, 1, "zeros", (7, 8)),
     (4, 6, 3, 2, 2, (2, 3), 2, "zeros", (9, 10)),
     (4, 8, (2, 3), 1, "same", (1, 2), 4, "zeros", (6, 5)),
@@ -67,9 +69,12 @@ def test_the_common_case_keeps_the_fast_path_and_the_rest_takes_the_general_one(
     x, W = np.zeros((1, 4, 6, 6)), np.zeros((4, 4, 3, 3))
     assert isinstance(conv.conv2d(x, W, padding=1)[1], conv.Conv2dCache)
     assert isinstance(conv.conv2d(x, W, padding="same")[1], conv.Conv2dCache)   # odd: symmetric
-    assert isinstance(conv.conv2d(x, W, dilation=2)[1], conv.GeneralConv2dCache)
+    assert isinstance(conv.conv2d(x, W, dilation=2)[1], conv.DilatedConv2dCache)
+    assert isinstance(conv.conv2d(x, W, dilation=2, stride=2)[1], conv.GeneralConv2dCache)
+    assert isinstance(conv.conv2d(x, W, padding=1, dilation=2, padding_mode="reflect")[1],
+                      conv.GeneralConv2dCache)
     assert isinstance(conv.conv2d(x, W[:, :2], groups=2)[1], conv.GroupedConv2dCache)
-    assert isinstance(conv.conv2d(x, W[:, :2], groups=2, dilation=2)[1], conv.GeneralConv2dCache)
+    assert isinstance(conv.conv2d(x, W[:, :2], groups=2, dilation=2)[1], conv.DilatedConv2dCache)
     assert isinstance(conv.maxpool2d(x, 2)[1], conv.PoolCache)
     assert isinstance(conv.maxpool2d(x, 2, ceil_mode=True)[1], conv.PoolCache)  # same size
     assert isinstance(conv.maxpool2d(x, 3, 2, ceil_mode=True)[1], conv.GeneralPoolCache)
@@ -272,7 +277,7 @@ def test_batchnorm_without_bias_matches_torch():
     gradcheck_module(nn.BatchNorm2d(3, bias=False), x)
 
 
-@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[3], CONV_CASES[7]])
+@pytest.mark.parametrize("case", [CONV_CASES[3], CONV_CASES[5], CONV_CASES[9]])
 def test_general_conv_path_in_small_batch_blocks_gives_the_same_result(case, monkeypatch):
     """the general path's im2col runs over blocks of the batch of at most BLOCK_BYTES: blocks
     of one sample give what one block of the whole batch gives."""

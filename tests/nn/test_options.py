@@ -25,6 +25,7 @@ CONV_CASES = [  # C, F, kernel, stride, padding, dilation, groups, padding_mode,
     (3, 3, 3, 1, 2, 1, 1, "reflect", (5, 6)),
     (2, 4, 3, 2, (1, 2), 1, 1, "circular", (5, 5)),
     (2, 4, 3, 1, 1, 2, 2, "replicate", (6, 5)),
+    (2, 4, 3, 2, 2, 2, 2, "reflect", (7, 6)),         # dilated and strided: the general path
 ]
 
 
@@ -72,7 +73,11 @@ def test_the_common_case_keeps_the_fast_path_and_the_rest_takes_the_general_one(
     assert isinstance(conv.conv2d(x, W, dilation=2)[1], conv.DilatedConv2dCache)
     assert isinstance(conv.conv2d(x, W, dilation=2, stride=2)[1], conv.GeneralConv2dCache)
     assert isinstance(conv.conv2d(x, W, padding=1, dilation=2, padding_mode="reflect")[1],
-                      conv.GeneralConv2dCache)
+                      conv.DilatedConv2dCache)
+    assert isinstance(conv.conv2d(x, W, padding=1, stride=2, padding_mode="circular")[1],
+                      conv.DilatedConv2dCache)
+    assert isinstance(conv.conv2d(x, W, padding=1, stride=2, dilation=2,
+                                  padding_mode="circular")[1], conv.GeneralConv2dCache)
     assert isinstance(conv.conv2d(x, W[:, :2], groups=2)[1], conv.GroupedConv2dCache)
     assert isinstance(conv.conv2d(x, W[:, :2], groups=2, dilation=2)[1], conv.DilatedConv2dCache)
     assert isinstance(conv.maxpool2d(x, 2)[1], conv.PoolCache)

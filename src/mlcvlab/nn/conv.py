@@ -323,9 +323,10 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
 
     Dilation 1 and symmetric zero padding (the common case) run the fast path (blocked,
     threaded im2col; the row-padded layout for stride 1), once per group when ``groups > 1``;
-    a stride-1 dilated convolution with zero padding runs it once per input sub-grid
-    (:func:`_conv2d_dilated`); anything else the general path (a dilated im2col per group and
-    block of the batch).
+    other paddings (asymmetric "same", the padding modes) pad first and run it on the padded
+    input, a stride-1 dilated convolution once per sub-grid of the padded input
+    (:func:`_conv2d_dilated`); only a dilated and strided one takes the general path (a
+    dilated im2col per group and block of the batch).
     """
     _check_4d("conv2d", "x", x)
     _check_4d("conv2d", "W", W, "(F, C // groups, kh, kw)")
@@ -361,9 +362,8 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     fast = (dilation == (1, 1) and pads[0] == pads[1] and pads[2] == pads[3]
             and (padding_mode == "zeros" or not any(pads)))
     if not fast:
-        if stride == (1, 1) and dilation != (1, 1) and (padding_mode == "zeros"
-                                                        or not any(pads)):
-            return _conv2d_dilated(x, W, b, pads, dilation, groups)
+        if dilation == (1, 1) or stride == (1, 1):
+            return _conv2d_dilated(x, W, b, stride, pads, dilation, groups, padding_mode)
         return _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode)
     if groups > 1:
         _out_size("conv2d", H, kh, stride[0], pads[0])
@@ -612,53 +612,61 @@ def _conv2d_general_grad(dy, cache: GeneralConv2dCache, input_grad: bool):
 
 
 class DilatedConv2dCache(NamedTuple):
-    """A stride-1 dilated convolution run as dh*dw undilated ones on the input's sub-grids."""
+    """A convolution run on its explicitly padded input: for dilation (dh, dw) (stride 1) as
+    dh*dw undilated ones on the padded input's sub-grids; for dilation 1 as one."""
     x_shape: Tuple[int, int, int, int]
     xp_shape: Tuple[int, int, int, int]
     pads: Tuple[int, int, int, int]
     dilation: Tuple[int, int]
+    padding_mode: str
     out_hw: Tuple[int, int]
     F: int
     caches: dict          # (a, c) -> the cache of the sub-grid x_pad[:, :, a::dh, c::dw]
     has_bias: bool
 
 
-def _conv2d_dilated(x, W, b, pads, dilation, groups):
-    """Stride 1, dilation (dh, dw), zero padding: output rows a, a+dh, ... only read padded
-    input rows a, a+dh, ..., with the kernel undilated. So each of the dh*dw sub-grids
-    x_pad[:, :, a::dh, c::dw] is an ordinary convolution on the fast path (threads, blocking,
-    the row-padded layout), written to y[:, :, a::dh, c::dw] ("space to batch", as atrous
-    convolution is often run)."""
+def _conv2d_dilated(x, W, b, stride, pads, dilation, groups, padding_mode):
+    """The input padded first (any padding, any padding mode), then ordinary convolutions on the
+    fast path (threads, blocking, the row-padded layout). With dilation (dh, dw), stride 1:
+    output rows a, a+dh, ... only read padded input rows a, a+dh, ... with the kernel
+    undilated, so each of the dh*dw sub-grids x_pad[:, :, a::dh, c::dw] is one such
+    convolution, written to y[:, :, a::dh, c::dw] ("space to batch", as atrous convolution is
+    often run). With dilation 1 (asymmetric "same" padding, a padding mode): one convolution
+    of x_pad, any stride."""
     N, C, H, Wd = x.shape
     F, _, kh, kw = W.shape
     (dh, dw), (pt, pb, pl, pr) = dilation, pads
-    Ho = _out_size_dilated("conv2d", H, kh, 1, pt + pb, dh)
-    Wo = _out_size_dilated("conv2d", Wd, kw, 1, pl + pr, dw)
-    xp = pad2d(x, pads, "zeros")
-    y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
-    caches = {}
-    for a in range(min(dh, Ho)):
-        for c in range(min(dw, Wo)):
-            y_s, caches[(a, c)] = conv2d(xp[:, :, a::dh, c::dw], W, b, 1, 0, 1, groups)
-            y[:, :, a::dh, c::dw] = y_s
-    return y, DilatedConv2dCache(x.shape, xp.shape, pads, dilation, (Ho, Wo), F, caches,
-                                 b is not None)
+    Ho = _out_size_dilated("conv2d", H, kh, stride[0], pt + pb, dh)
+    Wo = _out_size_dilated("conv2d", Wd, kw, stride[1], pl + pr, dw)
+    xp = pad2d(x, pads, padding_mode)
+    if dilation == (1, 1):
+        y, sub = conv2d(xp, W, b, stride, 0, 1, groups)
+        caches = {(0, 0): sub}
+    else:
+        y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+        caches = {}
+        for a in range(min(dh, Ho)):
+            for c in range(min(dw, Wo)):
+                y_s, caches[(a, c)] = conv2d(xp[:, :, a::dh, c::dw], W, b, 1, 0, 1, groups)
+                y[:, :, a::dh, c::dw] = y_s
+    return y, DilatedConv2dCache(x.shape, xp.shape, pads, dilation, padding_mode, (Ho, Wo), F,
+                                 caches, b is not None)
 
 
 def _conv2d_dilated_grad(dy, cache: DilatedConv2dCache, input_grad: bool):
-    (N, C, H, Wd), xp_shape, (pt, pb, pl, pr), (dh, dw) = (cache.x_shape, cache.xp_shape,
-                                                          cache.pads, cache.dilation)
-    dxp = np.zeros(xp_shape, dtype=dy.dtype) if input_grad else None
+    dh, dw = cache.dilation
+    dxp = np.zeros(cache.xp_shape, dtype=dy.dtype) if input_grad else None
     dW = db = None
     for (a, c), sub in cache.caches.items():
-        dx_s, dW_s, db_s = conv2d_grad(np.ascontiguousarray(dy[:, :, a::dh, c::dw]), sub,
-                                       input_grad)
+        dy_s = dy if cache.dilation == (1, 1) else np.ascontiguousarray(dy[:, :, a::dh, c::dw])
+        dx_s, dW_s, db_s = conv2d_grad(dy_s, sub, input_grad)
         if input_grad:
             dxp[:, :, a::dh, c::dw] = dx_s
         dW = dW_s if dW is None else dW + dW_s
         if cache.has_bias:
             db = db_s if db is None else db + db_s
-    dx = np.ascontiguousarray(dxp[:, :, pt:pt + H, pl:pl + Wd]) if input_grad else None
+    dx = (pad2d_grad(dxp, cache.x_shape, cache.pads, cache.padding_mode) if input_grad
+          else None)
     return dx, dW, db
 
 

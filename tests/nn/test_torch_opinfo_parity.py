@@ -600,7 +600,8 @@ def parity():
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)          # tiny tensors: waking torch's threads costs more than it saves
+    torch.set_num_threads(1)          # tiny tensors: waking torch's threads costs more than
+    #                                   it saves
     try:
         _run_op_db(counts, rng)
         _run_module_db(counts, rng)

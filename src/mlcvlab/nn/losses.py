@@ -162,7 +162,8 @@ class _ClassLoss(Loss):
     def _compute(self, pred, target):
         name = type(self).__name__
         if pred.ndim < 1:
-            raise ValueError(f"{name}: expected pred of shape (N, C, ...) or (C,), got {pred.shape}")
+            raise ValueError(f"{name}: expected pred of shape (N, C, ...) or (C,), "
+                             f"got {pred.shape}")
         axis = 1 if pred.ndim >= 2 else 0
         C = pred.shape[axis]
         w = self.weight

@@ -300,3 +300,21 @@ def test_general_conv_path_in_small_batch_blocks_gives_the_same_result(case, mon
     np.testing.assert_allclose(layer.forward(x), y, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(layer.backward(dy), dx, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(layer.weight.grad, dW, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_options_agree_with_and_without_numba(case, monkeypatch):
+    from mlcvlab.nn import kernels
+    C, F, k, s, p, d, g, mode, hw = case
+    rng = np.random.default_rng(12)
+    layer = nn.Conv2d(C, F, k, s, p, d, g, True, mode, rng=0).astype(np.float64)
+    x = rng.standard_normal((3, C) + hw)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    dx, dW = layer.backward(dy), layer.weight.grad.copy()
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    layer.zero_grad()
+    np.testing.assert_allclose(layer.forward(x), y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy), dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, dW, rtol=1e-12, atol=1e-12)

@@ -69,7 +69,7 @@ def test_dropout_fresh_mask_each_call_and_expectation():
     assert abs((y1 == 0).mean() - 0.5) < 0.01               # p is the drop probability
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+@pytest.mark.parametrize("p", [-0.1, 1.5])
 def test_dropout_bad_p(p):
     with pytest.raises(ValueError, match="dropout: p"):
         basis.dropout(np.ones((2, 2)), p)

@@ -362,15 +362,18 @@ def test_relu_forward_kernel_matches_numpy_maximum(dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_backward_kernel_is_threshold_backward(dtype, monkeypatch):
-    """dx = dy where x > 0, else 0 -- also where dy is nan or inf (as torch), on the numba
-    path split over threads and on the NumPy fallback."""
+    """dx = 0 where x <= 0, else dy -- 0 also where dy is nan or inf, dy where x is nan (as
+    torch's threshold_backward), on the numba path split over threads and on the NumPy
+    fallback."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 5, 4, 3)).astype(dtype)
     x[0, 0, 0, :2] = 0.0
     dy = rng.standard_normal(x.shape).astype(dtype)
     dy.flat[np.flatnonzero(x <= 0)[:3]] = np.nan     # dy nan where x <= 0: dx is still 0
     dy.flat[[0, 1, 2]] = [np.nan, np.inf, -np.inf]
-    expected = np.where(x > 0, dy, 0).astype(dtype)
+    x.flat[[5, 6]] = np.nan                           # x nan: dx is dy
+    expected = np.where(x <= 0, 0, dy).astype(dtype)
+    assert np.all(expected.flat[[5, 6]] == dy.flat[[5, 6]])
     _, cache = basis.relu(x)
     monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 10)
     monkeypatch.setattr(kernels, "num_threads", lambda: 4)

@@ -167,15 +167,15 @@ def test_astype_state_dict_roundtrip(rng):
 
 def test_bad_input_messages():
     with pytest.raises(ValueError,
-                       match=r"Linear: expected size 4 on axis 1, got input shape \(2, 3\)"):
+                       match=r"Linear: expected size 4 on the last axis, got input shape \(2, 3\)"):
         nn.Linear(4, 2)(np.ones((2, 3), dtype=np.float32))
     with pytest.raises(TypeError, match="Linear: expected a floating input"):
         nn.Linear(4, 2)(np.ones((2, 4), dtype=np.int32))
     with pytest.raises(ValueError, match=r"BatchNorm2d: expected a 4-D input, got shape \(2, 3\)"):
         nn.BatchNorm2d(3)(np.ones((2, 3), dtype=np.float32))
     with pytest.raises(ValueError, match=r"Dropout: p is the drop probability and must be in "
-                                         r"\[0, 1\), got 1.0"):
-        nn.Dropout(1.0)
+                                         r"\[0, 1\], got 1.5"):
+        nn.Dropout(1.5)
     with pytest.raises(ValueError, match="Linear: in_features must be a positive integer, got 0"):
         nn.Linear(0, 3)
     with pytest.raises(ValueError, match="Conv2d: stride must be >= 1"):

@@ -92,14 +92,15 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
     """Inverted dropout (Srivastava et al. 2014).
 
     ``p`` is the probability of *dropping* a unit: units are kept with
-    probability 1 - p and scaled by 1 / (1 - p), so evaluation is the identity.
+    probability 1 - p and scaled by 1 / (1 - p), so evaluation is the identity (p = 1: zeros
+    in training, as torch).
     A fresh Bernoulli mask is drawn from ``rng`` on every call in training;
     tests may inject ``mask`` (0/1 array of x's shape) instead.
     x: any shape -> y: same shape.
     """
     _check_array("dropout", "x", x)
-    if not (0.0 <= float(p) < 1.0):
-        raise ValueError(f"dropout: p is the drop probability and must be in [0, 1), got {p}")
+    if not (0.0 <= float(p) <= 1.0):
+        raise ValueError(f"dropout: p is the drop probability and must be in [0, 1], got {p}")
     if not train or p == 0.0:
         return x, DropoutCache(None)
     if mask is None:
@@ -109,7 +110,8 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
         if mask.shape != x.shape:
             raise ValueError(f"dropout: mask shape {mask.shape} does not match x shape {x.shape}")
         keep = mask.astype(bool)
-    scaled = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)       # p = 1 drops every unit (as torch)
+    scaled = keep.astype(x.dtype) * x.dtype.type(scale)
     return x * scaled, DropoutCache(scaled)
 
 
@@ -133,15 +135,19 @@ class BatchNormCache(NamedTuple):
 def _bn_axes(x: np.ndarray, fn: str):
     if x.ndim == 2:
         return (0,), (1, -1)
+    if x.ndim == 3:
+        return (0, 2), (1, -1, 1)
     if x.ndim == 4:
         return (0, 2, 3), (1, -1, 1, 1)
-    raise ValueError(f"{fn}: expected a 2-D (N, D) or 4-D (N, C, H, W) input, got shape {x.shape}")
+    raise ValueError(f"{fn}: expected a 2-D (N, D), 3-D (N, C, L) or 4-D (N, C, H, W) input, "
+                     f"got shape {x.shape}")
 
 
 def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
     """Batch normalization with batch statistics (Ioffe & Szegedy 2015).
 
-    Statistics are over axis 0 for x (N, D), over (N, H, W) for x (N, C, H, W);
+    Statistics are over axis 0 for x (N, D), over (N, L) for x (N, C, L), over (N, H, W) for
+    x (N, C, H, W);
     the variance is the biased one. gamma, beta: (D,) or (C,).
     y = gamma * (x - mean) / sqrt(var + eps) + beta.
     """
@@ -217,6 +223,9 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     _, x_hat, _, _, inv_std, gamma, _ = cache
     check_dy("batchnorm_grad_fused", dy, x_hat.shape)
     axes, bshape = _bn_axes(x_hat, "batchnorm_grad_fused")
+    if x_hat.size == 0:                              # an empty batch: nothing flows back
+        C = x_hat.shape[1]
+        return np.empty_like(dy), np.zeros(C, dy.dtype), np.zeros(C, dy.dtype)
     if x_hat.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
         N, C, H, W = x_hat.shape
         dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),
@@ -246,8 +255,8 @@ class ActivationCache(NamedTuple):
 def relu(x: np.ndarray):
     """max(x, 0), elementwise; large arrays in one slice of axis 0 per thread.
 
-    The cache keeps the output y, not x: y > 0 exactly where x > 0 (nan too: both are
-    false), and the layer before may free x (as torch's relu saves its result).
+    The cache keeps the output y, not x: y <= 0 exactly where x <= 0 (and y is nan where x
+    is), and the layer before may free x (as torch's relu saves its result).
     """
     _check_array("relu", "x", x)
     if x.ndim == 0:
@@ -264,13 +273,14 @@ def relu(x: np.ndarray):
 
 
 def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
-    """dy where the input was > 0, else 0 (as torch's threshold_backward: 0 even where dy is
-    nan); read off the cached output y, which is > 0 exactly there. Large arrays in one
-    slice of axis 0 per thread."""
+    """0 where the input was <= 0, dy elsewhere, as torch's threshold_backward: 0 even where
+    dy is nan, and dy where the input was nan (nan <= 0 is false). Read off the cached output
+    y, which is <= 0 exactly where x <= 0 and nan where x is nan. Large arrays in one slice of
+    axis 0 per thread."""
     y = cache.value
     check_dy("relu_grad", dy, y.shape)
     if dy.dtype != y.dtype or y.ndim == 0:
-        return np.where(y > 0, dy, 0).astype(np.result_type(dy, y), copy=False)
+        return np.where(y <= 0, 0, dy).astype(np.result_type(dy, y), copy=False)
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     dx = np.empty_like(dy)
     if kernels.available():
@@ -278,7 +288,7 @@ def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
         kernels.parallel_map(lambda p: kernel(dy[p].reshape(-1), y[p].reshape(-1),
                                               dx[p].reshape(-1)), kernels.row_parts(y))
     else:
-        dx[...] = np.where(y > 0, dy, 0)
+        dx[...] = np.where(y <= 0, 0, dy)
     return dx
 
 
@@ -323,6 +333,14 @@ def tanh_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 def softmax(x: np.ndarray, axis: int = -1):
     """exp(x) / sum(exp(x)) along ``axis``, shifted by the max for stability."""
     _check_array("softmax", "x", x)
+    if x.size == 0:                                 # an empty axis or batch: empty, as torch
+        y = np.empty_like(x)
+        return y, ActivationCache(y, axis)
+    if x.ndim == 0:                                 # a scalar is its own axis: 1, as torch
+        if axis not in (0, -1):
+            raise ValueError(f"softmax: axis {axis} is out of range for a 0-D input")
+        y = np.ones_like(x)
+        return y, ActivationCache(y, axis)
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
     y = e / e.sum(axis=axis, keepdims=True)
@@ -332,6 +350,8 @@ def softmax(x: np.ndarray, axis: int = -1):
 def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     y, axis = cache.value, int(cache.slope)
     check_dy("softmax_grad", dy, y.shape)
+    if y.ndim == 0:
+        return np.zeros_like(dy)
     return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
 
 

@@ -287,31 +287,89 @@ class Conv2dCache(NamedTuple):
     has_bias: bool
 
 
-def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
-           stride: IntPair = 1, padding: IntPair = 0):
-    """2-D convolution (cross-correlation, zero padding), as ``torch.nn.functional.conv2d``.
+def conv_padding(fn: str, padding, kernel, dilation, stride) -> Tuple[int, int, int, int]:
+    """(top, bottom, left, right) of an int, a pair, "valid" or "same" (torch's rule: the
+    total d*(k-1) split with the extra value at the bottom / right; stride 1 only)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"{fn}: padding must be an int, a pair of ints, 'valid' or 'same', "
+                             f"got {padding!r}")
+        if tuple(stride) != (1, 1):
+            raise ValueError(f"{fn}: padding='same' needs stride 1 (as torch), got stride "
+                             f"{tuple(stride)}")
+        pads = []
+        for k, d in zip(kernel, dilation):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    ph, pw = _pair(fn, "padding", padding, 0)
+    return (ph, ph, pw, pw)
 
-    x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) or None; stride and padding an
-    int or a pair (rows, cols). Returns y: (N, F, Ho, Wo) with
-    Ho = floor((H + 2*ph - kh) / sh) + 1 (likewise Wo), and the cache for
-    :func:`conv2d_grad`. The cache keeps x, not the im2col matrix (C*kh*kw
-    times larger): the backward rebuilds it, which costs one cheap pass.
+
+def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
+           stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1,
+           groups: int = 1, padding_mode: str = "zeros"):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    x: (N, C, H, W), W: (F, C // groups, kh, kw), b: (F,) or None; stride, padding and
+    dilation an int or a pair (rows, cols); padding also "valid" or "same" (stride 1).
+    ``groups``: the channels in that many groups, each convolved with its F // groups filters;
+    ``padding_mode``: "zeros", "reflect", "replicate" or "circular" (as torch.nn.Conv2d).
+    Returns y: (N, F, Ho, Wo) with Ho = floor((H + 2*ph - dh*(kh-1) - 1) / sh) + 1 (likewise
+    Wo), and the cache for :func:`conv2d_grad`. The cache keeps x, not the im2col matrix
+    (C*kh*kw times larger): the backward rebuilds it, which costs one cheap pass.
+
+    Dilation 1 and symmetric zero padding (the common case) run the fast path (blocked,
+    threaded im2col; the row-padded layout for stride 1), once per group when ``groups > 1``;
+    other paddings (asymmetric "same", the padding modes) pad first and run it on the padded
+    input, a stride-1 dilated convolution once per sub-grid of the padded input
+    (:func:`_conv2d_dilated`); only a dilated and strided one takes the general path (a
+    dilated im2col per group and block of the batch).
     """
     _check_4d("conv2d", "x", x)
-    _check_4d("conv2d", "W", W, "(F, C, kh, kw)")
+    _check_4d("conv2d", "W", W, "(F, C // groups, kh, kw)")
     if W.dtype != x.dtype:
         raise TypeError(f"conv2d: x is {x.dtype} but W is {W.dtype}; cast x with x.astype(W.dtype)")
     N, C, H, Wd = x.shape
     F, Cw, kh, kw = W.shape
-    if Cw != C:
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive integer, got {groups!r}")
+    groups = int(groups)
+    if C % groups or F % groups:
+        raise ValueError(f"conv2d: groups={groups} must divide both the input channels ({C}) "
+                         f"and the output channels ({F})")
+    if Cw * groups != C:
         raise ValueError(
-            f"conv2d: x has {C} channels but W expects {Cw} (x {x.shape}, W {W.shape})"
+            f"conv2d: x has {C} channels but W expects {Cw * groups} "
+            f"({Cw} per group, groups={groups}; x {x.shape}, W {W.shape})"
         )
     if b is not None and (not isinstance(b, np.ndarray) or b.shape != (F,) or b.dtype != x.dtype):
         got = (b.shape, b.dtype) if isinstance(b, np.ndarray) else type(b).__name__
         raise ValueError(f"conv2d: expected b of shape ({F},) and dtype {x.dtype}, got {got}")
     stride = _pair("conv2d", "stride", stride, 1)
-    padding = _pair("conv2d", "padding", padding, 0)
+    dilation = _pair("conv2d", "dilation", dilation, 1)
+    pads = conv_padding("conv2d", padding, (kh, kw), dilation, stride)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"conv2d: padding_mode must be one of {PADDING_MODES}, "
+                         f"got {padding_mode!r}")
+    if padding_mode != "zeros" and any(pads):
+        limit = {"reflect": (H - 1, Wd - 1), "circular": (H, Wd), "replicate": None}[padding_mode]
+        if limit and (max(pads[:2]) > limit[0] or max(pads[2:]) > limit[1]):
+            raise ValueError(f"conv2d: padding {pads[::2]} is too large for padding_mode="
+                             f"{padding_mode!r} on an input of {H}x{Wd} (at most {limit})")
+    fast = (dilation == (1, 1) and pads[0] == pads[1] and pads[2] == pads[3]
+            and (padding_mode == "zeros" or not any(pads)))
+    if not fast:
+        if dilation == (1, 1) or stride == (1, 1):
+            return _conv2d_dilated(x, W, b, stride, pads, dilation, groups, padding_mode)
+        return _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode)
+    if groups > 1:
+        _out_size("conv2d", H, kh, stride[0], pads[0])
+        _out_size("conv2d", Wd, kw, stride[1], pads[2])
+        return _conv2d_grouped(x, W, b, stride, (pads[0], pads[2]), groups)
+    padding = (pads[0], pads[2])
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
 
@@ -351,6 +409,24 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     row-padded layout: (F, N*Ho*pitch), zero in the dropped columns, so that
     they add nothing to dW or dx).
     """
+    if isinstance(cache, DilatedConv2dCache):
+        check_dy("conv2d_grad", dy, (cache.x_shape[0], cache.F) + cache.out_hw)
+        return _conv2d_dilated_grad(dy, cache, input_grad)
+    if isinstance(cache, GroupedConv2dCache):
+        N, _, H, Wd = cache.x_shape
+        c0 = cache.caches[0]
+        Ho = (H + 2 * c0.padding[0] - c0.kernel[0]) // c0.stride[0] + 1
+        Wo = (Wd + 2 * c0.padding[1] - c0.kernel[1]) // c0.stride[1] + 1
+        F = sum(c.W.shape[0] for c in cache.caches)
+        check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
+        return _conv2d_grouped_grad(dy, cache, input_grad)
+    if isinstance(cache, GeneralConv2dCache):
+        (N, _, H, Wd), F = cache.x_shape, cache.W.shape[0]
+        pt, pb, pl, pr = cache.pads
+        Ho = (H + pt + pb - cache.dilation[0] * (cache.W.shape[2] - 1) - 1) // cache.stride[0] + 1
+        Wo = (Wd + pl + pr - cache.dilation[1] * (cache.W.shape[3] - 1) - 1) // cache.stride[1] + 1
+        check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
+        return _conv2d_general_grad(dy, cache, input_grad)
     x, W, kernel, stride, padding, has_bias = cache
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, Wd = x.shape
@@ -401,6 +477,250 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     return dx, dW.reshape(W.shape), db
 
 
+# --------------------------------------------------------------------------- the general path
+# Dilation, groups, asymmetric padding ("same" with an even effective kernel) and the padding
+# modes other than zeros run here: one im2col of the whole batch (dilated windows) and one GEMM
+# per group; the common case (dilation 1, groups 1, symmetric zero padding) keeps the fast
+# path above.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_NP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+class GeneralConv2dCache(NamedTuple):
+    x_shape: Tuple[int, int, int, int]
+    x: np.ndarray            # the input (N, C, H, W), kept by reference
+    W: np.ndarray
+    stride: Tuple[int, int]
+    pads: Tuple[int, int, int, int]   # top, bottom, left, right
+    dilation: Tuple[int, int]
+    groups: int
+    padding_mode: str
+    has_bias: bool
+
+
+def _pad_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Source index of every padded position along one axis (np.pad's modes on an arange)."""
+    return np.pad(np.arange(n), (before, after), mode=_NP_PAD_MODE[mode])
+
+
+def pad2d(x: np.ndarray, pads, mode: str = "zeros", value=0) -> np.ndarray:
+    """x (N, C, H, W) padded by (top, bottom, left, right) as torch's F.pad: a constant
+    ``value`` for "zeros", else reflect / replicate / circular."""
+    pt, pb, pl, pr = pads
+    if mode == "zeros":
+        if not any(pads):
+            return x
+        N, C, H, W = x.shape
+        xp = np.full((N, C, H + pt + pb, W + pl + pr), value, dtype=x.dtype)
+        xp[:, :, pt:pt + H, pl:pl + W] = x
+        return xp
+    ih = _pad_index(x.shape[2], pt, pb, mode)
+    iw = _pad_index(x.shape[3], pl, pr, mode)
+    return x[:, :, ih[:, None], iw[None, :]]
+
+
+def pad2d_grad(dxp: np.ndarray, x_shape, pads, mode: str = "zeros") -> np.ndarray:
+    """The adjoint of :func:`pad2d`: crop (zeros) or add every padded value back onto its
+    source pixel (the other modes)."""
+    N, C, H, W = x_shape
+    pt, pb, pl, pr = pads
+    if mode == "zeros":
+        return np.ascontiguousarray(dxp[:, :, pt:pt + H, pl:pl + W])
+    ih = _pad_index(H, pt, pb, mode)
+    iw = _pad_index(W, pl, pr, mode)
+    Ph = (ih[None, :] == np.arange(H)[:, None]).astype(dxp.dtype)    # (H, Hp) one-hot
+    Pw = (iw[None, :] == np.arange(W)[:, None]).astype(dxp.dtype)    # (W, Wp)
+    return np.ascontiguousarray(Ph @ dxp @ Pw.T)
+
+
+def _dilated_windows(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """(N, C, Ho, Wo, kh, kw) view of the windows of the padded xp."""
+    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    return win[:, :, :Ho, :Wo]
+
+
+def im2col_dilated(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """The padded xp (N, C, Hp, Wp) -> cols (C*kh*kw, N*Ho*Wo), as im2col_numpy with dilation."""
+    N, C = xp.shape[:2]
+    (kh, kw), (Ho, Wo) = kernel, out_hw
+    win = _dilated_windows(xp, kernel, stride, dilation, out_hw)
+    return win.transpose(1, 4, 5, 0, 2, 3).reshape(C * kh * kw, N * Ho * Wo)
+
+
+def col2im_dilated(cols: np.ndarray, xp_shape, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """The adjoint of :func:`im2col_dilated`: dxp (N, C, Hp, Wp)."""
+    N, C, Hp, Wp = xp_shape
+    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
+    fields = cols.reshape(C, kh, kw, N, Ho, Wo)
+    dxp = np.zeros(xp_shape, dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i * dh:i * dh + sh * (Ho - 1) + 1:sh,
+                j * dw:j * dw + sw * (Wo - 1) + 1:sw] += fields[:, i, j].transpose(1, 0, 2, 3)
+    return dxp
+
+
+def _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode):
+    N, C, H, Wd = x.shape
+    F, Cg, kh, kw = W.shape
+    pt, pb, pl, pr = pads
+    Ho = _out_size_dilated("conv2d", H, kh, stride[0], pt + pb, dilation[0])
+    Wo = _out_size_dilated("conv2d", Wd, kw, stride[1], pl + pr, dilation[1])
+    xp = pad2d(x, pads, padding_mode)
+    Fg = F // groups
+    y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    for g in range(groups):
+        xs, fs = xp[:, g * Cg:(g + 1) * Cg], slice(g * Fg, (g + 1) * Fg)
+        W_mat = W[fs].reshape(Fg, -1)
+        for blk in _blocks(xs, Cg * kh * kw, Ho, Wo):      # cols of at most BLOCK_BYTES
+            n = blk.stop - blk.start
+            cols = im2col_dilated(xs[blk], (kh, kw), stride, dilation, (Ho, Wo))
+            y_t = W_mat @ cols
+            if b is not None:
+                y_t += b[fs, None]
+            y[blk, fs] = y_t.reshape(Fg, n, Ho, Wo).transpose(1, 0, 2, 3)
+    # the cache keeps x, not its padded copy: the backward pads again
+    return y, GeneralConv2dCache(x.shape, x, W, stride, pads, dilation, groups, padding_mode,
+                                 b is not None)
+
+
+def _conv2d_general_grad(dy, cache: GeneralConv2dCache, input_grad: bool):
+    x_shape, x, W, stride, pads, dilation, groups, padding_mode, has_bias = cache
+    xp = pad2d(x, pads, padding_mode)
+    F, Cg, kh, kw = W.shape
+    Fg = F // groups
+    Ho, Wo = dy.shape[2:]
+    dW = np.zeros(W.shape, dtype=dy.dtype)
+    dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None
+    for g in range(groups):
+        xs, fs, cs = xp[:, g * Cg:(g + 1) * Cg], slice(g * Fg, (g + 1) * Fg), \
+            slice(g * Cg, (g + 1) * Cg)
+        W_mat = W[fs].reshape(Fg, -1)
+        for blk in _blocks(xs, Cg * kh * kw, Ho, Wo):
+            n = blk.stop - blk.start
+            cols = im2col_dilated(xs[blk], (kh, kw), stride, dilation, (Ho, Wo))
+            dy_t = dy[blk, fs].transpose(1, 0, 2, 3).reshape(Fg, n * Ho * Wo)
+            dW[fs] += (dy_t @ cols.T).reshape(Fg, Cg, kh, kw)
+            if input_grad:
+                dxp[blk, cs] = col2im_dilated(W_mat.T @ dy_t, (n,) + xs.shape[1:], (kh, kw),
+                                              stride, dilation, (Ho, Wo))
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    dx = pad2d_grad(dxp, x_shape, pads, padding_mode) if input_grad else None
+    return dx, dW, db
+
+
+class DilatedConv2dCache(NamedTuple):
+    """A convolution run on its explicitly padded input: for dilation (dh, dw) (stride 1) as
+    dh*dw undilated ones on the padded input's sub-grids; for dilation 1 as one."""
+    x_shape: Tuple[int, int, int, int]
+    xp_shape: Tuple[int, int, int, int]
+    pads: Tuple[int, int, int, int]
+    dilation: Tuple[int, int]
+    padding_mode: str
+    out_hw: Tuple[int, int]
+    F: int
+    caches: dict          # (a, c) -> the cache of the sub-grid x_pad[:, :, a::dh, c::dw]
+    has_bias: bool
+
+
+def _conv2d_dilated(x, W, b, stride, pads, dilation, groups, padding_mode):
+    """The input padded first (any padding, any padding mode), then ordinary convolutions on the
+    fast path (threads, blocking, the row-padded layout). With dilation (dh, dw), stride 1:
+    output rows a, a+dh, ... only read padded input rows a, a+dh, ... with the kernel
+    undilated, so each of the dh*dw sub-grids x_pad[:, :, a::dh, c::dw] is one such
+    convolution, written to y[:, :, a::dh, c::dw] ("space to batch", as atrous convolution is
+    often run). With dilation 1 (asymmetric "same" padding, a padding mode): one convolution
+    of x_pad, any stride."""
+    N, C, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    (dh, dw), (pt, pb, pl, pr) = dilation, pads
+    Ho = _out_size_dilated("conv2d", H, kh, stride[0], pt + pb, dh)
+    Wo = _out_size_dilated("conv2d", Wd, kw, stride[1], pl + pr, dw)
+    xp = pad2d(x, pads, padding_mode)
+    if dilation == (1, 1):
+        y, sub = conv2d(xp, W, b, stride, 0, 1, groups)
+        caches = {(0, 0): sub}
+    else:
+        y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+        caches = {}
+        for a in range(min(dh, Ho)):
+            for c in range(min(dw, Wo)):
+                y_s, caches[(a, c)] = conv2d(xp[:, :, a::dh, c::dw], W, b, 1, 0, 1, groups)
+                y[:, :, a::dh, c::dw] = y_s
+    return y, DilatedConv2dCache(x.shape, xp.shape, pads, dilation, padding_mode, (Ho, Wo), F,
+                                 caches, b is not None)
+
+
+def _conv2d_dilated_grad(dy, cache: DilatedConv2dCache, input_grad: bool):
+    dh, dw = cache.dilation
+    dxp = np.zeros(cache.xp_shape, dtype=dy.dtype) if input_grad else None
+    dW = db = None
+    for (a, c), sub in cache.caches.items():
+        dy_s = dy if cache.dilation == (1, 1) else np.ascontiguousarray(dy[:, :, a::dh, c::dw])
+        dx_s, dW_s, db_s = conv2d_grad(dy_s, sub, input_grad)
+        if input_grad:
+            dxp[:, :, a::dh, c::dw] = dx_s
+        dW = dW_s if dW is None else dW + dW_s
+        if cache.has_bias:
+            db = db_s if db is None else db + db_s
+    dx = (pad2d_grad(dxp, cache.x_shape, cache.pads, cache.padding_mode) if input_grad
+          else None)
+    return dx, dW, db
+
+
+class GroupedConv2dCache(NamedTuple):
+    """A grouped convolution run as one fast-path convolution per group."""
+    x_shape: Tuple[int, int, int, int]
+    caches: Tuple[Conv2dCache, ...]
+    has_bias: bool
+
+
+def _conv2d_grouped(x, W, b, stride, padding, groups):
+    """groups > 1 with dilation 1 and symmetric zero padding: the fast path on each group's
+    channels (threads, blocking, the row-padded layout), outputs side by side."""
+    C, F = x.shape[1], W.shape[0]
+    Cg, Fg = C // groups, F // groups
+    ys, caches = [], []
+    for g in range(groups):
+        fs = slice(g * Fg, (g + 1) * Fg)
+        y_g, cache = conv2d(x[:, g * Cg:(g + 1) * Cg], W[fs], None if b is None else b[fs],
+                            stride, padding)
+        ys.append(y_g)
+        caches.append(cache)
+    return np.concatenate(ys, axis=1), GroupedConv2dCache(x.shape, tuple(caches), b is not None)
+
+
+def _conv2d_grouped_grad(dy, cache: GroupedConv2dCache, input_grad: bool):
+    groups = len(cache.caches)
+    Fg = dy.shape[1] // groups
+    parts = [conv2d_grad(np.ascontiguousarray(dy[:, g * Fg:(g + 1) * Fg]), c, input_grad)
+             for g, c in enumerate(cache.caches)]
+    dx = np.concatenate([p[0] for p in parts], axis=1) if input_grad else None
+    dW = np.concatenate([p[1] for p in parts], axis=0)
+    db = np.concatenate([p[2] for p in parts]) if cache.has_bias else None
+    return dx, dW, db
+
+
+def _out_size_dilated(fn: str, n: int, k: int, stride: int, total_pad: int, dilation: int,
+                      ceil_mode: bool = False, pad_before: int = 0) -> int:
+    """Output length with dilation, ``total_pad`` the padding of both ends (torch's rule; with
+    ``ceil_mode`` the last window must start inside the input or the leading padding)."""
+    span = dilation * (k - 1) + 1
+    room = n + total_pad - span
+    if n < 1 or room < 0:
+        spans = f", dilation {dilation}: it spans {span} positions" if dilation > 1 else ""
+        raise ValueError(
+            f"{fn}: kernel size {k} is larger than the padded input size {n + total_pad} "
+            f"(input {n}, padding {total_pad} in all{spans}); use a smaller kernel or "
+            f"dilation, or more padding")
+    out = (-(-room // stride) if ceil_mode else room // stride) + 1
+    if ceil_mode and (out - 1) * stride >= n + pad_before:
+        out -= 1
+    return out
+
+
 # --------------------------------------------------------------------------- pooling
 class PoolCache(NamedTuple):
     x_shape: Tuple[int, int, int, int]
@@ -408,22 +728,6 @@ class PoolCache(NamedTuple):
     stride: Tuple[int, int]
     padding: Tuple[int, int]
     argmax: Optional[np.ndarray]  # max pooling: (N, C, Ho, Wo) flat index i*kw + j in the window
-
-
-def _pool_setup(fn: str, x, kernel_size, stride, padding):
-    """Validate pooling arguments; returns kernel, stride, padding pairs and (Ho, Wo)."""
-    _check_4d(fn, "x", x)
-    kh, kw = _pair(fn, "kernel_size", kernel_size, 1)
-    sh, sw = (kh, kw) if stride is None else _pair(fn, "stride", stride, 1)
-    ph, pw = _pair(fn, "padding", padding, 0)
-    if ph > kh // 2 or pw > kw // 2:
-        raise ValueError(
-            f"{fn}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)} "
-            f"(as in PyTorch), otherwise a window can lie entirely in the padding"
-        )
-    Ho = _out_size(fn, x.shape[2], kh, sh, ph)
-    Wo = _out_size(fn, x.shape[3], kw, sw, pw)
-    return (kh, kw), (sh, sw), (ph, pw), (Ho, Wo)
 
 
 def _pad_nchw(x: np.ndarray, ph: int, pw: int, value) -> np.ndarray:
@@ -441,16 +745,24 @@ def _is_2x2(kernel, stride, padding) -> bool:
 
 
 def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None,
-              padding: IntPair = 0):
+              padding: IntPair = 0, dilation: IntPair = 1, ceil_mode: bool = False):
     """Max pooling over (kh, kw) windows, as ``torch.nn.functional.max_pool2d``.
 
     x: (N, C, H, W) -> y: (N, C, Ho, Wo). ``stride`` defaults to the kernel size;
-    padding counts as -inf (it never wins). The cache keeps the position of each
-    window's first maximum (row-major), the element that gets the gradient; a nan
-    in a window makes its output nan (as in torch), at the first nan.
+    padding counts as -inf (it never wins); ``dilation`` spaces the window's pixels;
+    ``ceil_mode`` rounds the output size up (a last, partial window, as torch). The cache
+    keeps the position of each window's first maximum (row-major), the element that gets the
+    gradient; a nan in a window makes its output nan (as in torch), at the first nan.
+    :func:`pool_indices` gives torch's ``return_indices``. Dilation 1 without an extra
+    ceil_mode window runs the numba kernels; the rest the general path.
     """
-    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = _pool_setup("maxpool2d", x, kernel_size, stride,
-                                                         padding)
+    (kh, kw), (sh, sw), (ph, pw), dilation, (Ho, Wo) = pool_setup(
+        "maxpool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
+    if dilation != (1, 1) or ceil_mode and (Ho, Wo) != (
+            (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1):
+        y, index = maxpool2d_general(x, (kh, kw), (sh, sw), (ph, pw), dilation, (Ho, Wo))
+        return y, GeneralPoolCache(x.shape, (kh, kw), (sh, sw), (ph, pw), dilation, (Ho, Wo),
+                                   index, None)
     index_dtype = np.min_scalar_type(kh * kw - 1)   # uint8 for kernels up to 16x16
     if _use_numba():
         y = np.empty((*x.shape[:2], Ho, Wo), dtype=x.dtype)
@@ -466,6 +778,19 @@ def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = N
         y, argmax = maxpool2d_numpy(x, (kh, kw), (sh, sw), (ph, pw))
         argmax = argmax.astype(index_dtype)
     return y, PoolCache(x.shape, (kh, kw), (sh, sw), (ph, pw), argmax)
+
+
+def pool_indices(cache) -> np.ndarray:
+    """torch's ``return_indices`` of a max pooling: the flat index h*W + w in its input plane
+    of each output's maximum, int64 (N, C, Ho, Wo)."""
+    if isinstance(cache, (GeneralPoolCache, AdaptivePoolCache)):
+        return cache.index
+    (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), argmax = cache
+    Ho, Wo = argmax.shape[2:]
+    i, j = np.divmod(argmax.astype(np.int64), kw)
+    rows = np.arange(Ho)[:, None] * sh - ph + i
+    cols = np.arange(Wo)[None, :] * sw - pw + j
+    return rows * W + cols
 
 
 def maxpool2d_numpy(x: np.ndarray, kernel, stride, padding):
@@ -489,6 +814,9 @@ def maxpool2d_numpy(x: np.ndarray, kernel, stride, padding):
 
 def maxpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     """dy: (N, C, Ho, Wo) -> dx: (N, C, H, W); each dy goes to its window's argmax."""
+    if isinstance(cache, GeneralPoolCache):
+        check_dy("maxpool2d_grad", dy, cache.index.shape)
+        return scatter_to_index(dy, cache.index, cache.x_shape)
     (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), argmax = cache
     check_dy("maxpool2d_grad", dy, argmax.shape)
     if _use_numba():
@@ -521,15 +849,31 @@ def maxpool2d_grad_numpy(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
 
 
 def avgpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None,
-              padding: IntPair = 0):
+              padding: IntPair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+              divisor_override: Optional[int] = None):
     """Average pooling over (kh, kw) windows, as ``torch.nn.functional.avg_pool2d``.
 
     x: (N, C, H, W) -> y: (N, C, Ho, Wo). ``stride`` defaults to the kernel size.
-    Zero padding counts in the average (count_include_pad=True, torch's default),
-    so every window divides by kh*kw.
+    ``count_include_pad=True`` (torch's default): zero padding counts in the average, so a
+    window divides by kh*kw (a ceil_mode window that passes the padding by its size up to the
+    padded edge); False: by the number of input pixels it covers. ``divisor_override``: divide
+    every window by this instead. The common case (no extra ceil_mode window, padding counted,
+    no override) runs the plain path; the rest the general path.
     """
-    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = _pool_setup("avgpool2d", x, kernel_size, stride,
-                                                         padding)
+    (kh, kw), (sh, sw), (ph, pw), _, (Ho, Wo) = pool_setup(
+        "avgpool2d", x, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is not None and (
+            not isinstance(divisor_override, (int, np.integer))
+            or isinstance(divisor_override, bool) or divisor_override == 0):
+        raise ValueError(f"avgpool2d: divisor_override must be a non-zero int or None, "
+                         f"got {divisor_override!r}")
+    floor_out = ((x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1)
+    if ((Ho, Wo) != floor_out or divisor_override is not None
+            or (not count_include_pad and (ph or pw))):
+        y, divisor = avgpool2d_general(x, (kh, kw), (sh, sw), (ph, pw), (Ho, Wo),
+                                       bool(count_include_pad), divisor_override)
+        return y, GeneralPoolCache(x.shape, (kh, kw), (sh, sw), (ph, pw), (1, 1), (Ho, Wo),
+                                   None, divisor)
     xp = _pad_nchw(x, ph, pw, 0)
     y = np.zeros((*x.shape[:2], Ho, Wo), dtype=x.dtype)
     for i in range(kh):
@@ -541,6 +885,9 @@ def avgpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = N
 
 def avgpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     """dy: (N, C, Ho, Wo) -> dx: (N, C, H, W); each dy spreads evenly over its window."""
+    if isinstance(cache, GeneralPoolCache):
+        check_dy("avgpool2d_grad", dy, cache.x_shape[:2] + cache.out_hw)
+        return avgpool2d_general_grad(dy, cache)
     (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), _ = cache
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (W + 2 * pw - kw) // sw + 1
@@ -553,9 +900,219 @@ def avgpool2d_grad(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
 
 
+
+# --------------------------------------------------------------------------- pooling: general path
+# Dilation, ceil_mode (where it adds a window), count_include_pad=False and divisor_override run
+# here; the pooling above stays the path of the common case.
+class GeneralPoolCache(NamedTuple):
+    x_shape: Tuple[int, int, int, int]
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+    out_hw: Tuple[int, int]
+    index: Optional[np.ndarray]     # max: flat input index h*W + w of each output's maximum
+    divisor: Optional[np.ndarray]   # avg: (Ho, Wo) divisor of each window
+
+
+def pool_setup(fn: str, x, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    """Validate pooling arguments (torch's rules): kernel, stride, padding, dilation pairs and
+    (Ho, Wo)."""
+    _check_4d(fn, "x", x)
+    kernel = _pair(fn, "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else _pair(fn, "stride", stride, 1)
+    padding = _pair(fn, "padding", padding, 0)
+    dilation = _pair(fn, "dilation", dilation, 1)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(
+            f"{fn}: padding {padding} must be at most half the kernel size {kernel} "
+            f"(as in PyTorch), otherwise a window can lie entirely in the padding"
+        )
+    out = tuple(_out_size_dilated(fn, n, k, s, 2 * p, d, bool(ceil_mode), p)
+                for n, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation))
+    return kernel, stride, padding, dilation, out
+
+
+def _pool_pad(x, padding, kernel, stride, dilation, out_hw, value):
+    """x padded on the left/top by padding and on the right/bottom far enough for every window
+    (ceil_mode can put the last one past the padding), with ``value``."""
+    pads = []
+    for n, k, s, p, d, o in zip(x.shape[2:], kernel, stride, padding, dilation, out_hw):
+        need = (o - 1) * s + d * (k - 1) + 1
+        pads += [p, max(need - n - p, 0)]
+    return pad2d(x, tuple(pads), "zeros", value), pads
+
+
+def maxpool2d_general(x, kernel, stride, padding, dilation, out_hw):
+    """Max pooling with dilation / ceil_mode: (y, flat input index of each maximum), the first
+    maximum of a window in row-major order (a nan wins, at the first nan), as torch."""
+    N, C, H, W = x.shape
+    Ho, Wo = out_hw
+    xp, pads = _pool_pad(x, padding, kernel, stride, dilation, out_hw, -np.inf)
+    win = _dilated_windows(xp, kernel, stride, dilation, out_hw).reshape(N, C, Ho, Wo, -1)
+    # positions of the window's pixels in the input; outside the input -> not eligible
+    kh, kw = kernel
+    rows = (np.arange(Ho)[:, None] * stride[0] - padding[0]
+            + np.arange(kh)[None, :] * dilation[0])                   # (Ho, kh)
+    cols = (np.arange(Wo)[:, None] * stride[1] - padding[1]
+            + np.arange(kw)[None, :] * dilation[1])                   # (Wo, kw)
+    inside = (((rows >= 0) & (rows < H))[:, None, :, None]
+              & ((cols >= 0) & (cols < W))[None, :, None, :]).reshape(Ho, Wo, kh * kw)
+    flat_pos = (rows[:, None, :, None] * W + cols[None, :, None, :]).reshape(Ho, Wo, kh * kw)
+    nan = np.isnan(win)
+    key = np.where(inside, win, -np.inf)
+    arg = key.argmax(axis=-1)
+    first_nan = nan.argmax(axis=-1)
+    arg = np.where(nan.any(axis=-1), first_nan, arg)
+    picked = np.take_along_axis(key, arg[..., None], axis=-1)[..., 0]
+    # a window of -inf only: torch keeps its first pixel inside the input
+    first_inside = np.broadcast_to(inside.argmax(axis=-1), arg.shape)
+    arg = np.where(np.isneginf(picked) & ~np.isnan(picked), first_inside, arg)
+    y = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
+    index = np.take_along_axis(np.broadcast_to(flat_pos, (N, C, Ho, Wo, kh * kw)),
+                               arg[..., None], axis=-1)[..., 0]
+    return np.ascontiguousarray(y), index.astype(np.int64)
+
+
+def scatter_to_index(dy: np.ndarray, index: np.ndarray, x_shape) -> np.ndarray:
+    """dx (N, C, H, W) with every dy added at its flat plane index h*W + w."""
+    N, C, H, W = x_shape
+    plane = np.arange(N * C).reshape(N, C, 1, 1) * (H * W)
+    dx = np.bincount((plane + index).reshape(-1), weights=dy.reshape(-1).astype(np.float64),
+                     minlength=N * C * H * W)
+    return dx.astype(dy.dtype, copy=False).reshape(x_shape)
+
+
+def _avg_divisor(n, k, s, p, o, count_include_pad):
+    """torch's avg_pool2d window sizes along one axis: (o,) values."""
+    start = np.arange(o) * s - p
+    end = np.minimum(start + k, n + p)
+    size = end - start
+    if count_include_pad:
+        return size
+    return np.minimum(end, n) - np.maximum(start, 0)
+
+
+def avgpool2d_general(x, kernel, stride, padding, out_hw, count_include_pad=True,
+                      divisor_override=None):
+    N, C, H, W = x.shape
+    xp, _ = _pool_pad(x, padding, kernel, stride, (1, 1), out_hw, 0)
+    win = _dilated_windows(xp, kernel, stride, (1, 1), out_hw)
+    total = win.sum(axis=(-2, -1))
+    if divisor_override is not None:
+        divisor = np.full(out_hw, float(divisor_override))
+    else:
+        dh = _avg_divisor(H, kernel[0], stride[0], padding[0], out_hw[0], count_include_pad)
+        dw = _avg_divisor(W, kernel[1], stride[1], padding[1], out_hw[1], count_include_pad)
+        divisor = (dh[:, None] * dw[None, :]).astype(np.float64)
+    y = (total / divisor).astype(x.dtype, copy=False)
+    return y, divisor
+
+
+def avgpool2d_general_grad(dy, cache: GeneralPoolCache):
+    (N, C, H, W), kernel, stride, padding, _, out_hw, _, divisor = cache
+    xp_shape, pads = None, []
+    share = (dy / divisor).astype(dy.dtype, copy=False)
+    (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_hw
+    for n, k, s, p, o in zip((H, W), kernel, stride, padding, out_hw):
+        need = (o - 1) * s + k
+        pads += [p, max(need - n - p, 0)]
+    dxp = np.zeros((N, C, H + pads[0] + pads[1], W + pads[2] + pads[3]), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += share
+    return np.ascontiguousarray(dxp[:, :, pads[0]:pads[0] + H, pads[2]:pads[2] + W])
+
+
+# --------------------------------------------------------------------------- adaptive pooling
+def adaptive_bounds(n: int, o: int):
+    """torch's adaptive windows along one axis: start floor(i*n/o), end ceil((i+1)*n/o)."""
+    i = np.arange(o)
+    return (i * n) // o, -((-(i + 1) * n) // o)
+
+
+def _adaptive_matrix(n: int, o: int, dtype) -> np.ndarray:
+    start, end = adaptive_bounds(n, o)
+    pos = np.arange(n)
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return inside / (end - start)[:, None].astype(np.float64)
+
+
+def _adaptive_out(fn: str, x, output_size):
+    _check_4d(fn, "x", x)
+    pair = (output_size, output_size) if output_size is None or np.isscalar(output_size) \
+        else tuple(output_size)
+    if len(pair) != 2:
+        raise ValueError(f"{fn}: expected output_size an int, None or a pair, got {output_size!r}")
+    out = []
+    for v, n in zip(pair, x.shape[2:]):
+        v = n if v is None else v
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{fn}: output_size must hold non-negative ints or None, "
+                             f"got {output_size!r}")
+        out.append(int(v))
+    if min(x.shape[2:]) < 1 and max(out) > 0:
+        raise ValueError(f"{fn}: input of shape {x.shape} has an empty spatial axis")
+    return tuple(out)
+
+
+class AdaptivePoolCache(NamedTuple):
+    x_shape: Tuple[int, int, int, int]
+    out_hw: Tuple[int, int]
+    index: Optional[np.ndarray]     # max: flat input index of each maximum
+
+
+def adaptive_avgpool2d(x: np.ndarray, output_size):
+    """Average over torch's adaptive windows: x (N, C, H, W) -> (N, C, *output_size); two small
+    matrix products (rows, then columns) by the window-averaging matrices."""
+    Ho, Wo = _adaptive_out("adaptive_avgpool2d", x, output_size)
+    Ah = _adaptive_matrix(x.shape[2], Ho, x.dtype)
+    Aw = _adaptive_matrix(x.shape[3], Wo, x.dtype)
+    y = np.einsum("ih,nchw,jw->ncij", Ah, x, Aw, optimize=True).astype(x.dtype, copy=False)
+    return y, AdaptivePoolCache(x.shape, (Ho, Wo), None)
+
+
+def adaptive_avgpool2d_grad(dy: np.ndarray, cache: AdaptivePoolCache) -> np.ndarray:
+    (N, C, H, W), (Ho, Wo), _ = cache
+    check_dy("adaptive_avgpool2d_grad", dy, (N, C, Ho, Wo))
+    Ah, Aw = _adaptive_matrix(H, Ho, dy.dtype), _adaptive_matrix(W, Wo, dy.dtype)
+    return np.einsum("ih,ncij,jw->nchw", Ah, dy, Aw, optimize=True).astype(dy.dtype, copy=False)
+
+
+def adaptive_maxpool2d(x: np.ndarray, output_size):
+    """Max over torch's adaptive windows; the cache keeps the flat input index of each
+    maximum (the first in row-major order; a nan wins, at the first nan)."""
+    Ho, Wo = _adaptive_out("adaptive_maxpool2d", x, output_size)
+    N, C, H, W = x.shape
+    hs, he = adaptive_bounds(H, Ho)
+    ws, we = adaptive_bounds(W, Wo)
+    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    index = np.empty((N, C, Ho, Wo), dtype=np.int64)
+    for i in range(Ho):
+        for j in range(Wo):
+            win = x[:, :, hs[i]:he[i], ws[j]:we[j]]
+            flat = win.reshape(N, C, -1)
+            nan = np.isnan(flat)
+            arg = np.where(nan.any(axis=-1), nan.argmax(axis=-1), flat.argmax(axis=-1))
+            y[:, :, i, j] = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+            r, c = np.divmod(arg, we[j] - ws[j])
+            index[:, :, i, j] = (hs[i] + r) * W + ws[j] + c
+    return y, AdaptivePoolCache(x.shape, (Ho, Wo), index)
+
+
+def adaptive_maxpool2d_grad(dy: np.ndarray, cache: AdaptivePoolCache) -> np.ndarray:
+    check_dy("adaptive_maxpool2d_grad", dy, cache.index.shape)
+    return scatter_to_index(dy, cache.index, cache.x_shape)
+
+
 __all__ = [
     "im2col_numpy", "col2im_numpy", "maxpool2d_numpy", "maxpool2d_grad_numpy",
     "conv_output_size", "conv2d", "conv2d_grad", "maxpool2d", "maxpool2d_grad",
     "avgpool2d", "avgpool2d_grad", "Conv2dCache", "PoolCache",
     "RowPadded", "row_padded_geometry", "pad_rows", "im2col_rows", "col2im_rows",
+    "GeneralConv2dCache", "GroupedConv2dCache", "DilatedConv2dCache", "GeneralPoolCache",
+    "AdaptivePoolCache", "PADDING_MODES", "pad2d",
+    "pad2d_grad", "im2col_dilated", "col2im_dilated", "conv_padding", "pool_setup",
+    "pool_indices", "adaptive_avgpool2d", "adaptive_avgpool2d_grad", "adaptive_maxpool2d",
+    "adaptive_maxpool2d_grad",
 ]

@@ -44,9 +44,9 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   shift[c], batch norm in evaluation in one pass.
 * ``relu_forward(x, y)`` on flat arrays: y = max(x, 0), nan kept (NumPy 2.4's
   ``np.maximum(x, 0)`` has no SIMD loop for an array and a scalar).
-* ``relu_backward(dy, y, dx)`` on flat arrays: dx = dy where ReLU's output y > 0
-  (exactly where its input was), else 0, in one pass (NumPy's ``dy * (y > 0)`` is
-  two, through a boolean temporary).
+* ``relu_backward(dy, y, dx)`` on flat arrays: dx = 0 where ReLU's output y <= 0
+  (exactly where its input was), else dy (also where y is nan, as torch), in one pass
+  (NumPy's ``np.where`` is two, through a boolean temporary).
 
 Thread parallelism (``parallel_map``): the convolution splits its batch (from
 ``conv.PARALLEL_MIN_FLOPS`` up), batch norm its channels, and the elementwise
@@ -277,9 +277,10 @@ def _compile() -> dict:
 
     @njit(cache=True, nogil=True)
     def relu_backward(dy, y, dx):  # pragma: no cover (jitted)
+        # torch's threshold_backward: 0 where y <= 0, dy elsewhere (also where y is nan)
         zero = dx.dtype.type(0)
         for i in range(dy.size):
-            dx[i] = dy[i] if y[i] > 0 else zero
+            dx[i] = zero if y[i] <= 0 else dy[i]
 
     return {"relu_forward": relu_forward, "relu_backward": relu_backward,
             "channel_affine": channel_affine,

@@ -5,6 +5,7 @@ writes parameter gradients into ``Parameter.grad`` in place during ``backward``.
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple, Union
 
 import numpy as np
@@ -42,7 +43,8 @@ def _no_cache(layer: Module):
 
 
 class Linear(Module):
-    """Fully connected layer y = x W^T + b. x: (N, in_features) -> y: (N, out_features).
+    """Fully connected layer y = x W^T + b. x: (..., in_features) -> y: (..., out_features)
+    (any leading axes, as torch; (in_features,) too).
 
     Weights start from He-uniform-like bounds as in PyTorch (U(-1/sqrt(in), 1/sqrt(in))).
     """
@@ -61,15 +63,26 @@ class Linear(Module):
         self._cache = None
 
     def forward(self, x):
-        check_input("Linear", x, ndim=(2,), dim={1: self.in_features})
+        check_input("Linear", x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected size {self.in_features} on the last axis, "
+                             f"got input shape {x.shape}")
+        lead = x.shape[:-1]
+        if x.ndim != 2:
+            x = x.reshape(int(np.prod(lead)), self.in_features)
         b = self.bias.data if self.bias is not None else None
         y, cache = basis.linear(x, self.weight.data, b)
         self._cache = cache if self.training else None
-        return y
+        self._lead = lead
+        return y if len(lead) == 1 else y.reshape(lead + (self.out_features,))
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
+        lead = self._lead
+        if len(lead) != 1:
+            basis.check_dy("Linear.backward", dy, lead + (self.out_features,))
+            dy = dy.reshape(-1, self.out_features)
         dW_out = self.weight.grad_to_overwrite()
         db_out = self.bias.grad_to_overwrite() if self.bias is not None else None
         try:
@@ -84,32 +97,56 @@ class Linear(Module):
             self.weight.grad += dW
         if self.bias is not None and db_out is None:
             self.bias.grad += db
-        return dx
+        return dx if dx is None or len(lead) == 1 else dx.reshape(lead + (self.in_features,))
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
 
+def _batched(name: str, x):
+    """x (N, C, H, W) as is, or an unbatched (C, H, W) with a batch axis of 1 (as torch)."""
+    check_input(name, x, ndim=(3, 4))
+    return (x, False) if x.ndim == 4 else (x[None], True)
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
 
-    x: (N, in_channels, H, W) -> y: (N, out_channels, H_out, W_out),
-    H_out = (H + 2·padding - kernel) // stride + 1.
+    x: (N, in_channels, H, W) or unbatched (in_channels, H, W) -> y: (N, out_channels, H_out,
+    W_out), H_out = (H + 2·padding - dilation·(kernel - 1) - 1) // stride + 1.
+    ``padding``: an int, a pair, "valid" or "same" (stride 1); ``padding_mode``: "zeros",
+    "reflect", "replicate" or "circular"; ``groups`` splits the channels into that many
+    independent convolutions (weight (out_channels, in_channels // groups, kh, kw)).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
-                 stride: IntPair = 1, padding: IntPair = 0, bias: bool = True, rng=None):
+                 stride: IntPair = 1, padding=0, dilation: IntPair = 1, groups: int = 1,
+                 bias: bool = True, padding_mode: str = "zeros", rng=None):
+        from mlcvlab.nn import conv
         super().__init__()
         self.in_channels = _positive("Conv2d", "in_channels", in_channels)
         self.out_channels = _positive("Conv2d", "out_channels", out_channels)
         self.kernel_size = _pair("Conv2d", "kernel_size", kernel_size, 1)
         self.stride = _pair("Conv2d", "stride", stride, 1)
-        self.padding = _pair("Conv2d", "padding", padding, 0)
+        self.dilation = _pair("Conv2d", "dilation", dilation, 1)
+        self.groups = _positive("Conv2d", "groups", groups)
+        if in_channels % self.groups or out_channels % self.groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels ({in_channels}) "
+                             f"and out_channels ({out_channels})")
+        if padding_mode not in conv.PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be one of {conv.PADDING_MODES}, "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            conv.conv_padding("Conv2d", padding, self.kernel_size, self.dilation, self.stride)
+            self.padding = padding
+        else:
+            self.padding = _pair("Conv2d", "padding", padding, 0)
         gen = backend.rng(rng)
-        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        fan_in = in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         bound = 1.0 / np.sqrt(fan_in)
         dtype = backend.default_dtype()
-        shape = (out_channels, in_channels) + self.kernel_size
+        shape = (out_channels, in_channels // self.groups) + self.kernel_size
         self.weight = Parameter(gen.uniform(-bound, bound, shape).astype(dtype))
         self.bias = (Parameter(gen.uniform(-bound, bound, out_channels).astype(dtype), decay=False)
                      if bias else None)
@@ -117,63 +154,171 @@ class Conv2d(Module):
 
     def forward(self, x):
         from mlcvlab.nn import conv
-        check_input("Conv2d", x, ndim=(4,), dim={1: self.in_channels})
+        x, unbatched = _batched("Conv2d", x)
+        check_input("Conv2d", x, dim={1: self.in_channels})
         b = self.bias.data if self.bias is not None else None
-        y, cache = conv.conv2d(x, self.weight.data, b, self.stride, self.padding)
+        y, cache = conv.conv2d(x, self.weight.data, b, self.stride, self.padding, self.dilation,
+                               self.groups, self.padding_mode)
         self._cache = cache if self.training else None
-        return y
+        self._unbatched = unbatched
+        return y[0] if unbatched else y
 
     def backward(self, dy):
         from mlcvlab.nn import conv
         if self._cache is None:
             _no_cache(self)
-        dx, dW, db = conv.conv2d_grad(dy, self._cache, input_grad=self.input_grad)
+        dx, dW, db = conv.conv2d_grad(dy[None] if self._unbatched else dy, self._cache,
+                                      input_grad=self.input_grad)
         self.weight.grad += dW
         if self.bias is not None:
             self.bias.grad += db
-        return dx
+        return dx[0] if self._unbatched and dx is not None else dx
 
     def extra_repr(self):
+        extra = "".join(f", {k}={getattr(self, k)}" for k, default in (
+            ("dilation", (1, 1)), ("groups", 1), ("padding_mode", "zeros"))
+            if getattr(self, k) != default)
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+                f"stride={self.stride}, padding={self.padding}{extra}")
 
 
 class _Pool2d(Module):
     _fn = ""
 
-    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0):
+    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0,
+                 ceil_mode: bool = False):
         super().__init__()
         name = type(self).__name__
         self.kernel_size = _pair(name, "kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _pair(name, "stride", stride, 1)
         self.padding = _pair(name, "padding", padding, 0)
+        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
+                             f"size {self.kernel_size} (as in PyTorch)")
+        self.ceil_mode = bool(ceil_mode)
         self._cache = None
+
+    def _options(self):
+        return {"ceil_mode": self.ceil_mode}
 
     def forward(self, x):
         from mlcvlab.nn import conv
-        check_input(type(self).__name__, x, ndim=(4,))
-        y, cache = getattr(conv, self._fn)(x, self.kernel_size, self.stride, self.padding)
-        self._cache = cache if self.training else None
-        return y
+        x, unbatched = _batched(type(self).__name__, x)
+        y, cache = getattr(conv, self._fn)(x, self.kernel_size, self.stride, self.padding,
+                                           **self._options())
+        self._cache = cache if self.training or getattr(self, "return_indices", False) else None
+        self._unbatched = unbatched
+        if getattr(self, "return_indices", False):
+            index = conv.pool_indices(cache)
+            if not self.training:
+                self._cache = None
+            return (y[0], index[0]) if unbatched else (y, index)
+        return y[0] if unbatched else y
 
     def backward(self, dy):
         from mlcvlab.nn import conv
         if self._cache is None:
             _no_cache(self)
-        return getattr(conv, self._fn + "_grad")(dy, self._cache)
+        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
+        return dx[0] if self._unbatched else dx
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+                + "".join(f", {k}={v}" for k, v in self._options().items()))
 
 
 class MaxPool2d(_Pool2d):
-    """Max over each kernel window. x: (N, C, H, W) -> (N, C, H_out, W_out)."""
+    """Max over each kernel window, as torch.nn.MaxPool2d. x: (N, C, H, W) or (C, H, W) ->
+    (N, C, H_out, W_out). ``padding`` (at most half the kernel) counts as -inf; ``dilation``
+    spaces the window's pixels; ``ceil_mode`` rounds the output size up;
+    ``return_indices=True``: forward returns (y, indices), the flat index h*W + w of each
+    maximum in its input plane (backward still takes dy of y only)."""
     _fn = "maxpool2d"
+
+    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0,
+                 dilation: IntPair = 1, return_indices: bool = False, ceil_mode: bool = False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = _pair("MaxPool2d", "dilation", dilation, 1)
+        self.return_indices = bool(return_indices)
+
+    def _options(self):
+        return {"dilation": self.dilation, "ceil_mode": self.ceil_mode}
 
 
 class AvgPool2d(_Pool2d):
-    """Mean over each kernel window (zero padding counted, as PyTorch's default)."""
+    """Mean over each kernel window, as torch.nn.AvgPool2d. x: (N, C, H, W) or (C, H, W).
+    ``count_include_pad=True`` (default): the zero padding counts in the mean; False: only the
+    input pixels a window covers; ``divisor_override``: divide every window sum by it."""
     _fn = "avgpool2d"
+
+    def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override=None):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        if divisor_override is not None and (
+                not isinstance(divisor_override, (int, np.integer))
+                or isinstance(divisor_override, bool) or divisor_override == 0):
+            raise ValueError(f"AvgPool2d: divisor_override must be a non-zero int or None, "
+                             f"got {divisor_override!r}")
+        self.divisor_override = divisor_override
+
+    def _options(self):
+        return {"ceil_mode": self.ceil_mode, "count_include_pad": self.count_include_pad,
+                "divisor_override": self.divisor_override}
+
+
+class _AdaptivePool2d(Module):
+    _fn = ""
+
+    def __init__(self, output_size):
+        super().__init__()
+        name = type(self).__name__
+        pair = (output_size, output_size) if output_size is None or np.isscalar(output_size) \
+            else tuple(output_size)
+        if len(pair) != 2 or not all(v is None or (isinstance(v, (int, np.integer))
+                                                   and not isinstance(v, bool) and v >= 0)
+                                     for v in pair):
+            raise ValueError(f"{name}: output_size must be a non-negative int, None or a pair "
+                             f"of them, got {output_size!r}")
+        self.output_size = output_size
+        self._cache = None
+
+    def forward(self, x):
+        from mlcvlab.nn import conv
+        x, unbatched = _batched(type(self).__name__, x)
+        y, cache = getattr(conv, self._fn)(x, self.output_size)
+        self._cache = cache if self.training else None
+        self._unbatched = unbatched
+        if getattr(self, "return_indices", False):
+            index = cache.index
+            return (y[0], index[0]) if unbatched else (y, index)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        from mlcvlab.nn import conv
+        if self._cache is None:
+            _no_cache(self)
+        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
+        return dx[0] if self._unbatched else dx
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Mean over torch's adaptive windows (rows floor(i·H/Ho) to ceil((i+1)·H/Ho), likewise
+    columns): x (N, C, H, W) or (C, H, W) -> (..., *output_size); None keeps that axis."""
+    _fn = "adaptive_avgpool2d"
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Max over torch's adaptive windows; ``return_indices`` as MaxPool2d."""
+    _fn = "adaptive_maxpool2d"
+
+    def __init__(self, output_size, return_indices: bool = False):
+        super().__init__(output_size)
+        self.return_indices = bool(return_indices)
 
 
 class GlobalAvgPool2d(Module):
@@ -199,25 +344,49 @@ class GlobalAvgPool2d(Module):
 
 
 class Flatten(Module):
-    """x: (N, ...) -> (N, prod(...))."""
+    """Merge the axes start_dim..end_dim into one, as ``torch.nn.Flatten``.
 
-    def __init__(self):
+    Default (1, -1): x (N, ...) -> (N, prod(...)); an empty batch gives (0, prod(...)).
+    Negative dims count from the end; a 0-D input is treated as 1-D (as torch).
+    """
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
+        for arg, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise TypeError(f"Flatten: {arg} must be an int, got {v!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
         self._shape = None
+
+    def _out_shape(self, shape):
+        nd = max(len(shape), 1)
+        dims = []
+        for arg, d in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -nd <= d < nd:
+                raise ValueError(f"Flatten: {arg}={d} is out of range for an input of shape "
+                                 f"{tuple(shape)} (expected in [{-nd}, {nd - 1}])")
+            dims.append(d % nd)
+        start, end = dims
+        if start > end:
+            raise ValueError(f"Flatten: start_dim={self.start_dim} comes after "
+                             f"end_dim={self.end_dim} for an input of shape {tuple(shape)}")
+        shape = tuple(shape) or (1,)
+        return shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
 
     def forward(self, x):
         check_input("Flatten", x)
-        if x.ndim < 2:
-            raise ValueError("Flatten: expected an input with a batch axis (N, ...), "
-                             f"got shape {x.shape}")
+        self._out = self._out_shape(x.shape)
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(self._out)
 
     def backward(self, dy):
         if self._shape is None:
             _no_cache(self)
-        basis.check_dy("Flatten.backward", dy, (self._shape[0], int(np.prod(self._shape[1:]))))
+        basis.check_dy("Flatten.backward", dy, self._out)
         return dy.reshape(self._shape)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class _BatchNorm(Module):
@@ -225,40 +394,66 @@ class _BatchNorm(Module):
 
     Training: normalize with the biased batch variance and update
     running = (1 - momentum)·running + momentum·batch, using the unbiased
-    variance for running_var. Evaluation: normalize with the running statistics.
+    variance for running_var (``momentum=None``: the cumulative average over the batches
+    seen, 1 / num_batches_tracked). Evaluation: normalize with the running statistics.
+    ``affine=False``: no weight and bias (gamma = 1, beta = 0, no parameters); ``bias=False``:
+    a weight but no bias (beta = 0), as torch's ``bias`` argument.
+    ``track_running_stats=False``: no running statistics; batch statistics in both modes.
     """
 
     _ndims: Tuple[int, ...] = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum=0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, bias: bool = True):
         super().__init__()
         name = type(self).__name__
         self.num_features = _positive(name, "num_features", num_features)
         if not eps > 0:
             raise ValueError(f"{name}: eps must be > 0, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum}")
-        self.eps, self.momentum = float(eps), float(momentum)
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative "
+                             f"average), got {momentum}")
+        for arg, v in (("affine", affine), ("track_running_stats", track_running_stats),
+                       ("bias", bias)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name}: {arg} must be True or False, got {v!r}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         dtype = backend.default_dtype()
-        self.weight = Parameter(np.ones(num_features, dtype=dtype), decay=False)   # gamma
-        self.bias = Parameter(np.zeros(num_features, dtype=dtype), decay=False)    # beta
-        self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
-        self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
-        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        if self.affine:
+            self.weight = Parameter(np.ones(num_features, dtype=dtype), decay=False)   # gamma
+            self.bias = (Parameter(np.zeros(num_features, dtype=dtype), decay=False)  # beta
+                         if bias else None)
+        else:
+            self.weight = self.bias = None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
         self._cache = None
+
+    def _gamma_beta(self, dtype):
+        gamma = self.weight.data if self.affine else np.ones(self.num_features, dtype=dtype)
+        beta = (self.bias.data if self.bias is not None
+                else np.zeros(self.num_features, dtype=gamma.dtype))
+        return gamma, beta
 
     def forward(self, x):
         name = type(self).__name__
         check_input(name, x, ndim=self._ndims, dim={1: self.num_features})
-        if not self.training:
+        gamma, beta = self._gamma_beta(x.dtype)
+        if not self.training and self.track_running_stats:
             shape = (1, -1) + (1,) * (x.ndim - 2)
             inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
-            scale = (self.weight.data * inv_std).astype(x.dtype, copy=False)
-            shift = (self.bias.data - self.running_mean * scale).astype(x.dtype, copy=False)
+            scale = (gamma * inv_std).astype(x.dtype, copy=False)
+            shift = (beta - self.running_mean * scale).astype(x.dtype, copy=False)
             y = np.empty(x.shape, dtype=np.result_type(x, scale))
             if kernels.available() and x.flags.c_contiguous and y.dtype == x.dtype:
                 kernel = kernels.get("channel_affine")
-                x3 = x.reshape(x.shape[0], x.shape[1], -1)
+                x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
                 y3 = y.reshape(x3.shape)
                 kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
                                      kernels.row_parts(x))
@@ -271,40 +466,52 @@ class _BatchNorm(Module):
 
             kernels.parallel_map(affine, kernels.row_parts(x))
             return y
-        y, cache = basis.batchnorm(x, self.weight.data, self.bias.data, self.eps)
+        if x.size == 0:         # an empty batch: empty out, statistics untouched (as torch)
+            C = self.num_features
+            self._cache = basis.BatchNormCache(None, x, np.zeros(C, x.dtype), np.ones(C, x.dtype),
+                                               np.ones(C, x.dtype), gamma, self.eps)
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked += 1
+            return np.empty_like(x)
+        y, cache = basis.batchnorm(x, gamma, beta, self.eps)
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
-        m = x.size // self.num_features
-        mom = self.momentum
-        self.running_mean *= 1 - mom
-        self.running_mean += mom * cache.mean
-        self.running_var *= 1 - mom
-        self.running_var += mom * cache.var * (m / (m - 1))
-        self.num_batches_tracked += 1
+        if self.training and self.track_running_stats:
+            m = x.size // self.num_features
+            self.num_batches_tracked += 1
+            mom = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                   else self.momentum)
+            self.running_mean *= 1 - mom
+            self.running_mean += mom * cache.mean
+            self.running_var *= 1 - mom
+            self.running_var += mom * cache.var * (m / (m - 1))
         return y
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
         dx, dgamma, dbeta = basis.batchnorm_grad_fused(dy, self._cache)
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
+        if self.affine:
+            self.weight.grad += dgamma
+        if self.bias is not None:
+            self.bias.grad += dbeta
         return dx
 
     @property
     def gamma(self) -> np.ndarray:
-        return self.weight.data
+        return self._gamma_beta(backend.default_dtype())[0]
 
     @property
     def beta(self) -> np.ndarray:
-        return self.bias.data
+        return self._gamma_beta(backend.default_dtype())[1]
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch norm over features. x: (N, D)."""
-    _ndims = (2,)
+    """Batch norm over features: x (N, C), or (N, C, L) with statistics over (N, L)."""
+    _ndims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
@@ -320,8 +527,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
-        if not isinstance(p, (float, int, np.floating)) or not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1), got {p!r}")
+        if not isinstance(p, (float, int, np.floating)) or not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1], got {p!r}")
         self.p = float(p)
         self.rng = backend.rng(rng)
         self._cache = None
@@ -375,8 +582,29 @@ class Tanh(_Activation):
 
 
 class Softmax(_Activation):
-    """Softmax over the last axis."""
-    _fwd, _bwd = basis.softmax, basis.softmax_grad
+    """Softmax over axis ``dim`` (the last by default), as torch.nn.Softmax(dim)."""
+    _bwd = basis.softmax_grad
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+            raise TypeError(f"Softmax: dim must be an int, got {dim!r}")
+        self.dim = int(dim)
+
+    def _fwd(self, x):
+        if not -max(x.ndim, 1) <= self.dim < max(x.ndim, 1):
+            raise ValueError(f"Softmax: dim={self.dim} is out of range for an input of shape "
+                             f"{x.shape}")
+        return basis.softmax(x, axis=self.dim)
+
+    def forward(self, x):
+        check_input("Softmax", x)
+        y, cache = self._fwd(x)
+        self._cache = cache if self.training else None
+        return y
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class LeakyReLU(Module):
@@ -414,6 +642,7 @@ class Identity(Module):
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d",
+    "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "GlobalAvgPool2d", "Flatten", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "LeakyReLU",
     "Sigmoid", "Tanh", "Softmax", "Identity", "init",
 ]

@@ -92,3 +92,19 @@ def test_names_with_hyphens_or_underscores_and_one_data_root_flag(tmp_path, caps
     assert "fashion_mnist" in capsys.readouterr().out
     from mlcvlab.labs.registry import get_lab
     assert get_lab("dying_relu").name == "dying-relu"
+
+
+def test_silent_surprises_now_speak():
+    import warnings
+
+    from mlcvlab.models import NN4
+    x = np.random.default_rng(0).random((8, 784)).astype(np.float32)
+    with pytest.raises(ValueError, match="BCELoss: targets must be in \\[0, 1\\].*softmax head"):
+        nn.BCELoss()(NN4(784)(x), np.arange(8).reshape(-1, 1).astype(np.float32))
+    softmax_model = NN4(784, n_classes=10)
+    with pytest.warns(UserWarning, match="softmax twice"):
+        nn.CrossEntropyLoss()(softmax_model(x), np.arange(8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # logits: no warning; the model's own loss: none
+        nn.CrossEntropyLoss()(np.random.default_rng(1).normal(size=(8, 10)), np.arange(8))
+        softmax_model.loss_fn()(softmax_model(x), np.arange(8))

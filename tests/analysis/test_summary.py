@@ -38,3 +38,12 @@ def test_summarize_cnn_restores_mode_and_forward():
 def test_summarize_rejects_bad_shape():
     with pytest.raises(ValueError, match="summarize"):
         summarize(Sequential(Linear(4, 2)), ())
+
+
+def test_grouped_conv_multiply_adds_count_in_channels_per_group():
+    from mlcvlab import nn
+    from mlcvlab.analysis import summarize
+    plain = summarize(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1)), (8, 10, 10))
+    grouped = summarize(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=4)), (8, 10, 10))
+    assert grouped[0].macs * 4 == plain[0].macs == 16 * 10 * 10 * 8 * 3 * 3
+    assert grouped[0].weights * 4 == plain[0].weights

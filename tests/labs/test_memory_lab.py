@@ -136,7 +136,8 @@ def test_comparisons_cpu_time_and_accuracy_over_seeds(quick_run):
 def test_batch_comparisons_pair_by_seed_and_skip_diverged():
     # effects that vary a little from seed to seed (identical ones would give a zero-width
     # interval, which stats does not count as evidence from 3 seeds)
-    runs = [{"seed": s, "batch": b, "test_acc": 0.5 + 0.01 * s + (0.1 + 0.01 * s if b == 8 else 0),
+    runs = [{"seed": s, "batch": b,
+             "test_acc": 0.5 + 0.01 * s + (0.1 + 0.01 * s if b == 8 else 0),
              "cpu_seconds": 1.0 + s + (1 + 0.1 * s if b == 4 else 0),
              "finite": not (b == 16 and s == 1)}
             for s in range(3) for b in (4, 8, 16)]

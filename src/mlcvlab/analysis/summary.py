@@ -4,7 +4,7 @@ One forward pass on a zero batch of 1 in eval mode; each leaf module (one
 without children) has its ``forward`` temporarily wrapped to record its
 output shape. Per leaf: output shape (without the batch axis), weights,
 biases, activations (output values per sample) and multiply-adds per sample:
-Linear in·out, Conv2d out_c·H_out·W_out·in_c·kh·kw; every other layer
+Linear in·out, Conv2d out_c·H_out·W_out·(in_c/groups)·kh·kw; every other layer
 (pooling, batch norm, activations, dropout, flatten) counts 0.
 
     >>> from mlcvlab.nn.modules import Linear, ReLU
@@ -28,7 +28,8 @@ def _macs(module, out_shape: Tuple[int, ...]) -> int:
     if kind == "Conv2d":
         kh, kw = module.kernel_size
         h_out, w_out = out_shape[-2:]
-        return int(module.out_channels * h_out * w_out * module.in_channels * kh * kw)
+        groups = int(getattr(module, "groups", 1))     # each output sees in_c / groups inputs
+        return int(module.out_channels * h_out * w_out * (module.in_channels // groups) * kh * kw)
     return 0
 
 

@@ -16,5 +16,6 @@ from .transforms import (BatchAugment, Compose, Cutout, Normalize, RandomCrop,
                          RandomHorizontalFlip)
 
 __all__ = ["load", "load_or_substitute", "resolve_dataset", "as_cifar_shape", "search_dirs",
-           "stratified_split", "train_val_split", "DataLoader", "transforms", "synthetic", "RandomCrop",
+           "stratified_split", "train_val_split", "DataLoader", "transforms", "synthetic",
+           "RandomCrop",
            "RandomHorizontalFlip", "Normalize", "Cutout", "BatchAugment", "Compose"]

@@ -119,7 +119,9 @@ def make_canvases(digits: np.ndarray, n: int, config: Dict[str, Any], gen: np.ra
             for _ in range(20):
                 x, y = int(gen.integers(0, size - w + 1)), int(gen.integers(0, size - h + 1))
                 box = [x, y, x + w, y + h]
-                if not placed or box_iou(np.array([box], float), np.array(placed, float)).max() <= 0.1:
+                overlap = (box_iou(np.array([box], float), np.array(placed, float)).max()
+                           if placed else 0.0)
+                if overlap <= 0.1:
                     patch = resize_bilinear(crop, h, w)
                     images[i, 0, y:y + h, x:x + w] = np.maximum(images[i, 0, y:y + h, x:x + w],
                                                                 patch)
@@ -142,7 +144,7 @@ def build_sets(config: Dict[str, Any], seed: int) -> Dict[str, Tuple[np.ndarray,
             "test": make_canvases(Xt, config["n_test"], config, np.random.default_rng([seed, 2]))}
 
 
-# -- model and its outputs --------------------------------------------------------------------------
+# -- model and its outputs -------------------------------------------------------------------------
 def n_anchors(config: Dict[str, Any]) -> int:
     """Anchors per feature cell: scales x aspect ratios."""
     return len(config["anchor_scales"]) * len(config["aspect_ratios"])
@@ -207,7 +209,7 @@ class SmoothL1Loss:
         return self._grad
 
 
-# -- anchor labelling and sampling ------------------------------------------------------------------
+# -- anchor labelling and sampling -----------------------------------------------------------------
 def label_anchors(anchors: np.ndarray, gt: np.ndarray, pos_iou: float, neg_iou: float
                   ) -> Tuple[np.ndarray, np.ndarray]:
     """labels (K,): 1 positive, 0 negative, -1 ignored; matched (K,): each anchor's best box.
@@ -276,7 +278,7 @@ def rpn_loss(y: np.ndarray, batch_targets, config, gen: np.random.Generator,
     return obj, box, merge_grads(dlogits, ddeltas, h, w, a)
 
 
-# -- training and proposals -------------------------------------------------------------------------
+# -- training and proposals ------------------------------------------------------------------------
 def train(model, images: np.ndarray, tgts, val, anchors, config, gen: np.random.Generator,
           progress=None) -> List[Dict[str, float]]:
     """Adam for ``epochs`` epochs; per epoch the mean training loss and, on the validation
@@ -399,7 +401,7 @@ def nms_timing(sizes: Sequence[int], repeats: int, iou: float, seed: int) -> Lis
     return rows
 
 
-# -- one seed ---------------------------------------------------------------------------------------
+# -- one seed --------------------------------------------------------------------------------------
 def run_seed(config: Dict[str, Any], seed: int, progress=None) -> Dict[str, Any]:
     """Build the canvases, train the RPN and measure both arms on the test canvases."""
     sets = build_sets(config, seed)
@@ -568,7 +570,7 @@ def _check_config(config: Dict[str, Any]) -> None:
         raise ValueError(f"region-proposals: seeds: {err}") from None
 
 
-# -- figures ----------------------------------------------------------------------------------------
+# -- figures ---------------------------------------------------------------------------------------
 def _draw(ax, boxes, colour, lw=1.0, alpha=1.0, ls="-"):
     import matplotlib.patches as patches
 
@@ -696,7 +698,7 @@ def curve_figure(rep: Report, runs: List[Dict[str, Any]]) -> None:
                "curve only, nothing is selected from it.")
 
 
-# -- the lab ----------------------------------------------------------------------------------------
+# -- the lab ---------------------------------------------------------------------------------------
 @lab(name="region-proposals",
      study="Ren et al. (2015) Faster R-CNN: a Region Proposal Network with anchors and NMS on "
            "synthetic MNIST-digit canvases; recall vs proposals kept, trained vs untrained",
@@ -712,7 +714,8 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     r0 = runs[0]
     results.update({
         "n_seeds": len(seeds), "seeds": seeds, "seed_text": ", ".join(map(str, seeds)),
-        "timing_rows": timing, "matrix_max": vision.MATRIX_NMS_MAX, "anchors_total": r0["anchors_total"],
+        "timing_rows": timing, "matrix_max": vision.MATRIX_NMS_MAX,
+        "anchors_total": r0["anchors_total"],
         "anchors_per_cell": n_anchors(config), "feature": config["canvas"] // STRIDE,
         "positives_per_image": float(np.mean([r["positives_per_image"] for r in runs])),
         "digits_per_image": float(np.mean([r["digits_per_image"] for r in runs])),
@@ -801,7 +804,8 @@ def write_report(out_dir, config, results, runs) -> None:
     rep.explanation("NMS removes proposals that mostly cover an object already covered by a "
                     "better-scored proposal, so a fixed budget of kept proposals is spread over "
                     "more objects instead of repeating the best-scored one; a higher IoU "
-                    "threshold suppresses less and keeps more near-duplicates. Training teaches the objectness score to rank the anchors "
+                    "threshold suppresses less and keeps more near-duplicates. Training teaches "
+                    "the objectness score to rank the anchors "
                     "on digits first and the deltas to tighten them; an untrained RPN ranks "
                     "proposals arbitrarily, so its recall grows only as the number kept "
                     "approaches all anchors.")

@@ -797,10 +797,12 @@ def _mpi_section(rep: Report, results) -> None:
              "of the library's DataParallelStep (one mini-batch per rank, all-reduce mean, one "
              "update) on seed {seeds[0]}, after one warm-up step. Per step (means over steps, "
              "one run, no interval): gradient compute {mpi[compute_cpu]:.3g} CPU s (slowest "
-             "rank; wall {mpi[compute_wall]:.3g} s on rank 0), all-reduce {mpi[allreduce_wall]:.3g} "
+             "rank; wall {mpi[compute_wall]:.3g} s on rank 0), all-reduce "
+             "{mpi[allreduce_wall]:.3g} "
              "wall s, whole step {mpi[step_wall]:.3g} wall s (slowest rank); the all-reduce is "
              "{mpi[allreduce_share]:.1%} of rank 0's step (the all-reduce call includes waiting "
-             "for the slower rank). The simulation above gives communication no time. The MPI run's final weights differ from the same steps "
+             "for the slower rank). The simulation above gives communication no time. The MPI "
+             "run's final weights differ from the same steps "
              "computed in one process by at most {mpi[max_weight_diff]:.2g} (float32).")
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import warnings
+
 import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -160,6 +162,14 @@ class _ClassLoss(Loss):
         raise NotImplementedError
 
     def _compute(self, pred, target):
+        if (self._plain_logits and not getattr(self, "_warned_probs", False)
+                and _looks_like_probabilities(pred)):
+            self._warned_probs = True
+            warnings.warn("CrossEntropyLoss got inputs that look like probabilities (in [0, 1], "
+                          "each row summing to 1): it expects logits and applies its own "
+                          "softmax, so a model with a softmax head gets softmax twice. Remove "
+                          "the head's softmax, or use CrossEntropyLoss(from_probs=True) (or the "
+                          "model's own loss_fn())", stacklevel=3)
         name = type(self).__name__
         if pred.ndim < 1:
             raise ValueError(f"{name}: expected pred of shape (N, C, ...) or (C,), "
@@ -266,6 +276,15 @@ class CrossEntropyLoss(_ClassLoss):
         return logp, lambda G: G - soft * G.sum(axis=-1, keepdims=True)
 
 
+def _looks_like_probabilities(x: np.ndarray) -> bool:
+    """(N, C) with C > 1 and N > 1, every value in [0, 1], every row summing to 1."""
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
+        return False
+    if x.min() < 0 or x.max() > 1:
+        return False
+    return bool(np.allclose(x.sum(axis=1), 1.0, atol=1e-4))
+
+
 class NLLLoss(_ClassLoss):
     """Negative log-likelihood of log-probabilities, as ``torch.nn.NLLLoss``: pred (N, C),
     (N, C, d1, ...) or (C,) log-probabilities (e.g. a log-softmax); target class indices.
@@ -338,6 +357,11 @@ class BCELoss(Loss):
         if pred.size and (pred.min() < 0 or pred.max() > 1):
             raise ValueError(f"BCELoss: pred must be probabilities in [0, 1], got range "
                              f"[{pred.min()}, {pred.max()}]")
+        if target.size and (target.min() < 0 or target.max() > 1):
+            raise ValueError(f"BCELoss: targets must be in [0, 1] (binary labels or "
+                             f"probabilities), got range [{target.min()}, {target.max()}]: a "
+                             "model with one sigmoid output was given multi-class labels? Use "
+                             "a softmax head (e.g. NN4(..., n_classes=K)) with its cross-entropy")
         t = target.astype(pred.dtype)
         eps = np.finfo(pred.dtype).eps
         p = np.clip(pred, eps, 1 - eps)

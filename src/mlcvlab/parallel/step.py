@@ -97,7 +97,8 @@ def unpack_generators(words: np.ndarray, gens: List[np.random.Generator]) -> Non
     for j, g in enumerate(gens):
         s_hi, s_lo, i_hi, i_lo, has, uint = w[6 * j:6 * j + 6]
         g.bit_generator.state = {"bit_generator": "PCG64",
-                                 "state": {"state": (s_hi << 64) | s_lo, "inc": (i_hi << 64) | i_lo},
+                                 "state": {"state": (s_hi << 64) | s_lo,
+                                           "inc": (i_hi << 64) | i_lo},
                                  "has_uint32": has, "uinteger": uint}
 
 

@@ -108,3 +108,19 @@ def test_silent_surprises_now_speak():
         warnings.simplefilter("error")      # logits: no warning; the model's own loss: none
         nn.CrossEntropyLoss()(np.random.default_rng(1).normal(size=(8, 10)), np.arange(8))
         softmax_model.loss_fn()(softmax_model(x), np.arange(8))
+
+
+def test_predict_default_batch_size_and_summary_shape(capsys):
+    from mlcvlab.data import DataLoader
+    X = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    y = np.arange(10) % 2
+    assert DataLoader(X, y).batch_size == 1                       # torch's default
+    model = nn.Sequential(nn.Linear(4, 2))
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
+    out = trainer.predict(X, batch_size=3)
+    assert out.shape == (10, 2) and model.training
+    np.testing.assert_allclose(out, X @ model[0].weight.data.T + model[0].bias.data, rtol=1e-5)
+    assert main(["summary", "lenet5"]) == 0
+    assert "lenet5 on input 1x28x28 (C x H x W, assumed" in capsys.readouterr().out
+    assert main(["summary", "resnet20", "--input-shape", "3x16"]) == 1
+    assert "--input-shape must be CxHxW" in capsys.readouterr().err

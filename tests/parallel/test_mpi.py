@@ -103,3 +103,13 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_naming_it(tmp_path):
             "rank 1 reached step" in err and "stopped responding" in err), err[-2000:]
     from mlcvlab.train import load_checkpoint
     assert load_checkpoint(str(out))["epoch"] >= 1
+
+
+def test_workers_default_to_the_number_of_ranks(tmp_path):
+    import json
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "mlcvlab", "train",
+                           "--dist", "mpi", "--dataset", "digits", "--epochs", "1", "--quiet",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["workers"] == 2

@@ -40,7 +40,7 @@ class DataLoader:
     ``len(loader)`` is the number of batches per epoch at the current ``batch_size``.
     """
 
-    def __init__(self, X, y, batch_size: int, shuffle: bool = True, drop_last: bool = False,
+    def __init__(self, X, y, batch_size: int = 1, shuffle: bool = True, drop_last: bool = False,
                  transform=None, seed: SeedLike = None, prefetch: int = 2):
         X, y = np.asarray(X), np.asarray(y)
         if X.ndim < 1 or len(X) == 0:

@@ -560,12 +560,24 @@ def _confusion_report(folder: str, dataset: str, split: str, y: np.ndarray, pred
 # ---------------------------------------------------------------------------------- summary
 def run_summary(args) -> int:
     from mlcvlab.analysis import format_summary, summarize
-    shape = tuple(int(s) for s in args.input_shape.split("x")) if args.input_shape else None
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(s) for s in args.input_shape.lower().replace(",", "x").split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"--input-shape must be CxHxW, e.g. 3x32x32, got "
+                             f"{args.input_shape!r}")
     name = args.model
+    assumed = shape is None
     if shape is None:
         shape = {"nn4": (1, 28, 28), "mlp": (1, 28, 28), "lenet5": (1, 28, 28),
                  "minigooglenet": (1, 28, 28)}.get(name, (3, 32, 32))
     model = build_model(name, shape, args.classes, 0)
+    print(f"{name} on input {'x'.join(map(str, shape))} (C x H x W"
+          f"{', assumed: pass --input-shape to change it' if assumed else ''}), "
+          f"{args.classes} classes")
     print(format_summary(summarize(model, shape)))
     return 0
 

@@ -177,6 +177,21 @@ class Trainer:
             c.on_train_end(self)
         return self.history
 
+    # ------------------------------------------------------------------ inference
+    def predict(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """The model's outputs on ``X`` in evaluation mode, batch by batch (the mode it was in
+        is restored): (N, classes) scores, or (N, 1) for a sigmoid head."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = [self.model(X[i:i + batch_size].astype(self.model.dtype, copy=False))
+                    for i in range(0, len(X), batch_size)]
+        finally:
+            self.model.train(was_training)
+        if not outs:
+            raise ValueError("Trainer.predict: X holds no samples")
+        return np.concatenate(outs)
+
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> Dict[str, Any]:
         state = {

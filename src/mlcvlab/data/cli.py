@@ -82,7 +82,9 @@ def describe(name: str, root=None) -> Dict[str, object]:
         except ValueError as err:
             status = f"CORRUPT: {err}"
     if not splits and status == "missing":
-        where = "not found in: " + ", ".join(str(d) for d in datasets.search_dirs(name, root))
+        where = ("not found in: " + ", ".join(str(d) for d in datasets.search_dirs(name, root))
+                 + f"\n               get it: mlcvlab data download {name} (needs the network), "
+                 "or put the files in one of those folders (MLCVLAB_DATA=folder)")
     return {"name": name, "status": status, "where": where, "splits": splits}
 
 

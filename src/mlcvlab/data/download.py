@@ -60,9 +60,24 @@ def _host_resolves(url: str, timeout: float) -> bool:
 
 
 def _stream(url: str, handle, timeout: float) -> None:
+    """Copy ``url`` into ``handle`` with a progress bar (on a terminal or in Jupyter)."""
+    from mlcvlab.train.callbacks import interactive
+
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        for block in iter(lambda: response.read(_CHUNK), b""):
-            handle.write(block)
+        total = response.headers.get("Content-Length")
+        bar = None
+        if interactive():
+            from tqdm.auto import tqdm
+            bar = tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
+                       desc=url.rsplit("/", 1)[-1], leave=False)
+        try:
+            for block in iter(lambda: response.read(_CHUNK), b""):
+                handle.write(block)
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def download(urls: Sequence[str], dest: Path, md5: Optional[str] = None,

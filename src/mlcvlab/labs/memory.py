@@ -32,12 +32,12 @@ import numpy as np
 from mlcvlab import analysis as A
 from mlcvlab.data.datasets import load, resolve_dataset
 from mlcvlab.labs import stats
+from mlcvlab import optim
 from mlcvlab.labs.depth_width import EpochShuffledBatches
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import get_model, lenet5, mlp
 from mlcvlab.nn import CrossEntropyLoss
-from mlcvlab.optim import SGD, Adam
 from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}   # state arrays of P values each
@@ -193,14 +193,12 @@ def build(name: str, seed: int):
 
 
 def make_optimizer(kind: str, model, lr: float = 0.01, momentum: float = 0.9):
-    if kind == "sgd":
-        return SGD(model.parameters(), lr=lr)
-    if kind == "momentum":
-        return SGD(model.parameters(), lr=lr, momentum=momentum)
-    if kind == "adam":
-        return Adam(model.parameters(), lr=lr * 0.1)
-    raise ValueError(f"memory lab: optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, "
-                     f"got {kind!r}")
+    """sgd, momentum or adam (at a tenth of the lr) from ``mlcvlab.optim.build``."""
+    if kind not in OPTIMIZER_SLOTS:
+        raise ValueError(f"memory lab: optimizer must be one of {sorted(OPTIMIZER_SLOTS)}, "
+                         f"got {kind!r}")
+    return optim.build(kind, model.parameters(), lr=lr * 0.1 if kind == "adam" else lr,
+                       momentum=momentum if kind == "momentum" else None)
 
 
 def spec_table(names: Sequence[str], batch: int) -> List[dict]:
@@ -280,7 +278,7 @@ def train_at(name: str, data: Dict[str, Any], batch: int, config: Dict[str, Any]
     shuffling): test accuracy (the test split once, at the end), CPU and wall seconds of the
     training, and the epochs' training losses (whether the run was stable)."""
     model = build(name, seed)
-    opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
+    opt = optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
     loader = EpochShuffledBatches(data["X_train"], data["y_train"], batch, seed=seed)
     trainer = Trainer(model, CrossEntropyLoss(), opt)
     start, cpu_start = time.perf_counter(), time.process_time()

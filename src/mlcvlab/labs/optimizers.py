@@ -33,12 +33,12 @@ from mlcvlab import backend
 from mlcvlab.data.datasets import load, resolve_dataset
 from mlcvlab.data.loader import DataLoader
 from mlcvlab.labs import stats
+from mlcvlab.optim.registry import build, canonical_name
 from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import mlp
 from mlcvlab.nn import CrossEntropyLoss, Flatten, Linear, Module, ReLU, Sequential, basis
-from mlcvlab.optim import AdaDelta, AdaGrad, Adam, RMSProp
 from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZERS = ("AdaGrad", "RMSProp", "RMSProp+Nesterov", "AdaDelta", "Adam")
@@ -207,20 +207,16 @@ def mc_preactivations(model: Sequential, x: np.ndarray, n_masks: int, chunk: int
 
 # -- training -----------------------------------------------------------------------------------
 def make_optimizer(name: str, params, config: Dict[str, Any]):
-    """One of OPTIMIZERS with the lab's learning rate; L2 weight decay on weights only."""
-    wd = dict(weight_decay=config["weight_decay"], decay_mask=True)
-    if name == "AdaGrad":
-        return AdaGrad(params, lr=config["lr_adagrad"], **wd)
-    if name == "RMSProp":
-        return RMSProp(params, lr=config["lr_rmsprop"], **wd)
-    if name == "RMSProp+Nesterov":
-        return RMSProp(params, lr=config["lr_rmsprop_nesterov"], momentum=config["momentum"],
-                       nesterov=True, **wd)
-    if name == "AdaDelta":
-        return AdaDelta(params, lr=config["lr_adadelta"], rho=config["rho_adadelta"], **wd)
-    if name == "Adam":
-        return Adam(params, lr=config["lr_adam"], **wd)
-    raise ValueError(f"optimizers lab: unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    """One of OPTIMIZERS (``mlcvlab.optim.build``) with the lab's learning rate; L2 weight
+    decay on weights only."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizers lab: unknown optimizer {name!r}; choose one of "
+                         f"{OPTIMIZERS}")
+    key = canonical_name(name)                       # "RMSProp+Nesterov" -> "rmsprop-nesterov"
+    extra = {"rho": config["rho_adadelta"]} if key == "adadelta" else {}
+    momentum = config["momentum"] if key == "rmsprop-nesterov" else None
+    return build(key, params, lr=config[f"lr_{key.replace('-', '_')}"], momentum=momentum,
+                 weight_decay=config["weight_decay"], decay_mask=True, **extra)
 
 
 def train_model(model: Module, optimizer_name: str, data: Dict[str, Any], config: Dict[str, Any],

@@ -1011,7 +1011,7 @@ def avgpool2d_general(x, kernel, stride, padding, out_hw, count_include_pad=True
 
 def avgpool2d_general_grad(dy, cache: GeneralPoolCache):
     (N, C, H, W), kernel, stride, padding, _, out_hw, _, divisor = cache
-    xp_shape, pads = None, []
+    pads = []
     share = (dy / divisor).astype(dy.dtype, copy=False)
     (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_hw
     for n, k, s, p, o in zip((H, W), kernel, stride, padding, out_hw):

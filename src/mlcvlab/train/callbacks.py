@@ -10,8 +10,6 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-import numpy as np
-
 from mlcvlab.train.checkpoint import FILENAME, load_checkpoint, save_checkpoint  # noqa: F401
 
 

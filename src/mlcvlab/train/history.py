@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from typing import Any, Dict, List, Optional
 
 from mlcvlab.io import atomic_write_text, atomic_writer

@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -175,24 +172,10 @@ def _mpi_main(config_path: str, out_path: str) -> None:
 
 def measure_mpi(config: Dict[str, Any], k: int, seed: int) -> Dict[str, Dict[str, float]]:
     """Run the timing on k MPI ranks in a subprocess; {str(b): timings} from rank 0."""
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        raise FileNotFoundError("data-parallel lab: mpiexec is not on PATH; pip install mpich, "
-                                "or run with --set measure_mpi=false (K > 1 is then simulated "
-                                "in one process and modelled, not measured)")
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg, out = os.path.join(tmp, "config.json"), os.path.join(tmp, "out.json")
-        with open(cfg, "w") as f:
-            json.dump({**config, "repeat_seed": int(seed)}, f)
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        proc = subprocess.run([mpiexec, "-n", str(k), sys.executable, "-m",
-                               "mlcvlab.labs.data_parallel", cfg, out],
-                              capture_output=True, text=True, env=env, timeout=3600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"data-parallel lab: mpiexec -n {k} failed "
-                               f"(exit {proc.returncode}): {proc.stderr[-1500:]}")
-        with open(out) as f:
-            return json.load(f)
+    from mlcvlab.parallel.mpi import run_module
+    return run_module("mlcvlab.labs.data_parallel", k, {**config, "repeat_seed": int(seed)},
+                      "data-parallel lab", "run with --set measure_mpi=false (K > 1 is then "
+                      "simulated in one process and modelled, not measured)")
 
 
 def memcpy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5) -> float:

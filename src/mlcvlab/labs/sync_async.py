@@ -42,10 +42,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
@@ -458,24 +455,15 @@ def measure_mpi(config, data, seed: int) -> Dict[str, Any]:
     from threadpoolctl import threadpool_limits
     from mlcvlab.parallel import LocalCommunicator
     k = config["mpi_ranks"]
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        raise FileNotFoundError("sync-async lab: mpiexec is not on PATH; pip install mpich, or "
-                                "run with --set mpi_ranks=0 (no MPI measurement)")
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg, out = os.path.join(tmp, "config.json"), os.path.join(tmp, "out.json")
-        with open(cfg, "w") as f:
-            json.dump({**config, "mpi_seed": int(seed)}, f)
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        proc = subprocess.run([mpiexec, "-n", str(k), sys.executable, "-m",
-                               "mlcvlab.labs.sync_async", cfg, out],
-                              capture_output=True, text=True, env=env, timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"sync-async lab: mpiexec -n {k} failed (exit "
-                               f"{proc.returncode}): {proc.stderr[-1500:]}")
+    from mlcvlab.parallel.mpi import run_module
+
+    def read(out):
         with open(out) as f:
-            measured = json.load(f)
-        weights = np.load(out + ".npy")
+            return json.load(f), np.load(out + ".npy")
+    measured, weights = run_module("mlcvlab.labs.sync_async", k,
+                                   {**config, "mpi_seed": int(seed)}, "sync-async lab",
+                                   "run with --set mpi_ranks=0 (no MPI measurement)",
+                                   timeout=1800, read=read)
     with threadpool_limits(limits=1):
         local = sync_steps(config, data, LocalCommunicator(k), seed)
     measured["max_weight_diff"] = float(np.abs(weights - local["weights"]).max())

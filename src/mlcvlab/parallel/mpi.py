@@ -213,3 +213,36 @@ def _abort_with(err: BaseException) -> None:
     traceback.print_exc(file=sys.stderr)
     sys.stderr.flush()
     MPI.COMM_WORLD.Abort(1)
+
+
+def run_module(module: str, ranks: int, config: dict, what: str, missing_hint: str,
+               timeout: float = 3600, read=None):
+    """Run ``python -m module CONFIG.json OUT`` under ``mpiexec -n ranks`` (one BLAS thread
+    per rank) and return ``read(OUT)`` (default: the JSON rank 0 wrote to OUT). The labs that
+    measure real ranks (data-parallel, sync-async) use it. ``what`` names the caller in errors;
+    ``missing_hint`` says what to do when mpiexec is not installed."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise FileNotFoundError(f"{what}: mpiexec is not on PATH; pip install mpich, or "
+                                f"{missing_hint}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, out = os.path.join(tmp, "config.json"), os.path.join(tmp, "out.json")
+        with open(cfg, "w") as f:
+            json.dump(config, f)
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        proc = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-m", module, cfg,
+                               out], capture_output=True, text=True, env=env, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{what}: mpiexec -n {ranks} failed (exit {proc.returncode}): "
+                               f"{proc.stderr[-1500:]}")
+        if read is not None:
+            return read(out)
+        with open(out) as f:
+            return json.load(f)
+

@@ -47,3 +47,23 @@ def test_grouped_conv_multiply_adds_count_in_channels_per_group():
     grouped = summarize(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=4)), (8, 10, 10))
     assert grouped[0].macs * 4 == plain[0].macs == 16 * 10 * 10 * 8 * 3 * 3
     assert grouped[0].weights * 4 == plain[0].weights
+
+
+def test_a_layer_with_parameters_and_no_multiply_add_rule_is_refused():
+    import numpy as np
+    import pytest
+
+    from mlcvlab import nn
+    from mlcvlab.analysis import summarize
+    from mlcvlab.nn.parameter import Parameter
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = Parameter(np.ones(3, dtype=np.float32))
+
+        def forward(self, x):
+            return x * self.gain.data
+
+    with pytest.raises(ValueError, match="no multiply-add rule for layer Scale"):
+        summarize(nn.Sequential(nn.Linear(3, 3), Scale()), (3,))

@@ -166,3 +166,19 @@ def test_stability_conclusion_names_the_unstable_runs():
     assert "test accuracy 0.0945" in text
     assert "stable" in _stability_text([], 3) and "unstable" not in _stability_text([], 3)
     assert "One epoch" in _stability_text([], 1)
+
+
+def test_unknown_layers_are_refused_and_nested_caches_counted():
+    from mlcvlab import nn
+    from mlcvlab.labs.memory import cached_bytes, training_memory
+
+    class Mystery(nn.ReLU):
+        pass
+    with pytest.raises(ValueError, match="no memory model for layer Mystery"):
+        training_memory(nn.Sequential(nn.Linear(4, 4), Mystery()), (4,), 8)
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten())
+    loss = nn.CrossEntropyLoss()
+    x = np.random.default_rng(0).normal(size=(2, 4, 5, 5)).astype(np.float32)
+    out = grouped(x)
+    loss(out, np.zeros(2, dtype=np.int64))
+    assert cached_bytes(grouped, loss) >= x.nbytes // 2     # the per-group inputs are found

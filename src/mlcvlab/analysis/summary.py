@@ -30,7 +30,11 @@ def _macs(module, out_shape: Tuple[int, ...]) -> int:
         h_out, w_out = out_shape[-2:]
         groups = int(getattr(module, "groups", 1))     # each output sees in_c / groups inputs
         return int(module.out_channels * h_out * w_out * (module.in_channels // groups) * kh * kw)
-    return 0
+    if kind in ("BatchNorm1d", "BatchNorm2d") or not module._parameters:
+        return 0            # element-wise layers: not counted, by the convention above
+    raise ValueError(f"summarize: no multiply-add rule for layer {kind}, which has parameters "
+                     f"({', '.join(module._parameters)}); add one to "
+                     "mlcvlab.analysis.summary._macs instead of counting it as 0")
 
 
 def _param_counts(module) -> Tuple[int, int]:

@@ -379,9 +379,12 @@ def comparisons_of(rows) -> List[Dict[str, Any]]:
     base = {r["per_worker_batch"]: r for r in meas if r["K"] == 1}
     for r in meas:
         if r["K"] > 1:
+            over = (f" (oversubscribed: {r['K']} ranks on {cores()} cores, so less CPU per "
+                    "rank is not a wall-time speedup)" if r["oversubscribed"] else "")
             c = stats.compare(f"K={r['K']}", r["epoch_cpu_values"], "K=1",
                               base[r["per_worker_batch"]]["epoch_cpu_values"],
-                              f"CPU seconds per epoch, b={r['per_worker_batch']}",
+                              f"CPU seconds per epoch of the slowest rank, "
+                              f"b={r['per_worker_batch']}{over}",
                               higher_is_better=False, replicate="repeat")
             c.update(K=r["K"], per_worker_batch=r["per_worker_batch"])
             out.append(c)

@@ -182,6 +182,16 @@ class Conv2d(Module):
                 f"stride={self.stride}, padding={self.padding}{extra}")
 
 
+def _pool_backward(layer, dy):
+    """Backward of a pooling layer: ``conv.<its _fn>_grad`` on its cache, for batched or
+    unbatched (C, H, W) input alike."""
+    from mlcvlab.nn import conv
+    if layer._cache is None:
+        _no_cache(layer)
+    dx = getattr(conv, layer._fn + "_grad")(dy[None] if layer._unbatched else dy, layer._cache)
+    return dx[0] if layer._unbatched else dx
+
+
 class _Pool2d(Module):
     _fn = ""
 
@@ -216,11 +226,7 @@ class _Pool2d(Module):
         return y[0] if unbatched else y
 
     def backward(self, dy):
-        from mlcvlab.nn import conv
-        if self._cache is None:
-            _no_cache(self)
-        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
-        return dx[0] if self._unbatched else dx
+        return _pool_backward(self, dy)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -296,11 +302,7 @@ class _AdaptivePool2d(Module):
         return y[0] if unbatched else y
 
     def backward(self, dy):
-        from mlcvlab.nn import conv
-        if self._cache is None:
-            _no_cache(self)
-        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
-        return dx[0] if self._unbatched else dx
+        return _pool_backward(self, dy)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"

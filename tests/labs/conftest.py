@@ -78,3 +78,29 @@ def run_quick(tmp_path_factory):
         return LabRun(out, run_lab(lab, quick=True, out_dir=str(out), show_progress=False,
                                    **kwargs))
     return run
+
+
+@pytest.fixture
+def count_evaluations(monkeypatch):
+    """``count_evaluations(*lab_modules)`` patches ``evaluate`` in the trainer and in each lab
+    module so that every evaluation records how many samples it saw, and returns that list
+    (for tests that the test split is evaluated once)."""
+    return lambda *modules: _count_evaluations(monkeypatch, *modules)
+
+
+def _count_evaluations(monkeypatch, *modules):
+    import mlcvlab.train.trainer as trainer_module
+
+    seen = []
+
+    def counting(real):
+        def wrapped(model, loss, batches, *args, **kwargs):
+            batches = list(batches)
+            seen.append(sum(len(x) for x, _ in batches))
+            return real(model, loss, batches, *args, **kwargs)
+        return wrapped
+
+    for module in (trainer_module, *modules):
+        monkeypatch.setattr(module, "evaluate", counting(module.evaluate))
+    return seen
+

@@ -120,25 +120,13 @@ def test_variants_of_one_seed_start_from_the_same_weights():
     assert not np.array_equal(other[0], weights["plain"][0])   # another seed, other weights
 
 
-def test_test_split_is_evaluated_once_after_training(monkeypatch):
+def test_test_split_is_evaluated_once_after_training(monkeypatch, count_evaluations):
     """Validation data feed the per-epoch curves; the test data are seen once, at the end."""
-    import mlcvlab.train.trainer as trainer_module
-
     rng = np.random.default_rng(0)
     sizes = {"train": 60, "val": 20, "test": 30}
     data = {f"X_{k}": rng.random((n, 1, 28, 28)).astype(np.float32) for k, n in sizes.items()}
     data.update({f"y_{k}": rng.integers(0, 10, n) for k, n in sizes.items()})
-    seen = []
-
-    def counting(real):
-        def wrapped(model, loss, batches, *args, **kwargs):
-            batches = list(batches)
-            seen.append(sum(len(x) for x, _ in batches))
-            return real(model, loss, batches, *args, **kwargs)
-        return wrapped
-
-    monkeypatch.setattr(trainer_module, "evaluate", counting(trainer_module.evaluate))
-    monkeypatch.setattr(bn_dropout, "evaluate", counting(bn_dropout.evaluate))
+    seen = count_evaluations(bn_dropout)
     config = {**get_lab("bn-dropout").preset("quick"), "epochs": 3, "batch_size": 16}
     out = train_variant("bn", data, config, 0, lambda it, **kw: it)
     # 3 epochs of validation, then the training set and the test set once each

@@ -82,25 +82,13 @@ def test_every_preset_has_seeds_and_standard_measures_over_three():
     assert spec.expected_seconds["quick"] < 60 and spec.expected_seconds["standard"] <= 3600
 
 
-def test_test_split_is_evaluated_once_after_training(monkeypatch):
-    import mlcvlab.train.trainer as trainer_module
-
+def test_test_split_is_evaluated_once_after_training(monkeypatch, count_evaluations):
     rng = np.random.default_rng(0)
     sizes = {"train": 24, "val": 10, "test": 14}
     data = {f"X_{k}": rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
             for k, n in sizes.items()}
     data.update({f"y_{k}": rng.integers(0, 10, n) for k, n in sizes.items()})
-    seen = []
-
-    def counting(real):
-        def wrapped(model, loss, batches, *args, **kwargs):
-            batches = list(batches)
-            seen.append(sum(len(x) for x, _ in batches))
-            return real(model, loss, batches, *args, **kwargs)
-        return wrapped
-
-    monkeypatch.setattr(trainer_module, "evaluate", counting(trainer_module.evaluate))
-    monkeypatch.setattr(cutout, "evaluate", counting(cutout.evaluate))
+    seen = count_evaluations(cutout)
     config = {**get_lab("cutout").preset("quick"), "batch_size": 8}
     settings = {"depth": 8, "width": 2, "epochs": 3, "Ms": [2], "target_acc": 0.5}
     out = train_run(arm_label(2), 2, True, data, config, settings, 0, lambda it, **kw: it)

@@ -15,9 +15,10 @@ REPORT_KEYS = ["rows", "bn_rows", "bn_values", "curves", "per_seed", "comparison
                "seeds", "n_seeds", "epochs", "lr", "momentum", "batch_size", "weight_decay",
                "val_fraction", "input_bn_gamma", "input_bn_beta", "input_bn_mean",
                "input_bn_std", "input_bn_scale", "input_bn_shift", "bn_gamma_range",
-               "bn_beta_range", "preset"]
+               "bn_beta_range", "preset", "steps_to_target", "steps_rows",
+               "speed_comparisons", "speed_censored", "steps_metric", "target_pct"]
 FILES = ["report.md", "results.json", "config.json", "variants.csv", "bn_parameters.csv",
-         "curves.png", "bn_parameters.png"]
+         "curves.png", "bn_parameters.png", "steps_to_target.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,8 @@ def test_unknown_variant_is_rejected(run_quick):
     ("lr=nan", "lr"), ("lr=0", "lr"), ("epochs=0", "epochs"), ("n_train=-1", "n_train"),
     ("p_hidden=1", "p_hidden"), ("momentum=1.5", "momentum"), ("val_fraction=0", "val_fraction"),
     ("weight_decay=-1", "weight_decay"), ("seeds=0", "seeds"), ("batch_size=0", "batch_size"),
-    ("dataset=cifar10", "dataset")])
+    ("dataset=cifar10", "dataset"), ("target_val_acc=0", "target_val_acc"),
+    ("target_val_acc=1.5", "target_val_acc")])
 def test_bad_config_values_raise_before_any_work(run_quick, monkeypatch, override, key):
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the config was validated")
@@ -160,3 +162,28 @@ def test_bad_config_values_raise_before_any_work(run_quick, monkeypatch, overrid
     monkeypatch.setattr(bn_dropout, "load_data", no_data)
     with pytest.raises(ValueError, match=f"(bn-dropout lab: {key} must be|--set {key}=)"):
         run_quick("bn-dropout", overrides=[override])
+
+
+def test_steps_to_target_compares_bn_with_plain_paired_by_seed():
+    # two seeds' per-epoch validation curves; 10 steps an epoch
+    curves = {"plain": {"val_acc": [[0.96, 0.98, 0.986], [0.97, 0.986, 0.99]]},
+              "bn": {"val_acc": [[0.986, 0.99, 0.99], [0.98, 0.99, 0.99]]},
+              "bn_input": {"val_acc": [[0.98, 0.98, 0.98], [0.99, 0.99, 0.99]]}}
+    out = bn_dropout.steps_to_target(curves, 0.985, 10)
+    assert out["steps_to_target"]["plain"] == [30.0, 20.0]
+    assert out["steps_to_target"]["bn"] == [10.0, 20.0]
+    (c,) = out["speed_comparisons"]            # bn_input never reached 98.5% on seed 0
+    assert (c["a"], c["b"], c["diff"]) == ("bn", "plain", -10.0)
+    assert c["metric"].startswith("steps to 98.5% validation accuracy")
+    assert out["speed_censored"] == ["bn_input vs plain: bn_input reached 98.5% in 1 of 2 "
+                                     "seeds, plain in 2 of 2"]
+
+
+def test_quick_report_states_the_steps_to_target_and_its_comparisons(quick_run):
+    saved = quick_run.saved()
+    report = quick_run.report()
+    assert "Training steps to first reach 98.5% validation accuracy" in report
+    for c in saved["speed_comparisons"]:
+        assert c in saved["comparisons"] and stats.sentence(c) in report
+    for line in saved["speed_censored"]:
+        assert line in report

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mlcvlab.labs import stats
-from mlcvlab.labs.cyclical import POLICIES, POLICY_LABELS, balanced_sample, bs_test_range
+from mlcvlab.labs.cyclical import (POLICIES, POLICY_LABELS, balanced_sample, bs_test_range,
+                                   speed_to_fixed_best)
 from mlcvlab.optim.lr_finder import smith_lr_bounds
 
 REPORT_KEYS = ["lr_test", "lr_test_no_decrease", "lr_min", "lr_max", "lr_ratio", "lr_at_min_loss",
@@ -90,7 +91,7 @@ def test_cyclical_quick_via_api(quick_run):
 
 def test_comparisons_and_their_sentences(quick_run):
     res = quick_run.saved()
-    comps = res["comparisons"]
+    comps = [c for c in res["comparisons"] if c not in res["speed_comparisons"]]
     assert [(c["a"], c["b"]) for c in comps] == [
         (POLICY_LABELS["clr"], POLICY_LABELS["fixed"]),
         (POLICY_LABELS["cbs"], POLICY_LABELS["fixed"]),
@@ -99,6 +100,8 @@ def test_comparisons_and_their_sentences(quick_run):
     for c in comps:
         stats.check_comparison(c)
         assert c["n_seeds"] == 2 and c["higher_is_better"]
+    # Smith's speed comparison: compared, or listed as censored (never silently dropped)
+    assert len(res["speed_comparisons"]) + len(res["speed_censored"]) == 2
     first = comps[0]
     assert first["diff"] == pytest.approx(np.mean([r["test_acc"] for r in runs["clr"]])
                                           - np.mean([r["test_acc"] for r in runs["fixed"]]))
@@ -109,8 +112,10 @@ def test_comparisons_and_their_sentences(quick_run):
                                      "The study's explanation (not a finding of this run)",
                                      substituted=bool(res["data_note"]))
     assert "## Comparisons of policies (paired by seed)" in report
-    for c in comps:
+    for c in res["comparisons"]:
         assert report.count(stats.sentence(c, 3)) == 2       # the section and the conclusions
+    for line in res["speed_censored"]:
+        assert line in report
     assert "Model stand-in" in report and "validation = the test split" not in report
 
 
@@ -144,3 +149,26 @@ def test_a_policy_that_diverges_is_reported_and_left_out(run_quick, tmp_path, mo
     assert all(POLICY_LABELS["fixed"] not in (c["a"], c["b"]) for c in res["comparisons"])
     report = run.report()
     assert "Runs that diverged" in report and "no epoch finished" in report
+
+
+def _run(seed, val_accs):
+    return {"seed": seed, "best_val_acc": max(val_accs),
+            "history": [{"val_acc": v} for v in val_accs]}
+
+
+def test_speed_to_fixed_best_counts_iterations_for_clr_and_epochs_for_cbs():
+    runs = {"fixed": [_run(0, [0.80, 0.85, 0.90]), _run(1, [0.70, 0.88, 0.87])],
+            "clr": [_run(0, [0.86, 0.91, 0.92]), _run(1, [0.88, 0.89, 0.90])],
+            "cbs": [_run(0, [0.70, 0.80, 0.85]), _run(1, [0.80, 0.90, 0.90])]}
+    out = speed_to_fixed_best(runs, n_train=1000, batch_size=100)    # 10 iterations an epoch
+    (clr,) = out["speed_comparisons"]               # cbs never reached 0.90 on seed 0
+    assert clr["a"] == POLICY_LABELS["clr"] and clr["b"] == POLICY_LABELS["fixed"]
+    # fixed reached its best at epochs 3 and 2; CLR reached it at epochs 2 and 1
+    assert clr["a_mean"] == 15.0 and clr["b_mean"] == 25.0 and clr["diff"] == -10.0
+    assert clr["metric"].startswith("iterations to the fixed policy's best validation accuracy")
+    assert not clr["higher_is_better"]
+    assert out["speed_censored"] == [
+        f"{POLICY_LABELS['cbs']} vs {POLICY_LABELS['fixed']}: {POLICY_LABELS['cbs']} reached "
+        "the fixed policy's best validation accuracy in 1 of 2 seeds"]
+    cbs_rows = [r for r in out["speed_rows"] if r["unit"] == "epochs"]
+    assert [r["to reach it"] for r in cbs_rows] == ["not reached", 2, 3, 2]

@@ -131,3 +131,34 @@ def test_zero_spread_from_few_seeds_is_not_evidence_and_replicates_are_named():
     assert "3 repeats" in stats.sentence(r)
     runs = stats.compare_rates("relu", 92, 100, "leaky", 58, 100, "collapse", replicate="run")
     assert runs["n_seeds"] == 100 and "100 runs" in stats.sentence(runs)
+
+
+def test_steps_to_reach_counts_the_first_point_at_or_above_the_target():
+    assert stats.steps_to_reach([0.90, 0.97, 0.985, 0.99], 0.985, 422) == 3 * 422
+    assert stats.steps_to_reach([0.99], 0.985) == 1
+    assert stats.steps_to_reach([0.90, float("nan"), 0.95], 0.985) is None   # censored
+
+
+@pytest.mark.parametrize("kind, ci, published, verdict", [
+    ("value", [0.71, 1.13], 0.95, "reproduced"),
+    ("value", [1.00, 1.20], 0.95, "not reproduced"),
+    ("effect", [-0.5, -0.2], -0.35, "reproduced"),
+    ("effect", [-0.5, 0.1], -0.35, "not separable at this budget"),
+    ("effect", [0.08, 0.30], -0.35, "not reproduced"),
+    ("effect", [-0.30, -0.10], -0.35, "not reproduced"),   # right sign, smaller than published
+    ("direction", [-3.1, -0.2], -1, "reproduced"),
+    ("direction", [0.2, 3.1], -1, "not reproduced"),
+    ("direction", [-1.0, 0.5], -1, "not separable at this budget"),
+    ("equal", [-0.17, 0.18], 0.0, "reproduced"),
+    ("equal", [-0.46, -0.32], 0.0, "not reproduced"),
+    ("value", [None, None], 0.95, "not separable at this budget"),
+])
+def test_against_published(kind, ci, published, verdict):
+    assert stats.against_published(kind, ci, published) == verdict
+
+
+def test_against_published_rejects_an_unknown_kind_and_a_signless_direction():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        stats.against_published("bigger", [0, 1], 1)
+    with pytest.raises(ValueError, match="direction"):
+        stats.against_published("direction", [0, 1], 0)

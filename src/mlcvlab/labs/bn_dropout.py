@@ -48,7 +48,7 @@ BASELINE = "plain"
 
 _COMMON = {"dataset": "mnist", "batch_size": 128, "lr": 0.02, "momentum": 0.9,
            "weight_decay": 5e-4, "p_input": 0.2, "p_hidden": 0.5, "seed": 0,
-           "val_fraction": 0.1, "variants": list(VARIANTS)}
+           "val_fraction": 0.1, "target_val_acc": 0.985, "variants": list(VARIANTS)}
 # quick: a smoke test (2 seeds so that an interval is computed, far too few epochs to measure)
 QUICK = {**_COMMON, "n_train": 1024, "n_test": 500, "epochs": 2, "seeds": 2}
 # standard: all five variants, 3 paired seeds, 20 epochs on the whole training split
@@ -61,6 +61,8 @@ PAPER = ("the paper (LeCun et al. 1998) reports a test error of 0.95% for LeNet-
          "(60,000 training images, no distortions)")
 ERROR = "test error (%)"
 GAP = "train-test accuracy gap (points)"
+# Ioffe & Szegedy (2015): batch norm reaches a given accuracy in fewer training steps
+SPEED_PAIRS = (("bn", "plain"), ("bn_input", "plain"))
 # (a, b, metric, what the comparison measures); a - b is reported
 PAIRS = (("bn", "plain", ERROR, "Batch norm in the hidden layers"),
          ("bn_input", "plain", ERROR, "Batch norm on the raw input and in the hidden layers"),
@@ -107,6 +109,8 @@ def validate_config(config: Dict[str, Any]) -> List[int]:
              "a drop probability in [0, 1)")
     need(_is_num(config["val_fraction"]) and 0 < config["val_fraction"] < 1, "val_fraction",
          "in (0, 1)")
+    need(_is_num(config["target_val_acc"]) and 0 < config["target_val_acc"] <= 1,
+         "target_val_acc", "a validation accuracy in (0, 1]")
     need(isinstance(config["dataset"], str) and config["dataset"].lower() in
          ("mnist", "mnist10k", "fashion_mnist", "fashion-mnist", "fashion10k"), "dataset",
          "one of mnist, mnist10k, fashion_mnist, fashion10k (28x28 grey images)")
@@ -277,6 +281,43 @@ def comparisons(runs: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     return out
 
 
+def steps_metric(target: float, steps_per_epoch: int) -> str:
+    """The name of the steps-to-target metric (its resolution is one epoch)."""
+    return (f"steps to {100 * target:g}% validation accuracy (resolution: one epoch = "
+            f"{steps_per_epoch} steps)")
+
+
+def steps_to_target(curves: Dict[str, Dict[str, List[List[float]]]], target: float,
+                    steps_per_epoch: int) -> Dict[str, Any]:
+    """Ioffe & Szegedy's claim measured: the training steps each variant needed to first
+    reach ``target`` validation accuracy, per seed (read from the per-epoch validation
+    curves, so the resolution is one epoch), and the SPEED_PAIRS compared paired by seed.
+
+    ``curves`` is ``results["curves"]`` (variant -> {"val_acc": [curve per seed]}), so the
+    same function serves a finished run's saved results. A pair in which some seed never
+    reached the target is not compared (its steps are censored); it is listed in
+    ``"censored"`` with the seeds that did reach it."""
+    steps = {name: [stats.steps_to_reach(c, target, steps_per_epoch) for c in cur["val_acc"]]
+             for name, cur in curves.items()}
+    metric = steps_metric(target, steps_per_epoch)
+    comps, censored = [], []
+    for a, b in SPEED_PAIRS:
+        if a not in steps or b not in steps:
+            continue
+        if any(v is None for v in steps[a] + steps[b]):
+            censored.append(f"{a} vs {b}: {a} reached {100 * target:g}% in "
+                            f"{sum(v is not None for v in steps[a])} of {len(steps[a])} seeds, "
+                            f"{b} in {sum(v is not None for v in steps[b])} of {len(steps[b])}")
+            continue
+        comps.append(stats.compare(a, steps[a], b, steps[b], metric, higher_is_better=False))
+    rows = [{"variant": name, "seeds": len(v),
+             "reached": sum(x is not None for x in v),
+             "steps per seed": ", ".join("not reached" if x is None else f"{x:.0f}" for x in v)}
+            for name, v in steps.items()]
+    return {"steps_to_target": steps, "steps_rows": rows, "speed_comparisons": comps,
+            "speed_censored": censored, "steps_metric": metric}
+
+
 def bn_rows(runs: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """Learned gamma/beta per variant and BN layer: the per-layer statistics, mean over seeds."""
     rows = []
@@ -293,7 +334,8 @@ def bn_rows(runs: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     return rows
 
 
-def summarize(runs: Dict[str, List[Dict[str, Any]]], data: Dict[str, Any]) -> Dict[str, Any]:
+def summarize(runs: Dict[str, List[Dict[str, Any]]], data: Dict[str, Any],
+              config: Dict[str, Any]) -> Dict[str, Any]:
     comps = comparisons(runs)
     out: Dict[str, Any] = {
         "rows": [variant_row(name, r) for name, r in runs.items()],
@@ -319,6 +361,10 @@ def summarize(runs: Dict[str, List[Dict[str, Any]]], data: Dict[str, Any]) -> Di
     if "bn_input" in runs:
         maps = [_input_bn_summary(r["bn_values"]["BN on input"]) for r in runs["bn_input"]]
         out.update({k: float(np.mean([m[k] for m in maps])) for k in maps[0]})
+    speed = steps_to_target(out["curves"], config["target_val_acc"],
+                            math.ceil(len(data["X_train"]) / config["batch_size"]))
+    out.update(speed)
+    out["comparisons"] = comps + speed["speed_comparisons"]
     return out
 
 
@@ -410,7 +456,9 @@ def _conclusions(results: Dict[str, Any]) -> List[str]:
     lines = []
     what = {(a, b, m): text for a, b, m, text in PAIRS}
     for c in results["comparisons"]:
-        lines.append(f"{what[(c['a'], c['b'], c['metric'])]}: " + stats.sentence(c))
+        label = what.get((c["a"], c["b"], c["metric"]), "Training speed (Ioffe & Szegedy 2015)")
+        lines.append(f"{label}: " + stats.sentence(c))
+    lines += [f"Not compared (censored): {t}." for t in results.get("speed_censored", [])]
     if "input_bn_scale" in results:
         lines.append("The input BN learned gamma {input_bn_gamma:.3f}, beta {input_bn_beta:.3f} "
                      "(mean over seeds); with its running mean {input_bn_mean:.3f} and std "
@@ -443,6 +491,9 @@ def write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> No
              "on it.")
     rep.table("variants", results["rows"], "Train/test metrics per variant (mean over seeds; "
               "test error with its 95% t-interval over seeds)")
+    rep.table("steps_to_target", results["steps_rows"],
+              "Training steps to first reach {target_pct:g}% validation accuracy, per seed "
+              "(read from the per-epoch validation curves: the resolution is one epoch)")
     rep.comparisons(results["comparisons"], heading="Comparisons (paired by seed, 95% intervals)")
     _curves_figure(rep, results)
     if results["bn_rows"]:
@@ -478,8 +529,9 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
         for name in config["variants"]:
             variant_data = std_data if VARIANTS[name][1] else data
             runs[name].append(train_variant(name, variant_data, config, seed, progress))
-    results = summarize(runs, data)
-    results.update({"wanted": config["dataset"], "used": data["used"],
+    results = summarize(runs, data, config)
+    results.update({"target_pct": 100 * config["target_val_acc"],
+                    "wanted": config["dataset"], "used": data["used"],
                     "n_train": len(data["X_train"]), "n_val": len(data["X_val"]),
                     "n_test": len(data["X_test"]), "seeds": seeds, "n_seeds": len(seeds),
                     **{k: config[k] for k in ("epochs", "lr", "momentum", "batch_size",

@@ -507,12 +507,56 @@ def _write_report(out_dir, config, results) -> None:
              "are the process's CPU time over the same run (all its threads). On a shared "
              "machine only the CPU seconds compare runs; no conclusion here rests on time.")
     _curves_figure(rep, results)
+    if results["speed_rows"]:
+        rep.table("speed_to_fixed_best", results["speed_rows"],
+                  "How long each cyclical policy took to first reach the fixed policy's best "
+                  "validation accuracy of the same seed (Smith 2017's comparison), per seed; "
+                  "read from per-epoch validation curves, so the resolution is one epoch")
     rep.comparisons(results["comparisons"], heading="Comparisons of policies (paired by seed)",
                     digits=3)
     rep.conclusions(["Test accuracy per policy (mean over {n_seeds} seed(s)): {ranking_text}."]
                     + [f"{{comparison_sentences[{i}]}}"
-                       for i in range(len(results["comparison_sentences"]))])
+                       for i in range(len(results["comparison_sentences"]))]
+                    + [f"Not compared (censored): {t}." for t in results["speed_censored"]])
     rep.write()
+
+
+def speed_to_fixed_best(runs: Dict[str, List[Dict[str, Any]]], n_train: int,
+                        batch_size: int) -> Dict[str, Any]:
+    """Smith's (2017) claim measured: how long each policy took to first reach the *fixed*
+    policy's best validation accuracy of the same seed (read from the per-epoch validation
+    curves, so the resolution is one epoch).
+
+    The cyclical learning rate keeps the batch size, so its speed is counted in iterations
+    (``ceil(n_train / batch_size)`` an epoch); the cyclical batch size changes the number of
+    iterations per epoch, so it is counted in epochs (the same examples seen). A pair in which
+    some seed never reached the target is not compared (censored) and is listed instead.
+    ``runs`` is ``results["policy_runs"]``, so the same function serves a finished run."""
+    per_epoch = math.ceil(n_train / batch_size)
+    units = {"clr": ("iterations", per_epoch), "cbs": ("epochs", 1)}
+    targets = [r["best_val_acc"] for r in runs.get("fixed", [])]
+    curves = {p: [[h["val_acc"] for h in r["history"]] for r in runs[p]] for p in runs}
+    comps, censored, rows = [], [], []
+    for p, (unit, scale) in units.items():
+        if p not in runs or not targets:
+            continue
+        mine = [stats.steps_to_reach(c, t, scale) for c, t in zip(curves[p], targets)]
+        fixed = [stats.steps_to_reach(c, t, scale) for c, t in zip(curves["fixed"], targets)]
+        rows += [{"policy": POLICY_LABELS[q], "unit": unit, "seed": r["seed"],
+                  "target (fixed's best val acc)": t,
+                  "to reach it": "not reached" if v is None else v}
+                 for q, vals in ((p, mine), ("fixed", fixed))
+                 for r, t, v in zip(runs[q], targets, vals)]
+        metric = (f"{unit} to the fixed policy's best validation accuracy (resolution: one "
+                  f"epoch" + (f" = {per_epoch} iterations)" if unit == "iterations" else ")"))
+        if any(v is None for v in mine + fixed) or len(mine) != len(fixed):
+            censored.append(f"{POLICY_LABELS[p]} vs {POLICY_LABELS['fixed']}: {POLICY_LABELS[p]}"
+                            f" reached the fixed policy's best validation accuracy in "
+                            f"{sum(v is not None for v in mine)} of {len(mine)} seeds")
+            continue
+        comps.append(stats.compare(POLICY_LABELS[p], mine, POLICY_LABELS["fixed"], fixed,
+                                   metric, higher_is_better=False))
+    return {"speed_comparisons": comps, "speed_censored": censored, "speed_rows": rows}
 
 
 def _rows(curve: Dict[str, list], key: str, cols: Tuple[str, ...]) -> List[dict]:
@@ -594,6 +638,9 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
         stats.compare(POLICY_LABELS[a], acc[a], POLICY_LABELS[b], acc[b], metric,
                       higher_is_better=True)
         for a, b in (("clr", "fixed"), ("cbs", "fixed"), ("clr", "cbs")) if a in ok and b in ok]
+    results.update(speed_to_fixed_best({p: runs[p] for p in ok}, results["n_train"],
+                                       config["batch_size"]))
+    results["comparisons"] += results["speed_comparisons"]
     results["comparison_sentences"] = [stats.sentence(c, 3) for c in results["comparisons"]]
     results.update(start_fraction_pct=100 * START_FRACTION, slow_fraction_pct=100 * SLOW_FRACTION)
     results.update({k: config[k] for k in ("lr_test_min", "lr_test_max", "lr_test_epochs",

@@ -289,3 +289,66 @@ def over_seeds(run_arm: Callable[[int], Dict[str, float]], seeds: Sequence[int],
         for k, v in run_arm(int(s)).items():
             out.setdefault(k, []).append(float(v))
     return out
+
+
+def steps_to_reach(curve: Sequence[float], target: float, steps_per_point: float = 1.0
+                   ) -> Optional[float]:
+    """How many steps a run took to reach ``target`` on a curve sampled every
+    ``steps_per_point`` steps (e.g. a validation accuracy per epoch and the steps of an
+    epoch): ``(i + 1) * steps_per_point`` for the first point ``i`` with
+    ``curve[i] >= target``, or ``None`` when the run never reached it (a censored run: the
+    caller must say so rather than count it). The resolution is one point of the curve."""
+    for i, v in enumerate(curve):
+        if v is not None and np.isfinite(v) and v >= target:
+            return (i + 1) * float(steps_per_point)
+    return None
+
+
+# How a measured interval stands against a published claim (issue #17):
+PUBLISHED_KINDS = ("value", "effect", "direction", "equal")
+REPRODUCTION_VERDICTS = ("reproduced", "not reproduced", "not separable at this budget")
+
+
+def against_published(kind: str, ci95: Sequence[Optional[float]], published: float = 0.0
+                      ) -> str:
+    """The verdict of a measured 95% interval against a published claim.
+
+    ``kind`` says what the paper claims:
+
+    * ``"value"``: a number (e.g. LeNet-5's 0.95% test error). *reproduced* when the interval
+      of our mean covers it, else *not reproduced*.
+    * ``"effect"``: a signed difference (e.g. dropout lowers the error by 0.35 points:
+      ``published = -0.35``). *reproduced* when the interval of our paired difference covers
+      the published size and excludes 0; *not separable at this budget* when it covers both
+      the published size and 0; *not reproduced* when it excludes the published size.
+    * ``"direction"``: a sign only (e.g. batch norm needs fewer steps: ``published = -1``).
+      *reproduced* when the interval excludes 0 on the published side, *not reproduced*
+      when it excludes 0 on the other side, else *not separable at this budget*.
+    * ``"equal"``: no difference (e.g. K workers reach the accuracy of one). *reproduced*
+      when the interval covers 0, else *not reproduced* (read it with the interval's width:
+      a wide interval that covers 0 is weak evidence of equality).
+
+    An interval that could not be computed (fewer than 2 seeds) gives *not separable at this
+    budget*.
+    """
+    if kind not in PUBLISHED_KINDS:
+        raise ValueError(f"kind must be one of {PUBLISHED_KINDS}, got {kind!r}")
+    lo, hi = ci95
+    if lo is None or hi is None:
+        return "not separable at this budget"
+    if kind == "value":
+        return "reproduced" if lo <= published <= hi else "not reproduced"
+    if kind == "equal":
+        return "reproduced" if lo <= 0.0 <= hi else "not reproduced"
+    if kind == "direction":
+        if published == 0:
+            raise ValueError("a 'direction' claim needs published = +1 or -1")
+        if (lo > 0 and published > 0) or (hi < 0 and published < 0):
+            return "reproduced"
+        if lo > 0 or hi < 0:
+            return "not reproduced"
+        return "not separable at this budget"
+    covers = lo <= published <= hi
+    if not covers:
+        return "not reproduced"
+    return "not separable at this budget" if lo <= 0.0 <= hi else "reproduced"

@@ -43,6 +43,42 @@ class _Block(tnn.Module):
         return F.relu(out + x)
 
 
+def _conv_bn_relu(c_in: int, c_out: int, k: int, stride: int = 1, padding: int = 0):
+    return tnn.Sequential(tnn.Conv2d(c_in, c_out, k, stride, padding, bias=False),
+                          tnn.BatchNorm2d(c_out), tnn.ReLU())
+
+
+class _GlobalAvgPool(tnn.Module):
+    """(N, C, H, W) -> (N, C), as ``mlcvlab.nn.GlobalAvgPool2d`` (one layer, like ours, so
+    the per-layer tables line up)."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+class _Concat(tnn.Module):
+    """Run the branches on one input; concatenate their outputs along the channels."""
+
+    def __init__(self, *branches: tnn.Module):
+        super().__init__()
+        self.branches = tnn.ModuleList(branches)
+
+    def forward(self, x):
+        return torch.cat([b(x) for b in self.branches], dim=1)
+
+
+def minigooglenet() -> tnn.Module:
+    """The twin of ``mlcvlab.models.minigooglenet()`` (no dropout)."""
+    inc = lambda c, k1, k3: _Concat(_conv_bn_relu(c, k1, 1),  # noqa: E731
+                                    _conv_bn_relu(c, k3, 3, padding=1))
+    down = lambda c, k: _Concat(_conv_bn_relu(c, k, 3, stride=2),  # noqa: E731
+                                tnn.MaxPool2d(3, stride=2))
+    return tnn.Sequential(
+        *_conv_bn_relu(3, 96, 3, padding=1), inc(96, 32, 32), inc(64, 32, 48), down(80, 80),
+        inc(160, 112, 48), inc(160, 96, 64), inc(160, 80, 80), inc(160, 48, 96), down(144, 96),
+        inc(240, 176, 160), inc(336, 176, 160), _GlobalAvgPool(), tnn.Linear(336, N_CLASSES))
+
+
 def build(name: str) -> tnn.Module:
     """The PyTorch twin of our model ``name``."""
     if name == "mlp":
@@ -56,14 +92,17 @@ def build(name: str) -> tnn.Module:
             tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
             tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
             tnn.Linear(84, N_CLASSES))
-    if name != "resnet20":
+    if name == "minigooglenet":
+        return minigooglenet()
+    if name not in ("resnet20", "resnet44"):
         raise ValueError(f"torch_reference: unknown model {name!r}")
+    n = (int(name[6:]) - 2) // 6
     layers, c_in = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()], 16
     for i, width in enumerate((16, 32, 64)):
-        for j in range(3):
+        for j in range(n):
             layers.append(_Block(c_in, width, 2 if i > 0 and j == 0 else 1))
             c_in = width
-    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, N_CLASSES)]
+    layers += [_GlobalAvgPool(), tnn.Linear(64, N_CLASSES)]
     return tnn.Sequential(*layers)
 
 
@@ -89,3 +128,58 @@ def steps(name: str, batch: int):
             model(x)
 
     return train_step, eval_step
+
+
+def layer_times(name: str, batch: int):
+    """A closure timing one training step of the torch twin layer by layer: it returns
+    ``(forward_seconds, backward_seconds)``, one entry per top-level module, so the numbers
+    line up with ``mlcvlab.bench.ours_layer_times``. Forward: from a module's forward
+    pre-hook to its forward hook. Backward: from a module's full-backward pre-hook (its
+    output gradient is ready) to the next module's down (or, for the first module, to the end
+    of ``backward()``), so a layer's weight-gradient work is inside its own entry even when
+    its input needs no gradient."""
+    import time
+    import warnings
+    model = build(name)
+    x, y = _data(name, batch)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    loss = tnn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    layers = list(model)
+    n = len(layers)
+    fwd, f_start, b_start = [0.0] * n, [0.0] * n, [None] * n
+
+    def hooks(i):
+        def pre(*_):
+            f_start[i] = time.perf_counter()
+
+        def post(*_):
+            fwd[i] = time.perf_counter() - f_start[i]
+
+        def bpre(*_):
+            b_start[i] = time.perf_counter()
+        return pre, post, bpre
+
+    for i, m in enumerate(layers):
+        pre, post, bpre = hooks(i)
+        m.register_forward_pre_hook(pre)
+        m.register_forward_hook(post)
+        m.register_full_backward_pre_hook(bpre)
+
+    def step():
+        model.train()
+        opt.zero_grad()
+        b_start[:] = [None] * n
+        with warnings.catch_warnings():   # the first module's input needs no gradient: its
+            warnings.simplefilter("ignore", UserWarning)   # hook fires on the output's (wanted)
+            loss(model(x), y).backward()
+        end = time.perf_counter()
+        opt.step()
+        bwd = [0.0] * n
+        for i in range(n):       # layer i's backward ends where layer i-1's begins
+            nxt = next((b_start[j] for j in range(i - 1, -1, -1) if b_start[j] is not None),
+                       end)
+            bwd[i] = 0.0 if b_start[i] is None else nxt - b_start[i]
+        return list(fwd), bwd
+
+    return step

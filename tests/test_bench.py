@@ -90,3 +90,43 @@ def test_summary_gives_the_ratio_of_medians_and_the_range_over_sample_pairs():
     assert row["ours_samples_per_s"] == pytest.approx(128 / 0.020)
     assert row["ratio"] == pytest.approx(1.0)            # median 0.020 s each
     assert row["ratio_range"] == pytest.approx([1.0, 2.0])   # pairs: 2.0, 1.0, 2.0
+
+
+@pytest.fixture(scope="module")
+def torch_twins():
+    ref = bench.load_reference(bench.find_reference())
+    assert ref is not None, "benchmarks/torch_reference.py and torch must be importable"
+    return ref
+
+
+@pytest.mark.parametrize("name", bench.MODEL_NAMES)
+def test_torch_twins_have_our_parameters_and_layers(torch_twins, name):
+    """Every benched model's torch twin has the same parameter count and the same top-level
+    layers (so the per-layer table lines up row by row)."""
+    ours, theirs = bench.build_ours(name), torch_twins.build(name)
+    assert sum(p.data.size for p in ours.parameters()) == sum(p.numel()
+                                                             for p in theirs.parameters())
+    assert len(list(ours)) == len(list(theirs)) == len(bench.layer_labels(name))
+
+
+def test_per_layer_times_every_layer_of_both_frameworks(torch_twins, tmp_path, capsys):
+    res = _run(tmp_path, "--no-memory", "--per-layer")
+    for name in ("mlp", "lenet5"):
+        rows = res["models"][name]["per_layer"]["layers"]
+        assert [r["layer"] for r in rows] == bench.layer_labels(name)
+        for r in rows:
+            assert r["ours_forward_ms"] > 0 and r["torch_forward_ms"] > 0
+            assert r["ours_backward_ms"] >= 0 and r["torch_backward_ms"] >= 0
+        # the last layer (with parameters) has a backward on both sides
+        assert rows[-1]["ours_backward_ms"] > 0 and rows[-1]["torch_backward_ms"] > 0
+    out = capsys.readouterr().out
+    assert "Per layer, lenet5, batch 8" in out and "| 3 Conv2d -> (16, 10, 10) |" in out
+
+
+def test_models_all_selects_every_model(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(bench, "run", lambda models, *a, **k: seen.setdefault("m", models)
+                        or {})
+    monkeypatch.setattr(bench, "format_table", lambda result: "")
+    main(["bench", "--models", "all", "--no-memory", "--quick"])
+    assert seen["m"] == list(bench.MODEL_NAMES)

@@ -1,7 +1,8 @@
 """``mlcvlab bench``: training and evaluation throughput of mlcvlab against PyTorch on the CPU.
 
-For each model (the MLP 784-1000-1000-10, LeNet-5 on 1x28x28, ResNet-20 on
-3x32x32) it times, in one process, on the same random batch and with the same
+For each model (by default the MLP 784-1000-1000-10, LeNet-5 on 1x28x28 and ResNet-20 on
+3x32x32; ``--models all`` adds ResNet-44, the cutout study's network, and MiniGoogLeNet, the
+cyclical study's, both on 3x32x32) it times, in one process, on the same random batch and with the same
 thread count (``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``):
 
 * a training step: forward, cross-entropy, backward, SGD-with-momentum step;
@@ -38,8 +39,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-MODEL_NAMES = ("mlp", "lenet5", "resnet20")
-INPUT_SHAPES = {"mlp": (784,), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+MODEL_NAMES = ("mlp", "lenet5", "resnet20", "resnet44", "minigooglenet")
+DEFAULT_MODELS = ("mlp", "lenet5", "resnet20")
+INPUT_SHAPES = {"mlp": (784,), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32),
+                "resnet44": (3, 32, 32), "minigooglenet": (3, 32, 32)}
 MLP_SIZES = (784, 1000, 1000, 10)
 N_CLASSES = 10
 LR, MOMENTUM = 0.01, 0.9
@@ -209,8 +212,10 @@ def build_ours(name: str):
         return models.mlp(MLP_SIZES, flatten=False, rng=0)
     if name == "lenet5":
         return models.lenet5(rng=0)
-    if name == "resnet20":
-        return models.resnet_cifar(20, rng=0)
+    if name in ("resnet20", "resnet44"):
+        return models.resnet_cifar(int(name[6:]), rng=0)
+    if name == "minigooglenet":
+        return models.minigooglenet(rng=0)
     raise ValueError(f"mlcvlab bench: unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
 
@@ -234,6 +239,113 @@ def ours_steps(name: str, batch: int):
         model.forward(x)
 
     return train_step, eval_step
+
+
+def ours_layer_times(name: str, batch: int):
+    """A closure running one training step of our model ``name`` layer by layer (the top-level
+    modules, as ``Sequential.forward`` / ``backward`` do) and returning
+    ``(forward_seconds, backward_seconds)``, one entry per top-level module (a backward entry
+    is 0 for the layers before the first one with parameters: they need no gradient)."""
+    from mlcvlab import nn, optim
+    model = build_ours(name).set_input_grad(False)
+    x, y = _data(name, batch)
+    loss = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    layers = list(model)
+
+    def step():
+        model.train()
+        model.zero_grad()
+        fwd, bwd = [0.0] * len(layers), [0.0] * len(layers)
+        h = x
+        for i, m in enumerate(layers):
+            t = time.perf_counter()
+            h = m.forward(h)
+            fwd[i] = time.perf_counter() - t
+        loss(h, y)
+        dy = loss.backward()
+        for i in reversed(range(len(layers))):
+            t = time.perf_counter()
+            dy = layers[i].backward(dy)
+            bwd[i] = time.perf_counter() - t
+            if dy is None:
+                break
+        opt.step()
+        return fwd, bwd
+
+    return step
+
+
+def layer_labels(name: str) -> List[str]:
+    """'<index> <type> -> <output shape>' for each top-level module of our model ``name``."""
+    model = build_ours(name)
+    x, _ = _data(name, 2)
+    labels = []
+    for i, m in enumerate(model):
+        x = m.forward(x)
+        kind = type(m).__name__
+        if kind == "Sequential":
+            kind = "block"
+        labels.append(f"{i} {kind} -> {tuple(x.shape[1:])}")
+    return labels
+
+
+def per_layer(name: str, batch: int, repeats: int, ref) -> dict:
+    """Per-layer forward and backward time of one training step, ours and (if available)
+    torch's, alternating ours / torch ``repeats`` times after one untimed step each; medians
+    and the ratio torch / ours per layer (> 1: ours is faster), so each remaining gap is
+    named. Hook overhead is included on torch's side (a few microseconds per layer)."""
+    ours = ours_layer_times(name, batch)
+    theirs = ref.layer_times(name, batch) if ref is not None else None
+    ours()
+    if theirs is not None:
+        theirs()
+    samples = {"ours": [], "torch": []}
+    for _ in range(repeats):
+        samples["ours"].append(ours())
+        if theirs is not None:
+            samples["torch"].append(theirs())
+    labels = layer_labels(name)
+    rows = []
+    for i, label in enumerate(labels):
+        row = {"layer": label}
+        for who in ("ours", "torch"):
+            if samples[who]:
+                if len(samples[who][0][0]) != len(labels):
+                    raise RuntimeError(f"bench --per-layer: torch's {name} has "
+                                       f"{len(samples[who][0][0])} top-level modules, ours "
+                                       f"{len(labels)}; the twins must line up")
+                row[f"{who}_forward_ms"] = 1e3 * float(np.median([s[0][i] for s in samples[who]]))
+                row[f"{who}_backward_ms"] = 1e3 * float(np.median([s[1][i]
+                                                                   for s in samples[who]]))
+        if samples["torch"]:
+            for phase in ("forward", "backward"):
+                o, t = row[f"ours_{phase}_ms"], row[f"torch_{phase}_ms"]
+                row[f"{phase}_ratio"] = t / o if o > 0 else None
+        rows.append(row)
+    return {"batch_size": batch, "repeats": repeats, "layers": rows}
+
+
+def format_per_layer(name: str, result: dict) -> str:
+    """The per-layer result as a Markdown table."""
+    rows = result["layers"]
+    has_torch = "torch_forward_ms" in rows[0]
+    head = ["layer", "ours fwd ms", "torch fwd ms", "fwd ratio", "ours bwd ms",
+            "torch bwd ms", "bwd ratio"] if has_torch else ["layer", "ours fwd ms",
+                                                             "ours bwd ms"]
+    lines = [f"Per layer, {name}, batch {result['batch_size']} (medians of "
+             f"{result['repeats']}; ratio = torch / ours, > 1: ours is faster):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["layer"], _fmt(r["ours_forward_ms"], ".2f")]
+        if has_torch:
+            cells += [_fmt(r["torch_forward_ms"], ".2f"), _fmt(r["forward_ratio"], ".2f"),
+                      _fmt(r["ours_backward_ms"], ".2f"), _fmt(r["torch_backward_ms"], ".2f"),
+                      _fmt(r["backward_ratio"], ".2f")]
+        else:
+            cells += [_fmt(r["ours_backward_ms"], ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- timing
@@ -375,9 +487,9 @@ def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref,
             "eval": _summary(s["ours_eval"], s.get("torch_eval"), batch)}
 
 
-def run(models: Sequence[str] = MODEL_NAMES, batch_size: int = 128, threads: int = 2,
+def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: int = 2,
         repeats: int = 5, quick: bool = False, memory: bool = True, use_torch: bool = True,
-        reference: Optional[str] = None) -> dict:
+        reference: Optional[str] = None, layers: bool = False) -> dict:
     """Run the whole benchmark and return the result dictionary (what ``--out`` writes).
 
     Both frameworks run in this process under ``backend.keep_freed_memory()``, which both
@@ -420,6 +532,8 @@ def run(models: Sequence[str] = MODEL_NAMES, batch_size: int = 128, threads: int
         for name in models:
             result["models"][name] = bench_model(name, batch_size, repeats, target, ref,
                                                  settle_seconds=0.0 if quick else SETTLE_SECONDS)
+            if layers:
+                result["models"][name]["per_layer"] = per_layer(name, batch_size, repeats, ref)
         # The peak is measured again after the models: the machine's load drifts during a
         # run, and the fraction of the peak should be taken of the best it showed.
         peaks.append(sgemm_gflops(size, 3 if quick else 5, warmup))
@@ -502,10 +616,17 @@ def format_table(result: dict) -> str:
 
 def _main(args) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if models == ["all"]:
+        models = list(MODEL_NAMES)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     result = run(models, args.batch_size, args.threads, repeats, args.quick,
-                 memory=not args.no_memory, use_torch=not args.no_torch, reference=args.reference)
+                 memory=not args.no_memory, use_torch=not args.no_torch, reference=args.reference,
+                 layers=args.per_layer)
     print(format_table(result))
+    for name, r in result["models"].items():
+        if "per_layer" in r:
+            print()
+            print(format_per_layer(name, r["per_layer"]))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)
@@ -517,8 +638,9 @@ def register(subparsers) -> None:
     """Add the ``bench`` sub-command."""
     p = subparsers.add_parser("bench", help="training/eval throughput and memory vs PyTorch (CPU)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(MODEL_NAMES),
-                   help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated subset of {','.join(MODEL_NAMES)}, or 'all' "
+                        f"(default: {','.join(DEFAULT_MODELS)})")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                    help="BLAS / torch threads for both frameworks")
@@ -527,6 +649,8 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true",
                    help="short timings and a small GEMM (for tests)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also time each top-level layer's forward and backward, ours vs torch")
     p.add_argument("--no-torch", action="store_true", help="time ours alone even if torch exists")
     p.add_argument("--reference", default=None, metavar="FILE",
                    help="the PyTorch reference module (default benchmarks/torch_reference.py)")

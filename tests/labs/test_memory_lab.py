@@ -172,10 +172,23 @@ def test_unknown_layers_are_refused_and_nested_caches_counted():
     from mlcvlab import nn
     from mlcvlab.labs.memory import cached_bytes, training_memory
 
-    class Mystery(nn.ReLU):
+    class Mystery(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    class Swish(nn.ReLU):                       # keeps other arrays than ReLU does
+        def forward(self, x):
+            return x / (1 + np.exp(-x))
+
+    class Renamed(nn.ReLU):                     # ReLU's forward: ReLU's facts hold
         pass
-    with pytest.raises(ValueError, match="no memory model for layer Mystery"):
+    with pytest.raises(NotImplementedError, match="Mystery declares no kept_for_backward"):
         training_memory(nn.Sequential(nn.Linear(4, 4), Mystery()), (4,), 8)
+    with pytest.raises(NotImplementedError, match="Swish overrides forward but inherits "
+                                                  "kept_for_backward from _Activation"):
+        training_memory(nn.Sequential(nn.Linear(4, 4), Swish()), (4,), 8)
+    assert (training_memory(nn.Sequential(nn.Linear(4, 4), Renamed()), (4,), 8)
+            == training_memory(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), (4,), 8))
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten())
     loss = nn.CrossEntropyLoss()
     x = np.random.default_rng(0).normal(size=(2, 4, 5, 5)).astype(np.float32)

@@ -38,6 +38,7 @@ from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import get_model, lenet5, mlp
 from mlcvlab.nn import CrossEntropyLoss
+from mlcvlab.nn.module import declared
 from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}   # state arrays of P values each
@@ -59,12 +60,8 @@ _STANDARD = {**_FULL, "model": "lenet5", "batch_sizes": [8, 32, 128, 512], "epoc
 
 
 # -- the analytic memory model ---------------------------------------------------------------------
-KEEPS_INPUT = ("Linear", "Conv2d", "LeakyReLU")
-KEEPS_OUTPUT = ("ReLU", "Sigmoid", "Tanh", "Softmax")   # BatchNorm keeps x_hat, in _extra_values
-ALIASES = ("Flatten", "Identity")           # output is a view of the input
-# layers whose only memory is covered above or by _extra_values (pools keep nothing else)
-OTHER_KNOWN = ("BatchNorm1d", "BatchNorm2d", "Dropout", "MaxPool2d", "AvgPool2d",
-               "GlobalAvgPool2d", "AdaptiveAvgPool2d")
+# What each layer keeps for backward is declared by the layer itself (Module.kept_for_backward,
+# next to its forward); this model adds the declarations up along the chain.
 
 
 def _trace_shapes(model, input_shape: Sequence[int]) -> List[Tuple[Any, tuple, tuple]]:
@@ -74,9 +71,11 @@ def _trace_shapes(model, input_shape: Sequence[int]) -> List[Tuple[Any, tuple, t
         raise ValueError(f"training_memory: expected a Sequential of plain layers (no nested "
                          f"blocks), got {type(model).__name__}; the analytic model covers chains "
                          "such as mlp(...) and lenet5()")
+    for layer in layers:        # a layer that declares nothing is refused before any forward
+        declared(layer, "kept_for_backward")
     was_training = model.training
     model.eval()
-    x = np.zeros((1, *input_shape), dtype=model.dtype)
+    x = np.zeros((2, *input_shape), dtype=model.dtype)   # 2: BN without running statistics
     out = []
     try:
         for layer in layers:
@@ -88,57 +87,36 @@ def _trace_shapes(model, input_shape: Sequence[int]) -> List[Tuple[Any, tuple, t
     return out
 
 
-def _extra_values(layer, in_shape: tuple, out_shape: tuple) -> Tuple[int, int, int]:
-    """(values per sample, batch-independent values, index bytes per sample) a layer adds.
-
-    BatchNorm: x_hat (per sample) and mean, var, 1/std (3 x features); Dropout: the
-    scaled mask; MaxPool2d: the argmax indices (smallest unsigned int type).
-    Conv2d keeps only its input (by reference; ``mlcvlab.nn.conv`` recomputes its
-    patches in backward), so it adds nothing here.
-    """
-    kind, n_in, n_out = type(layer).__name__, int(np.prod(in_shape)), int(np.prod(out_shape))
-    if kind in ("BatchNorm1d", "BatchNorm2d"):
-        return n_in, 3 * layer.num_features, 0
-    if kind == "Dropout" and layer.p > 0:
-        return n_in, 0, 0
-    if kind == "MaxPool2d":
-        kh, kw = layer.kernel_size
-        return 0, 0, n_out * np.min_scalar_type(kh * kw - 1).itemsize
-    return 0, 0, 0
-
-
 def activation_bytes(model, input_shape: Sequence[int], batch_size: int) -> int:
     """Bytes our layers keep for backward after a training forward of ``batch_size`` samples.
 
-    Counts each distinct tensor of the chain (input, layer outputs) once if a layer
-    keeps it (Linear/Conv2d/LeakyReLU keep their input, ReLU/Sigmoid/Tanh/Softmax their
-    output, BatchNorm neither but its x_hat; Flatten/Identity/Dropout(p=0) outputs are the
-    input itself),
-    plus each layer's own buffers (see :func:`_extra_values`), plus the loss's
-    stored gradient (batch x outputs, cross-entropy). float = the model's dtype.
+    Each layer declares what it keeps (``Module.kept_for_backward``: Linear/Conv2d/LeakyReLU
+    their input, ReLU/Sigmoid/Tanh/Softmax their output, BatchNorm its x_hat and statistics,
+    Dropout its mask, MaxPool2d its argmax indices; Flatten/Identity/Dropout(p=0) outputs are
+    the input itself). Each distinct tensor of the chain (input, layer outputs) kept by some
+    layer counts once, plus each layer's own arrays, plus the loss's stored gradient
+    (batch x outputs, cross-entropy). float = the model's dtype. A layer that declares nothing
+    raises NotImplementedError before anything runs.
     """
     item = model.dtype.itemsize
     sizes, kept, tensor = {0: 0}, set(), 0
-    per_sample, fixed, index_bytes = 0, 0, 0
+    per_sample, fixed, index_bytes, fixed_bytes = 0, 0, 0, 0
     for layer, in_shape, out_shape in _trace_shapes(model, input_shape):
         sizes[tensor] = int(np.prod(in_shape))
-        kind = type(layer).__name__
-        if kind not in KEEPS_INPUT + KEEPS_OUTPUT + ALIASES + OTHER_KNOWN:
-            raise ValueError(f"training_memory: no memory model for layer {kind}: say what it "
-                             "keeps for backward (KEEPS_INPUT, KEEPS_OUTPUT, ALIASES or "
-                             "_extra_values in mlcvlab.labs.memory) instead of counting it as 0")
-        alias = kind in ALIASES or (kind == "Dropout" and layer.p == 0)
-        out_tensor = tensor if alias else tensor + 1
+        keeps = declared(layer, "kept_for_backward")(in_shape, out_shape)
+        out_tensor = tensor if keeps.alias else tensor + 1
         sizes[out_tensor] = int(np.prod(out_shape))
-        if kind in KEEPS_INPUT:
+        if keeps.input:
             kept.add(tensor)
-        if kind in KEEPS_OUTPUT:
+        if keeps.output:
             kept.add(out_tensor)
-        a, b, c = _extra_values(layer, in_shape, out_shape)
-        per_sample, fixed, index_bytes = per_sample + a, fixed + b, index_bytes + c
+        per_sample += keeps.values
+        fixed += keeps.fixed_values
+        index_bytes += keeps.index_bytes
+        fixed_bytes += keeps.fixed_bytes
         tensor = out_tensor
     per_sample += sum(sizes[t] for t in kept) + sizes[tensor]      # + the loss gradient
-    return batch_size * (per_sample * item + index_bytes) + fixed * item
+    return batch_size * (per_sample * item + index_bytes) + fixed * item + fixed_bytes
 
 
 def training_memory(model, input_shape: Sequence[int], batch_size: int,

@@ -12,10 +12,15 @@ import numpy as np
 
 from mlcvlab import backend
 from mlcvlab.nn import basis, init, kernels
-from mlcvlab.nn.module import Module, Sequential, check_input
+from mlcvlab.nn.module import Kept, Module, Sequential, check_input
 from mlcvlab.nn.parameter import Parameter
 
 IntPair = Union[int, Tuple[int, int]]
+Shape = Tuple[int, ...]
+
+
+def _size(shape: Shape) -> int:
+    return int(math.prod(shape))
 
 
 def _pair(name: str, arg: str, v: IntPair, minimum: int) -> Tuple[int, int]:
@@ -99,6 +104,12 @@ class Linear(Module):
             self.bias.grad += db
         return dx if dx is None or len(lead) == 1 else dx.reshape(lead + (self.in_features,))
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(input=True)                 # x, for dW = dy^T x
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return _size(out_shape) * self.in_features
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
@@ -174,6 +185,24 @@ class Conv2d(Module):
             self.bias.grad += db
         return dx[0] if self._unbatched and dx is not None else dx
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """Its input, by reference (the backward rebuilds the im2col patches); a padding the
+        fast path cannot do in place (asymmetric, a padding mode) or a dilation with stride 1
+        keeps the padded input instead (see ``conv.conv2d``)."""
+        from mlcvlab.nn import conv
+        pt, pb, pl, pr = conv.conv_padding("Conv2d", self.padding, self.kernel_size,
+                                           self.dilation, self.stride)
+        fast = (self.dilation == (1, 1) and pt == pb and pl == pr
+                and (self.padding_mode == "zeros" or not any((pt, pb, pl, pr))))
+        if fast or (self.dilation != (1, 1) and self.stride != (1, 1)):
+            return Kept(input=True)
+        c, h, w = in_shape[-3:]
+        return Kept(values=c * (h + pt + pb) * (w + pl + pr))
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        kh, kw = self.kernel_size              # each output sees in_channels / groups inputs
+        return _size(out_shape) * (self.in_channels // self.groups) * kh * kw
+
     def extra_repr(self):
         extra = "".join(f", {k}={getattr(self, k)}" for k, default in (
             ("dilation", (1, 1)), ("groups", 1), ("padding_mode", "zeros"))
@@ -228,6 +257,16 @@ class _Pool2d(Module):
     def backward(self, dy):
         return _pool_backward(self, dy)
 
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # comparisons / additions: not counted
+
+    def _general_path(self, in_shape: Shape, out_shape: Shape) -> bool:
+        """Whether ``conv`` pools on its general path: a dilation, or a window that ceil_mode
+        adds beyond the floor formula."""
+        floor_hw = tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(
+            in_shape[-2:], self.kernel_size, self.stride, self.padding))
+        return getattr(self, "dilation", (1, 1)) != (1, 1) or tuple(out_shape[-2:]) != floor_hw
+
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
                 + "".join(f", {k}={v}" for k, v in self._options().items()))
@@ -249,6 +288,14 @@ class MaxPool2d(_Pool2d):
 
     def _options(self):
         return {"dilation": self.dilation, "ceil_mode": self.ceil_mode}
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """The position of each window's maximum: the smallest unsigned type that holds
+        kh·kw - 1, or int64 plane indices on the general path."""
+        if self._general_path(in_shape, out_shape):
+            return Kept(index_bytes=8 * _size(out_shape))
+        kh, kw = self.kernel_size
+        return Kept(index_bytes=_size(out_shape) * np.min_scalar_type(kh * kw - 1).itemsize)
 
 
 class AvgPool2d(_Pool2d):
@@ -272,6 +319,13 @@ class AvgPool2d(_Pool2d):
     def _options(self):
         return {"ceil_mode": self.ceil_mode, "count_include_pad": self.count_include_pad,
                 "divisor_override": self.divisor_override}
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """Shapes only; the general path (a ceil_mode window, a divisor override, padding not
+        counted) keeps each window's float64 divisor, (Ho, Wo)."""
+        general = (self._general_path(in_shape, out_shape) or self.divisor_override is not None
+                   or (not self.count_include_pad and any(self.padding)))
+        return Kept(fixed_bytes=8 * _size(out_shape[-2:]) if general else 0)
 
 
 class _AdaptivePool2d(Module):
@@ -304,6 +358,9 @@ class _AdaptivePool2d(Module):
     def backward(self, dy):
         return _pool_backward(self, dy)
 
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # comparisons / additions: not counted
+
     def extra_repr(self):
         return f"output_size={self.output_size}"
 
@@ -313,6 +370,9 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
     columns): x (N, C, H, W) or (C, H, W) -> (..., *output_size); None keeps that axis."""
     _fn = "adaptive_avgpool2d"
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept()                           # shapes only
+
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
     """Max over torch's adaptive windows; ``return_indices`` as MaxPool2d."""
@@ -321,6 +381,9 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
     def __init__(self, output_size, return_indices: bool = False):
         super().__init__(output_size)
         self.return_indices = bool(return_indices)
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(index_bytes=8 * _size(out_shape))     # int64 plane index of each maximum
 
 
 class GlobalAvgPool2d(Module):
@@ -343,6 +406,12 @@ class GlobalAvgPool2d(Module):
         dx = np.empty(self._shape, dtype=dy.dtype)
         dx[...] = (dy / (h * w))[:, :, None, None]
         return dx
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept()                           # the input's shape only
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # additions: not counted
 
 
 class Flatten(Module):
@@ -386,6 +455,12 @@ class Flatten(Module):
             _no_cache(self)
         basis.check_dy("Flatten.backward", dy, self._out)
         return dy.reshape(self._shape)
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(alias=True)                 # a view of a contiguous input
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -498,6 +573,15 @@ class _BatchNorm(Module):
             self.bias.grad += dbeta
         return dx
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """x_hat (not x), and mean, var, 1/std per feature; without ``affine`` also the ones
+        that stand for gamma."""
+        fixed = (3 if self.affine else 4) * self.num_features
+        return Kept(values=_size(in_shape), fixed_values=fixed)
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
+
     @property
     def gamma(self) -> np.ndarray:
         return self._gamma_beta(backend.default_dtype())[0]
@@ -545,6 +629,14 @@ class Dropout(Module):
             _no_cache(self)
         return basis.dropout_grad(dy, self._cache)
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        if self.p == 0:
+            return Kept(alias=True)             # the identity: y is x
+        return Kept(values=_size(in_shape))     # the scaled mask
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
+
     def extra_repr(self):
         return f"p={self.p}"
 
@@ -567,6 +659,12 @@ class _Activation(Module):
         if self._cache is None:
             _no_cache(self)
         return type(self)._bwd(dy, self._cache)
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(output=True)                # the gradient is read off y
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
 
 
 class ReLU(_Activation):
@@ -605,6 +703,12 @@ class Softmax(_Activation):
         self._cache = cache if self.training else None
         return y
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(output=True)
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
+
     def extra_repr(self):
         return f"dim={self.dim}"
 
@@ -630,6 +734,12 @@ class LeakyReLU(Module):
             _no_cache(self)
         return basis.leaky_relu_grad(dy, self._cache)
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(input=True)                 # the slope is read off the sign of x
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
+
     def extra_repr(self):
         return f"slope={self.slope}"
 
@@ -640,6 +750,12 @@ class Identity(Module):
 
     def backward(self, dy):
         return dy
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(alias=True)
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0
 
 
 __all__ = [

@@ -11,7 +11,7 @@ from typing import Tuple, Union
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import basis, init, kernels
+from mlcvlab.nn import basis, init
 from mlcvlab.nn.module import Kept, Module, Sequential, check_input
 from mlcvlab.nn.parameter import Parameter
 
@@ -523,26 +523,8 @@ class _BatchNorm(Module):
         check_input(name, x, ndim=self._ndims, dim={1: self.num_features})
         gamma, beta = self._gamma_beta(x.dtype)
         if not self.training and self.track_running_stats:
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
-            scale = (gamma * inv_std).astype(x.dtype, copy=False)
-            shift = (beta - self.running_mean * scale).astype(x.dtype, copy=False)
-            y = np.empty(x.shape, dtype=np.result_type(x, scale))
-            if kernels.available() and x.flags.c_contiguous and y.dtype == x.dtype:
-                kernel = kernels.get("channel_affine")
-                x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
-                y3 = y.reshape(x3.shape)
-                kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
-                                     kernels.row_parts(x))
-                return y
-            scale, shift = scale.reshape(shape), shift.reshape(shape)
-
-            def affine(p: slice) -> None:               # y[p] = x[p] * scale + shift
-                np.multiply(x[p], scale, out=y[p])
-                y[p] += shift
-
-            kernels.parallel_map(affine, kernels.row_parts(x))
-            return y
+            return basis.batchnorm_eval(x, gamma, beta, self.running_mean, self.running_var,
+                                        self.eps)
         if x.size == 0:         # an empty batch: empty out, statistics untouched (as torch)
             C = self.num_features
             self._cache = basis.BatchNormCache(None, x, np.zeros(C, x.dtype), np.ones(C, x.dtype),
@@ -553,15 +535,23 @@ class _BatchNorm(Module):
         y, cache = basis.batchnorm(x, gamma, beta, self.eps)
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         if self.training and self.track_running_stats:
-            m = x.size // self.num_features
-            self.num_batches_tracked += 1
-            mom = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                   else self.momentum)
-            self.running_mean *= 1 - mom
-            self.running_mean += mom * cache.mean
-            self.running_var *= 1 - mom
-            self.running_var += mom * cache.var * (m / (m - 1))
+            self.update_running(cache.mean, cache.var, x.size // self.num_features)
         return y
+
+    def next_momentum(self) -> float:
+        """The momentum of the next running-statistics update: ``momentum``, or with
+        ``momentum=None`` the cumulative average's 1 / (batches seen + 1)."""
+        if self.momentum is None:
+            return 1.0 / (float(self.num_batches_tracked) + 1.0)
+        return self.momentum
+
+    def update_running(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
+        """Fold one training batch's mean and biased variance (C,), over ``count`` values per
+        feature, into the running statistics (:func:`basis.batchnorm_update_running`)."""
+        momentum = self.next_momentum()
+        self.num_batches_tracked += 1
+        basis.batchnorm_update_running(self.running_mean, self.running_var, mean, var, count,
+                                       momentum)
 
     def backward(self, dy):
         if self._cache is None:

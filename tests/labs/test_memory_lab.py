@@ -5,8 +5,9 @@ import pytest
 from mlcvlab.labs import stats
 from mlcvlab.labs.memory import (UNSTABLE_LOSS_RISE, _stability_text, activation_bytes,
                                  batch_comparisons, cached_bytes, training_memory)
+from mlcvlab.models import NN4, minigooglenet, resnet18, resnet_cifar
 from mlcvlab.nn import (BatchNorm1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d,
-                        ReLU, Sequential)
+                        MSELoss, ReLU, Sequential)
 
 REPORT_KEYS = ["spec_rows", "state_rows", "batch_rows", "runs", "comparisons", "preset",
                "largest_model", "largest_params", "largest_mb", "state_all_match",
@@ -70,8 +71,28 @@ def test_analytic_memory_errors():
         training_memory(model, (2,), 4, "lbfgs")
     with pytest.raises(ValueError, match="batch_size"):
         training_memory(model, (2,), 0)
-    with pytest.raises(ValueError, match="Sequential of plain layers"):
-        activation_bytes(Sequential(Sequential(Linear(2, 2))), (2,), 4)
+
+
+@pytest.mark.parametrize("name,build,shape", [
+    ("nested Sequential", lambda: Sequential(Sequential(Linear(4, 5), ReLU()),
+                                             Sequential(Linear(5, 3))), (4,)),
+    ("NN4 with dropout, image input", lambda: NN4(64, hidden=(16, 12, 8), n_classes=4, rng=0),
+     (1, 8, 8)),
+    ("resnet20 (residual, option A shortcut)", lambda: resnet_cifar(20, rng=0), (3, 16, 16)),
+    ("resnet18 (option B shortcut)", lambda: resnet18(rng=0), (3, 16, 16)),
+    ("minigooglenet (inception concat, dropout)",
+     lambda: minigooglenet(in_channels=1, p_dropout=0.5, rng=0), (1, 28, 28)),
+])
+def test_analytic_memory_of_nested_models_equals_their_caches(name, build, shape):
+    """Containers add their children's declarations over the traced forward: the model equals
+    the bytes in the caches after a training forward, for residual blocks and concats too."""
+    model = build()
+    x = np.random.default_rng(0).standard_normal((3,) + shape).astype(np.float32)
+    y = model.train()(x)
+    loss = MSELoss()
+    loss(y, np.zeros_like(y))
+    measured = cached_bytes(model, loss)        # before the model's own trace clears the caches
+    assert activation_bytes(model, shape, 3) == measured
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,9 @@ class Residual(Module):
     def backward(self, dy):
         return self.body.backward(dy) + self.shortcut.backward(dy)
 
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()           # the sum needs nothing: dy goes to both terms
+
 
 class Concat(Module):
     """Run every branch on the same input and concatenate along channels (axis 1).
@@ -82,6 +85,9 @@ class Concat(Module):
             d = branch.backward(np.ascontiguousarray(part))
             dx = d if dx is None else dx + d
         return dx
+
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()           # the split points only
 
 
 class ZeroPadShortcut(Module):

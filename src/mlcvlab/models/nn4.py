@@ -18,7 +18,7 @@ import numpy as np
 from mlcvlab import backend
 from mlcvlab.nn import basis
 from mlcvlab.nn.losses import BCELoss, CrossEntropyLoss
-from mlcvlab.nn.module import Module, Sequential
+from mlcvlab.nn.module import Kept, Module, Sequential
 from mlcvlab.nn.modules import BatchNorm1d, Dropout, Linear, ReLU, Sigmoid, Softmax
 
 
@@ -69,6 +69,9 @@ class NN4(Module):
         for layer in (self.layer4, self.layer3, self.layer2, self.layer1):
             dy = layer.backward(dy)
         return dy.reshape(self._in_shape)
+
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()           # the input's shape only: its layers keep what they need
 
     def loss_fn(self):
         """The empirical loss NN4 is trained with: BCE (sigmoid head) or cross-entropy (softmax

@@ -333,6 +333,9 @@ class Sequential(Module):
                 return None
         return dy
 
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()            # nothing of its own: its layers keep what they need
+
     def set_input_grad(self, needed: bool = True) -> "Sequential":
         """As :meth:`Module.set_input_grad`; with False, the layers up to and including the
         first one with parameters need no input gradient (nothing before them learns)."""

@@ -190,11 +190,9 @@ class Conv2d(Module):
         fast path cannot do in place (asymmetric, a padding mode) or a dilation with stride 1
         keeps the padded input instead (see ``conv.conv2d``)."""
         from mlcvlab.nn import conv
-        pt, pb, pl, pr = conv.conv_padding("Conv2d", self.padding, self.kernel_size,
-                                           self.dilation, self.stride)
-        fast = (self.dilation == (1, 1) and pt == pb and pl == pr
-                and (self.padding_mode == "zeros" or not any((pt, pb, pl, pr))))
-        if fast or (self.dilation != (1, 1) and self.stride != (1, 1)):
+        pt, pb, pl, pr = pads = conv.conv_padding("Conv2d", self.padding, self.kernel_size,
+                                                  self.dilation, self.stride)
+        if conv.conv2d_path(pads, self.dilation, self.stride, self.padding_mode) != "padded":
             return Kept(input=True)
         c, h, w = in_shape[-3:]
         return Kept(values=c * (h + pt + pb) * (w + pl + pr))
@@ -260,13 +258,6 @@ class _Pool2d(Module):
     def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
         return 0                                # comparisons / additions: not counted
 
-    def _general_path(self, in_shape: Shape, out_shape: Shape) -> bool:
-        """Whether ``conv`` pools on its general path: a dilation, or a window that ceil_mode
-        adds beyond the floor formula."""
-        floor_hw = tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(
-            in_shape[-2:], self.kernel_size, self.stride, self.padding))
-        return getattr(self, "dilation", (1, 1)) != (1, 1) or tuple(out_shape[-2:]) != floor_hw
-
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
                 + "".join(f", {k}={v}" for k, v in self._options().items()))
@@ -292,7 +283,9 @@ class MaxPool2d(_Pool2d):
     def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
         """The position of each window's maximum: the smallest unsigned type that holds
         kh·kw - 1, or int64 plane indices on the general path."""
-        if self._general_path(in_shape, out_shape):
+        from mlcvlab.nn import conv
+        if conv.pool_on_general_path(in_shape[-2:], self.kernel_size, self.stride, self.padding,
+                                     self.dilation, out_shape[-2:]):
             return Kept(index_bytes=8 * _size(out_shape))
         kh, kw = self.kernel_size
         return Kept(index_bytes=_size(out_shape) * np.min_scalar_type(kh * kw - 1).itemsize)
@@ -323,8 +316,10 @@ class AvgPool2d(_Pool2d):
     def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
         """Shapes only; the general path (a ceil_mode window, a divisor override, padding not
         counted) keeps each window's float64 divisor, (Ho, Wo)."""
-        general = (self._general_path(in_shape, out_shape) or self.divisor_override is not None
-                   or (not self.count_include_pad and any(self.padding)))
+        from mlcvlab.nn import conv
+        general = conv.avgpool_on_general_path(in_shape[-2:], self.kernel_size, self.stride,
+                                               self.padding, out_shape[-2:],
+                                               self.count_include_pad, self.divisor_override)
         return Kept(fixed_bytes=8 * _size(out_shape[-2:]) if general else 0)
 
 

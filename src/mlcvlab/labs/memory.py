@@ -123,11 +123,10 @@ def activation_bytes(model, input_shape: Sequence[int], batch_size: int) -> int:
         keeps = declared(module, "kept_for_backward")(x.shape[1:], y.shape[1:])
         if keeps.alias:
             t_out = t_in
-        elif module._modules and id(y) in tensor_of:
+        elif id(y) in tensor_of and any(True for _ in module.children()):
             t_out = tensor_of[id(y)]            # a container passing a child's output on
         else:               # a new array (an eval-mode dropout returns x: its consumers follow)
-            sizes.append(y.size // TRACE_BATCH)
-            t_out = len(sizes) - 1
+            t_out = new_tensor(y)
         tensor_of[id(y)] = t_out
         kept.update(t for t, flag in ((t_in, keeps.input), (t_out, keeps.output)) if flag)
         per_sample += keeps.values

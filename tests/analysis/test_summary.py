@@ -49,13 +49,11 @@ def test_grouped_conv_multiply_adds_count_in_channels_per_group():
     assert grouped[0].weights * 4 == plain[0].weights
 
 
-def test_a_layer_with_parameters_and_no_multiply_add_rule_is_refused():
-    import numpy as np
-    import pytest
-
+def test_a_layer_that_declares_no_multiply_adds_is_refused_before_the_forward():
     from mlcvlab import nn
-    from mlcvlab.analysis import summarize
     from mlcvlab.nn.parameter import Parameter
+
+    calls = []
 
     class Scale(nn.Module):
         def __init__(self):
@@ -63,7 +61,40 @@ def test_a_layer_with_parameters_and_no_multiply_add_rule_is_refused():
             self.gain = Parameter(np.ones(3, dtype=np.float32))
 
         def forward(self, x):
+            calls.append(x.shape)
             return x * self.gain.data
 
-    with pytest.raises(ValueError, match="no multiply-add rule for layer Scale"):
-        summarize(nn.Sequential(nn.Linear(3, 3), Scale()), (3,))
+    class Square(nn.Module):                   # no parameters: still not counted as 0
+        def forward(self, x):
+            calls.append(x.shape)
+            return x * x
+
+    for layer in (Scale(), Square()):
+        name = type(layer).__name__
+        with pytest.raises(NotImplementedError,
+                           match=f"{name} declares no multiply_adds .*'Adding a layer'"):
+            summarize(nn.Sequential(nn.Linear(3, 3), layer), (3,))
+    assert calls == []
+
+
+def test_a_subclass_that_overrides_forward_must_declare_again():
+    from mlcvlab import nn
+
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(NotImplementedError, match="Doubled overrides forward but inherits "
+                                                  "multiply_adds from Linear"):
+        summarize(nn.Sequential(Doubled(3, 3)), (3,))
+
+    class Renamed(nn.Linear):                  # same forward: Linear's facts hold
+        pass
+    assert summarize(nn.Sequential(Renamed(3, 4)), (3,))[0].macs == 12
+
+
+def test_a_batch_norm_without_running_statistics_is_summarized():
+    from mlcvlab import nn
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, track_running_stats=False))
+    rows = summarize(model, (4,))
+    assert [r.out_shape for r in rows] == [(6,), (6,)] and rows[0].macs == 24

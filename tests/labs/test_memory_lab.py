@@ -5,8 +5,9 @@ import pytest
 from mlcvlab.labs import stats
 from mlcvlab.labs.memory import (UNSTABLE_LOSS_RISE, _stability_text, activation_bytes,
                                  batch_comparisons, cached_bytes, training_memory)
+from mlcvlab.models import NN4, minigooglenet, resnet18, resnet_cifar
 from mlcvlab.nn import (BatchNorm1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2d,
-                        ReLU, Sequential)
+                        MSELoss, ReLU, Sequential)
 
 REPORT_KEYS = ["spec_rows", "state_rows", "batch_rows", "runs", "comparisons", "preset",
                "largest_model", "largest_params", "largest_mb", "state_all_match",
@@ -70,8 +71,28 @@ def test_analytic_memory_errors():
         training_memory(model, (2,), 4, "lbfgs")
     with pytest.raises(ValueError, match="batch_size"):
         training_memory(model, (2,), 0)
-    with pytest.raises(ValueError, match="Sequential of plain layers"):
-        activation_bytes(Sequential(Sequential(Linear(2, 2))), (2,), 4)
+
+
+@pytest.mark.parametrize("name,build,shape", [
+    ("nested Sequential", lambda: Sequential(Sequential(Linear(4, 5), ReLU()),
+                                             Sequential(Linear(5, 3))), (4,)),
+    ("NN4 with dropout, image input", lambda: NN4(64, hidden=(16, 12, 8), n_classes=4, rng=0),
+     (1, 8, 8)),
+    ("resnet20 (residual, option A shortcut)", lambda: resnet_cifar(20, rng=0), (3, 16, 16)),
+    ("resnet18 (option B shortcut)", lambda: resnet18(rng=0), (3, 16, 16)),
+    ("minigooglenet (inception concat, dropout)",
+     lambda: minigooglenet(in_channels=1, p_dropout=0.5, rng=0), (1, 28, 28)),
+])
+def test_analytic_memory_of_nested_models_equals_their_caches(name, build, shape):
+    """Containers add their children's declarations over the traced forward: the model equals
+    the bytes in the caches after a training forward, for residual blocks and concats too."""
+    model = build()
+    x = np.random.default_rng(0).standard_normal((3,) + shape).astype(np.float32)
+    y = model.train()(x)
+    loss = MSELoss()
+    loss(y, np.zeros_like(y))
+    measured = cached_bytes(model, loss)        # before the model's own trace clears the caches
+    assert activation_bytes(model, shape, 3) == measured
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +193,23 @@ def test_unknown_layers_are_refused_and_nested_caches_counted():
     from mlcvlab import nn
     from mlcvlab.labs.memory import cached_bytes, training_memory
 
-    class Mystery(nn.ReLU):
+    class Mystery(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    class Swish(nn.ReLU):                       # keeps other arrays than ReLU does
+        def forward(self, x):
+            return x / (1 + np.exp(-x))
+
+    class Renamed(nn.ReLU):                     # ReLU's forward: ReLU's facts hold
         pass
-    with pytest.raises(ValueError, match="no memory model for layer Mystery"):
+    with pytest.raises(NotImplementedError, match="Mystery declares no kept_for_backward"):
         training_memory(nn.Sequential(nn.Linear(4, 4), Mystery()), (4,), 8)
+    with pytest.raises(NotImplementedError, match="Swish overrides forward but inherits "
+                                                  "kept_for_backward from _Activation"):
+        training_memory(nn.Sequential(nn.Linear(4, 4), Swish()), (4,), 8)
+    assert (training_memory(nn.Sequential(nn.Linear(4, 4), Renamed()), (4,), 8)
+            == training_memory(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), (4,), 8))
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten())
     loss = nn.CrossEntropyLoss()
     x = np.random.default_rng(0).normal(size=(2, 4, 5, 5)).astype(np.float32)

@@ -79,7 +79,22 @@ def test_image_input_is_flattened_and_eval_forward_matches(rng):
     m.eval()
     p_mod = m(x)
     p_hand, _ = nn4_forward(m, x, train=False)
-    np.testing.assert_allclose(p_mod, p_hand, atol=1e-6)
+    np.testing.assert_array_equal(p_mod, p_hand)        # one eval formula: basis.batchnorm_eval
+
+
+def test_written_out_forward_updates_running_statistics_as_the_module(rng):
+    """nn4_forward and the module forward share BatchNorm1d.update_running: the same running
+    statistics, bit for bit, and the same count of batches."""
+    hand, module = (NN4(6, hidden=(5, 4, 3), n_classes=3, p_input=0.0, p_hidden=0.0, rng=0)
+                    for _ in range(2))
+    module.train()
+    for _ in range(3):
+        x = rng.standard_normal((7, 6)).astype(np.float32)
+        p_hand, _ = nn4_forward(hand, x, train=True)
+        np.testing.assert_array_equal(p_hand, module(x))
+    for name, value in module.state_dict().items():
+        np.testing.assert_array_equal(hand.state_dict()[name], value, err_msg=name)
+    assert int(hand.layer1[3].num_batches_tracked) == 3
 
 
 def test_mlp_builder(rng):

@@ -116,3 +116,30 @@ def test_grad_functions_refuse_a_dy_that_would_broadcast(forward, backward, shap
         backward(np.ones(shape[:-1] + (1,)), cache)
     dx = backward(np.ones(shape), cache)
     assert (dx[0] if isinstance(dx, tuple) else dx).shape == shape     # the right dy still works
+
+
+def test_dropout_mask_is_the_one_dropout_draws():
+    """dropout_mask is the mask dropout applies (the GPU workers draw theirs there too)."""
+    x = np.ones((4, 5), np.float32)
+    y, cache = basis.dropout(x, 0.3, rng=np.random.default_rng(7))
+    mask = basis.dropout_mask(x.shape, 0.3, np.random.default_rng(7), np.float32)
+    np.testing.assert_array_equal(cache.mask, mask)
+    np.testing.assert_array_equal(y, mask)
+    assert set(np.unique(mask)) <= {np.float32(0), np.float32(1 / 0.7)} and mask.dtype == np.float32
+    assert not basis.dropout_mask((3,), 1.0, 0).any()                  # p = 1 drops every unit
+    np.testing.assert_array_equal(basis.dropout_mask((3,), 0.5, keep=np.array([1, 0, 1]),
+                                                     dtype=np.float64), [2.0, 0.0, 2.0])
+
+
+def test_batchnorm_running_update_and_eval_formulas(rng):
+    mean, var = rng.standard_normal(3), rng.random(3) + 0.5
+    running_mean, running_var = np.zeros(3), np.ones(3)
+    basis.batchnorm_update_running(running_mean, running_var, mean, var, 10, 0.1)
+    np.testing.assert_allclose(running_mean, 0.1 * mean, rtol=1e-15)
+    np.testing.assert_allclose(running_var, 0.9 + 0.1 * var * 10 / 9, rtol=1e-15)
+    x, gamma, beta = rng.standard_normal((4, 3, 2, 2)), rng.random(3), rng.standard_normal(3)
+    y = basis.batchnorm_eval(x, gamma, beta, running_mean, running_var, 1e-5)
+    c = (1, 3, 1, 1)
+    expect = ((x - running_mean.reshape(c)) / np.sqrt(running_var.reshape(c) + 1e-5)
+              * gamma.reshape(c) + beta.reshape(c))
+    np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)

@@ -1,11 +1,13 @@
 """``summarize(model, input_shape)``: per-layer arithmetic of an :class:`mlcvlab.nn.Module`.
 
-One forward pass on a zero batch of 1 in eval mode; each leaf module (one
-without children) has its ``forward`` temporarily wrapped to record its
-output shape. Per leaf: output shape (without the batch axis), weights,
-biases, activations (output values per sample) and multiply-adds per sample:
-Linear in·out, Conv2d out_c·H_out·W_out·(in_c/groups)·kh·kw; every other layer
-(pooling, batch norm, activations, dropout, flatten) counts 0.
+One forward pass on a zero batch of 2 in eval mode (2: a batch norm without running
+statistics normalizes with batch statistics even in eval); each leaf module (one
+without children) has its ``forward`` temporarily wrapped to record its input
+and output shapes. Per leaf: output shape (without the batch axis), weights,
+biases, activations (output values per sample) and multiply-adds per sample, which
+each layer declares itself (``Module.multiply_adds``: Linear in·out, Conv2d
+out_c·H_out·W_out·(in_c/groups)·kh·kw; pooling, batch norm, activations, dropout and
+flatten count 0). A leaf that declares nothing is refused, not counted as 0.
 
     >>> from mlcvlab.nn.modules import Linear, ReLU
     >>> from mlcvlab.nn.module import Sequential
@@ -18,23 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from mlcvlab.analysis.layers import LayerStats, totals
-
-
-def _macs(module, out_shape: Tuple[int, ...]) -> int:
-    """Multiply-adds per sample of a leaf module, given its per-sample output shape."""
-    kind = type(module).__name__
-    if kind == "Linear":
-        return int(module.in_features * module.out_features)
-    if kind == "Conv2d":
-        kh, kw = module.kernel_size
-        h_out, w_out = out_shape[-2:]
-        groups = int(getattr(module, "groups", 1))     # each output sees in_c / groups inputs
-        return int(module.out_channels * h_out * w_out * (module.in_channels // groups) * kh * kw)
-    if kind in ("BatchNorm1d", "BatchNorm2d") or not module._parameters:
-        return 0            # element-wise layers: not counted, by the convention above
-    raise ValueError(f"summarize: no multiply-add rule for layer {kind}, which has parameters "
-                     f"({', '.join(module._parameters)}); add one to "
-                     "mlcvlab.analysis.summary._macs instead of counting it as 0")
+from mlcvlab.nn.module import declared
 
 
 def _param_counts(module) -> Tuple[int, int]:
@@ -54,16 +40,18 @@ def summarize(model, input_shape: Sequence[int]) -> List[LayerStats]:
     """Per-leaf-module stats of ``model`` for one sample of ``input_shape`` (no batch axis).
 
     input_shape: e.g. (784,) for an MLP or (1, 28, 28) for a CNN. The model is
-    run once on ``zeros((1, *input_shape))`` of its dtype in eval mode; its
+    run once on ``zeros((2, *input_shape))`` of its dtype in eval mode; its
     training mode is restored afterwards. Leaves the forward pass never
-    reached get out_shape ().
+    reached get out_shape () and 0 multiply-adds. A leaf without ``multiply_adds`` raises
+    NotImplementedError (see ``mlcvlab.nn.module.declared``).
     """
     input_shape = tuple(int(n) for n in input_shape)
     if not input_shape or min(input_shape) < 1:
         raise ValueError(f"summarize: input_shape must be positive sizes without the batch axis, "
                          f"got {input_shape}")
     leaves = [(name, m) for name, m in model.named_modules() if not m._modules]
-    shapes: Dict[int, Tuple[int, ...]] = {}
+    macs = {id(m): declared(m, "multiply_adds") for _, m in leaves}   # refuses undeclared ones
+    shapes: Dict[int, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {}    # (input, output)
     modes = {id(m): m.training for m in model.modules()}
 
     def wrap(module):
@@ -71,7 +59,7 @@ def summarize(model, input_shape: Sequence[int]) -> List[LayerStats]:
 
         def forward(x):
             y = original(x)
-            shapes[id(module)] = tuple(np.shape(y))[1:]
+            shapes[id(module)] = tuple(np.shape(x))[1:], tuple(np.shape(y))[1:]
             return y
         return forward
 
@@ -79,7 +67,7 @@ def summarize(model, input_shape: Sequence[int]) -> List[LayerStats]:
         object.__setattr__(m, "forward", wrap(m))
     try:
         model.eval()
-        model(np.zeros((1,) + input_shape, dtype=model.dtype))
+        model(np.zeros((2,) + input_shape, dtype=model.dtype))
     finally:
         for _, m in leaves:
             m.__dict__.pop("forward", None)
@@ -87,11 +75,11 @@ def summarize(model, input_shape: Sequence[int]) -> List[LayerStats]:
             object.__setattr__(m, "training", modes[id(m)])
     rows = []
     for name, m in leaves:
-        out = shapes.get(id(m), ())
+        inp, out = shapes.get(id(m), ((), ()))
         weights, biases = _param_counts(m)
         acts = int(np.prod(out)) if out else 0
         rows.append(LayerStats(name or type(m).__name__, type(m).__name__, out, weights, biases,
-                               acts, _macs(m, out) if out else 0))
+                               acts, int(macs[id(m)](inp, out)) if out else 0))
     return rows
 
 

@@ -38,6 +38,7 @@ from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import get_model, lenet5, mlp
 from mlcvlab.nn import CrossEntropyLoss
+from mlcvlab.nn.module import declared
 from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}   # state arrays of P values each
@@ -59,86 +60,82 @@ _STANDARD = {**_FULL, "model": "lenet5", "batch_sizes": [8, 32, 128, 512], "epoc
 
 
 # -- the analytic memory model ---------------------------------------------------------------------
-KEEPS_INPUT = ("Linear", "Conv2d", "LeakyReLU")
-KEEPS_OUTPUT = ("ReLU", "Sigmoid", "Tanh", "Softmax")   # BatchNorm keeps x_hat, in _extra_values
-ALIASES = ("Flatten", "Identity")           # output is a view of the input
-# layers whose only memory is covered above or by _extra_values (pools keep nothing else)
-OTHER_KNOWN = ("BatchNorm1d", "BatchNorm2d", "Dropout", "MaxPool2d", "AvgPool2d",
-               "GlobalAvgPool2d", "AdaptiveAvgPool2d")
+# What each module keeps for backward is declared by the module itself (Module.kept_for_backward,
+# next to its forward); this model adds the declarations up over one traced forward.
+TRACE_BATCH = 2      # not 1: a batch norm without running statistics needs two samples
 
 
-def _trace_shapes(model, input_shape: Sequence[int]) -> List[Tuple[Any, tuple, tuple]]:
-    """(layer, input shape, output shape) per sample for each layer of a Sequential chain."""
-    layers = list(model) if hasattr(model, "__iter__") else []
-    if not layers or any(list(m.children()) for m in layers):
-        raise ValueError(f"training_memory: expected a Sequential of plain layers (no nested "
-                         f"blocks), got {type(model).__name__}; the analytic model covers chains "
-                         "such as mlp(...) and lenet5()")
-    was_training = model.training
-    model.eval()
-    x = np.zeros((1, *input_shape), dtype=model.dtype)
-    out = []
+def _trace(model, input_shape: Sequence[int]) -> Tuple[list, Any]:
+    """Every module's forward of one eval forward on zeros((TRACE_BATCH, *input_shape)): a list
+    of (module, x, y) in the order the calls return (children before their container), and the
+    model's output. The arrays are held until the caller is done, so no id is reused."""
+    modules = list(model.modules())
+    for m in modules:           # a module that declares nothing is refused before any forward
+        declared(m, "kept_for_backward")
+    calls: list = []
+    modes = {id(m): m.training for m in modules}
+
+    def wrap(module):
+        original = module.forward
+
+        def forward(x):
+            y = original(x)
+            calls.append((module, x, y))
+            return y
+        return forward
+
+    for m in modules:
+        object.__setattr__(m, "forward", wrap(m))
     try:
-        for layer in layers:
-            y = layer(x)
-            out.append((layer, x.shape[1:], y.shape[1:]))
-            x = y
+        model.eval()
+        y = model(np.zeros((TRACE_BATCH, *input_shape), dtype=model.dtype))
     finally:
-        model.train(was_training)
-    return out
-
-
-def _extra_values(layer, in_shape: tuple, out_shape: tuple) -> Tuple[int, int, int]:
-    """(values per sample, batch-independent values, index bytes per sample) a layer adds.
-
-    BatchNorm: x_hat (per sample) and mean, var, 1/std (3 x features); Dropout: the
-    scaled mask; MaxPool2d: the argmax indices (smallest unsigned int type).
-    Conv2d keeps only its input (by reference; ``mlcvlab.nn.conv`` recomputes its
-    patches in backward), so it adds nothing here.
-    """
-    kind, n_in, n_out = type(layer).__name__, int(np.prod(in_shape)), int(np.prod(out_shape))
-    if kind in ("BatchNorm1d", "BatchNorm2d"):
-        return n_in, 3 * layer.num_features, 0
-    if kind == "Dropout" and layer.p > 0:
-        return n_in, 0, 0
-    if kind == "MaxPool2d":
-        kh, kw = layer.kernel_size
-        return 0, 0, n_out * np.min_scalar_type(kh * kw - 1).itemsize
-    return 0, 0, 0
+        for m in modules:
+            m.__dict__.pop("forward", None)
+            object.__setattr__(m, "training", modes[id(m)])
+    return calls, y
 
 
 def activation_bytes(model, input_shape: Sequence[int], batch_size: int) -> int:
     """Bytes our layers keep for backward after a training forward of ``batch_size`` samples.
 
-    Counts each distinct tensor of the chain (input, layer outputs) once if a layer
-    keeps it (Linear/Conv2d/LeakyReLU keep their input, ReLU/Sigmoid/Tanh/Softmax their
-    output, BatchNorm neither but its x_hat; Flatten/Identity/Dropout(p=0) outputs are the
-    input itself),
-    plus each layer's own buffers (see :func:`_extra_values`), plus the loss's
-    stored gradient (batch x outputs, cross-entropy). float = the model's dtype.
+    Each module declares what it keeps (``Module.kept_for_backward``: Linear/Conv2d/LeakyReLU
+    their input, ReLU/Sigmoid/Tanh/Softmax their output, BatchNorm its x_hat and statistics,
+    Dropout its mask, MaxPool2d its argmax indices; Flatten/Identity/Dropout(p=0) outputs are
+    the input itself; containers nothing of their own). The tensors are followed through one
+    traced forward, so a chain, a residual block and an inception module alike: each distinct
+    tensor kept by some module counts once, plus each module's own arrays, plus the loss's
+    stored gradient (batch x outputs, cross-entropy). float = the model's dtype. A module that
+    declares nothing raises NotImplementedError before anything runs.
     """
+    calls, out = _trace(model, input_shape)
+    tensor_of = {}                              # id(array) -> tensor number
+    sizes: List[int] = []                       # values per sample of each tensor
+
+    def new_tensor(a) -> int:
+        sizes.append(a.size // TRACE_BATCH)
+        tensor_of[id(a)] = len(sizes) - 1
+        return len(sizes) - 1
+
+    kept, per_sample, fixed, index_bytes, fixed_bytes = set(), 0, 0, 0, 0
+    for module, x, y in calls:
+        t_in = tensor_of[id(x)] if id(x) in tensor_of else new_tensor(x)
+        keeps = declared(module, "kept_for_backward")(x.shape[1:], y.shape[1:])
+        if keeps.alias:
+            t_out = t_in
+        elif id(y) in tensor_of and any(True for _ in module.children()):
+            t_out = tensor_of[id(y)]            # a container passing a child's output on
+        else:               # a new array (an eval-mode dropout returns x: its consumers follow)
+            t_out = new_tensor(y)
+        tensor_of[id(y)] = t_out
+        kept.update(t for t, flag in ((t_in, keeps.input), (t_out, keeps.output)) if flag)
+        per_sample += keeps.values
+        fixed += keeps.fixed_values
+        index_bytes += keeps.index_bytes
+        fixed_bytes += keeps.fixed_bytes
+    per_sample += sum(sizes[t] for t in kept) + out.size // TRACE_BATCH   # + the loss gradient
     item = model.dtype.itemsize
-    sizes, kept, tensor = {0: 0}, set(), 0
-    per_sample, fixed, index_bytes = 0, 0, 0
-    for layer, in_shape, out_shape in _trace_shapes(model, input_shape):
-        sizes[tensor] = int(np.prod(in_shape))
-        kind = type(layer).__name__
-        if kind not in KEEPS_INPUT + KEEPS_OUTPUT + ALIASES + OTHER_KNOWN:
-            raise ValueError(f"training_memory: no memory model for layer {kind}: say what it "
-                             "keeps for backward (KEEPS_INPUT, KEEPS_OUTPUT, ALIASES or "
-                             "_extra_values in mlcvlab.labs.memory) instead of counting it as 0")
-        alias = kind in ALIASES or (kind == "Dropout" and layer.p == 0)
-        out_tensor = tensor if alias else tensor + 1
-        sizes[out_tensor] = int(np.prod(out_shape))
-        if kind in KEEPS_INPUT:
-            kept.add(tensor)
-        if kind in KEEPS_OUTPUT:
-            kept.add(out_tensor)
-        a, b, c = _extra_values(layer, in_shape, out_shape)
-        per_sample, fixed, index_bytes = per_sample + a, fixed + b, index_bytes + c
-        tensor = out_tensor
-    per_sample += sum(sizes[t] for t in kept) + sizes[tensor]      # + the loss gradient
-    return batch_size * (per_sample * item + index_bytes) + fixed * item
+    return batch_size * (per_sample * item + index_bytes) + fixed * item + fixed_bytes
 
 
 def training_memory(model, input_shape: Sequence[int], batch_size: int,
@@ -570,8 +567,8 @@ def _validate(config: Dict[str, Any]) -> None:
     if not (math.isfinite(config["momentum"]) and 0 <= config["momentum"] < 1):
         raise ValueError(f"memory lab: momentum must be in [0, 1), got {config['momentum']!r}")
     if config["model"] not in ("mlp", "lenet5"):
-        raise ValueError(f"memory lab: model must be mlp or lenet5 (a chain the analytic model "
-                         f"covers), got {config['model']!r}")
+        raise ValueError(f"memory lab: model must be mlp or lenet5 (the models its batch-size "
+                         f"study trains), got {config['model']!r}")
     if 0 < config["n_train"] < max(bs):
         raise ValueError(f"memory lab: n_train ({config['n_train']}) must be 0 (all) or at "
                          f"least the largest batch size ({max(bs)})")

@@ -38,7 +38,7 @@ from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
 from mlcvlab.labs.report import Report, new_figure
 from mlcvlab.models import mlp
-from mlcvlab.nn import CrossEntropyLoss, Flatten, Linear, Module, ReLU, Sequential, basis
+from mlcvlab.nn import CrossEntropyLoss, Flatten, Kept, Linear, Module, ReLU, Sequential, basis
 from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZERS = ("AdaGrad", "RMSProp", "RMSProp+Nesterov", "AdaDelta", "Adam")
@@ -112,6 +112,14 @@ class NonInvertedDropout(Module):
 
     def backward(self, dy):
         return dy if self._mask is None else dy * self._mask
+
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        if self.p == 0:
+            return Kept(alias=True)             # the identity: y is x
+        return Kept(values=int(np.prod(in_shape)))      # the 0/1 mask
+
+    def multiply_adds(self, in_shape, out_shape) -> int:
+        return 0                                # element-wise: not counted
 
     def extra_repr(self):
         return f"p={self.p}"

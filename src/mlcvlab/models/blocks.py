@@ -13,7 +13,7 @@ import numpy as np
 
 from mlcvlab import backend
 from mlcvlab.nn import BatchNorm2d, Conv2d, Identity, Module, ReLU, Sequential, init
-from mlcvlab.nn.module import check_input
+from mlcvlab.nn.module import Kept, check_input
 
 
 class Residual(Module):
@@ -40,6 +40,9 @@ class Residual(Module):
 
     def backward(self, dy):
         return self.body.backward(dy) + self.shortcut.backward(dy)
+
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()           # the sum needs nothing: dy goes to both terms
 
 
 class Concat(Module):
@@ -83,6 +86,9 @@ class Concat(Module):
             dx = d if dx is None else dx + d
         return dx
 
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()           # the split points only
+
 
 class ZeroPadShortcut(Module):
     """Option A shortcut of He et al. (2016): subsample by ``stride``, zero-pad the channels.
@@ -117,6 +123,12 @@ class ZeroPadShortcut(Module):
         dx = np.zeros(self._x_shape, dtype=dy.dtype)
         dx[:, :, ::s, ::s] = dy[:, lo:lo + self.in_channels]
         return dx
+
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()                           # the input's shape only
+
+    def multiply_adds(self, in_shape, out_shape) -> int:
+        return 0                                # a strided copy: nothing to count
 
     def extra_repr(self):
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"

@@ -18,7 +18,7 @@ import numpy as np
 from mlcvlab import backend
 from mlcvlab.nn import basis
 from mlcvlab.nn.losses import BCELoss, CrossEntropyLoss
-from mlcvlab.nn.module import Module, Sequential
+from mlcvlab.nn.module import Kept, Module, Sequential
 from mlcvlab.nn.modules import BatchNorm1d, Dropout, Linear, ReLU, Sigmoid, Softmax
 
 
@@ -70,6 +70,9 @@ class NN4(Module):
             dy = layer.backward(dy)
         return dy.reshape(self._in_shape)
 
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()           # the input's shape only: its layers keep what they need
+
     def loss_fn(self):
         """The empirical loss NN4 is trained with: BCE (sigmoid head) or cross-entropy (softmax
         head).
@@ -91,8 +94,8 @@ def _layers(model: NN4):
 
 def nn4_forward(model: NN4, X: np.ndarray, train: bool = True) -> Tuple[np.ndarray, NN4Cache]:
     """NN4's forward written out with basis calls. Draws the dropout masks from the
-    model's own Dropout generators and, in training, updates BN running statistics,
-    exactly as the module forward does."""
+    model's own Dropout generators and, in training, updates BN running statistics
+    (``BatchNorm1d.update_running``), exactly as the module forward does."""
     a = model._flat_input(X)
     caches = []
     for i, layer in enumerate(_layers(model)):
@@ -104,23 +107,16 @@ def nn4_forward(model: NN4, X: np.ndarray, train: bool = True) -> Tuple[np.ndarr
             bn = layer[3]
             if train:
                 a, c_bn = basis.batchnorm(a, bn.weight.data, bn.bias.data, bn.eps)
-                m = a.shape[0]
-                bn.running_mean[...] = (1 - bn.momentum) * bn.running_mean + bn.momentum * c_bn.mean
-                bn.running_var[...] = ((1 - bn.momentum) * bn.running_var
-                                       + bn.momentum * c_bn.var * m / (m - 1))
+                bn.update_running(c_bn.mean, c_bn.var, a.shape[0])
             else:
-                a = _bn_eval(bn, a)
+                a = basis.batchnorm_eval(a, bn.weight.data, bn.bias.data, bn.running_mean,
+                                         bn.running_var, bn.eps)
                 c_bn = None
         else:
             a, c_act = basis.sigmoid(a) if model.n_classes == 1 else basis.softmax(a)
             c_bn = None
         caches.append((c_drop, c_lin, c_act, c_bn))
     return a, NN4Cache(caches)
-
-
-def _bn_eval(bn: BatchNorm1d, a: np.ndarray) -> np.ndarray:
-    inv_std = 1.0 / np.sqrt(bn.running_var + bn.eps)
-    return ((a - bn.running_mean) * inv_std * bn.weight.data + bn.bias.data).astype(a.dtype)
 
 
 def nn4_grad(dz4: np.ndarray, cache: NN4Cache) -> List[np.ndarray]:

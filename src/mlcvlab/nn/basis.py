@@ -103,16 +103,31 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
         raise ValueError(f"dropout: p is the drop probability and must be in [0, 1], got {p}")
     if not train or p == 0.0:
         return x, DropoutCache(None)
-    if mask is None:
-        gen = backend.rng(rng)
-        keep = gen.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
-    else:
-        if mask.shape != x.shape:
-            raise ValueError(f"dropout: mask shape {mask.shape} does not match x shape {x.shape}")
-        keep = mask.astype(bool)
-    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)       # p = 1 drops every unit (as torch)
-    scaled = keep.astype(x.dtype) * x.dtype.type(scale)
+    if mask is not None and mask.shape != x.shape:
+        raise ValueError(f"dropout: mask shape {mask.shape} does not match x shape {x.shape}")
+    scaled = dropout_mask(x.shape, p, rng, x.dtype, keep=mask)
     return x * scaled, DropoutCache(scaled)
+
+
+def dropout_mask(shape: Tuple[int, ...], p: float, rng=None, dtype=np.float32,
+                 keep: Optional[np.ndarray] = None) -> np.ndarray:
+    """The scaled keep mask of inverted dropout: 1 / (1 - p) where a unit is kept, 0 where it
+    is dropped (all 0 for p = 1, as torch), of ``dtype``.
+
+    Each unit is kept where a uniform draw from ``rng`` (float64 draws for a float64 mask,
+    float32 otherwise) is >= p; ``keep`` (0/1 or bool, of ``shape``) replaces the draw.
+    The one home of the mask: :func:`dropout` and the GPU workers of ``--dist cuda`` draw it
+    here, so the same generator gives the same mask on both.
+    """
+    dtype = np.dtype(dtype)
+    if keep is None:
+        draw = backend.rng(rng).random(shape, dtype=np.float64 if dtype == np.float64
+                                       else np.float32)
+        keep = draw >= p
+    else:
+        keep = keep.astype(bool)
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+    return keep.astype(dtype) * dtype.type(scale)
 
 
 def dropout_grad(dy: np.ndarray, cache: DropoutCache) -> np.ndarray:
@@ -189,6 +204,53 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
         kernels.split(C, kernels.num_threads()))
     cache = BatchNormCache(x, x_hat.reshape(x.shape), mean, var, inv_std, gamma, eps)
     return y.reshape(x.shape), cache
+
+
+def batchnorm_update_running(running_mean: np.ndarray, running_var: np.ndarray,
+                             mean: np.ndarray, var: np.ndarray, count: int,
+                             momentum: float) -> None:
+    """Fold one batch's statistics into the running ones, in place, as PyTorch:
+    running = (1 - momentum)·running + momentum·batch statistic, the running variance taking the
+    unbiased batch variance var·count / (count - 1).
+
+    mean, var: the batch's mean and biased variance, (C,); count: values per feature in the
+    batch (N, or N·H·W). The one home of this update: the BatchNorm layers, NN4's written-out
+    forward and the GPU workers of ``--dist cuda`` all call it.
+    """
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean
+    running_var *= 1 - momentum
+    running_var += momentum * var * (count / (count - 1))
+
+
+def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                   running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> np.ndarray:
+    """Batch norm in evaluation: y = x·scale + shift per feature, with
+    scale = gamma / sqrt(running_var + eps) and shift = beta - running_mean·scale.
+
+    x: (N, C), (N, C, L) or (N, C, H, W); the other arrays (C,). A contiguous input of the
+    parameters' dtype runs one numba kernel (rows of the batch in parallel); the rest NumPy.
+    """
+    inv_std = 1.0 / np.sqrt(running_var + eps)
+    scale = (gamma * inv_std).astype(x.dtype, copy=False)
+    shift = (beta - running_mean * scale).astype(x.dtype, copy=False)
+    y = np.empty(x.shape, dtype=np.result_type(x, scale))
+    if kernels.available() and x.flags.c_contiguous and y.dtype == x.dtype:
+        kernel = kernels.get("channel_affine")
+        x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
+        y3 = y.reshape(x3.shape)
+        kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
+                             kernels.row_parts(x))
+        return y
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale, shift = scale.reshape(shape), shift.reshape(shape)
+
+    def affine(p: slice) -> None:               # y[p] = x[p] * scale + shift
+        np.multiply(x[p], scale, out=y[p])
+        y[p] += shift
+
+    kernels.parallel_map(affine, kernels.row_parts(x))
+    return y
 
 
 def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
@@ -356,7 +418,8 @@ def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 
 
 __all__ = [
-    "linear", "linear_grad", "dropout", "dropout_grad", "batchnorm", "batchnorm_grad",
-    "batchnorm_grad_fused", "relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "sigmoid",
-    "sigmoid_grad", "tanh", "tanh_grad", "softmax", "softmax_grad",
+    "linear", "linear_grad", "dropout", "dropout_mask", "dropout_grad", "batchnorm",
+    "batchnorm_update_running", "batchnorm_eval", "batchnorm_grad", "batchnorm_grad_fused",
+    "relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "sigmoid", "sigmoid_grad", "tanh",
+    "tanh_grad", "softmax", "softmax_grad",
 ]

@@ -308,6 +308,18 @@ def conv_padding(fn: str, padding, kernel, dilation, stride) -> Tuple[int, int, 
     return (ph, ph, pw, pw)
 
 
+def conv2d_path(pads, dilation, stride, padding_mode: str) -> str:
+    """The implementation :func:`conv2d` runs, which decides what its cache keeps:
+    "fast" (dilation 1, symmetric zero padding: keeps x), "padded" (another padding, or a
+    dilation with stride 1: convolutions of the explicitly padded input, which it keeps
+    instead of x) or "general" (dilated and strided: keeps x).
+    pads: (top, bottom, left, right); dilation, stride: pairs."""
+    if (tuple(dilation) == (1, 1) and pads[0] == pads[1] and pads[2] == pads[3]
+            and (padding_mode == "zeros" or not any(pads))):
+        return "fast"
+    return "padded" if tuple(dilation) == (1, 1) or tuple(stride) == (1, 1) else "general"
+
+
 def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
            stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1,
            groups: int = 1, padding_mode: str = "zeros"):
@@ -359,11 +371,10 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
         if limit and (max(pads[:2]) > limit[0] or max(pads[2:]) > limit[1]):
             raise ValueError(f"conv2d: padding {pads[::2]} is too large for padding_mode="
                              f"{padding_mode!r} on an input of {H}x{Wd} (at most {limit})")
-    fast = (dilation == (1, 1) and pads[0] == pads[1] and pads[2] == pads[3]
-            and (padding_mode == "zeros" or not any(pads)))
-    if not fast:
-        if dilation == (1, 1) or stride == (1, 1):
-            return _conv2d_dilated(x, W, b, stride, pads, dilation, groups, padding_mode)
+    path = conv2d_path(pads, dilation, stride, padding_mode)
+    if path == "padded":
+        return _conv2d_dilated(x, W, b, stride, pads, dilation, groups, padding_mode)
+    if path == "general":
         return _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode)
     if groups > 1:
         _out_size("conv2d", H, kh, stride[0], pads[0])
@@ -744,6 +755,24 @@ def _is_2x2(kernel, stride, padding) -> bool:
     return kernel == (2, 2) and stride == (2, 2) and padding == (0, 0)
 
 
+def pool_on_general_path(in_hw, kernel, stride, padding, dilation, out_hw) -> bool:
+    """Whether a pooling of this geometry runs the general path (:func:`maxpool2d_general`,
+    which keeps int64 plane indices): a dilation, or a last window that ceil_mode adds beyond
+    the floor formula's output size. All arguments are pairs (rows, columns)."""
+    floor_hw = tuple((n + 2 * p - k) // s + 1
+                     for n, k, s, p in zip(in_hw, kernel, stride, padding))
+    return tuple(dilation) != (1, 1) or tuple(out_hw) != floor_hw
+
+
+def avgpool_on_general_path(in_hw, kernel, stride, padding, out_hw, count_include_pad=True,
+                            divisor_override=None) -> bool:
+    """Whether an average pooling runs the general path (:func:`avgpool2d_general`, which keeps
+    the (Ho, Wo) float64 divisors): a ceil_mode window, a divisor override, or padding that
+    does not count."""
+    return (pool_on_general_path(in_hw, kernel, stride, padding, (1, 1), out_hw)
+            or divisor_override is not None or (not count_include_pad and any(padding)))
+
+
 def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None,
               padding: IntPair = 0, dilation: IntPair = 1, ceil_mode: bool = False):
     """Max pooling over (kh, kw) windows, as ``torch.nn.functional.max_pool2d``.
@@ -758,8 +787,7 @@ def maxpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = N
     """
     (kh, kw), (sh, sw), (ph, pw), dilation, (Ho, Wo) = pool_setup(
         "maxpool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
-    if dilation != (1, 1) or ceil_mode and (Ho, Wo) != (
-            (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1):
+    if pool_on_general_path(x.shape[2:], (kh, kw), (sh, sw), (ph, pw), dilation, (Ho, Wo)):
         y, index = maxpool2d_general(x, (kh, kw), (sh, sw), (ph, pw), dilation, (Ho, Wo))
         return y, GeneralPoolCache(x.shape, (kh, kw), (sh, sw), (ph, pw), dilation, (Ho, Wo),
                                    index, None)
@@ -867,9 +895,8 @@ def avgpool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = N
             or isinstance(divisor_override, bool) or divisor_override == 0):
         raise ValueError(f"avgpool2d: divisor_override must be a non-zero int or None, "
                          f"got {divisor_override!r}")
-    floor_out = ((x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1)
-    if ((Ho, Wo) != floor_out or divisor_override is not None
-            or (not count_include_pad and (ph or pw))):
+    if avgpool_on_general_path(x.shape[2:], (kh, kw), (sh, sw), (ph, pw), (Ho, Wo),
+                               count_include_pad, divisor_override):
         y, divisor = avgpool2d_general(x, (kh, kw), (sh, sw), (ph, pw), (Ho, Wo),
                                        bool(count_include_pad), divisor_override)
         return y, GeneralPoolCache(x.shape, (kh, kw), (sh, sw), (ph, pw), (1, 1), (Ho, Wo),
@@ -1107,7 +1134,8 @@ def adaptive_maxpool2d_grad(dy: np.ndarray, cache: AdaptivePoolCache) -> np.ndar
 
 __all__ = [
     "im2col_numpy", "col2im_numpy", "maxpool2d_numpy", "maxpool2d_grad_numpy",
-    "conv_output_size", "conv2d", "conv2d_grad", "maxpool2d", "maxpool2d_grad",
+    "conv_output_size", "conv2d", "conv2d_path", "conv2d_grad", "maxpool2d", "maxpool2d_grad",
+    "pool_on_general_path", "avgpool_on_general_path",
     "avgpool2d", "avgpool2d_grad", "Conv2dCache", "PoolCache",
     "RowPadded", "row_padded_geometry", "pad_rows", "im2col_rows", "col2im_rows",
     "GeneralConv2dCache", "GroupedConv2dCache", "DilatedConv2dCache", "GeneralPoolCache",

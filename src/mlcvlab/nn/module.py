@@ -16,15 +16,39 @@ Contract for every layer:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from mlcvlab.nn.parameter import FlatParameters, Parameter, flatten
 
 
+class Kept(NamedTuple):
+    """What a layer's training forward keeps until its backward, per sample unless said so:
+    the memory lab's analytic model adds these up (and checks them against the real caches).
+
+    Arrays are counted in the model's dtype, except the ``*_bytes`` fields (integer indices,
+    float64 divisors). A tensor kept by two layers (ReLU's output is the next Linear's input)
+    is counted once.
+    """
+
+    input: bool = False         # its input array, by reference
+    output: bool = False        # its output array, by reference
+    alias: bool = False         # its output is a view of its input: no new tensor
+    values: int = 0             # values of arrays of its own (BN's x_hat, a dropout mask)
+    fixed_values: int = 0       # values that do not grow with the batch (BN's mean, var, 1/std)
+    index_bytes: int = 0        # bytes of other arrays (max pooling's argmax indices)
+    fixed_bytes: int = 0        # bytes of other arrays that do not grow with the batch
+
+
 class Module:
-    """Base class of all layers and models."""
+    """Base class of all layers and models.
+
+    Besides ``forward``/``backward``, a layer declares its facts next to them:
+    :meth:`kept_for_backward` (what it caches) and :meth:`multiply_adds` (what its forward
+    costs). Only ``mlcvlab.analysis`` and the memory lab call these, through :func:`declared`,
+    which refuses a layer that declares nothing.
+    """
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -223,6 +247,17 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    # -- facts (read by mlcvlab.analysis and the memory lab, never by forward/backward) ------
+    def kept_for_backward(self, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]) -> Kept:
+        """What a training forward on one sample of ``in_shape`` (no batch axis) keeps for the
+        backward, given the output shape it gave."""
+        raise NotImplementedError(_undeclared(type(self), "kept_for_backward"))
+
+    def multiply_adds(self, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]) -> int:
+        """Multiply-adds of the forward on one sample of ``in_shape`` (no batch axis), given the
+        output shape it gave. Element-wise layers count 0 (see mlcvlab.analysis.layers)."""
+        raise NotImplementedError(_undeclared(type(self), "multiply_adds"))
+
     def extra_repr(self) -> str:
         return ""
 
@@ -234,6 +269,33 @@ class Module:
         if len(lines) == 1:
             return lines[0] + ")"
         return "\n".join(lines) + "\n)"
+
+
+_FACTS = {"kept_for_backward": "what its forward keeps for backward",
+          "multiply_adds": "the multiply-adds of its forward"}
+
+
+def _undeclared(cls: type, fact: str) -> str:
+    return (f"{cls.__name__} declares no {fact} ({_FACTS[fact]}); add the method next to its "
+            f"forward (see CONTRIBUTING 'Adding a layer') instead of letting it count as 0")
+
+
+def declared(module: Module, fact: str) -> Callable:
+    """``module.<fact>``, for a fact the layer really declares: a NotImplementedError naming the
+    layer when no class from Module down to the one that defines its ``forward`` declares it
+    (a subclass that overrides ``forward`` must declare its facts again: it may keep or cost
+    something else). fact: "kept_for_backward" or "multiply_adds"."""
+    mro = type(module).__mro__
+    owner = next(c for c in mro if fact in c.__dict__)
+    forward = next(c for c in mro if "forward" in c.__dict__)
+    if owner is Module:
+        raise NotImplementedError(_undeclared(type(module), fact))
+    if not issubclass(owner, forward):
+        raise NotImplementedError(
+            f"{type(module).__name__} overrides forward but inherits {fact} from "
+            f"{owner.__name__}; declare it in {type(module).__name__} next to its forward "
+            "(see CONTRIBUTING 'Adding a layer')")
+    return getattr(module, fact)
 
 
 class Sequential(Module):
@@ -270,6 +332,9 @@ class Sequential(Module):
             if dy is None:       # set_input_grad(False): no layer before this one has parameters
                 return None
         return dy
+
+    def kept_for_backward(self, in_shape, out_shape) -> Kept:
+        return Kept()            # nothing of its own: its layers keep what they need
 
     def set_input_grad(self, needed: bool = True) -> "Sequential":
         """As :meth:`Module.set_input_grad`; with False, the layers up to and including the

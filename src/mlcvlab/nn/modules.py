@@ -11,11 +11,16 @@ from typing import Tuple, Union
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import basis, init, kernels
-from mlcvlab.nn.module import Module, Sequential, check_input
+from mlcvlab.nn import basis, init
+from mlcvlab.nn.module import Kept, Module, Sequential, check_input
 from mlcvlab.nn.parameter import Parameter
 
 IntPair = Union[int, Tuple[int, int]]
+Shape = Tuple[int, ...]
+
+
+def _size(shape: Shape) -> int:
+    return int(math.prod(shape))
 
 
 def _pair(name: str, arg: str, v: IntPair, minimum: int) -> Tuple[int, int]:
@@ -99,6 +104,12 @@ class Linear(Module):
             self.bias.grad += db
         return dx if dx is None or len(lead) == 1 else dx.reshape(lead + (self.in_features,))
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(input=True)                 # x, for dW = dy^T x
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return _size(out_shape) * self.in_features
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
@@ -174,6 +185,22 @@ class Conv2d(Module):
             self.bias.grad += db
         return dx[0] if self._unbatched and dx is not None else dx
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """Its input, by reference (the backward rebuilds the im2col patches); a padding the
+        fast path cannot do in place (asymmetric, a padding mode) or a dilation with stride 1
+        keeps the padded input instead (see ``conv.conv2d``)."""
+        from mlcvlab.nn import conv
+        pt, pb, pl, pr = pads = conv.conv_padding("Conv2d", self.padding, self.kernel_size,
+                                                  self.dilation, self.stride)
+        if conv.conv2d_path(pads, self.dilation, self.stride, self.padding_mode) != "padded":
+            return Kept(input=True)
+        c, h, w = in_shape[-3:]
+        return Kept(values=c * (h + pt + pb) * (w + pl + pr))
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        kh, kw = self.kernel_size              # each output sees in_channels / groups inputs
+        return _size(out_shape) * (self.in_channels // self.groups) * kh * kw
+
     def extra_repr(self):
         extra = "".join(f", {k}={getattr(self, k)}" for k, default in (
             ("dilation", (1, 1)), ("groups", 1), ("padding_mode", "zeros"))
@@ -228,6 +255,9 @@ class _Pool2d(Module):
     def backward(self, dy):
         return _pool_backward(self, dy)
 
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # comparisons / additions: not counted
+
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
                 + "".join(f", {k}={v}" for k, v in self._options().items()))
@@ -249,6 +279,16 @@ class MaxPool2d(_Pool2d):
 
     def _options(self):
         return {"dilation": self.dilation, "ceil_mode": self.ceil_mode}
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """The position of each window's maximum: the smallest unsigned type that holds
+        kh·kw - 1, or int64 plane indices on the general path."""
+        from mlcvlab.nn import conv
+        if conv.pool_on_general_path(in_shape[-2:], self.kernel_size, self.stride, self.padding,
+                                     self.dilation, out_shape[-2:]):
+            return Kept(index_bytes=8 * _size(out_shape))
+        kh, kw = self.kernel_size
+        return Kept(index_bytes=_size(out_shape) * np.min_scalar_type(kh * kw - 1).itemsize)
 
 
 class AvgPool2d(_Pool2d):
@@ -272,6 +312,15 @@ class AvgPool2d(_Pool2d):
     def _options(self):
         return {"ceil_mode": self.ceil_mode, "count_include_pad": self.count_include_pad,
                 "divisor_override": self.divisor_override}
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """Shapes only; the general path (a ceil_mode window, a divisor override, padding not
+        counted) keeps each window's float64 divisor, (Ho, Wo)."""
+        from mlcvlab.nn import conv
+        general = conv.avgpool_on_general_path(in_shape[-2:], self.kernel_size, self.stride,
+                                               self.padding, out_shape[-2:],
+                                               self.count_include_pad, self.divisor_override)
+        return Kept(fixed_bytes=8 * _size(out_shape[-2:]) if general else 0)
 
 
 class _AdaptivePool2d(Module):
@@ -304,6 +353,9 @@ class _AdaptivePool2d(Module):
     def backward(self, dy):
         return _pool_backward(self, dy)
 
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # comparisons / additions: not counted
+
     def extra_repr(self):
         return f"output_size={self.output_size}"
 
@@ -313,6 +365,9 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
     columns): x (N, C, H, W) or (C, H, W) -> (..., *output_size); None keeps that axis."""
     _fn = "adaptive_avgpool2d"
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept()                           # shapes only
+
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
     """Max over torch's adaptive windows; ``return_indices`` as MaxPool2d."""
@@ -321,6 +376,9 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
     def __init__(self, output_size, return_indices: bool = False):
         super().__init__(output_size)
         self.return_indices = bool(return_indices)
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(index_bytes=8 * _size(out_shape))     # int64 plane index of each maximum
 
 
 class GlobalAvgPool2d(Module):
@@ -343,6 +401,12 @@ class GlobalAvgPool2d(Module):
         dx = np.empty(self._shape, dtype=dy.dtype)
         dx[...] = (dy / (h * w))[:, :, None, None]
         return dx
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept()                           # the input's shape only
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # additions: not counted
 
 
 class Flatten(Module):
@@ -386,6 +450,12 @@ class Flatten(Module):
             _no_cache(self)
         basis.check_dy("Flatten.backward", dy, self._out)
         return dy.reshape(self._shape)
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(alias=True)                 # a view of a contiguous input
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -448,26 +518,8 @@ class _BatchNorm(Module):
         check_input(name, x, ndim=self._ndims, dim={1: self.num_features})
         gamma, beta = self._gamma_beta(x.dtype)
         if not self.training and self.track_running_stats:
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
-            scale = (gamma * inv_std).astype(x.dtype, copy=False)
-            shift = (beta - self.running_mean * scale).astype(x.dtype, copy=False)
-            y = np.empty(x.shape, dtype=np.result_type(x, scale))
-            if kernels.available() and x.flags.c_contiguous and y.dtype == x.dtype:
-                kernel = kernels.get("channel_affine")
-                x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
-                y3 = y.reshape(x3.shape)
-                kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
-                                     kernels.row_parts(x))
-                return y
-            scale, shift = scale.reshape(shape), shift.reshape(shape)
-
-            def affine(p: slice) -> None:               # y[p] = x[p] * scale + shift
-                np.multiply(x[p], scale, out=y[p])
-                y[p] += shift
-
-            kernels.parallel_map(affine, kernels.row_parts(x))
-            return y
+            return basis.batchnorm_eval(x, gamma, beta, self.running_mean, self.running_var,
+                                        self.eps)
         if x.size == 0:         # an empty batch: empty out, statistics untouched (as torch)
             C = self.num_features
             self._cache = basis.BatchNormCache(None, x, np.zeros(C, x.dtype), np.ones(C, x.dtype),
@@ -478,15 +530,23 @@ class _BatchNorm(Module):
         y, cache = basis.batchnorm(x, gamma, beta, self.eps)
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         if self.training and self.track_running_stats:
-            m = x.size // self.num_features
-            self.num_batches_tracked += 1
-            mom = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                   else self.momentum)
-            self.running_mean *= 1 - mom
-            self.running_mean += mom * cache.mean
-            self.running_var *= 1 - mom
-            self.running_var += mom * cache.var * (m / (m - 1))
+            self.update_running(cache.mean, cache.var, x.size // self.num_features)
         return y
+
+    def next_momentum(self) -> float:
+        """The momentum of the next running-statistics update: ``momentum``, or with
+        ``momentum=None`` the cumulative average's 1 / (batches seen + 1)."""
+        if self.momentum is None:
+            return 1.0 / (float(self.num_batches_tracked) + 1.0)
+        return self.momentum
+
+    def update_running(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
+        """Fold one training batch's mean and biased variance (C,), over ``count`` values per
+        feature, into the running statistics (:func:`basis.batchnorm_update_running`)."""
+        momentum = self.next_momentum()
+        self.num_batches_tracked += 1
+        basis.batchnorm_update_running(self.running_mean, self.running_var, mean, var, count,
+                                       momentum)
 
     def backward(self, dy):
         if self._cache is None:
@@ -497,6 +557,15 @@ class _BatchNorm(Module):
         if self.bias is not None:
             self.bias.grad += dbeta
         return dx
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        """x_hat (not x), and mean, var, 1/std per feature; without ``affine`` also the ones
+        that stand for gamma."""
+        fixed = (3 if self.affine else 4) * self.num_features
+        return Kept(values=_size(in_shape), fixed_values=fixed)
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
 
     @property
     def gamma(self) -> np.ndarray:
@@ -545,6 +614,14 @@ class Dropout(Module):
             _no_cache(self)
         return basis.dropout_grad(dy, self._cache)
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        if self.p == 0:
+            return Kept(alias=True)             # the identity: y is x
+        return Kept(values=_size(in_shape))     # the scaled mask
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
+
     def extra_repr(self):
         return f"p={self.p}"
 
@@ -567,6 +644,12 @@ class _Activation(Module):
         if self._cache is None:
             _no_cache(self)
         return type(self)._bwd(dy, self._cache)
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(output=True)                # the gradient is read off y
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
 
 
 class ReLU(_Activation):
@@ -605,6 +688,12 @@ class Softmax(_Activation):
         self._cache = cache if self.training else None
         return y
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(output=True)
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
+
     def extra_repr(self):
         return f"dim={self.dim}"
 
@@ -630,6 +719,12 @@ class LeakyReLU(Module):
             _no_cache(self)
         return basis.leaky_relu_grad(dy, self._cache)
 
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(input=True)                 # the slope is read off the sign of x
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0                                # element-wise: not counted
+
     def extra_repr(self):
         return f"slope={self.slope}"
 
@@ -640,6 +735,12 @@ class Identity(Module):
 
     def backward(self, dy):
         return dy
+
+    def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
+        return Kept(alias=True)
+
+    def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
+        return 0
 
 
 __all__ = [

@@ -151,10 +151,10 @@ class CudaDataParallelStep:
         return w[sl.start:sl.stop].reshape(param.data.shape)
 
     def _mask(self, layer, rank: int, shape) -> np.ndarray:
-        """The scaled keep mask, drawn exactly as mlcvlab.nn.basis.dropout draws it."""
+        """The scaled keep mask, drawn by mlcvlab.nn.basis.dropout_mask (as the CPU layer)."""
+        from mlcvlab.nn.basis import dropout_mask
         gen = self._gens[rank][self._drop_index[id(layer)]]
-        keep = gen.random(shape, dtype=np.float32) >= layer.p
-        return keep.astype(np.float32) * np.float32(1.0 / (1.0 - layer.p))
+        return dropout_mask(shape, layer.p, gen, np.float32)
 
     def _forward(self, w, a, rank: int) -> Tuple[object, list]:
         """Forward of one worker; returns the output and the per-layer caches."""
@@ -269,15 +269,18 @@ class CudaDataParallelStep:
             dy = dx
 
     def _bn_running(self, caches, n: int) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """Running (mean, var) each BN layer would have after this worker's batch."""
+        """Running (mean, var) each BN layer would have after this worker's batch
+        (mlcvlab.nn.basis.batchnorm_update_running on copies; the layer is updated once, with
+        the mean over workers, in _set_running)."""
+        from mlcvlab.nn.basis import batchnorm_update_running
         from mlcvlab.nn.modules import BatchNorm1d
         out = []
         for layer, cache in zip(self.layers, caches):
             if isinstance(layer, BatchNorm1d):
                 mean, var = cache[1].copy_to_host(), cache[2].copy_to_host()
-                mom = layer.momentum
-                out.append(((1 - mom) * layer.running_mean + mom * mean,
-                            (1 - mom) * layer.running_var + mom * var * (n / (n - 1))))
+                running = layer.running_mean.copy(), layer.running_var.copy()
+                batchnorm_update_running(*running, mean, var, n, layer.next_momentum())
+                out.append(running)
         return out
 
     # -------------------------------------------------------------- the step

@@ -43,7 +43,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mlcvlab.nn import kernels
+from mlcvlab.nn import kernels, winograd
 from mlcvlab.nn.basis import check_dy
 
 IntPair = Union[int, Tuple[int, int]]
@@ -277,6 +277,43 @@ def col2im_rows(cols: np.ndarray, n: int, C: int, kernel, g: RowPadded, buf: np.
             target += fields[:, i, j]
 
 
+# --------------------------------------------------------------------------- algorithm choice
+# 3x3 stride-1 convolutions (dilation 1, one group, symmetric zero padding) can also run as
+# Winograd F(2x2, 3x3) (mlcvlab.nn.winograd). "auto" takes it where the measured rule
+# (winograd_pays) says it is faster; "im2col" / "winograd" force either (Winograd only where
+# it applies: any other convolution stays on im2col), for tests and benchmarks.
+ALGORITHMS = ("auto", "im2col", "winograd")
+_algorithm = "auto"
+
+
+def set_algorithm(name: str) -> str:
+    """Choose how 3x3 stride-1 convolutions run: "auto" (default), "im2col" or "winograd".
+
+    Returns the previous choice, so that a caller can restore it. Process-wide.
+    """
+    global _algorithm
+    if name not in ALGORITHMS:
+        raise ValueError(f"set_algorithm: expected one of {ALGORITHMS}, got {name!r}")
+    previous, _algorithm = _algorithm, name
+    return previous
+
+
+def get_algorithm() -> str:
+    """The current choice of :func:`set_algorithm`."""
+    return _algorithm
+
+
+def winograd_pays(x_shape, F: int) -> bool:
+    """The measured rule: whether Winograd beats im2col for this layer (see BENCHMARKS.md)."""
+    return False
+
+
+def _use_winograd(x_shape, F: int, kernel, stride, dilation, groups: int, pads) -> bool:
+    if _algorithm == "im2col" or not winograd.applies(kernel, stride, dilation, groups, pads):
+        return False
+    return _algorithm == "winograd" or winograd_pays(x_shape, F)
+
+
 # --------------------------------------------------------------------------- convolution
 class Conv2dCache(NamedTuple):
     x: np.ndarray            # the input (N, C, H, W), kept by reference (not copied)
@@ -372,6 +409,9 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     padding = (pads[0], pads[2])
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
+    if _use_winograd(x.shape, F, (kh, kw), stride, dilation, groups, pads):
+        return winograd.conv2d_winograd(x, W, b, padding,
+                                        _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo))
 
     K = C * kh * kw
     W_mat = W.reshape(F, K)
@@ -409,6 +449,12 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     row-padded layout: (F, N*Ho*pitch), zero in the dropped columns, so that
     they add nothing to dW or dx).
     """
+    if isinstance(cache, winograd.WinogradCache):
+        (N, C, H, Wd), F = cache.x.shape, cache.W.shape[0]
+        t = winograd.tiles(H, Wd, cache.padding)
+        check_dy("conv2d_grad", dy, (N, F, t.Ho, t.Wo))
+        return winograd.conv2d_winograd_grad(
+            dy, cache, _batch_parts(N, 2.0 * N * F * C * 9 * t.Ho * t.Wo), input_grad)
     if isinstance(cache, DilatedConv2dCache):
         check_dy("conv2d_grad", dy, (cache.x_shape[0], cache.F) + cache.out_hw)
         return _conv2d_dilated_grad(dy, cache, input_grad)

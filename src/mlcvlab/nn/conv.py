@@ -303,9 +303,22 @@ def get_algorithm() -> str:
     return _algorithm
 
 
+# Winograd F(2x2, 3x3) runs (under "auto") when both the input and the output channels are
+# at least this many. Measured layer by layer, forward + backward, float32, batch 128,
+# 1 thread, 7 interleaved rounds (benchmarks/bench_winograd.py; median im2col / Winograd
+# time): ResNet-20's 64x8x8 1.27, 32x16x16 1.19, 16x32x32 1.00 (a tie), the 3-channel stems
+# 0.53-0.66 (Winograd slower); MiniGoogLeNet's 96->32 and 64->48 at 32x32 1.52 and 1.35.
+# With few channels the 16 point GEMMs (K = C) run far below BLAS peak and the transforms,
+# which cost the same per channel as at any width, are not paid back. The rule is per
+# channel count only: split over threads, each thread runs the same shapes on part of the
+# batch (the ratios at 2 threads were not measured: the host's two cores were busy).
+WINOGRAD_MIN_CHANNELS = 32
+
+
 def winograd_pays(x_shape, F: int) -> bool:
-    """The measured rule: whether Winograd beats im2col for this layer (see BENCHMARKS.md)."""
-    return False
+    """The measured rule for "auto": Winograd for a 3x3 stride-1 convolution of x (N, C, H, W)
+    into F channels when min(C, F) >= WINOGRAD_MIN_CHANNELS."""
+    return min(x_shape[1], F) >= WINOGRAD_MIN_CHANNELS
 
 
 def _use_winograd(x_shape, F: int, kernel, stride, dilation, groups: int, pads) -> bool:

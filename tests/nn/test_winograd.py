@@ -179,3 +179,33 @@ def test_winograd_threads_split_the_batch_like_im2col(algorithm):
         two = _run("winograd", x, W, b, 1, dy)
     for name, a, r in zip(("y", "dx", "dW", "db"), two, one):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * np.abs(r).max(), err_msg=name)
+
+
+def test_resnet20_training_steps_follow_im2col(algorithm):
+    """Three SGD steps of ResNet-20 (17 of its 19 convs are 3x3 stride 1) from the same seed:
+    the losses under forced Winograd follow im2col's to float32 rounding, amplified by the
+    updates and batch norm over a batch of 8 (1e-6 after one step, 1e-5 after two). The
+    2-epoch version, with a float-noise yardstick, is benchmarks/winograd_training_check.py."""
+    from mlcvlab.models import resnet_cifar
+    from mlcvlab.nn import CrossEntropyLoss
+    from mlcvlab.optim import SGD
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    losses = {}
+    for alg in ("im2col", "winograd"):
+        algorithm(alg)
+        model = resnet_cifar(20, rng=0)
+        model.flat()
+        opt = SGD(model.parameters(), lr=0.01)
+        loss_fn = CrossEntropyLoss()
+        model.train()
+        losses[alg] = []
+        for _ in range(3):
+            losses[alg].append(loss_fn(model(X), y))
+            opt.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
+    a, b = np.array(losses["im2col"]), np.array(losses["winograd"])
+    assert not np.array_equal(a[1:], np.full(2, a[0])), "the loss must move"
+    np.testing.assert_allclose(b, a, rtol=1e-4)   # measured 1.1e-5 at the third step

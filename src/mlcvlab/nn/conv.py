@@ -34,6 +34,10 @@ stored once per row, so every kernel offset's values are long contiguous runs
 and im2col / col2im copy or add whole runs instead of 8-32-value image rows, at
 the price of ``kw - 1 - pw`` computed-and-dropped output columns per row.
 
+3x3 stride-1 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
+run as Winograd F(2x2, 3x3) instead (:mod:`mlcvlab.nn.winograd`, 2.25x fewer multiplies);
+``set_algorithm("im2col" | "winograd" | "auto")`` forces either, for tests and benchmarks.
+
 No dtype is changed: float32 in, float32 out; float64 in, float64 out.
 """
 from __future__ import annotations
@@ -306,13 +310,14 @@ def get_algorithm() -> str:
 # Winograd F(2x2, 3x3) runs (under "auto") when both the input and the output channels are
 # at least this many. Measured layer by layer, forward + backward, float32, batch 128,
 # 1 thread, 7 interleaved rounds (benchmarks/bench_winograd.py; median im2col / Winograd
-# time): ResNet-20's 64x8x8 1.27, 32x16x16 1.19, 16x32x32 1.00 (a tie), the 3-channel stems
-# 0.53-0.66 (Winograd slower); MiniGoogLeNet's 96->32 and 64->48 at 32x32 1.52 and 1.35.
-# With few channels the 16 point GEMMs (K = C) run far below BLAS peak and the transforms,
-# which cost the same per channel as at any width, are not paid back. The rule is per
-# channel count only: split over threads, each thread runs the same shapes on part of the
-# batch (the ratios at 2 threads were not measured: the host's two cores were busy).
-WINOGRAD_MIN_CHANNELS = 32
+# time, session 7, a host loaded by two other runs): ResNet-20's 64x8x8 1.40, 32x16x16 1.32,
+# 16x32x32 1.13 (forward alone 0.91: a tie), its 3-channel stem 0.60; MiniGoogLeNet's 3x3
+# layers with 32-336 channels 1.35-1.56, its 3-channel stem 0.66. With few channels the 16
+# point GEMMs (K = C) run far below BLAS peak and the transforms are not paid back. On the
+# whole ResNet-20 training step (1 thread, 5 rounds) a threshold of 16 gave 1.12x
+# [1.01, 1.36] over im2col, 32 gave 1.08x [0.96, 1.17]. At 2 threads (each thread the same
+# shapes on half the batch) the layer ratios were alike (1.20, 1.26, 1.38; noisier).
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def winograd_pays(x_shape, F: int) -> bool:

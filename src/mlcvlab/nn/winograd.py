@@ -59,7 +59,7 @@ AT = np.array([[1, 1, 1, 0],
 
 # The transforms and GEMMs run over blocks of the batch whose V and M (16 points x channels x
 # tiles each) fit in about this many bytes, so that the GEMMs read them from cache.
-BLOCK_BYTES = 4 * 2**20
+BLOCK_BYTES = 2**20
 
 _KERNELS = None
 

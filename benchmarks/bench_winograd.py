@@ -6,8 +6,13 @@ forced to "im2col" and to "winograd", interleaved in one process (``bench.time_i
 round-robin samples, a pause before each), and prints per shape the median time of each and
 the median and range of the per-round ratio im2col / Winograd (> 1: Winograd faster).
 
+With ``--resnet-step 16,32`` it instead times a whole ResNet-20 training step (forward,
+backward, SGD; CIFAR-shaped random data) with im2col and with "auto" under each listed
+``conv.WINOGRAD_MIN_CHANNELS``, interleaved, and prints the median and ratio range of each.
+
 Run:  python benchmarks/bench_winograd.py [--threads 1] [--repeats 7] [--batch-size 128]
                                           [--shapes resnet,googlenet] [--dtype float32]
+                                          [--resnet-step 16,32]
 """
 from __future__ import annotations
 
@@ -60,6 +65,42 @@ def measure(name, C, F, H, batch, repeats, dtype, target_seconds):
     return row
 
 
+def resnet_step(thresholds, batch, repeats):
+    """Median ms and im2col / this ratios of a ResNet-20 training step per configuration."""
+    from mlcvlab.models import resnet_cifar
+    from mlcvlab.nn import CrossEntropyLoss
+    from mlcvlab.optim import SGD
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    model = resnet_cifar(20, rng=0)
+    model.flat()
+    model.set_input_grad(False)
+    opt, loss_fn = SGD(model.parameters(), lr=0.01, momentum=0.9), CrossEntropyLoss()
+    default = conv.WINOGRAD_MIN_CHANNELS
+
+    def make(algorithm, threshold):
+        def step():
+            conv.set_algorithm(algorithm)
+            conv.WINOGRAD_MIN_CHANNELS = threshold
+            model.train()
+            loss_fn(model(X), y)
+            opt.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
+        return step
+    fns = {"im2col": make("im2col", default)}
+    fns.update({f"auto, >= {t} channels": make("auto", t) for t in thresholds})
+    try:
+        s = time_interleaved(fns, repeats, 0.5, max_steps=5, settle_seconds=0.1)
+    finally:
+        conv.WINOGRAD_MIN_CHANNELS = default
+    for key, v in s.items():
+        r = [a / b for a, b in zip(s["im2col"], v)]
+        print(f"{key:24s} {statistics.median(v) * 1e3:8.0f} ms  im2col / this "
+              f"{statistics.median(r):.2f} [{min(r):.2f}, {max(r):.2f}]", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -68,8 +109,20 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="resnet,googlenet")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--target-seconds", type=float, default=0.15)
+    ap.add_argument("--resnet-step", default=None, metavar="THRESHOLDS",
+                    help="time the ResNet-20 training step under these channel thresholds")
     args = ap.parse_args(argv)
     previous = conv.get_algorithm()
+    if args.resnet_step:
+        print(f"ResNet-20 training step, threads {args.threads}, batch {args.batch_size}, "
+              f"{args.repeats} interleaved rounds")
+        try:
+            with threadpool_limits(args.threads):
+                resnet_step([int(t) for t in args.resnet_step.split(",")], args.batch_size,
+                            args.repeats)
+        finally:
+            conv.set_algorithm(previous)
+        return 0
     print(f"threads {args.threads}, batch {args.batch_size}, {args.dtype}, {args.repeats} "
           f"interleaved rounds; times in ms (median), ratio = im2col / winograd "
           f"(median [min, max] over rounds)")

@@ -309,10 +309,10 @@ def get_algorithm() -> str:
 
 # Winograd F(2x2, 3x3) runs (under "auto") when both the input and the output channels are
 # at least this many. Measured layer by layer, forward + backward, float32, batch 128,
-# 1 thread, 7 interleaved rounds (benchmarks/bench_winograd.py; median im2col / Winograd
+# 1 thread, interleaved rounds (benchmarks/bench_winograd.py; median im2col / Winograd
 # time, session 7, a host loaded by two other runs): ResNet-20's 64x8x8 1.40, 32x16x16 1.32,
 # 16x32x32 1.13 (forward alone 0.91: a tie), its 3-channel stem 0.60; MiniGoogLeNet's 3x3
-# layers with 32-336 channels 1.35-1.56, its 3-channel stem 0.66. With few channels the 16
+# layers with 32-336 channels 1.18-1.68, its 3-channel stem 0.55. With few channels the 16
 # point GEMMs (K = C) run far below BLAS peak and the transforms are not paid back. On the
 # whole ResNet-20 training step (1 thread, 5 rounds) a threshold of 16 gave 1.12x
 # [1.01, 1.36] over im2col, 32 gave 1.08x [0.96, 1.17]. At 2 threads (each thread the same

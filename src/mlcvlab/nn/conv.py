@@ -381,7 +381,9 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     other paddings (asymmetric "same", the padding modes) pad first and run it on the padded
     input, a stride-1 dilated convolution once per sub-grid of the padded input
     (:func:`_conv2d_dilated`); only a dilated and strided one takes the general path (a
-    dilated im2col per group and block of the batch).
+    dilated im2col per group and block of the batch). A 3x3 stride-1 convolution on the fast
+    path with groups 1 runs as Winograd F(2x2, 3x3) instead where ``set_algorithm`` and the
+    measured rule (``winograd_pays``) say so.
     """
     _check_4d("conv2d", "x", x)
     _check_4d("conv2d", "W", W, "(F, C // groups, kh, kw)")

@@ -276,6 +276,7 @@ class Tiles(NamedTuple):
 
 
 def tiles(H: int, W: int, padding: Tuple[int, int]) -> Tiles:
+    """The 2x2 tiles covering the output of a 3x3 stride-1 conv of an (H, W) image."""
     Ho, Wo = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
     th, tw = (Ho + 1) // 2, (Wo + 1) // 2
     return Tiles(Ho, Wo, th, tw, 2 * th + 2, 2 * tw + 2)

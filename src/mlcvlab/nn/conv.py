@@ -314,9 +314,11 @@ def get_algorithm() -> str:
 # 16x32x32 1.13 (forward alone 0.91: a tie), its 3-channel stem 0.60; MiniGoogLeNet's 3x3
 # layers with 32-336 channels 1.18-1.68, its 3-channel stem 0.55. With few channels the 16
 # point GEMMs (K = C) run far below BLAS peak and the transforms are not paid back. On the
-# whole ResNet-20 training step (1 thread, 5 rounds) a threshold of 16 gave 1.12x
-# [1.01, 1.36] over im2col, 32 gave 1.08x [0.96, 1.17]. At 2 threads (each thread the same
-# shapes on half the batch) the layer ratios were alike (1.20, 1.26, 1.38; noisier).
+# whole ResNet-20 training step (1 thread, 5 rounds, --resnet-step 16,32) thresholds 16 and
+# 32 were not separable: 1.12x [1.01, 1.36] and 1.08x [0.96, 1.17] over im2col in one run,
+# 1.35x [1.04, 7.84] and 1.33x [0.98, 6.32] in another; 16 because the 16-channel layer's
+# forward + backward was >= 1 in both layer runs (1.00, 1.13). At 2 threads (each thread the
+# same shapes on half the batch) the layer ratios were alike (1.20, 1.26, 1.38; noisier).
 WINOGRAD_MIN_CHANNELS = 16
 
 

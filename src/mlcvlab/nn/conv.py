@@ -329,7 +329,10 @@ def winograd_pays(x_shape, F: int) -> bool:
 
 
 def _use_winograd(x_shape, F: int, kernel, stride, dilation, groups: int, pads) -> bool:
-    if _algorithm == "im2col" or not winograd.applies(kernel, stride, dilation, groups, pads):
+    """Whether this convolution runs as Winograd (its transforms need numba: without it,
+    every convolution stays on im2col's NumPy path)."""
+    if (_algorithm == "im2col" or not winograd.applies(kernel, stride, dilation, groups, pads)
+            or not _use_numba()):
         return False
     return _algorithm == "winograd" or winograd_pays(x_shape, F)
 

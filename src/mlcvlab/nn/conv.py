@@ -34,6 +34,10 @@ stored once per row, so every kernel offset's values are long contiguous runs
 and im2col / col2im copy or add whole runs instead of 8-32-value image rows, at
 the price of ``kw - 1 - pw`` computed-and-dropped output columns per row.
 
+3x3 stride-1 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
+run as Winograd F(2x2, 3x3) instead (:mod:`mlcvlab.nn.winograd`, 2.25x fewer multiplies);
+``set_algorithm("im2col" | "winograd" | "auto")`` forces either, for tests and benchmarks.
+
 No dtype is changed: float32 in, float32 out; float64 in, float64 out.
 """
 from __future__ import annotations
@@ -43,7 +47,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mlcvlab.nn import kernels
+from mlcvlab.nn import kernels, winograd
 from mlcvlab.nn.basis import check_dy
 
 IntPair = Union[int, Tuple[int, int]]
@@ -277,6 +281,62 @@ def col2im_rows(cols: np.ndarray, n: int, C: int, kernel, g: RowPadded, buf: np.
             target += fields[:, i, j]
 
 
+# --------------------------------------------------------------------------- algorithm choice
+# 3x3 stride-1 convolutions (dilation 1, one group, symmetric zero padding) can also run as
+# Winograd F(2x2, 3x3) (mlcvlab.nn.winograd). "auto" takes it where the measured rule
+# (winograd_pays) says it is faster; "im2col" / "winograd" force either (Winograd only where
+# it applies: any other convolution stays on im2col), for tests and benchmarks.
+ALGORITHMS = ("auto", "im2col", "winograd")
+_algorithm = "auto"
+
+
+def set_algorithm(name: str) -> str:
+    """Choose how 3x3 stride-1 convolutions run: "auto" (default), "im2col" or "winograd".
+
+    Returns the previous choice, so that a caller can restore it. Process-wide.
+    """
+    global _algorithm
+    if name not in ALGORITHMS:
+        raise ValueError(f"set_algorithm: expected one of {ALGORITHMS}, got {name!r}")
+    previous, _algorithm = _algorithm, name
+    return previous
+
+
+def get_algorithm() -> str:
+    """The current choice of :func:`set_algorithm`."""
+    return _algorithm
+
+
+# Winograd F(2x2, 3x3) runs (under "auto") when both the input and the output channels are
+# at least this many. Measured layer by layer, forward + backward, float32, batch 128,
+# 1 thread, interleaved rounds (benchmarks/bench_winograd.py; median im2col / Winograd
+# time, session 7, a host loaded by two other runs): ResNet-20's 64x8x8 1.40, 32x16x16 1.32,
+# 16x32x32 1.13 (forward alone 0.91: a tie), its 3-channel stem 0.60; MiniGoogLeNet's 3x3
+# layers with 32-336 channels 1.18-1.68, its 3-channel stem 0.55. With few channels the 16
+# point GEMMs (K = C) run far below BLAS peak and the transforms are not paid back. On the
+# whole ResNet-20 training step (1 thread, 5 rounds, --resnet-step 16,32) thresholds 16 and
+# 32 were not separable: 1.12x [1.01, 1.36] and 1.08x [0.96, 1.17] over im2col in one run,
+# 1.35x [1.04, 7.84] and 1.33x [0.98, 6.32] in another; 16 because the 16-channel layer's
+# forward + backward was >= 1 in both layer runs (1.00, 1.13). At 2 threads (each thread the
+# same shapes on half the batch) the layer ratios were alike (1.20, 1.26, 1.38; noisier).
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def winograd_pays(x_shape, F: int) -> bool:
+    """The measured rule for "auto": Winograd for a 3x3 stride-1 convolution of x (N, C, H, W)
+    into F channels when min(C, F) >= WINOGRAD_MIN_CHANNELS."""
+    return min(x_shape[1], F) >= WINOGRAD_MIN_CHANNELS
+
+
+def _use_winograd(x_shape, F: int, kernel, stride, dilation, groups: int, pads) -> bool:
+    """Whether this convolution runs as Winograd (its transforms need numba: without it,
+    every convolution stays on im2col's NumPy path)."""
+    if (_algorithm == "im2col" or not winograd.applies(kernel, stride, dilation, groups, pads)
+            or not _use_numba()):
+        return False
+    return _algorithm == "winograd" or winograd_pays(x_shape, F)
+
+
 # --------------------------------------------------------------------------- convolution
 class Conv2dCache(NamedTuple):
     x: np.ndarray            # the input (N, C, H, W), kept by reference (not copied)
@@ -338,7 +398,9 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     other paddings (asymmetric "same", the padding modes) pad first and run it on the padded
     input, a stride-1 dilated convolution once per sub-grid of the padded input
     (:func:`_conv2d_dilated`); only a dilated and strided one takes the general path (a
-    dilated im2col per group and block of the batch).
+    dilated im2col per group and block of the batch). A 3x3 stride-1 convolution on the fast
+    path with groups 1 runs as Winograd F(2x2, 3x3) instead where ``set_algorithm`` and the
+    measured rule (``winograd_pays``) say so.
     """
     _check_4d("conv2d", "x", x)
     _check_4d("conv2d", "W", W, "(F, C // groups, kh, kw)")
@@ -383,6 +445,9 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     padding = (pads[0], pads[2])
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
+    if _use_winograd(x.shape, F, (kh, kw), stride, dilation, groups, pads):
+        return winograd.conv2d_winograd(x, W, b, padding,
+                                        _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo))
 
     K = C * kh * kw
     W_mat = W.reshape(F, K)
@@ -420,6 +485,12 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     row-padded layout: (F, N*Ho*pitch), zero in the dropped columns, so that
     they add nothing to dW or dx).
     """
+    if isinstance(cache, winograd.WinogradCache):
+        (N, C, H, Wd), F = cache.x.shape, cache.W.shape[0]
+        t = winograd.tiles(H, Wd, cache.padding)
+        check_dy("conv2d_grad", dy, (N, F, t.Ho, t.Wo))
+        return winograd.conv2d_winograd_grad(
+            dy, cache, _batch_parts(N, 2.0 * N * F * C * 9 * t.Ho * t.Wo), input_grad)
     if isinstance(cache, DilatedConv2dCache):
         check_dy("conv2d_grad", dy, (cache.x_shape[0], cache.F) + cache.out_hw)
         return _conv2d_dilated_grad(dy, cache, input_grad)

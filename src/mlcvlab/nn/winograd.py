@@ -1,0 +1,409 @@
+"""Winograd convolution F(2x2, 3x3) for 3x3, stride-1 convolutions (Lavin & Gray 2015).
+
+A 3x3 cross-correlation computes each 2x2 block of outputs ("tile") from a 4x4 block of the
+zero-padded input; neighbouring tiles' input blocks overlap by two rows or columns. In the
+Winograd form (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015,
+Sec. 4) the tile of output channel f is
+
+    Y = A^T [ sum_c (G g_fc G^T) * (B^T d_c B) ] A        (* element-wise, 4x4)
+
+with d_c the 4x4 input block of channel c, g_fc the 3x3 filter and the constant matrices
+B^T (4x4), G (4x3), A^T (2x4) below (all entries 0, +-1 or +-1/2: exact in floating point).
+Collecting the 16 transform points xi = (a, b) of every tile p of the batch,
+
+    U[xi] = (G g G^T)[xi]        (16, F, C)   filter transform
+    V[xi] = (B^T d B)[xi]        (16, C, P)   input transform, P = N * tiles
+    M[xi] = U[xi] @ V[xi]        (16, F, P)   16 GEMMs (one np.matmul over the stack)
+    y     = A^T M A              per tile     output transform
+
+so the GEMMs do 16 * F * C multiply-adds per 2x2 tile where im2col's GEMM does 9 * F * C
+per pixel, 36 per tile: 2.25x fewer. The transforms are numba kernels (``_compile``).
+
+The backward is the exact adjoint of these linear maps (not a separate Winograd convolution
+with the rotated filter, which would need its own dy transform): with dM = A dY A^T per
+tile (the transpose of the output transform),
+
+    dU[xi] = dM[xi] @ V[xi]^T   -> dW = G^T dU G            (weight gradient)
+    dV[xi] = U[xi]^T @ dM[xi]   -> dx = sum over tiles of B dV B^T   (input gradient)
+
+so one transform of dy feeds both gradients, V is rebuilt from x (the cache keeps x, as
+im2col's does), and the overlapping tiles' dx blocks are added into a padded buffer.
+
+Precision: the transforms add and subtract up to 16 inputs before the GEMM, so float32
+results differ from the float64 convolution somewhat more than im2col's do (measured in
+``tests/nn/test_winograd.py`` and the notes); in float64 the result equals the direct
+convolution to ~1e-13.
+
+Odd output sizes: the last row / column of tiles reads zeros past the padded input and its
+outputs past Ho / Wo are dropped (dy is taken as zero there).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from mlcvlab.nn import kernels
+
+# Lavin & Gray (2015), Sec. 4.1, F(2x2, 3x3).
+BT = np.array([[1, 0, -1, 0],
+               [0, 1, 1, 0],
+               [0, -1, 1, 0],
+               [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0],
+              [0.5, 0.5, 0.5],
+              [0.5, -0.5, 0.5],
+              [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 0],
+               [0, 1, -1, -1]], dtype=np.float64)
+
+# The transforms and GEMMs run over blocks of the batch whose V and M (16 points x channels x
+# tiles each) fit in about this many bytes, so that the GEMMs read them from cache.
+BLOCK_BYTES = 2**20
+
+_KERNELS = None
+
+
+def _compile() -> dict:
+    """The four tile transforms as numba kernels, unrolled (no per-tile temporaries)."""
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def input_transform(xp, th, tw, V):  # pragma: no cover (jitted)
+        # xp (n, C, 2*th + 2, 2*tw + 2), zero-padded -> V (16, C, n*th*tw): B^T d B per tile
+        n, C = xp.shape[0], xp.shape[1]
+        for m in range(n):
+            for c in range(C):
+                img = xp[m, c]
+                for ty in range(th):
+                    r = 2 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        s = 2 * tx
+                        p = base + tx
+                        # T = B^T d, row by row (columns s..s+3)
+                        t00 = img[r, s] - img[r + 2, s]
+                        t01 = img[r, s + 1] - img[r + 2, s + 1]
+                        t02 = img[r, s + 2] - img[r + 2, s + 2]
+                        t03 = img[r, s + 3] - img[r + 2, s + 3]
+                        t10 = img[r + 1, s] + img[r + 2, s]
+                        t11 = img[r + 1, s + 1] + img[r + 2, s + 1]
+                        t12 = img[r + 1, s + 2] + img[r + 2, s + 2]
+                        t13 = img[r + 1, s + 3] + img[r + 2, s + 3]
+                        t20 = img[r + 2, s] - img[r + 1, s]
+                        t21 = img[r + 2, s + 1] - img[r + 1, s + 1]
+                        t22 = img[r + 2, s + 2] - img[r + 1, s + 2]
+                        t23 = img[r + 2, s + 3] - img[r + 1, s + 3]
+                        t30 = img[r + 1, s] - img[r + 3, s]
+                        t31 = img[r + 1, s + 1] - img[r + 3, s + 1]
+                        t32 = img[r + 1, s + 2] - img[r + 3, s + 2]
+                        t33 = img[r + 1, s + 3] - img[r + 3, s + 3]
+                        # V = T B, column by column
+                        V[0, c, p] = t00 - t02
+                        V[1, c, p] = t01 + t02
+                        V[2, c, p] = t02 - t01
+                        V[3, c, p] = t01 - t03
+                        V[4, c, p] = t10 - t12
+                        V[5, c, p] = t11 + t12
+                        V[6, c, p] = t12 - t11
+                        V[7, c, p] = t11 - t13
+                        V[8, c, p] = t20 - t22
+                        V[9, c, p] = t21 + t22
+                        V[10, c, p] = t22 - t21
+                        V[11, c, p] = t21 - t23
+                        V[12, c, p] = t30 - t32
+                        V[13, c, p] = t31 + t32
+                        V[14, c, p] = t32 - t31
+                        V[15, c, p] = t31 - t33
+
+    @njit(cache=True, nogil=True)
+    def output_transform(M, th, tw, b, y):  # pragma: no cover (jitted)
+        # M (16, F, n*th*tw) -> y (n, F, Ho, Wo): A^T m A per tile, + b[f] (b zeros for no
+        # bias: adding 0 is exact); drops the outputs
+        # of the last tile row / column that fall past Ho / Wo
+        n, F, Ho, Wo = y.shape
+        for m in range(n):
+            for f in range(F):
+                bias = b[f]
+                out = y[m, f]
+                for ty in range(th):
+                    r = 2 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        p = base + tx
+                        s = 2 * tx
+                        # S = A^T m (2x4)
+                        s00 = M[0, f, p] + M[4, f, p] + M[8, f, p]
+                        s01 = M[1, f, p] + M[5, f, p] + M[9, f, p]
+                        s02 = M[2, f, p] + M[6, f, p] + M[10, f, p]
+                        s03 = M[3, f, p] + M[7, f, p] + M[11, f, p]
+                        s10 = M[4, f, p] - M[8, f, p] - M[12, f, p]
+                        s11 = M[5, f, p] - M[9, f, p] - M[13, f, p]
+                        s12 = M[6, f, p] - M[10, f, p] - M[14, f, p]
+                        s13 = M[7, f, p] - M[11, f, p] - M[15, f, p]
+                        out[r, s] = s00 + s01 + s02 + bias
+                        if s + 1 < Wo:
+                            out[r, s + 1] = s01 - s02 - s03 + bias
+                        if r + 1 < Ho:
+                            out[r + 1, s] = s10 + s11 + s12 + bias
+                            if s + 1 < Wo:
+                                out[r + 1, s + 1] = s11 - s12 - s13 + bias
+
+    @njit(cache=True, nogil=True)
+    def dy_transform(dy, th, tw, zero, dM):  # pragma: no cover (jitted)
+        # dy (n, F, Ho, Wo) -> dM (16, F, n*th*tw): A e A^T per 2x2 tile e (zero past Ho, Wo;
+        # ``zero`` is 0 in dy's dtype, so that float32 stays float32)
+        n, F, Ho, Wo = dy.shape
+        for m in range(n):
+            for f in range(F):
+                g = dy[m, f]
+                for ty in range(th):
+                    r = 2 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        p = base + tx
+                        s = 2 * tx
+                        e00 = g[r, s]
+                        e01 = g[r, s + 1] if s + 1 < Wo else zero
+                        e10 = g[r + 1, s] if r + 1 < Ho else zero
+                        e11 = g[r + 1, s + 1] if (r + 1 < Ho and s + 1 < Wo) else zero
+                        # R = A e (4x2): rows e0, e0 + e1, e0 - e1, -e1
+                        r00, r01 = e00, e01
+                        r10, r11 = e00 + e10, e01 + e11
+                        r20, r21 = e00 - e10, e01 - e11
+                        r30, r31 = -e10, -e11
+                        # dM = R A^T: columns R0, R0 + R1, R0 - R1, -R1
+                        dM[0, f, p] = r00
+                        dM[1, f, p] = r00 + r01
+                        dM[2, f, p] = r00 - r01
+                        dM[3, f, p] = -r01
+                        dM[4, f, p] = r10
+                        dM[5, f, p] = r10 + r11
+                        dM[6, f, p] = r10 - r11
+                        dM[7, f, p] = -r11
+                        dM[8, f, p] = r20
+                        dM[9, f, p] = r20 + r21
+                        dM[10, f, p] = r20 - r21
+                        dM[11, f, p] = -r21
+                        dM[12, f, p] = r30
+                        dM[13, f, p] = r30 + r31
+                        dM[14, f, p] = r30 - r31
+                        dM[15, f, p] = -r31
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _b_col(u0, u1, u2, u3):  # pragma: no cover (jitted)
+        return u0, u1 - u2 + u3, u1 + u2 - u0, -u3
+
+    @njit(cache=True, nogil=True)
+    def input_transform_adjoint(dV, th, tw, dxp):  # pragma: no cover (jitted)
+        # dV (16, C, n*th*tw) -> dxp (n, C, 2*th + 2, 2*tw + 2), zeroed first: adds B v B^T of
+        # every tile onto its (overlapping) 4x4 block. (B u) = (u0, u1 - u2 + u3, u1 + u2 - u0,
+        # -u3) for a column u, the same along rows for B^T.
+        n, C = dxp.shape[0], dxp.shape[1]
+        dxp[...] = 0
+        for m in range(n):
+            for c in range(C):
+                img = dxp[m, c]
+                for ty in range(th):
+                    r = 2 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        p = base + tx
+                        s = 2 * tx
+                        # Z = B v, column by column (v row a = points 4a .. 4a + 3)
+                        z00, z10, z20, z30 = _b_col(dV[0, c, p], dV[4, c, p], dV[8, c, p],
+                                                    dV[12, c, p])
+                        z01, z11, z21, z31 = _b_col(dV[1, c, p], dV[5, c, p], dV[9, c, p],
+                                                    dV[13, c, p])
+                        z02, z12, z22, z32 = _b_col(dV[2, c, p], dV[6, c, p], dV[10, c, p],
+                                                    dV[14, c, p])
+                        z03, z13, z23, z33 = _b_col(dV[3, c, p], dV[7, c, p], dV[11, c, p],
+                                                    dV[15, c, p])
+                        # dd = Z B^T, row by row
+                        img[r, s] += z00
+                        img[r, s + 1] += z01 - z02 + z03
+                        img[r, s + 2] += z01 + z02 - z00
+                        img[r, s + 3] -= z03
+                        img[r + 1, s] += z10
+                        img[r + 1, s + 1] += z11 - z12 + z13
+                        img[r + 1, s + 2] += z11 + z12 - z10
+                        img[r + 1, s + 3] -= z13
+                        img[r + 2, s] += z20
+                        img[r + 2, s + 1] += z21 - z22 + z23
+                        img[r + 2, s + 2] += z21 + z22 - z20
+                        img[r + 2, s + 3] -= z23
+                        img[r + 3, s] += z30
+                        img[r + 3, s + 1] += z31 - z32 + z33
+                        img[r + 3, s + 2] += z31 + z32 - z30
+                        img[r + 3, s + 3] -= z33
+
+    return {"input_transform": input_transform, "output_transform": output_transform,
+            "dy_transform": dy_transform, "input_transform_adjoint": input_transform_adjoint}
+
+
+def _kernel(name: str):
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _compile()
+    return _KERNELS[name]
+
+
+# --------------------------------------------------------------------------- filter transforms
+def filter_transform(W: np.ndarray) -> np.ndarray:
+    """W (F, C, 3, 3) -> U (16, F, C): G g G^T of every filter, point xi = 4a + b first."""
+    Gd = G.astype(W.dtype)
+    U = np.einsum("ai,fcij,bj->abfc", Gd, W, Gd, optimize=True)
+    return np.ascontiguousarray(U.reshape(16, *W.shape[:2]))
+
+
+def filter_transform_adjoint(dU: np.ndarray) -> np.ndarray:
+    """dU (16, F, C) -> dW (F, C, 3, 3): G^T dU G per (f, c), the transpose of
+    :func:`filter_transform`."""
+    Gd = G.astype(dU.dtype)
+    return np.einsum("ai,abfc,bj->fcij", Gd, dU.reshape(4, 4, *dU.shape[1:]), Gd,
+                     optimize=True)
+
+
+# --------------------------------------------------------------------------- geometry
+class Tiles(NamedTuple):
+    """The tiling of a 3x3 stride-1 convolution's output into 2x2 tiles."""
+    Ho: int
+    Wo: int
+    th: int    # tile rows: ceil(Ho / 2)
+    tw: int    # tile columns
+    Hp: int    # rows of the padded input the tiles read: 2*th + 2
+    Wp: int
+
+
+def tiles(H: int, W: int, padding: Tuple[int, int]) -> Tiles:
+    """The 2x2 tiles covering the output of a 3x3 stride-1 conv of an (H, W) image."""
+    Ho, Wo = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
+    th, tw = (Ho + 1) // 2, (Wo + 1) // 2
+    return Tiles(Ho, Wo, th, tw, 2 * th + 2, 2 * tw + 2)
+
+
+def applies(kernel, stride, dilation, groups: int, pads) -> bool:
+    """Whether F(2x2, 3x3) computes this convolution: a 3x3 kernel, stride 1, dilation 1,
+    one group, symmetric zero padding (pads: top, bottom, left, right)."""
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and groups == 1 and pads[0] == pads[1] and pads[2] == pads[3])
+
+
+def _pad(x: np.ndarray, t: Tiles, padding) -> np.ndarray:
+    """x (n, C, H, W) zero-padded to (n, C, Hp, Wp): padding above / left, the rest below /
+    right (Hp = 2*th + 2 >= Ho + 2 = H + 2*ph), in the per-thread scratch."""
+    n, C, H, W = x.shape
+    ph, pw = padding
+    xp = kernels.scratch((n, C, t.Hp, t.Wp), x.dtype, slot="wino_pad")
+    xp.fill(0)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+def _blocks(n: int, channels: int, t: Tiles, itemsize: int):
+    """Slices of [0, n) whose V or M (16 x channels x tiles) fit in BLOCK_BYTES."""
+    per_sample = 16 * channels * t.th * t.tw * itemsize
+    step = max(1, min(n, BLOCK_BYTES // per_sample))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _points(slot: str, channels: int, P: int, dtype) -> np.ndarray:
+    """A (16, channels, P) array in the per-thread scratch whose 16 point planes start 256
+    bytes apart modulo 4 KiB (each plane padded), not at the same offset.
+
+    The transform kernels write (read) the 16 planes of a tile at once; with planes a power
+    of two apart (ResNet's sizes) all 16 streams fall into the same cache sets and evict each
+    other: the input transform of a (128, 16, 32, 32) batch took 62 ms with the planes packed,
+    15 ms padded (the output transform 46 vs 11 ms), on the session-7 host.
+    """
+    dtype = np.dtype(dtype)
+    period, shift = 4096 // dtype.itemsize, 256 // dtype.itemsize
+    plane = channels * P
+    plane += (shift - plane % period) % period
+    buf = kernels.scratch((16 * plane,), dtype, slot=slot)
+    it = dtype.itemsize
+    return np.ndarray((16, channels, P), dtype, buffer=buf,
+                      strides=(plane * it, P * it, it))
+
+
+def _input_V(x_blk: np.ndarray, t: Tiles, padding) -> np.ndarray:
+    """V (16, C, n*th*tw) of a block of the batch, in the per-thread scratch."""
+    n, C = x_blk.shape[:2]
+    V = _points("wino_V", C, n * t.th * t.tw, x_blk.dtype)
+    _kernel("input_transform")(_pad(x_blk, t, padding), t.th, t.tw, V)
+    return V
+
+
+# --------------------------------------------------------------------------- convolution
+class WinogradCache(NamedTuple):
+    x: np.ndarray            # the input (N, C, H, W), kept by reference (not copied)
+    W: np.ndarray            # the weights (F, C, 3, 3), the parameter itself
+    padding: Tuple[int, int]
+    has_bias: bool
+
+
+def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
+                    padding: Tuple[int, int], parts):
+    """y = conv2d(x, W, b, stride 1, padding) by F(2x2, 3x3); x (N, C, H, W), W (F, C, 3, 3).
+
+    The caller (``conv.conv2d``) has checked the arguments; ``parts`` are the batch slices,
+    one per thread (``conv._batch_parts``). Returns y (N, F, Ho, Wo) and the cache.
+    """
+    from mlcvlab.nn.conv import _map_parts
+    N, C, H, Wd = x.shape
+    F = W.shape[0]
+    t = tiles(H, Wd, padding)
+    U = filter_transform(W)
+    y = np.empty((N, F, t.Ho, t.Wo), dtype=x.dtype)
+    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
+
+    def forward_part(part: slice) -> None:
+        x_part, y_part = x[part], y[part]
+        for blk in _blocks(x_part.shape[0], max(C, F), t, x.itemsize):
+            n = blk.stop - blk.start
+            V = _input_V(x_part[blk], t, padding)
+            M = np.matmul(U, V, out=_points("wino_M", F, n * t.th * t.tw, x.dtype))
+            _kernel("output_transform")(M, t.th, t.tw, bias, y_part[blk])
+
+    _map_parts(forward_part, parts)
+    return y, WinogradCache(x, W, tuple(padding), b is not None)
+
+
+def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
+                         input_grad: bool = True):
+    """dy (N, F, Ho, Wo) -> dx (N, C, H, W) or None, dW (F, C, 3, 3), db (F,) or None.
+
+    dM = A dY A^T per tile; dU = dM @ V^T (summed over the batch) gives dW = G^T dU G;
+    dV = U^T @ dM gives dx by the adjoint input transform. The caller checked dy's shape.
+    """
+    from mlcvlab.nn.conv import _map_parts
+    x, W, padding, has_bias = cache
+    N, C, H, Wd = x.shape
+    F = W.shape[0]
+    ph, pw = padding
+    t = tiles(H, Wd, padding)
+    U_T = filter_transform(W).transpose(0, 2, 1)       # (16, C, F)
+    dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
+
+    def backward_part(part: slice):
+        dU = np.zeros((16, F, C), dtype=dy.dtype)
+        x_part, dy_part = x[part], dy[part]
+        for blk in _blocks(x_part.shape[0], max(C, F), t, x.itemsize):
+            n = blk.stop - blk.start
+            P = n * t.th * t.tw
+            dM = _points("wino_M", F, P, dy.dtype)
+            _kernel("dy_transform")(dy_part[blk], t.th, t.tw, dy.dtype.type(0), dM)
+            V = _input_V(x_part[blk], t, padding)
+            dU += np.matmul(dM, V.transpose(0, 2, 1))
+            if dx is None:
+                continue
+            dV = np.matmul(U_T, dM, out=V)                   # reuses V's scratch
+            dxp = kernels.scratch((n, C, t.Hp, t.Wp), dy.dtype, slot="wino_pad")
+            _kernel("input_transform_adjoint")(dV, t.th, t.tw, dxp)
+            dx[part][blk] = dxp[:, :, ph:ph + H, pw:pw + Wd]
+        return dU
+
+    shares = _map_parts(backward_part, parts)
+    dW = filter_transform_adjoint(sum(shares)).astype(W.dtype, copy=False)
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, np.ascontiguousarray(dW), db

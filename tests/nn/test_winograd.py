@@ -1,0 +1,211 @@
+"""Winograd F(2x2, 3x3) convolution (mlcvlab.nn.winograd) against the im2col path, torch and
+float64 finite differences, and the algorithm switch of mlcvlab.nn.conv."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+
+from mlcvlab.nn import Conv2d, conv, winograd
+from mlcvlab.testing import gradcheck_function
+
+# float32 error of the Winograd result against the float64 convolution, relative to the
+# largest value of the float64 result. Measured at ResNet-20 / MiniGoogLeNet layer shapes
+# (batch 8-16, He-scaled weights): at most 5.0e-7 (y), 4.0e-7 (dx), 7.4e-7 (dW); im2col's
+# float32 error at the same shapes: 6.5e-7, 2.4e-7, 4.0e-7. Bound with a 5x margin.
+FLOAT32_REL_BOUND = 4e-6
+
+# (x shape, F, padding): odd N, C, H, W, H != W, C != F, padding 0, 1 and 2
+ODD_CASES = [((3, 5, 7, 9), 4, 0), ((3, 5, 7, 9), 4, 1), ((1, 3, 9, 6), 6, 1),
+             ((2, 2, 4, 5), 3, 2), ((1, 1, 3, 3), 1, 0)]
+
+
+@pytest.fixture
+def algorithm():
+    """Restores the process-wide algorithm choice after the test."""
+    previous = conv.get_algorithm()
+    yield conv.set_algorithm
+    conv.set_algorithm(previous)
+
+
+def _run(alg, x, W, b, padding, dy):
+    previous = conv.set_algorithm(alg)
+    try:
+        y, cache = conv.conv2d(x, W, b, 1, padding)
+        return (y,) + conv.conv2d_grad(dy, cache)
+    finally:
+        conv.set_algorithm(previous)
+
+
+def _case(x_shape, F, padding, dtype=np.float64, seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    N, C, H, Wd = x_shape
+    x = rng.standard_normal(x_shape)
+    W = rng.standard_normal((F, C, 3, 3)) * np.sqrt(2.0 / (9 * C))
+    b = rng.standard_normal(F) if bias else None
+    dy = rng.standard_normal((N, F, H + 2 * padding - 2, Wd + 2 * padding - 2))
+    cast = (lambda a: None if a is None else a.astype(dtype))
+    return cast(x), cast(W), cast(b), cast(dy)
+
+
+# ------------------------------------------------------------------ the transform matrices
+def test_transform_matrices_compute_a_2x2_tile_of_a_3x3_correlation():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+        tile = winograd.AT @ ((winograd.G @ g @ winograd.G.T) * (winograd.BT @ d @ winograd.BT.T)) \
+            @ winograd.AT.T
+        direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)])
+        np.testing.assert_allclose(tile, direct, rtol=0, atol=1e-13)
+
+
+def test_filter_transform_adjoint_is_the_transpose_of_the_filter_transform():
+    rng = np.random.default_rng(1)
+    W, dU = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal((16, 3, 2))
+    lhs = np.sum(winograd.filter_transform(W) * dU)
+    rhs = np.sum(W * winograd.filter_transform_adjoint(dU))
+    assert abs(lhs - rhs) < 1e-12 * max(1.0, abs(lhs))
+
+
+# ------------------------------------------------------------------ float64: exact
+@pytest.mark.parametrize("x_shape, F, padding", ODD_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_float64_winograd_equals_im2col(x_shape, F, padding, bias):
+    x, W, b, dy = _case(x_shape, F, padding, bias=bias)
+    ours = _run("winograd", x, W, b, padding, dy)
+    ref = _run("im2col", x, W, b, padding, dy)
+    for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
+        if r is None:
+            assert a is None, name
+            continue
+        assert a.shape == r.shape and a.dtype == np.float64, name
+        np.testing.assert_allclose(a, r, rtol=0, atol=1e-12 * max(1.0, np.abs(r).max()),
+                                   err_msg=name)
+
+
+def test_winograd_cache_is_used_and_input_grad_false_skips_dx(algorithm):
+    x, W, b, dy = _case((2, 3, 6, 5), 4, 1)
+    algorithm("winograd")
+    y, cache = conv.conv2d(x, W, b, 1, 1)
+    assert isinstance(cache, winograd.WinogradCache) and cache.x is x
+    dx, dW, db = conv.conv2d_grad(dy, cache, input_grad=False)
+    assert dx is None
+    np.testing.assert_allclose(dW, _run("im2col", x, W, b, 1, dy)[2], atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_winograd_gradients_match_finite_differences(algorithm, padding):
+    x, W, b, _ = _case((2, 2, 5, 4), 3, padding, seed=3)
+    algorithm("winograd")
+
+    def forward(x, W, b):
+        y, cache = conv.conv2d(x, W, b, 1, padding)
+        assert isinstance(cache, winograd.WinogradCache)
+        return y, cache
+    forward.__name__ = "conv2d_winograd"
+    gradcheck_function(forward, conv.conv2d_grad, [x, W, b], names=["x", "W", "b"],
+                       max_checks=30)
+
+
+# ------------------------------------------------------------------ float32: measured error
+@pytest.mark.parametrize("C, F, H", [(16, 16, 32), (32, 32, 16), (64, 64, 8), (3, 16, 32)])
+def test_float32_error_against_float64_is_within_the_stated_bound(C, F, H):
+    x, W, b, dy = _case((4, C, H, H), F, 1, seed=C)
+    ref = _run("im2col", x, W, b, 1, dy)
+    ours = _run("winograd", *(a.astype(np.float32) for a in (x, W, b)), 1, dy.astype(np.float32))
+    for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
+        assert a.dtype == np.float32, name
+        rel = np.abs(a - r).max() / np.abs(r).max()
+        assert rel < FLOAT32_REL_BOUND, f"{name}: float32 relative error {rel:.2e}"
+
+
+# ------------------------------------------------------------------ torch parity
+@pytest.mark.parametrize("x_shape, F, padding", ODD_CASES[:3])
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_winograd_matches_torch_conv2d(x_shape, F, padding, dtype, tol):
+    x, W, b, dy = _case(x_shape, F, padding, dtype=dtype, seed=7)
+    y, dx, dW, db = _run("winograd", x, W, b, padding, dy)
+    xt, Wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
+    yt = tF.conv2d(xt, Wt, bt, stride=1, padding=padding)
+    yt.backward(torch.tensor(dy))
+    for name, a, t in (("y", y, yt), ("dx", dx, xt.grad), ("dW", dW, Wt.grad), ("db", db, bt.grad)):
+        t = t.detach().numpy()
+        np.testing.assert_allclose(a, t, rtol=tol, atol=tol * np.abs(t).max(), err_msg=name)
+
+
+# ------------------------------------------------------------------ dispatch
+def test_set_algorithm_rejects_unknown_names_and_returns_the_previous(algorithm):
+    with pytest.raises(ValueError, match="set_algorithm: expected one of"):
+        algorithm("fft")
+    previous = algorithm("im2col")
+    assert algorithm(previous) == "im2col"
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, groups, padding", [
+    (3, 2, 1, 1, 1), (3, 1, 2, 1, 2), (3, 1, 1, 2, 1), (5, 1, 1, 1, 2), ((3, 2), 1, 1, 1, 1)])
+def test_forced_winograd_leaves_other_convolutions_on_im2col(algorithm, kernel, stride,
+                                                             dilation, groups, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 8, 7))
+    kh, kw = (kernel, kernel) if np.isscalar(kernel) else kernel
+    W = rng.standard_normal((4, 4 // groups, kh, kw))
+    algorithm("winograd")
+    y, cache = conv.conv2d(x, W, None, stride, padding, dilation, groups)
+    assert not isinstance(cache, winograd.WinogradCache)
+    ref = tF.conv2d(torch.tensor(x), torch.tensor(W), None, stride, padding, dilation, groups)
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-12)
+
+
+def test_conv2d_layer_trains_the_same_under_both_algorithms(algorithm):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
+    dy = rng.standard_normal((3, 5, 9, 8)).astype(np.float32)
+    grads = {}
+    for alg in ("im2col", "winograd"):
+        algorithm(alg)
+        layer = Conv2d(4, 5, 3, padding=1, rng=1)
+        y = layer(x)
+        dx = layer.backward(dy)
+        grads[alg] = (y, dx, layer.weight.grad.copy(), layer.bias.grad.copy())
+    for name, a, r in zip(("y", "dx", "dW", "db"), grads["winograd"], grads["im2col"]):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * np.abs(r).max(), err_msg=name)
+
+
+def test_winograd_threads_split_the_batch_like_im2col(algorithm):
+    from threadpoolctl import threadpool_limits
+    x, W, b, dy = _case((8, 16, 32, 32), 16, 1, dtype=np.float32)   # above PARALLEL_MIN_FLOPS
+    with threadpool_limits(1):
+        one = _run("winograd", x, W, b, 1, dy)
+    with threadpool_limits(2):
+        two = _run("winograd", x, W, b, 1, dy)
+    for name, a, r in zip(("y", "dx", "dW", "db"), two, one):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * np.abs(r).max(), err_msg=name)
+
+
+def test_resnet20_training_steps_follow_im2col(algorithm):
+    """Three SGD steps of ResNet-20 (17 of its 19 convs are 3x3 stride 1) from the same seed:
+    the losses under forced Winograd follow im2col's to float32 rounding, amplified by the
+    updates and batch norm over a batch of 8 (1e-6 after one step, 1e-5 after two). The
+    2-epoch version, with a float-noise yardstick, is benchmarks/winograd_training_check.py."""
+    from mlcvlab.models import resnet_cifar
+    from mlcvlab.nn import CrossEntropyLoss
+    from mlcvlab.optim import SGD
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    losses = {}
+    for alg in ("im2col", "winograd"):
+        algorithm(alg)
+        model = resnet_cifar(20, rng=0)
+        model.flat()
+        opt = SGD(model.parameters(), lr=0.01)
+        loss_fn = CrossEntropyLoss()
+        model.train()
+        losses[alg] = []
+        for _ in range(3):
+            losses[alg].append(loss_fn(model(X), y))
+            opt.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
+    a, b = np.array(losses["im2col"]), np.array(losses["winograd"])
+    assert not np.array_equal(a[1:], np.full(2, a[0])), "the loss must move"
+    np.testing.assert_allclose(b, a, rtol=1e-4)   # measured 1.1e-5 at the third step

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import kernels
+from mlcvlab.nn import kernels, philox
 
 
 def _check_array(fn: str, name: str, a) -> np.ndarray:
@@ -94,8 +94,11 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
     ``p`` is the probability of *dropping* a unit: units are kept with
     probability 1 - p and scaled by 1 / (1 - p), so evaluation is the identity (p = 1: zeros
     in training, as torch).
-    A fresh Bernoulli mask is drawn from ``rng`` on every call in training;
-    tests may inject ``mask`` (0/1 array of x's shape) instead.
+    A fresh Bernoulli mask is drawn on every call in training: from the counter-based
+    generator when ``rng`` is a :class:`mlcvlab.nn.philox.DropoutKey` (what ``nn.Dropout``
+    and the data-parallel and CUDA steps pass: the same mask on every device), else from
+    the NumPy generator (or seed) ``rng``. Tests may inject ``mask`` (0/1 array of x's
+    shape) instead.
     x: any shape -> y: same shape.
     """
     _check_array("dropout", "x", x)
@@ -103,6 +106,9 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
         raise ValueError(f"dropout: p is the drop probability and must be in [0, 1], got {p}")
     if not train or p == 0.0:
         return x, DropoutCache(None)
+    if mask is None and isinstance(rng, philox.DropoutKey):
+        scaled = philox.dropout_mask(x.shape, p, *rng, dtype=x.dtype)
+        return x * scaled, DropoutCache(scaled)
     if mask is None:
         gen = backend.rng(rng)
         keep = gen.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
@@ -110,8 +116,7 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
         if mask.shape != x.shape:
             raise ValueError(f"dropout: mask shape {mask.shape} does not match x shape {x.shape}")
         keep = mask.astype(bool)
-    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)       # p = 1 drops every unit (as torch)
-    scaled = keep.astype(x.dtype) * x.dtype.type(scale)
+    scaled = keep.astype(x.dtype) * x.dtype.type(philox.mask_scale(p))
     return x * scaled, DropoutCache(scaled)
 
 

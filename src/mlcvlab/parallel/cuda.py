@@ -51,9 +51,11 @@ def load_cuda():
     except Exception:             # noqa: BLE001 - driver errors of any kind mean "no device"
         available = False
     if not available:
-        raise RuntimeError("--dist cuda: no CUDA device found (numba.cuda.is_available() is "
-                           "False). Use --dist local or --dist mpi, or set "
-                           "NUMBA_ENABLE_CUDASIM=1 to run the kernels on the CPU simulator")
+        raise RuntimeError("--dist cuda: no CUDA device found: numba.cuda.is_available() is "
+                           "False. Install an NVIDIA driver and numba-cuda (pip install "
+                           "numba-cuda) on a machine with an NVIDIA GPU, or run without "
+                           "--device cuda (--dist local or --dist mpi); "
+                           "NUMBA_ENABLE_CUDASIM=1 runs the kernels on the CPU simulator")
     from mlcvlab.parallel import cuda_kernels
     return cuda, cuda_kernels
 

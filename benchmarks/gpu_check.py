@@ -308,6 +308,10 @@ def stage_summary(out: Path, dry: bool) -> int:
             lines.append(f"| {title} | {r['item']} | {r['status']} | "
                          f"{r['detail'].replace('|', chr(92) + '|')} |")
     lines += ["", "Stage verdicts: " + ", ".join(f"{s} {v}" for s, v in verdicts.items())]
+    elapsed = out / "elapsed.txt"        # written by gpu_check.sh: the budget is 8 minutes
+    if elapsed.exists():
+        lines += ["", f"Wall time of the stages: {elapsed.read_text().strip()} "
+                      f"(budget on one GPU: 8 minutes)."]
     (out / "gpu_check_summary.md").write_text("\n".join(lines) + "\n")
     (out / "gpu_check_summary.json").write_text(json.dumps(
         {"dry_run": dry, "stages": verdicts, "records": rows}, indent=1))

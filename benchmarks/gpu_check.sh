@@ -92,5 +92,5 @@ fi
 "${CHECK[@]}" speed "${FLAGS[@]}"
 
 elapsed=$(( $(date +%s) - started ))
-echo "gpu_check: ${elapsed}s" > "$OUT/elapsed.txt"
+echo "${elapsed} s" > "$OUT/elapsed.txt"
 "${CHECK[@]}" summary "${FLAGS[@]}"

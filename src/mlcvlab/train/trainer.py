@@ -209,7 +209,7 @@ class Trainer:
             "step_fn": None,
         }
         if self.step_fn is not None and hasattr(self.step_fn, "state_dict"):
-            state["step_fn"] = self.step_fn.state_dict()   # a collective under MPI
+            state["step_fn"] = self.step_fn.state_dict()   # the worker count
         loader = self.train_loader
         if loader is not None and hasattr(loader, "state_dict"):
             state["loader"] = loader.state_dict()

@@ -20,7 +20,7 @@ def dry_run(tmp_path_factory):
     env = dict(os.environ, DRY_RUN="1", OUT=str(out), PYTHON=sys.executable,
                OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh")], capture_output=True,
-                          text=True, timeout=400, env=env, cwd=str(out))
+                          text=True, timeout=600, env=env, cwd=str(out))
     return proc, out
 
 

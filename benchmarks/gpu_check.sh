@@ -28,7 +28,7 @@ if [ "$DRY" = "1" ]; then
 else
     export NUMBA_ENABLE_CUDASIM=0
 fi
-record() { "${CHECK[@]}" record --out "$OUT" "$@"; }
+record() { "${CHECK[@]}" record --out "$OUT" -- "$@"; }
 started=$(date +%s)
 
 # (a) environment

@@ -55,12 +55,27 @@ def assert_close_grad(name: str, analytic: np.ndarray, numeric: np.ndarray, indi
 
 
 def _frozen_generators(module) -> List:
-    gens = []
+    """Every random state of the module's layers with its current value, so that each forward
+    of a check can draw the same masks: NumPy generators (``rng``) and integer buffers
+    (a Dropout's ``mask_step``, the counter its masks are keyed by)."""
+    states = []
     for m in module.modules():
         g = getattr(m, "rng", None)
         if isinstance(g, np.random.Generator):
-            gens.append((g, g.bit_generator.state))
-    return gens
+            states.append((g, g.bit_generator.state))
+        for name in m._buffers:
+            b = getattr(m, name)
+            if isinstance(b, np.ndarray) and np.issubdtype(b.dtype, np.integer):
+                states.append((b, b.copy()))
+    return states
+
+
+def _restore(states: List) -> None:
+    for obj, state in states:
+        if isinstance(obj, np.ndarray):
+            obj[...] = state
+        else:
+            obj.bit_generator.state = state
 
 
 def gradcheck_module(module, x: np.ndarray, seed: int = 0, eps: float = 1e-6, rtol: float = 1e-5,
@@ -78,8 +93,7 @@ def gradcheck_module(module, x: np.ndarray, seed: int = 0, eps: float = 1e-6, rt
     gens = _frozen_generators(module)
 
     def forward():
-        for g, state in gens:
-            g.bit_generator.state = state
+        _restore(gens)
         return module.forward(x)
 
     y = forward()

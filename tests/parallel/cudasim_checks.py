@@ -1,7 +1,9 @@
 """Every CUDA kernel against NumPy, and --dist cuda training steps against the CPU step.
 
 Run by test_cudasim.py as ``NUMBA_ENABLE_CUDASIM=1 python cudasim_checks.py OUT.json``
-(the simulator must be on before numba is imported). Writes {check: error or "ok"}.
+(the simulator must be on before numba is imported; ``NUMBA_ENABLE_CUDASIM=0`` runs the
+same checks on a GPU, as benchmarks/gpu_check.sh does). Writes {check: error or "ok"};
+names after OUT.json run only those checks.
 Shapes are tiny and never multiples of the tile size, so partial tiles are covered.
 """
 import json
@@ -88,6 +90,24 @@ def dropout_mask():
     close(out.copy_to_host().reshape(6, 7), want)
     run1(K.mask_kernel, 42, cuda.to_device(dy.ravel()), cuda.to_device(m.ravel()), out)
     close(out.copy_to_host().reshape(6, 7), basis.dropout_grad(dy, cache))
+
+
+@check
+def philox_mask_kernel():
+    """The device mask equals mlcvlab.nn.philox.dropout_mask (the CPU path) element for
+    element, at sizes that are not multiples of the 4-element block or the thread block,
+    for several p, seeds, streams and steps."""
+    from mlcvlab.nn import philox
+    for size in (1, 2, 3, 35, 4 * K.THREADS + 1, 4 * K.THREADS + 7):
+        for p, seed, stream, step in ((0.5, 7, 0, 0), (0.2, 2**63 + 5, 3, 2**33 + 1),
+                                      (1.0, 1, 1, 1), (0.0, 9, 0, 4)):
+            want = philox.dropout_mask((size,), p, seed, stream, step, np.float32)
+            words = philox.key_words(philox.DropoutKey(seed, stream, step))
+            out = cuda.device_array(size, dtype=F)
+            run1(K.dropout_mask_kernel, (size + 3) // 4, out,
+                 np.uint32(philox.keep_threshold(p)), F(philox.mask_scale(p)), *words)
+            got = out.copy_to_host()
+            assert np.array_equal(got, want), (size, p, seed, stream, step, got, want)
 
 
 @check
@@ -277,11 +297,40 @@ def first_layer_skips_input_gradient():
 @check
 def one_worker_equals_local_step():
     """--dist cuda --workers 1 draws the dropout masks of the data-parallel step with K = 1
-    (generators seeded (seed, 0, layer)), so it equals make_step_fn("local", 1); the
-    plain Trainer step that `--dist local --workers 1` uses draws from the model's own
-    Dropout generators instead, and differs (see the module docstring of
-    mlcvlab.parallel.cuda)."""
+    (the same counter-based keys), so it equals make_step_fn("local", 1) over 3 steps."""
     _train_step_equal(_nn4, steps=3, workers=1)
+
+
+@check
+def three_paths_draw_the_same_masks():
+    """The plain Trainer step (what `mlcvlab train --dist local --workers 1` runs),
+    DataParallelStep with one worker and --dist cuda --workers 1 draw the same dropout
+    masks: equal losses at each of 3 steps of an MLP with dropout (p_input 0.2, p_hidden
+    0.5), equal weights after them, and every Dropout at step 3."""
+    from mlcvlab.models import mlp
+    from mlcvlab.nn import Dropout
+    from mlcvlab.optim import SGD
+    from mlcvlab.parallel import make_step_fn
+    from mlcvlab.train import Trainer
+    from mlcvlab.train.cli import loss_for
+    g = np.random.default_rng(2)
+    X, y = g.normal(size=(13, 10)).astype(F), g.integers(0, 3, 13)
+    curves, states = {}, {}
+    for path in ("trainer", "local", "cuda"):
+        m = mlp([10, 9, 7, 3], p_input=0.2, p_hidden=0.5, rng=4)
+        step_fn = None if path == "trainer" else make_step_fn(path, 1, m)
+        tr = Trainer(m, loss_for(m), SGD(m.parameters(), lr=0.1), step_fn=step_fn)
+        curves[path] = [tr.train_step(X, y)[0] for _ in range(3)]
+        states[path] = m.state_dict()
+        assert all(int(d.mask_step) == 3 for d in m.modules() if isinstance(d, Dropout)), path
+    assert curves["trainer"] == curves["local"], curves
+    close(np.array(curves["cuda"]), np.array(curves["trainer"]))
+    plain = mlp([10, 9, 7, 3], rng=4)           # no dropout: other losses from step 1 on
+    tr = Trainer(plain, loss_for(plain), SGD(plain.parameters(), lr=0.1))
+    assert abs(tr.train_step(X, y)[0] - curves["trainer"][0]) > 1e-3, "dropout had no effect"
+    for name in states["trainer"]:
+        np.testing.assert_array_equal(states["local"][name], states["trainer"][name])
+        close(states["cuda"][name], states["trainer"][name])
 
 
 @check
@@ -298,7 +347,11 @@ def rejects_float64():
 
 if __name__ == "__main__":
     results = {}
-    for name, fn in CHECKS.items():
+    chosen = sys.argv[2:] or list(CHECKS)      # benchmarks/gpu_check.py's dry run picks some
+    unknown = [c for c in chosen if c not in CHECKS]
+    if unknown:
+        sys.exit(f"cudasim_checks.py: unknown checks {unknown}; choose from {list(CHECKS)}")
+    for name, fn in ((c, CHECKS[c]) for c in chosen):
         try:
             fn()
             results[name] = "ok"

@@ -35,9 +35,10 @@ SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
 def signatures():
     """{module: {kernel: [argument types, ...]}}: the types mlcvlab.parallel.cuda launches
     each kernel with (C-contiguous float32 device arrays, np.float32 scalars, bool flags,
-    int64 labels; cudasim_checks.launch_arguments_are_float32 checks the launches)."""
-    from numba import boolean, float32, int64
-    f1, f2, i1 = float32[::1], float32[:, ::1], int64[::1]
+    int64 labels, the uint32/uint64 words of the dropout mask's Philox key;
+    cudasim_checks.launch_arguments_are_float32 checks the launches)."""
+    from numba import boolean, float32, int64, uint32, uint64
+    f1, f2, i1, u = float32[::1], float32[:, ::1], int64[::1], uint64
     return {"mlcvlab.parallel.cuda_kernels": {
         "matmul_kernel": [(f2, f2, f2, boolean, boolean)],
         "add_bias_kernel": [(f2, f1)],
@@ -46,6 +47,8 @@ def signatures():
         "sigmoid_kernel": [(f1, f1)],
         "sigmoid_grad_kernel": [(f1, f1, f1)],
         "mask_kernel": [(f1, f1, f1)],
+        # mask, keep threshold, 1/(1-p), key words (k0, k1, stream, step_lo, step_hi)
+        "dropout_mask_kernel": [(f1, uint32, float32, u, u, u, u, u)],
         "colsum_kernel": [(f2, f1)],
         "bn_forward_kernel": [(f2, f1, f1, float32, f2, f2, f1, f1, f1)],
         "bn_backward_kernel": [(f2, f2, f1, f1, f2, f1, f1)],

@@ -11,11 +11,12 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CHECKS = ["matmul", "add_bias_and_colsum", "activations", "dropout_mask", "batchnorm",
+CHECKS = ["matmul", "add_bias_and_colsum", "activations", "dropout_mask", "philox_mask_kernel",
+          "batchnorm",
           "softmax_and_head_gradients", "reduce_mean", "sgd_update",
           "nn4_train_step_equals_cpu", "mlp_train_step_equals_cpu",
           "launch_arguments_are_float32", "first_layer_skips_input_gradient",
-          "one_worker_equals_local_step", "rejects_float64"]
+          "one_worker_equals_local_step", "three_paths_draw_the_same_masks", "rejects_float64"]
 
 
 @pytest.fixture(scope="module")

@@ -93,14 +93,14 @@ def _layers(model: NN4):
 
 
 def nn4_forward(model: NN4, X: np.ndarray, train: bool = True) -> Tuple[np.ndarray, NN4Cache]:
-    """NN4's forward written out with basis calls. Draws the dropout masks from the
-    model's own Dropout generators and, in training, updates BN running statistics
-    (``BatchNorm1d.update_running``), exactly as the module forward does."""
+    """NN4's forward written out with basis calls. Draws the dropout masks with the
+    model's own Dropout keys (advancing their steps) and, in training, updates BN running
+    statistics (``BatchNorm1d.update_running``), exactly as the module forward does."""
     a = model._flat_input(X)
     caches = []
     for i, layer in enumerate(_layers(model)):
         drop, lin = layer[0], layer[1]
-        a, c_drop = basis.dropout(a, drop.p, train=train, rng=drop.rng)
+        a, c_drop = basis.dropout(a, drop.p, train=train, rng=drop.next_key() if train else None)
         a, c_lin = basis.linear(a, lin.weight.data, lin.bias.data)
         if i < 3:
             a, c_act = basis.relu(a)

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import kernels
+from mlcvlab.nn import kernels, philox
 
 
 def _check_array(fn: str, name: str, a) -> np.ndarray:
@@ -94,8 +94,11 @@ def dropout(x: np.ndarray, p: float, train: bool = True, rng=None,
     ``p`` is the probability of *dropping* a unit: units are kept with
     probability 1 - p and scaled by 1 / (1 - p), so evaluation is the identity (p = 1: zeros
     in training, as torch).
-    A fresh Bernoulli mask is drawn from ``rng`` on every call in training;
-    tests may inject ``mask`` (0/1 array of x's shape) instead.
+    A fresh Bernoulli mask is drawn on every call in training: from the counter-based
+    generator when ``rng`` is a :class:`mlcvlab.nn.philox.DropoutKey` (what ``nn.Dropout``
+    and the data-parallel and CUDA steps pass: the same mask on every device), else from
+    the NumPy generator (or seed) ``rng``. Tests may inject ``mask`` (0/1 array of x's
+    shape) instead.
     x: any shape -> y: same shape.
     """
     _check_array("dropout", "x", x)
@@ -114,20 +117,23 @@ def dropout_mask(shape: Tuple[int, ...], p: float, rng=None, dtype=np.float32,
     """The scaled keep mask of inverted dropout: 1 / (1 - p) where a unit is kept, 0 where it
     is dropped (all 0 for p = 1, as torch), of ``dtype``.
 
-    Each unit is kept where a uniform draw from ``rng`` (float64 draws for a float64 mask,
-    float32 otherwise) is >= p; ``keep`` (0/1 or bool, of ``shape``) replaces the draw.
-    The one home of the mask: :func:`dropout` and the GPU workers of ``--dist cuda`` draw it
-    here, so the same generator gives the same mask on both.
+    ``rng`` a :class:`mlcvlab.nn.philox.DropoutKey` (seed, stream, step): the counter-based
+    Philox mask of :mod:`mlcvlab.nn.philox`, what ``nn.Dropout``, the data-parallel workers
+    and the CUDA kernel draw, so every device and worker count gives the same mask. A
+    ``numpy.random.Generator`` or an int seed: each unit is kept where a uniform draw
+    (float64 draws for a float64 mask, float32 otherwise) is >= p, for functional callers.
+    ``keep`` (0/1 or bool, of ``shape``) replaces the draw. The one home of the mask.
     """
     dtype = np.dtype(dtype)
+    if keep is None and isinstance(rng, philox.DropoutKey):
+        return philox.dropout_mask(shape, p, *rng, dtype=dtype)
     if keep is None:
         draw = backend.rng(rng).random(shape, dtype=np.float64 if dtype == np.float64
                                        else np.float32)
         keep = draw >= p
     else:
         keep = keep.astype(bool)
-    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
-    return keep.astype(dtype) * dtype.type(scale)
+    return keep.astype(dtype) * dtype.type(philox.mask_scale(p))
 
 
 def dropout_grad(dy: np.ndarray, cache: DropoutCache) -> np.ndarray:

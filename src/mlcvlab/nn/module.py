@@ -198,14 +198,19 @@ class Module:
         return state
 
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy values in place (the flat buffer is kept)."""
+        """Copy values in place (the flat buffer is kept). A buffer a module lists in
+        ``_optional_buffers`` may be missing (a state saved before it existed): it keeps
+        its value."""
         own = dict(self.named_parameters())
         buffers = {}
         for mname, m in self.named_modules():
             for bname in m._buffers:
                 buffers[f"{mname}.{bname}" if mname else bname] = (m, bname)
         if strict:
-            missing = [k for k in list(own) + list(buffers) if k not in state]
+            optional = {k for k, (m, b) in buffers.items()
+                        if b in getattr(m, "_optional_buffers", ())}
+            missing = [k for k in list(own) + list(buffers) if k not in state
+                       and k not in optional]
             unexpected = [k for k in state if k not in own and k not in buffers]
             if missing or unexpected:
                 raise ValueError(

@@ -11,7 +11,7 @@ from typing import Tuple, Union
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import basis, init
+from mlcvlab.nn import basis, init, kernels, philox
 from mlcvlab.nn.module import Kept, Module, Sequential, check_input
 from mlcvlab.nn.parameter import Parameter
 
@@ -593,20 +593,39 @@ class BatchNorm2d(_BatchNorm):
 class Dropout(Module):
     """Inverted dropout (Srivastava et al. 2014): p is the probability of dropping a unit.
 
-    A fresh mask on every training forward; identity in evaluation.
+    A fresh mask on every training forward; identity in evaluation. The masks come from
+    the counter-based generator of :mod:`mlcvlab.nn.philox`, keyed by the layer's 64-bit
+    seed (buffer ``mask_seed``, drawn from ``rng`` when the layer is built, without
+    advancing rng's own stream), its forward count (buffer ``mask_step``, +1 per training
+    forward) and ``stream`` (the data-parallel worker, set by the data-parallel steps;
+    0 otherwise). Both buffers are in ``state_dict``, so a resumed run draws the masks of
+    an uninterrupted one, and the GPU step draws the same masks on the device.
     """
+
+    # a state saved before the counter-based masks has neither: the layer keeps its own
+    _optional_buffers = ("mask_seed", "mask_step")
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
         if not isinstance(p, (float, int, np.floating)) or not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"Dropout: p is the drop probability and must be in [0, 1], got {p!r}")
         self.p = float(p)
-        self.rng = backend.rng(rng)
+        self.stream = 0
+        self.register_buffer("mask_seed", np.array(philox.layer_seed(backend.rng(rng)),
+                                                   dtype=np.uint64))
+        self.register_buffer("mask_step", np.zeros((), dtype=np.uint64))
         self._cache = None
+
+    def next_key(self) -> "philox.DropoutKey":
+        """The key of this forward's mask; advances ``mask_step`` (call once per forward)."""
+        key = philox.DropoutKey(int(self.mask_seed), int(self.stream), int(self.mask_step))
+        self.mask_step[...] = key.step + 1
+        return key
 
     def forward(self, x):
         check_input("Dropout", x)
-        y, self._cache = basis.dropout(x, self.p, train=self.training, rng=self.rng)
+        key = self.next_key() if self.training else None
+        y, self._cache = basis.dropout(x, self.p, train=self.training, rng=key)
         return y
 
     def backward(self, dy):

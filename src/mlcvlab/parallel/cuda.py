@@ -16,12 +16,12 @@ device the K workers share it). Per step:
 
 Models: NN4 and MLPs from :func:`mlcvlab.models.mlp` (Flatten, Dropout, Linear,
 ReLU, Sigmoid, Softmax, BatchNorm1d), float32. Dropout masks are drawn on the
-host from the same per-worker generators as the CPU step (seeded from
-(seed, rank, layer)), so a CUDA step equals the CPU step up to float rounding.
-With one worker that CPU step is ``make_step_fn("local", 1)``; the plain Trainer step
-that ``mlcvlab train --dist local --workers 1`` runs draws from the model's own Dropout
-generators instead, so its masks (and losses) differ from ``--dist cuda --workers 1``
-(a counter-based dropout generator shared by both paths is the fix, issue #22).
+device by ``dropout_mask_kernel``, the counter-based generator of
+:mod:`mlcvlab.nn.philox` keyed as on the CPU (the layer's seed and step, stream = the
+worker), so worker k draws the masks of worker k of the CPU data-parallel step, and with
+one worker those of the plain Trainer step (``mlcvlab train --dist local --workers 1``):
+a CUDA step equals the CPU step up to float rounding. Each Dropout's step advances once
+per CUDA step, as on the CPU.
 The backward stops at the first layer with parameters: the gradient of the input data
 is never computed (as the CPU path after ``set_input_grad(False)``).
 Batch norm: per-worker batch statistics; running statistics averaged across
@@ -51,9 +51,11 @@ def load_cuda():
     except Exception:             # noqa: BLE001 - driver errors of any kind mean "no device"
         available = False
     if not available:
-        raise RuntimeError("--dist cuda: no CUDA device found (numba.cuda.is_available() is "
-                           "False). Use --dist local or --dist mpi, or set "
-                           "NUMBA_ENABLE_CUDASIM=1 to run the kernels on the CPU simulator")
+        raise RuntimeError("--dist cuda: no CUDA device found: numba.cuda.is_available() is "
+                           "False. Install an NVIDIA driver and numba-cuda (pip install "
+                           "numba-cuda) on a machine with an NVIDIA GPU, or run without "
+                           "--device cuda (--dist local or --dist mpi); "
+                           "NUMBA_ENABLE_CUDASIM=1 runs the kernels on the CPU simulator")
     from mlcvlab.parallel import cuda_kernels
     return cuda, cuda_kernels
 
@@ -109,7 +111,10 @@ def _leaf_layers(model) -> list:
 
 
 class CudaDataParallelStep:
-    """A ``Trainer`` step_fn with K workers on the GPUs (see the module docstring)."""
+    """A ``Trainer`` step_fn with K workers on the GPUs (see the module docstring).
+
+    seed: not used (the dropout masks are keyed by each Dropout layer's own seed, as in
+    DataParallelStep); accepted so that callers need not change."""
 
     def __init__(self, model, workers: int, seed: int = 0):
         if model.dtype != np.float32:
@@ -121,40 +126,40 @@ class CudaDataParallelStep:
         self.layers = _leaf_layers(model)
         self.flat = model.flat()
         self._slice = {id(p): sl for p, sl in zip(self.flat.params, self.flat.slices)}
-        drops = [m for m in model.modules()
-                 if isinstance(getattr(m, "rng", None), np.random.Generator)]
-        self._drop_index = {id(m): j for j, m in enumerate(drops)}
-        self._gens = {r: [np.random.default_rng([int(seed), r, j]) for j in range(len(drops))]
-                      for r in range(self.size)}
+        from mlcvlab.nn.modules import Dropout
+        self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
         with self.comm.devices[0]:
             self.G = self.cuda.device_array((self.size, self.flat.size), dtype=np.float32)
         self._momentum = None
 
     def state_dict(self) -> dict:
-        """Every GPU worker's dropout generator states (see DataParallelStep.state_dict)."""
-        from mlcvlab.parallel.step import pack_generators
-        return {"workers": self.size,
-                "worker_rngs": np.stack([pack_generators(self._gens[r])
-                                         for r in range(self.size)])}
+        """The worker count (the dropout state is in the model's buffers; see
+        DataParallelStep.state_dict)."""
+        return {"workers": self.size}
 
     def load_state_dict(self, state: dict) -> None:
-        from mlcvlab.parallel.step import unpack_generators
         if int(state["workers"]) != self.size:
             raise ValueError(f"the checkpoint was written with {state['workers']} workers, this "
                              f"run has {self.size}: resume with --workers {state['workers']}")
-        for r in range(self.size):
-            unpack_generators(np.asarray(state["worker_rngs"])[r], self._gens[r])
 
     # -------------------------------------------------------------- one worker
     def _view(self, w, param):
         sl = self._slice[id(param)]
         return w[sl.start:sl.stop].reshape(param.data.shape)
 
-    def _mask(self, layer, rank: int, shape) -> np.ndarray:
-        """The scaled keep mask, drawn by mlcvlab.nn.basis.dropout_mask (as the CPU layer)."""
-        from mlcvlab.nn.basis import dropout_mask
-        gen = self._gens[rank][self._drop_index[id(layer)]]
-        return dropout_mask(shape, layer.p, gen, np.float32)
+    def _mask(self, layer, rank: int, shape):
+        """The scaled keep mask (device, float32) of worker ``rank`` at the layer's current
+        step: the mask ``mlcvlab.nn.philox.dropout_mask`` gives on the CPU."""
+        from mlcvlab.nn import philox
+        k = self.k
+        words = philox.key_words(philox.DropoutKey(int(layer.mask_seed), rank,
+                                                   int(layer.mask_step)))
+        m = self.cuda.device_array(shape, dtype=np.float32)
+        size = int(np.prod(shape))
+        k.dropout_mask_kernel[k.grid1((size + 3) // 4)](
+            m.ravel(), np.uint32(philox.keep_threshold(layer.p)),
+            np.float32(philox.mask_scale(layer.p)), *words)
+        return m
 
     def _forward(self, w, a, rank: int) -> Tuple[object, list]:
         """Forward of one worker; returns the output and the per-layer caches."""
@@ -167,7 +172,7 @@ class CudaDataParallelStep:
                 if layer.p == 0:
                     caches.append(None)
                     continue
-                m = cuda.to_device(self._mask(layer, rank, (n, d)))
+                m = self._mask(layer, rank, (n, d))
                 y = cuda.device_array((n, d), dtype=np.float32)
                 k.mask_kernel[k.grid1(n * d)](a.ravel(), m.ravel(), y.ravel())
                 caches.append(m)
@@ -361,6 +366,8 @@ class CudaDataParallelStep:
         self.cuda.synchronize()
         t2 = time.perf_counter()
         self._set_running(running)
+        for d in self._dropouts:                   # once per step, as on the CPU
+            d.mask_step[...] = int(d.mask_step) + 1
         self._update(optimizer)
         t3 = time.perf_counter()
         nbytes = self.flat.size * 4 if self.size > 1 else 0

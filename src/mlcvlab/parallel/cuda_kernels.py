@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import math
 
-from numba import config, cuda, float32
+from numba import config, cuda, float32, uint64
+
+from mlcvlab.nn import philox
 
 # The simulator runs every thread as a Python thread: smaller blocks keep it fast
 # (results are the same; tests still cover several tiles per matmul).
@@ -123,6 +125,30 @@ def sigmoid_grad_kernel(Y, dY, dX):
     i = cuda.grid(1)
     if i < Y.shape[0]:
         dX[i] = dY[i] * Y[i] * (_1 - Y[i])
+
+
+# The round function of mlcvlab.nn.philox, the very Python function the CPU path compiles
+philox4x32_10_d = cuda.jit(device=True)(philox.philox4x32_10)
+
+
+@cuda.jit
+def dropout_mask_kernel(M, thr, scale, k0, k1, stream, step_lo, step_hi):
+    """M (S,) = the scaled keep mask of ``mlcvlab.nn.philox.dropout_mask``: scale (1/(1-p))
+    where the top 24 bits of the element's Philox word are >= thr (ceil(p 2**24)), else 0.
+    One thread per block of 4 elements (block b: counter (b, stream, step_lo, step_hi),
+    key (k0, k1); uint64 words, thr uint32); launch over ceil(S / 4) threads."""
+    b = cuda.grid(1)
+    n = M.shape[0]
+    i = 4 * b
+    if i < n:
+        x0, x1, x2, x3 = philox4x32_10_d(uint64(b), stream, step_lo, step_hi, k0, k1)
+        M[i] = scale if (x0 >> philox.SHIFT8_32) >= thr else _0
+        if i + 1 < n:
+            M[i + 1] = scale if (x1 >> philox.SHIFT8_32) >= thr else _0
+        if i + 2 < n:
+            M[i + 2] = scale if (x2 >> philox.SHIFT8_32) >= thr else _0
+        if i + 3 < n:
+            M[i + 3] = scale if (x3 >> philox.SHIFT8_32) >= thr else _0
 
 
 @cuda.jit

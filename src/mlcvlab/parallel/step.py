@@ -20,9 +20,12 @@ statistics (buffers) are *averaged across workers* in the same all-reduce (the
 gradient buffer is packed with them and the loss), so every rank keeps identical
 running statistics.
 
-Dropout: every worker draws its own masks from its own generators, seeded from
-(seed, rank, layer index); a local K-shard run and an MPI run with K ranks
-therefore draw identical masks and end bit-identical (K = 2).
+Dropout: worker k draws its masks from the counter-based generator
+(:mod:`mlcvlab.nn.philox`) with each Dropout layer's own seed and step and stream k. A
+local K-shard run and an MPI run with K ranks therefore draw identical masks and end
+bit-identical (K = 2), and with K = 1 the step draws the masks of the plain Trainer step
+(stream 0). Each layer's step advances once per data-parallel step (every worker starts
+from the same integer buffers), so a checkpoint of the model's buffers resumes the masks.
 
 Timings per step (summed per epoch by the Trainer): ``compute_seconds``
 (forward + backward of all shards computed in this process),
@@ -33,7 +36,7 @@ Timings per step (summed per epoch by the Trainer): ``compute_seconds``
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -75,39 +78,14 @@ def module_grad_fn(loss) -> GradFn:
     return grad_fn
 
 
-def pack_generators(gens: List[np.random.Generator]) -> np.ndarray:
-    """The states of PCG64 generators as uint64 words (6 per generator), for one all-gather."""
-    words = []
-    for g in gens:
-        st = g.bit_generator.state
-        if st["bit_generator"] != "PCG64":
-            raise TypeError(f"worker generators must be PCG64, got {st['bit_generator']}")
-        mask = (1 << 64) - 1
-        s, inc = st["state"]["state"], st["state"]["inc"]
-        words += [s >> 64, s & mask, inc >> 64, inc & mask, st["has_uint32"], st["uinteger"]]
-    return np.array(words, dtype=np.uint64)
-
-
-def unpack_generators(words: np.ndarray, gens: List[np.random.Generator]) -> None:
-    """Set ``gens`` from :func:`pack_generators`'s words."""
-    w = [int(v) for v in np.asarray(words, dtype=np.uint64)]
-    if len(w) != 6 * len(gens):
-        raise ValueError(f"generator state has {len(w) // 6} generators, expected {len(gens)}: "
-                         "the checkpoint was written for another model")
-    for j, g in enumerate(gens):
-        s_hi, s_lo, i_hi, i_lo, has, uint = w[6 * j:6 * j + 6]
-        g.bit_generator.state = {"bit_generator": "PCG64",
-                                 "state": {"state": (s_hi << 64) | s_lo,
-                                           "inc": (i_hi << 64) | i_lo},
-                                 "has_uint32": has, "uinteger": uint}
-
-
 class DataParallelStep:
     """Synchronous data-parallel step; also a ``Trainer`` ``step_fn``.
 
-    model: a Module (its flat buffer is used). comm: a Communicator. seed: seeds
-    the per-worker dropout generators. grad_fn: ``(model, x, y) -> (loss, flat
-    grad)``; default: the trainer's loss through ``forward``/``backward``.
+    model: a Module (its flat buffer is used). comm: a Communicator. seed: not used by
+    the step since the dropout masks became counter-based (keyed by each Dropout layer's
+    own seed, drawn from the model's generator); accepted so that callers need not change.
+    grad_fn: ``(model, x, y) -> (loss, flat grad)``; default: the trainer's loss through
+    ``forward``/``backward``.
     """
 
     def __init__(self, model, comm: Communicator, seed: int = 0, grad_fn: Optional[GradFn] = None):
@@ -117,11 +95,8 @@ class DataParallelStep:
         self.flat = model.flat()
         self.size = comm.size
         self.is_root = comm.is_root
-        self._dropouts = [m for m in model.modules()
-                          if isinstance(getattr(m, "rng", None), np.random.Generator)]
-        self._gens: Dict[int, List[np.random.Generator]] = {
-            r: [np.random.default_rng([int(seed), r, j]) for j in range(len(self._dropouts))]
-            for r in comm.local_ranks}
+        from mlcvlab.nn.modules import Dropout
+        self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
         # every buffer is reset before each worker's forward; floating ones are averaged
         self._all_buffers = [b for _, b in model.named_buffers() if isinstance(b, np.ndarray)]
         self._buffers = [b for b in self._all_buffers if np.issubdtype(b.dtype, np.floating)]
@@ -132,19 +107,16 @@ class DataParallelStep:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Every worker's dropout generator states, (K, 6 G) uint64, gathered from all ranks.
-        Under MPI every rank must call it (it is a collective); a resumed run then draws the
-        same masks as an uninterrupted one."""
-        local = np.stack([pack_generators(self._gens[r]) for r in self.comm.local_ranks])
-        return {"workers": self.size, "worker_rngs": self.comm.allgather(local)}
+        """The worker count. The dropout state (each layer's seed and step) is in the
+        model's buffers, the same on every rank, so nothing else is needed to resume."""
+        return {"workers": self.size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Checks the worker count (``worker_rngs`` of a checkpoint written before the
+        counter-based masks is ignored: such a run cannot continue its old masks)."""
         if int(state["workers"]) != self.size:
             raise ValueError(f"the checkpoint was written with {state['workers']} workers, this "
                              f"run has {self.size}: resume with --workers {state['workers']}")
-        table = np.asarray(state["worker_rngs"])
-        for r in self.comm.local_ranks:
-            unpack_generators(table[r], self._gens[r])
 
     def _sync_initial_state(self) -> None:
         """Every rank starts from rank 0's parameters and buffers."""
@@ -166,13 +138,12 @@ class DataParallelStep:
         P, n = self.flat.size, len(xb)
         bounds = shard_bounds("DataParallelStep", n, self.size)
         before = [b.copy() for b in self._all_buffers]
-        originals = [d.rng for d in self._dropouts]
         try:
             for i, r in enumerate(self.comm.local_ranks):
                 for b, b0 in zip(self._all_buffers, before):
-                    b[...] = b0                  # every worker starts from the same statistics
-                for d, g in zip(self._dropouts, self._gens[r]):
-                    d.rng = g
+                    b[...] = b0      # every worker starts from the same statistics and steps
+                for d in self._dropouts:
+                    d.stream = r
                 lo, hi = bounds[r], bounds[r + 1]
                 value, grad = grad_fn(self.model, xb[lo:hi], yb[lo:hi])
                 row = self.packed[i]
@@ -185,8 +156,8 @@ class DataParallelStep:
                 if (hi - lo) * self.size != n:
                     row *= (hi - lo) * self.size / n
         finally:
-            for d, g in zip(self._dropouts, originals):
-                d.rng = g
+            for d in self._dropouts:
+                d.stream = 0
 
     def step(self, xb: np.ndarray, yb: np.ndarray, optimizer, grad_fn: GradFn
              ) -> Tuple[float, Dict[str, float]]:

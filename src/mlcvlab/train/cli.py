@@ -82,6 +82,8 @@ RUN_DEFAULTS: Dict[str, Any] = {
     "workers": 1, "dist": "local", "seed": 0, "val_fraction": 0.1, "drop_last": "auto",
 }
 RESUME_MAY_CHANGE = ("epochs",)
+DEVICES = ("cpu", "cuda")
+CUDA_MODELS = ("nn4", "mlp")      # the models the GPU path (mlcvlab.parallel.cuda) runs
 DEFAULT_TIMEOUT = 300.0
 
 
@@ -110,6 +112,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="data-parallel workers K (default 1; under --dist mpi, the ranks)")
     p.add_argument("--dist", default=None, choices=["local", "mpi", "cuda"], help="default local")
+    p.add_argument("--device", default=None, choices=DEVICES,
+                   help=f"cpu (default) or cuda: the GPU path, --dist cuda (models "
+                        f"{', '.join(CUDA_MODELS)}); fails at once without a GPU")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of the training data held out (stratified, seeded) for the "
@@ -303,6 +308,31 @@ def _probe_model(model, X: np.ndarray, config: Dict[str, Any]) -> None:
         raise ValueError(f"--model {config['model']} gave {out.shape[0]} outputs for 2 inputs")
 
 
+def apply_device(args) -> None:
+    """``--device cuda`` is ``--dist cuda`` (a conflicting --dist is an error); cpu changes
+    nothing."""
+    device = getattr(args, "device", None) or "cpu"
+    if device == "cpu":
+        return
+    if args.dist not in (None, "cuda"):
+        raise ValueError(f"--device cuda runs the GPU path (--dist cuda); drop --dist {args.dist}"
+                         f" or --device cuda")
+    args.dist = "cuda"
+
+
+def check_cuda_run(config: Dict[str, Any]) -> None:
+    """For --dist cuda / --device cuda, before any data is loaded: a model the GPU path runs,
+    and a GPU (a RuntimeError saying how to get one, or to run without it)."""
+    if config["dist"] != "cuda":
+        return
+    if config["model"] not in CUDA_MODELS:
+        raise ValueError(f"--device cuda (--dist cuda) runs the models {', '.join(CUDA_MODELS)}; "
+                         f"--model {config['model']} has no GPU path yet (issue #22): run it "
+                         f"without --device cuda")
+    from mlcvlab.parallel.cuda import load_cuda
+    load_cuda()
+
+
 def run_train(args) -> int:
     if getattr(args, "dist", None) == "mpi" and not getattr(args, "_mpi_guarded", False):
         # under mpiexec an exception on one rank would leave the others waiting in a
@@ -325,8 +355,10 @@ def run_train(args) -> int:
     resuming = args.resume is not None
     if not resuming and args.dist == "mpi" and args.workers is None:
         args.workers = _mpi_size()        # mpiexec -n K mlcvlab train --dist mpi
+    apply_device(args)
     config = resume_config(args) if resuming else new_run_config(args)
     check_run_config(config)
+    check_cuda_run(config)
     out = args.resume if resuming else (args.out or _new_run_folder(config))
     is_mpi_worker = config["dist"] == "mpi" and _mpi_rank() != 0
     if not is_mpi_worker:

@@ -30,7 +30,9 @@ def _correct(pred: np.ndarray, y: np.ndarray) -> int:
 
 
 def _module_generators(model) -> List[np.random.Generator]:
-    """The generators of the model's random layers (dropout masks), in module order."""
+    """The NumPy generators of the model's layers that draw from one, in module order (the
+    layers of mlcvlab draw none: Dropout's masks are counter-based, their state is in the
+    model's buffers; a user's own random layer may keep one as ``rng``)."""
     return [m.rng for m in model.modules()
             if isinstance(getattr(m, "rng", None), np.random.Generator)]
 
@@ -207,7 +209,7 @@ class Trainer:
             "step_fn": None,
         }
         if self.step_fn is not None and hasattr(self.step_fn, "state_dict"):
-            state["step_fn"] = self.step_fn.state_dict()   # a collective under MPI
+            state["step_fn"] = self.step_fn.state_dict()   # the worker count
         loader = self.train_loader
         if loader is not None and hasattr(loader, "state_dict"):
             state["loader"] = loader.state_dict()
@@ -227,8 +229,11 @@ class Trainer:
         gens = _module_generators(self.model)
         saved = state.get("module_rngs") or []
         if len(saved) != len(gens):
+            older = " (or by an mlcvlab whose Dropout drew from NumPy generators)" \
+                if not gens else ""
             raise ValueError(f"checkpoint has {len(saved)} module generators, the model has "
-                             f"{len(gens)}: it was written for a different model")
+                             f"{len(gens)}: it was written for a different model{older}; "
+                             "start a new run")
         for g, st in zip(gens, saved):
             g.bit_generator.state = st
         step_state = state.get("step_fn")

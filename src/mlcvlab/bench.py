@@ -2,8 +2,8 @@
 
 For each model (by default the MLP 784-1000-1000-10, LeNet-5 on 1x28x28 and ResNet-20 on
 3x32x32; ``--models all`` adds ResNet-44, the cutout study's network, and MiniGoogLeNet, the
-cyclical study's, both on 3x32x32) it times, in one process, on the same random batch and with the same
-thread count (``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``):
+cyclical study's, both on 3x32x32) it times, in one process, on the same random batch and
+with the same thread count (``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads``):
 
 * a training step: forward, cross-entropy, backward, SGD-with-momentum step;
 * an evaluation forward pass (eval mode; ``torch.no_grad`` for torch).

@@ -79,7 +79,29 @@ def _killed_after(case, out, resume, delay):
         pass
     proc.stdout.close()
     proc.wait(timeout=60)
+    _wait_for_stragglers(out)
     return finished and proc.returncode == 0
+
+
+def _wait_for_stragglers(out, timeout=60.0):
+    """Wait until no process still names ``out`` on its command line: the ranks of an MPI
+    job are not in mpiexec's process group, so a SIGKILL of the group leaves them alive
+    until they notice (a user's next start leaves a live writer's temporaries alone, by
+    design; the test waits so that each launch starts after the last one has died)."""
+    deadline = time.monotonic() + timeout
+    needle = str(out).encode()
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if needle in f.read():
+                        alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

@@ -505,6 +505,11 @@ def _write_run(out: str, config, model, history, final) -> None:
         record = json.load(f)
     record.update(epochs=config["epochs"], status="finished")
     atomic_write_text(path, json.dumps(record, indent=2))
+    # Once more at the end: a rank of an MPI job killed with mpiexec can outlive it for a
+    # moment, so the start's cleanup had to leave its temporaries (a live writer's); it is dead
+    # by now.
+    from mlcvlab.io import remove_orphan_temporaries
+    remove_orphan_temporaries(out)
 
 
 # ---------------------------------------------------------------------------------- eval

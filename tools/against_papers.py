@@ -36,6 +36,24 @@ def _row(claim: str, published: str, ours: str, verdict: str, data: str, lab: st
             "data": data, "command": COMMAND.format(lab=lab)}
 
 
+def _fewer_steps(claim: str, pub: str, comps: List[Dict[str, Any]], censored: List[str],
+                 a_missed: bool, names: tuple, unit: str, data: str, lab: str
+                 ) -> List[Dict[str, str]]:
+    """The row of a "reaches the target in fewer steps" claim (a direction: a - b < 0). When
+    the pair was not compared because some seed never reached the target (censored): *not
+    reproduced* if the arm claimed to be faster is the one that missed, else *not separable
+    at this budget*."""
+    if not comps:
+        verdict = "not reproduced" if a_missed else "not separable at this budget"
+        return [_row(claim, pub, "; ".join(censored) or f"{names[0]} / {names[1]} not run",
+                     verdict, data, lab)]
+    c = comps[0]
+    return [_row(claim, pub, f"{names[0]} {c['a_mean']:.0f} vs {names[1]} {c['b_mean']:.0f} "
+                 f"{unit}, difference {c['diff']:+.0f} (95% CI {_ci(*c['ci95'], digits=4)}, "
+                 f"{c['n_seeds']} seeds; resolution one epoch)",
+                 stats.against_published("direction", c["ci95"], -1), data, lab)]
+
+
 def lenet5_error(r: Dict[str, Any]) -> List[Dict[str, str]]:
     """LeNet-5's test error on MNIST: bn-dropout's plain arm, t-interval over seeds."""
     s = stats.summarize([x["test_error_pct"] for x in r["per_seed"]["plain"]])
@@ -55,15 +73,9 @@ def bn_steps(r: Dict[str, Any]) -> List[Dict[str, str]]:
     claim = f"batch norm reaches {100 * target:g}% validation accuracy in fewer steps"
     pub = "fewer steps with BN (Ioffe & Szegedy 2015, Sec. 4.1, Fig. 1a; direction only)"
     comps = [c for c in out["speed_comparisons"] if (c["a"], c["b"]) == ("bn", "plain")]
-    if not comps:
-        return [_row(claim, pub, "; ".join(out["speed_censored"]) or "bn/plain not run",
-                     "not separable at this budget", r["used"], "bn-dropout")]
-    c = comps[0]
-    return [_row(claim, pub, f"BN {c['a_mean']:.0f} vs plain {c['b_mean']:.0f} steps, "
-                 f"difference {c['diff']:+.0f} (95% CI {_ci(*c['ci95'], digits=4)}, "
-                 f"{c['n_seeds']} seeds; resolution one epoch)",
-                 stats.against_published("direction", c["ci95"], -1), r["used"],
-                 "bn-dropout")]
+    missed = any(v is None for v in out["steps_to_target"].get("bn", []))
+    return _fewer_steps(claim, pub, comps, out["speed_censored"], missed, ("BN", "plain"),
+                        "steps", r["used"], "bn-dropout")
 
 
 def dropout_error(r: Dict[str, Any]) -> List[Dict[str, str]]:
@@ -92,16 +104,9 @@ def clr_iterations(r: Dict[str, Any]) -> List[Dict[str, str]]:
            "iterations vs 70,000 for the fixed policy; direction only here)")
     label = cyclical.POLICY_LABELS["clr"]
     comps = [c for c in out["speed_comparisons"] if c["a"] == label]
-    if not comps:
-        why = [t for t in out["speed_censored"] if t.startswith(label)]
-        return [_row(claim, pub, "; ".join(why) or "CLR not run", "not reproduced" if why
-                     else "not separable at this budget", r["dataset_used"], "cyclical")]
-    c = comps[0]
-    return [_row(claim, pub, f"CLR {c['a_mean']:.0f} vs fixed {c['b_mean']:.0f} iterations, "
-                 f"difference {c['diff']:+.0f} (95% CI {_ci(*c['ci95'], digits=4)}, "
-                 f"{c['n_seeds']} seeds; resolution one epoch)",
-                 stats.against_published("direction", c["ci95"], -1), r["dataset_used"],
-                 "cyclical")]
+    why = [t for t in out["speed_censored"] if t.startswith(label)]
+    return _fewer_steps(claim, pub, comps, why, bool(why), ("CLR", "fixed"), "iterations",
+                        r["dataset_used"], "cyclical")
 
 
 def nn4_equal(r: Dict[str, Any]) -> List[Dict[str, str]]:

@@ -68,3 +68,12 @@ def test_a_lenet_interval_away_from_the_paper_is_not_reproduced(tool, tmp_path):
 def test_usage_error_on_a_missing_folder(tool, tmp_path, capsys):
     assert tool.main([str(tmp_path / "nope")]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_a_censored_speed_claim_is_not_reproduced_only_when_the_faster_arm_missed(tool):
+    missed = tool._fewer_steps("c", "p", [], ["bn never reached it"], True, ("BN", "plain"),
+                               "steps", "mnist", "bn-dropout")
+    other = tool._fewer_steps("c", "p", [], ["plain never reached it"], False,
+                              ("BN", "plain"), "steps", "mnist", "bn-dropout")
+    assert missed[0]["verdict"] == "not reproduced"
+    assert other[0]["verdict"] == "not separable at this budget"

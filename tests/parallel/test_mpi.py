@@ -86,7 +86,7 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_naming_it(tmp_path):
         stopped_at = time.monotonic()
         for pid in victims:
             os.kill(pid, signal.SIGSTOP)
-        _, err = proc.communicate(timeout=60)
+        stdout, err = proc.communicate(timeout=60)
         waited = time.monotonic() - stopped_at
     finally:
         if proc.poll() is None:
@@ -100,7 +100,8 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_naming_it(tmp_path):
     assert waited < 4 + 30, f"the job took {waited:.0f} s to end"
     # stopped before it reached the all-reduce, or inside it (then it no longer answers)
     assert ("rank 1 never reached step" in err or
-            "rank 1 reached step" in err and "stopped responding" in err), err[-2000:]
+            "rank 1 reached step" in err and "stopped responding" in err), (
+        f"exit code {proc.returncode}; stderr: {err[-2000:]!r}; stdout: {stdout[-2000:]!r}")
     from mlcvlab.train import load_checkpoint
     assert load_checkpoint(str(out))["epoch"] >= 1
 

@@ -209,18 +209,29 @@ class Conv2d(Module):
                 f"stride={self.stride}, padding={self.padding}{extra}")
 
 
-def _pool_backward(layer, dy):
-    """Backward of a pooling layer: ``conv.<its _fn>_grad`` on its cache, for batched or
-    unbatched (C, H, W) input alike."""
-    from mlcvlab.nn import conv
-    if layer._cache is None:
-        _no_cache(layer)
-    dx = getattr(conv, layer._fn + "_grad")(dy[None] if layer._unbatched else dy, layer._cache)
-    return dx[0] if layer._unbatched else dx
-
-
-class _Pool2d(Module):
+class _Pooling(Module):
+    """What the fixed and the adaptive pools share: the kernel pair ``conv.<_fn>`` /
+    ``conv.<_fn>_grad``, the output of an unbatched (C, H, W) input and the optional indices.
+    (The facts are declared next to each forward, as the facts rule asks.)"""
     _fn = ""
+
+    def _output(self, y, index, unbatched):
+        """y (and the argmax indices when ``return_indices``), batch axis dropped again for an
+        unbatched input."""
+        self._unbatched = unbatched
+        if getattr(self, "return_indices", False):
+            return (y[0], index[0]) if unbatched else (y, index)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        from mlcvlab.nn import conv
+        if self._cache is None:
+            _no_cache(self)
+        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
+        return dx[0] if self._unbatched else dx
+
+
+class _Pool2d(_Pooling):
 
     def __init__(self, kernel_size: IntPair, stride=None, padding: IntPair = 0,
                  ceil_mode: bool = False):
@@ -243,17 +254,9 @@ class _Pool2d(Module):
         x, unbatched = _batched(type(self).__name__, x)
         y, cache = getattr(conv, self._fn)(x, self.kernel_size, self.stride, self.padding,
                                            **self._options())
-        self._cache = cache if self.training or getattr(self, "return_indices", False) else None
-        self._unbatched = unbatched
-        if getattr(self, "return_indices", False):
-            index = conv.pool_indices(cache)
-            if not self.training:
-                self._cache = None
-            return (y[0], index[0]) if unbatched else (y, index)
-        return y[0] if unbatched else y
-
-    def backward(self, dy):
-        return _pool_backward(self, dy)
+        index = conv.pool_indices(cache) if getattr(self, "return_indices", False) else None
+        self._cache = cache if self.training else None
+        return self._output(y, index, unbatched)
 
     def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
         return 0                                # comparisons / additions: not counted
@@ -323,8 +326,7 @@ class AvgPool2d(_Pool2d):
         return Kept(fixed_bytes=8 * _size(out_shape[-2:]) if general else 0)
 
 
-class _AdaptivePool2d(Module):
-    _fn = ""
+class _AdaptivePool2d(_Pooling):
 
     def __init__(self, output_size):
         super().__init__()
@@ -344,14 +346,8 @@ class _AdaptivePool2d(Module):
         x, unbatched = _batched(type(self).__name__, x)
         y, cache = getattr(conv, self._fn)(x, self.output_size)
         self._cache = cache if self.training else None
-        self._unbatched = unbatched
-        if getattr(self, "return_indices", False):
-            index = cache.index
-            return (y[0], index[0]) if unbatched else (y, index)
-        return y[0] if unbatched else y
-
-    def backward(self, dy):
-        return _pool_backward(self, dy)
+        index = cache.index if getattr(self, "return_indices", False) else None
+        return self._output(y, index, unbatched)
 
     def multiply_adds(self, in_shape: Shape, out_shape: Shape) -> int:
         return 0                                # comparisons / additions: not counted

@@ -282,6 +282,13 @@ def test_batchnorm_without_bias_matches_torch():
     gradcheck_module(nn.BatchNorm2d(3, bias=False), x)
 
 
+def _conv_outputs(layer, x, dy):
+    """y, dx and dW of one forward and backward of ``layer`` (gradients zeroed first)."""
+    layer.zero_grad()
+    y = layer.forward(x)
+    return y, layer.backward(dy), layer.weight.grad.copy()
+
+
 @pytest.mark.parametrize("case", [CONV_CASES[3], CONV_CASES[5], CONV_CASES[9]])
 def test_general_conv_path_in_small_batch_blocks_gives_the_same_result(case, monkeypatch):
     """the general path's im2col runs over blocks of the batch of at most BLOCK_BYTES: blocks
@@ -290,16 +297,11 @@ def test_general_conv_path_in_small_batch_blocks_gives_the_same_result(case, mon
     rng = np.random.default_rng(11)
     layer = nn.Conv2d(C, F, k, s, p, d, g, True, mode, rng=0).astype(np.float64)
     x = rng.standard_normal((5, C) + hw)
-    y = layer.forward(x)
-    dy = rng.standard_normal(y.shape)
-    layer.zero_grad()
-    dx = layer.backward(dy)
-    dW = layer.weight.grad.copy()
+    dy = rng.standard_normal(layer.forward(x).shape)
+    before = _conv_outputs(layer, x, dy)
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
-    layer.zero_grad()
-    np.testing.assert_allclose(layer.forward(x), y, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(layer.backward(dy), dx, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(layer.weight.grad, dW, rtol=1e-13, atol=1e-13)
+    for a, b in zip(_conv_outputs(layer, x, dy), before):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -309,12 +311,8 @@ def test_conv2d_options_agree_with_and_without_numba(case, monkeypatch):
     rng = np.random.default_rng(12)
     layer = nn.Conv2d(C, F, k, s, p, d, g, True, mode, rng=0).astype(np.float64)
     x = rng.standard_normal((3, C) + hw)
-    y = layer.forward(x)
-    dy = rng.standard_normal(y.shape)
-    layer.zero_grad()
-    dx, dW = layer.backward(dy), layer.weight.grad.copy()
+    dy = rng.standard_normal(layer.forward(x).shape)
+    before = _conv_outputs(layer, x, dy)
     monkeypatch.setattr(kernels, "available", lambda: False)
-    layer.zero_grad()
-    np.testing.assert_allclose(layer.forward(x), y, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.backward(dy), dx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.weight.grad, dW, rtol=1e-12, atol=1e-12)
+    for a, b in zip(_conv_outputs(layer, x, dy), before):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

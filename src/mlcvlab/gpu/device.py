@@ -1,0 +1,87 @@
+"""Where GPU arrays come from: CuPy on a GPU, NumPy under numba's CUDA simulator.
+
+``array_module()`` is the module the GPU twins allocate with (``xp.empty``, ``xp.matmul``):
+CuPy when a CUDA device is present; NumPy when the simulator is on
+(``NUMBA_ENABLE_CUDASIM=1``), where numba's kernels run on NumPy arrays, so the device path
+is tested here end to end with NumPy standing in for CuPy. ``cuda()`` is ``numba.cuda``.
+Both fail at once, with what to install or set, when neither a GPU nor the simulator is
+there: ``--device cuda`` must not start a run that cannot finish.
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+
+
+def simulated() -> bool:
+    """True when numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _no_device(why: str) -> RuntimeError:
+    return RuntimeError(
+        f"device 'cuda': {why}. On a machine with an NVIDIA GPU install the CUDA extra "
+        f"(pip install 'mlcvlab[cuda13]' or 'mlcvlab[cuda12]', matching the driver's CUDA), "
+        f"or use device 'cpu'; NUMBA_ENABLE_CUDASIM=1 runs the GPU path on numba's simulator "
+        f"(slow, for tests)")
+
+
+_checked = False
+
+
+def cuda() -> ModuleType:
+    """``numba.cuda``, after checking that a device (or the simulator) is there."""
+    global _checked
+    try:
+        from numba import cuda as numba_cuda
+    except ImportError as err:                 # pragma: no cover - numba is a dependency
+        raise _no_device("numba is not installed") from err
+    if not _checked:
+        try:
+            available = numba_cuda.is_available() and len(numba_cuda.gpus) > 0
+        except Exception:                      # noqa: BLE001 - any driver error: no device
+            available = False
+        if not available:
+            raise _no_device("no CUDA device found (numba.cuda.is_available() is False)")
+        _checked = True
+    return numba_cuda
+
+
+def array_module() -> ModuleType:
+    """The array module of device arrays: CuPy, or NumPy under the simulator."""
+    if simulated():
+        cuda()
+        return np
+    try:
+        import cupy
+    except ImportError as err:
+        raise _no_device("CuPy is not installed") from err
+    cuda()
+    return cupy
+
+
+def to_device(a):
+    """A host array (or anything array-like) as a device array (a copy; NumPy under the
+    simulator, where it is still a fresh copy so that host and device never share memory)."""
+    xp = array_module()
+    return xp.array(a, copy=True)
+
+
+def to_host(a) -> np.ndarray:
+    """A device array as a NumPy array (a copy); a NumPy array is returned as is."""
+    if isinstance(a, np.ndarray):
+        return a
+    return a.get()
+
+
+def check_device(device) -> str:
+    """``device`` ("cpu", "cuda", "cuda:0") normalised to "cpu" or "cuda", or a ValueError."""
+    name = str(device)
+    base = name.split(":")[0]
+    if base not in DEVICES or (base == "cuda" and name not in ("cuda", "cuda:0")):
+        raise ValueError(f"device must be 'cpu' or 'cuda' (one GPU: 'cuda:0'), got {device!r}")
+    return base

@@ -11,16 +11,17 @@ the shell script) the sizes are tiny and the CUDA kernels run on numba's simulat
     python benchmarks/gpu_check.py env --out DIR
     python benchmarks/gpu_check.py kernels --out DIR [--dry-run]
     python benchmarks/gpu_check.py compare --out DIR [--dry-run] [--steps N]
-    python benchmarks/gpu_check.py step --model mlp            (one small step: the sanitizer's)
+    python benchmarks/gpu_check.py step --model MODEL         (one small step: the sanitizer's)
     python benchmarks/gpu_check.py speed --out DIR [--dry-run]
     python benchmarks/gpu_check.py summary --out DIR [--dry-run]
 
-CuPy: mlcvlab's GPU path is numba-cuda device arrays and needs no CuPy; the environment
-stage reports CuPy's version (or its absence) and nothing else uses it, so in a dry run
-NumPy "stands in" for it trivially. Training compares the step that ``mlcvlab train
---dist cuda --workers 1`` runs with the plain Trainer step of ``--dist local --workers 1``,
-built by the CLI's own builders; since the dropout masks are counter-based
-(``mlcvlab.nn.philox``) both draw the same masks and the losses agree to float32 rounding.
+Two GPU paths are checked. The engine, ``model.to("cuda")`` (``mlcvlab train --device
+cuda``): CuPy arrays (cuBLAS GEMMs) and the numba kernels of :mod:`mlcvlab.gpu`, every model;
+in a dry run NumPy stands in for CuPy under the simulator. And the handout's workers,
+``--dist cuda`` (numba device arrays, nn4 and mlp only). Training compares each with the plain
+Trainer step of ``--dist local --workers 1`` on the CPU, built by the CLI's own builders;
+since the dropout masks are counter-based (``mlcvlab.nn.philox``) all draw the same masks and
+the losses agree to float32 rounding.
 """
 from __future__ import annotations
 
@@ -46,12 +47,15 @@ STAGES = {
 }
 MLP_MODELS = ("nn4", "mlp")
 CONV_MODELS = ("lenet5", "resnet20")
-NO_GPU_PATH = "skipped: the convolutional models have no GPU path yet (issue #22)"
+# the GPU paths: the engine (model.to("cuda")) and the handout's --dist cuda workers
+PATHS = {"device": "model.to('cuda')", "cuda": "--dist cuda workers"}
 # float32 tolerance of the loss comparison: |gpu - cpu| <= ATOL + RTOL |cpu| at every step
 RTOL, ATOL = 1e-3, 1e-4
 # the dry run's kernel checks: the kernels alone (training is stage d's)
 DRY_KERNEL_CHECKS = ("matmul", "add_bias_and_colsum", "activations", "dropout_mask",
                      "philox_mask_kernel", "reduce_mean", "sgd_update")
+DRY_ENGINE_CHECKS = ("to_cuda_and_back_keeps_values_and_grads",
+                     "unsupported_layers_are_named_before_anything_moves")
 
 
 def record(out: Path, stage: str, item: str, status: str, detail: str) -> None:
@@ -105,18 +109,23 @@ def stage_kernels(out: Path, dry: bool) -> None:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1" if dry else "0",
                PYTHONPATH=str(ROOT / "src"))
     res = out / "kernel_checks.json"
-    cmd = [sys.executable, str(ROOT / "tests/parallel/cudasim_checks.py"), str(res)]
-    cmd += list(DRY_KERNEL_CHECKS) if dry else []
     where = "simulator" if dry else "device"
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420)
-    if proc.returncode != 0 or not res.exists():
-        record(out, "kernels", f"cudasim_checks ({where})", "fail", proc.stderr[-1500:])
-    else:
+    for script, chosen in (("tests/parallel/cudasim_checks.py", DRY_KERNEL_CHECKS),
+                           ("tests/gpu/conv_sim_checks.py", ()),
+                           ("tests/gpu/basis_sim_checks.py", ()),
+                           ("tests/gpu/engine_sim_checks.py", DRY_ENGINE_CHECKS)):
+        name = Path(script).stem
+        res = out / f"{name}.json"
+        cmd = [sys.executable, str(ROOT / script), str(res)] + (list(chosen) if dry else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420)
+        if proc.returncode != 0 or not res.exists():
+            record(out, "kernels", f"{name} ({where})", "fail", proc.stderr[-1500:])
+            continue
         results = json.loads(res.read_text())
         bad = {k: v for k, v in results.items() if v != "ok"}
-        record(out, "kernels", f"cudasim_checks ({where})", "fail" if bad else "pass",
+        record(out, "kernels", f"{name} ({where})", "fail" if bad else "pass",
                f"{len(results) - len(bad)}/{len(results)} checks ok"
-               + (f"; failed: {', '.join(bad)} (details in kernel_checks.json)" if bad else ""))
+               + (f"; failed: {', '.join(bad)} (details in {res.name})" if bad else ""))
     item = "Philox known answers and masks (tests/nn/test_philox.py)"
     if dry:      # the test suite runs it; the dry run stays short
         record(out, "kernels", item, "skip", "dry run: run by the test suite")
@@ -136,13 +145,25 @@ def _model_and_data(name: str, dry: bool, seed: int):
     from mlcvlab import backend, data, models
     from mlcvlab.train.cli import build_model
     backend.seed(seed)
-    if dry:        # 12 features, 3 classes: few simulated threads per kernel launch
+    if dry:        # few simulated threads per kernel launch
         g = np.random.default_rng(seed)
+        if name in CONV_MODELS:     # LeNet-5 needs 28x28; ResNet-20 runs on 4x4
+            shape = (1, 28, 28) if name == "lenet5" else (3, 4, 4)
+            X = g.standard_normal((16,) + shape).astype(np.float32)
+            y = g.integers(0, 10, 16)
+            model = (models.lenet5(rng=seed) if name == "lenet5"
+                     else models.resnet_cifar(20, rng=seed))
+            return model, X, y, 2
         X = g.standard_normal((256, 12)).astype(np.float32)
         y = (X[:, :3] @ g.standard_normal((3, 3))).argmax(1).astype(np.int64)
         model = (models.NN4(12, hidden=(8, 6, 5), n_classes=3, rng=seed) if name == "nn4"
                  else models.mlp([12, 8, 6, 3], p_hidden=0.2, rng=seed))
         return model, X, y, 8
+    if name == "resnet20":          # the CIFAR network: the labelled 32x32 substitute
+        g = np.random.default_rng(seed)
+        X = g.standard_normal((2048, 3, 32, 32)).astype(np.float32)
+        y = g.integers(0, 10, 2048)
+        return build_model(name, X.shape[1:], 10, seed), X, y, 128
     X, y = data.load("mnist10k", split="train")
     X, y = np.asarray(X, np.float32), np.asarray(y, np.int64)
     return build_model(name, X.shape[1:], 10, seed), X, y, 128
@@ -157,42 +178,60 @@ def _batches(X, y, batch: int, steps: int, seed: int):
 
 def train_losses(name: str, dist: str, steps: int, dry: bool, seed: int = 0):
     """Per-step losses of ``steps`` SGD steps (lr 0.05, momentum 0.9) with the plain Trainer
-    step (dist "local", as --dist local --workers 1) or the CUDA step (dist "cuda")."""
+    step (dist "local", as --dist local --workers 1), the engine on the device (dist
+    "device", as --device cuda) or the handout's CUDA step (dist "cuda")."""
+    trainer, X, y, batch = _trainer(name, dist, dry, seed)
+    return [trainer.train_step(xb, yb)[0] for xb, yb in _batches(X, y, batch, steps, seed)]
+
+
+def _trainer(name: str, dist: str, dry: bool, seed: int = 0):
     _sys_path()
     from mlcvlab.parallel import make_step_fn
     from mlcvlab.train import Trainer
     from mlcvlab.train.cli import build_optimizer, loss_for
     model, X, y, batch = _model_and_data(name, dry, seed)
+    device = "cuda" if dist == "device" else "cpu"
+    model.to(device)
     opt = build_optimizer("momentum", model.parameters(), 0.05, 0.0, 0.9)
     step_fn = make_step_fn("cuda", 1, model) if dist == "cuda" else None
-    trainer = Trainer(model, loss_for(model), opt, step_fn=step_fn)
-    return [trainer.train_step(xb, yb)[0] for xb, yb in _batches(X, y, batch, steps, seed)]
+    return Trainer(model, loss_for(model).to(device), opt, step_fn=step_fn), X, y, batch
 
 
 def stage_compare(out: Path, dry: bool, steps: int) -> None:
-    for name in MLP_MODELS:
+    """Every model on the engine, and nn4/mlp on the handout's workers too, against the CPU
+    step, loss by loss (a dry run: 3 steps of the conv models, on tiny inputs)."""
+    for name in MLP_MODELS + CONV_MODELS:
+        n = min(steps, 3) if dry and name in CONV_MODELS else steps
         try:
-            cpu = np.array(train_losses(name, "local", steps, dry))
-            gpu = np.array(train_losses(name, "cuda", steps, dry))
+            cpu = np.array(train_losses(name, "local", n, dry))
         except Exception as err:  # noqa: BLE001 - the failure is the finding
-            record(out, "training", name, "fail", f"{type(err).__name__}: {err}")
+            record(out, "training", name, "fail", f"CPU: {type(err).__name__}: {err}")
             continue
-        diff = np.abs(gpu - cpu)
-        bad = np.flatnonzero(diff > ATOL + RTOL * np.abs(cpu))
-        np.savetxt(out / f"losses_{name}.csv", np.stack([cpu, gpu], 1), delimiter=",",
-                   header="cpu,gpu", comments="", fmt="%.8g")
-        detail = (f"{steps} steps from seed 0: max |gpu - cpu| {diff.max():.3g} "
-                  f"(loss {cpu[0]:.4f} -> {cpu[-1]:.4f}); tolerance {ATOL:g} + {RTOL:g} |cpu|")
-        if len(bad):
-            detail += f"; first step over it: {bad[0] + 1} ({gpu[bad[0]]:.6g} vs {cpu[bad[0]]:.6g})"
-        record(out, "training", name, "fail" if len(bad) else "pass", detail)
-    for name in CONV_MODELS:
-        record(out, "training", name, "skip", NO_GPU_PATH)
+        for dist in ("device", "cuda") if name in MLP_MODELS else ("device",):
+            item = name if dist == "device" else f"{name} ({PATHS[dist]})"
+            try:
+                gpu = np.array(train_losses(name, dist, n, dry))
+            except Exception as err:  # noqa: BLE001
+                record(out, "training", item, "fail", f"{type(err).__name__}: {err}")
+                continue
+            diff = np.abs(gpu - cpu)
+            bad = np.flatnonzero(diff > ATOL + RTOL * np.abs(cpu))
+            suffix = "" if dist == "device" else "_dist_cuda"
+            np.savetxt(out / f"losses_{name}{suffix}.csv", np.stack([cpu, gpu], 1),
+                       delimiter=",", header="cpu,gpu", comments="", fmt="%.8g")
+            detail = (f"{PATHS[dist]}, {n} steps from seed 0: max |gpu - cpu| {diff.max():.3g} "
+                      f"(loss {cpu[0]:.4f} -> {cpu[-1]:.4f}); tolerance {ATOL:g} + "
+                      f"{RTOL:g} |cpu|")
+            if len(bad):
+                detail += (f"; first step over it: {bad[0] + 1} ({gpu[bad[0]]:.6g} vs "
+                           f"{cpu[bad[0]]:.6g})")
+            record(out, "training", item, "fail" if len(bad) else "pass", detail)
 
 
 def one_step(name: str) -> None:
-    """One small CUDA step (the dry run's tiny model, batch 8): what the sanitizer watches."""
-    train_losses(name, "cuda", 1, dry=True)
+    """One small device step (the dry run's tiny model): what the sanitizer watches. nn4 and
+    mlp on the handout's workers; lenet5 and resnet20 on the engine."""
+    train_losses(name, "cuda" if name in MLP_MODELS else "device", 1, dry=True)
 
 
 # ------------------------------------------------------------------ (f) speed
@@ -207,23 +246,10 @@ def _rate(fn, batch: int, steps: int, sync=lambda: None) -> float:
 
 
 def _ours(name: str, dist: str, dry: bool):
-    _sys_path()
-    from mlcvlab.parallel import make_step_fn
-    from mlcvlab.train import Trainer
-    from mlcvlab.train.cli import build_optimizer, loss_for
-    if name in MLP_MODELS:
-        model, X, y, batch = _model_and_data(name, dry, 0)
-    else:
-        from mlcvlab import models
-        shape = (1, 28, 28) if name == "lenet5" else (3, 32, 32)
-        model = models.lenet5(rng=0) if name == "lenet5" else models.resnet_cifar(20, rng=0)
-        batch = 4 if dry else 128
-        g = np.random.default_rng(0)
-        X = g.standard_normal((batch,) + shape, dtype=np.float32)
-        y = g.integers(0, 10, batch)
-    opt = build_optimizer("momentum", model.parameters(), 0.05, 0.0, 0.9)
-    step_fn = make_step_fn("cuda", 1, model) if dist == "cuda" else None
-    trainer = Trainer(model, loss_for(model), opt, step_fn=step_fn)
+    """A train step of ``name`` on one fixed batch: CPU ("local"), engine ("device") or the
+    handout's workers ("cuda"). The engine's step ends by reading its loss, so it is
+    synchronised."""
+    trainer, X, y, batch = _trainer(name, dist, dry)
     xb, yb = X[:batch], y[:batch]
     return (lambda: trainer.train_step(xb, yb)), batch
 
@@ -276,12 +302,10 @@ def stage_speed(out: Path, dry: bool) -> None:
         try:
             fn, batch = _ours(name, "local", dry)
             parts.append(f"CPU {_rate(fn, batch, steps):,.0f}")
-            if name in MLP_MODELS:
-                fn, batch = _ours(name, "cuda", dry)
-                parts.append(f"device{' (simulator, not a speed)' if dry else ''} "
+            for dist in ("device", "cuda") if name in MLP_MODELS else ("device",):
+                fn, batch = _ours(name, dist, dry)
+                parts.append(f"{PATHS[dist]}{' (simulator, not a speed)' if dry else ''} "
                              f"{_rate(fn, batch, steps):,.1f}")
-            else:
-                parts.append("device: none (no GPU path yet, issue #22)")
             ref = None if dry else _torch_cuda(name, batch)
             parts.append("torch CUDA: not importable" if ref is None
                          else f"torch CUDA {_rate(ref[0], batch, steps, ref[1]):,.0f}")
@@ -331,7 +355,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--model", default="mlp", choices=MLP_MODELS)
+    p.add_argument("--model", default="mlp", choices=MLP_MODELS + CONV_MODELS)
     a = p.parse_intermixed_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,14 @@
 #   bash benchmarks/gpu_check.sh                  # on a GPU machine: < 8 minutes
 #   DRY_RUN=1 bash benchmarks/gpu_check.sh        # anywhere: CUDA simulator, tiny sizes
 #
-# Uses the machine's own Python ($PYTHON, default python3) with numba-cuda (and CuPy and
+# Uses the machine's own Python ($PYTHON, default python3) with numba-cuda and CuPy (and
 # PyTorch where installed); installs this checkout with --no-deps --no-build-isolation.
-# Stages: (a) environment, (b) install, (c) kernel tests without the simulator, (d) nn4
-# and mlp trained for $STEPS steps on the device and on the CPU from the same seed, losses
-# compared step by step (lenet5, resnet20: skipped, no GPU path yet), (e) compute-sanitizer
-# memcheck and racecheck on a small step, (f) samples/s per model (device, CPU, torch CUDA).
+# Stages: (a) environment, (b) install, (c) kernel tests without the simulator (the handout
+# kernels, the GPU twins of mlcvlab.gpu, the engine checks) and the PTX compile test, (d) nn4,
+# mlp, lenet5 and resnet20 trained for $STEPS steps on the device (model.to("cuda"); nn4 and
+# mlp also on the --dist cuda workers) and on the CPU from the same seed, losses compared
+# step by step, (e) compute-sanitizer memcheck and racecheck on a small step of each GPU path,
+# (f) samples/s per model (CPU, device, torch CUDA).
 # Writes $OUT/gpu_check_summary.md (default OUT: ./gpu_check_out); exit status 1 when a
 # stage failed. The Python side is benchmarks/gpu_check.py.
 set -u
@@ -74,17 +76,19 @@ if ! command -v compute-sanitizer >/dev/null 2>&1; then
     record sanitizer "memcheck, racecheck" skip \
         "compute-sanitizer not found$([ "$DRY" = "1" ] && echo ' (dry run)')"
 else
-    for tool in memcheck racecheck; do
-        log="$OUT/sanitizer_$tool.log"
-        compute-sanitizer --tool "$tool" --error-exitcode 3 "${CHECK[@]}" step --model nn4 \
-            > "$log" 2>&1
-        rc=$?
-        summary="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
-        if [ $rc -eq 0 ]; then
-            record sanitizer "$tool" pass "${summary:-no errors} (nn4, one CUDA step)"
-        else
-            record sanitizer "$tool" fail "exit $rc: ${summary:-see $log}"
-        fi
+    for model in nn4 lenet5; do         # the --dist cuda workers; the engine
+        for tool in memcheck racecheck; do
+            log="$OUT/sanitizer_${tool}_$model.log"
+            compute-sanitizer --tool "$tool" --error-exitcode 3 "${CHECK[@]}" step \
+                --model "$model" > "$log" 2>&1
+            rc=$?
+            summary="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
+            if [ $rc -eq 0 ]; then
+                record sanitizer "$tool $model" pass "${summary:-no errors} (one small step)"
+            else
+                record sanitizer "$tool $model" fail "exit $rc: ${summary:-see $log}"
+            fi
+        done
     done
 fi
 

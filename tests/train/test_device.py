@@ -1,6 +1,7 @@
 """``mlcvlab train --device cpu|cuda``: without a GPU, --device cuda fails at once with a clear
-message and writes nothing; a model without a GPU path is named; and the CPU path imports
-nothing GPU-related (numba.cuda, cupy). Run without the CUDA simulator."""
+message and writes nothing; the handout's --dist cuda names the models it runs; and the CPU
+path imports nothing GPU-related (numba.cuda, cupy). Run without the CUDA simulator (the
+device path itself is tested under it in tests/gpu)."""
 import os
 import subprocess
 import sys
@@ -18,25 +19,27 @@ def test_device_cuda_without_a_gpu_fails_at_once(tmp_path):
                           env=ENV)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "no CUDA device found" in proc.stderr, proc.stderr
-    assert "pip install numba-cuda" in proc.stderr and "without --device cuda" in proc.stderr
+    assert "mlcvlab[cuda13]" in proc.stderr and "use device 'cpu'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "config.json").exists()         # nothing written before the check
 
 
-def test_device_cuda_names_the_models_it_runs(tmp_path, capsys):
-    rc = main(["train", "--device", "cuda", "--model", "lenet5", "--dataset", "digits",
+def test_dist_cuda_names_the_models_it_runs(tmp_path, capsys):
+    rc = main(["train", "--dist", "cuda", "--model", "lenet5", "--dataset", "digits",
                "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "runs the models nn4, mlp" in err and "--model lenet5 has no GPU path" in err, err
+    assert "--dist cuda runs the models nn4, mlp" in err and "--device cuda" in err, err
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_device_cuda_conflicts_with_another_dist(tmp_path, capsys):
-    rc = main(["train", "--device", "cuda", "--dist", "local", "--dataset", "digits",
-               "--out", str(tmp_path / "run"), "--quiet"])
+def test_device_cuda_conflicts_with_data_parallel_workers(tmp_path, capsys):
+    rc = main(["train", "--device", "cuda", "--workers", "2",
+               "--dataset", "digits", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
     assert rc == 1
-    assert "drop --dist local or --device cuda" in capsys.readouterr().err
+    assert "--device cuda trains the whole model on one GPU" in err, err
+    assert "drop --dist/--workers or --device cuda" in err, err
 
 
 def test_device_cpu_is_the_default_path(tmp_path):

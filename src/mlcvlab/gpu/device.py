@@ -53,14 +53,13 @@ def cuda() -> ModuleType:
 
 def array_module() -> ModuleType:
     """The array module of device arrays: CuPy, or NumPy under the simulator."""
+    cuda()
     if simulated():
-        cuda()
         return np
     try:
         import cupy
     except ImportError as err:
         raise _no_device("CuPy is not installed") from err
-    cuda()
     return cupy
 
 

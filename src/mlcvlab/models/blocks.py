@@ -74,15 +74,16 @@ class Concat(Module):
                 "adjust their strides or padding"
             )
         self._splits = list(np.cumsum([o.shape[1] for o in outs])[:-1])
-        return np.concatenate(outs, axis=1)
+        return self.xp.concatenate(outs, axis=1)
 
     def backward(self, dy):
         if self._splits is None:
             raise RuntimeError("Concat.backward called before forward")
-        parts = np.split(dy, self._splits, axis=1)
+        xp = self.xp
+        parts = xp.split(dy, self._splits, axis=1)
         dx = None
         for branch, part in zip(self.children(), parts):
-            d = branch.backward(np.ascontiguousarray(part))
+            d = branch.backward(xp.ascontiguousarray(part))
             dx = d if dx is None else dx + d
         return dx
 
@@ -113,14 +114,14 @@ class ZeroPadShortcut(Module):
         check_input("ZeroPadShortcut", x, ndim=(4,), dim={1: self.in_channels})
         s, lo = self.stride, self.pad_front
         sub = x[:, :, ::s, ::s]
-        y = np.zeros((x.shape[0], self.out_channels) + sub.shape[2:], dtype=x.dtype)
+        y = self.xp.zeros((x.shape[0], self.out_channels) + sub.shape[2:], dtype=x.dtype)
         y[:, lo:lo + self.in_channels] = sub
         self._x_shape = x.shape
         return y
 
     def backward(self, dy):
         s, lo = self.stride, self.pad_front
-        dx = np.zeros(self._x_shape, dtype=dy.dtype)
+        dx = self.xp.zeros(self._x_shape, dtype=dy.dtype)
         dx[:, :, ::s, ::s] = dy[:, lo:lo + self.in_channels]
         return dx
 

@@ -15,8 +15,13 @@ from mlcvlab import backend
 from mlcvlab.nn import kernels, philox
 
 
+def is_array(a) -> bool:
+    """A NumPy array, or a device array (CuPy: it has the CUDA array interface)."""
+    return isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")
+
+
 def _check_array(fn: str, name: str, a) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
+    if not is_array(a):
         raise TypeError(f"{fn}: expected {name} to be a numpy.ndarray, got {type(a).__name__}")
     if not np.issubdtype(a.dtype, np.floating):
         raise TypeError(f"{fn}: expected {name} to be float32 or float64, got dtype {a.dtype}")
@@ -29,8 +34,8 @@ def check_dy(fn: str, dy, shape: Tuple[int, ...]) -> np.ndarray:
     Every backward checks this first: a dy of another shape would otherwise broadcast into a
     gradient of the wrong values without a word.
     """
-    if not isinstance(dy, np.ndarray) or dy.shape != tuple(shape):
-        got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+    if not is_array(dy) or dy.shape != tuple(shape):
+        got = dy.shape if is_array(dy) else type(dy).__name__
         raise ValueError(f"{fn}: expected dy of the forward output's shape {tuple(shape)}, "
                          f"got {got}")
     return dy

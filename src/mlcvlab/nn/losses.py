@@ -18,9 +18,9 @@ loss and what was wrong.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
-
+import math
 import warnings
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -57,9 +57,27 @@ class Loss:
         self._grad = None
         self._grad_of: Optional[Callable] = None
         self._shape = None
+        self.device = "cpu"
+
+    def to(self, device) -> "Loss":
+        """Compute on ``device`` ("cpu" or "cuda", as the model), as torch's ``loss.to``:
+        on "cuda" ``pred`` is a device array and the gradient stays on the device; only the
+        loss value comes to the host (the step's one synchronisation). A loss or an option
+        without a GPU twin is a NotImplementedError here, before training starts."""
+        from mlcvlab.gpu.device import check_device
+        device = check_device(device)
+        if device == "cuda":
+            from mlcvlab.gpu import losses as gpu_losses
+            reason = gpu_losses.unsupported(self)
+            if reason:
+                raise NotImplementedError(reason)
+        self.device = device
+        return self
 
     def __call__(self, pred, target):
         name = type(self).__name__
+        if getattr(self, "device", "cpu") != "cpu":
+            return self._call_on_device(pred, target)
         if not isinstance(pred, np.ndarray) or not np.issubdtype(pred.dtype, np.floating):
             raise TypeError(f"{name}: expected pred to be a floating numpy array, got "
                             f"{getattr(pred, 'dtype', type(pred).__name__)}")
@@ -81,6 +99,36 @@ class Loss:
             return float("nan")
         self._grad = grad_of(np.full(losses.shape, 1.0 / denominator, dtype=pred.dtype))
         return float(np.sum(losses) / denominator)
+
+    def _call_on_device(self, pred, target) -> float:
+        """The loss of device logits ``pred`` (N, C) and class indices ``target`` (N,) by the
+        GPU twin (:func:`mlcvlab.gpu.losses.cross_entropy`); the labels are checked on the
+        host first (they come from the host batch), the gradient kept for backward."""
+        from mlcvlab.gpu import device as gpu_device
+        from mlcvlab.gpu import losses as gpu_losses
+        name = type(self).__name__
+        if not hasattr(pred, "dtype") or pred.dtype != np.float32 or pred.ndim != 2:
+            raise TypeError(f"{name} on cuda: expected float32 logits of shape (N, C) on the "
+                            f"device, got {getattr(pred, 'dtype', type(pred).__name__)} "
+                            f"{getattr(pred, 'shape', '')}")
+        t = gpu_device.to_host(target) if not isinstance(target, np.ndarray) \
+            and hasattr(target, "__cuda_array_interface__") else np.asarray(target)
+        if not np.issubdtype(t.dtype, np.integer) or t.shape != pred.shape[:1]:
+            raise ValueError(f"{name} on cuda: expected integer class labels of shape "
+                             f"{pred.shape[:1]}, got dtype {t.dtype} and shape {t.shape}")
+        if t.size and (t.min() < 0 or t.max() >= pred.shape[1]):
+            raise ValueError(f"{name}: labels must be in [0, {pred.shape[1]}), got range "
+                             f"[{t.min()}, {t.max()}]")
+        loss, grad = gpu_losses.cross_entropy(pred, gpu_device.to_device(t.astype(np.int64)),
+                                              self.reduction)
+        value = float(loss)                 # the one device -> host transfer of the step
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: the loss is {value}: pred contains NaN or inf (the model "
+                             "diverged or the input has NaN); lower the learning rate or check "
+                             "the data")
+        self._grad, self._grad_of, self._shape = grad, (lambda g: g), ()
+        self._dtype = pred.dtype
+        return value
 
     def backward(self, dy=None) -> np.ndarray:
         """dL/dpred of the last call, same shape and dtype as pred (see the module docstring

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from mlcvlab.nn.basis import is_array
 from mlcvlab.nn.parameter import FlatParameters, Parameter, flatten
 
 
@@ -57,6 +58,7 @@ class Module:
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "input_grad", True)
         object.__setattr__(self, "_flat", None)
+        object.__setattr__(self, "device", "cpu")
 
     # -- registration -----------------------------------------------------
     def __setattr__(self, name, value):
@@ -65,7 +67,7 @@ class Module:
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
         params, modules, buffers = self._parameters, self._modules, self._buffers
-        if name in buffers and isinstance(value, np.ndarray):
+        if name in buffers and is_array(value):
             object.__setattr__(self, name, value)    # a buffer updated in place or replaced
             return
         for d in (params, modules, buffers):
@@ -182,6 +184,53 @@ class Module:
             self.flat()
         return self
 
+    # -- device -------------------------------------------------------------------
+    def to(self, device) -> "Module":
+        """Move the parameters, their gradients and the floating buffers to ``device``
+        ("cpu" or "cuda"), as ``torch.nn.Module.to``; every layer then runs its GPU twin
+        (:mod:`mlcvlab.gpu`). Returns self.
+
+        Build the optimizer after the move (as in torch): the parameters get a new flat
+        buffer on the device, and an optimizer built before refuses to step. Before
+        anything moves, every layer is checked: a layer or option without a GPU twin is a
+        NotImplementedError naming it, and no GPU (nor the simulator) a RuntimeError.
+        Integer buffers (batch counts, dropout seeds and steps) stay on the host: they are
+        read as Python ints every step.
+        """
+        from mlcvlab.gpu.device import check_device
+        device = check_device(device)
+        if device == "cuda":
+            from mlcvlab.gpu import engine
+            engine.check_model(self)
+        params = self.parameters()
+        if params:
+            flat = self.flat().moved(device)
+            object.__setattr__(self, "_flat", flat)
+        for m in self.modules():
+            for b in m._buffers:
+                arr = getattr(m, b)
+                if is_array(arr) and np.issubdtype(arr.dtype, np.floating):
+                    object.__setattr__(m, b, _moved(arr, device))
+            object.__setattr__(m, "device", device)
+        return self
+
+    def cuda(self) -> "Module":
+        """``to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self) -> "Module":
+        """``to("cpu")``."""
+        return self.to("cpu")
+
+    @property
+    def xp(self):
+        """The array module of this layer's arrays: NumPy, or on "cuda" CuPy (NumPy under
+        the simulator). For the few array ops a layer does itself (zeros, concatenate)."""
+        if self.device == "cpu":
+            return np
+        from mlcvlab.gpu.device import array_module
+        return array_module()
+
     @property
     def dtype(self) -> np.dtype:
         params = self.parameters()
@@ -189,12 +238,13 @@ class Module:
 
     # -- state ------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of every parameter and buffer, by dotted name."""
+        """Copies of every parameter and buffer, by dotted name (NumPy arrays, on the host,
+        whatever the model's device)."""
         state = OrderedDict()
         for name, p in self.named_parameters():
-            state[name] = p.data.copy()
+            state[name] = _host_copy(p.data)
         for name, b in self.named_buffers():
-            state[name] = np.array(b, copy=True)
+            state[name] = _host_copy(b)
         return state
 
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> None:
@@ -226,17 +276,17 @@ class Module:
                         f"{type(self).__name__}.load_state_dict: '{key}' expected shape "
                         f"{p.data.shape}, got {value.shape}"
                     )
-                p.data[...] = value
+                p.data[...] = _moved(value, self.device)
             elif key in buffers:
                 m, bname = buffers[key]
                 cur = getattr(m, bname)
-                if isinstance(cur, np.ndarray):
+                if is_array(cur):
                     if value.shape != cur.shape:
                         raise ValueError(
                             f"{type(self).__name__}.load_state_dict: buffer '{key}' expected "
                             f"shape {cur.shape}, got {value.shape}"
                         )
-                    cur[...] = value
+                    cur[...] = value if isinstance(cur, np.ndarray) else _moved(value, "cuda")
                 else:
                     object.__setattr__(m, bname, type(cur)(value))
 
@@ -303,6 +353,22 @@ def declared(module: Module, fact: str) -> Callable:
     return getattr(module, fact)
 
 
+
+
+def _host_copy(a) -> np.ndarray:
+    return np.array(a, copy=True) if isinstance(a, np.ndarray) else a.get()
+
+
+def _moved(a, device: str):
+    """``a`` as an array of ``device`` (a copy when it changes device)."""
+    from mlcvlab.gpu import device as gpu_device
+    if device == "cpu":
+        return gpu_device.to_host(a)
+    if not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__"):
+        return a
+    return gpu_device.to_device(a)
+
+
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse."""
 
@@ -357,8 +423,9 @@ class Sequential(Module):
 
 def check_input(layer: str, x, ndim: Optional[Tuple[int, ...]] = None,
                 dim: Optional[Dict[int, int]] = None):
-    """Validate a layer input: a floating ndarray with the expected rank and sizes."""
-    if not isinstance(x, np.ndarray):
+    """Validate a layer input: a floating ndarray (or a device array) with the expected rank
+    and sizes."""
+    if not is_array(x):
         raise TypeError(f"{layer}: expected a numpy.ndarray input, got {type(x).__name__}")
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"{layer}: expected a floating input (float32/float64), "

@@ -15,6 +15,26 @@ from mlcvlab.nn import basis, init, kernels, philox
 from mlcvlab.nn.module import Kept, Module, Sequential, check_input
 from mlcvlab.nn.parameter import Parameter
 
+
+def _basis(layer: Module):
+    """Where ``layer``'s element-wise, linear and normalisation math lives: :mod:`nn.basis`
+    on the CPU, its GPU twin :mod:`mlcvlab.gpu.basis` (same names and signatures) on
+    "cuda" (imported only then)."""
+    if layer.device == "cpu":
+        return basis
+    from mlcvlab.gpu import basis as gpu_basis
+    return gpu_basis
+
+
+def _conv(layer: Module):
+    """Where ``layer``'s convolution and pooling math lives: :mod:`nn.conv`, or on "cuda" its
+    GPU twin :mod:`mlcvlab.gpu.conv`."""
+    if layer.device == "cpu":
+        from mlcvlab.nn import conv
+        return conv
+    from mlcvlab.gpu import conv as gpu_conv
+    return gpu_conv
+
 IntPair = Union[int, Tuple[int, int]]
 Shape = Tuple[int, ...]
 
@@ -76,7 +96,7 @@ class Linear(Module):
         if x.ndim != 2:
             x = x.reshape(int(np.prod(lead)), self.in_features)
         b = self.bias.data if self.bias is not None else None
-        y, cache = basis.linear(x, self.weight.data, b)
+        y, cache = _basis(self).linear(x, self.weight.data, b)
         self._cache = cache if self.training else None
         self._lead = lead
         return y if len(lead) == 1 else y.reshape(lead + (self.out_features,))
@@ -91,7 +111,7 @@ class Linear(Module):
         dW_out = self.weight.grad_to_overwrite()
         db_out = self.bias.grad_to_overwrite() if self.bias is not None else None
         try:
-            dx, dW, db = basis.linear_grad(dy, self._cache, input_grad=self.input_grad,
+            dx, dW, db = _basis(self).linear_grad(dy, self._cache, input_grad=self.input_grad,
                                            dW_out=dW_out, db_out=db_out)
         except Exception:           # e.g. dy of the wrong shape: the taken gradients stay zero
             for p, taken in ((self.weight, dW_out), (self.bias, db_out)):
@@ -164,21 +184,19 @@ class Conv2d(Module):
         self._cache = None
 
     def forward(self, x):
-        from mlcvlab.nn import conv
         x, unbatched = _batched("Conv2d", x)
         check_input("Conv2d", x, dim={1: self.in_channels})
         b = self.bias.data if self.bias is not None else None
-        y, cache = conv.conv2d(x, self.weight.data, b, self.stride, self.padding, self.dilation,
+        y, cache = _conv(self).conv2d(x, self.weight.data, b, self.stride, self.padding, self.dilation,
                                self.groups, self.padding_mode)
         self._cache = cache if self.training else None
         self._unbatched = unbatched
         return y[0] if unbatched else y
 
     def backward(self, dy):
-        from mlcvlab.nn import conv
         if self._cache is None:
             _no_cache(self)
-        dx, dW, db = conv.conv2d_grad(dy[None] if self._unbatched else dy, self._cache,
+        dx, dW, db = _conv(self).conv2d_grad(dy[None] if self._unbatched else dy, self._cache,
                                       input_grad=self.input_grad)
         self.weight.grad += dW
         if self.bias is not None:
@@ -224,10 +242,9 @@ class _Pooling(Module):
         return y[0] if unbatched else y
 
     def backward(self, dy):
-        from mlcvlab.nn import conv
         if self._cache is None:
             _no_cache(self)
-        dx = getattr(conv, self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
+        dx = getattr(_conv(self), self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
         return dx[0] if self._unbatched else dx
 
 
@@ -252,8 +269,8 @@ class _Pool2d(_Pooling):
     def forward(self, x):
         from mlcvlab.nn import conv
         x, unbatched = _batched(type(self).__name__, x)
-        y, cache = getattr(conv, self._fn)(x, self.kernel_size, self.stride, self.padding,
-                                           **self._options())
+        y, cache = getattr(_conv(self), self._fn)(x, self.kernel_size, self.stride,
+                                                  self.padding, **self._options())
         index = conv.pool_indices(cache) if getattr(self, "return_indices", False) else None
         self._cache = cache if self.training else None
         return self._output(y, index, unbatched)
@@ -344,7 +361,7 @@ class _AdaptivePool2d(_Pooling):
     def forward(self, x):
         from mlcvlab.nn import conv
         x, unbatched = _batched(type(self).__name__, x)
-        y, cache = getattr(conv, self._fn)(x, self.output_size)
+        y, cache = getattr(_conv(self), self._fn)(x, self.output_size)
         self._cache = cache if self.training else None
         index = cache.index if getattr(self, "return_indices", False) else None
         return self._output(y, index, unbatched)
@@ -387,6 +404,8 @@ class GlobalAvgPool2d(Module):
     def forward(self, x):
         check_input("GlobalAvgPool2d", x, ndim=(4,))
         self._shape = x.shape
+        if self.device != "cpu":
+            return _conv(self).global_avgpool2d(x)
         return x.mean(axis=(2, 3))
 
     def backward(self, dy):
@@ -394,6 +413,8 @@ class GlobalAvgPool2d(Module):
             _no_cache(self)
         n, c, h, w = self._shape
         basis.check_dy("GlobalAvgPool2d.backward", dy, (n, c))
+        if self.device != "cpu":
+            return _conv(self).global_avgpool2d_grad(dy, self._shape)
         dx = np.empty(self._shape, dtype=dy.dtype)
         dx[...] = (dy / (h * w))[:, :, None, None]
         return dx
@@ -504,9 +525,10 @@ class _BatchNorm(Module):
         self._cache = None
 
     def _gamma_beta(self, dtype):
-        gamma = self.weight.data if self.affine else np.ones(self.num_features, dtype=dtype)
+        xp = self.xp
+        gamma = self.weight.data if self.affine else xp.ones(self.num_features, dtype=dtype)
         beta = (self.bias.data if self.bias is not None
-                else np.zeros(self.num_features, dtype=gamma.dtype))
+                else xp.zeros(self.num_features, dtype=gamma.dtype))
         return gamma, beta
 
     def forward(self, x):
@@ -514,16 +536,17 @@ class _BatchNorm(Module):
         check_input(name, x, ndim=self._ndims, dim={1: self.num_features})
         gamma, beta = self._gamma_beta(x.dtype)
         if not self.training and self.track_running_stats:
-            return basis.batchnorm_eval(x, gamma, beta, self.running_mean, self.running_var,
+            return _basis(self).batchnorm_eval(x, gamma, beta, self.running_mean, self.running_var,
                                         self.eps)
         if x.size == 0:         # an empty batch: empty out, statistics untouched (as torch)
             C = self.num_features
-            self._cache = basis.BatchNormCache(None, x, np.zeros(C, x.dtype), np.ones(C, x.dtype),
-                                               np.ones(C, x.dtype), gamma, self.eps)
+            xp = self.xp
+            self._cache = basis.BatchNormCache(None, x, xp.zeros(C, x.dtype), xp.ones(C, x.dtype),
+                                               xp.ones(C, x.dtype), gamma, self.eps)
             if self.training and self.track_running_stats:
                 self.num_batches_tracked += 1
-            return np.empty_like(x)
-        y, cache = basis.batchnorm(x, gamma, beta, self.eps)
+            return self.xp.empty_like(x)
+        y, cache = _basis(self).batchnorm(x, gamma, beta, self.eps)
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         if self.training and self.track_running_stats:
             self.update_running(cache.mean, cache.var, x.size // self.num_features)
@@ -541,13 +564,13 @@ class _BatchNorm(Module):
         feature, into the running statistics (:func:`basis.batchnorm_update_running`)."""
         momentum = self.next_momentum()
         self.num_batches_tracked += 1
-        basis.batchnorm_update_running(self.running_mean, self.running_var, mean, var, count,
+        _basis(self).batchnorm_update_running(self.running_mean, self.running_var, mean, var, count,
                                        momentum)
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
-        dx, dgamma, dbeta = basis.batchnorm_grad_fused(dy, self._cache)
+        dx, dgamma, dbeta = _basis(self).batchnorm_grad_fused(dy, self._cache)
         if self.affine:
             self.weight.grad += dgamma
         if self.bias is not None:
@@ -621,13 +644,13 @@ class Dropout(Module):
     def forward(self, x):
         check_input("Dropout", x)
         key = self.next_key() if self.training else None
-        y, self._cache = basis.dropout(x, self.p, train=self.training, rng=key)
+        y, self._cache = _basis(self).dropout(x, self.p, train=self.training, rng=key)
         return y
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
-        return basis.dropout_grad(dy, self._cache)
+        return _basis(self).dropout_grad(dy, self._cache)
 
     def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
         if self.p == 0:
@@ -642,8 +665,7 @@ class Dropout(Module):
 
 
 class _Activation(Module):
-    _fwd = None
-    _bwd = None
+    _fn = ""        # the name of its math in nn.basis (and its GPU twin): _fn and _fn + "_grad"
 
     def __init__(self):
         super().__init__()
@@ -651,14 +673,17 @@ class _Activation(Module):
 
     def forward(self, x):
         check_input(type(self).__name__, x)
-        y, cache = type(self)._fwd(x)
+        y, cache = self._fwd(x)
         self._cache = cache if self.training else None
         return y
+
+    def _fwd(self, x):
+        return getattr(_basis(self), self._fn)(x)
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
-        return type(self)._bwd(dy, self._cache)
+        return getattr(_basis(self), self._fn + "_grad")(dy, self._cache)
 
     def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
         return Kept(output=True)                # the gradient is read off y
@@ -669,21 +694,21 @@ class _Activation(Module):
 
 class ReLU(_Activation):
     """max(x, 0)."""
-    _fwd, _bwd = basis.relu, basis.relu_grad
+    _fn = "relu"
 
 
 class Sigmoid(_Activation):
     """1 / (1 + exp(-x))."""
-    _fwd, _bwd = basis.sigmoid, basis.sigmoid_grad
+    _fn = "sigmoid"
 
 
 class Tanh(_Activation):
-    _fwd, _bwd = basis.tanh, basis.tanh_grad
+    _fn = "tanh"
 
 
 class Softmax(_Activation):
     """Softmax over axis ``dim`` (the last by default), as torch.nn.Softmax(dim)."""
-    _bwd = basis.softmax_grad
+    _fn = "softmax"
 
     def __init__(self, dim: int = -1):
         super().__init__()
@@ -695,7 +720,7 @@ class Softmax(_Activation):
         if not -max(x.ndim, 1) <= self.dim < max(x.ndim, 1):
             raise ValueError(f"Softmax: dim={self.dim} is out of range for an input of shape "
                              f"{x.shape}")
-        return basis.softmax(x, axis=self.dim)
+        return _basis(self).softmax(x, axis=self.dim)
 
     def forward(self, x):
         check_input("Softmax", x)
@@ -725,14 +750,14 @@ class LeakyReLU(Module):
 
     def forward(self, x):
         check_input("LeakyReLU", x)
-        y, cache = basis.leaky_relu(x, self.slope)
+        y, cache = _basis(self).leaky_relu(x, self.slope)
         self._cache = cache if self.training else None
         return y
 
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
-        return basis.leaky_relu_grad(dy, self._cache)
+        return _basis(self).leaky_relu_grad(dy, self._cache)
 
     def kept_for_backward(self, in_shape: Shape, out_shape: Shape) -> Kept:
         return Kept(input=True)                 # the slope is read off the sign of x

@@ -143,6 +143,35 @@ class FlatParameters:
             offset += p.data.size
 
     @property
+    def device(self) -> str:
+        """"cpu", or "cuda" once :meth:`moved` there."""
+        return getattr(self, "_device", "cpu")
+
+    def moved(self, device: str) -> "FlatParameters":
+        """A new flat buffer on ``device`` ("cpu" or "cuda") holding these values and
+        gradients (self when already there); every parameter is rebound to views of it.
+
+        One copy of each vector (data, grad, decay mask) crosses the bus. An optimizer
+        built on the old buffer then refuses to step (its state lives on the old device).
+        """
+        if device == self.device:
+            return self
+        from mlcvlab.gpu import device as gpu_device
+        move = gpu_device.to_host if device == "cpu" else gpu_device.to_device
+        grad = self.grad                       # pending zeros written first
+        new = object.__new__(FlatParameters)
+        new.params, new.slices = self.params, self.slices
+        new.data, new._grad = move(self.data), move(grad)
+        new.decay_mask = move(self.decay_mask)
+        new._device = device
+        for p, sl in zip(new.params, new.slices):
+            shape = p.data.shape
+            p.data = new.data[sl].reshape(shape)
+            p.grad = new._grad[sl].reshape(shape)
+            p._flat = new
+        return new
+
+    @property
     def size(self) -> int:
         return self.data.size
 

@@ -15,7 +15,6 @@ from typing import Iterable, Tuple
 import numpy as np
 
 from mlcvlab.nn.parameter import Parameter
-from mlcvlab.optim import kernels
 from mlcvlab.optim.base import Optimizer, _is_real, check_hyper
 
 
@@ -283,7 +282,7 @@ class Adam(Optimizer):
     def _adam_kernel(self, w, grad, h, st, wd: float, shrink: float) -> None:
         beta1, beta2 = h["betas"]
         c = w.dtype.type
-        kernels.get("adam")(w, grad, st["exp_avg"], st["exp_avg_sq"],
+        self._kernel("adam")(w, grad, st["exp_avg"], st["exp_avg_sq"],
                             c(h["lr"] / (1 - beta1 ** self.t)), c(beta1), c(1 - beta1), c(beta2),
                             c(1 - beta2), c(h["eps"]), c(1 / math.sqrt(1 - beta2 ** self.t)),
                             c(wd), c(shrink))

@@ -71,6 +71,19 @@ def _merge_slices(slices: List[slice]) -> List[slice]:
     return runs
 
 
+def _host_copy(a) -> np.ndarray:
+    """A NumPy copy of a state array (a CuPy one comes to the host)."""
+    return a.copy() if isinstance(a, np.ndarray) else a.get()
+
+
+def _on_device_of(like, a: np.ndarray):
+    """Host array ``a`` on the device of ``like`` (as is when ``like`` is a NumPy array)."""
+    if isinstance(like, np.ndarray):
+        return a
+    from mlcvlab.gpu import device as gpu_device
+    return gpu_device.to_device(a)
+
+
 class Optimizer:
     """Base class: flat buffer, parameter groups, coupled weight decay, step counter, state.
 
@@ -284,6 +297,15 @@ class Optimizer:
         """Do the whole update in one compiled pass and return True, or return False."""
         return False
 
+    def _kernel(self, name: str):
+        """The fused update ``name`` for where the parameters live: the numba CPU kernel of
+        :mod:`mlcvlab.optim.kernels`, or its CUDA twin in :mod:`mlcvlab.gpu.optim` (same
+        arguments, same arithmetic) when the model was moved with ``to("cuda")``."""
+        if self.flat.device == "cpu":
+            return kernels.get(name)
+        from mlcvlab.gpu import optim as gpu_optim
+        return gpu_optim.get(name)
+
     def _update(self, w: np.ndarray, g: np.ndarray, h: dict, st: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__}._update: Optimizer is abstract; "
                                   "subclasses implement _update(w, g, h, st) (or _fused_update)")
@@ -321,7 +343,8 @@ class Optimizer:
         groups = [{**{k: v for k, v in g.items() if k != "params"},
                    "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]
         return {"optimizer": type(self).__name__, "hyper": self.hyperparameters(), "t": self.t,
-                "state": {k: v.copy() for k, v in self.state.items()}, "param_groups": groups}
+                "state": {k: _host_copy(v) for k, v in self.state.items()},
+                "param_groups": groups}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()``: state arrays copied in, groups' settings and step set."""
@@ -369,10 +392,9 @@ class Optimizer:
             if k not in arrays:
                 del self.state[k]
         for k, v in arrays.items():
-            if k in self.state:
-                self.state[k][...] = v
-            else:
-                self.state[k] = np.array(v, dtype=self.flat.dtype)
+            if k not in self.state:
+                self.state[k] = self._init_state(k)
+            self.state[k][...] = _on_device_of(self.flat.data, np.asarray(v, self.flat.dtype))
         self._ensure_state()
         self._wd_cache.clear()
         self.t = int(state["t"])

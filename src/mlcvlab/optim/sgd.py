@@ -6,7 +6,6 @@ from typing import Iterable
 import numpy as np
 
 from mlcvlab.nn.parameter import Parameter
-from mlcvlab.optim import kernels
 from mlcvlab.optim.base import Optimizer, _is_real, check_hyper
 
 
@@ -53,7 +52,7 @@ class SGD(Optimizer):
         if h["momentum"] == 0 or not np.isscalar(wd):
             return False  # plain SGD is 2 passes in NumPy already; masks stay on NumPy
         c = w.dtype.type
-        kernels.get("sgd_momentum")(w, grad, st["momentum_buffer"], c(h["lr"]),
+        self._kernel("sgd_momentum")(w, grad, st["momentum_buffer"], c(h["lr"]),
                                     c(h["momentum"]), c(wd), h["nesterov"])
         return True
 

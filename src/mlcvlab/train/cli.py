@@ -83,7 +83,7 @@ RUN_DEFAULTS: Dict[str, Any] = {
 }
 RESUME_MAY_CHANGE = ("epochs",)
 DEVICES = ("cpu", "cuda")
-CUDA_MODELS = ("nn4", "mlp")      # the models the GPU path (mlcvlab.parallel.cuda) runs
+CUDA_MODELS = ("nn4", "mlp")      # the models the handout's --dist cuda workers run
 DEFAULT_TIMEOUT = 300.0
 
 
@@ -111,10 +111,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="none (default), exponential (lr falls 10x over the run), cyclic")
     p.add_argument("--workers", type=int, default=None,
                    help="data-parallel workers K (default 1; under --dist mpi, the ranks)")
-    p.add_argument("--dist", default=None, choices=["local", "mpi", "cuda"], help="default local")
+    p.add_argument("--dist", default=None, choices=["local", "mpi", "cuda"],
+                   help="default local; cuda: the handout's K data-parallel workers on GPUs in "
+                        f"one process (models {', '.join(CUDA_MODELS)})")
     p.add_argument("--device", default=None, choices=DEVICES,
-                   help=f"cpu (default) or cuda: the GPU path, --dist cuda (models "
-                        f"{', '.join(CUDA_MODELS)}); fails at once without a GPU")
+                   help="cpu (default) or cuda: the whole model on one GPU (model.to('cuda'): "
+                        "every layer's GPU twin); fails at once without a GPU. Not part of the "
+                        "run's settings: a run may resume on the other device")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of the training data held out (stratified, seeded) for the "
@@ -308,29 +311,27 @@ def _probe_model(model, X: np.ndarray, config: Dict[str, Any]) -> None:
         raise ValueError(f"--model {config['model']} gave {out.shape[0]} outputs for 2 inputs")
 
 
-def apply_device(args) -> None:
-    """``--device cuda`` is ``--dist cuda`` (a conflicting --dist is an error); cpu changes
-    nothing."""
+def run_device(args, config: Dict[str, Any]) -> str:
+    """The device of this run ("cpu" or "cuda"), checked before any data is loaded: ``--device
+    cuda`` runs one process on one GPU (data-parallel GPUs are --dist cuda, the handout's
+    workers), and needs a GPU (a RuntimeError saying how to get one). --dist cuda needs a model
+    its workers run, and a GPU too."""
     device = getattr(args, "device", None) or "cpu"
-    if device == "cpu":
-        return
-    if args.dist not in (None, "cuda"):
-        raise ValueError(f"--device cuda runs the GPU path (--dist cuda); drop --dist {args.dist}"
-                         f" or --device cuda")
-    args.dist = "cuda"
-
-
-def check_cuda_run(config: Dict[str, Any]) -> None:
-    """For --dist cuda / --device cuda, before any data is loaded: a model the GPU path runs,
-    and a GPU (a RuntimeError saying how to get one, or to run without it)."""
-    if config["dist"] != "cuda":
-        return
-    if config["model"] not in CUDA_MODELS:
-        raise ValueError(f"--device cuda (--dist cuda) runs the models {', '.join(CUDA_MODELS)}; "
-                         f"--model {config['model']} has no GPU path yet (issue #22): run it "
-                         f"without --device cuda")
-    from mlcvlab.parallel.cuda import load_cuda
-    load_cuda()
+    if device == "cuda" and (config["dist"] != "local" or config["workers"] != 1):
+        raise ValueError(f"--device cuda trains the whole model on one GPU in one process; "
+                         f"--dist {config['dist']} --workers {config['workers']} is another "
+                         f"path (data-parallel workers on GPUs: --dist cuda --workers K, models "
+                         f"{', '.join(CUDA_MODELS)}); drop --dist/--workers or --device cuda")
+    if device == "cuda":
+        from mlcvlab.gpu.device import array_module
+        array_module()
+    if config["dist"] == "cuda":
+        if config["model"] not in CUDA_MODELS:
+            raise ValueError(f"--dist cuda runs the models {', '.join(CUDA_MODELS)}; --model "
+                             f"{config['model']} runs on a GPU with --device cuda (one GPU)")
+        from mlcvlab.parallel.cuda import load_cuda
+        load_cuda()
+    return device
 
 
 def run_train(args) -> int:
@@ -355,10 +356,9 @@ def run_train(args) -> int:
     resuming = args.resume is not None
     if not resuming and args.dist == "mpi" and args.workers is None:
         args.workers = _mpi_size()        # mpiexec -n K mlcvlab train --dist mpi
-    apply_device(args)
     config = resume_config(args) if resuming else new_run_config(args)
     check_run_config(config)
-    check_cuda_run(config)
+    device = run_device(args, config)
     out = args.resume if resuming else (args.out or _new_run_folder(config))
     is_mpi_worker = config["dist"] == "mpi" and _mpi_rank() != 0
     if not is_mpi_worker:
@@ -377,6 +377,8 @@ def run_train(args) -> int:
     n_classes = int(max(y_all.max(), y_test.max()) + 1)
     model = build_model(config["model"], X_train.shape[1:], n_classes, config["seed"])
     _probe_model(model, X_train, config)
+    if device == "cuda":
+        model.to("cuda")                 # before the optimizer, which keeps its state there
     drop_last = _last_batch_plan(len(X_train), config, model)
     optimizer = build_optimizer(config["optimizer"], model.parameters(), config["lr"],
                                 config["weight_decay"], config["momentum"])
@@ -394,7 +396,8 @@ def run_train(args) -> int:
     if is_root:
         record = dict(config, status="running", n_train=len(X_train),
                       n_val=0 if X_val is None else len(X_val), n_test=len(X_test),
-                      drop_last_batch=drop_last, threads=args.threads, versions=_versions(),
+                      drop_last_batch=drop_last, threads=args.threads, device=device,
+                      versions=_versions(),
                       optimizer_used=_jsonable({"class": type(optimizer).__name__,
                                                 **optimizer.hyperparameters()}))
         atomic_write_text(os.path.join(out, "config.json"), json.dumps(record, indent=2))
@@ -403,7 +406,7 @@ def run_train(args) -> int:
     callbacks = [Checkpoint(out, write=is_root)]
     if is_root and not args.quiet:      # a live bar where one can be drawn; _Log prints lines
         callbacks.append(ProgressBar(plain_lines=False))
-    trainer = Trainer(model, loss_for(model), optimizer, schedulers=schedulers,
+    trainer = Trainer(model, loss_for(model).to(device), optimizer, schedulers=schedulers,
                       callbacks=callbacks, step_fn=step_fn)
     if resuming:
         if checkpoint_paths(out) or os.path.exists(os.path.join(out, "checkpoint.npz.new")):
@@ -435,7 +438,8 @@ def run_train(args) -> int:
     if is_root:
         trainer.callbacks.append(_Log())
     history = trainer.fit(loader, remaining, val_loader=val_batches)
-    final = evaluate(model, loss_for(model), array_batches(X_test, y_test))   # once, at the end
+    final = evaluate(model, loss_for(model).to(device),  # once, at the end
+                     array_batches(X_test, y_test))
     if is_root:
         _write_run(out, config, model, history, final)
         seconds = sum(r["seconds"] for r in history)

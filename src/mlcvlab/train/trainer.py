@@ -29,6 +29,36 @@ def _correct(pred: np.ndarray, y: np.ndarray) -> int:
     return int(np.sum((scores > threshold) == (yv > 0.5)))
 
 
+def _on_device(model) -> bool:
+    return getattr(model, "device", "cpu") != "cpu"
+
+
+def _model_input(model, xb: np.ndarray):
+    """A host batch as the model's input: its dtype, and on the model's device (one copy per
+    batch; the labels stay on the host)."""
+    x = xb.astype(model.dtype, copy=False)
+    if not _on_device(model):
+        return x
+    from mlcvlab.gpu.device import to_device
+    return to_device(x)
+
+
+def _host(a) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    from mlcvlab.gpu.device import to_host
+    return to_host(a)
+
+
+def _correct_on_device(pred, y: np.ndarray):
+    """The number of right argmax predictions of device scores (N, C), as a device scalar:
+    it is added up over the epoch on the device and read once, at the epoch's end, so a
+    training step still waits for the device only to read its loss."""
+    from mlcvlab.gpu.device import array_module, to_device
+    xp = array_module()
+    return xp.sum(pred.argmax(axis=1) == to_device(y))
+
+
 def _module_generators(model) -> List[np.random.Generator]:
     """The NumPy generators of the model's layers that draw from one, in module order (the
     layers of mlcvlab draw none: Dropout's masks are counter-based, their state is in the
@@ -45,11 +75,11 @@ def evaluate(model, loss, batches: Iterable[Tuple[np.ndarray, np.ndarray]],
     total, n, correct = 0.0, 0, 0
     try:
         for xb, yb in batches:
-            pred = model(xb.astype(model.dtype, copy=False))
+            pred = model(_model_input(model, xb))
             total += loss(pred, _labels_for(loss, pred, yb)) * len(xb)
             n += len(xb)
             if classification:
-                correct += _correct(pred, yb)
+                correct += _correct(_host(pred), yb)
     finally:
         model.train(was_training)
     if n == 0:
@@ -105,7 +135,7 @@ class Trainer:
         if model.input_grad:        # the input is data: its gradient is never used
             model.set_input_grad(False)
         model.zero_grad()
-        pred = model(xb.astype(model.dtype, copy=False))
+        pred = model(_model_input(model, xb))
         value = self.loss(pred, _labels_for(self.loss, pred, yb))
         model.backward(self.loss.backward())
         t1 = time.perf_counter()
@@ -113,7 +143,8 @@ class Trainer:
         t2 = time.perf_counter()
         timings = {"compute_seconds": t1 - t0, "update_seconds": t2 - t1}
         if self.classification:     # running train accuracy (as Keras reports it)
-            timings["correct"] = _correct(pred, yb)
+            timings["correct"] = (_correct_on_device(pred, yb) if _on_device(model)
+                                  else _correct(pred, yb))
         return value, timings
 
     def _run_epoch(self, loader) -> Dict[str, Any]:
@@ -138,7 +169,7 @@ class Trainer:
                   "seconds": time.perf_counter() - start,
                   "cpu_seconds": time.process_time() - cpu_start}
         correct = timings.pop("correct", None)
-        record["train_acc"] = correct / n if correct is not None else None
+        record["train_acc"] = float(correct) / n if correct is not None else None
         record.update(timings)
         return record
 
@@ -186,7 +217,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            outs = [self.model(X[i:i + batch_size].astype(self.model.dtype, copy=False))
+            outs = [_host(self.model(_model_input(self.model, X[i:i + batch_size])))
                     for i in range(0, len(X), batch_size)]
         finally:
             self.model.train(was_training)

@@ -1,0 +1,199 @@
+"""The device engine end to end: models moved with ``to("cuda")`` train as on the CPU.
+
+Run by test_engine_sim.py as ``NUMBA_ENABLE_CUDASIM=1 python engine_sim_checks.py OUT.json``
+(NumPy stands in for CuPy; ``NUMBA_ENABLE_CUDASIM=0`` runs the same checks on a GPU with
+CuPy, as benchmarks/gpu_check.sh does). Writes {check: error or "ok"}; names after OUT.json
+run only those checks. Each training check builds the same model twice from one seed, moves
+one to "cuda", and runs three SGD-with-momentum steps on the same batches: losses, weights and
+batch-norm running statistics agree to float32 rounding (the device sums in other orders).
+"""
+import json
+import os
+import sys
+import traceback
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+
+from mlcvlab import nn  # noqa: E402
+from mlcvlab.gpu.device import array_module, to_host  # noqa: E402
+from mlcvlab.optim import SGD, Adam  # noqa: E402
+from mlcvlab.train import Trainer  # noqa: E402
+
+CHECKS = {}
+TOL = 2e-4          # three steps of float32 sums in other orders; relative and absolute
+
+
+def check(fn):
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+def _batches(shape, n_classes, steps=3, seed=0):
+    r = np.random.default_rng(seed)
+    return [(r.normal(size=shape).astype(np.float32), r.integers(0, n_classes, shape[0]))
+            for _ in range(steps)]
+
+
+def _train_both(build, batches, optimizer=lambda p: SGD(p, lr=0.05, momentum=0.9)):
+    """(cpu losses, gpu losses, cpu model, gpu model) after one step per batch."""
+    out = []
+    for device in ("cpu", "cuda"):
+        model = build().to(device)
+        loss = nn.CrossEntropyLoss().to(device)
+        trainer = Trainer(model, loss, optimizer(model.parameters()), nan_guard=False)
+        model.train()
+        out.append(([trainer.train_step(x, y)[0] for x, y in batches], model))
+    (cpu_losses, cpu), (gpu_losses, gpu) = out
+    return cpu_losses, gpu_losses, cpu, gpu
+
+
+def _same_state(cpu, gpu, tol=TOL):
+    a, b = cpu.state_dict(), gpu.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert isinstance(b[k], np.ndarray), f"{k}: state_dict gave {type(b[k])}, not NumPy"
+        np.testing.assert_allclose(b[k], a[k], rtol=tol, atol=tol, err_msg=k)
+
+
+def _same_training(build, shape, n_classes, **kw):
+    cpu_l, gpu_l, cpu, gpu = _train_both(build, _batches(shape, n_classes), **kw)
+    np.testing.assert_allclose(gpu_l, cpu_l, rtol=TOL, atol=TOL)
+    assert cpu_l[-1] != cpu_l[0]                  # the steps changed something
+    _same_state(cpu, gpu)
+    x = _batches(shape, n_classes, steps=1, seed=1)[0][0]
+    cpu.eval(), gpu.eval()
+    np.testing.assert_allclose(to_host(gpu(array_module().asarray(x))), cpu(x),
+                               rtol=TOL, atol=TOL)
+
+
+@check
+def lenet5_three_steps_equal_cpu():
+    from mlcvlab.models import lenet5
+    _same_training(lambda: lenet5(rng=0), (2, 1, 28, 28), 10)
+
+
+@check
+def lenet5_batchnorm_dropout_three_steps_equal_cpu():
+    """BN 1-D and 2-D, and dropout masks drawn on the device (the same Philox masks)."""
+    from mlcvlab.models import lenet5
+    _same_training(lambda: lenet5(batchnorm=True, p_input=0.2, p_hidden=0.5, rng=0),
+                   (3, 1, 28, 28), 10)
+
+
+@check
+def resnet20_small_input_three_steps_equal_cpu():
+    """ResNet-20 (19 convs, BN, residual and zero-pad shortcuts, global pooling) on 4x4."""
+    from mlcvlab.models import resnet_cifar
+    _same_training(lambda: resnet_cifar(20, rng=0), (2, 3, 4, 4), 10)
+
+
+@check
+def mlp_adam_three_steps_equal_cpu():
+    from mlcvlab.models import mlp
+    _same_training(lambda: mlp([12, 9, 7, 5], p_input=0.2, p_hidden=0.5, rng=0), (5, 12), 5,
+                   optimizer=lambda p: Adam(p, lr=0.01))
+
+
+@check
+def minigooglenet_one_step_equal_cpu():
+    """Concat of branches and the overlapping 3x3 stride-2 max pool."""
+    from mlcvlab.models import minigooglenet
+    cpu_l, gpu_l, cpu, gpu = _train_both(lambda: minigooglenet(in_channels=1, rng=0),
+                                         _batches((2, 1, 15, 15), 10, steps=1))
+    np.testing.assert_allclose(gpu_l, cpu_l, rtol=TOL, atol=TOL)
+    _same_state(cpu, gpu)
+
+
+@check
+def to_cuda_and_back_keeps_values_and_grads():
+    from mlcvlab.models import mlp
+    m = mlp([6, 5, 3], rng=0)
+    before = m.state_dict()
+    m.to("cuda")
+    assert m.device == "cuda" and all(sub.device == "cuda" for sub in m.modules())
+    assert m.flat().device == "cuda"
+    m.to("cpu")
+    assert isinstance(m.parameters()[0].data, np.ndarray) and m.flat().device == "cpu"
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@check
+def optimizer_built_before_the_move_refuses_to_step():
+    from mlcvlab.models import mlp
+    m = mlp([6, 5, 3], rng=0)
+    opt = SGD(m.parameters(), lr=0.1)
+    m.to("cuda")
+    try:
+        opt.step()
+    except RuntimeError as err:
+        assert "new flat buffer" in str(err), err
+    else:
+        raise AssertionError("an optimizer built before to('cuda') stepped")
+
+
+@check
+def checkpoint_state_is_host_numpy_and_loads_back_on_the_device():
+    """What a checkpoint saves of a device run is NumPy (np.savez, no pickle), and loading it
+    into a fresh device model and optimizer continues the run exactly."""
+    from mlcvlab.models import lenet5
+    batches = _batches((2, 1, 28, 28), 10, steps=4)
+
+    def fresh():
+        m = lenet5(batchnorm=True, p_hidden=0.5, rng=0).to("cuda")
+        return m, Trainer(m, nn.CrossEntropyLoss().to("cuda"),
+                          SGD(m.parameters(), lr=0.05, momentum=0.9), nan_guard=False)
+
+    m1, t1 = fresh()
+    for x, y in batches[:2]:
+        t1.train_step(x, y)
+    state = t1.checkpoint_state()
+    for k, v in list(state["model"].items()) + list(state["optimizer"]["state"].items()):
+        assert isinstance(v, np.ndarray), f"{k}: {type(v)}"
+    straight = [t1.train_step(x, y)[0] for x, y in batches[2:]]
+    m2, t2 = fresh()
+    t2.load_checkpoint_state(state)
+    resumed = [t2.train_step(x, y)[0] for x, y in batches[2:]]
+    np.testing.assert_array_equal(resumed, straight)
+
+
+@check
+def unsupported_layers_are_named_before_anything_moves():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.ReLU(), nn.Conv2d(2, 2, 3, groups=2))
+    w = m[0].weight.data
+    try:
+        m.to("cuda")
+    except NotImplementedError as err:
+        msg = str(err)
+        assert "2 layer(s)" in msg and "dilation" in msg and "group" in msg, msg
+        assert "device 'cpu'" in msg, msg
+    else:
+        raise AssertionError("to('cuda') accepted a dilated conv")
+    assert m.device == "cpu" and m[0].weight.data is w           # nothing moved
+
+
+@check
+def float64_model_is_refused():
+    from mlcvlab.models import mlp
+    m = mlp([6, 5, 3], rng=0).astype(np.float64)
+    try:
+        m.to("cuda")
+    except TypeError as err:
+        assert "float32" in str(err), err
+    else:
+        raise AssertionError("a float64 model moved to cuda")
+
+
+if __name__ == "__main__":
+    results = {}
+    chosen = sys.argv[2:] or list(CHECKS)
+    for name in chosen:
+        try:
+            CHECKS[name]()
+            results[name] = "ok"
+        except Exception:                       # noqa: BLE001 - reported per check
+            results[name] = traceback.format_exc()[-3000:]
+    with open(sys.argv[1], "w") as f:
+        json.dump(results, f)

@@ -106,13 +106,22 @@ def build(name: str) -> tnn.Module:
     return tnn.Sequential(*layers)
 
 
-def steps(name: str, batch: int):
-    """(train_step, eval_step) for the torch twin on the benchmark batch."""
-    model = build(name)
+def cuda_available() -> bool:
+    """True when this torch build sees a CUDA GPU (what ``mlcvlab bench --device cuda``
+    compares against)."""
+    return torch.cuda.is_available()
+
+
+def steps(name: str, batch: int, device: str = "cpu"):
+    """(train_step, eval_step) for the torch twin on the benchmark batch, on ``device``.
+    On "cuda" each step ends with ``torch.cuda.synchronize()``, as ours ends by reading its
+    loss (train) or waiting for its stream (eval): both time finished device work."""
+    model = build(name).to(device)
     x, y = _data(name, batch)
-    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     loss = tnn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def train_step():
         model.train()
@@ -121,11 +130,13 @@ def steps(name: str, batch: int):
         opt.zero_grad()
         loss(model(x), y).backward()
         opt.step()
+        sync()
 
     def eval_step():
         model.eval()
         with torch.no_grad():
             model(x)
+        sync()
 
     return train_step, eval_step
 

@@ -130,3 +130,10 @@ def test_models_all_selects_every_model(monkeypatch):
     monkeypatch.setattr(bench, "format_table", lambda result: "")
     main(["bench", "--models", "all", "--no-memory", "--quick"])
     assert seen["m"] == list(bench.MODEL_NAMES)
+
+
+def test_bench_device_cuda_without_a_gpu_fails_before_timing(capsys):
+    """No GPU (and no simulator in this process): a clear error, nothing timed."""
+    assert main(["bench", "--quick", "--models", "mlp", "--no-memory", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "no CUDA device found" in err and "device 'cpu'" in err, err

@@ -219,12 +219,22 @@ def build_ours(name: str):
     raise ValueError(f"mlcvlab bench: unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
 
-def ours_steps(name: str, batch: int):
-    """(train_step, eval_step) closures for our model on the benchmark batch."""
+def ours_steps(name: str, batch: int, device: str = "cpu"):
+    """(train_step, eval_step) closures for our model on the benchmark batch, on ``device``
+    (on "cuda" the batch is copied there once; a train step ends by reading its loss, an
+    eval step by waiting for the device, so both time finished work)."""
     from mlcvlab import nn, optim
     model = build_ours(name).set_input_grad(False)     # as torch: x does not require grad
+    model.to(device)
     x, y = _data(name, batch)
-    loss = nn.CrossEntropyLoss()
+    sync = lambda: None                                 # noqa: E731
+    if device == "cuda":
+        from mlcvlab.gpu.device import array_module, to_device
+        xp = array_module()
+        x = to_device(x)
+        if xp is not np:
+            sync = xp.cuda.get_current_stream().synchronize
+    loss = nn.CrossEntropyLoss().to(device)
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def train_step():
@@ -233,10 +243,12 @@ def ours_steps(name: str, batch: int):
         loss(model.forward(x), y)
         model.backward(loss.backward())
         opt.step()
+        sync()
 
     def eval_step():
         model.eval()
         model.forward(x)
+        sync()
 
     return train_step, eval_step
 
@@ -473,13 +485,26 @@ def _summary(ours: List[float], theirs: Optional[List[float]], batch: int) -> di
     return row
 
 
+def _baseline_steps(name: str, batch: int, ref, device: str):
+    """The steps ours are compared with: torch's on the same device; on "cuda" without a CUDA
+    torch, our own CPU path (so the ratio is then device / CPU); None without torch on the
+    CPU."""
+    if device == "cuda" and (ref is None or not ref.cuda_available()):
+        return ours_steps(name, batch, "cpu")
+    if ref is None:
+        return None
+    return ref.steps(name, batch, device) if device == "cuda" else ref.steps(name, batch)
+
+
 def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref,
-                settle_seconds: float = SETTLE_SECONDS) -> dict:
-    """Train and eval throughput of one model, ours and (if available) torch's, interleaved."""
-    our_train, our_eval = ours_steps(name, batch)
+                settle_seconds: float = SETTLE_SECONDS, device: str = "cpu") -> dict:
+    """Train and eval throughput of one model, ours and (if available) the baseline's
+    (:func:`_baseline_steps`), interleaved."""
+    our_train, our_eval = ours_steps(name, batch, device)
     fns = {"ours_train": our_train, "ours_eval": our_eval}
-    if ref is not None:
-        t_train, t_eval = ref.steps(name, batch)
+    base = _baseline_steps(name, batch, ref, device)
+    if base is not None:
+        t_train, t_eval = base
         fns = {"ours_train": our_train, "torch_train": t_train,
                "ours_eval": our_eval, "torch_eval": t_eval}
     s = time_interleaved(fns, repeats, target_seconds, settle_seconds=settle_seconds)
@@ -489,7 +514,7 @@ def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref,
 
 def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: int = 2,
         repeats: int = 5, quick: bool = False, memory: bool = True, use_torch: bool = True,
-        reference: Optional[str] = None, layers: bool = False) -> dict:
+        reference: Optional[str] = None, layers: bool = False, device: str = "cpu") -> dict:
     """Run the whole benchmark and return the result dictionary (what ``--out`` writes).
 
     Both frameworks run in this process under ``backend.keep_freed_memory()``, which both
@@ -508,6 +533,15 @@ def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: 
     ref = load_reference(ref_path)
     if ref is not None:
         ref.set_threads(threads)
+    if device == "cuda":
+        from mlcvlab.gpu.device import array_module
+        array_module()                      # no GPU: the clear error, before any timing
+        if layers or memory:
+            raise ValueError("mlcvlab bench --device cuda: --per-layer and the memory "
+                             "measurement are CPU-only; add --no-memory, drop --per-layer")
+    baseline = ("torch CUDA" if device == "cuda" and ref is not None and ref.cuda_available()
+                else "ours on the CPU" if device == "cuda"
+                else "torch CPU" if ref is not None else None)
     target = 0.05 if quick else 0.4
     result = {
         "machine": {"cpu": cpu_model(), "simd": cpu_simd(), "cores": os.cpu_count(),
@@ -516,7 +550,8 @@ def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: 
         "config": {"models": list(models), "batch_size": batch_size, "threads": threads,
                    "repeats": repeats, "quick": quick, "dtype": "float32",
                    "optimizer": f"SGD(lr={LR}, momentum={MOMENTUM})",
-                   "malloc_keeps_freed_memory": kept},
+                   "malloc_keeps_freed_memory": kept, "device": device,
+                   "baseline": baseline},
         "models": {},
     }
     with threadpool_limits(threads):
@@ -531,7 +566,8 @@ def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: 
                     MLP_SIZES, batch_size, 3 if quick else 5)
         for name in models:
             result["models"][name] = bench_model(name, batch_size, repeats, target, ref,
-                                                 settle_seconds=0.0 if quick else SETTLE_SECONDS)
+                                                 settle_seconds=0.0 if quick else SETTLE_SECONDS,
+                                                 device=device)
             if layers:
                 result["models"][name]["per_layer"] = per_layer(name, batch_size, repeats, ref)
         # The peak is measured again after the models: the machine's load drifts during a
@@ -572,9 +608,12 @@ def _fmt(v, spec=".0f") -> str:
 def format_table(result: dict) -> str:
     """The result as a Markdown table (one row per model and phase) plus the GEMM line."""
     m = result["machine"]
+    device = result["config"].get("device", "cpu")
+    base = result["config"].get("baseline") or "torch"
     lines = [f"Machine: {m['cpu']}" + (f" ({m['simd']})" if m.get("simd") else "")
-             + f", {m['cores']} cores; {result['config']['threads']} threads", "",
-             "| model | phase | ours (samples/s) | torch (samples/s) | ours / torch "
+             + f", {m['cores']} cores; {result['config']['threads']} threads"
+             + (f"; ours on the GPU, against {base}" if device == "cuda" else ""), "",
+             f"| model | phase | ours (samples/s) | {base} (samples/s) | ours / {base} "
              "| range over the sample pairs |",
              "|---|---|---:|---:|---:|---:|"]
     for name, r in result["models"].items():
@@ -608,7 +647,7 @@ def format_table(result: dict) -> str:
                      f"{100 * result['torch_mlp_fraction_of_sgemm_peak']:.0f}% of the same peak "
                      f"(its GEMMs alone: {result['torch_mlp_gemms_gflops']:.1f} GFLOP/s = "
                      f"{100 * result['torch_mlp_gemms_fraction_of_sgemm_peak']:.0f}%)")
-    if result["machine"]["torch"] is None:
+    if result["machine"]["torch"] is None and device == "cpu":
         lines.append("(no PyTorch reference: torch not installed or benchmarks/torch_reference.py "
                      "not found; ours alone)")
     return "\n".join(lines)
@@ -621,7 +660,7 @@ def _main(args) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     result = run(models, args.batch_size, args.threads, repeats, args.quick,
                  memory=not args.no_memory, use_torch=not args.no_torch, reference=args.reference,
-                 layers=args.per_layer)
+                 layers=args.per_layer, device=args.device)
     print(format_table(result))
     for name, r in result["models"].items():
         if "per_layer" in r:
@@ -636,7 +675,8 @@ def _main(args) -> int:
 
 def register(subparsers) -> None:
     """Add the ``bench`` sub-command."""
-    p = subparsers.add_parser("bench", help="training/eval throughput and memory vs PyTorch (CPU)",
+    p = subparsers.add_parser("bench", help="training/eval throughput and memory vs PyTorch "
+                                            "(CPU; --device cuda: GPU)",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"comma-separated subset of {','.join(MODEL_NAMES)}, or 'all' "
@@ -654,6 +694,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-torch", action="store_true", help="time ours alone even if torch exists")
     p.add_argument("--reference", default=None, metavar="FILE",
                    help="the PyTorch reference module (default benchmarks/torch_reference.py)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: our models on the GPU (model.to('cuda')), against torch on the "
+                        "same GPU when a CUDA torch is importable, else against our CPU path "
+                        "(needs --no-memory)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=_main)
 

@@ -186,6 +186,20 @@ def float64_model_is_refused():
         raise AssertionError("a float64 model moved to cuda")
 
 
+@check
+def bench_device_cuda_times_against_the_cpu_path():
+    """Without a CUDA torch, ``mlcvlab bench --device cuda`` compares ours on the device with
+    ours on the CPU, interleaved, and says so (the simulator's rate is not a speed)."""
+    from mlcvlab import bench
+    res = bench.run(["lenet5"], batch_size=2, repeats=1, quick=True, memory=False,
+                    use_torch=False, device="cuda")
+    assert res["config"]["device"] == "cuda" and res["config"]["baseline"] == "ours on the CPU"
+    row = res["models"]["lenet5"]["train"]
+    assert row["ours_samples_per_s"] > 0 and row["torch_samples_per_s"] > 0 and row["ratio"] > 0
+    table = bench.format_table(res)
+    assert "against ours on the CPU" in table and "ours / ours on the CPU" in table, table
+
+
 if __name__ == "__main__":
     results = {}
     chosen = sys.argv[2:] or list(CHECKS)

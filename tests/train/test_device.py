@@ -33,13 +33,12 @@ def test_dist_cuda_names_the_models_it_runs(tmp_path, capsys):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_device_cuda_conflicts_with_data_parallel_workers(tmp_path, capsys):
-    rc = main(["train", "--device", "cuda", "--workers", "2",
-               "--dataset", "digits", "--out", str(tmp_path / "run"), "--quiet"])
+def test_device_cuda_and_dist_cuda_are_two_paths(tmp_path, capsys):
+    rc = main(["train", "--device", "cuda", "--dist", "cuda", "--dataset", "digits",
+               "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "--device cuda trains the whole model on one GPU" in err, err
-    assert "drop --dist/--workers or --device cuda" in err, err
+    assert "--device cuda and --dist cuda are two GPU paths" in err, err
 
 
 def test_device_cpu_is_the_default_path(tmp_path):

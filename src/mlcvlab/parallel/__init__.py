@@ -5,7 +5,8 @@ Workers meet in one call on one flat buffer (see :mod:`mlcvlab.parallel.comm`):
 * ``local``: K shards computed one after another in this process (exact
   semantics on one core; what the tests use);
 * ``mpi``: one process per worker, ``mpiexec -n K mlcvlab train --dist mpi --workers K``
-  (:mod:`mlcvlab.parallel.mpi`);
+  (:mod:`mlcvlab.parallel.mpi`); with ``--device cuda`` one GPU per process and the
+  all-reduce on the devices with NCCL (:mod:`mlcvlab.parallel.nccl`);
 * ``cuda``: K GPU workers in one process with numba CUDA kernels
   (:mod:`mlcvlab.parallel.cuda`; numba is imported only when asked for).
 
@@ -21,13 +22,20 @@ from mlcvlab.parallel.step import DataParallelStep, module_grad_fn, shard_bounds
 DISTS = ("local", "mpi", "cuda")
 
 
-def make_communicator(dist: str, workers: int, timeout: Optional[float] = None) -> Communicator:
-    """The communicator for ``dist`` ("local" or "mpi") with K = ``workers``."""
+def _nccl(timeout):
+    from mlcvlab.parallel.nccl import NcclCommunicator
+    return NcclCommunicator(timeout=timeout)
+
+
+def make_communicator(dist: str, workers: int, timeout: Optional[float] = None,
+                      device: str = "cpu") -> Communicator:
+    """The communicator for ``dist`` ("local" or "mpi") with K = ``workers``, for gradients on
+    ``device`` ("cuda": NCCL across the MPI ranks' GPUs; local workers share one GPU)."""
     if dist == "local":
         return LocalCommunicator(workers)
     if dist == "mpi":
         from mlcvlab.parallel.mpi import MPICommunicator
-        comm = MPICommunicator(timeout=timeout)
+        comm = MPICommunicator(timeout=timeout) if device == "cpu" else _nccl(timeout)
         if comm.size != workers:
             raise ValueError(f"--dist mpi: --workers {workers} but mpiexec started {comm.size} "
                              f"rank(s); run 'mpiexec -n {workers} mlcvlab train --dist mpi "
@@ -49,7 +57,8 @@ def make_step_fn(dist: str, workers: int, model, seed: int = 0, timeout: Optiona
     if dist == "cuda":
         from mlcvlab.parallel.cuda import CudaDataParallelStep
         return CudaDataParallelStep(model, workers, seed=seed)
-    return DataParallelStep(model, make_communicator(dist, workers, timeout), seed=seed)
+    device = getattr(model, "device", "cpu")
+    return DataParallelStep(model, make_communicator(dist, workers, timeout, device), seed=seed)
 
 
 def ring_allreduce_bandwidth(nbytes: float, seconds: float, workers: int) -> float:

@@ -25,8 +25,10 @@ import numpy as np
 
 
 def check_buffer(owner: str, buf, rows: int) -> np.ndarray:
-    """``buf`` as a (rows, P) view; raise a clear error for anything else."""
-    if not isinstance(buf, np.ndarray) or not np.issubdtype(buf.dtype, np.floating):
+    """``buf`` as a (rows, P) view (a NumPy or a device array); raise a clear error for
+    anything else."""
+    is_array = isinstance(buf, np.ndarray) or hasattr(buf, "__cuda_array_interface__")
+    if not is_array or not np.issubdtype(buf.dtype, np.floating):
         raise TypeError(f"{owner}: expected a floating numpy array, got "
                         f"{type(buf).__name__} {getattr(buf, 'dtype', '')}")
     if buf.ndim == 1 and rows == 1:

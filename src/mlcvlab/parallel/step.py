@@ -32,6 +32,11 @@ Timings per step (summed per epoch by the Trainer): ``compute_seconds``
 ``communication_seconds`` (the all-reduce), ``update_seconds`` (the optimizer),
 ``bytes_communicated`` (size of the all-reduced buffer, the per-worker payload;
 0 with one worker).
+
+On GPUs (a model moved with ``to("cuda")``; NCCL across MPI ranks, see
+:mod:`mlcvlab.parallel.nccl`) the same step runs on device arrays. Reading each shard's loss,
+reading the reduced loss and one synchronisation after the update close the three timings,
+so they are device times, not launch times.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from mlcvlab.nn.basis import is_array
 from mlcvlab.parallel.comm import Communicator
 
 GradFn = Callable[[object, np.ndarray, np.ndarray], Tuple[float, np.ndarray]]
@@ -67,11 +73,13 @@ def module_grad_fn(loss) -> GradFn:
     Returns ``grad_fn(model, x, y) -> (loss value, flat gradient (P,))`` (a view of
     ``model.flat().grad``, valid until the next call).
     """
+    from mlcvlab.train.trainer import _model_input
+
     def grad_fn(model, x, y):
         if model.input_grad:        # the input is data: its gradient is never used
             model.set_input_grad(False)
         model.zero_grad()
-        pred = model(x.astype(model.dtype, copy=False))
+        pred = model(_model_input(model, x))
         value = loss(pred, _labels_for(pred, y))
         model.backward(loss.backward())
         return float(value), model.flat().grad
@@ -98,11 +106,14 @@ class DataParallelStep:
         from mlcvlab.nn.modules import Dropout
         self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
         # every buffer is reset before each worker's forward; floating ones are averaged
-        self._all_buffers = [b for _, b in model.named_buffers() if isinstance(b, np.ndarray)]
+        # (on a device model they live on the device, as the packed row; the integer ones,
+        # dropout steps and batch counts, on the host)
+        self._all_buffers = [b for _, b in model.named_buffers() if is_array(b)]
         self._buffers = [b for b in self._all_buffers if np.issubdtype(b.dtype, np.floating)]
         n_buf = sum(b.size for b in self._buffers)
         width = self.flat.size + n_buf + 1     # gradient | BN running statistics | loss
-        self.packed = np.zeros((len(comm.local_ranks), width), dtype=self.flat.dtype)
+        self.xp = model.xp
+        self.packed = self.xp.zeros((len(comm.local_ranks), width), dtype=self.flat.dtype)
         self._sync_initial_state()
 
     # ------------------------------------------------------------------ checkpoints
@@ -122,7 +133,7 @@ class DataParallelStep:
         """Every rank starts from rank 0's parameters and buffers."""
         if self.size == 1 or len(self.comm.local_ranks) == self.size:
             return
-        state = np.concatenate([self.flat.data] + [b.ravel() for b in self._buffers])
+        state = self.xp.concatenate([self.flat.data] + [b.ravel() for b in self._buffers])
         self.comm.broadcast(state, root=0)
         self.flat.data[...] = state[:self.flat.size]
         self._unpack_buffers(state[self.flat.size:])
@@ -166,16 +177,24 @@ class DataParallelStep:
         self._shard_gradients(xb, yb, grad_fn)
         t1 = time.perf_counter()
         self.comm.allreduce_mean(self.packed)
-        t2 = time.perf_counter()
         row = self.packed[0]
+        loss = float(row[-1])           # on a GPU: waits for the all-reduce to finish
+        t2 = time.perf_counter()
         self.flat.grad[...] = row[:self.flat.size]
         self._unpack_buffers(row[self.flat.size:-1])
         optimizer.step()
+        self._synchronize()             # so that the update's time is the device's
         t3 = time.perf_counter()
         timings = {"compute_seconds": t1 - t0, "communication_seconds": t2 - t1,
                    "update_seconds": t3 - t2,
                    "bytes_communicated": float(row.nbytes if self.size > 1 else 0)}
-        return float(row[-1]), timings
+        return loss, timings
+
+    def _synchronize(self) -> None:
+        """Wait for the device's queued work (nothing to wait for on the CPU or under the
+        simulator, where the arrays are NumPy)."""
+        if self.xp is not np:
+            self.xp.cuda.get_current_stream().synchronize()
 
     def __call__(self, trainer, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, Dict[str, float]]:
         grad_fn = self.grad_fn or module_grad_fn(trainer.loss)

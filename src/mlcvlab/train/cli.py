@@ -115,9 +115,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="default local; cuda: the handout's K data-parallel workers on GPUs in "
                         f"one process (models {', '.join(CUDA_MODELS)})")
     p.add_argument("--device", default=None, choices=DEVICES,
-                   help="cpu (default) or cuda: the whole model on one GPU (model.to('cuda'): "
-                        "every layer's GPU twin); fails at once without a GPU. Not part of the "
-                        "run's settings: a run may resume on the other device")
+                   help="cpu (default) or cuda: the model on a GPU (model.to('cuda'): every "
+                        "layer's GPU twin); with --dist mpi one GPU per rank, NCCL between "
+                        "them. Fails at once without a GPU. Not part of the run's settings: "
+                        "a run may resume on the other device")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of the training data held out (stratified, seeded) for the "
@@ -312,23 +313,29 @@ def _probe_model(model, X: np.ndarray, config: Dict[str, Any]) -> None:
 
 
 def run_device(args, config: Dict[str, Any]) -> str:
-    """The device of this run ("cpu" or "cuda"), checked before any data is loaded: ``--device
-    cuda`` runs one process on one GPU (data-parallel GPUs are --dist cuda, the handout's
-    workers), and needs a GPU (a RuntimeError saying how to get one). --dist cuda needs a model
-    its workers run, and a GPU too."""
+    """The device of this run ("cpu" or "cuda"), checked before any data is loaded.
+
+    ``--device cuda``: the model on a GPU (``model.to("cuda")``); with --dist mpi one GPU per
+    rank (local rank mod the node's GPUs, selected here, before anything is allocated) and
+    NCCL between them; with --workers K (--dist local) K shards in turn on one GPU. It needs a
+    GPU (a RuntimeError saying how to get one). --dist cuda is the handout's in-process GPU
+    workers, a path of its own: it runs nn4 and mlp, and needs a GPU too.
+    """
     device = getattr(args, "device", None) or "cpu"
-    if device == "cuda" and (config["dist"] != "local" or config["workers"] != 1):
-        raise ValueError(f"--device cuda trains the whole model on one GPU in one process; "
-                         f"--dist {config['dist']} --workers {config['workers']} is another "
-                         f"path (data-parallel workers on GPUs: --dist cuda --workers K, models "
-                         f"{', '.join(CUDA_MODELS)}); drop --dist/--workers or --device cuda")
+    if device == "cuda" and config["dist"] == "cuda":
+        raise ValueError("--device cuda and --dist cuda are two GPU paths: --device cuda "
+                         "(any model; with --dist mpi one GPU per rank) or --dist cuda (the "
+                         f"handout's workers, models {', '.join(CUDA_MODELS)}); give one")
     if device == "cuda":
         from mlcvlab.gpu.device import array_module
         array_module()
+        if config["dist"] == "mpi":
+            from mlcvlab.parallel.nccl import select_device_for_rank
+            select_device_for_rank()
     if config["dist"] == "cuda":
         if config["model"] not in CUDA_MODELS:
             raise ValueError(f"--dist cuda runs the models {', '.join(CUDA_MODELS)}; --model "
-                             f"{config['model']} runs on a GPU with --device cuda (one GPU)")
+                             f"{config['model']} runs on a GPU with --device cuda")
         from mlcvlab.parallel.cuda import load_cuda
         load_cuda()
     return device

@@ -48,7 +48,8 @@ BASELINE = "plain"
 
 _COMMON = {"dataset": "mnist", "batch_size": 128, "lr": 0.02, "momentum": 0.9,
            "weight_decay": 5e-4, "p_input": 0.2, "p_hidden": 0.5, "seed": 0,
-           "val_fraction": 0.1, "target_val_acc": 0.985, "variants": list(VARIANTS)}
+           "val_fraction": 0.1, "target_val_acc": 0.985, "variants": list(VARIANTS),
+           "device": "cpu"}
 # quick: a smoke test (2 seeds so that an interval is computed, far too few epochs to measure)
 QUICK = {**_COMMON, "n_train": 1024, "n_test": 500, "epochs": 2, "seeds": 2}
 # standard: all five variants, 3 paired seeds, 20 epochs on the whole training split
@@ -180,6 +181,7 @@ def build_variant(name: str, config: Dict[str, Any], seed: int) -> Sequential:
     if bn_input:
         model = Sequential(BatchNorm2d(1), *model)
     model.flat()
+    model.to(config.get("device", "cpu"))        # --device cuda: every variant on the GPU
     return model
 
 

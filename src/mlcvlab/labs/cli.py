@@ -34,6 +34,10 @@ def register(subparsers) -> None:
                        help="override a config key (repeatable), read as the preset value's type")
     p_run.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
                        help="no progress bars (bars are drawn only on a terminal or in Jupyter)")
+    p_run.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                       help="cuda: train on the GPU (model.to('cuda')); for the labs with a "
+                            "'device' setting (bn-dropout, cutout, cyclical); same as --set "
+                            "device=cuda")
     p_run.add_argument("--threads", type=int, default=None,
                        help="BLAS threads (default $MLCVLAB_THREADS or 1)")
     p_run.set_defaults(func=cmd_run)
@@ -63,7 +67,20 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _device_override(args) -> None:
+    """``--device D`` as the override ``device=D`` (a single lab without that setting: an
+    error naming the labs that have it)."""
+    if args.device is None:
+        return
+    if args.name != "all" and "device" not in registry.get_lab(args.name).quick:
+        gpu_labs = [n for n in registry.lab_names() if "device" in registry.get_lab(n).quick]
+        raise ValueError(f"lab {args.name} runs on the CPU only (no 'device' setting); "
+                         f"--device applies to {', '.join(gpu_labs)}")
+    args.overrides = list(args.overrides) + [f"device={args.device}"]
+
+
 def cmd_run(args) -> int:
+    _device_override(args)
     if args.name != "all":
         registry.run_lab(args.name, preset=_preset(args), out_dir=args.out, seed=args.seed,
                          overrides=args.overrides, show_progress=not args.no_progress)

@@ -46,6 +46,7 @@ PAPER = ("The papers report: ResNet-44 on CIFAR-10 with the standard augmentatio
 
 # full: the studies' protocol (one seed per arm there; 5 here), for a GPU or a cluster
 _FULL = {"dataset": "cifar10", "depth": 44, "width": 16, "epochs": 100, "batch_size": 64,
+         "device": "cpu",
          "Ms": [1, 2, 4, 8, 16, 32], "cutout_size": 16, "lr": 0.1, "momentum": 0.9,
          "weight_decay": 5e-4, "lr_milestones": [0.5, 0.75], "target_acc": 0.94,
          "n_train": 0, "n_test": 0, "val_fraction": 0.1, "sub_depth": 8, "sub_width": 16,
@@ -255,7 +256,7 @@ def train_run(label: str, M: int, cutout: bool, data, config, settings, seed: in
     augmentation stream, so the arms of one seed are paired. Validation curves per epoch; the
     test split once, after the last epoch."""
     model = cifar_resnet(settings["depth"], settings["width"],
-                         rng=np.random.default_rng([seed, 1]))
+                         rng=np.random.default_rng([seed, 1])).to(config["device"])
     opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
               weight_decay=config["weight_decay"], decay_mask=True)
     loader = DataLoader(data["X_train"], data["y_train"], config["batch_size"], seed=seed + 2,
@@ -278,7 +279,8 @@ def train_run(label: str, M: int, cutout: bool, data, config, settings, seed: in
 def _warm_up(plan, data, config, settings) -> None:
     """One untimed training step and one evaluation of every arm's shape, so that one-time
     costs (compiling kernels, first allocations) are not charged to the first arm timed."""
-    model = cifar_resnet(settings["depth"], settings["width"], rng=np.random.default_rng(0))
+    model = cifar_resnet(settings["depth"], settings["width"],
+                         rng=np.random.default_rng(0)).to(config["device"])
     trainer = Trainer(model, CrossEntropyLoss(), SGD(model.parameters(), lr=0.0))
     n = min(config["batch_size"], len(data["X_train"]))
     for _, M, cut in plan:

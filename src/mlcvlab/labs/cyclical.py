@@ -63,6 +63,7 @@ SMITH_QUOTE = (
     "Sec. 3.3)")
 
 _FULL = {"dataset": "fashion_mnist", "model": "minigooglenet", "mlp_hidden": 64, "n_train": 0,
+         "device": "cpu",
          "val_fraction": 0.1, "n_test": 0, "n_check": 2000, "batch_size": 64,
          "momentum": 0.9, "weight_decay": 5e-4, "lr_test_min": 1e-9, "lr_test_max": 10.0,
          "lr_test_num": 10, "lr_test_epochs": 5, "bs_min": 64, "bs_max": 8192,
@@ -162,14 +163,16 @@ def load_data(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def build_model(config: Dict[str, Any], seed: int = None):
     """MiniGoogLeNet for 1-channel 28x28 images, or a stand-in: LeNet-5 with batch norm, or
-    the MLP 784 -> hidden -> 10. The initial weights depend on ``seed`` only."""
+    the MLP 784 -> hidden -> 10, on ``config["device"]``. The initial weights depend on
+    ``seed`` only."""
     gen = np.random.default_rng([config["seed"] if seed is None else seed, 1])
+    device = config.get("device", "cpu")
     if config["model"] == "minigooglenet":
-        return minigooglenet(num_classes=10, in_channels=1, rng=gen)
+        return minigooglenet(num_classes=10, in_channels=1, rng=gen).to(device)
     if config["model"] == "lenet5":
-        return lenet5(batchnorm=True, rng=gen)
+        return lenet5(batchnorm=True, rng=gen).to(device)
     if config["model"] == "mlp":
-        return mlp([784, config["mlp_hidden"], 10], rng=gen)
+        return mlp([784, config["mlp_hidden"], 10], rng=gen).to(device)
     raise ValueError(f"cyclical: model must be one of {MODELS}, got {config['model']!r}")
 
 

@@ -209,6 +209,20 @@ def apply_overrides(config: Dict[str, Any], overrides: Sequence[str],
 
 
 # -- running ----------------------------------------------------------------------------
+def check_lab_device(name: str, config: Dict[str, Any]) -> None:
+    """A lab with a "device" setting: "cpu" or "cuda", and on "cuda" a GPU there (the clear
+    error of :func:`mlcvlab.gpu.device.array_module`), before any work."""
+    if "device" not in config:
+        return
+    from mlcvlab.gpu.device import array_module, check_device
+    try:
+        config["device"] = check_device(config["device"])
+    except ValueError as err:
+        raise ValueError(f"lab {name}: {err}") from None
+    if config["device"] == "cuda":
+        array_module()
+
+
 def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
             seed: Optional[int] = None, overrides: Sequence[str] = (),
             workers: Optional[int] = None, show_progress: bool = True,
@@ -232,6 +246,7 @@ def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
     preset = "quick" if quick else (preset or DEFAULT_PRESET)
     config = apply_overrides(spec.preset(preset), overrides, name)
     config["seed"] = int(seed if seed is not None else config.get("seed", 0))
+    check_lab_device(name, config)
     out = Path(out_dir) if out_dir else Path("lab_runs") / name
     report.check_out_dir(out)
     print(f"lab {name} ({preset} preset, expected {spec.expected_time(preset)}) -> {out}/")

@@ -37,15 +37,16 @@ def accumulate_gradients(model: Module, loss, x: np.ndarray, y: np.ndarray,
     if n == 0 or len(y) != n:
         raise ValueError(f"accumulate_gradients: expected x and y with the same number of "
                          f"samples > 0, got {len(x)} and {len(y)}")
+    from mlcvlab.train.trainer import _model_input, loss_and_grad   # the model's device
     model.zero_grad()
     total = 0.0
     for start in range(0, n, micro_batch):
         xb, yb = x[start:start + micro_batch], y[start:start + micro_batch]
         weight = len(xb) / n
-        out = model(xb)
-        total += weight * loss(out, yb)
-        dy = loss.backward()
-        model.backward(dy * np.asarray(weight, dtype=dy.dtype))
+        out = model(_model_input(model, xb))
+        value, dy = loss_and_grad(loss, model, out, yb)
+        total += weight * value
+        model.backward(dy * dy.dtype.type(weight))
     return total
 
 

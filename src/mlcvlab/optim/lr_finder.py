@@ -122,12 +122,13 @@ class _Curve:
 
 def _train_step(model, loss, optimizer, x, y) -> float:
     """One step of the standard loop; NaN when the output is not finite (diverged)."""
-    out = model(x)
+    from mlcvlab.train.trainer import _model_input, loss_and_grad   # the model's device
+    out = model(_model_input(model, x))
     if not np.all(np.isfinite(out)):
         return float("nan")
-    value = loss(out, y)
+    value, dout = loss_and_grad(loss, model, out, y)
     model.zero_grad()
-    model.backward(loss.backward())
+    model.backward(dout)
     optimizer.step()
     return value
 
@@ -370,12 +371,13 @@ def batch_size_range_test(model: Module, loss, optimizer: Optimizer, x: np.ndarr
 
 def _eval_loss(model, loss, x, y, chunk: int) -> float:
     """Mean loss over (x, y) in chunks (training mode: batch statistics, no update)."""
+    from mlcvlab.train.trainer import _model_input, loss_and_grad   # the model's device
     total = 0.0
     for i in range(0, len(x), chunk):
-        out = model(x[i:i + chunk])
+        out = model(_model_input(model, x[i:i + chunk]))
         if not np.all(np.isfinite(out)):
             return float("nan")
-        total += float(loss(out, y[i:i + chunk])) * len(out)
+        total += float(loss_and_grad(loss, model, out, y[i:i + chunk])[0]) * len(out)
     return total / len(x)
 
 

@@ -73,15 +73,15 @@ def module_grad_fn(loss) -> GradFn:
     Returns ``grad_fn(model, x, y) -> (loss value, flat gradient (P,))`` (a view of
     ``model.flat().grad``, valid until the next call).
     """
-    from mlcvlab.train.trainer import _model_input
+    from mlcvlab.train.trainer import _model_input, loss_and_grad
 
     def grad_fn(model, x, y):
         if model.input_grad:        # the input is data: its gradient is never used
             model.set_input_grad(False)
         model.zero_grad()
         pred = model(_model_input(model, x))
-        value = loss(pred, _labels_for(pred, y))
-        model.backward(loss.backward())
+        value, dpred = loss_and_grad(loss, model, pred, _labels_for(pred, y))
+        model.backward(dpred)
         return float(value), model.flat().grad
     return grad_fn
 

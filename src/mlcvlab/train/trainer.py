@@ -50,6 +50,21 @@ def _host(a) -> np.ndarray:
     return to_host(a)
 
 
+def loss_and_grad(loss, model, pred, labels):
+    """(loss value, dL/dpred) for the model's output ``pred``, wherever the two live.
+
+    A model on the GPU with a loss on the CPU (any loss: MSE, BCE, ... have no GPU twin; a
+    lab's own CrossEntropyLoss()) gets its prediction copied to the host for the loss and the
+    gradient copied back: (N, classes) values each way, small next to the step. A loss moved
+    with ``loss.to("cuda")`` computes on the device."""
+    if _on_device(model) and getattr(loss, "device", "cpu") == "cpu":
+        from mlcvlab.gpu.device import to_device
+        value = loss(_host(pred), labels)
+        return value, to_device(loss.backward())
+    value = loss(pred, labels)
+    return value, loss.backward()
+
+
 def _correct_on_device(pred, y: np.ndarray):
     """The number of right argmax predictions of device scores (N, C), as a device scalar:
     it is added up over the epoch on the device and read once, at the epoch's end, so a
@@ -76,6 +91,8 @@ def evaluate(model, loss, batches: Iterable[Tuple[np.ndarray, np.ndarray]],
     try:
         for xb, yb in batches:
             pred = model(_model_input(model, xb))
+            if _on_device(model) and getattr(loss, "device", "cpu") == "cpu":
+                pred = _host(pred)                     # a CPU loss: see loss_and_grad
             total += loss(pred, _labels_for(loss, pred, yb)) * len(xb)
             n += len(xb)
             if classification:
@@ -103,6 +120,9 @@ class Trainer:
     batch size). step_fn: optional callable ``(trainer, xb, yb) -> (loss, timings)``
     replacing the single-process step (data-parallel SGD plugs in here); timings
     is a dict of seconds (compute, communication, update) summed per epoch.
+    A model moved with ``model.to("cuda")`` trains on the GPU: each batch is copied there,
+    the loss value is read back once per step (the training accuracy is summed on the device
+    and read once per epoch); the loss may stay on the CPU (:func:`loss_and_grad`).
     Training calls ``model.set_input_grad(False)``: the gradient of the input
     images is never computed (``set_input_grad(True)`` brings it back).
     """
@@ -136,8 +156,8 @@ class Trainer:
             model.set_input_grad(False)
         model.zero_grad()
         pred = model(_model_input(model, xb))
-        value = self.loss(pred, _labels_for(self.loss, pred, yb))
-        model.backward(self.loss.backward())
+        value, dpred = loss_and_grad(self.loss, model, pred, _labels_for(self.loss, pred, yb))
+        model.backward(dpred)
         t1 = time.perf_counter()
         self.optimizer.step()
         t2 = time.perf_counter()

@@ -1,8 +1,9 @@
 """The GPU twins of convolution and pooling (mlcvlab.gpu.conv) against the CPU functions.
 
 Run by test_conv_sim.py as ``NUMBA_ENABLE_CUDASIM=1 python conv_sim_checks.py OUT.json``
-(the simulator must be on before numba is imported; NumPy then stands in for CuPy, so the
-twins take and return NumPy arrays here). Writes {check: "ok" or the error} and, under
+(the simulator must be on before numba is imported; NumPy then stands in for CuPy);
+``NUMBA_ENABLE_CUDASIM=0`` runs the same checks on a GPU, with CuPy arrays (the inputs move
+with mlcvlab.gpu.device, see _OnDevice). Writes {check: "ok" or the error} and, under
 "_errors", the largest float32 errors measured ({what: max |gpu - ref| / max |ref|});
 names after OUT.json run only those checks.
 
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 from mlcvlab import nn  # noqa: E402
 from mlcvlab.gpu import conv as G  # noqa: E402
 from mlcvlab.gpu import conv_kernels as K  # noqa: E402
+from mlcvlab.gpu import device  # noqa: E402
 from mlcvlab.nn import conv as C  # noqa: E402
 
 R = np.random.default_rng(0)
@@ -56,6 +58,38 @@ def close(what, got, want, tol=TOL):
     assert err <= tol, f"{what}: max |gpu - ref| / max |ref| = {err:.3g} > {tol}"
 
 
+def _dev(a):
+    return device.to_device(a) if isinstance(a, np.ndarray) else a
+
+
+def _host(out):
+    """Device arrays of a result back to NumPy; caches (named tuples) and None stay as they
+    are."""
+    if out is None or hasattr(out, "_fields"):
+        return out
+    if isinstance(out, tuple):
+        return tuple(_host(o) for o in out)
+    return device.to_host(out)
+
+
+class _OnDevice:
+    """The functions of mlcvlab.gpu.conv with NumPy arguments moved to the device and array
+    results moved back (caches stay on the device), so that these checks run the same under
+    the simulator and, with NUMBA_ENABLE_CUDASIM=0, on a GPU."""
+
+    def __getattr__(self, name):
+        fn = getattr(G, name)
+
+        def run(*args, **kwargs):
+            out = fn(*map(_dev, args), **{k: _dev(v) for k, v in kwargs.items()})
+            return _host(out)
+        run.__name__ = name
+        return run
+
+
+D = _OnDevice()
+
+
 def raises(exc, match, fn, *args, **kwargs):
     try:
         fn(*args, **kwargs)
@@ -82,14 +116,14 @@ CONVS = [
 def conv_case(name, x_shape, w_shape, stride, padding, bias):
     x, W = rand(*x_shape), rand(*w_shape)
     b = rand(w_shape[0]) if bias else None
-    y, cache = G.conv2d(x, W, b, stride, padding)
+    y, cache = D.conv2d(x, W, b, stride, padding)
     y32, cache32 = C.conv2d(x, W, b, stride, padding)
     b64 = None if b is None else b.astype(np.float64)
     y64, cache64 = C.conv2d(x.astype(np.float64), W.astype(np.float64), b64, stride, padding)
     close(f"conv {name} y vs cpu f32", y, y32)
     close(f"conv {name} y vs f64", y, y64)
     dy = rand(*y.shape)
-    dx, dW, db = G.conv2d_grad(dy, cache)
+    dx, dW, db = D.conv2d_grad(dy, cache)
     want32 = C.conv2d_grad(dy, cache32)
     want64 = C.conv2d_grad(dy.astype(np.float64), cache64)
     for what, got, w32, w64 in zip(("dx", "dW", "db"), (dx, dW, db), want32, want64):
@@ -98,7 +132,7 @@ def conv_case(name, x_shape, w_shape, stride, padding, bias):
             continue
         close(f"conv {name} {what} vs cpu f32", got, w32)
         close(f"conv {name} {what} vs f64", got, w64)
-    again = G.conv2d_grad(dy, cache)             # gathers, no atomics: the same bits
+    again = D.conv2d_grad(dy, cache)             # gathers, no atomics: the same bits
     for a, c in zip((dx, dW, db), again):
         assert (a is None and c is None) or np.array_equal(a, c), "conv2d_grad not repeatable"
 
@@ -132,15 +166,16 @@ class _Count:
 @check
 def conv_input_grad_false_skips_dx():
     x, W, b = rand(3, 5, 7, 9), rand(7, 5, 3, 3), rand(7)
-    y, cache = G.conv2d(x, W, b, 1, 1)
+    y, cache = D.conv2d(x, W, b, 1, 1)
     dy = rand(*y.shape)
-    dx, dW, db = G.conv2d_grad(dy, cache)
-    col2im, matmul = _Count(K.col2im_kernel), _Count(np.matmul)
-    K.col2im_kernel, np.matmul = col2im, matmul
+    dx, dW, db = D.conv2d_grad(dy, cache)
+    xp = device.array_module()
+    col2im, matmul = _Count(K.col2im_kernel), _Count(xp.matmul)
+    K.col2im_kernel, xp.matmul = col2im, matmul
     try:
-        none, dW2, db2 = G.conv2d_grad(dy, cache, input_grad=False)
+        none, dW2, db2 = D.conv2d_grad(dy, cache, input_grad=False)
     finally:
-        K.col2im_kernel, np.matmul = col2im.target, matmul.target
+        K.col2im_kernel, xp.matmul = col2im.target, matmul.target
     assert none is None, "input_grad=False returned a dx"
     assert col2im.calls == 0, f"input_grad=False launched col2im {col2im.calls} times"
     assert matmul.calls == 1, f"input_grad=False ran {matmul.calls} GEMMs (dW only: 1)"
@@ -153,20 +188,20 @@ def conv_errors():
     x, W = rand(2, 5, 7, 9), rand(7, 5, 3, 3)
     for kwargs, word in (({"dilation": 2}, "dilation=(2, 2)"), ({"groups": 5}, "groups=5"),
                          ({"padding": 1, "padding_mode": "reflect"}, "padding_mode='reflect'")):
-        msg = raises(NotImplementedError, word, G.conv2d, x, W, **kwargs)
+        msg = raises(NotImplementedError, word, D.conv2d, x, W, **kwargs)
         assert "use device 'cpu'" in msg, msg
     # a padding mode with no padding to apply is plain zero padding: it runs
-    close("conv reflect without padding", G.conv2d(x, W, padding_mode="reflect")[0],
+    close("conv reflect without padding", D.conv2d(x, W, padding_mode="reflect")[0],
           C.conv2d(x, W)[0])
-    raises(TypeError, "float32", G.conv2d, x.astype(np.float64), W)
+    raises(TypeError, "float32", D.conv2d, x.astype(np.float64), W)
     raises(TypeError, "device array", G.conv2d, x.tolist(), W)
-    raises(ValueError, "channels", G.conv2d, x, rand(7, 4, 3, 3))
-    raises(ValueError, "larger than the padded input", G.conv2d, x, rand(7, 5, 9, 3))
-    raises(ValueError, "stride 1", G.conv2d, x, W, stride=2, padding="same")
-    raises(ValueError, "padding_mode", G.conv2d, x, W, padding_mode="mirror")
-    raises(ValueError, "shape (7,)", G.conv2d, x, W, rand(6))
-    y, cache = G.conv2d(x, W, None, 1, 1)
-    raises(ValueError, "dy of shape", G.conv2d_grad, rand(2, 7, 7, 8), cache)
+    raises(ValueError, "channels", D.conv2d, x, rand(7, 4, 3, 3))
+    raises(ValueError, "larger than the padded input", D.conv2d, x, rand(7, 5, 9, 3))
+    raises(ValueError, "stride 1", D.conv2d, x, W, stride=2, padding="same")
+    raises(ValueError, "padding_mode", D.conv2d, x, W, padding_mode="mirror")
+    raises(ValueError, "shape (7,)", D.conv2d, x, W, rand(6))
+    y, cache = D.conv2d(x, W, None, 1, 1)
+    raises(ValueError, "dy of shape", D.conv2d_grad, rand(2, 7, 7, 8), cache)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -191,20 +226,21 @@ def maxpool_ties_nan_and_overlap():
     for ks, stride, pad in ((2, None, 0), (3, 2, 0), (3, 2, 1), (3, 1, 1),
                             ((3, 2), (2, 1), (1, 0))):
         name = f"maxpool k{ks} s{stride} p{pad}"
-        y, cache = G.maxpool2d(x, ks, stride, pad)
+        y, cache = D.maxpool2d(x, ks, stride, pad)
         y_c, cache_c = C.maxpool2d(x, ks, stride, pad)
         pool_equal(f"{name} y", y, y_c)
-        pool_equal(f"{name} argmax", cache.argmax, cache_c.argmax)
-        np.testing.assert_array_equal(C.pool_indices(cache), C.pool_indices(cache_c))
+        on_host = cache._replace(argmax=device.to_host(cache.argmax))
+        pool_equal(f"{name} argmax", on_host.argmax, cache_c.argmax)
+        np.testing.assert_array_equal(C.pool_indices(on_host), C.pool_indices(cache_c))
         dy = rand(*y.shape)
-        pool_equal(f"{name} dx", G.maxpool2d_grad(dy, cache), C.maxpool2d_grad(dy, cache_c))
-    assert np.isnan(G.maxpool2d(x, 3, 2)[0][0, 1, 0, 1]), "a nan in the window did not win"
-    y, cache = G.maxpool2d(x, 3, 2)
-    raises(ValueError, "dy of shape", G.maxpool2d_grad, rand(3, 5, 3, 3), cache)
+        pool_equal(f"{name} dx", D.maxpool2d_grad(dy, cache), C.maxpool2d_grad(dy, cache_c))
+    assert np.isnan(D.maxpool2d(x, 3, 2)[0][0, 1, 0, 1]), "a nan in the window did not win"
+    y, cache = D.maxpool2d(x, 3, 2)
+    raises(ValueError, "dy of shape", D.maxpool2d_grad, rand(3, 5, 3, 3), cache)
     for kwargs, word in (({"dilation": 2}, "dilation"), ({"ceil_mode": True}, "ceil_mode")):
-        raises(NotImplementedError, word, G.maxpool2d, x, 2, **kwargs)
-    raises(ValueError, "at most half the kernel", G.maxpool2d, x, 2, 2, 2)
-    raises(TypeError, "float32", G.maxpool2d, x.astype(np.float64), 2)
+        raises(NotImplementedError, word, D.maxpool2d, x, 2, **kwargs)
+    raises(ValueError, "at most half the kernel", D.maxpool2d, x, 2, 2, 2)
+    raises(TypeError, "float32", D.maxpool2d, x.astype(np.float64), 2)
 
 
 @check
@@ -212,19 +248,19 @@ def avgpool():
     x = rand(3, 5, 7, 9)
     for ks, stride, pad in ((2, None, 0), (3, 2, 1), ((3, 2), (2, 1), (1, 0)), (3, 3, 0)):
         name = f"avgpool k{ks} s{stride} p{pad}"
-        y, cache = G.avgpool2d(x, ks, stride, pad)
+        y, cache = D.avgpool2d(x, ks, stride, pad)
         y_c, cache_c = C.avgpool2d(x, ks, stride, pad)
         pool_equal(f"{name} y", y, y_c)                # same float32 ops in the same order
         dy = rand(*y.shape)
-        pool_equal(f"{name} dx", G.avgpool2d_grad(dy, cache), C.avgpool2d_grad(dy, cache_c))
+        pool_equal(f"{name} dx", D.avgpool2d_grad(dy, cache), C.avgpool2d_grad(dy, cache_c))
     # without padding both counts agree: count_include_pad=False runs
     pool_equal("avgpool count_include_pad=False p0",
-               G.avgpool2d(x, 2, count_include_pad=False)[0],
+               D.avgpool2d(x, 2, count_include_pad=False)[0],
                C.avgpool2d(x, 2, count_include_pad=False)[0])
     for kwargs, word in (({"ceil_mode": True}, "ceil_mode"),
                          ({"padding": 1, "count_include_pad": False}, "count_include_pad"),
                          ({"divisor_override": 2}, "divisor_override")):
-        raises(NotImplementedError, word, G.avgpool2d, x, 3, 2, **kwargs)
+        raises(NotImplementedError, word, D.avgpool2d, x, 3, 2, **kwargs)
 
 
 @check
@@ -232,28 +268,28 @@ def global_avgpool():
     for shape in ((3, 5, 7, 9), (2, 3, 2, 2)):       # planes longer and shorter than a block
         x = rand(*shape)
         layer = nn.GlobalAvgPool2d()
-        y = G.global_avgpool2d(x)
+        y = D.global_avgpool2d(x)
         close(f"global_avgpool {shape} y vs cpu f32", y, layer.forward(x))
         close(f"global_avgpool {shape} y vs f64", y, x.astype(np.float64).mean(axis=(2, 3)))
         dy = rand(*shape[:2])
-        dx = G.global_avgpool2d_grad(dy, x.shape)
+        dx = D.global_avgpool2d_grad(dy, x.shape)
         pool_equal(f"global_avgpool {shape} dx", dx, layer.backward(dy))
-    raises(ValueError, "dy of shape", G.global_avgpool2d_grad, rand(3, 4), (3, 5, 7, 9))
+    raises(ValueError, "dy of shape", D.global_avgpool2d_grad, rand(3, 4), (3, 5, 7, 9))
 
 
 @check
 def adaptive_avgpool():
     x = rand(3, 5, 7, 9)
     for size in (1, (1, 1)):
-        y, cache = G.adaptive_avgpool2d(x, size)
+        y, cache = D.adaptive_avgpool2d(x, size)
         y_c, cache_c = C.adaptive_avgpool2d(x, size)
         close(f"adaptive_avgpool {size} y vs cpu", y, y_c)
         assert cache.out_hw == cache_c.out_hw and cache.x_shape == cache_c.x_shape, cache
         dy = rand(*y.shape)
-        close(f"adaptive_avgpool {size} dx vs cpu", G.adaptive_avgpool2d_grad(dy, cache),
+        close(f"adaptive_avgpool {size} dx vs cpu", D.adaptive_avgpool2d_grad(dy, cache),
               C.adaptive_avgpool2d_grad(dy, cache_c))
     for size in (2, (1, 2), None, (None, 1)):
-        raises(NotImplementedError, "output_size", G.adaptive_avgpool2d, x, size)
+        raises(NotImplementedError, "output_size", D.adaptive_avgpool2d, x, size)
 
 
 @check
@@ -281,6 +317,65 @@ def unsupported_layers():
         why = G.unsupported(layer)
         assert why and word in why and why.startswith(type(layer).__name__), (layer, why)
         assert why.endswith("use device 'cpu' for this model") and "\n" not in why, why
+
+
+def _ptx_signatures():
+    """ptx_checks.signatures() for mlcvlab.gpu.conv_kernels. Importing ptx_checks unsets
+    NUMBA_ENABLE_CUDASIM (it compiles with the real numba.cuda); set it back, since
+    mlcvlab.gpu.device reads it on every call."""
+    sim = os.environ["NUMBA_ENABLE_CUDASIM"]
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parallel"))
+    try:
+        import ptx_checks
+    finally:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = sim
+    return ptx_checks.signatures()["mlcvlab.gpu.conv_kernels"]
+
+
+class _Record:
+    """A kernel whose launches record the numba types of their arguments."""
+
+    def __init__(self, target, log):
+        self.target, self.log = target, log
+
+    def __getitem__(self, launch):
+        from numba import typeof
+
+        def run(*args):
+            self.log.append(tuple(typeof(a) for a in args))
+            return self.target[launch](*args)
+        return run
+
+
+@check
+def launches_match_ptx_signatures():
+    """Every kernel is launched with exactly the argument types that tests/parallel/
+    ptx_checks.py compiles it for (float32 arrays and scalars, int64 ints, a uint8 argmax),
+    so the PTX check's no-float64 verdict is about the code that runs."""
+    sigs = _ptx_signatures()
+    names = [n for n in dir(K) if n.endswith("_kernel")]
+    assert sorted(names) == sorted(sigs), f"kernels {names} vs signatures {sorted(sigs)}"
+    logs = {n: [] for n in names}
+    saved = {n: getattr(K, n) for n in names}
+    for n in names:
+        setattr(K, n, _Record(saved[n], logs[n]))
+    try:
+        x, W, b = rand(2, 3, 4, 5), rand(2, 3, 3, 3), rand(2)
+        for bias in (b, None):
+            y, cache = D.conv2d(x, W, bias, 1, 1)
+            D.conv2d_grad(rand(*y.shape), cache)
+        for pool in (D.maxpool2d, D.avgpool2d):
+            y, cache = pool(x, 2)
+            getattr(G, pool.__name__ + "_grad")(rand(*y.shape), cache)
+        y, cache = D.adaptive_avgpool2d(x, 1)
+        D.adaptive_avgpool2d_grad(rand(*y.shape), cache)
+    finally:
+        for n in names:
+            setattr(K, n, saved[n])
+    for n in names:
+        assert logs[n], f"{n} was never launched"
+        wrong = {s for s in logs[n] if s not in sigs[n]}
+        assert not wrong, f"{n} launched with {wrong}, compiled for {sigs[n]}"
 
 
 if __name__ == "__main__":

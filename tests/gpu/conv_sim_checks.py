@@ -319,6 +319,39 @@ def unsupported_layers():
         assert why.endswith("use device 'cpu' for this model") and "\n" not in why, why
 
 
+@check
+def lenet_like_chain():
+    """conv 5x5 p2 -> maxpool 2 -> conv 3x3 -> maxpool 3 s2 p1 -> avgpool 3 s1 p1 -> global
+    average, forward and backward through the twins (caches held while later layers run,
+    the first layer without dx) against the same chain on the CPU."""
+    x, W1, b1, W2 = rand(2, 1, 12, 12), rand(6, 1, 5, 5), rand(6), rand(4, 6, 3, 3)
+
+    def chain(m, x):
+        h1, c1 = m.conv2d(x, W1, b1, 1, 2)
+        p1, q1 = m.maxpool2d(h1, 2)
+        h2, c2 = m.conv2d(p1, W2, None, 1, 0)
+        p2, q2 = m.maxpool2d(h2, 3, 2, 1)
+        a, qa = m.avgpool2d(p2, 3, 1, 1)
+        gap = nn.GlobalAvgPool2d()                  # the CPU layer's inline mean
+        y = m.global_avgpool2d(a) if m is D else gap.forward(a)
+        dy = rand(*y.shape)
+        da = m.global_avgpool2d_grad(dy, a.shape) if m is D else gap.backward(dy)
+        dp2 = m.avgpool2d_grad(da, qa)
+        dh2 = m.maxpool2d_grad(dp2, q2)
+        dp1, dW2, _ = m.conv2d_grad(dh2, c2)
+        dh1 = m.maxpool2d_grad(dp1, q1)
+        none, dW1, db1 = m.conv2d_grad(dh1, c1, input_grad=False)
+        assert none is None
+        return {"y": y, "dp1": dp1, "dW2": dW2, "dW1": dW1, "db1": db1}
+
+    state = R.bit_generator.state                   # the same dy for both chains
+    got = chain(D, x)
+    R.bit_generator.state = state
+    want = chain(C, x)
+    for k in got:
+        close(f"chain {k} vs cpu f32", got[k], want[k])
+
+
 def _ptx_signatures():
     """ptx_checks.signatures() for mlcvlab.gpu.conv_kernels. Importing ptx_checks unsets
     NUMBA_ENABLE_CUDASIM (it compiles with the real numba.cuda); set it back, since

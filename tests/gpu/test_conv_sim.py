@@ -16,7 +16,7 @@ CHECKS = ["conv_1x1_stride2", "conv_3x3_pad1_stride1", "conv_3x3_pad1_stride2",
           "conv_5x5_pad2_lenet1", "conv_5x5_pad0_lenet2", "conv_4x2_same_even",
           "conv_2x3_stride3_pad10", "conv_input_grad_false_skips_dx", "conv_errors",
           "maxpool_ties_nan_and_overlap", "avgpool", "global_avgpool", "adaptive_avgpool",
-          "unsupported_layers", "launches_match_ptx_signatures"]
+          "unsupported_layers", "lenet_like_chain", "launches_match_ptx_signatures"]
 
 
 @pytest.fixture(scope="module")

@@ -235,6 +235,13 @@ def maxpool_ties_nan_and_overlap():
         dy = rand(*y.shape)
         pool_equal(f"{name} dx", D.maxpool2d_grad(dy, cache), C.maxpool2d_grad(dy, cache_c))
     assert np.isnan(D.maxpool2d(x, 3, 2)[0][0, 1, 0, 1]), "a nan in the window did not win"
+    x_finite = np.nan_to_num(x, nan=1.0, neginf=-np.inf)   # the CPU's 2x2 kernel (no nan)
+    y, cache = D.maxpool2d(x_finite, 2)
+    y_c, cache_c = C.maxpool2d(x_finite, 2)
+    pool_equal("maxpool k2 no nan y", y, y_c)
+    pool_equal("maxpool k2 no nan argmax", device.to_host(cache.argmax), cache_c.argmax)
+    dy = rand(*y.shape)
+    pool_equal("maxpool k2 no nan dx", D.maxpool2d_grad(dy, cache), C.maxpool2d_grad(dy, cache_c))
     y, cache = D.maxpool2d(x, 3, 2)
     raises(ValueError, "dy of shape", D.maxpool2d_grad, rand(3, 5, 3, 3), cache)
     for kwargs, word in (({"dilation": 2}, "dilation"), ({"ceil_mode": True}, "ceil_mode")):

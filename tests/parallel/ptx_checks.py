@@ -36,10 +36,25 @@ def signatures():
     """{module: {kernel: [argument types, ...]}}: the types mlcvlab.parallel.cuda launches
     each kernel with (C-contiguous float32 device arrays, np.float32 scalars, bool flags,
     int64 labels, the uint32/uint64 words of the dropout mask's Philox key;
-    cudasim_checks.launch_arguments_are_float32 checks the launches)."""
-    from numba import boolean, float32, int64, uint32, uint64
+    cudasim_checks.launch_arguments_are_float32 checks the launches), and the types
+    mlcvlab.gpu.conv launches its kernels with (Python ints as int64, the uint8 argmax of
+    windows up to 16x16)."""
+    from numba import boolean, float32, int64, uint8, uint32, uint64
     f1, f2, i1, u = float32[::1], float32[:, ::1], int64[::1], uint64
-    return {"mlcvlab.parallel.cuda_kernels": {
+    f4, i = float32[:, :, :, ::1], int64
+    return {"mlcvlab.gpu.conv_kernels": {
+        "im2col_kernel": [(f4, f2, i, i, i, i, i, i, i, i)],
+        "col2im_kernel": [(f2, i, i, i, i, i, i, i, i, f4)],
+        "cols_to_nchw_kernel": [(f2, f4)],
+        "cols_to_nchw_bias_kernel": [(f2, f1, f4)],
+        "nchw_to_cols_kernel": [(f4, f2)],
+        "row_sums_kernel": [(f2, i, f1)],
+        "spread_kernel": [(f1, i, f2)],
+        "maxpool_kernel": [(f4, i, i, i, i, i, i, f4, uint8[:, :, :, ::1])],
+        "maxpool_grad_kernel": [(f4, uint8[:, :, :, ::1], i, i, i, i, i, i, f4)],
+        "avgpool_kernel": [(f4, i, i, i, i, i, i, float32, f4)],
+        "avgpool_grad_kernel": [(f4, i, i, i, i, i, i, float32, f4)],
+    }, "mlcvlab.parallel.cuda_kernels": {
         "matmul_kernel": [(f2, f2, f2, boolean, boolean)],
         "add_bias_kernel": [(f2, f1)],
         "relu_kernel": [(f1, f1)],

@@ -427,6 +427,84 @@ def unsupported_layers():
     assert "float32" in G.unsupported(lin)
 
 
+# --------------------------------------------------------------------------- launch types
+def _numba_type(arg) -> str:
+    """The numba type a launch argument gets, as str() of the types in ptx_checks."""
+    if isinstance(arg, (bool, np.bool_)):
+        return "bool"
+    if isinstance(arg, int):
+        return "int64"
+    if isinstance(arg, float):
+        return "float64 (a Python float)"
+    if isinstance(arg, np.generic):
+        return str(arg.dtype)
+    layout = "C" if arg.flags.c_contiguous else "A"
+    return f"array({arg.dtype}, {arg.ndim}d, {layout})"
+
+
+def _ptx_signatures():
+    """{kernel: {signature as a tuple of str}} of tests/parallel/ptx_checks.py (which pops
+    NUMBA_ENABLE_CUDASIM at import: put back, the twins read it on every call)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "parallel"))
+    saved = os.environ.get("NUMBA_ENABLE_CUDASIM")
+    try:
+        import ptx_checks
+    finally:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = saved
+    return {name: {tuple(str(t) for t in sig) for sig in sigs}
+            for table in ptx_checks.signatures().values() for name, sigs in table.items()}
+
+
+@check
+def launches_match_ptx_signatures():
+    """Every kernel launch of the twins (run on representative calls) has the argument types
+    that tests/parallel/ptx_checks.py compiles the kernel for (C-contiguous float32 arrays,
+    float32 scalars, int64 labels): another type would compile a second, unchecked version
+    on the GPU (a float64 one for a Python float)."""
+    from mlcvlab.gpu import basis_kernels as KB
+    from mlcvlab.parallel import cuda_kernels as KP
+    log = {}
+
+    class Recorder:
+        def __init__(self, name, kern):
+            self.name, self.kern = name, kern
+
+        def __getitem__(self, config):
+            launch = self.kern[config]
+
+            def call(*args):
+                log.setdefault(self.name, set()).add(tuple(_numba_type(a) for a in args))
+                return launch(*args)
+            return call
+
+    saved = {(m, n): getattr(m, n) for m in (KB, KP) for n in dir(m) if n.endswith("_kernel")}
+    try:
+        for (m, n), kern in saved.items():
+            setattr(m, n, Recorder(n, kern))
+        for name in ("linear_forward_backward", "relu_forward_backward", "leaky_sigmoid_tanh",
+                     "softmax_forward_backward", "batchnorm_2d", "batchnorm_4d",
+                     "cross_entropy_equals_cpu", "sgd_twin_equals_njit",
+                     "adam_twin_equals_njit"):
+            CHECKS[name]()
+        x = rand(*SHAPE4)
+        G.dropout_grad(x, G.dropout(x, 0.5, rng=philox.DropoutKey(1, 0, 0))[1])
+        G.dropout(x, 0.5, mask=np.ones(SHAPE4, F))
+        xt = x.transpose(0, 1, 3, 2)                     # non-contiguous sources
+        G.relu(xt)
+        G.batchnorm(xt, rand(5), rand(5))
+        G.linear(rand(13, 5).T, rand(7, 13), rand(7))
+    finally:
+        for (m, n), kern in saved.items():
+            setattr(m, n, kern)
+    sigs = _ptx_signatures()
+    bad = {n: calls - sigs.get(n, set()) for n, calls in log.items()}
+    bad = {n: c for n, c in bad.items() if c}
+    assert not bad, f"launches with types ptx_checks does not compile: {bad}"
+    twins = {n for (m, n) in saved if m is KB}
+    assert twins <= set(log), f"kernels never launched: {twins - set(log)}"
+
+
 if __name__ == "__main__":
     results = {}
     chosen = sys.argv[2:] or list(CHECKS)

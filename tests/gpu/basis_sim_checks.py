@@ -391,6 +391,11 @@ def sgd_twin_equals_njit():
         want = _steps(OK.get("sgd_momentum"), args, bufs=("b",))
         for a, b, what in zip(got, want, ("w", "buf")):
             close(f"sgd {what}", a, b, tol=1e-6)
+    for wd in (0.0, 1e-2):                       # plain SGD: the CPU optimizer's NumPy path
+        got = _steps(GO.get("sgd"), lambda k: (F(0.1), F(wd)))
+        want = _steps(lambda w, g, lr, wd: w.__isub__((w * wd + g) * lr),
+                      lambda k: (F(0.1), F(wd)))
+        close("sgd plain w", got[0], want[0], tol=1e-6)
     raises(ValueError, "momentum > 0", GO.sgd_momentum, *[np.zeros(3, F)] * 3, 0.1, 0.0, 0.0,
            False)
     raises(TypeError, "flat float32", GO.sgd_momentum, np.zeros(3), *[np.zeros(3, F)] * 2, 0.1,

@@ -76,7 +76,7 @@ def signatures():
         "bn_running_kernel": [(f1, f1, f1, f1, float32, float32, float32)],
         "ce_rows_kernel": [(f2, i1, int64, f2, f1, f1)],
         "ce_reduce_kernel": [(f1, f1, boolean, f1, f1)],
-        "ce_grad_kernel": [(f2, i1, f1, f1, f2)],
+        "ce_grad_kernel": [(f2, i1, f1, f1)],
         "adam_kernel": [(f1, f1, f1, f1) + (float32,) * 9],
     }}
 

@@ -301,10 +301,10 @@ def ce_reduce_kernel(losses, kept, mean, out, scale):
 
 
 @cuda.jit
-def ce_grad_kernel(P, target, kept, scale, dZ):
-    """dZ[i, c] = P[i, c]·g - (g where c is the label), g = scale[0]·kept[i]: the gradient of
-    the reduced loss (softmax minus one-hot, times the reduction's factor), as the CPU's
-    ``soft * g`` then ``grad[rows, t] -= g``. dZ may be P itself; (N, K)."""
+def ce_grad_kernel(P, target, kept, scale):
+    """P[i, c] becomes P[i, c]·g - (g where c is the label), g = scale[0]·kept[i], in place:
+    the gradient of the reduced loss (softmax minus one-hot, times the reduction's factor),
+    as the CPU's ``soft * g`` then ``grad[rows, t] -= g``; (N, K)."""
     N, K = P.shape
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for k in range(start, N * K, stride):
@@ -314,7 +314,7 @@ def ce_grad_kernel(P, target, kept, scale, dZ):
         d = P[i, c] * g
         if c == target[i]:
             d -= g
-        dZ[i, c] = d
+        P[i, c] = d
 
 
 # ------------------------------------------------------------------ optimizer

@@ -63,7 +63,7 @@ def cross_entropy(logits, target, reduction: str = "mean", ignore_index: int = -
         K.ce_rows_kernel[K.grid(N)](z, t, np.int64(ignore_index), dlogits, losses, kept)
     K.ce_reduce_kernel[1, K.BLOCK](losses, kept, reduction == "mean", out, scale)
     if N:
-        K.ce_grad_kernel[K.grid(N * C)](dlogits, t, kept, scale, dlogits)
+        K.ce_grad_kernel[K.grid(N * C)](dlogits, t, kept, scale)
     return out.reshape(()), dlogits
 
 

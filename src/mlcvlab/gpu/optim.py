@@ -8,6 +8,8 @@ arithmetic, in place on flat float32 device vectors), so an optimizer picks
   ``w*wd + g`` and ``g + wd*w`` round alike). It skips the buffer when μ = 0, where the CPU
   kernel writes buf = d; SGD calls the fused kernel only for μ > 0, and so does this twin
   (μ = 0 is a ValueError).
+* ``sgd`` (momentum 0, no CPU kernel: the NumPy path's w -= lr·(grad + wd·w)) launches the
+  same kernel with μ = 0.
 * ``adam`` launches ``adam_kernel`` of :mod:`mlcvlab.gpu.basis_kernels`.
 
 Scalars are cast to float32 here (the CPU optimizer casts them to the array dtype, which is
@@ -46,6 +48,16 @@ def sgd_momentum(w, grad, buf, lr, momentum, wd, nesterov) -> None:
                                       bool(nesterov))
 
 
+def sgd(w, grad, lr, wd) -> None:
+    """Plain SGD (no momentum) in place on w: w -= lr·(grad + wd·w), the arithmetic of the CPU
+    optimizer's NumPy path for momentum 0 (g = w·wd + grad, w -= g·lr), which has no fused
+    kernel on the CPU; ``sgd_update_kernel`` with μ = 0 never reads or writes its buffer."""
+    n = _check("sgd", w=w, grad=grad)
+    # grad stands in for the buffer (never touched with μ = 0); not w: an argument passed
+    # twice is two copies under the simulator, and the second would be copied back last
+    PK.sgd_update_kernel[PK.grid1(n)](w, grad, grad, F32(lr), F32(0.0), F32(wd), False)
+
+
 def adam(w, grad, m, v, step_size, beta1, one_m_beta1, beta2, one_m_beta2, eps,
          inv_bc2_sqrt, wd, shrink) -> None:
     """One Adam/AdamW step in place on w, m, v (as ``optim.kernels.adam``)."""
@@ -55,7 +67,7 @@ def adam(w, grad, m, v, step_size, beta1, one_m_beta1, beta2, one_m_beta2, eps,
                              F32(wd), F32(shrink))
 
 
-_KERNELS = {"sgd_momentum": sgd_momentum, "adam": adam}
+_KERNELS = {"sgd_momentum": sgd_momentum, "sgd": sgd, "adam": adam}
 
 
 def available() -> bool:
@@ -64,7 +76,8 @@ def available() -> bool:
 
 
 def get(name: str):
-    """The GPU update ``name`` ("sgd_momentum" or "adam")."""
+    """The GPU update ``name``: "sgd_momentum" or "adam" (the names of optim.kernels), or
+    "sgd" (plain SGD, momentum 0: on the CPU a NumPy path, here one kernel too)."""
     try:
         return _KERNELS[name]
     except KeyError:

@@ -358,6 +358,8 @@ def cross_entropy_refusals():
     raises(ValueError, "reduction must be one of", GL.cross_entropy, z, t, "avg")
     raises(ValueError, "expected target of shape (5,)", GL.cross_entropy, z, t[:4])
     raises(TypeError, "float32 logits", GL.cross_entropy, z.astype(D), t)
+    raises(NotImplementedError, "logits (N, K), got shape (5, 13, 2)", GL.cross_entropy,
+           rand(5, 13, 2), R.integers(0, 13, (5, 2)))
     assert GL.unsupported(CrossEntropyLoss()) is None
     assert GL.unsupported(CrossEntropyLoss(reduction="sum")) is None
     for loss, word in ((CrossEntropyLoss(weight=np.ones(13)), "class weights"),

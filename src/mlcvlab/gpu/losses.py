@@ -39,10 +39,13 @@ def cross_entropy(logits, target, reduction: str = "mean", ignore_index: int = -
     if reduction not in REDUCTIONS:
         raise ValueError(f"cross_entropy: reduction must be one of {REDUCTIONS + ('none',)}, "
                          f"got {reduction!r}")
-    if getattr(logits, "dtype", None) != F32 or getattr(logits, "ndim", None) != 2:
+    if getattr(logits, "dtype", None) != F32:
         raise TypeError(f"cross_entropy: expected float32 logits (N, K) on the device, got "
-                        f"{getattr(logits, 'dtype', type(logits).__name__)} "
-                        f"{getattr(logits, 'shape', '')}")
+                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
+    if logits.ndim != 2:
+        raise NotImplementedError(f"cross_entropy: the GPU takes logits (N, K), got shape "
+                                  f"{tuple(logits.shape)} ((C,) and (N, C, d1, ...) are "
+                                  f"CPU-only); {USE_CPU}")
     N, C = logits.shape
     tdtype = getattr(target, "dtype", None)
     if tdtype is None or not np.issubdtype(np.dtype(tdtype), np.integer):

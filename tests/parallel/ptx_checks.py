@@ -40,7 +40,8 @@ def signatures():
     mlcvlab.gpu.conv launches its kernels with (Python ints as int64, the uint8 argmax of
     windows up to 16x16)."""
     from numba import boolean, float32, int64, uint8, uint32, uint64
-    f1, f2, i1, u = float32[::1], float32[:, ::1], int64[::1], uint64
+    f1, f2, f3 = float32[::1], float32[:, ::1], float32[:, :, ::1]
+    i1, u = int64[::1], uint64
     f4, i = float32[:, :, :, ::1], int64
     return {"mlcvlab.gpu.conv_kernels": {
         "im2col_kernel": [(f4, f2, i, i, i, i, i, i, i, i)],
@@ -72,6 +73,26 @@ def signatures():
         "prob_minus_target_kernel": [(f2, i1, f2), (f2, f1, f2)],
         "reduce_mean_kernel": [(f2, f1)],
         "sgd_update_kernel": [(f1, f1, f1, float32, float32, float32, boolean)],
+    }, "mlcvlab.gpu.basis_kernels": {
+        # the GPU twins of mlcvlab.gpu.basis / losses / optim: flat (S,) views, (N, C, L)
+        # batch norm, int64 labels
+        "relu_forward_kernel": [(f1, f1)],
+        "relu_backward_kernel": [(f1, f1, f1)],
+        "leaky_relu_kernel": [(f1, float32, f1)],
+        "leaky_relu_grad_kernel": [(f1, f1, float32, f1)],
+        "sigmoid_stable_kernel": [(f1, f1)],
+        "tanh_kernel": [(f1, f1)],
+        "tanh_grad_kernel": [(f1, f1, f1)],
+        "keep_mask_kernel": [(f1, float32, f1)],
+        "softmax_grad_rows_kernel": [(f2, f2, f2)],
+        "bn_channels_forward_kernel": [(f3, f1, f1, float32, f3, f3, f1, f1, f1)],
+        "bn_channels_backward_kernel": [(f3, f3, f1, f1, f3, f1, f1)],
+        "bn_eval_kernel": [(f3, f1, f1, f1, f1, float32, f3)],
+        "bn_running_kernel": [(f1, f1, f1, f1, float32, float32, float32)],
+        "ce_rows_kernel": [(f2, i1, int64, f2, f1, f1)],
+        "ce_reduce_kernel": [(f1, f1, boolean, f1, f1)],
+        "ce_grad_kernel": [(f2, i1, f1, f1)],
+        "adam_kernel": [(f1, f1, f1, f1) + (float32,) * 9],
     }}
 
 

@@ -1,0 +1,85 @@
+"""GPU twins of the fused updates of :mod:`mlcvlab.optim.kernels` (same names, arguments and
+arithmetic, in place on flat float32 device vectors), so an optimizer picks
+``gpu.optim.get(name)`` instead of ``kernels.get(name)`` and keeps the rest of its step.
+
+* ``sgd_momentum`` launches ``sgd_update_kernel`` of :mod:`mlcvlab.parallel.cuda_kernels`: it
+  does the CPU kernel's arithmetic in the same order (d = g + wd·w, b = μ·b + d,
+  w -= lr·(d + μ·b if nesterov else b); IEEE addition and multiplication commute, so
+  ``w*wd + g`` and ``g + wd*w`` round alike). It skips the buffer when μ = 0, where the CPU
+  kernel writes buf = d; SGD calls the fused kernel only for μ > 0, and so does this twin
+  (μ = 0 is a ValueError).
+* ``sgd`` (momentum 0, no CPU kernel: the NumPy path's w -= lr·(grad + wd·w)) launches the
+  same kernel with μ = 0.
+* ``adam`` launches ``adam_kernel`` of :mod:`mlcvlab.gpu.basis_kernels`.
+
+Scalars are cast to float32 here (the CPU optimizer casts them to the array dtype, which is
+float32 on the GPU) so that no float64 reaches a kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mlcvlab.gpu import basis_kernels as K
+from mlcvlab.parallel import cuda_kernels as PK
+
+F32 = np.float32
+
+
+def _check(fn: str, **arrays) -> int:
+    n = None
+    for name, a in arrays.items():
+        if getattr(a, "dtype", None) != F32 or getattr(a, "ndim", None) != 1:
+            raise TypeError(f"{fn}: expected {name} to be a flat float32 device vector, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)} "
+                            f"{getattr(a, 'shape', '')}")
+        if n is not None and a.shape[0] != n:
+            raise ValueError(f"{fn}: {name} has {a.shape[0]} elements, expected {n}")
+        n = a.shape[0]
+    return n
+
+
+def sgd_momentum(w, grad, buf, lr, momentum, wd, nesterov) -> None:
+    """One SGD-with-momentum step in place on w and buf (as ``optim.kernels.sgd_momentum``)."""
+    n = _check("sgd_momentum", w=w, grad=grad, buf=buf)
+    if not momentum > 0:
+        raise ValueError(f"sgd_momentum: the fused kernel is for momentum > 0, got {momentum} "
+                         f"(plain SGD is w -= lr·(g + wd·w) without a buffer)")
+    PK.sgd_update_kernel[PK.grid1(n)](w, grad, buf, F32(lr), F32(momentum), F32(wd),
+                                      bool(nesterov))
+
+
+def sgd(w, grad, lr, wd) -> None:
+    """Plain SGD (no momentum) in place on w: w -= lr·(grad + wd·w), the arithmetic of the CPU
+    optimizer's NumPy path for momentum 0 (g = w·wd + grad, w -= g·lr), which has no fused
+    kernel on the CPU; ``sgd_update_kernel`` with μ = 0 never reads or writes its buffer."""
+    n = _check("sgd", w=w, grad=grad)
+    # grad stands in for the buffer (never touched with μ = 0); not w: an argument passed
+    # twice is two copies under the simulator, and the second would be copied back last
+    PK.sgd_update_kernel[PK.grid1(n)](w, grad, grad, F32(lr), F32(0.0), F32(wd), False)
+
+
+def adam(w, grad, m, v, step_size, beta1, one_m_beta1, beta2, one_m_beta2, eps,
+         inv_bc2_sqrt, wd, shrink) -> None:
+    """One Adam/AdamW step in place on w, m, v (as ``optim.kernels.adam``)."""
+    n = _check("adam", w=w, grad=grad, m=m, v=v)
+    K.adam_kernel[K.grid(n)](w, grad, m, v, F32(step_size), F32(beta1), F32(one_m_beta1),
+                             F32(beta2), F32(one_m_beta2), F32(eps), F32(inv_bc2_sqrt),
+                             F32(wd), F32(shrink))
+
+
+_KERNELS = {"sgd_momentum": sgd_momentum, "sgd": sgd, "adam": adam}
+
+
+def available() -> bool:
+    """True: the twins need only numba.cuda, which the GPU path has already checked."""
+    return True
+
+
+def get(name: str):
+    """The GPU update ``name``: "sgd_momentum" or "adam" (the names of optim.kernels), or
+    "sgd" (plain SGD, momentum 0: on the CPU a NumPy path, here one kernel too)."""
+    try:
+        return _KERNELS[name]
+    except KeyError:
+        raise ValueError(f"gpu.optim.get: no GPU update {name!r}; choose from "
+                         f"{sorted(_KERNELS)}") from None

@@ -116,13 +116,15 @@ class Loss:
         if not np.issubdtype(t.dtype, np.integer) or t.shape != pred.shape[:1]:
             raise ValueError(f"{name} on cuda: expected integer class labels of shape "
                              f"{pred.shape[:1]}, got dtype {t.dtype} and shape {t.shape}")
-        if t.size and (t.min() < 0 or t.max() >= pred.shape[1]):
+        ignore = getattr(self, "ignore_index", -100)
+        kept = t[t != ignore]
+        if kept.size and (kept.min() < 0 or kept.max() >= pred.shape[1]):
             raise ValueError(f"{name}: labels must be in [0, {pred.shape[1]}), got range "
-                             f"[{t.min()}, {t.max()}]")
+                             f"[{kept.min()}, {kept.max()}]")
         loss, grad = gpu_losses.cross_entropy(pred, gpu_device.to_device(t.astype(np.int64)),
-                                              self.reduction)
+                                              self.reduction, ignore)
         value = float(loss)                 # the one device -> host transfer of the step
-        if not math.isfinite(value):
+        if not math.isfinite(value) and kept.size:   # every label ignored: nan, as the CPU
             raise ValueError(f"{name}: the loss is {value}: pred contains NaN or inf (the model "
                              "diverged or the input has NaN); lower the learning rate or check "
                              "the data")

@@ -47,3 +47,16 @@ def test_keep_freed_memory_stops_the_page_faults_of_repeated_steps():
 def test_keep_freed_memory_rejects_bad_sizes(kwargs):
     with pytest.raises(ValueError, match="keep_freed_memory"):
         backend.keep_freed_memory(**kwargs)
+
+
+def test_the_array_module_is_not_a_gpu_switch():
+    """The GPU path is model.to('cuda'); setting a global array module says so."""
+    import types
+
+    import numpy as np
+
+    from mlcvlab import backend
+    backend.set_array_module(np)
+    assert backend.get_array_module() is np
+    with pytest.raises(ValueError, match=r"model.to\('cuda'\)"):
+        backend.set_array_module(types.ModuleType("cupy"))

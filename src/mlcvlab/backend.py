@@ -1,7 +1,7 @@
 """Array module, default dtype and seeding: the few global choices of mlcvlab.
 
-Library code is written once against ``xp`` (NumPy here; a GPU array module such
-as CuPy can be plugged in with :func:`set_array_module`). Every source of
+Host arrays are NumPy; a model runs on a GPU by ``model.to("cuda")`` (CuPy arrays and the
+GPU twins of :mod:`mlcvlab.gpu`), not by swapping a global array module. Every source of
 randomness takes a ``numpy.random.Generator`` or a seed; when none is given,
 layers draw a child generator from the library's root generator, which
 :func:`seed` resets so that the same seed gives the same run, bit for bit.
@@ -15,8 +15,6 @@ from typing import Union
 
 import numpy as np
 
-xp: ModuleType = np
-
 _default_dtype = np.dtype(np.float32)
 _root_rng = np.random.default_rng(0)
 
@@ -24,13 +22,17 @@ SeedLike = Union[None, int, np.random.Generator]
 
 
 def set_array_module(module: ModuleType) -> None:
-    """Use ``module`` (NumPy-compatible, e.g. cupy) for new arrays."""
-    global xp
-    xp = module
+    """Kept for old callers: only NumPy is accepted. A GPU is not a global switch here; move
+    a model with ``model.to("cuda")`` (:mod:`mlcvlab.gpu`)."""
+    if module is not np:
+        raise ValueError(f"set_array_module: the host array module is NumPy; got "
+                         f"{getattr(module, '__name__', module)!r}. To run on a GPU, move the "
+                         f"model: model.to('cuda') (and the loss: loss.to('cuda'))")
 
 
 def get_array_module() -> ModuleType:
-    return xp
+    """NumPy, the module of host arrays (device arrays: ``mlcvlab.gpu.device.array_module``)."""
+    return np
 
 
 def default_dtype() -> np.dtype:

@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh in its dry run (simulator, tiny sizes): every stage is in the
-summary with pass or skip, the device-vs-CPU losses agree, the conv models say why they
-are skipped, and the summary is written where $OUT says."""
+summary with pass or skip, the device-vs-CPU losses of every model agree (the engine, and the
+--dist cuda workers for nn4 and mlp), and the summary is written where $OUT says."""
 import json
 import os
 import subprocess
@@ -38,20 +38,23 @@ def test_dry_run_passes_every_stage(dry_run):
 
 
 @pytest.mark.cudasim
-def test_dry_run_compares_losses_and_skips_conv_models(dry_run):
+def test_dry_run_compares_the_losses_of_every_model_on_both_gpu_paths(dry_run):
     _, out = dry_run
     records = json.loads((out / "gpu_check_summary.json").read_text())["records"]
     training = {r["item"]: r for r in records if r["stage"] == "training"}
-    assert training["nn4"]["status"] == "pass" and training["mlp"]["status"] == "pass", training
-    for name in ("lenet5", "resnet20"):
-        assert training[name]["status"] == "skip"
-        assert "no GPU path yet (issue #22)" in training[name]["detail"]
-    for name in ("nn4", "mlp"):
-        cpu, gpu = zip(*[map(float, line.split(","))
-                         for line in (out / f"losses_{name}.csv").read_text().split()[1:]])
-        assert len(cpu) == 5 and all(abs(a - b) <= 1e-4 + 1e-3 * abs(a) for a, b in zip(cpu, gpu))
+    items = {"nn4", "mlp", "lenet5", "resnet20", "nn4 (--dist cuda workers)",
+             "mlp (--dist cuda workers)"}
+    assert set(training) == items, training
+    assert all(r["status"] == "pass" for r in training.values()), training
+    for name, suffix, steps in (("nn4", "", 5), ("mlp", "_dist_cuda", 5), ("lenet5", "", 3),
+                                ("resnet20", "", 3)):
+        cpu, gpu = zip(*[map(float, line.split(",")) for line in
+                         (out / f"losses_{name}{suffix}.csv").read_text().split()[1:]])
+        assert len(cpu) == steps
+        assert all(abs(a - b) <= 1e-4 + 1e-3 * abs(a) for a, b in zip(cpu, gpu)), (cpu, gpu)
     kernels = {r["item"]: r["status"] for r in records if r["stage"] == "kernels"}
-    assert kernels["cudasim_checks (simulator)"] == "pass", kernels
+    for name in ("cudasim_checks", "conv_sim_checks", "basis_sim_checks", "engine_sim_checks"):
+        assert kernels[f"{name} (simulator)"] == "pass", kernels
     speed = {r["item"] for r in records if r["stage"] == "speed" and r["status"] == "pass"}
     assert speed == {"nn4", "mlp", "lenet5", "resnet20"}
 

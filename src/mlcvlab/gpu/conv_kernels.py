@@ -32,7 +32,7 @@ from numba import config, cuda, float32
 # The simulator runs every thread as a Python thread: small blocks and few of them keep it
 # fast, and make the tests' tiny shapes still go round the grid-stride loops several times.
 _SIM = bool(config.ENABLE_CUDASIM)
-THREADS = 32 if _SIM else 256        # threads per block (a power of two: the row-sum tree)
+THREADS = 8 if _SIM else 256         # threads per block (a power of two: the row-sum tree)
 MAX_BLOCKS = 4 if _SIM else 4096     # blocks per launch; the grid-stride loops do the rest
 
 _0 = float32(0.0)

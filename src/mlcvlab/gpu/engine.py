@@ -4,7 +4,7 @@ A layer runs on "cuda" when the class that defines its ``forward`` is one whose 
 GPU twin (:mod:`mlcvlab.gpu.basis`, :mod:`mlcvlab.gpu.conv`) and its options are ones the
 twin supports (each twin module's ``unsupported(layer)`` says why not), or when it is a
 container whose own forward only routes arrays (Sequential, Residual, Concat,
-ZeroPadShortcut). A subclass that overrides ``forward`` (e.g. a lab's non-inverted dropout)
+ZeroPadShortcut, NN4). A subclass that overrides ``forward`` (e.g. a lab's non-inverted dropout)
 has no twin until it declares one: it is refused by name, not run on the CPU half-way.
 Every reason is collected, so one error lists all that stops a model.
 """
@@ -22,13 +22,13 @@ def _forward_owner(layer) -> type:
 def _twins():
     """{class that defines forward: the twin module (or None for a pure container)}."""
     from mlcvlab import nn
-    from mlcvlab.models import blocks
+    from mlcvlab.models import NN4, blocks
     from mlcvlab.nn import modules
     basis_layers = (nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Flatten,
                     nn.Identity, nn.LeakyReLU, nn.Softmax, modules._Activation,
                     modules._BatchNorm)
     conv_layers = (nn.Conv2d, modules._Pool2d, modules._AdaptivePool2d, nn.GlobalAvgPool2d)
-    containers = (nn.Sequential, blocks.Residual, blocks.Concat, blocks.ZeroPadShortcut)
+    containers = (nn.Sequential, blocks.Residual, blocks.Concat, blocks.ZeroPadShortcut, NN4)
     twins = {c: "basis" for c in basis_layers}
     twins.update({c: "conv" for c in conv_layers})
     twins.update({c: None for c in containers})

@@ -44,7 +44,7 @@ def sgd_momentum(w, grad, buf, lr, momentum, wd, nesterov) -> None:
     if not momentum > 0:
         raise ValueError(f"sgd_momentum: the fused kernel is for momentum > 0, got {momentum} "
                          f"(plain SGD is w -= lr·(g + wd·w) without a buffer)")
-    PK.sgd_update_kernel[PK.grid1(n)](w, grad, buf, F32(lr), F32(momentum), F32(wd),
+    PK.sgd_update_kernel[K.grid(n)](w, grad, buf, F32(lr), F32(momentum), F32(wd),
                                       bool(nesterov))
 
 
@@ -55,7 +55,7 @@ def sgd(w, grad, lr, wd) -> None:
     n = _check("sgd", w=w, grad=grad)
     # grad stands in for the buffer (never touched with μ = 0); not w: an argument passed
     # twice is two copies under the simulator, and the second would be copied back last
-    PK.sgd_update_kernel[PK.grid1(n)](w, grad, grad, F32(lr), F32(0.0), F32(wd), False)
+    PK.sgd_update_kernel[K.grid(n)](w, grad, grad, F32(lr), F32(0.0), F32(wd), False)
 
 
 def adam(w, grad, m, v, step_size, beta1, one_m_beta1, beta2, one_m_beta2, eps,

@@ -54,7 +54,7 @@ class NN4(Module):
         self.flat()
 
     def _flat_input(self, x: np.ndarray) -> np.ndarray:
-        if isinstance(x, np.ndarray) and x.ndim > 2:
+        if getattr(x, "ndim", 0) > 2:          # a NumPy or a device array
             x = x.reshape(x.shape[0], -1)
         return x
 

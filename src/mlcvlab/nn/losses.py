@@ -68,9 +68,7 @@ class Loss:
         device = check_device(device)
         if device == "cuda":
             from mlcvlab.gpu import losses as gpu_losses
-            reason = gpu_losses.unsupported(self)
-            if reason:
-                raise NotImplementedError(reason)
+            gpu_losses.check_loss(self)
         self.device = device
         return self
 

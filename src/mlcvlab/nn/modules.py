@@ -187,8 +187,8 @@ class Conv2d(Module):
         x, unbatched = _batched("Conv2d", x)
         check_input("Conv2d", x, dim={1: self.in_channels})
         b = self.bias.data if self.bias is not None else None
-        y, cache = _conv(self).conv2d(x, self.weight.data, b, self.stride, self.padding, self.dilation,
-                               self.groups, self.padding_mode)
+        y, cache = _conv(self).conv2d(x, self.weight.data, b, self.stride, self.padding,
+                                      self.dilation, self.groups, self.padding_mode)
         self._cache = cache if self.training else None
         self._unbatched = unbatched
         return y[0] if unbatched else y
@@ -244,7 +244,8 @@ class _Pooling(Module):
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
-        dx = getattr(_conv(self), self._fn + "_grad")(dy[None] if self._unbatched else dy, self._cache)
+        dy = dy[None] if self._unbatched else dy
+        dx = getattr(_conv(self), self._fn + "_grad")(dy, self._cache)
         return dx[0] if self._unbatched else dx
 
 

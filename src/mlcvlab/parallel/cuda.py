@@ -42,6 +42,8 @@ from mlcvlab.parallel.step import shard_bounds
 
 def load_cuda():
     """numba.cuda and the kernels module, or a RuntimeError saying there is no device."""
+    from mlcvlab.gpu.device import speed_up_simulator
+    speed_up_simulator()
     try:
         from numba import cuda
     except ImportError as err:    # pragma: no cover - numba is a dependency

@@ -261,9 +261,9 @@ def reduce_mean_kernel(G, wts):
 @cuda.jit
 def sgd_update_kernel(w, g, buf, lr, momentum, weight_decay, nesterov):
     """Fused SGD step (as mlcvlab.optim.SGD): d = g + wd·w; b = μ·b + d (if μ > 0);
-    w −= lr · (d + μ·b if nesterov else b)."""
-    j = cuda.grid(1)
-    if j < w.shape[0]:
+    w −= lr · (d + μ·b if nesterov else b). A grid-stride loop: any grid covers the vector
+    (the model's GPU twin of the optimizer launches a capped grid, see mlcvlab.gpu.optim)."""
+    for j in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
         d = g[j] + weight_decay * w[j]
         if momentum > 0:
             b = momentum * buf[j] + d

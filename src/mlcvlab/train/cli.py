@@ -67,10 +67,16 @@ def build_model(name: str, in_shape, n_classes: int, seed: int):
 
 
 def loss_for(model):
+    """The model's loss, on the model's device when it has a GPU twin there (else on the
+    host: the Trainer copies the prediction over, see ``train.trainer.loss_and_grad``)."""
     from mlcvlab import nn
-    if hasattr(model, "loss_fn"):
-        return model.loss_fn()
-    return nn.CrossEntropyLoss()
+    loss = model.loss_fn() if hasattr(model, "loss_fn") else nn.CrossEntropyLoss()
+    device = getattr(model, "device", "cpu")
+    if device != "cpu":
+        from mlcvlab.gpu import losses as gpu_losses
+        if gpu_losses.unsupported(loss) is None:
+            loss.to(device)
+    return loss
 
 
 # ---------------------------------------------------------------------------------- train
@@ -413,7 +419,7 @@ def run_train(args) -> int:
     callbacks = [Checkpoint(out, write=is_root)]
     if is_root and not args.quiet:      # a live bar where one can be drawn; _Log prints lines
         callbacks.append(ProgressBar(plain_lines=False))
-    trainer = Trainer(model, loss_for(model).to(device), optimizer, schedulers=schedulers,
+    trainer = Trainer(model, loss_for(model), optimizer, schedulers=schedulers,
                       callbacks=callbacks, step_fn=step_fn)
     if resuming:
         if checkpoint_paths(out) or os.path.exists(os.path.join(out, "checkpoint.npz.new")):
@@ -445,7 +451,7 @@ def run_train(args) -> int:
     if is_root:
         trainer.callbacks.append(_Log())
     history = trainer.fit(loader, remaining, val_loader=val_batches)
-    final = evaluate(model, loss_for(model).to(device),  # once, at the end
+    final = evaluate(model, loss_for(model),  # once, at the end
                      array_batches(X_test, y_test))
     if is_root:
         _write_run(out, config, model, history, final)

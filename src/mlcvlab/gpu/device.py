@@ -34,22 +34,21 @@ def _no_device(why: str) -> RuntimeError:
 _checked = False
 
 
-def _no_sync_per_launch(numba_cuda) -> None:
-    """Stop numba from synchronising every CuPy argument's stream at every kernel launch.
+def _no_stream_in_cupy_arrays() -> None:
+    """Have CuPy export its arrays without a stream (CUDA array interface v2), before CuPy is
+    imported, so that numba does not wait for that stream at every kernel launch.
 
-    CuPy arrays report their stream in the CUDA array interface, and numba (by default)
-    waits for that stream before each launch: the host would stall until the GPU is idle,
-    launch after launch. CuPy and numba both queue on the legacy default stream here, so the
-    queue already orders the work and the wait buys nothing (read in the sources of
-    numba-cuda 0.30 and CuPy 14; to be timed on a GPU). Set before numba reads it: the
-    environment variable, and the config value where numba has read it already.
+    With v3 (CuPy's default) each CuPy array names its stream, and numba synchronises it
+    before each launch taking the array: the host would stall until the GPU is idle, launch
+    after launch. The engine queues everything, CuPy's GEMMs and numba's kernels, on the
+    legacy default stream, so the queue orders the work and the wait buys nothing (read in
+    the sources of numba-cuda 0.30 and CuPy 14; to be timed on a GPU). Only CuPy arrays are
+    affected; numba's own settings are left alone (turning numba's side off instead,
+    NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0, broke the --dist cuda workers under the simulator, and
+    the variable leaks into child processes). A CuPy imported before mlcvlab keeps v3:
+    correct, only slower.
     """
-    os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
-    for config in (getattr(getattr(numba_cuda, "core", None), "config", None),
-                   getattr(__import__("numba").core, "config", None)):
-        if config is not None and hasattr(config, "CUDA_ARRAY_INTERFACE_SYNC"):
-            config.CUDA_ARRAY_INTERFACE_SYNC = os.environ["NUMBA_CUDA_ARRAY_INTERFACE_SYNC"] \
-                not in ("0", "")
+    os.environ.setdefault("CUPY_CUDA_ARRAY_INTERFACE_EXPORT_VERSION", "2")
 
 
 def speed_up_simulator() -> None:
@@ -68,13 +67,11 @@ def cuda() -> ModuleType:
     """``numba.cuda``, after checking that a device (or the simulator) is there."""
     global _checked
     speed_up_simulator()
-    os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
     try:
         from numba import cuda as numba_cuda
     except ImportError as err:                 # pragma: no cover - numba is a dependency
         raise _no_device("numba is not installed") from err
     if not _checked:
-        _no_sync_per_launch(numba_cuda)
         try:
             available = numba_cuda.is_available() and len(numba_cuda.gpus) > 0
         except Exception:                      # noqa: BLE001 - any driver error: no device
@@ -90,6 +87,7 @@ def array_module() -> ModuleType:
     cuda()
     if simulated():
         return np
+    _no_stream_in_cupy_arrays()
     try:
         import cupy
     except ImportError as err:

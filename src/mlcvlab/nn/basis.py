@@ -177,20 +177,7 @@ def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1
     the variance is the biased one. gamma, beta: (D,) or (C,).
     y = gamma * (x - mean) / sqrt(var + eps) + beta.
     """
-    _check_array("batchnorm", "x", x)
-    axes, bshape = _bn_axes(x, "batchnorm")
-    n_feat = x.shape[1]
-    if gamma.shape != (n_feat,) or beta.shape != (n_feat,):
-        raise ValueError(
-            f"batchnorm: expected gamma and beta of shape ({n_feat},), "
-            f"got {gamma.shape} and {beta.shape}"
-        )
-    count = x.size // n_feat
-    if count < 2:
-        raise ValueError(
-            f"batchnorm: needs more than one value per feature to compute batch statistics, "
-            f"got input shape {x.shape}"
-        )
+    axes, bshape = _check_batchnorm("batchnorm", x, gamma, beta)
     if x.ndim == 4 and kernels.available():
         return _batchnorm_4d_kernel(x, gamma, beta, eps)
     mean = x.mean(axis=axes)
@@ -202,8 +189,28 @@ def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1
     return y, BatchNormCache(x, x_hat, mean, var, inv_std.astype(x.dtype, copy=False), gamma, eps)
 
 
-def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
-    """batchnorm of x (N, C, H, W) in one numba kernel: two passes for the statistics, one for y."""
+def _check_batchnorm(fn: str, x, gamma, beta):
+    """batchnorm's checks of its arguments; returns (axes, bshape) of x (see _bn_axes)."""
+    _check_array(fn, "x", x)
+    axes, bshape = _bn_axes(x, fn)
+    n_feat = x.shape[1]
+    if gamma.shape != (n_feat,) or beta.shape != (n_feat,):
+        raise ValueError(
+            f"{fn}: expected gamma and beta of shape ({n_feat},), "
+            f"got {gamma.shape} and {beta.shape}"
+        )
+    if x.size // n_feat < 2:
+        raise ValueError(
+            f"{fn}: needs more than one value per feature to compute batch statistics, "
+            f"got input shape {x.shape}"
+        )
+    return axes, bshape
+
+
+def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                         relu: bool = False):
+    """batchnorm of x (N, C, H, W) in one numba kernel: two passes for the statistics, one for y
+    (with ``relu``, max(y, 0) in that same pass)."""
     N, C, H, W = x.shape
     x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
     y, x_hat = np.empty_like(x3), np.empty_like(x3)
@@ -211,7 +218,8 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
     g, b = gamma.astype(x.dtype, copy=False), beta.astype(x.dtype, copy=False)
     kernel = kernels.get("bn_forward_channels")
     kernels.parallel_map(                            # one range of channels per thread
-        lambda c: kernel(x3, g, b, float(eps), y, x_hat, mean, var, inv_std, c.start, c.stop),
+        lambda c: kernel(x3, g, b, float(eps), y, x_hat, mean, var, inv_std, c.start, c.stop,
+                         relu),
         kernels.split(C, kernels.num_threads()))
     cache = BatchNormCache(x, x_hat.reshape(x.shape), mean, var, inv_std, gamma, eps)
     return y.reshape(x.shape), cache
@@ -235,12 +243,15 @@ def batchnorm_update_running(running_mean: np.ndarray, running_var: np.ndarray,
 
 
 def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                   running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> np.ndarray:
+                   running_mean: np.ndarray, running_var: np.ndarray, eps: float,
+                   then_relu: bool = False) -> np.ndarray:
     """Batch norm in evaluation: y = x·scale + shift per feature, with
     scale = gamma / sqrt(running_var + eps) and shift = beta - running_mean·scale.
 
     x: (N, C), (N, C, L) or (N, C, H, W); the other arrays (C,). A contiguous input of the
     parameters' dtype runs one numba kernel (rows of the batch in parallel); the rest NumPy.
+    ``then_relu``: return relu(y) instead, in the kernel's same pass (a ReLU after the batch norm,
+    fused by ``Sequential``: one pass over the activation less).
     """
     inv_std = 1.0 / np.sqrt(running_var + eps)
     scale = (gamma * inv_std).astype(x.dtype, copy=False)
@@ -250,7 +261,7 @@ def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         kernel = kernels.get("channel_affine")
         x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
         y3 = y.reshape(x3.shape)
-        kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
+        kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p], then_relu),
                              kernels.row_parts(x))
         return y
     shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -261,7 +272,7 @@ def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         y[p] += shift
 
     kernels.parallel_map(affine, kernels.row_parts(x))
-    return y
+    return relu(y)[0] if then_relu else y
 
 
 def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
@@ -300,23 +311,68 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
         C = x_hat.shape[1]
         return np.empty_like(dy), np.zeros(C, dy.dtype), np.zeros(C, dy.dtype)
     if x_hat.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
-        N, C, H, W = x_hat.shape
-        dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),
-                             np.empty(C, dy.dtype))
-        scale = (gamma * inv_std).astype(dy.dtype, copy=False)
-        dy3 = np.ascontiguousarray(dy).reshape(N, C, H * W)
-        x_hat3, dx3 = np.ascontiguousarray(x_hat).reshape(N, C, H * W), dx.reshape(N, C, H * W)
-        kernel = kernels.get("bn_backward_channels")
-        kernels.parallel_map(                        # one range of channels per thread
-            lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop),
-            kernels.split(C, kernels.num_threads()))
-        return dx, dgamma, dbeta
+        return _batchnorm_grad_4d_kernel(dy, cache)
     m = x_hat.size // x_hat.shape[1]
     dbeta = dy.sum(axis=axes)
     dgamma = np.sum(dy * x_hat, axis=axes)
     scale = (gamma * inv_std).reshape(bshape)
     dx = scale * (dy - (dbeta / m).reshape(bshape) - x_hat * (dgamma / m).reshape(bshape))
     return dx.astype(x_hat.dtype, copy=False), dgamma, dbeta
+
+
+def _batchnorm_grad_4d_kernel(dy: np.ndarray, cache: BatchNormCache,
+                              relu_y: Optional[np.ndarray] = None):
+    """batchnorm_grad_fused of dy (N, C, H, W) in one numba kernel (a pass for the two sums, one
+    for dx); with ``relu_y`` (the output of a ReLU after the batch norm), dy is masked as
+    relu_grad masks it, in those same passes."""
+    x_hat, inv_std, gamma = cache.x_hat, cache.inv_std, cache.gamma
+    N, C, H, W = x_hat.shape
+    dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),
+                         np.empty(C, dy.dtype))
+    scale = (gamma * inv_std).astype(dy.dtype, copy=False)
+    dy3 = np.ascontiguousarray(dy).reshape(N, C, H * W)
+    x_hat3, dx3 = np.ascontiguousarray(x_hat).reshape(N, C, H * W), dx.reshape(N, C, H * W)
+    if relu_y is None:
+        kernel = kernels.get("bn_backward_channels")
+        part = lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop)  # noqa
+    else:
+        y3 = np.ascontiguousarray(relu_y).reshape(N, C, H * W)
+        kernel = kernels.get("bn_relu_backward_channels")
+        part = lambda c: kernel(dy3, y3, x_hat3, scale, dx3, dgamma, dbeta,  # noqa: E731
+                                c.start, c.stop)
+    kernels.parallel_map(part, kernels.split(C, kernels.num_threads()))  # channel ranges
+    return dx, dgamma, dbeta
+
+
+# --------------------------------------------------------------------------- batch norm + ReLU
+# A ReLU right after a batch norm (conv -> BN -> ReLU, in every CNN here) costs a pass over the
+# activation each way; these run the pair in the batch-norm kernels' own passes. They compute
+# what batchnorm / relu and relu_grad / batchnorm_grad_fused compute (the same float32
+# operations) and return the two layers' own caches, so each layer's backward still works.
+# ``Sequential`` calls them for a (BatchNorm2d, ReLU) pair on the CPU (``nn.modules``).
+def batchnorm_relu(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
+    """relu(batchnorm(x, gamma, beta, eps)) with batch statistics, the ReLU in the pass that
+    writes y. Returns (y, bn_cache, relu_cache): the caches of batchnorm and of relu (its
+    output y). x: (N, C, H, W) runs the kernel; any other input the two functions in turn."""
+    _check_batchnorm("batchnorm_relu", x, gamma, beta)
+    if not (x.ndim == 4 and kernels.available()):
+        z, bn_cache = batchnorm(x, gamma, beta, eps)
+        y, relu_cache = relu(z)
+        return y, bn_cache, relu_cache
+    y, bn_cache = _batchnorm_4d_kernel(x, gamma, beta, eps, relu=True)
+    return y, bn_cache, ActivationCache(y)
+
+
+def batchnorm_relu_grad(dy: np.ndarray, bn_cache: BatchNormCache, relu_cache: ActivationCache):
+    """batchnorm_grad_fused(relu_grad(dy, relu_cache), bn_cache) -> (dx, dgamma, dbeta), the
+    ReLU's mask applied inside the batch-norm kernel's passes (no masked copy of dy)."""
+    y = relu_cache.value
+    check_dy("batchnorm_relu_grad", dy, y.shape)
+    x_hat = bn_cache.x_hat
+    if (x_hat.ndim == 4 and x_hat.size and kernels.available() and y.shape == x_hat.shape
+            and dy.dtype == x_hat.dtype == y.dtype):
+        return _batchnorm_grad_4d_kernel(dy, bn_cache, relu_y=y)
+    return batchnorm_grad_fused(relu_grad(dy, relu_cache), bn_cache)
 
 
 # --------------------------------------------------------------------------- activations
@@ -431,6 +487,7 @@ def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 __all__ = [
     "linear", "linear_grad", "dropout", "dropout_mask", "dropout_grad", "batchnorm",
     "batchnorm_update_running", "batchnorm_eval", "batchnorm_grad", "batchnorm_grad_fused",
+    "batchnorm_relu", "batchnorm_relu_grad",
     "relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "sigmoid", "sigmoid_grad", "tanh",
     "tanh_grad", "softmax", "softmax_grad",
 ]

@@ -202,7 +202,8 @@ def _compile() -> dict:
 
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
     def bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, c0,
-                            c1):  # pragma: no cover (jitted)
+                            c1, relu=False):  # pragma: no cover (jitted)
+        # relu: y = max(h * g + b, 0) (ReLU fused into the write of y, one pass less)
         N, C, L = x.shape
         m = N * L
         for c in range(c0, c1):
@@ -221,11 +222,13 @@ def _compile() -> dict:
             mean[c], var[c], inv_std[c] = mu, v, istd
             mu_t, istd_t = x.dtype.type(mu), x.dtype.type(istd)
             g, b = gamma[c], beta[c]
+            zero = y.dtype.type(0)
             for n in range(N):
                 for l in range(L):
                     h = (x[n, c, l] - mu_t) * istd_t
                     x_hat[n, c, l] = h
-                    y[n, c, l] = h * g + b
+                    v = h * g + b
+                    y[n, c, l] = zero if relu and v < zero else v
 
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
     def bn_forward(x, gamma, beta, eps, y, x_hat, mean, var, inv_std):  # pragma: no cover
@@ -252,19 +255,56 @@ def _compile() -> dict:
                     dx[n, c, l] = k * (dy[n, c, l] - mb - x_hat[n, c, l] * mg)
 
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
+    def bn_relu_backward_channels(dy, relu_y, x_hat, scale, dx, dgamma, dbeta, c0,
+                                  c1):  # pragma: no cover (jitted)
+        # bn_backward_channels of relu_backward(dy, relu_y), relu_y the output of a ReLU after
+        # the batch norm. The first pass stores the masked dy in dx (the second reads it back)
+        # and both run in memory order, sample by sample, with per-channel sums: on 8x8 and
+        # 16x16 maps the channel-major order of bn_backward_channels made this fused kernel
+        # slower than the two unfused ones (BENCHMARKS.md).
+        N, C, L = dy.shape
+        m = N * L
+        zero = dy.dtype.type(0)
+        sb, sg = np.zeros(c1 - c0), np.zeros(c1 - c0)
+        for n in range(N):
+            for c in range(c0, c1):
+                g, yr, h, out = dy[n, c], relu_y[n, c], x_hat[n, c], dx[n, c]
+                a = 0.0
+                b = 0.0
+                for l in range(L):
+                    d = zero if yr[l] <= zero else g[l]
+                    out[l] = d
+                    a += d
+                    b += d * h[l]
+                sb[c - c0] += a
+                sg[c - c0] += b
+        for c in range(c0, c1):
+            dbeta[c], dgamma[c] = sb[c - c0], sg[c - c0]
+        for n in range(N):
+            for c in range(c0, c1):
+                mb, mg = dy.dtype.type(sb[c - c0] / m), dy.dtype.type(sg[c - c0] / m)
+                k = scale[c]
+                h, out = x_hat[n, c], dx[n, c]
+                for l in range(L):
+                    out[l] = k * (out[l] - mb - h[l] * mg)
+
+    @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
     def bn_backward(dy, x_hat, scale, dx, dgamma, dbeta):  # pragma: no cover (jitted)
         bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, 0, dy.shape[1])
 
     @njit(cache=True, nogil=True)
-    def channel_affine(x, scale, shift, y):  # pragma: no cover (jitted)
+    def channel_affine(x, scale, shift, y, relu=False):  # pragma: no cover (jitted)
         # y[n, c, :] = x[n, c, :] * scale[c] + shift[c]: batch norm in evaluation, one pass
-        # (NumPy's broadcast multiply and add take two, each slower than this one)
+        # (NumPy's broadcast multiply and add take two, each slower than this one);
+        # relu: max(., 0) in the same pass, as relu_forward
         N, C, L = x.shape
+        zero = y.dtype.type(0)
         for n in range(N):
             for c in range(C):
                 k, b = scale[c], shift[c]
                 for l in range(L):
-                    y[n, c, l] = x[n, c, l] * k + b
+                    v = x[n, c, l] * k + b
+                    y[n, c, l] = zero if relu and v < zero else v
 
     @njit(cache=True, nogil=True)
     def relu_forward(x, y):  # pragma: no cover (jitted)
@@ -288,7 +328,8 @@ def _compile() -> dict:
             "maxpool": maxpool, "maxpool_2x2": maxpool_2x2, "maxpool_2x2_grad": maxpool_2x2_grad,
             "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward,
             "bn_forward_channels": bn_forward_channels,
-            "bn_backward_channels": bn_backward_channels}
+            "bn_backward_channels": bn_backward_channels,
+            "bn_relu_backward_channels": bn_relu_backward_channels}
 
 
 _AVAILABLE = None

@@ -302,6 +302,24 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    # -- fusion (an execution detail of Sequential) ------------------------------------------
+    def fuses_with(self, nxt: "Module") -> bool:
+        """Whether :class:`Sequential` may run this layer and the one after it, ``nxt``, as one
+        call: :meth:`forward_fused` instead of ``self.forward`` then ``nxt.forward``, and
+        :meth:`backward_fused` instead of ``nxt.backward`` then ``self.backward``. A fused call
+        computes what the two layers compute apart (to float rounding) and fills both layers'
+        caches, so either layer's own backward still works. False unless a layer says
+        otherwise (batch norm followed by a ReLU, on the CPU)."""
+        return False
+
+    def forward_fused(self, nxt: "Module", x):
+        """``nxt.forward(self.forward(x))`` (see :meth:`fuses_with`)."""
+        return nxt.forward(self.forward(x))
+
+    def backward_fused(self, nxt: "Module", dy):
+        """``self.backward(nxt.backward(dy))`` (see :meth:`fuses_with`)."""
+        return self.backward(nxt.backward(dy))
+
     # -- facts (read by mlcvlab.analysis and the memory lab, never by forward/backward) ------
     def kept_for_backward(self, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]) -> Kept:
         """What a training forward on one sample of ``in_shape`` (no batch axis) keeps for the
@@ -393,13 +411,28 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m.forward(x)
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            m = layers[i]
+            if i + 1 < len(layers) and m.fuses_with(layers[i + 1]):
+                x = m.forward_fused(layers[i + 1], x)       # e.g. BatchNorm2d + ReLU
+                i += 2
+            else:
+                x = m.forward(x)
+                i += 1
         return x
 
     def backward(self, dy):
-        for m in reversed(self._modules.values()):
-            dy = m.backward(dy)
+        layers = list(self._modules.values())
+        i = len(layers) - 1
+        while i >= 0:
+            if i > 0 and layers[i - 1].fuses_with(layers[i]):
+                dy = layers[i - 1].backward_fused(layers[i], dy)
+                i -= 2
+            else:
+                dy = layers[i].backward(dy)
+                i -= 1
             if dy is None:       # set_input_grad(False): no layer before this one has parameters
                 return None
         return dy

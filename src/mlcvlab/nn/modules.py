@@ -547,10 +547,15 @@ class _BatchNorm(Module):
                 self.num_batches_tracked += 1
             return self.xp.empty_like(x)
         y, cache = _basis(self).batchnorm(x, gamma, beta, self.eps)
+        self._keep(cache, x)
+        return y
+
+    def _keep(self, cache: basis.BatchNormCache, x) -> None:
+        """After a forward with batch statistics: keep its cache for the backward and, in
+        training, fold the statistics into the running ones."""
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         if self.training and self.track_running_stats:
             self.update_running(cache.mean, cache.var, x.size // self.num_features)
-        return y
 
     def next_momentum(self) -> float:
         """The momentum of the next running-statistics update: ``momentum``, or with
@@ -604,9 +609,55 @@ class BatchNorm1d(_BatchNorm):
     _ndims = (2, 3)
 
 
+# Sequential runs a BatchNorm2d and the ReLU right after it as one fused call on the CPU
+# (BatchNorm2d.fuses_with). False: the two layers one after the other (for A/B timing and the
+# tests that compare both).
+FUSE_BN_RELU = True
+
+
 class BatchNorm2d(_BatchNorm):
-    """Batch norm per channel, statistics over (N, H, W). x: (N, C, H, W)."""
+    """Batch norm per channel, statistics over (N, H, W). x: (N, C, H, W).
+
+    Followed by a ReLU in a :class:`Sequential` (conv -> BN -> ReLU), the two run fused on the
+    CPU: the ReLU in the batch-norm kernels' passes (:func:`basis.batchnorm_relu`,
+    :func:`basis.batchnorm_relu_grad`, ``basis.batchnorm_eval(..., then_relu=True)``), one
+    pass over the activation less each way. Both layers keep their own caches, as unfused.
+    """
     _ndims = (4,)
+
+    def fuses_with(self, nxt: Module) -> bool:
+        """A plain ReLU next, both layers of this class and ReLU exactly (a subclass may
+        compute something else), both on the CPU, and ``FUSE_BN_RELU``."""
+        return (FUSE_BN_RELU and type(self) is BatchNorm2d and type(nxt) is ReLU
+                and self.device == "cpu" and nxt.device == "cpu")
+
+    def forward_fused(self, relu: Module, x):
+        if self.training != relu.training or not kernels.available():
+            return relu.forward(self.forward(x))
+        check_input("BatchNorm2d", x, ndim=self._ndims, dim={1: self.num_features})
+        gamma, beta = self._gamma_beta(x.dtype)
+        if not self.training and self.track_running_stats:
+            relu._cache = None                          # as ReLU.forward in evaluation
+            return basis.batchnorm_eval(x, gamma, beta, self.running_mean, self.running_var,
+                                        self.eps, then_relu=True)
+        if x.size == 0:
+            return relu.forward(self.forward(x))
+        y, cache, relu_cache = basis.batchnorm_relu(x, gamma, beta, self.eps)
+        self._keep(cache, x)
+        relu._cache = relu_cache if relu.training else None
+        return y
+
+    def backward_fused(self, relu: Module, dy):
+        if relu._cache is None:
+            _no_cache(relu)
+        if self._cache is None:
+            _no_cache(self)
+        dx, dgamma, dbeta = basis.batchnorm_relu_grad(dy, self._cache, relu._cache)
+        if self.affine:
+            self.weight.grad += dgamma
+        if self.bias is not None:
+            self.bias.grad += dbeta
+        return dx
 
 
 class Dropout(Module):

@@ -127,6 +127,9 @@ def test_only_plain_cpu_batchnorm2d_then_relu_fuse():
     object.__setattr__(on_gpu, "device", "cuda")               # its GPU twin runs unfused
     assert not on_gpu.fuses_with(nn.ReLU())
     assert not Module().fuses_with(nn.ReLU())
+    traced = nn.ReLU()
+    object.__setattr__(traced, "forward", traced.forward)     # a trace wraps it: run it as is
+    assert not nn.BatchNorm2d(3).fuses_with(traced)
 
 
 def test_mixed_modes_run_unfused_and_agree(monkeypatch):

@@ -613,6 +613,7 @@ class BatchNorm1d(_BatchNorm):
 # (BatchNorm2d.fuses_with). False: the two layers one after the other (for A/B timing and the
 # tests that compare both).
 FUSE_BN_RELU = True
+_OWN_STEPS = ("forward", "backward")
 
 
 class BatchNorm2d(_BatchNorm):
@@ -626,10 +627,13 @@ class BatchNorm2d(_BatchNorm):
     _ndims = (4,)
 
     def fuses_with(self, nxt: Module) -> bool:
-        """A plain ReLU next, both layers of this class and ReLU exactly (a subclass may
-        compute something else), both on the CPU, and ``FUSE_BN_RELU``."""
+        """A plain ReLU next: both layers of this class and ReLU exactly (a subclass may
+        compute something else), neither with a forward or backward replaced on the instance
+        (the memory lab's and ``summarize``'s traces wrap each layer's forward), both on the
+        CPU, and ``FUSE_BN_RELU``."""
         return (FUSE_BN_RELU and type(self) is BatchNorm2d and type(nxt) is ReLU
-                and self.device == "cpu" and nxt.device == "cpu")
+                and self.device == "cpu" and nxt.device == "cpu"
+                and not any(f in m.__dict__ for m in (self, nxt) for f in _OWN_STEPS))
 
     def forward_fused(self, relu: Module, x):
         if self.training != relu.training or not kernels.available():

@@ -332,15 +332,11 @@ def _batchnorm_grad_4d_kernel(dy: np.ndarray, cache: BatchNormCache,
     scale = (gamma * inv_std).astype(dy.dtype, copy=False)
     dy3 = np.ascontiguousarray(dy).reshape(N, C, H * W)
     x_hat3, dx3 = np.ascontiguousarray(x_hat).reshape(N, C, H * W), dx.reshape(N, C, H * W)
-    if relu_y is None:
-        kernel = kernels.get("bn_backward_channels")
-        part = lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop)  # noqa
-    else:
-        y3 = np.ascontiguousarray(relu_y).reshape(N, C, H * W)
-        kernel = kernels.get("bn_relu_backward_channels")
-        part = lambda c: kernel(dy3, y3, x_hat3, scale, dx3, dgamma, dbeta,  # noqa: E731
-                                c.start, c.stop)
-    kernels.parallel_map(part, kernels.split(C, kernels.num_threads()))  # channel ranges
+    y3 = None if relu_y is None else np.ascontiguousarray(relu_y).reshape(N, C, H * W)
+    kernel = kernels.get("bn_backward_channels")
+    kernels.parallel_map(                            # one range of channels per thread
+        lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop, y3),
+        kernels.split(C, kernels.num_threads()))
     return dx, dgamma, dbeta
 
 

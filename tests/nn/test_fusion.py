@@ -116,6 +116,19 @@ class _MyBatchNorm(nn.BatchNorm2d):
     pass
 
 
+def test_no_fusion_when_a_forward_is_patched_on_the_class(monkeypatch):
+    seen = []
+    original = nn.ReLU.forward
+
+    def hooked(self, x):
+        seen.append(x.shape)
+        return original(self, x)
+    monkeypatch.setattr(nn.ReLU, "forward", hooked)
+    assert not nn.BatchNorm2d(3).fuses_with(nn.ReLU())
+    nn.Sequential(nn.BatchNorm2d(3), nn.ReLU()).forward(np.ones((2, 3, 2, 2)))
+    assert seen == [(2, 3, 2, 2)]
+
+
 def test_only_plain_cpu_batchnorm2d_then_relu_fuse():
     assert nn.BatchNorm2d(3).fuses_with(nn.ReLU())
     assert not nn.BatchNorm2d(3).fuses_with(_ShiftedReLU())     # a subclass may compute else

@@ -613,7 +613,6 @@ class BatchNorm1d(_BatchNorm):
 # (BatchNorm2d.fuses_with). False: the two layers one after the other (for A/B timing and the
 # tests that compare both).
 FUSE_BN_RELU = True
-_OWN_STEPS = ("forward", "backward")
 
 
 class BatchNorm2d(_BatchNorm):
@@ -628,12 +627,11 @@ class BatchNorm2d(_BatchNorm):
 
     def fuses_with(self, nxt: Module) -> bool:
         """A plain ReLU next: both layers of this class and ReLU exactly (a subclass may
-        compute something else), neither with a forward or backward replaced on the instance
-        (the memory lab's and ``summarize``'s traces wrap each layer's forward), both on the
-        CPU, and ``FUSE_BN_RELU``."""
+        compute something else), both on the CPU, neither with a forward or backward
+        replaced (see ``_as_defined``), and ``FUSE_BN_RELU``."""
         return (FUSE_BN_RELU and type(self) is BatchNorm2d and type(nxt) is ReLU
                 and self.device == "cpu" and nxt.device == "cpu"
-                and not any(f in m.__dict__ for m in (self, nxt) for f in _OWN_STEPS))
+                and _as_defined(self) and _as_defined(nxt))
 
     def forward_fused(self, relu: Module, x):
         if self.training != relu.training or not kernels.available():
@@ -750,6 +748,19 @@ class _Activation(Module):
 class ReLU(_Activation):
     """max(x, 0)."""
     _fn = "relu"
+
+
+# The steps a fused (BatchNorm2d, ReLU) pair stands in for, as defined here.
+_DEFINED = {cls: {f: getattr(cls, f) for f in ("forward", "backward")}
+            for cls in (BatchNorm2d, ReLU)}
+
+
+def _as_defined(layer: Module) -> bool:
+    """Whether layer's forward and backward are its class's own, replaced neither on the
+    instance (the memory lab's and ``summarize``'s traces wrap each layer's forward) nor on
+    the class (a patch): a fused pair would bypass the replacement."""
+    steps = _DEFINED[type(layer)]
+    return all(f not in layer.__dict__ and getattr(type(layer), f) is steps[f] for f in steps)
 
 
 class Sigmoid(_Activation):

@@ -1,7 +1,8 @@
 """BatchNorm2d + ReLU fused by Sequential (``BatchNorm2d.fuses_with``) against the two layers
 run one after the other (``modules.FUSE_BN_RELU = False``): the same outputs, every gradient
 and the same running statistics, in training and in evaluation, float64 to 1e-12 and float32 to
-float rounding; each layer's own backward still works after a fused forward."""
+float rounding; the fused forward leaves both layers' caches as their own forwards do, so the
+backward (layer by layer) gives the unfused gradients."""
 import numpy as np
 import pytest
 
@@ -79,31 +80,32 @@ def test_the_fused_path_runs_for_every_bn_relu_pair_of_resnet20(monkeypatch):
     """ResNet-20 has 10 BatchNorm2d -> ReLU pairs (the stem and the first half of each of its
     9 blocks; the other 9 ReLUs follow a residual add)."""
     net = models.resnet_cifar(20, rng=0)
-    calls = _count_calls(monkeypatch, "batchnorm_relu", "batchnorm_relu_grad", "relu", "batchnorm")
+    calls = _count_calls(monkeypatch, "batchnorm_relu", "relu", "batchnorm", "relu_grad")
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     y = net.forward(x)
     net.backward(np.ones_like(y))
-    assert calls == {"batchnorm_relu": 10, "batchnorm_relu_grad": 10, "relu": 9, "batchnorm": 9}
+    assert calls == {"batchnorm_relu": 10, "relu": 9, "batchnorm": 9, "relu_grad": 19}
 
 
-def test_each_layer_backward_still_works_after_a_fused_forward():
-    """The fused forward fills BatchNorm2d's and ReLU's own caches: relu.backward then
-    bn.backward give the fused backward's gradients."""
+def test_the_fused_forward_leaves_each_layer_its_own_cache():
+    """BatchNorm2d keeps x_hat and the statistics (not x), ReLU its output: what each layer's
+    forward would keep, so relu.backward then bn.backward give the unfused gradients."""
     rng = np.random.default_rng(2)
-    bn, relu = nn.BatchNorm2d(4).astype(np.float64), nn.ReLU()
-    bn.weight.data[...] = rng.standard_normal(4)
-    bn.bias.data[...] = rng.standard_normal(4)
-    seq = nn.Sequential(bn, relu)
     x, dy = rng.standard_normal((5, 4, 3, 6)), rng.standard_normal((5, 4, 3, 6))
-    y = seq.forward(x)
-    np.testing.assert_array_equal(relu._cache.value, y)
-    assert bn._cache.x is None                          # as unfused: x_hat kept, not x
-    dx_fused = seq.backward(dy)
-    grads_fused = [bn.weight.grad.copy(), bn.bias.grad.copy()]
-    bn.zero_grad()
-    dx_apart = bn.backward(relu.backward(dy))
-    np.testing.assert_allclose(dx_fused, dx_apart, rtol=1e-12, atol=1e-12)
-    for a, b in zip(grads_fused, [bn.weight.grad, bn.bias.grad]):
+    caches, grads = [], []
+    for fuse in (True, False):
+        modules.FUSE_BN_RELU = fuse
+        try:
+            bn, relu = nn.BatchNorm2d(4).astype(np.float64), nn.ReLU()
+            bn.weight.data[...] = np.linspace(-1, 2, 4)
+            bn.bias.data[...] = np.linspace(0.5, -0.5, 4)
+            y = nn.Sequential(bn, relu).forward(x)
+            assert relu._cache.value is y and bn._cache.x is None
+            caches.append([relu._cache.value, *bn._cache[1:5]])
+            grads.append([bn.backward(relu.backward(dy)), bn.weight.grad, bn.bias.grad])
+        finally:
+            modules.FUSE_BN_RELU = True
+    for a, b in zip(caches[0] + grads[0], caches[1] + grads[1]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -143,6 +145,9 @@ def test_only_plain_cpu_batchnorm2d_then_relu_fuse():
     traced = nn.ReLU()
     object.__setattr__(traced, "forward", traced.forward)     # a trace wraps it: run it as is
     assert not nn.BatchNorm2d(3).fuses_with(traced)
+    logged = nn.ReLU()
+    object.__setattr__(logged, "backward", logged.backward)   # the fused forward bypasses no
+    assert nn.BatchNorm2d(3).fuses_with(logged)                # backward: still fused
 
 
 def test_mixed_modes_run_unfused_and_agree(monkeypatch):
@@ -176,7 +181,7 @@ def test_basis_pair_functions_equal_their_parts(dtype, numba, monkeypatch):
     assert relu_cache.value is y
     for a, b in zip(bn_cache[1:5], ref_bn[1:5]):                  # x_hat, mean, var, inv_std
         np.testing.assert_allclose(a, b, **tol)
-    got = basis.batchnorm_relu_grad(dy, bn_cache, relu_cache)
+    got = basis.batchnorm_grad_fused(basis.relu_grad(dy, relu_cache), bn_cache)
     ref = basis.batchnorm_grad_fused(basis.relu_grad(dy, ref_relu), ref_bn)
     for a, b in zip(got, ref):
         assert a.dtype == dtype
@@ -187,24 +192,18 @@ def test_basis_pair_functions_equal_their_parts(dtype, numba, monkeypatch):
     np.testing.assert_array_equal(ev, ref_ev)
 
 
-def test_fused_relu_keeps_nan_as_the_unfused_relu():
-    """relu_grad's rule inside the fused backward: dy passes where ReLU's output is nan, and is
-    0 (even a nan dy) where the output is <= 0; the forward keeps a nan input nan."""
-    x = np.array([[[[1.0, np.nan], [-3.0, 2.0]]], [[[0.5, -1.0], [4.0, -2.0]]]])
-    gamma, beta = np.ones(1), np.zeros(1)
-    y, bn_cache, relu_cache = basis.batchnorm_relu(x, gamma, beta)
-    z, ref_bn = basis.batchnorm(x, gamma, beta)
-    np.testing.assert_array_equal(y, basis.relu(z)[0])            # nan statistics: all nan
-    finite = np.array([[[[1.0, 5.0], [-3.0, 2.0]]], [[[0.5, -1.0], [4.0, -2.0]]]])
-    y, bn_cache, relu_cache = basis.batchnorm_relu(finite, gamma, beta)
-    y[0, 0, 0, 1] = np.nan                                        # a nan output lets dy pass
-    dy = np.full(y.shape, 2.0)
-    dy[0, 0, 1, 0] = np.nan                                       # where y <= 0: masked to 0
-    got = basis.batchnorm_relu_grad(dy, bn_cache, relu_cache)
-    ref = basis.batchnorm_grad_fused(basis.relu_grad(dy, relu_cache), bn_cache)
-    for a, b in zip(got, ref):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    assert np.isfinite(got[0]).all()
+def test_fused_relu_keeps_nan_and_signed_zero_as_the_unfused_relu():
+    """A nan input makes its channel's statistics and outputs nan, kept by the ReLU (as
+    relu); an output of -0.0 stays -0.0 (relu's kernel keeps v unless v < 0)."""
+    x = np.array([[[[1.0, np.nan], [-3.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]]],
+                  [[[0.5, -1.0], [4.0, -2.0]], [[1.0, 0.0], [3.0, 2.0]]]])
+    gamma, beta = np.array([1.0, -1.0]), np.array([0.0, -0.0])   # x == mean: 0 * -1 - 0
+    y = basis.batchnorm_relu(x, gamma, beta)[0]
+    ref = basis.relu(basis.batchnorm(x, gamma, beta)[0])[0]
+    np.testing.assert_array_equal(y, ref)
+    assert np.isnan(y[:, 0]).all() and not np.isnan(y[:, 1]).any()
+    assert np.signbit(y[:, 1][y[:, 1] == 0]).any()               # a -0.0 is there
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(ref))
 
 
 @pytest.mark.parametrize("make, shape", [

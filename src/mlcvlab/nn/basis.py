@@ -311,7 +311,17 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
         C = x_hat.shape[1]
         return np.empty_like(dy), np.zeros(C, dy.dtype), np.zeros(C, dy.dtype)
     if x_hat.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
-        return _batchnorm_grad_4d_kernel(dy, cache)
+        N, C, H, W = x_hat.shape
+        dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),
+                             np.empty(C, dy.dtype))
+        scale = (gamma * inv_std).astype(dy.dtype, copy=False)
+        dy3 = np.ascontiguousarray(dy).reshape(N, C, H * W)
+        x_hat3, dx3 = np.ascontiguousarray(x_hat).reshape(N, C, H * W), dx.reshape(N, C, H * W)
+        kernel = kernels.get("bn_backward_channels")
+        kernels.parallel_map(                        # one range of channels per thread
+            lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop),
+            kernels.split(C, kernels.num_threads()))
+        return dx, dgamma, dbeta
     m = x_hat.size // x_hat.shape[1]
     dbeta = dy.sum(axis=axes)
     dgamma = np.sum(dy * x_hat, axis=axes)
@@ -320,36 +330,14 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     return dx.astype(x_hat.dtype, copy=False), dgamma, dbeta
 
 
-def _batchnorm_grad_4d_kernel(dy: np.ndarray, cache: BatchNormCache,
-                              relu_y: Optional[np.ndarray] = None):
-    """batchnorm_grad_fused of dy (N, C, H, W) in one numba kernel (a pass for the two sums, one
-    for dx); with ``relu_y`` (the output of a ReLU after the batch norm), dy is masked as
-    relu_grad masks it, in those same passes."""
-    x_hat, inv_std, gamma = cache.x_hat, cache.inv_std, cache.gamma
-    N, C, H, W = x_hat.shape
-    dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),
-                         np.empty(C, dy.dtype))
-    scale = (gamma * inv_std).astype(dy.dtype, copy=False)
-    dy3 = np.ascontiguousarray(dy).reshape(N, C, H * W)
-    x_hat3, dx3 = np.ascontiguousarray(x_hat).reshape(N, C, H * W), dx.reshape(N, C, H * W)
-    y3 = None if relu_y is None else np.ascontiguousarray(relu_y).reshape(N, C, H * W)
-    kernel = kernels.get("bn_backward_channels")
-    kernels.parallel_map(                            # one range of channels per thread
-        lambda c: kernel(dy3, x_hat3, scale, dx3, dgamma, dbeta, c.start, c.stop, y3),
-        kernels.split(C, kernels.num_threads()))
-    return dx, dgamma, dbeta
-
-
 # --------------------------------------------------------------------------- batch norm + ReLU
-# A ReLU right after a batch norm (conv -> BN -> ReLU, in every CNN here) costs a pass over the
-# activation each way; these run the pair in the batch-norm kernels' own passes. They compute
-# what batchnorm / relu and relu_grad / batchnorm_grad_fused compute (the same float32
-# operations) and return the two layers' own caches, so each layer's backward still works.
-# ``Sequential`` calls them for a (BatchNorm2d, ReLU) pair on the CPU (``nn.modules``).
 def batchnorm_relu(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
     """relu(batchnorm(x, gamma, beta, eps)) with batch statistics, the ReLU in the pass that
-    writes y. Returns (y, bn_cache, relu_cache): the caches of batchnorm and of relu (its
-    output y). x: (N, C, H, W) runs the kernel; any other input the two functions in turn."""
+    writes y (one pass over the activation and one allocation less than the two calls; the
+    same float operations). Returns (y, bn_cache, relu_cache): the caches batchnorm and relu
+    (of its output y) would return, so batchnorm_grad_fused and relu_grad work on them as on
+    the unfused pair's. x: (N, C, H, W) runs the kernel; any other input the two functions in
+    turn. ``Sequential`` calls it for a BatchNorm2d followed by a ReLU on the CPU."""
     _check_batchnorm("batchnorm_relu", x, gamma, beta)
     if not (x.ndim == 4 and kernels.available()):
         z, bn_cache = batchnorm(x, gamma, beta, eps)
@@ -357,18 +345,6 @@ def batchnorm_relu(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: floa
         return y, bn_cache, relu_cache
     y, bn_cache = _batchnorm_4d_kernel(x, gamma, beta, eps, relu=True)
     return y, bn_cache, ActivationCache(y)
-
-
-def batchnorm_relu_grad(dy: np.ndarray, bn_cache: BatchNormCache, relu_cache: ActivationCache):
-    """batchnorm_grad_fused(relu_grad(dy, relu_cache), bn_cache) -> (dx, dgamma, dbeta), the
-    ReLU's mask applied inside the batch-norm kernel's passes (no masked copy of dy)."""
-    y = relu_cache.value
-    check_dy("batchnorm_relu_grad", dy, y.shape)
-    x_hat = bn_cache.x_hat
-    if (x_hat.ndim == 4 and x_hat.size and kernels.available() and y.shape == x_hat.shape
-            and dy.dtype == x_hat.dtype == y.dtype):
-        return _batchnorm_grad_4d_kernel(dy, bn_cache, relu_y=y)
-    return batchnorm_grad_fused(relu_grad(dy, relu_cache), bn_cache)
 
 
 # --------------------------------------------------------------------------- activations
@@ -483,7 +459,7 @@ def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 __all__ = [
     "linear", "linear_grad", "dropout", "dropout_mask", "dropout_grad", "batchnorm",
     "batchnorm_update_running", "batchnorm_eval", "batchnorm_grad", "batchnorm_grad_fused",
-    "batchnorm_relu", "batchnorm_relu_grad",
+    "batchnorm_relu",
     "relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "sigmoid", "sigmoid_grad", "tanh",
     "tanh_grad", "softmax", "softmax_grad",
 ]

@@ -39,9 +39,9 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   ``bn_backward(dy3, x_hat, scale, dx, dgamma, dbeta)`` on x3 (N, C, L):
   batch norm over (N, L) per channel, statistics accumulated in float64, x read in
   memory order. ``bn_forward_channels(..., c0, c1, relu=False)`` /
-  ``bn_backward_channels(..., c0, c1, relu_y=None)`` do the same for the channels
-  [c0, c1) only, so that threads can share the work; ``relu`` / ``relu_y`` fuse a
-  ReLU after the batch norm into the same passes (``basis.batchnorm_relu``).
+  ``bn_backward_channels(..., c0, c1)`` do the same for the channels [c0, c1) only,
+  so that threads can share the work; ``relu`` fuses a ReLU after the batch norm into
+  the pass that writes y (``basis.batchnorm_relu``).
 * ``channel_affine(x3, scale, shift, y3, relu=False)`` on x3 (N, C, L): y = x *
   scale[c] + shift[c], batch norm in evaluation in one pass (with ``relu``, and ReLU).
 * ``relu_forward(x, y)`` on flat arrays: y = max(x, 0), nan kept (NumPy 2.4's
@@ -249,32 +249,19 @@ def _compile() -> dict:
         bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, 0, x.shape[1])
 
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
-    def bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, c0, c1,
-                             relu_y=None):  # pragma: no cover (jitted)
-        # relu_y: the output of a ReLU after the batch norm, dy then the ReLU's upstream
-        # gradient, masked as relu_backward masks it; the first pass stores the masked dy in
-        # dx and the second reads it back (15-25 % faster than reading relu_y and dy again
-        # there, measured in the earlier channel-major order)
+    def bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, c0,
+                             c1):  # pragma: no cover (jitted)
         N, C, L = dy.shape
         m = N * L
-        zero = dy.dtype.type(0)
         sb, sg = np.zeros(c1 - c0), np.zeros(c1 - c0)
         for n in range(N):
             for c in range(c0, c1):
                 g, h = dy[n, c], x_hat[n, c]
                 a = 0.0
                 b = 0.0
-                if relu_y is None:
-                    for l in range(L):
-                        a += g[l]
-                        b += g[l] * h[l]
-                else:
-                    yr, out = relu_y[n, c], dx[n, c]
-                    for l in range(L):
-                        d = zero if yr[l] <= zero else g[l]
-                        out[l] = d
-                        a += d
-                        b += d * h[l]
+                for l in range(L):
+                    a += g[l]
+                    b += g[l] * h[l]
                 sb[c - c0] += a
                 sg[c - c0] += b
         for c in range(c0, c1):
@@ -283,8 +270,7 @@ def _compile() -> dict:
             for c in range(c0, c1):
                 mb, mg = dy.dtype.type(sb[c - c0] / m), dy.dtype.type(sg[c - c0] / m)
                 k = scale[c]
-                g = dy[n, c] if relu_y is None else dx[n, c]
-                h, out = x_hat[n, c], dx[n, c]
+                g, h, out = dy[n, c], x_hat[n, c], dx[n, c]
                 for l in range(L):
                     out[l] = k * (g[l] - mb - h[l] * mg)
 

@@ -305,20 +305,15 @@ class Module:
     # -- fusion (an execution detail of Sequential) ------------------------------------------
     def fuses_with(self, nxt: "Module") -> bool:
         """Whether :class:`Sequential` may run this layer and the one after it, ``nxt``, as one
-        call: :meth:`forward_fused` instead of ``self.forward`` then ``nxt.forward``, and
-        :meth:`backward_fused` instead of ``nxt.backward`` then ``self.backward``. A fused call
-        computes what the two layers compute apart (to float rounding) and fills both layers'
-        caches, so either layer's own backward still works. False unless a layer says
-        otherwise (batch norm followed by a ReLU, on the CPU)."""
+        call, :meth:`forward_fused`, instead of ``self.forward`` then ``nxt.forward``. A fused
+        call computes what the two layers compute apart (to float rounding) and fills both
+        layers' caches as their own forwards would, so the backward runs layer by layer as
+        ever. False unless a layer says otherwise (batch norm followed by a ReLU, on the CPU)."""
         return False
 
     def forward_fused(self, nxt: "Module", x):
         """``nxt.forward(self.forward(x))`` (see :meth:`fuses_with`)."""
         return nxt.forward(self.forward(x))
-
-    def backward_fused(self, nxt: "Module", dy):
-        """``self.backward(nxt.backward(dy))`` (see :meth:`fuses_with`)."""
-        return self.backward(nxt.backward(dy))
 
     # -- facts (read by mlcvlab.analysis and the memory lab, never by forward/backward) ------
     def kept_for_backward(self, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]) -> Kept:
@@ -424,15 +419,8 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
-        layers = list(self._modules.values())
-        i = len(layers) - 1
-        while i >= 0:
-            if i > 0 and layers[i - 1].fuses_with(layers[i]):
-                dy = layers[i - 1].backward_fused(layers[i], dy)
-                i -= 2
-            else:
-                dy = layers[i].backward(dy)
-                i -= 1
+        for m in reversed(self._modules.values()):
+            dy = m.backward(dy)
             if dy is None:       # set_input_grad(False): no layer before this one has parameters
                 return None
         return dy

@@ -618,17 +618,18 @@ FUSE_BN_RELU = True
 class BatchNorm2d(_BatchNorm):
     """Batch norm per channel, statistics over (N, H, W). x: (N, C, H, W).
 
-    Followed by a ReLU in a :class:`Sequential` (conv -> BN -> ReLU), the two run fused on the
-    CPU: the ReLU in the batch-norm kernels' passes (:func:`basis.batchnorm_relu`,
-    :func:`basis.batchnorm_relu_grad`, ``basis.batchnorm_eval(..., then_relu=True)``), one
-    pass over the activation less each way. Both layers keep their own caches, as unfused.
+    Followed by a ReLU in a :class:`Sequential` (conv -> BN -> ReLU), the two forwards run
+    fused on the CPU: the ReLU in the pass that writes the batch norm's output
+    (:func:`basis.batchnorm_relu`, ``basis.batchnorm_eval(..., then_relu=True)``), one pass
+    over the activation and one allocation less. Both layers keep their own caches, as
+    unfused, and the backward runs layer by layer (a fused backward did not pay: BENCHMARKS.md).
     """
     _ndims = (4,)
 
     def fuses_with(self, nxt: Module) -> bool:
         """A plain ReLU next: both layers of this class and ReLU exactly (a subclass may
-        compute something else), both on the CPU, neither with a forward or backward
-        replaced (see ``_as_defined``), and ``FUSE_BN_RELU``."""
+        compute something else), both on the CPU, neither with its forward replaced (see
+        ``_as_defined``), and ``FUSE_BN_RELU``."""
         return (FUSE_BN_RELU and type(self) is BatchNorm2d and type(nxt) is ReLU
                 and self.device == "cpu" and nxt.device == "cpu"
                 and _as_defined(self) and _as_defined(nxt))
@@ -648,18 +649,6 @@ class BatchNorm2d(_BatchNorm):
         self._keep(cache, x)
         relu._cache = relu_cache if relu.training else None
         return y
-
-    def backward_fused(self, relu: Module, dy):
-        if relu._cache is None:
-            _no_cache(relu)
-        if self._cache is None:
-            _no_cache(self)
-        dx, dgamma, dbeta = basis.batchnorm_relu_grad(dy, self._cache, relu._cache)
-        if self.affine:
-            self.weight.grad += dgamma
-        if self.bias is not None:
-            self.bias.grad += dbeta
-        return dx
 
 
 class Dropout(Module):
@@ -750,17 +739,15 @@ class ReLU(_Activation):
     _fn = "relu"
 
 
-# The steps a fused (BatchNorm2d, ReLU) pair stands in for, as defined here.
-_DEFINED = {cls: {f: getattr(cls, f) for f in ("forward", "backward")}
-            for cls in (BatchNorm2d, ReLU)}
+# The forwards a fused (BatchNorm2d, ReLU) pair stands in for, as defined here.
+_DEFINED = {cls: cls.forward for cls in (BatchNorm2d, ReLU)}
 
 
 def _as_defined(layer: Module) -> bool:
-    """Whether layer's forward and backward are its class's own, replaced neither on the
-    instance (the memory lab's and ``summarize``'s traces wrap each layer's forward) nor on
-    the class (a patch): a fused pair would bypass the replacement."""
-    steps = _DEFINED[type(layer)]
-    return all(f not in layer.__dict__ and getattr(type(layer), f) is steps[f] for f in steps)
+    """Whether layer's forward is its class's own, replaced neither on the instance (the
+    memory lab's and ``summarize``'s traces wrap each layer's forward) nor on the class (a
+    patch): a fused pair would bypass the replacement."""
+    return "forward" not in layer.__dict__ and type(layer).forward is _DEFINED[type(layer)]
 
 
 class Sigmoid(_Activation):

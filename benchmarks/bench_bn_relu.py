@@ -24,7 +24,7 @@ from mlcvlab.nn import basis, modules
 
 SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
 TIMED = ("batchnorm", "batchnorm_relu", "relu", "relu_grad", "batchnorm_grad_fused",
-         "batchnorm_relu_grad", "batchnorm_eval")
+         "batchnorm_eval")
 
 
 def _report(label: str, times: dict) -> None:

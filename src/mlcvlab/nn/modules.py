@@ -635,6 +635,8 @@ class BatchNorm2d(_BatchNorm):
                 and _as_defined(self) and _as_defined(nxt))
 
     def forward_fused(self, relu: Module, x):
+        """``relu.forward(self.forward(x))`` in one pass over the output, leaving both layers
+        the caches (and the running statistics) their own forwards would."""
         if self.training != relu.training or not kernels.available():
             return relu.forward(self.forward(x))
         check_input("BatchNorm2d", x, ndim=self._ndims, dim={1: self.num_features})

@@ -177,20 +177,7 @@ def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1
     the variance is the biased one. gamma, beta: (D,) or (C,).
     y = gamma * (x - mean) / sqrt(var + eps) + beta.
     """
-    _check_array("batchnorm", "x", x)
-    axes, bshape = _bn_axes(x, "batchnorm")
-    n_feat = x.shape[1]
-    if gamma.shape != (n_feat,) or beta.shape != (n_feat,):
-        raise ValueError(
-            f"batchnorm: expected gamma and beta of shape ({n_feat},), "
-            f"got {gamma.shape} and {beta.shape}"
-        )
-    count = x.size // n_feat
-    if count < 2:
-        raise ValueError(
-            f"batchnorm: needs more than one value per feature to compute batch statistics, "
-            f"got input shape {x.shape}"
-        )
+    axes, bshape = _check_batchnorm("batchnorm", x, gamma, beta)
     if x.ndim == 4 and kernels.available():
         return _batchnorm_4d_kernel(x, gamma, beta, eps)
     mean = x.mean(axis=axes)
@@ -202,8 +189,28 @@ def batchnorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1
     return y, BatchNormCache(x, x_hat, mean, var, inv_std.astype(x.dtype, copy=False), gamma, eps)
 
 
-def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
-    """batchnorm of x (N, C, H, W) in one numba kernel: two passes for the statistics, one for y."""
+def _check_batchnorm(fn: str, x, gamma, beta):
+    """batchnorm's checks of its arguments; returns (axes, bshape) of x (see _bn_axes)."""
+    _check_array(fn, "x", x)
+    axes, bshape = _bn_axes(x, fn)
+    n_feat = x.shape[1]
+    if gamma.shape != (n_feat,) or beta.shape != (n_feat,):
+        raise ValueError(
+            f"{fn}: expected gamma and beta of shape ({n_feat},), "
+            f"got {gamma.shape} and {beta.shape}"
+        )
+    if x.size // n_feat < 2:
+        raise ValueError(
+            f"{fn}: needs more than one value per feature to compute batch statistics, "
+            f"got input shape {x.shape}"
+        )
+    return axes, bshape
+
+
+def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                         relu: bool = False):
+    """batchnorm of x (N, C, H, W) in one numba kernel: two passes for the statistics, one for y
+    (with ``relu``, max(y, 0) in that same pass)."""
     N, C, H, W = x.shape
     x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
     y, x_hat = np.empty_like(x3), np.empty_like(x3)
@@ -211,7 +218,8 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
     g, b = gamma.astype(x.dtype, copy=False), beta.astype(x.dtype, copy=False)
     kernel = kernels.get("bn_forward_channels")
     kernels.parallel_map(                            # one range of channels per thread
-        lambda c: kernel(x3, g, b, float(eps), y, x_hat, mean, var, inv_std, c.start, c.stop),
+        lambda c: kernel(x3, g, b, float(eps), y, x_hat, mean, var, inv_std, c.start, c.stop,
+                         relu),
         kernels.split(C, kernels.num_threads()))
     cache = BatchNormCache(x, x_hat.reshape(x.shape), mean, var, inv_std, gamma, eps)
     return y.reshape(x.shape), cache
@@ -235,12 +243,15 @@ def batchnorm_update_running(running_mean: np.ndarray, running_var: np.ndarray,
 
 
 def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                   running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> np.ndarray:
+                   running_mean: np.ndarray, running_var: np.ndarray, eps: float,
+                   then_relu: bool = False) -> np.ndarray:
     """Batch norm in evaluation: y = x·scale + shift per feature, with
     scale = gamma / sqrt(running_var + eps) and shift = beta - running_mean·scale.
 
     x: (N, C), (N, C, L) or (N, C, H, W); the other arrays (C,). A contiguous input of the
     parameters' dtype runs one numba kernel (rows of the batch in parallel); the rest NumPy.
+    ``then_relu``: return relu(y) instead, in the kernel's same pass (a ReLU after the batch norm,
+    fused by ``Sequential``: one pass over the activation less).
     """
     inv_std = 1.0 / np.sqrt(running_var + eps)
     scale = (gamma * inv_std).astype(x.dtype, copy=False)
@@ -250,7 +261,7 @@ def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         kernel = kernels.get("channel_affine")
         x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
         y3 = y.reshape(x3.shape)
-        kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p]),
+        kernels.parallel_map(lambda p: kernel(x3[p], scale, shift, y3[p], then_relu),
                              kernels.row_parts(x))
         return y
     shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -261,7 +272,7 @@ def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         y[p] += shift
 
     kernels.parallel_map(affine, kernels.row_parts(x))
-    return y
+    return relu(y)[0] if then_relu else y
 
 
 def batchnorm_grad(dy: np.ndarray, cache: BatchNormCache):
@@ -317,6 +328,23 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     scale = (gamma * inv_std).reshape(bshape)
     dx = scale * (dy - (dbeta / m).reshape(bshape) - x_hat * (dgamma / m).reshape(bshape))
     return dx.astype(x_hat.dtype, copy=False), dgamma, dbeta
+
+
+# --------------------------------------------------------------------------- batch norm + ReLU
+def batchnorm_relu(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
+    """relu(batchnorm(x, gamma, beta, eps)) with batch statistics, the ReLU in the pass that
+    writes y (one pass over the activation and one allocation less than the two calls; the
+    same float operations). Returns (y, bn_cache, relu_cache): the caches batchnorm and relu
+    (of its output y) would return, so batchnorm_grad_fused and relu_grad work on them as on
+    the unfused pair's. x: (N, C, H, W) runs the kernel; any other input the two functions in
+    turn. ``Sequential`` calls it for a BatchNorm2d followed by a ReLU on the CPU."""
+    _check_batchnorm("batchnorm_relu", x, gamma, beta)
+    if not (x.ndim == 4 and kernels.available()):
+        z, bn_cache = batchnorm(x, gamma, beta, eps)
+        y, relu_cache = relu(z)
+        return y, bn_cache, relu_cache
+    y, bn_cache = _batchnorm_4d_kernel(x, gamma, beta, eps, relu=True)
+    return y, bn_cache, ActivationCache(y)
 
 
 # --------------------------------------------------------------------------- activations
@@ -431,6 +459,7 @@ def softmax_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
 __all__ = [
     "linear", "linear_grad", "dropout", "dropout_mask", "dropout_grad", "batchnorm",
     "batchnorm_update_running", "batchnorm_eval", "batchnorm_grad", "batchnorm_grad_fused",
+    "batchnorm_relu",
     "relu", "relu_grad", "leaky_relu", "leaky_relu_grad", "sigmoid", "sigmoid_grad", "tanh",
     "tanh_grad", "softmax", "softmax_grad",
 ]

@@ -302,6 +302,19 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    # -- fusion (an execution detail of Sequential) ------------------------------------------
+    def fuses_with(self, nxt: "Module") -> bool:
+        """Whether :class:`Sequential` may run this layer and the one after it, ``nxt``, as one
+        call, :meth:`forward_fused`, instead of ``self.forward`` then ``nxt.forward``. A fused
+        call computes what the two layers compute apart (to float rounding) and fills both
+        layers' caches as their own forwards would, so the backward runs layer by layer as
+        ever. False unless a layer says otherwise (batch norm followed by a ReLU, on the CPU)."""
+        return False
+
+    def forward_fused(self, nxt: "Module", x):
+        """``nxt.forward(self.forward(x))`` (see :meth:`fuses_with`)."""
+        return nxt.forward(self.forward(x))
+
     # -- facts (read by mlcvlab.analysis and the memory lab, never by forward/backward) ------
     def kept_for_backward(self, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]) -> Kept:
         """What a training forward on one sample of ``in_shape`` (no batch axis) keeps for the
@@ -393,8 +406,16 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m.forward(x)
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            m = layers[i]
+            if i + 1 < len(layers) and m.fuses_with(layers[i + 1]):
+                x = m.forward_fused(layers[i + 1], x)       # e.g. BatchNorm2d + ReLU
+                i += 2
+            else:
+                x = m.forward(x)
+                i += 1
         return x
 
     def backward(self, dy):

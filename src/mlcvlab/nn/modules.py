@@ -548,10 +548,15 @@ class _BatchNorm(Module):
                 self.num_batches_tracked += 1
             return self.xp.empty_like(x)
         y, cache = _basis(self).batchnorm(x, gamma, beta, self.eps)
+        self._keep(cache, x)
+        return y
+
+    def _keep(self, cache: basis.BatchNormCache, x) -> None:
+        """After a forward with batch statistics: keep its cache for the backward and, in
+        training, fold the statistics into the running ones."""
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         if self.training and self.track_running_stats:
             self.update_running(cache.mean, cache.var, x.size // self.num_features)
-        return y
 
     def next_momentum(self) -> float:
         """The momentum of the next running-statistics update: ``momentum``, or with
@@ -605,9 +610,48 @@ class BatchNorm1d(_BatchNorm):
     _ndims = (2, 3)
 
 
+# Sequential runs a BatchNorm2d and the ReLU right after it as one fused call on the CPU
+# (BatchNorm2d.fuses_with). False: the two layers one after the other (for A/B timing and the
+# tests that compare both).
+FUSE_BN_RELU = True
+
+
 class BatchNorm2d(_BatchNorm):
-    """Batch norm per channel, statistics over (N, H, W). x: (N, C, H, W)."""
+    """Batch norm per channel, statistics over (N, H, W). x: (N, C, H, W).
+
+    Followed by a ReLU in a :class:`Sequential` (conv -> BN -> ReLU), the two forwards run
+    fused on the CPU: the ReLU in the pass that writes the batch norm's output
+    (:func:`basis.batchnorm_relu`, ``basis.batchnorm_eval(..., then_relu=True)``), one pass
+    over the activation and one allocation less. Both layers keep their own caches, as
+    unfused, and the backward runs layer by layer (a fused backward did not pay: BENCHMARKS.md).
+    """
     _ndims = (4,)
+
+    def fuses_with(self, nxt: Module) -> bool:
+        """A plain ReLU next: both layers of this class and ReLU exactly (a subclass may
+        compute something else), both on the CPU, neither with its forward replaced (see
+        ``_as_defined``), and ``FUSE_BN_RELU``."""
+        return (FUSE_BN_RELU and type(self) is BatchNorm2d and type(nxt) is ReLU
+                and self.device == "cpu" and nxt.device == "cpu"
+                and _as_defined(self) and _as_defined(nxt))
+
+    def forward_fused(self, relu: Module, x):
+        """``relu.forward(self.forward(x))`` in one pass over the output, leaving both layers
+        the caches (and the running statistics) their own forwards would."""
+        if self.training != relu.training or not kernels.available():
+            return relu.forward(self.forward(x))
+        check_input("BatchNorm2d", x, ndim=self._ndims, dim={1: self.num_features})
+        gamma, beta = self._gamma_beta(x.dtype)
+        if not self.training and self.track_running_stats:
+            relu._cache = None                          # as ReLU.forward in evaluation
+            return basis.batchnorm_eval(x, gamma, beta, self.running_mean, self.running_var,
+                                        self.eps, then_relu=True)
+        if x.size == 0:
+            return relu.forward(self.forward(x))
+        y, cache, relu_cache = basis.batchnorm_relu(x, gamma, beta, self.eps)
+        self._keep(cache, x)
+        relu._cache = relu_cache if relu.training else None
+        return y
 
 
 class Dropout(Module):
@@ -696,6 +740,17 @@ class _Activation(Module):
 class ReLU(_Activation):
     """max(x, 0)."""
     _fn = "relu"
+
+
+# The forwards a fused (BatchNorm2d, ReLU) pair stands in for, as defined here.
+_DEFINED = {cls: cls.forward for cls in (BatchNorm2d, ReLU)}
+
+
+def _as_defined(layer: Module) -> bool:
+    """Whether layer's forward is its class's own, replaced neither on the instance (the
+    memory lab's and ``summarize``'s traces wrap each layer's forward) nor on the class (a
+    patch): a fused pair would bypass the replacement."""
+    return "forward" not in layer.__dict__ and type(layer).forward is _DEFINED[type(layer)]
 
 
 class Sigmoid(_Activation):

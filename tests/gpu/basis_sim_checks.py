@@ -7,15 +7,14 @@ twins take and return NumPy arrays). Writes {check: traceback or "ok"}, plus
 names after OUT.json run only those checks. Shapes are odd and tiny: N=3, C=5, H=7, W=9 and
 (N, D) = (5, 13), never multiples of a block.
 """
-import json
 import math
 import os
 import sys
-import traceback
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np  # noqa: E402
+import simcheck  # noqa: E402  (the harness shared by tests/gpu)
 
 from mlcvlab.gpu import basis as G  # noqa: E402
 from mlcvlab.gpu import losses as GL  # noqa: E402
@@ -513,17 +512,4 @@ def launches_match_ptx_signatures():
 
 
 if __name__ == "__main__":
-    results = {}
-    chosen = sys.argv[2:] or list(CHECKS)
-    unknown = [c for c in chosen if c not in CHECKS]
-    if unknown:
-        sys.exit(f"basis_sim_checks.py: unknown checks {unknown}; choose from {list(CHECKS)}")
-    for name in chosen:
-        try:
-            CHECKS[name]()
-            results[name] = "ok"
-        except Exception:  # noqa: BLE001 - report every failure to the test
-            results[name] = traceback.format_exc()
-    results["errors"] = ERRORS
-    with open(sys.argv[1], "w") as f:
-        json.dump(results, f, indent=1)
+    simcheck.main(CHECKS, ERRORS)

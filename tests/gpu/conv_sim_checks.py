@@ -4,7 +4,7 @@ Run by test_conv_sim.py as ``NUMBA_ENABLE_CUDASIM=1 python conv_sim_checks.py OU
 (the simulator must be on before numba is imported; NumPy then stands in for CuPy);
 ``NUMBA_ENABLE_CUDASIM=0`` runs the same checks on a GPU, with CuPy arrays (the inputs move
 with mlcvlab.gpu.device, see _OnDevice). Writes {check: "ok" or the error} and, under
-"_errors", the largest float32 errors measured ({what: max |gpu - ref| / max |ref|});
+"errors", the largest float32 errors measured ({what: max |gpu - ref| / max |ref|});
 names after OUT.json run only those checks.
 
 Shapes are odd (N=3, C_in=5, C_out=7, H=7, W=9) and larger than one launch's threads
@@ -13,14 +13,13 @@ References: the CPU function in float32 and, for the convolution and global pool
 in float64 (the float32 CPU path rounds differently from the GPU's GEMM and sums, so the
 float64 one says which is closer).
 """
-import json
 import os
 import sys
-import traceback
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np  # noqa: E402
+import simcheck  # noqa: E402  (the harness shared by tests/gpu)
 
 from mlcvlab import nn  # noqa: E402
 from mlcvlab.gpu import conv as G  # noqa: E402
@@ -419,17 +418,4 @@ def launches_match_ptx_signatures():
 
 
 if __name__ == "__main__":
-    results = {}
-    chosen = sys.argv[2:] or list(CHECKS)
-    unknown = [c for c in chosen if c not in CHECKS]
-    if unknown:
-        sys.exit(f"conv_sim_checks.py: unknown checks {unknown}; choose from {list(CHECKS)}")
-    for name in chosen:
-        try:
-            CHECKS[name]()
-            results[name] = "ok"
-        except Exception:  # noqa: BLE001 - report every failure to the test
-            results[name] = traceback.format_exc()
-    results["_errors"] = ERRORS
-    with open(sys.argv[1], "w") as f:
-        json.dump(results, f, indent=1)
+    simcheck.main(CHECKS, ERRORS)

@@ -11,13 +11,11 @@ batch-norm running statistics (the device sums in other orders).
 """
 import json
 import os
-import sys
-import time
-import traceback
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np  # noqa: E402
+import simcheck  # noqa: E402  (the harness shared by tests/gpu)
 
 from mlcvlab import nn  # noqa: E402
 from mlcvlab.gpu.device import array_module, to_host  # noqa: E402
@@ -296,16 +294,4 @@ def train_cli_device_cuda_matches_the_cpu_run():
 
 
 if __name__ == "__main__":
-    results = {}
-    chosen = sys.argv[2:] or list(CHECKS)
-    for name in chosen:
-        start = time.perf_counter()
-        try:
-            CHECKS[name]()
-            results[name] = "ok"
-        except Exception:                       # noqa: BLE001 - reported per check
-            results[name] = traceback.format_exc()[-3000:]
-        print(f"{name}: {results[name][:2]} in {time.perf_counter() - start:.1f} s",
-              file=sys.stderr, flush=True)
-    with open(sys.argv[1], "w") as f:
-        json.dump(results, f)
+    simcheck.main(CHECKS)

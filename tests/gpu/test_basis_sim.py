@@ -4,12 +4,13 @@ under the numba CUDA simulator.
 NUMBA_ENABLE_CUDASIM=1 must be set before numba is imported, so the checks run in one
 subprocess (basis_sim_checks.py) and each becomes a test here.
 """
-import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import simcheck  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKS = ["linear_forward_backward", "relu_forward_backward", "leaky_sigmoid_tanh",
@@ -21,12 +22,7 @@ CHECKS = ["linear_forward_backward", "relu_forward_backward", "leaky_sigmoid_tan
 
 @pytest.fixture(scope="module")
 def sim_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_basis") / "results.json"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "basis_sim_checks.py"), str(out)],
-                          capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return simcheck.run("basis_sim_checks.py", tmp_path_factory.mktemp("gpu_basis"), timeout=240)
 
 
 @pytest.mark.cudasim
@@ -37,7 +33,7 @@ def test_gpu_twin_under_simulator(sim_results, name):
 
 
 def test_every_check_is_listed(sim_results):
-    ran = sorted(k for k in sim_results if k != "errors")
+    ran = simcheck.verdicts(sim_results)
     assert ran == sorted(CHECKS), set(ran) ^ set(CHECKS)
 
 

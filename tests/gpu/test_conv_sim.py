@@ -4,12 +4,14 @@ against the CPU functions of mlcvlab.nn.conv.
 NUMBA_ENABLE_CUDASIM=1 must be set before numba is imported, so the checks run in one
 subprocess (conv_sim_checks.py) and each becomes a test here.
 """
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import simcheck  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKS = ["conv_1x1_stride2", "conv_3x3_pad1_stride1", "conv_3x3_pad1_stride2",
@@ -21,12 +23,7 @@ CHECKS = ["conv_1x1_stride2", "conv_3x3_pad1_stride1", "conv_3x3_pad1_stride2",
 
 @pytest.fixture(scope="module")
 def sim_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("conv_sim") / "results.json"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "conv_sim_checks.py"), str(out)],
-                          capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return simcheck.run("conv_sim_checks.py", tmp_path_factory.mktemp("conv_sim"), timeout=240)
 
 
 @pytest.mark.cudasim
@@ -38,7 +35,7 @@ def test_gpu_conv_under_simulator(sim_results, name):
 
 @pytest.mark.cudasim
 def test_every_check_is_listed(sim_results):
-    ran = sorted(k for k in sim_results if not k.startswith("_"))
+    ran = simcheck.verdicts(sim_results)
     assert ran == sorted(CHECKS), "a check of conv_sim_checks.py is missing from CHECKS here"
 
 

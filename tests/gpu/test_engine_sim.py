@@ -1,14 +1,15 @@
 """The device engine (``model.to("cuda")``) under numba's simulator, NumPy standing in for
 CuPy: LeNet-5, ResNet-20, MiniGoogLeNet and an MLP train as on the CPU; moves, checkpoints
 and refusals. The checks run in one subprocess (engine_sim_checks.py), each a test here."""
-import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import simcheck  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the check names, read from the source: importing it would turn the simulator on here
@@ -19,12 +20,7 @@ assert CHECKS
 
 @pytest.fixture(scope="module")
 def sim_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("engine") / "results.json"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "engine_sim_checks.py"),
-                           str(out)], capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return simcheck.run("engine_sim_checks.py", tmp_path_factory.mktemp("engine"), timeout=900)
 
 
 @pytest.mark.cudasim

@@ -55,11 +55,12 @@ def channel_grid(channels: int):
 # ------------------------------------------------------------------ device functions
 @cuda.jit(device=True)
 def block_sum(sh, t, value):
-    """The sum of ``value`` over the block's BLOCK threads (shared-memory tree, sh (BLOCK,));
-    every thread gets it. Ends with a barrier, so sh may be written again at once."""
+    """The sum of ``value`` over the block's threads, one per entry of the shared array sh
+    (a power of two of them; a shared-memory tree, fixed order); every thread gets it. Ends
+    with a barrier, so sh may be written again at once. (Also the conv twins' row sums.)"""
     sh[t] = value
     cuda.syncthreads()
-    s = BLOCK // 2
+    s = sh.shape[0] // 2
     while s > 0:
         if t < s:
             sh[t] += sh[t + s]

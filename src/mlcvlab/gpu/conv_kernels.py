@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from numba import config, cuda, float32
 
+from mlcvlab.gpu.basis_kernels import block_sum
+
 # The simulator runs every thread as a Python thread: small blocks and few of them keep it
 # fast, and make the tests' tiny shapes still go round the grid-stride loops several times.
 _SIM = bool(config.ENABLE_CUDASIM)
@@ -45,6 +47,13 @@ def launch(n: int):
 
 
 # ------------------------------------------------------------------ convolution
+@cuda.jit(device=True)
+def nchw_index(t, C, H, W):
+    """(n, c, h, w) of flat position t in a C-contiguous (N, C, H, W) array: the one-thread-
+    per-element kernels' index."""
+    return t // (W * H * C), (t // (W * H)) % C, (t // W) % H, t % W
+
+
 @cuda.jit
 def im2col_kernel(X, cols, kh, kw, sh, sw, pt, pl, Ho, Wo):
     """cols (C*kh*kw, N*Ho*Wo) = the zero-padded receptive fields of X (N, C, H, W): element
@@ -81,10 +90,7 @@ def col2im_kernel(dcols, kh, kw, sh, sw, pt, pl, Ho, Wo, dX):
     N, C, H, W = dX.shape
     size = N * C * H * W
     for t in range(cuda.grid(1), size, cuda.gridsize(1)):
-        w = t % W
-        h = (t // W) % H
-        c = (t // (W * H)) % C
-        n = t // (W * H * C)
+        n, c, h, w = nchw_index(t, C, H, W)
         acc = _0
         for i in range(kh):
             hp = h + pt - i                       # = ho*sh for the output row that reads it
@@ -160,17 +166,9 @@ def row_sums_kernel(A, divisor, out):
         acc = _0
         for j in range(tid, L, THREADS):
             acc += A[r, j]
-        part[tid] = acc
-        cuda.syncthreads()
-        s = THREADS // 2
-        while s > 0:
-            if tid < s:
-                part[tid] += part[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        total = block_sum(part, tid, acc)         # ends with a barrier: part is free again
         if tid == 0:
-            out[r] = part[0] / float32(divisor)
-        cuda.syncthreads()                        # part[0] is read before the next row
+            out[r] = total / float32(divisor)
 
 
 @cuda.jit
@@ -195,10 +193,7 @@ def maxpool_kernel(X, kh, kw, sh, sw, ph, pw, Y, argmax):
     Ho, Wo = Y.shape[2], Y.shape[3]
     size = N * C * Ho * Wo
     for t in range(cuda.grid(1), size, cuda.gridsize(1)):
-        wo = t % Wo
-        ho = (t // Wo) % Ho
-        c = (t // (Wo * Ho)) % C
-        n = t // (Wo * Ho * C)
+        n, c, ho, wo = nchw_index(t, C, Ho, Wo)
         h0 = ho * sh - ph
         w0 = wo * sw - pw
         i_lo = -h0 if h0 < 0 else 0               # the window's rows / columns inside
@@ -227,10 +222,7 @@ def maxpool_grad_kernel(dY, argmax, kh, kw, sh, sw, ph, pw, dX):
     Ho, Wo = dY.shape[2], dY.shape[3]
     size = N * C * H * W
     for t in range(cuda.grid(1), size, cuda.gridsize(1)):
-        w = t % W
-        h = (t // W) % H
-        c = (t // (W * H)) % C
-        n = t // (W * H * C)
+        n, c, h, w = nchw_index(t, C, H, W)
         hp = h + ph                               # the pixel's row in the padded image
         wp = w + pw
         # windows ho with ho*sh <= hp < ho*sh + kh, inside [0, Ho); likewise wo
@@ -255,10 +247,7 @@ def avgpool_kernel(X, kh, kw, sh, sw, ph, pw, scale, Y):
     Ho, Wo = Y.shape[2], Y.shape[3]
     size = N * C * Ho * Wo
     for t in range(cuda.grid(1), size, cuda.gridsize(1)):
-        wo = t % Wo
-        ho = (t // Wo) % Ho
-        c = (t // (Wo * Ho)) % C
-        n = t // (Wo * Ho * C)
+        n, c, ho, wo = nchw_index(t, C, Ho, Wo)
         acc = _0
         for i in range(kh):
             h = ho * sh - ph + i
@@ -280,10 +269,7 @@ def avgpool_grad_kernel(dY, kh, kw, sh, sw, ph, pw, scale, dX):
     Ho, Wo = dY.shape[2], dY.shape[3]
     size = N * C * H * W
     for t in range(cuda.grid(1), size, cuda.gridsize(1)):
-        w = t % W
-        h = (t // W) % H
-        c = (t // (W * H)) % C
-        n = t // (W * H * C)
+        n, c, h, w = nchw_index(t, C, H, W)
         acc = _0
         for i in range(kh):
             hp = h + ph - i

@@ -360,7 +360,6 @@ class _AdaptivePool2d(_Pooling):
         self._cache = None
 
     def forward(self, x):
-        from mlcvlab.nn import conv
         x, unbatched = _batched(type(self).__name__, x)
         y, cache = getattr(_conv(self), self._fn)(x, self.output_size)
         self._cache = cache if self.training else None

@@ -34,7 +34,7 @@ import contextlib
 import sys
 import time
 import traceback
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -68,6 +68,10 @@ class MPICommunicator(Communicator):
         if timeout is not None and not timeout > 0:
             raise ValueError(f"MPICommunicator: timeout must be > 0 seconds or None, got {timeout}")
         self.timeout = timeout
+        # called with the message just before a timed-out collective aborts the job (the train
+        # command records it in the run folder: the abort can end the job before mpiexec has
+        # passed the printed message on)
+        self.on_abort: Optional[Callable[[str], None]] = None
         self._step = 0
         self._arrived = np.zeros(self.size, dtype=np.int64)
         self._arrivals: list = []
@@ -182,10 +186,15 @@ class MPICommunicator(Communicator):
                 who = (self._culprits() if self.rank == 0
                        else "another rank did not arrive (rank 0 names it, unless rank 0 "
                             "is the one that stopped)")
-                print(f"mlcvlab (rank {self.rank}): {what} did not complete within "
-                      f"{self.timeout:g} s: {who} (stopped, hung or dead); aborting the job. The "
-                      "last checkpoint is intact: resume with 'mlcvlab train --resume DIR'",
-                      file=sys.stderr)
+                message = (f"{what} did not complete within {self.timeout:g} s: {who} "
+                           "(stopped, hung or dead); aborting the job. The last checkpoint is "
+                           "intact: resume with 'mlcvlab train --resume DIR'")
+                print(f"mlcvlab (rank {self.rank}): {message}", file=sys.stderr)
+                if self.on_abort is not None:
+                    try:
+                        self.on_abort(message)
+                    except Exception:          # noqa: BLE001 - the abort must happen
+                        pass
                 self.abort(1)
             time.sleep(pause)
             pause = min(pause * 2, 2e-4)    # poll ever less often, up to every 0.2 ms

@@ -416,6 +416,9 @@ def run_train(args) -> int:
         atomic_write_text(os.path.join(out, "config.json"), json.dumps(record, indent=2))
         if args.out is None and not resuming:
             _point_latest(out)
+    comm = getattr(getattr(step_fn, "comm", None), "mpi", getattr(step_fn, "comm", None))
+    if is_root and hasattr(comm, "on_abort"):    # a rank timed out: say so in the run folder
+        comm.on_abort = lambda message: _record_stop(out, RuntimeError(message))
     callbacks = [Checkpoint(out, write=is_root)]
     if is_root and not args.quiet:      # a live bar where one can be drawn; _Log prints lines
         callbacks.append(ProgressBar(plain_lines=False))
@@ -450,9 +453,14 @@ def run_train(args) -> int:
 
     if is_root:
         trainer.callbacks.append(_Log())
-    history = trainer.fit(loader, remaining, val_loader=val_batches)
-    final = evaluate(model, loss_for(model),  # once, at the end
-                     array_batches(X_test, y_test))
+    try:
+        history = trainer.fit(loader, remaining, val_loader=val_batches)
+        final = evaluate(model, loss_for(model),  # once, at the end
+                         array_batches(X_test, y_test))
+    except BaseException as err:
+        if is_root:
+            _record_stop(out, err)
+        raise
     if is_root:
         _write_run(out, config, model, history, final)
         seconds = sum(r["seconds"] for r in history)
@@ -501,6 +509,23 @@ def _mpi_rank() -> int:
 def _mpi_size() -> int:
     from mlcvlab.parallel.mpi import _mpi
     return _mpi().COMM_WORLD.Get_size()
+
+
+def _record_stop(out: str, err: BaseException) -> None:
+    """config.json's status becomes "interrupted" (Ctrl-C) or "failed", with the error: the
+    reason stays with the run, also when the console loses it (an MPI abort can end the job
+    before mpiexec has passed rank 0's last words on). The checkpoints are untouched, so
+    ``--resume`` continues from the last one. Best effort: a full disk must not hide err."""
+    path = os.path.join(out, "config.json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        interrupted = isinstance(err, KeyboardInterrupt)
+        record.update(status="interrupted" if interrupted else "failed",
+                      error=f"{type(err).__name__}: {err}")
+        atomic_write_text(path, json.dumps(record, indent=2))
+    except Exception:                      # noqa: BLE001 - the original error matters more
+        pass
 
 
 def _write_run(out: str, config, model, history, final) -> None:

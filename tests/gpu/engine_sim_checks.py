@@ -71,13 +71,17 @@ def _as_close_to_float64_as_the_cpu(build, batches, **kw):
     (cpu_losses, cpu), (gpu_losses, gpu) = runs["cpu"], runs["cuda"]
 
     def err(losses, model):
+        """(largest deviation from the float64 run, where): the losses and every state value."""
         st = model.state_dict()
-        return max([abs(a - b) for a, b in zip(losses, ref_losses)]
-                   + [float(np.abs(st[k].astype(np.float64) - v).max())
-                      for k, v in ref.state_dict().items()])
-    e_cpu, e_gpu = err(cpu_losses, cpu), err(gpu_losses, gpu)
-    assert e_gpu <= 4 * e_cpu + 1e-5, (f"device float32 error {e_gpu:.3g} vs the CPU's "
-                                      f"{e_cpu:.3g} (both against float64)")
+        where = [(abs(a - b), f"loss {i + 1}") for i, (a, b) in enumerate(zip(losses, ref_losses))]
+        where += [(float(np.abs(st[k].astype(np.float64) - v).max()), k)
+                  for k, v in ref.state_dict().items()]
+        return max(where)
+    (e_cpu, at_cpu), (e_gpu, at_gpu) = err(cpu_losses, cpu), err(gpu_losses, gpu)
+    assert e_gpu <= 4 * e_cpu + 1e-5, (
+        f"device float32 error {e_gpu:.3g} at {at_gpu} vs the CPU's {e_cpu:.3g} at {at_cpu} "
+        f"(both against float64); losses float64 {ref_losses}, CPU {cpu_losses}, device "
+        f"{gpu_losses}")
     assert cpu_losses[-1] != cpu_losses[0]                  # the steps changed something
     return cpu_losses, gpu_losses, cpu, gpu
 

@@ -180,7 +180,8 @@ def cached_bytes(model, loss) -> int:
             for x in item.values():
                 collect(x)
 
-    for m in model.modules():
+    from mlcvlab.nn import threadsplit         # a batch split over threads: the other parts'
+    for m in list(model.modules()) + threadsplit.replica_modules(model):    # caches too
         collect(getattr(m, "_cache", None))
     for a in arrays:
         if not isinstance(a, np.ndarray) or any(np.shares_memory(a, w) for w in params):

@@ -28,6 +28,9 @@ class Residual(Module):
         self.body = body
         self.shortcut = Identity() if shortcut is None else shortcut
 
+    def splits_over_batch(self) -> bool:
+        return True                     # a sum per sample
+
     def forward(self, x):
         y = self.body.forward(x)
         s = self.shortcut.forward(x)
@@ -63,6 +66,9 @@ class Concat(Module):
                 )
             self.add_module(str(i), branch)
         self._splits: Optional[List[int]] = None
+
+    def splits_over_batch(self) -> bool:
+        return True                     # along channels
 
     def forward(self, x):
         outs = [branch.forward(x) for branch in self.children()]
@@ -109,6 +115,9 @@ class ZeroPadShortcut(Module):
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.pad_front = (out_channels - in_channels) // 2
         self._x_shape = None
+
+    def splits_over_batch(self) -> bool:
+        return True
 
     def forward(self, x):
         check_input("ZeroPadShortcut", x, ndim=(4,), dim={1: self.in_channels})

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import kernels, philox
+from mlcvlab.nn import kernels, philox, threadsplit
 
 
 def is_array(a) -> bool:
@@ -214,8 +214,15 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
     N, C, H, W = x.shape
     x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
     y, x_hat = np.empty_like(x3), np.empty_like(x3)
-    mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
     g, b = gamma.astype(x.dtype, copy=False), beta.astype(x.dtype, copy=False)
+    team = threadsplit.team()
+    if team is not None:                             # this is one part of a split batch
+        mean, var, inv_std = _batch_statistics(x3, team, float(eps))
+        kernels.get("bn_normalize")(x3, g, b, mean, inv_std, y, x_hat, 0, C, relu)
+        mean, var, inv_std = (a.astype(x.dtype) for a in (mean, var, inv_std))
+        cache = BatchNormCache(x, x_hat.reshape(x.shape), mean, var, inv_std, gamma, eps)
+        return y.reshape(x.shape), cache
+    mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
     kernel = kernels.get("bn_forward_channels")
     kernels.parallel_map(                            # one range of channels per thread
         lambda c: kernel(x3, g, b, float(eps), y, x_hat, mean, var, inv_std, c.start, c.stop,
@@ -223,6 +230,34 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
         kernels.split(C, kernels.num_threads()))
     cache = BatchNormCache(x, x_hat.reshape(x.shape), mean, var, inv_std, gamma, eps)
     return y.reshape(x.shape), cache
+
+
+def _batch_statistics(x3: np.ndarray, team, eps: float):
+    """Mean, biased variance and 1 / std (float64, (C,)) over the whole batch, from this part
+    x3 (n, C, L) and the other parts of ``team`` (:mod:`nn.threadsplit`): the two passes of
+    ``bn_forward_channels``, each part's float64 sums added up between them."""
+    C, m = x3.shape[1], team.batch * x3.shape[2]
+    sums = np.zeros(C)
+    kernels.get("bn_channel_sums")(x3, 0, C, sums)
+    mean = team.allreduce(sums) / m
+    squares = np.zeros(C)
+    kernels.get("bn_channel_sq_dev")(x3, mean, 0, C, squares)
+    var = team.allreduce(squares) / m
+    return mean, var, 1.0 / np.sqrt(var + eps)
+
+
+def _batchnorm_grad_part(dy3: np.ndarray, x_hat3: np.ndarray, scale: np.ndarray, team):
+    """batchnorm_grad_fused on one part of a split batch: dx of this part from the whole
+    batch's sums of dy and dy * x_hat; dgamma, dbeta this part's share (the parts' shares
+    are added up with the rest of the parameter gradients)."""
+    C = dy3.shape[1]
+    sums = np.zeros(2 * C)
+    kernels.get("bn_grad_sums")(dy3, x_hat3, 0, C, sums[:C], sums[C:])
+    total = team.allreduce(sums)
+    dx3 = np.empty_like(dy3)
+    kernels.get("bn_grad_apply")(dy3, x_hat3, scale, total[:C], total[C:],
+                                 team.batch * dy3.shape[2], dx3, 0, C)
+    return dx3, sums[C:].astype(dy3.dtype), sums[:C].astype(dy3.dtype)
 
 
 def batchnorm_update_running(running_mean: np.ndarray, running_var: np.ndarray,
@@ -310,6 +345,14 @@ def batchnorm_grad_fused(dy: np.ndarray, cache: BatchNormCache):
     if x_hat.size == 0:                              # an empty batch: nothing flows back
         C = x_hat.shape[1]
         return np.empty_like(dy), np.zeros(C, dy.dtype), np.zeros(C, dy.dtype)
+    team = threadsplit.team()
+    if team is not None:                             # this is one part of a split batch
+        N, C, H, W = x_hat.shape
+        dy3 = np.ascontiguousarray(dy, dtype=x_hat.dtype).reshape(N, C, H * W)
+        dx3, dgamma, dbeta = _batchnorm_grad_part(
+            dy3, np.ascontiguousarray(x_hat).reshape(N, C, H * W),
+            (gamma * inv_std).astype(x_hat.dtype, copy=False), team)
+        return dx3.reshape(x_hat.shape), dgamma, dbeta
     if x_hat.ndim == 4 and kernels.available() and dy.dtype == x_hat.dtype:
         N, C, H, W = x_hat.shape
         dx, dgamma, dbeta = (np.empty(x_hat.shape, dtype=dy.dtype), np.empty(C, dy.dtype),

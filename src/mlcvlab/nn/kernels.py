@@ -206,20 +206,23 @@ def _compile() -> dict:
     # range [c0, c1) in turn, and keep per-channel float64 sums: 1.3-2x faster than a whole
     # channel at a time (N strided runs of H*W values) on ResNet-20's maps (BENCHMARKS.md).
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
-    def bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, c0,
-                            c1, relu=False):  # pragma: no cover (jitted)
-        # relu: y = max(h * g + b, 0) (a ReLU after the batch norm, fused into the write of y)
-        N, C, L = x.shape
-        m = N * L
-        mu, ss = np.zeros(c1 - c0), np.zeros(c1 - c0)
+    def bn_channel_sums(x, c0, c1, out):  # pragma: no cover (jitted)
+        # out[c - c0] += sum of x[:, c, :] (float64), channels [c0, c1)
+        N = x.shape[0]
+        L = x.shape[2]
         for n in range(N):
             for c in range(c0, c1):
                 row = x[n, c]
                 s = 0.0
                 for l in range(L):
                     s += row[l]
-                mu[c - c0] += s
-        mu /= m
+                out[c - c0] += s
+
+    @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
+    def bn_channel_sq_dev(x, mu, c0, c1, out):  # pragma: no cover (jitted)
+        # out[c - c0] += sum of (x[:, c, :] - mu[c - c0])^2 (float64)
+        N = x.shape[0]
+        L = x.shape[2]
         for n in range(N):
             for c in range(c0, c1):
                 row, u = x[n, c], mu[c - c0]
@@ -227,15 +230,18 @@ def _compile() -> dict:
                 for l in range(L):
                     d = row[l] - u
                     s += d * d
-                ss[c - c0] += s
-        for c in range(c0, c1):
-            v = ss[c - c0] / m
-            ss[c - c0] = 1.0 / np.sqrt(v + eps)         # from here on 1 / std, in float64
-            mean[c], var[c], inv_std[c] = mu[c - c0], v, ss[c - c0]
+                out[c - c0] += s
+
+    @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
+    def bn_normalize(x, gamma, beta, mu, istd, y, x_hat, c0, c1,
+                     relu):  # pragma: no cover (jitted)
+        # x_hat = (x - mu) * istd in x's dtype, y = x_hat * gamma + beta (max(., 0) with relu)
+        N = x.shape[0]
+        L = x.shape[2]
         zero = y.dtype.type(0)
         for n in range(N):
             for c in range(c0, c1):
-                mu_t, istd_t = x.dtype.type(mu[c - c0]), x.dtype.type(ss[c - c0])
+                mu_t, istd_t = x.dtype.type(mu[c - c0]), x.dtype.type(istd[c - c0])
                 g, b = gamma[c], beta[c]
                 row, h_out, y_out = x[n, c], x_hat[n, c], y[n, c]
                 for l in range(L):
@@ -245,15 +251,29 @@ def _compile() -> dict:
                     y_out[l] = zero if relu and v < zero else v
 
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
+    def bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, c0,
+                            c1, relu=False):  # pragma: no cover (jitted)
+        # relu: y = max(h * g + b, 0) (a ReLU after the batch norm, fused into the write of y)
+        m = x.shape[0] * x.shape[2]
+        mu, ss = np.zeros(c1 - c0), np.zeros(c1 - c0)
+        bn_channel_sums(x, c0, c1, mu)
+        mu /= m
+        bn_channel_sq_dev(x, mu, c0, c1, ss)
+        for c in range(c0, c1):
+            v = ss[c - c0] / m
+            ss[c - c0] = 1.0 / np.sqrt(v + eps)         # from here on 1 / std, in float64
+            mean[c], var[c], inv_std[c] = mu[c - c0], v, ss[c - c0]
+        bn_normalize(x, gamma, beta, mu, ss, y, x_hat, c0, c1, relu)
+
+    @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
     def bn_forward(x, gamma, beta, eps, y, x_hat, mean, var, inv_std):  # pragma: no cover
         bn_forward_channels(x, gamma, beta, eps, y, x_hat, mean, var, inv_std, 0, x.shape[1])
 
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
-    def bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, c0,
-                             c1):  # pragma: no cover (jitted)
-        N, C, L = dy.shape
-        m = N * L
-        sb, sg = np.zeros(c1 - c0), np.zeros(c1 - c0)
+    def bn_grad_sums(dy, x_hat, c0, c1, sb, sg):  # pragma: no cover (jitted)
+        # sb[c - c0] += sum of dy[:, c, :], sg[c - c0] += sum of dy * x_hat (float64)
+        N = dy.shape[0]
+        L = dy.shape[2]
         for n in range(N):
             for c in range(c0, c1):
                 g, h = dy[n, c], x_hat[n, c]
@@ -264,8 +284,12 @@ def _compile() -> dict:
                     b += g[l] * h[l]
                 sb[c - c0] += a
                 sg[c - c0] += b
-        for c in range(c0, c1):
-            dbeta[c], dgamma[c] = sb[c - c0], sg[c - c0]
+
+    @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
+    def bn_grad_apply(dy, x_hat, scale, sb, sg, m, dx, c0, c1):  # pragma: no cover (jitted)
+        # dx = scale * (dy - sum(dy) / m - x_hat * sum(dy * x_hat) / m), channels [c0, c1)
+        N = dy.shape[0]
+        L = dy.shape[2]
         for n in range(N):
             for c in range(c0, c1):
                 mb, mg = dy.dtype.type(sb[c - c0] / m), dy.dtype.type(sg[c - c0] / m)
@@ -273,6 +297,16 @@ def _compile() -> dict:
                 g, h, out = dy[n, c], x_hat[n, c], dx[n, c]
                 for l in range(L):
                     out[l] = k * (g[l] - mb - h[l] * mg)
+
+    @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
+    def bn_backward_channels(dy, x_hat, scale, dx, dgamma, dbeta, c0,
+                             c1):  # pragma: no cover (jitted)
+        m = dy.shape[0] * dy.shape[2]
+        sb, sg = np.zeros(c1 - c0), np.zeros(c1 - c0)
+        bn_grad_sums(dy, x_hat, c0, c1, sb, sg)
+        for c in range(c0, c1):
+            dbeta[c], dgamma[c] = sb[c - c0], sg[c - c0]
+        bn_grad_apply(dy, x_hat, scale, sb, sg, m, dx, c0, c1)
 
     @njit(cache=True, fastmath=_REDUCTION_MATH, nogil=True)
     def bn_backward(dy, x_hat, scale, dx, dgamma, dbeta):  # pragma: no cover (jitted)
@@ -314,7 +348,11 @@ def _compile() -> dict:
             "maxpool": maxpool, "maxpool_2x2": maxpool_2x2, "maxpool_2x2_grad": maxpool_2x2_grad,
             "maxpool_grad": maxpool_grad, "bn_forward": bn_forward, "bn_backward": bn_backward,
             "bn_forward_channels": bn_forward_channels,
-            "bn_backward_channels": bn_backward_channels}
+            "bn_backward_channels": bn_backward_channels,
+            # the pieces of the two above, for a batch split over threads (nn.threadsplit)
+            "bn_channel_sums": bn_channel_sums, "bn_channel_sq_dev": bn_channel_sq_dev,
+            "bn_normalize": bn_normalize, "bn_grad_sums": bn_grad_sums,
+            "bn_grad_apply": bn_grad_apply}
 
 
 _AVAILABLE = None

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from mlcvlab.nn import threadsplit
 from mlcvlab.nn.basis import is_array
 from mlcvlab.nn.parameter import FlatParameters, Parameter, flatten
 
@@ -315,6 +316,13 @@ class Module:
         """``nxt.forward(self.forward(x))`` (see :meth:`fuses_with`)."""
         return nxt.forward(self.forward(x))
 
+    def splits_over_batch(self) -> bool:
+        """Whether this module's own computation (not its children's) treats every sample of
+        a batch on its own in the current mode, so that the batch may be cut into parts that
+        run apart (:mod:`mlcvlab.nn.threadsplit`). False unless the class that defines
+        ``forward`` says otherwise: batch norm in training couples the samples."""
+        return False
+
     # -- facts (read by mlcvlab.analysis and the memory lab, never by forward/backward) ------
     def kept_for_backward(self, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]) -> Kept:
         """What a training forward on one sample of ``in_shape`` (no batch axis) keeps for the
@@ -406,6 +414,17 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
+        """The layers in order. The outermost Sequential of a convolutional model may run the
+        whole pass with its batch split over the threads (:mod:`mlcvlab.nn.threadsplit`)."""
+        parts = threadsplit.parts_for(self, x)
+        if parts is not None:
+            return threadsplit.forward(self, x, parts)
+        if self.__dict__.get("_split") is not None:
+            object.__setattr__(self, "_split", None)
+        with threadsplit.nested():
+            return self._forward_layers(x)
+
+    def _forward_layers(self, x):
         layers = list(self._modules.values())
         i = 0
         while i < len(layers):
@@ -419,6 +438,11 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
+        if self.__dict__.get("_split") is not None:       # the forward split the batch
+            return threadsplit.backward(self, dy)
+        return self._backward_layers(dy)
+
+    def _backward_layers(self, dy):
         for m in reversed(self._modules.values()):
             dy = m.backward(dy)
             if dy is None:       # set_input_grad(False): no layer before this one has parameters
@@ -427,6 +451,9 @@ class Sequential(Module):
 
     def kept_for_backward(self, in_shape, out_shape) -> Kept:
         return Kept()            # nothing of its own: its layers keep what they need
+
+    def splits_over_batch(self) -> bool:
+        return True              # nothing of its own: its layers answer for themselves
 
     def set_input_grad(self, needed: bool = True) -> "Sequential":
         """As :meth:`Module.set_input_grad`; with False, the layers up to and including the

@@ -11,7 +11,7 @@ from typing import Tuple, Union
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import basis, init, kernels, philox
+from mlcvlab.nn import basis, init, kernels, philox, threadsplit
 from mlcvlab.nn.module import Kept, Module, Sequential, check_input
 from mlcvlab.nn.parameter import Parameter
 
@@ -86,6 +86,9 @@ class Linear(Module):
         self.bias = (Parameter(gen.uniform(-bound, bound, out_features).astype(dtype), decay=False)
                      if bias else None)
         self._cache = None
+
+    def splits_over_batch(self) -> bool:
+        return True                     # one row at a time
 
     def forward(self, x):
         check_input("Linear", x)
@@ -183,6 +186,9 @@ class Conv2d(Module):
                      if bias else None)
         self._cache = None
 
+    def splits_over_batch(self) -> bool:
+        return True
+
     def forward(self, x):
         x, unbatched = _batched("Conv2d", x)
         check_input("Conv2d", x, dim={1: self.in_channels})
@@ -266,6 +272,9 @@ class _Pool2d(_Pooling):
 
     def _options(self):
         return {"ceil_mode": self.ceil_mode}
+
+    def splits_over_batch(self) -> bool:
+        return not getattr(self, "return_indices", False)   # one output array
 
     def forward(self, x):
         from mlcvlab.nn import conv
@@ -359,6 +368,9 @@ class _AdaptivePool2d(_Pooling):
         self.output_size = output_size
         self._cache = None
 
+    def splits_over_batch(self) -> bool:
+        return not getattr(self, "return_indices", False)
+
     def forward(self, x):
         x, unbatched = _batched(type(self).__name__, x)
         y, cache = getattr(_conv(self), self._fn)(x, self.output_size)
@@ -400,6 +412,9 @@ class GlobalAvgPool2d(Module):
     def __init__(self):
         super().__init__()
         self._shape = None
+
+    def splits_over_batch(self) -> bool:
+        return True
 
     def forward(self, x):
         check_input("GlobalAvgPool2d", x, ndim=(4,))
@@ -455,6 +470,9 @@ class Flatten(Module):
                              f"end_dim={self.end_dim} for an input of shape {tuple(shape)}")
         shape = tuple(shape) or (1,)
         return shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
+
+    def splits_over_batch(self) -> bool:
+        return self.start_dim >= 1            # the batch axis stays apart
 
     def forward(self, x):
         check_input("Flatten", x)
@@ -531,6 +549,11 @@ class _BatchNorm(Module):
                 else xp.zeros(self.num_features, dtype=gamma.dtype))
         return gamma, beta
 
+    def splits_over_batch(self) -> bool:
+        if self.training:        # batch statistics: the parts add up their sums (4-D only)
+            return self._ndims == (4,) and kernels.available()
+        return self.track_running_stats         # else batch statistics in evaluation too
+
     def forward(self, x):
         name = type(self).__name__
         check_input(name, x, ndim=self._ndims, dim={1: self.num_features})
@@ -555,7 +578,13 @@ class _BatchNorm(Module):
         training, fold the statistics into the running ones."""
         self._cache = cache._replace(x=None)    # the fused backward needs x_hat, not x
         if self.training and self.track_running_stats:
-            self.update_running(cache.mean, cache.var, x.size // self.num_features)
+            count = x.size // self.num_features
+            crew = threadsplit.team()
+            if crew is not None:                # one part of a split batch: the whole batch's
+                if threadsplit.rank() != 0:     # statistics, folded in once (shared buffers)
+                    return
+                count = count // x.shape[0] * crew.batch
+            self.update_running(cache.mean, cache.var, count)
 
     def next_momentum(self) -> float:
         """The momentum of the next running-statistics update: ``momentum``, or with
@@ -685,6 +714,9 @@ class Dropout(Module):
         self.mask_step[...] = key.step + 1
         return key
 
+    def splits_over_batch(self) -> bool:
+        return not self.training    # a training forward advances the shared mask_step
+
     def forward(self, x):
         check_input("Dropout", x)
         key = self.next_key() if self.training else None
@@ -714,6 +746,9 @@ class _Activation(Module):
     def __init__(self):
         super().__init__()
         self._cache = None
+
+    def splits_over_batch(self) -> bool:
+        return True
 
     def forward(self, x):
         check_input(type(self).__name__, x)
@@ -777,6 +812,9 @@ class Softmax(_Activation):
                              f"{x.shape}")
         return _basis(self).softmax(x, axis=self.dim)
 
+    def splits_over_batch(self) -> bool:
+        return self.dim >= 1 or self.dim == -1        # not over the batch axis
+
     def forward(self, x):
         check_input("Softmax", x)
         y, cache = self._fwd(x)
@@ -803,6 +841,9 @@ class LeakyReLU(Module):
         self.slope = float(slope)
         self._cache = None
 
+    def splits_over_batch(self) -> bool:
+        return True
+
     def forward(self, x):
         check_input("LeakyReLU", x)
         y, cache = _basis(self).leaky_relu(x, self.slope)
@@ -825,6 +866,9 @@ class LeakyReLU(Module):
 
 
 class Identity(Module):
+    def splits_over_batch(self) -> bool:
+        return True
+
     def forward(self, x):
         return x
 

@@ -17,10 +17,17 @@ into the model's (one vector add when the model's parameters live in one flat bu
 ``model.backward`` leaves in ``Parameter.grad`` the gradient of the whole batch, to float
 rounding (the sums over samples are added in another order), and accumulates as ever.
 
-A model splits only when every module in it treats the samples of a batch independently in
-its current mode (``Module.splits_over_batch``: a convolution does; batch norm does in
-evaluation, not in training, where its statistics couple the samples; a layer that declares
-nothing does not), it has a convolution (a model of GEMMs alone, an MLP, is already spread
+Batch norm in training couples the samples through its batch statistics: in a split pass
+each part computes its per-channel float64 sums, the parts add them up (:class:`Team`, a
+barrier between the threads) and every part normalizes with the whole batch's mean and
+variance, in the forward (two meetings: the sums, then the squared deviations, as the
+unsplit kernel's two passes) and in the backward (one: the sums of dy and dy * x_hat). Part
+0 alone folds the statistics into the running ones (the buffers are shared).
+
+A model splits only when every module in it can run on parts of the batch in its current
+mode (``Module.splits_over_batch``: a convolution can; 2-D batch norm can, as above; dropout
+in training cannot, its mask counter is shared; a layer that declares nothing cannot), it
+has a convolution (a model of GEMMs alone, an MLP, is already spread
 over the cores by BLAS), the input is a 4-D batch on the CPU of at least ``MIN_VALUES``
 values, more than one thread is allowed (``kernels.num_threads``) and no layer's ``forward``
 or ``backward`` is replaced on the instance (the traces of the memory lab and ``summarize``

@@ -124,3 +124,19 @@ def test_multiply_adds_of_linear_and_conv():
     assert nn.Linear(6, 3).multiply_adds((4, 6), (4, 3)) == 72       # per position, as torch
     conv = nn.Conv2d(4, 8, 3, padding=1, groups=2)
     assert conv.multiply_adds((4, 5, 5), (8, 5, 5)) == 8 * 25 * 2 * 9
+
+
+# Library modules that never take part in a batch split, and why.
+NEVER_SPLIT = {"NN4": "its own written-out forward, not a Sequential's layers",
+               "NonInvertedDropout": "a training mask per call (the optimizers lab's layer)"}
+
+
+def test_every_module_of_the_library_says_whether_it_splits_over_the_batch():
+    """The class that defines ``forward`` also defines ``splits_over_batch`` (what
+    ``nn.threadsplit`` trusts), so a new layer is not left out of the split by omission."""
+    for cls in _library_modules():
+        owner = next(c for c in cls.__mro__ if "forward" in c.__dict__)
+        if cls.__name__ in NEVER_SPLIT:
+            assert "splits_over_batch" not in owner.__dict__, cls
+            continue
+        assert "splits_over_batch" in owner.__dict__, (cls, owner)

@@ -137,16 +137,21 @@ class Team:
     def __init__(self, size: int, batch: int):
         self.size, self.batch = size, batch
         self._barrier = threading.Barrier(size)
-        self._slots: List[Optional[np.ndarray]] = [None] * size
+        # Two sets of slots, used in turn: a part that is one allreduce ahead writes into the
+        # other set, and it cannot get two ahead (that needs every part at the next barrier),
+        # so one barrier per allreduce suffices.
+        self._slots: List[List[Optional[np.ndarray]]] = [[None] * size, [None] * size]
+        self._calls = [0] * size
 
     def allreduce(self, a: np.ndarray) -> np.ndarray:
         rank = _state.rank
-        self._slots[rank] = a
+        slots = self._slots[self._calls[rank] % 2]
+        self._calls[rank] += 1
+        slots[rank] = a
         self._barrier.wait()                    # every part has put its sums
-        total = self._slots[0].copy()
-        for other in self._slots[1:]:
+        total = slots[0].copy()
+        for other in slots[1:]:
             total += other
-        self._barrier.wait()                    # every part has read them
         return total
 
     def abort(self) -> None:

@@ -21,6 +21,7 @@ def parts(monkeypatch):
         n = 3
     monkeypatch.setattr(threadsplit.kernels, "num_threads", lambda: Parts.n)
     monkeypatch.setattr(threadsplit, "MIN_VALUES", 1)
+    monkeypatch.setattr(threadsplit, "MIN_PART_SAMPLES", 2)
     return Parts
 
 
@@ -253,12 +254,14 @@ class _nothing:
 
 
 def test_default_rule_splits_lenet_batches_on_two_threads(monkeypatch):
-    """Without the fixture: LeNet-5's batch of 64 splits when two threads are allowed, a
-    batch of 32 does not (MIN_VALUES), and one thread never splits."""
+    """Without the fixture: on two threads LeNet-5's batch of 96 splits, 64 does not
+    (MIN_PART_SAMPLES), tiny images never (MIN_VALUES), and one thread never splits."""
     model = models.lenet5(rng=0)
     monkeypatch.setattr(threadsplit.kernels, "num_threads", lambda: 2)
-    assert threadsplit.parts_for(model, np.zeros((64, 1, 28, 28), np.float32)) is not None
-    assert threadsplit.parts_for(model, np.zeros((32, 1, 28, 28), np.float32)) is None
-    monkeypatch.setattr(threadsplit.kernels, "num_threads", lambda: 1)
+    assert threadsplit.parts_for(model, np.zeros((96, 1, 28, 28), np.float32)) is not None
     assert threadsplit.parts_for(model, np.zeros((64, 1, 28, 28), np.float32)) is None
-    assert kernels.split(64, 2) == [slice(0, 32), slice(32, 64)]
+    tiny = Sequential(Conv2d(1, 2, 3, rng=0), Flatten(), Linear(2 * 4 * 4, 3, rng=0))
+    assert threadsplit.parts_for(tiny, np.zeros((512, 1, 6, 6), np.float32)) is None
+    monkeypatch.setattr(threadsplit.kernels, "num_threads", lambda: 1)
+    assert threadsplit.parts_for(model, np.zeros((128, 1, 28, 28), np.float32)) is None
+    assert kernels.split(96, 2) == [slice(0, 48), slice(48, 96)]

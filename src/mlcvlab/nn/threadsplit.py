@@ -29,7 +29,7 @@ mode (``Module.splits_over_batch``: a convolution can; 2-D batch norm can, as ab
 in training cannot, its mask counter is shared; a layer that declares nothing cannot), it
 has a convolution (a model of GEMMs alone, an MLP, is already spread
 over the cores by BLAS), the input is a 4-D batch on the CPU of at least ``MIN_VALUES``
-values, more than one thread is allowed (``kernels.num_threads``) and no layer's ``forward``
+values and ``MIN_PART_SAMPLES`` samples per thread, more than one thread is allowed (``kernels.num_threads``) and no layer's ``forward``
 or ``backward`` is replaced on the instance (the traces of the memory lab and ``summarize``
 wrap them). The rule is deterministic: the same model and batch split the same way on every
 run. ``disabled()`` turns splitting off, for A/B timing and for code that reads the layers'
@@ -48,8 +48,13 @@ import numpy as np
 from mlcvlab.nn import kernels
 from mlcvlab.nn.parameter import Parameter
 
-# A batch splits only from this many input values (a 4-D batch of images): LeNet-5's batch of
-# 64 images (50,176 values) does; see BENCHMARKS.md, session 9, for the batch sizes measured.
+# A batch splits only when every part gets at least MIN_PART_SAMPLES samples and the input
+# has at least MIN_VALUES values (tiny images never). Measured at 2 threads, split / unsplit
+# step time, interleaved (BENCHMARKS.md, session 9): LeNet-5 training 0.93x at batch 64
+# (32 per part), 1.11x at 96, 1.24x at 128; ResNet-20 training 0.88x at batch 32, 1.08x
+# at 64, 1.06-1.09x at 128 (its unsplit path already spreads large convolutions over the
+# threads, LeNet-5's does not).
+MIN_PART_SAMPLES = 48
 MIN_VALUES = 2**15
 
 _state = threading.local()
@@ -109,7 +114,7 @@ def parts_for(model, x) -> Optional[List[slice]]:
     if type(x) is not np.ndarray or x.ndim != 4 or x.size < MIN_VALUES:
         return None
     threads = kernels.num_threads()             # 1 inside a part of any parallel_map
-    if threads < 2 or x.shape[0] < 2 * threads or not splittable(model):
+    if threads < 2 or x.shape[0] < MIN_PART_SAMPLES * threads or not splittable(model):
         return None
     return kernels.split(x.shape[0], threads)
 

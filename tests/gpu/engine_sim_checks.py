@@ -297,5 +297,73 @@ def train_cli_device_cuda_matches_the_cpu_run():
         np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-4, err_msg=key)
 
 
+DP_SHRINK = ["steps=1", "batches=4,8", "hidden=8", "n_train=64", "seeds=2", "workers=1,2",
+             "measure_up_to=2"]
+
+
+def _dp_config(device):
+    from mlcvlab.labs import data_parallel as dp
+    return {**dp.QUICK, "steps": 2, "hidden": [8], "batches": [4], "device": device}
+
+
+@check
+def data_parallel_lab_in_process_runs_on_the_device():
+    """``mlcvlab lab run data-parallel --device cuda --set measure_mpi=false``: the MLP is on the
+    device, two shards on one GPU end with the CPU's loss to float32 rounding, the K = 2 rows
+    say "2 shards on one GPU" (measured: false) and the report says simulator."""
+    import tempfile
+    from pathlib import Path
+    from mlcvlab import models
+    from mlcvlab.labs import data_parallel as dp, registry
+    from mlcvlab.parallel import LocalCommunicator
+    r = np.random.default_rng(0)
+    X, y = r.normal(size=(32, 12)).astype(np.float32), r.integers(0, 10, 32)
+    built, original = [], models.mlp
+    models.mlp = lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    try:
+        loss = {d: dp.time_steps(_dp_config(d), LocalCommunicator(2), 4, X, y, 0)["last_loss"]
+                for d in ("cpu", "cuda")}
+    finally:
+        models.mlp = original
+    assert [m.device for m in built] == ["cpu", "cuda"], [m.device for m in built]
+    np.testing.assert_allclose(loss["cuda"], loss["cpu"], rtol=1e-5)
+    out = Path(tempfile.mkdtemp()) / "dp"
+    res = registry.run_lab("data-parallel", preset="quick", out_dir=str(out), show_progress=False,
+                           overrides=DP_SHRINK + ["measure_mpi=false", "device=cuda"])
+    two = [row for row in res["rows"] if row["K"] == 2]
+    assert two and all(not row["measured"] and "2 shards on one GPU" in row["source"]
+                       and "simulated GPU" in row["source"] for row in two), two
+    assert res["clock"] == "wall" and res["best_speedup"] is None
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "**Simulator run**",
+                 "host's share", "shards in turn on that GPU"):
+        assert text in report, text
+    assert json.loads((out / "config.json").read_text())["config"]["device"] == "cuda"
+
+
+@check
+def data_parallel_lab_mpi_ranks_on_the_device():
+    """The lab's ``mpiexec -n 2`` ranks with device "cuda" (each selects its GPU and reduces
+    through NcclCommunicator, MPI standing in for NCCL): the same last-step loss as the CPU
+    ranks to float32 rounding, and the K = 2 rows measured, labelled with the GPU per rank and
+    as oversubscribed (the simulator is one GPU)."""
+    from mlcvlab.labs import data_parallel as dp
+    got = {d: dp.measure_mpi(_dp_config(d), 2, 0)["4"] for d in ("cpu", "cuda")}
+    np.testing.assert_allclose(got["cuda"]["last_loss"], got["cpu"]["last_loss"], rtol=1e-5)
+    assert got["cuda"]["bytes"] == got["cpu"]["bytes"] > 0
+    import tempfile
+    from pathlib import Path
+    from mlcvlab.labs import registry
+    out = Path(tempfile.mkdtemp()) / "dp"
+    res = registry.run_lab("data-parallel", preset="quick", out_dir=str(out), show_progress=False,
+                           overrides=DP_SHRINK + ["seeds=1", "device=cuda"])
+    two = [row for row in res["rows"] if row["K"] == 2]
+    assert all(row["measured"] and row["oversubscribed"] for row in two), two
+    assert all("a GPU per rank, MPI all-reduce, simulated GPU; oversubscribed: 2 ranks on 1 GPU"
+               in row["source"] for row in two), two
+    assert "wall seconds per epoch" in res["headline"], res["headline"]
+    assert "**Simulator run**" in (out / "report.md").read_text()
+
+
 if __name__ == "__main__":
     simcheck.main(CHECKS)

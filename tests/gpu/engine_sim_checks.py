@@ -365,5 +365,63 @@ def data_parallel_lab_mpi_ranks_on_the_device():
     assert "**Simulator run**" in (out / "report.md").read_text()
 
 
+@check
+def memory_lab_device_memory_is_not_faked_under_the_simulator():
+    """``mlcvlab lab run memory --device cuda`` under the simulator: the batch-size study trains
+    on the device (the same losses as the CPU run to float32 rounding), the device step runs at
+    every batch size, and with no device memory to read its columns are None and the report
+    says "not measurable under the simulator". Then measure_device_step's bookkeeping with a
+    stand-in for the pool (the one function that reads CuPy), as a GPU would feed it."""
+    import tempfile
+    from pathlib import Path
+    from mlcvlab.gpu import device
+    from mlcvlab.labs import memory, registry
+    shrink = ["spec_models=alexnet", "state_models=mlp", "n_train=32", "n_test=16",
+              "batch_sizes=8,16"]
+    res, built, original = {}, [], memory.build
+    memory.build = lambda name, seed: built.append(original(name, seed)) or built[-1]
+    try:
+        for d in ("cpu", "cuda"):
+            out = Path(tempfile.mkdtemp()) / d
+            built.clear()
+            res[d] = registry.run_lab("memory", preset="quick", out_dir=str(out),
+                                      show_progress=False, overrides=shrink + [f"device={d}"])
+            # the study's training runs (2 seeds x 2 batch sizes, a warm-up) and the device
+            # step of each batch size on "cuda"; nothing there on "cpu"
+            on_device = sum(m.device == "cuda" for m in built)
+            assert on_device == (7 if d == "cuda" else 0), (d, on_device)
+    finally:
+        memory.build = original
+    np.testing.assert_allclose([r["train_loss_last"] for r in res["cuda"]["runs"]],
+                               [r["train_loss_last"] for r in res["cpu"]["runs"]], rtol=1e-4)
+    rows = res["cuda"]["batch_rows"]
+    assert [r["batch"] for r in rows] == [8, 16]
+    assert all(r["device peak KB (sampled)"] is None and r["device peak / modelled"] is None
+               for r in rows), rows
+    assert "device peak KB (sampled)" not in res["cpu"]["batch_rows"][0]
+    assert res["cuda"]["device_memory_measured"] is False
+    report = (out / "report.md").read_text()
+    for text in ("not measurable under the simulator", "numba's CUDA simulator",
+                 "host's share", "wall seconds of training (device time)"):
+        assert text in report, text
+    assert "device_memory.csv" not in report
+
+    built.clear()
+    memory.build = lambda name, seed: built.append(original(name, seed)) or built[-1]
+    calls = iter(range(100))
+    real = device.memory_info
+    device.memory_info = lambda release_cached=False: {
+        "pool_used": 1000 * next(calls), "pool_total": 9000, "driver_free": 5, "driver_total": 8}
+    try:
+        X = np.zeros((8, 784), np.float32)
+        got = memory.measure_device_step("mlp", "momentum", X, np.zeros(8, np.int64), 8, 0)
+    finally:
+        device.memory_info, memory.build = real, original
+    assert built[0].device == "cuda"
+    # baseline read 0, then the second step's samples 1, 2, 3 (x 1000 bytes), the pool last
+    assert got == {"forward": 1000, "backward": 2000, "update": 3000, "peak_sampled": 3000,
+                   "pool_total": 9000, "driver_free": 5, "driver_total": 8}, got
+
+
 if __name__ == "__main__":
     simcheck.main(CHECKS)

@@ -377,7 +377,7 @@ def memory_lab_device_memory_is_not_faked_under_the_simulator():
     from mlcvlab.gpu import device
     from mlcvlab.labs import memory, registry
     shrink = ["spec_models=alexnet", "state_models=mlp", "n_train=32", "n_test=16",
-              "batch_sizes=8,16"]
+              "batch_sizes=16,32"]
     res, built, original = {}, [], memory.build
     memory.build = lambda name, seed: built.append(original(name, seed)) or built[-1]
     try:
@@ -395,7 +395,7 @@ def memory_lab_device_memory_is_not_faked_under_the_simulator():
     np.testing.assert_allclose([r["train_loss_last"] for r in res["cuda"]["runs"]],
                                [r["train_loss_last"] for r in res["cpu"]["runs"]], rtol=1e-4)
     rows = res["cuda"]["batch_rows"]
-    assert [r["batch"] for r in rows] == [8, 16]
+    assert [r["batch"] for r in rows] == [16, 32]
     assert all(r["device peak KB (sampled)"] is None and r["device peak / modelled"] is None
                for r in rows), rows
     assert "device peak KB (sampled)" not in res["cpu"]["batch_rows"][0]
@@ -421,6 +421,42 @@ def memory_lab_device_memory_is_not_faked_under_the_simulator():
     # baseline read 0, then the second step's samples 1, 2, 3 (x 1000 bytes), the pool last
     assert got == {"forward": 1000, "backward": 2000, "update": 3000, "peak_sampled": 3000,
                    "pool_total": 9000, "driver_free": 5, "driver_total": 8}, got
+
+
+@check
+def depth_width_lab_runs_on_the_device():
+    """``mlcvlab lab run depth-width --device cuda`` (BN MLPs on an MSE loss kept on the host,
+    checkpoints every epoch): every network trains on the device, ends with the CPU run's
+    training loss and test RMSE to float32 rounding, and the report names the device and
+    reads its time fit on wall seconds."""
+    import tempfile
+    from pathlib import Path
+    from mlcvlab.labs import depth_width, registry
+    shrink = ["n_points=300", "widths=16", "depths=1,2", "max_total=32", "epochs=1",
+              "batch_size=100", "checkpoint_every=1"]
+    res, built, original = {}, [], depth_width.build_model
+    depth_width.build_model = lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    try:
+        for d in ("cpu", "cuda"):
+            out = Path(tempfile.mkdtemp()) / d
+            built.clear()
+            res[d] = registry.run_lab("depth-width", preset="quick", out_dir=str(out),
+                                      show_progress=False, overrides=shrink + [f"device={d}"])
+            # the warm-up and 2 seeds x 2 networks, all on the run's device
+            assert [m.device for m in built] == [d] * 5, [m.device for m in built]
+    finally:
+        depth_width.build_model = original
+    cpu, gpu = res["cpu"]["rows"], res["cuda"]["rows"]
+    assert [(r["name"], r["seed"]) for r in gpu] == [(r["name"], r["seed"]) for r in cpu]
+    for key in ("final_train_loss", "test_rmse"):
+        np.testing.assert_allclose([r[key] for r in gpu], [r[key] for r in cpu], rtol=1e-4,
+                                   err_msg=key)
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "host's share",
+                 "wall time on the device grows by"):
+        assert text in report, text
+    assert "wall_seconds_per_kparam" in res["cuda"]
+    assert "cpu_seconds_per_kparam" not in res["cuda"]
 
 
 if __name__ == "__main__":

@@ -147,3 +147,21 @@ def test_every_lab_has_three_presets_with_times():
             assert spec.expected_seconds[p] > 0, (spec.name, p)
         assert spec.expected_seconds["quick"] < 60, spec.name     # a smoke test: < 1 min
         assert spec.expected_seconds["standard"] <= 3600, spec.name
+
+
+def test_device_labs_named_in_the_help_are_the_labs_with_a_device_setting(capsys):
+    """--device's help and its refusal name the labs whose presets have "device" (the list in
+    labs/cli.py must follow the presets), and a CPU-only lab refuses --device before work."""
+    import argparse
+    from mlcvlab.labs import cli as lab_cli
+    with_device = [n for n in lab_names() if "device" in get_lab(n).quick]
+    assert sorted(lab_cli.DEVICE_LABS) == sorted(with_device)
+    for name in with_device:
+        assert all(get_lab(name).preset(p)["device"] == "cpu" for p in get_lab(name).presets())
+    args = argparse.Namespace(name="perceptron", device="cuda", overrides=[])
+    with pytest.raises(ValueError, match="runs on the CPU only") as err:
+        lab_cli._device_override(args)
+    assert all(n in str(err.value) for n in with_device)
+    args = argparse.Namespace(name="memory", device="cuda", overrides=["seeds=2"])
+    lab_cli._device_override(args)
+    assert args.overrides == ["seeds=2", "device=cuda"]

@@ -30,6 +30,16 @@ All-reduce bandwidth (ring model): a ring all-reduce of S bytes over K workers
 moves 2(K−1)/K · S bytes per worker, so bus bandwidth = 2(K−1)/K · S / t_comm (wall); the
 utilization is that over this machine's measured memory-copy bandwidth (MPI ranks
 on one host exchange data through shared memory).
+
+GPUs (``device`` "cuda", ``mlcvlab lab run data-parallel --device cuda``): the same
+DataParallelStep with the model, the loss and the all-reduced buffer on the device. Each MPI
+rank takes GPU local rank mod G and reduces with NCCL (as ``mpiexec -n G mlcvlab train
+--device cuda --dist mpi``); K ranks on fewer GPUs share them and are labelled oversubscribed.
+One process has one GPU, so an in-process K > 1 row is K shards in turn on that GPU
+(measured: false). The wall seconds are device times (the step synchronises) and the
+speedups, comparisons and headline are read on them; the CPU seconds are the host's share.
+No reference bandwidth is measured for the GPUs' link, so no utilization is given. Under
+numba's simulator the report says that no time in it is a GPU's.
 """
 from __future__ import annotations
 

@@ -28,6 +28,11 @@ finished one writes ``result.json`` (atomically) and is skipped by a rerun with 
 ``--out``; an unfinished one keeps ``checkpoint.npz`` (the Trainer's
 :class:`~mlcvlab.train.Checkpoint`) and resumes from it. ``epoch_budget`` caps
 the epochs trained by one invocation, so the study can be run in pieces.
+
+``device`` "cuda" (``--device cuda``) trains every network on the GPU (the MSE loss stays on
+the host: the prediction is copied over and back each step); checkpoints hold host arrays,
+so a piece may resume on the other device (``device`` is not a run setting). The time fit is
+then on wall seconds (device time); the CPU seconds are the host's share.
 """
 from __future__ import annotations
 

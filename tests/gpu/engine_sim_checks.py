@@ -258,6 +258,9 @@ def cyclical_lab_runs_on_the_device():
                                        show_progress=False)
         saved = json.loads((folder / "config.json").read_text())
         assert saved["config"]["device"] == device, saved
+        # Report.setup names the device; a simulator run says it is one
+        named = "**Device: cuda**, on numba's CUDA simulator" in (folder / "report.md").read_text()
+        assert named == (device == "cuda"), (device, named)
     np.testing.assert_allclose(out["cuda"]["lr_test"]["loss"], out["cpu"]["lr_test"]["loss"],
                                rtol=1e-3, atol=1e-4)
 

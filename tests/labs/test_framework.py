@@ -165,3 +165,17 @@ def test_device_labs_named_in_the_help_are_the_labs_with_a_device_setting(capsys
     args = argparse.Namespace(name="memory", device="cuda", overrides=["seeds=2"])
     lab_cli._device_override(args)
     assert args.overrides == ["seeds=2", "device=cuda"]
+
+
+def test_setup_names_the_device_of_a_cuda_run(tmp_path, monkeypatch):
+    """A "cuda" run's setup says where its numbers come from (gpu.device.describe: the GPU or
+    the simulator) and that its CPU seconds are the host's share; a CPU run's says nothing."""
+    from mlcvlab.gpu import device
+    monkeypatch.setattr(device, "describe", lambda d: "GPU 0 (Test)")
+    for dev in ("cpu", "cuda"):
+        rep = Report(tmp_path / dev, "t", {})
+        rep.setup({"seed": 0, "device": dev})
+        rep.write()
+        text = (tmp_path / dev / "report.md").read_text()
+        assert ("**Device: cuda**, on GPU 0 (Test)" in text) == (dev == "cuda"), text
+        assert ("host's share" in text) == (dev == "cuda"), text

@@ -579,15 +579,14 @@ def device_text(config: Dict[str, Any]) -> str:
     means there ("" on the CPU). Under the simulator it says that no number is a GPU's."""
     if config.get("device", "cpu") != "cuda":
         return ""
-    from mlcvlab.gpu.device import describe, simulated
-    text = (f"**Device: cuda**, on {describe('cuda')}. The model, the loss and the all-reduced "
-            "buffer live on the GPU; each shard is copied there from the host inside its "
-            "compute time (the batches are drawn on the host, as the Trainer's are). "
+    from mlcvlab.gpu.device import simulated
+    text = ("On the GPU (the device is named under Setup): the model, the loss and the "
+            "all-reduced buffer live there; each shard is copied there from the host inside "
+            "its compute time (the batches are drawn on the host, as the Trainer's are). "
             "**Device times**: the wall seconds (the step reads each shard's loss and the "
             "reduced loss and synchronises after the update, so they are the device's work, "
-            "not launch times); speedups and verdicts are on them. The CPU seconds beside them "
-            "are the host's share (launching kernels, waiting for the device), not the "
-            "training's cost. One process has one GPU: an in-process K > 1 row is K shards "
+            "not launch times); speedups and verdicts are on them, the host's CPU seconds "
+            "only beside them. One process has one GPU: an in-process K > 1 row is K shards "
             "in turn on that GPU (not measured as K workers); K GPUs need `mpiexec -n K` ranks "
             "(measure_mpi), each on GPU local rank mod G, reduced with NCCL, and K ranks on "
             "fewer GPUs share them (oversubscribed). No bandwidth reference is measured for the "

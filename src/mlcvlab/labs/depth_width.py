@@ -512,12 +512,11 @@ def _write_report(out_dir: Path, config: Dict[str, Any], results: Dict[str, Any]
              "the seed sets the initial weights and the batch order).")
     clock = "wall" if config.get("device", "cpu") == "cuda" else "cpu"
     if clock == "wall":
-        rep.text("**Device: cuda**, on {device_where}: every network trained on the device "
-                 "(the loss and its gradient on the host: the prediction is copied over and "
-                 "back each step). train_seconds are wall seconds (device time: the Trainer "
-                 "reads every step's loss) and the time fit below is on them; "
-                 "train_cpu_seconds are the host's share (launching kernels, waiting), not the "
-                 "training's cost.")
+        rep.text("Every network trained on the device named under Setup (the loss and its "
+                 "gradient on the host: the prediction is copied over and back each step). "
+                 "train_seconds are wall seconds (device time: the Trainer reads every step's "
+                 "loss) and the time fit below is on them; train_cpu_seconds are the host's "
+                 "share.")
     rep.text("Predict-the-mean baseline (the training mean for every point): test RMSE "
              "{baseline_test_rmse:.2f}, validation RMSE {baseline_val_rmse:.2f}. R^2 = 1 - "
              "(RMSE / baseline RMSE)^2; a network with test R^2 < {r2_learned} did not learn.")
@@ -606,12 +605,8 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
             result["val_r2"] = r2(result["val_rmse"], base_val)
             result["learned"] = bool(result["test_r2"] >= R2_LEARNED)
             rows.append(result)
-    device = config.get("device", "cpu")
     results = summarize(rows, len(jobs) - len(diverged), seeds,
-                        "wall" if device == "cuda" else "cpu")
-    if device == "cuda":
-        from mlcvlab.gpu.device import describe
-        results["device_where"] = describe(device)
+                        "wall" if config.get("device", "cpu") == "cuda" else "cpu")
     results["diverged_runs"] = [f"{r['name']} (seed {r['seed']}, "
                                 f"{'BN' if r['batchnorm'] else 'no BN'}, epoch {r['epochs']})"
                                 for r in diverged]

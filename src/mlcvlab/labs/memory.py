@@ -549,10 +549,9 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
              "{peak_ratio_max:.2f}x the modelled total.")
     gpu = config.get("device", "cpu") == "cuda"
     times = ("Times are CPU seconds of the process, with wall seconds beside them" if not gpu
-             else "Training ran on the device ({device_where}). Times are wall seconds (device "
-             "time: the Trainer reads every step's loss) with the CPU seconds beside them, "
-             "which are the host's share (launching kernels, waiting), not the training's "
-             "cost; the time comparisons are on the wall seconds")
+             else "Training ran on the device named under Setup. Times are wall seconds "
+             "(device time: the Trainer reads every step's loss) with the CPU seconds, the "
+             "host's share, beside them; the time comparisons are on the wall seconds")
     rep.text("Accuracy and time: every batch size trained for {epochs} epoch(s) from each of "
              "the seeds {seeds} (for one seed, the same initial weights and shuffling seed at "
              "every batch size; the batch sizes of one seed back to back). The test split is "

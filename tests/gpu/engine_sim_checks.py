@@ -258,6 +258,9 @@ def cyclical_lab_runs_on_the_device():
                                        show_progress=False)
         saved = json.loads((folder / "config.json").read_text())
         assert saved["config"]["device"] == device, saved
+        # Report.setup names the device; a simulator run says it is one
+        named = "**Device: cuda**, on numba's CUDA simulator" in (folder / "report.md").read_text()
+        assert named == (device == "cuda"), (device, named)
     np.testing.assert_allclose(out["cuda"]["lr_test"]["loss"], out["cpu"]["lr_test"]["loss"],
                                rtol=1e-3, atol=1e-4)
 
@@ -295,6 +298,168 @@ def train_cli_device_cuda_matches_the_cpu_run():
     cpu, gpu = (_first_record(records[d]) for d in ("cpu", "cuda"))
     for key in ("train_loss", "val_loss"):
         np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-4, err_msg=key)
+
+
+DP_SHRINK = ["steps=1", "batches=4,8", "hidden=8", "n_train=64", "seeds=2", "workers=1,2",
+             "measure_up_to=2"]
+
+
+def _dp_config(device):
+    from mlcvlab.labs import data_parallel as dp
+    return {**dp.QUICK, "steps": 2, "hidden": [8], "batches": [4], "device": device}
+
+
+@check
+def data_parallel_lab_in_process_runs_on_the_device():
+    """``mlcvlab lab run data-parallel --device cuda --set measure_mpi=false``: the MLP is on the
+    device, two shards on one GPU end with the CPU's loss to float32 rounding, the K = 2 rows
+    say "2 shards on one GPU" (measured: false) and the report says simulator."""
+    import tempfile
+    from pathlib import Path
+    from mlcvlab import models
+    from mlcvlab.labs import data_parallel as dp, registry
+    from mlcvlab.parallel import LocalCommunicator
+    r = np.random.default_rng(0)
+    X, y = r.normal(size=(32, 12)).astype(np.float32), r.integers(0, 10, 32)
+    built, original = [], models.mlp
+    models.mlp = lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    try:
+        loss = {d: dp.time_steps(_dp_config(d), LocalCommunicator(2), 4, X, y, 0)["last_loss"]
+                for d in ("cpu", "cuda")}
+    finally:
+        models.mlp = original
+    assert [m.device for m in built] == ["cpu", "cuda"], [m.device for m in built]
+    np.testing.assert_allclose(loss["cuda"], loss["cpu"], rtol=1e-5)
+    out = Path(tempfile.mkdtemp()) / "dp"
+    res = registry.run_lab("data-parallel", preset="quick", out_dir=str(out), show_progress=False,
+                           overrides=DP_SHRINK + ["measure_mpi=false", "device=cuda"])
+    two = [row for row in res["rows"] if row["K"] == 2]
+    assert two and all(not row["measured"] and "2 shards on one GPU" in row["source"]
+                       and "simulated GPU" in row["source"] for row in two), two
+    assert res["clock"] == "wall" and res["best_speedup"] is None
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "**Simulator run**",
+                 "host's share", "shards in turn on that GPU"):
+        assert text in report, text
+    assert json.loads((out / "config.json").read_text())["config"]["device"] == "cuda"
+
+
+@check
+def data_parallel_lab_mpi_ranks_on_the_device():
+    """The lab's ``mpiexec -n 2`` ranks with device "cuda" (each selects its GPU and reduces
+    through NcclCommunicator, MPI standing in for NCCL): the same last-step loss as the CPU
+    ranks to float32 rounding, and the K = 2 rows measured, labelled with the GPU per rank and
+    as oversubscribed (the simulator is one GPU)."""
+    from mlcvlab.labs import data_parallel as dp
+    got = {d: dp.measure_mpi(_dp_config(d), 2, 0)["4"] for d in ("cpu", "cuda")}
+    np.testing.assert_allclose(got["cuda"]["last_loss"], got["cpu"]["last_loss"], rtol=1e-5)
+    assert got["cuda"]["bytes"] == got["cpu"]["bytes"] > 0
+    import tempfile
+    from pathlib import Path
+    from mlcvlab.labs import registry
+    out = Path(tempfile.mkdtemp()) / "dp"
+    res = registry.run_lab("data-parallel", preset="quick", out_dir=str(out), show_progress=False,
+                           overrides=DP_SHRINK + ["seeds=1", "device=cuda"])
+    two = [row for row in res["rows"] if row["K"] == 2]
+    assert all(row["measured"] and row["oversubscribed"] for row in two), two
+    assert all("a GPU per rank, MPI all-reduce, simulated GPU; oversubscribed: 2 ranks on 1 GPU"
+               in row["source"] for row in two), two
+    assert "wall seconds per epoch" in res["headline"], res["headline"]
+    assert "**Simulator run**" in (out / "report.md").read_text()
+
+
+@check
+def memory_lab_device_memory_is_not_faked_under_the_simulator():
+    """``mlcvlab lab run memory --device cuda`` under the simulator: the batch-size study trains
+    on the device (the same losses as the CPU run to float32 rounding), the device step runs at
+    every batch size, and with no device memory to read its columns are None and the report
+    says "not measurable under the simulator". Then measure_device_step's bookkeeping with a
+    stand-in for the pool (the one function that reads CuPy), as a GPU would feed it."""
+    import tempfile
+    from pathlib import Path
+    from mlcvlab.gpu import device
+    from mlcvlab.labs import memory, registry
+    shrink = ["spec_models=alexnet", "state_models=mlp", "n_train=32", "n_test=16",
+              "batch_sizes=16,32"]
+    res, built, original = {}, [], memory.build
+    memory.build = lambda name, seed: built.append(original(name, seed)) or built[-1]
+    try:
+        for d in ("cpu", "cuda"):
+            out = Path(tempfile.mkdtemp()) / d
+            built.clear()
+            res[d] = registry.run_lab("memory", preset="quick", out_dir=str(out),
+                                      show_progress=False, overrides=shrink + [f"device={d}"])
+            # the study's training runs (2 seeds x 2 batch sizes, a warm-up) and the device
+            # step of each batch size on "cuda"; nothing there on "cpu"
+            on_device = sum(m.device == "cuda" for m in built)
+            assert on_device == (7 if d == "cuda" else 0), (d, on_device)
+    finally:
+        memory.build = original
+    np.testing.assert_allclose([r["train_loss_last"] for r in res["cuda"]["runs"]],
+                               [r["train_loss_last"] for r in res["cpu"]["runs"]], rtol=1e-4)
+    rows = res["cuda"]["batch_rows"]
+    assert [r["batch"] for r in rows] == [16, 32]
+    assert all(r["device peak KB (sampled)"] is None and r["device peak / modelled"] is None
+               for r in rows), rows
+    assert "device peak KB (sampled)" not in res["cpu"]["batch_rows"][0]
+    assert res["cuda"]["device_memory_measured"] is False
+    report = (out / "report.md").read_text()
+    for text in ("not measurable under the simulator", "numba's CUDA simulator",
+                 "host's share", "wall seconds of training (device time)"):
+        assert text in report, text
+    assert "device_memory.csv" not in report
+
+    built.clear()
+    memory.build = lambda name, seed: built.append(original(name, seed)) or built[-1]
+    calls = iter(range(100))
+    real = device.memory_info
+    device.memory_info = lambda release_cached=False: {
+        "pool_used": 1000 * next(calls), "pool_total": 9000, "driver_free": 5, "driver_total": 8}
+    try:
+        X = np.zeros((8, 784), np.float32)
+        got = memory.measure_device_step("mlp", "momentum", X, np.zeros(8, np.int64), 8, 0)
+    finally:
+        device.memory_info, memory.build = real, original
+    assert built[0].device == "cuda"
+    # baseline read 0, then the second step's samples 1, 2, 3 (x 1000 bytes), the pool last
+    assert got == {"forward": 1000, "backward": 2000, "update": 3000, "peak_sampled": 3000,
+                   "pool_total": 9000, "driver_free": 5, "driver_total": 8}, got
+
+
+@check
+def depth_width_lab_runs_on_the_device():
+    """``mlcvlab lab run depth-width --device cuda`` (BN MLPs on an MSE loss kept on the host,
+    checkpoints every epoch): every network trains on the device, ends with the CPU run's
+    training loss and test RMSE to float32 rounding, and the report names the device and
+    reads its time fit on wall seconds."""
+    import tempfile
+    from pathlib import Path
+    from mlcvlab.labs import depth_width, registry
+    shrink = ["n_points=300", "widths=16", "depths=1,2", "max_total=32", "epochs=1",
+              "batch_size=100", "checkpoint_every=1"]
+    res, built, original = {}, [], depth_width.build_model
+    depth_width.build_model = lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    try:
+        for d in ("cpu", "cuda"):
+            out = Path(tempfile.mkdtemp()) / d
+            built.clear()
+            res[d] = registry.run_lab("depth-width", preset="quick", out_dir=str(out),
+                                      show_progress=False, overrides=shrink + [f"device={d}"])
+            # the warm-up and 2 seeds x 2 networks, all on the run's device
+            assert [m.device for m in built] == [d] * 5, [m.device for m in built]
+    finally:
+        depth_width.build_model = original
+    cpu, gpu = res["cpu"]["rows"], res["cuda"]["rows"]
+    assert [(r["name"], r["seed"]) for r in gpu] == [(r["name"], r["seed"]) for r in cpu]
+    for key in ("final_train_loss", "test_rmse"):
+        np.testing.assert_allclose([r[key] for r in gpu], [r[key] for r in cpu], rtol=1e-4,
+                                   err_msg=key)
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "host's share",
+                 "wall time on the device grows by"):
+        assert text in report, text
+    assert "wall_seconds_per_kparam" in res["cuda"]
+    assert "cpu_seconds_per_kparam" not in res["cuda"]
 
 
 if __name__ == "__main__":

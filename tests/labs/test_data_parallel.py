@@ -121,3 +121,74 @@ def test_in_process_simulation_is_not_measured(run_quick):
 def test_bad_config(run_quick, override, match):
     with pytest.raises(ValueError, match=match):
         run_quick("data-parallel", overrides=[override])
+
+
+def test_gpu_rows_read_speedups_on_device_time(monkeypatch):
+    """On "cuda" the speedup, verdict and headline are on wall seconds (device time); the
+    host's CPU seconds are only beside them. Here K = 2 halves the host's CPU seconds but is
+    slower in wall seconds: the headline must say slower, on wall seconds."""
+    from mlcvlab.labs import data_parallel as dp
+    monkeypatch.setattr(dp, "capacity", lambda config: (2, "GPUs"))
+    config = {"workers": [1, 2], "batches": [8], "device": "cuda"}
+
+    def timings(cpu, wall):
+        t = _timings(wall, wall / 10)
+        t.update(compute_cpu=cpu, communication_cpu=0.0, update_cpu=0.0, step_cpu=cpu)
+        return t
+    measured = {1: [{"8": timings(0.010, 0.010)}, {"8": timings(0.011, 0.011)}],
+                2: [{"8": timings(0.004, 0.030)}, {"8": timings(0.005, 0.031)}]}
+    sources = {1: "measured (mpiexec -n 1, a GPU per rank, NCCL)",
+               2: "measured (mpiexec -n 2, a GPU per rank, NCCL)"}
+    rows = build_rows(config, measured, sources, 64, None)
+    two = next(r for r in rows if r["K"] == 2)
+    assert two["speedup_cpu"] > 1 > two["speedup_wall"]
+    assert two["bandwidth_utilization"] is None and not two["oversubscribed"]
+    assert two["speedup_wall_lo"] is not None and len(two["speedup_wall_values"]) == 2
+    res = _summarize(rows, config, 64, None, "mnist10k")
+    assert res["clock"] == "wall" and res["best_speedup"] == pytest.approx(two["speedup_wall"])
+    assert "wall seconds per epoch" in res["headline"] and "slower than K = 1" in res["headline"]
+    assert "the host's CPU seconds give" in res["headline"]
+    comp = next(c for c in res["comparisons"] if c.get("K") == 2)
+    assert "wall seconds per epoch (device time" in comp["metric"]
+    assert res["max_util"] is None and res["memcpy_GBps"] is None
+
+
+def test_gpu_ranks_above_the_gpus_are_oversubscribed(monkeypatch):
+    from mlcvlab.labs import data_parallel as dp
+    monkeypatch.setattr(dp, "capacity", lambda config: (1, "GPU"))
+    config = {"workers": [1, 2], "batches": [8], "device": "cuda"}
+    assert dp.oversubscribed_text(config, 2) == "oversubscribed: 2 ranks on 1 GPU"
+    assert dp.oversubscribed_text(config, 1) == ""
+    measured = {k: [{"8": _timings(0.01 * k, 0.001)}] * 2 for k in (1, 2)}
+    rows = build_rows(config, measured, {1: "m", 2: "m"}, 64, None)
+    assert [r["oversubscribed"] for r in rows] == [False, True]
+    res = _summarize(rows, config, 64, None, "mnist10k")
+    assert "ranks share a GPU" in res["over_text"] and "GPU per rank" in res["headline"]
+
+
+def test_in_process_gpu_shards_are_not_measured_workers(monkeypatch):
+    """In one process there is one GPU: K = 2 there is 2 shards in turn, measured: false, and
+    never oversubscribed (no rank waits for another GPU)."""
+    from mlcvlab.labs import data_parallel as dp
+    monkeypatch.setattr(dp, "capacity", lambda config: (1, "GPU"))
+    config = {"workers": [1, 2], "batches": [8], "device": "cuda"}
+    measured = {k: [{"8": _timings(0.01, 0.0)}] * 2 for k in (1, 2)}
+    rows = build_rows(config, measured, {1: "measured (1 process, 1 GPU)",
+                                         2: "2 shards on one GPU"}, 64, None, {1: True, 2: False})
+    two = next(r for r in rows if r["K"] == 2)
+    assert two["measured"] is False and two["oversubscribed"] is False
+    res = _summarize(rows, config, 64, None, "mnist10k")
+    assert res["best_speedup"] is None and "shards in turn on that GPU" in res["headline"]
+
+
+def test_cpu_runs_keep_cpu_seconds_and_no_device_text():
+    from mlcvlab.labs import data_parallel as dp
+    assert dp.primary_clock({}) == "cpu" and dp.primary_clock({"device": "cpu"}) == "cpu"
+    assert dp.primary_clock({"device": "cuda"}) == "wall"
+    assert dp.device_text({"device": "cpu"}) == ""
+    assert dp.QUICK["device"] == dp.STANDARD["device"] == dp.FULL["device"] == "cpu"
+
+
+def test_device_cuda_without_a_gpu_stops_before_any_work(run_quick):
+    with pytest.raises(RuntimeError, match="no CUDA device found|CuPy is not installed"):
+        run_quick("data-parallel", overrides=["device=cuda"])

@@ -200,3 +200,27 @@ def test_runs_that_diverge_are_reported_not_fatal(run_quick, tmp_path):
     assert "Runs that diverged" in report and "without diverging" in report
     done = json.loads((out / "configs" / "s0-bn" / "d1_16" / "result.json").read_text())
     assert done["diverged"]                       # a rerun skips it instead of retraining
+
+
+def test_time_fit_reads_the_chosen_clock():
+    """On "cuda" the time fit is on wall seconds (device time), not on the host's CPU
+    seconds, and says which."""
+    rows = [{"name": f"d1_{w}", "depth": 1, "batchnorm": True, "seed": 0, "total_units": w,
+             "params": 10 * w, "test_rmse": 100.0, "val_rmse": 100.0, "test_r2": 0.5,
+             "train_cpu_seconds": 5.0 - w / 100, "train_seconds": w / 10} for w in (8, 16, 32)]
+    wall = summarize(rows, 3, [0], "wall")
+    assert wall["wall_seconds_per_kparam"] == pytest.approx(10.0)
+    assert "cpu_seconds_per_kparam" not in wall
+    cpu = summarize(rows, 3, [0])
+    assert cpu["cpu_seconds_per_kparam"] == pytest.approx(-1.0)
+    assert "wall_seconds_per_kparam" not in cpu
+
+
+def test_device_setting_is_cpu_by_default_and_cuda_needs_a_gpu(run_quick, tmp_path):
+    from mlcvlab.labs.registry import get_lab
+    spec = get_lab("depth-width")
+    assert all(spec.preset(p)["device"] == "cpu" for p in spec.presets())
+    assert "device" not in depth_width._RUN_KEYS     # a resumed run may change device
+    with pytest.raises(RuntimeError, match="no CUDA device found|CuPy is not installed"):
+        run_quick("depth-width", tmp_path / "gpu", overrides=["device=cuda"])
+    assert not (tmp_path / "gpu" / "configs").exists()

@@ -147,3 +147,35 @@ def test_every_lab_has_three_presets_with_times():
             assert spec.expected_seconds[p] > 0, (spec.name, p)
         assert spec.expected_seconds["quick"] < 60, spec.name     # a smoke test: < 1 min
         assert spec.expected_seconds["standard"] <= 3600, spec.name
+
+
+def test_device_labs_named_in_the_help_are_the_labs_with_a_device_setting(capsys):
+    """--device's help and its refusal name the labs whose presets have "device" (the list in
+    labs/cli.py must follow the presets), and a CPU-only lab refuses --device before work."""
+    import argparse
+    from mlcvlab.labs import cli as lab_cli
+    with_device = [n for n in lab_names() if "device" in get_lab(n).quick]
+    assert sorted(lab_cli.DEVICE_LABS) == sorted(with_device)
+    for name in with_device:
+        assert all(get_lab(name).preset(p)["device"] == "cpu" for p in get_lab(name).presets())
+    args = argparse.Namespace(name="perceptron", device="cuda", overrides=[])
+    with pytest.raises(ValueError, match="runs on the CPU only") as err:
+        lab_cli._device_override(args)
+    assert all(n in str(err.value) for n in with_device)
+    args = argparse.Namespace(name="memory", device="cuda", overrides=["seeds=2"])
+    lab_cli._device_override(args)
+    assert args.overrides == ["seeds=2", "device=cuda"]
+
+
+def test_setup_names_the_device_of_a_cuda_run(tmp_path, monkeypatch):
+    """A "cuda" run's setup says where its numbers come from (gpu.device.describe: the GPU or
+    the simulator) and that its CPU seconds are the host's share; a CPU run's says nothing."""
+    from mlcvlab.gpu import device
+    monkeypatch.setattr(device, "describe", lambda d: "GPU 0 (Test)")
+    for dev in ("cpu", "cuda"):
+        rep = Report(tmp_path / dev, "t", {})
+        rep.setup({"seed": 0, "device": dev})
+        rep.write()
+        text = (tmp_path / dev / "report.md").read_text()
+        assert ("**Device: cuda**, on GPU 0 (Test)" in text) == (dev == "cuda"), text
+        assert ("host's share" in text) == (dev == "cuda"), text

@@ -216,3 +216,63 @@ def test_unknown_layers_are_refused_and_nested_caches_counted():
     out = grouped(x)
     loss(out, np.zeros(2, dtype=np.int64))
     assert cached_bytes(grouped, loss) >= x.nbytes // 2     # the per-group inputs are found
+
+
+def test_device_runs_compare_wall_seconds():
+    """On "cuda" the time comparisons read wall seconds (device time), not the host's CPU
+    seconds; an unknown time key is refused."""
+    runs = [{"seed": s, "batch": b, "test_acc": 0.5, "finite": True,
+             "cpu_seconds": 1.0 + 0.1 * s + (1 if b == 4 else 0),     # the host: batch 8 less
+             "seconds": 2.0 + 0.1 * s + (1 if b == 8 else 0)}        # the device: batch 8 more
+            for s in range(3) for b in (4, 8)]
+    t = next(c for c in batch_comparisons(runs, [4, 8], "seconds") if c["kind"] == "time")
+    assert t["metric"] == "wall seconds of training (device time)" and t["diff"] > 0
+    t = next(c for c in batch_comparisons(runs, [4, 8]) if c["kind"] == "time")
+    assert t["metric"] == "CPU seconds of training" and t["diff"] < 0
+    with pytest.raises(ValueError, match="time_key"):
+        batch_comparisons(runs, [4, 8], "cpu")
+
+
+def test_device_memory_section_reports_measured_bytes_or_says_not_measurable(tmp_path,
+                                                                             monkeypatch):
+    """The device table and sentence come from the measured rows only; with none (the
+    simulator) the report says not measurable and has no device table."""
+    from mlcvlab.gpu import device
+    from mlcvlab.labs import memory
+    from mlcvlab.labs.report import Report
+    monkeypatch.setattr(device, "describe", lambda d: "GPU 0 (Test)")
+    rows = [{"batch": b, "total KB (modelled)": 10.0 * b, "device_peak_bytes": 1024 * 12 * b,
+             "device peak / modelled": 1.2, "driver_free_bytes": 2**30,
+             "driver_total_bytes": 2**32, "device KB after forward (measured)": 11.0 * b,
+             "device KB after backward (measured)": 12.0 * b,
+             "device KB after update (measured)": 12.0 * b, "device peak KB (sampled)": 12.0 * b,
+             "device pool KB (live + cached)": 20.0 * b} for b in (4, 8)]
+    summary = memory._device_summary({"device": "cuda"}, rows)
+    assert summary["device_memory_measured"] and summary["driver_total_gb"] == 4.0
+    assert summary["device_peak_ratio_min"] == summary["device_peak_ratio_max"] == 1.2
+    rep = Report(tmp_path, "t", {**summary, "batch_rows": rows})
+    memory._device_memory_section(rep, rep.results)
+    rep.write()
+    text = (tmp_path / "report.md").read_text()
+    assert "GPU 0 (Test), **measured**" in text and "1.00 GB free of 4.00 GB" in text
+    assert (tmp_path / "device_memory.csv").exists() and "not measurable" not in text
+
+    for row in rows:
+        row.update({k: None for k in row if k.startswith("device") or k.startswith("driver")})
+    summary = memory._device_summary({"device": "cuda"}, rows)
+    assert summary == {"device": "cuda", "device_where": "GPU 0 (Test)",
+                       "device_memory_measured": False}
+    out = tmp_path / "sim"
+    out.mkdir()
+    rep = Report(out, "t", {**summary, "batch_rows": rows})
+    memory._device_memory_section(rep, rep.results)
+    rep.write()
+    text = (out / "report.md").read_text()
+    assert "not measurable under the simulator" in text
+    assert not (out / "device_memory.csv").exists()
+    assert memory._device_summary({"device": "cpu"}, rows) == {"device": "cpu"}
+
+
+def test_device_cuda_without_a_gpu_stops_before_any_work(run_quick):
+    with pytest.raises(RuntimeError, match="no CUDA device found|CuPy is not installed"):
+        run_quick("memory", overrides=["device=cuda"])

@@ -116,3 +116,54 @@ def check_device(device) -> str:
     if base not in DEVICES or (base == "cuda" and name not in ("cuda", "cuda:0")):
         raise ValueError(f"device must be 'cpu' or 'cuda' (one GPU: 'cuda:0'), got {device!r}")
     return base
+
+
+SIMULATOR = "numba's CUDA simulator"
+
+
+def device_count() -> int:
+    """How many GPUs this process sees (1 under the simulator, which simulates one)."""
+    cuda()
+    if simulated():
+        return 1
+    import cupy
+    return int(cupy.cuda.runtime.getDeviceCount())
+
+
+def describe(device: str) -> str:
+    """Where a run's numbers come from, in words for a report: "the CPU", "GPU 0 (NAME)", or
+    the simulator with what that means for its times (a run there must never pass for a GPU
+    run: its kernels are Python threads)."""
+    if check_device(device) == "cpu":
+        return "the CPU"
+    cuda()
+    if simulated():
+        return (f"{SIMULATOR} (NUMBA_ENABLE_CUDASIM=1: no GPU, NumPy stands in for CuPy; its "
+                f"times are the simulator's, not a GPU's)")
+    import cupy
+    index = cupy.cuda.Device().id
+    name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
+    return f"GPU {index} ({name.decode() if isinstance(name, bytes) else name})"
+
+
+def memory_info(release_cached: bool = False):
+    """The current GPU's memory as CuPy and the driver see it, or None under the simulator
+    (NumPy arrays there: no device memory to read).
+
+    {"pool_used": bytes in live CuPy arrays, "pool_total": bytes the pool holds (live + cached
+    for reuse), "driver_free", "driver_total": cudaMemGetInfo}. The engine allocates every
+    device array through CuPy (numba's kernels run on CuPy's arrays), so the pool sees all of
+    it; the driver's numbers also count CUDA contexts, cuBLAS workspaces and other processes.
+    release_cached: hand the pool's unused blocks back to the driver first, so that
+    pool_total starts from what is live.
+    """
+    cuda()
+    if simulated():
+        return None
+    import cupy
+    pool = cupy.get_default_memory_pool()
+    if release_cached:
+        pool.free_all_blocks()
+    free, total = cupy.cuda.runtime.memGetInfo()
+    return {"pool_used": int(pool.used_bytes()), "pool_total": int(pool.total_bytes()),
+            "driver_free": int(free), "driver_total": int(total)}

@@ -8,6 +8,10 @@ from pathlib import Path
 
 from mlcvlab.labs import registry
 
+# The labs with a "device" setting, named in --device's help without importing every lab
+# (tests/labs/test_framework.py checks this list against the presets).
+DEVICE_LABS = ("bn-dropout", "cutout", "cyclical", "data-parallel", "depth-width", "memory")
+
 
 def register(subparsers) -> None:
     """Add the ``lab`` command (with ``list`` and ``run``) to the top-level parser."""
@@ -36,7 +40,7 @@ def register(subparsers) -> None:
                        help="no progress bars (bars are drawn only on a terminal or in Jupyter)")
     p_run.add_argument("--device", choices=("cpu", "cuda"), default=None,
                        help="cuda: train on the GPU (model.to('cuda')); for the labs with a "
-                            "'device' setting (bn-dropout, cutout, cyclical); same as --set "
+                            f"'device' setting ({', '.join(DEVICE_LABS)}); same as --set "
                             "device=cuda")
     p_run.add_argument("--threads", type=int, default=None,
                        help="BLAS threads (default $MLCVLAB_THREADS or 1)")

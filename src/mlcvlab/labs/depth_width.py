@@ -28,6 +28,11 @@ finished one writes ``result.json`` (atomically) and is skipped by a rerun with 
 ``--out``; an unfinished one keeps ``checkpoint.npz`` (the Trainer's
 :class:`~mlcvlab.train.Checkpoint`) and resumes from it. ``epoch_budget`` caps
 the epochs trained by one invocation, so the study can be run in pieces.
+
+``device`` "cuda" (``--device cuda``) trains every network on the GPU (the MSE loss stays on
+the host: the prediction is copied over and back each step); checkpoints hold host arrays,
+so a piece may resume on the other device (``device`` is not a run setting). The time fit is
+then on wall seconds (device time); the CPU seconds are the host's share.
 """
 from __future__ import annotations
 
@@ -56,12 +61,14 @@ EGGHOLDER_BOUND = 512.0
 _RUN_KEYS = ("n_points", "test_fraction", "val_fraction", "noise_std", "epochs", "batch_size",
              "lr", "momentum", "seed")
 BATCHNORM_MODES = ("all", "none", "both")
+# the training time of a network on each clock: CPU seconds, wall seconds (device time on "cuda")
+TIME_KEYS = {"cpu": "train_cpu_seconds", "wall": "train_seconds"}
 R2_LEARNED = 0.1      # a network (or a depth, on average) with test R^2 below this did not learn
 
 _FULL = {"n_points": 100_000, "test_fraction": 0.2, "val_fraction": 0.1, "noise_std": 0.3,
          "depths": [1, 2, 3], "widths": [16, 32, 64, 128, 256, 512], "max_total": 512,
          "batchnorm": "both", "epochs": 2000, "batch_size": 1000, "lr": 0.01, "momentum": 0.9,
-         "checkpoint_every": 10, "epoch_budget": 0, "seeds": 5}
+         "checkpoint_every": 10, "epoch_budget": 0, "seeds": 5, "device": "cpu"}
 # standard: the study's data and optimizer, 2 / 4 / 4 networks per depth (widths 64 and 128,
 # at most 256 units), batch norm in every depth, 3 seeds, 40 epochs. Estimated ~48 min of CPU
 # time: one epoch of each of the 10 networks took 24 CPU s in all (timed on a loaded 2-core
@@ -249,7 +256,7 @@ def train_config(hidden: Sequence[int], data: Dict[str, Any], config: Dict[str, 
         return json.loads(result_path.read_text()), 0
     if max_epochs is not None and max_epochs <= 0:
         return None, 0                      # no budget left in this invocation
-    model = build_model(hidden, seed, batchnorm)
+    model = build_model(hidden, seed, batchnorm).to(config.get("device", "cpu"))
     opt = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"], nesterov=True)
     loader = EpochShuffledBatches(data["X_train"], data["y_train"], config["batch_size"],
                                   seed=hash_seed(seed, hidden))
@@ -297,14 +304,15 @@ def hash_seed(seed: int, hidden: Sequence[int]) -> int:
     return int(np.random.default_rng([seed, 2, *hidden]).integers(2**31))
 
 
-def _warm_up(seed: int) -> None:
-    """One throwaway SGD step, so compiling the optimizer kernel is not timed as training."""
-    model = build_model((4, 4), seed)
+def _warm_up(seed: int, device: str = "cpu") -> None:
+    """One throwaway SGD step on ``device``, so compiling the optimizer kernel (on "cuda": the
+    GPU kernels of the layers) is not timed as training."""
+    from mlcvlab.train.trainer import _model_input, loss_and_grad
+    model = build_model((4, 4), seed).to(device)
     opt = SGD(model.parameters(), lr=0.0, momentum=0.9, nesterov=True)
-    x = np.zeros((4, 2), np.float32)
-    loss = MSELoss()
-    loss(model(x), np.zeros((4, 1), np.float32))
-    model.backward(loss.backward())
+    x = _model_input(model, np.zeros((4, 2), np.float32))
+    _, dpred = loss_and_grad(MSELoss(), model, model(x), np.zeros((4, 1), np.float32))
+    model.backward(dpred)
     opt.step()
 
 
@@ -354,9 +362,12 @@ def curves(rows: List[dict]) -> List[dict]:
     return out
 
 
-def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int]) -> Dict[str, Any]:
+def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int],
+              clock: str = "cpu") -> Dict[str, Any]:
     """Per-depth means with intervals over seeds, 'did not learn' flags, paired comparisons of
-    the depths that learned, the best network by validation RMSE, and the time fit."""
+    the depths that learned, the best network by validation RMSE, and the time fit on
+    ``clock``: "cpu" (CPU seconds) or "wall" (wall seconds: device time on "cuda", where the
+    CPU seconds are the host's share), as ``<clock>_seconds_per_kparam``."""
     res: Dict[str, Any] = {"finished": len(rows), "n_runs": n_runs,
                            "complete": len(rows) == n_runs, "comparisons": [],
                            "depth_summary": [], "not_learned_depths": []}
@@ -424,10 +435,10 @@ def summarize(rows: List[dict], n_runs: int, seeds: Sequence[int]) -> Dict[str, 
                best_params=grp[0]["params"], best_learned=bool(
                    np.mean([r["test_r2"] for r in grp]) >= R2_LEARNED))
     params = np.array([r["params"] for r in rows], float)
-    secs = np.array([r["train_cpu_seconds"] for r in rows], float)
+    secs = np.array([r[TIME_KEYS[clock]] for r in rows], float)
     if len(rows) >= 3 and params.std() > 0 and secs.std() > 0:
         res["time_param_corr"] = float(np.corrcoef(params, secs)[0, 1])
-        res["cpu_seconds_per_kparam"] = float(np.polyfit(params / 1e3, secs, 1)[0])
+        res[f"{clock}_seconds_per_kparam"] = float(np.polyfit(params / 1e3, secs, 1)[0])
     return res
 
 
@@ -438,7 +449,8 @@ def _colors(rows: List[dict]) -> Dict[Tuple[bool, int], str]:
     return {a: f"C{i}" for i, a in enumerate(arms)}
 
 
-def _figures(rep: Report, rows: List[dict], curve: List[dict], baseline: float) -> None:
+def _figures(rep: Report, rows: List[dict], curve: List[dict], baseline: float,
+             clock: str = "cpu") -> None:
     colors = _colors(rows)
     both = len({bn for bn, _ in colors}) > 1
     fig, axes = new_figure(ncols=2, figsize=(12, 4.2))
@@ -465,13 +477,14 @@ def _figures(rep: Report, rows: List[dict], curve: List[dict], baseline: float) 
     fig, ax = new_figure(figsize=(6, 4))
     for (bn, d), color in colors.items():
         own = [r for r in rows if r["depth"] == d and r["batchnorm"] == bn]
-        ax.scatter([r["params"] for r in own], [r["train_cpu_seconds"] for r in own], s=12,
+        ax.scatter([r["params"] for r in own], [r[TIME_KEYS[clock]] for r in own], s=12,
                    color=color, label=arm_label(d, bn, both))
+    what = "CPU time" if clock == "cpu" else "wall time (device time)"
     ax.set_xlabel("parameters (count)")
-    ax.set_ylabel("training CPU time (s)")
-    ax.set_title("Training CPU time vs parameters")
+    ax.set_ylabel(f"training {what} (s)")
+    ax.set_title(f"Training {what} vs parameters")
     ax.legend()
-    rep.figure("time_vs_params", fig, "Training CPU time vs parameter count, one dot per "
+    rep.figure("time_vs_params", fig, f"Training {what} vs parameter count, one dot per "
                "network and seed.")
 
 
@@ -497,6 +510,13 @@ def _write_report(out_dir: Path, config: Dict[str, Any], results: Dict[str, Any]
              "{batchnorm_text}; SGD lr {lr}, Nesterov momentum {momentum}, batch "
              "{batch_size}, {epochs} epochs, MSE loss; {n_seeds} seed(s) {seeds} (same data; "
              "the seed sets the initial weights and the batch order).")
+    clock = "wall" if config.get("device", "cpu") == "cuda" else "cpu"
+    if clock == "wall":
+        rep.text("Every network trained on the device named under Setup (the loss and its "
+                 "gradient on the host: the prediction is copied over and back each step). "
+                 "train_seconds are wall seconds (device time: the Trainer reads every step's "
+                 "loss) and the time fit below is on them; train_cpu_seconds are the host's "
+                 "share.")
     rep.text("Predict-the-mean baseline (the training mean for every point): test RMSE "
              "{baseline_test_rmse:.2f}, validation RMSE {baseline_val_rmse:.2f}. R^2 = 1 - "
              "(RMSE / baseline RMSE)^2; a network with test R^2 < {r2_learned} did not learn.")
@@ -514,7 +534,7 @@ def _write_report(out_dir: Path, config: Dict[str, Any], results: Dict[str, Any]
               "configurations, averaged over seeds, with a 95% t-interval over seeds")
     rep.table("curves", results["curve"], "Mean over networks and seeds with equal total "
               "hidden units")
-    _figures(rep, results["rows"], results["curve"], results["baseline_test_rmse"])
+    _figures(rep, results["rows"], results["curve"], results["baseline_test_rmse"], clock)
     rep.comparisons(results["comparisons"], heading="Comparisons of depths (paired by seed)")
     lines = ["{n_learned} of {finished} network runs learned (test R^2 >= {r2_learned}); "
              "the predict-the-mean baseline's test RMSE is {baseline_test_rmse:.2f}."]
@@ -532,7 +552,8 @@ def _write_report(out_dir: Path, config: Dict[str, Any], results: Dict[str, Any]
         lines.append("No network is ranked: the one with the lowest validation RMSE "
                      "({best_name}, test R^2 {best_test_r2:.2f}) did not learn either.")
     if "time_param_corr" in results:
-        lines.append("Training CPU time grows by {cpu_seconds_per_kparam:.3g} s per 1,000 "
+        what = "CPU time" if clock == "cpu" else "wall time on the device"
+        lines.append(f"Training {what} grows by {{{clock}_seconds_per_kparam:.3g}} s per 1,000 "
                      "parameters (least-squares slope over networks and seeds; correlation "
                      "{time_param_corr:.2f}).")
     rep.conclusions(lines)
@@ -567,7 +588,7 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     base_test = baseline_rmse(data["y_test"], data["y_std"])
     base_val = baseline_rmse(data["y_val"], data["y_std"])
     budget = config["epoch_budget"] or None
-    _warm_up(config["seed"])
+    _warm_up(config["seed"], config.get("device", "cpu"))
     jobs = [(s, bn, h) for s in seeds for bn in bn_arms(config["batchnorm"]) for h in configs]
     rows: List[dict] = []
     diverged: List[dict] = []
@@ -584,7 +605,8 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
             result["val_r2"] = r2(result["val_rmse"], base_val)
             result["learned"] = bool(result["test_r2"] >= R2_LEARNED)
             rows.append(result)
-    results = summarize(rows, len(jobs) - len(diverged), seeds)
+    results = summarize(rows, len(jobs) - len(diverged), seeds,
+                        "wall" if config.get("device", "cpu") == "cuda" else "cpu")
     results["diverged_runs"] = [f"{r['name']} (seed {r['seed']}, "
                                 f"{'BN' if r['batchnorm'] else 'no BN'}, epoch {r['epochs']})"
                                 for r in diverged]

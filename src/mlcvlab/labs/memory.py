@@ -19,13 +19,21 @@
 The analytic numbers (parameter counts of the spec networks, :func:`training_memory`) are
 *modelled*; the bytes in the optimizer state and in the layer caches and the traced peak
 are *measured*. The report labels each.
+
+With ``device`` "cuda" the batch-size study trains on the GPU, and each batch size's step is
+also measured on the device (:func:`measure_device_step`: CuPy's pool sampled after the
+forward, the backward and the update, next to the same analytic model; the driver's free and
+total memory once). Under numba's simulator there is no device memory (NumPy stands in for
+CuPy): the device step still runs, and the report says its memory is not measurable there.
+The time comparisons are then on wall seconds (device time); the CPU seconds are the host's
+share.
 """
 from __future__ import annotations
 
 import math
 import time
 import tracemalloc
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,6 +51,8 @@ from mlcvlab.train import Trainer, array_batches, evaluate
 
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}   # state arrays of P values each
 MB = 2 ** 20
+TIME_METRICS = {"cpu_seconds": "CPU seconds of training",
+                "seconds": "wall seconds of training (device time)"}
 # An epoch training loss this many times its lowest, at the last epoch, marks an unstable run.
 UNSTABLE_LOSS_RISE = 1.5
 
@@ -51,7 +61,7 @@ _FULL = {"spec_models": ["alexnet", "vgg19", "resnet18", "resnet34", "resnet50",
          "state_models": ["lenet5", "resnet20", "resnet18", "minigooglenet"],
          "model": "lenet5", "dataset": "mnist", "n_train": 0, "n_test": 0,
          "batch_sizes": [4, 16, 64, 256], "epochs": 10, "lr": 0.01, "momentum": 0.9,
-         "seeds": 5, "seed": 0}
+         "seeds": 5, "seed": 0, "device": "cpu"}
 _QUICK = {**_FULL, "spec_models": ["alexnet", "resnet18", "resnet50", "resnet152"],
           "state_models": ["mlp", "lenet5"], "model": "mlp", "n_train": 768, "n_test": 512,
           "epochs": 1, "seeds": 2}
@@ -286,12 +296,62 @@ def measure_step(name: str, kind: str, X: np.ndarray, y: np.ndarray, batch: int,
     return {"measured_peak": int(peak), "cached": cached_bytes(model, loss)}
 
 
+def measure_device_step(name: str, kind: str, X: np.ndarray, y: np.ndarray, batch: int,
+                        seed: int) -> Optional[Dict[str, int]]:
+    """Device bytes of a training step on "cuda", or None under the simulator (the steps
+    still run there: the device path is exercised, its memory is not measurable).
+
+    The pool's cached blocks are released and its live bytes read before the model is built
+    (the baseline); then model, optimizer and loss move to the device and two steps run (the
+    first allocates the momentum buffer and the caches a steady step replaces); the second is
+    sampled after its forward, backward and update. Each sample is the CuPy pool's bytes in
+    live arrays above the baseline (the engine allocates every device array through CuPy), so
+    a temporary freed inside a pass is not seen. Also: the pool's total (live + cached) after
+    the step, and the driver's free and total memory before the model was built.
+    """
+    import gc
+    from mlcvlab.gpu.device import memory_info
+    from mlcvlab.train.trainer import _model_input, loss_and_grad
+    gc.collect()
+    base = memory_info(release_cached=True)
+    model = build(name, seed).to("cuda")
+    opt = make_optimizer(kind, model)
+    loss = CrossEntropyLoss().to("cuda")
+    xb, yb = X[:batch], y[:batch]
+    samples: Dict[str, int] = {}
+
+    def sample(tag: str) -> None:
+        info = memory_info()
+        if info is not None:
+            samples[tag] = info["pool_used"] - base["pool_used"]
+
+    for step in range(2):
+        model.zero_grad()
+        pred = model(_model_input(model, xb))
+        if step:
+            sample("forward")
+        _, dpred = loss_and_grad(loss, model, pred, yb)
+        model.backward(dpred)
+        if step:
+            sample("backward")
+        opt.step()
+        if step:
+            sample("update")
+    if base is None:
+        return None
+    after = memory_info()
+    return {**samples, "peak_sampled": max(samples.values()),
+            "pool_total": after["pool_total"], "driver_free": base["driver_free"],
+            "driver_total": base["driver_total"]}
+
+
 def train_at(name: str, data: Dict[str, Any], batch: int, config: Dict[str, Any],
              seed: int) -> dict:
     """Train for config['epochs'] at ``batch`` from seed ``seed`` (initial weights and
-    shuffling): test accuracy (the test split once, at the end), CPU and wall seconds of the
-    training, and the epochs' training losses (whether the run was stable)."""
-    model = build(name, seed)
+    shuffling) on config["device"]: test accuracy (the test split once, at the end), CPU and
+    wall seconds of the training (on "cuda": wall seconds are device time, the step reads its
+    loss; CPU seconds the host's share), and the epochs' training losses."""
+    model = build(name, seed).to(config.get("device", "cpu"))   # before the optimizer
     opt = optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
     loader = EpochShuffledBatches(data["X_train"], data["y_train"], batch, seed=seed)
     trainer = Trainer(model, CrossEntropyLoss(), opt)
@@ -321,7 +381,8 @@ def load_data(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def batch_table(data, config, progress) -> Tuple[List[dict], List[dict]]:
     """Per batch size: the modelled (analytic) memory terms, the measured cache bytes and
-    traced peak, and accuracy and time as mean over the seeds; and every training run.
+    traced peak (our CPU engine), on "cuda" the device step's sampled memory (None under the
+    simulator), and accuracy and time as mean over the seeds; and every training run.
 
     The batch sizes of one seed train back to back, so they share the machine's load."""
     name = config["model"]
@@ -337,6 +398,10 @@ def batch_table(data, config, progress) -> Tuple[List[dict], List[dict]]:
     for b in config["batch_sizes"]:
         mem = training_memory(model, shape, b, "momentum")
         meas = measure_step(name, "momentum", data["X_train"], data["y_train"], b, config["seed"])
+        dev = None
+        if config.get("device", "cpu") == "cuda":
+            dev = measure_device_step(name, "momentum", data["X_train"], data["y_train"], b,
+                                      config["seed"]) or {}
         mine = [r for r in runs if r["batch"] == b]
         acc = stats.summarize([r["test_acc"] for r in mine])
         cpu = stats.summarize([r["cpu_seconds"] for r in mine])
@@ -356,13 +421,32 @@ def batch_table(data, config, progress) -> Tuple[List[dict], List[dict]]:
                      "analytic_bytes": mem["total"],
                      "activation_bytes": mem["activations"], "cached_bytes": meas["cached"],
                      "peak_bytes": meas["measured_peak"]})
+        if dev is not None:         # "cuda": {} under the simulator, where nothing is read
+            kb = {k: (dev[k] / 1024 if k in dev else None)
+                  for k in ("forward", "backward", "update", "peak_sampled", "pool_total")}
+            rows[-1].update({
+                "device KB after forward (measured)": kb["forward"],
+                "device KB after backward (measured)": kb["backward"],
+                "device KB after update (measured)": kb["update"],
+                "device peak KB (sampled)": kb["peak_sampled"],
+                "device peak / modelled": (dev["peak_sampled"] / mem["total"]
+                                           if dev else None),
+                "device pool KB (live + cached)": kb["pool_total"],
+                "device_peak_bytes": dev.get("peak_sampled"),
+                "driver_free_bytes": dev.get("driver_free"),
+                "driver_total_bytes": dev.get("driver_total")})
     return rows, runs
 
 
-def batch_comparisons(runs: List[dict], batch_sizes: Sequence[int]) -> List[dict]:
-    """Neighbouring batch sizes on test accuracy and on CPU seconds of training, and the
-    smallest vs the largest batch on CPU seconds; paired by seed. Batch sizes with a
-    diverged run (NaN/inf loss) are left out."""
+def batch_comparisons(runs: List[dict], batch_sizes: Sequence[int],
+                      time_key: str = "cpu_seconds") -> List[dict]:
+    """Neighbouring batch sizes on test accuracy and on training time, and the smallest vs
+    the largest batch on training time; paired by seed. Batch sizes with a diverged run
+    (NaN/inf loss) are left out. time_key: "cpu_seconds" (the CPU) or "seconds" (wall
+    seconds: device time on "cuda", where the CPU seconds are the host's share)."""
+    if time_key not in TIME_METRICS:
+        raise ValueError(f"batch_comparisons: time_key must be one of {sorted(TIME_METRICS)}, "
+                         f"got {time_key!r}")
     by_b = {b: [r for r in runs if r["batch"] == b] for b in batch_sizes}   # in seed order
     ok = [b for b in batch_sizes if all(r["finite"] for r in by_b[b])]
     out = []
@@ -376,8 +460,8 @@ def batch_comparisons(runs: List[dict], batch_sizes: Sequence[int]) -> List[dict
     if len(batch_sizes) > 2:
         pairs.append((batch_sizes[0], batch_sizes[-1]))
     for a, b in pairs:
-        c = stats.compare(f"batch {b}", [r["cpu_seconds"] for r in by_b[b]], f"batch {a}",
-                          [r["cpu_seconds"] for r in by_b[a]], "CPU seconds of training",
+        c = stats.compare(f"batch {b}", [r[time_key] for r in by_b[b]], f"batch {a}",
+                          [r[time_key] for r in by_b[a]], TIME_METRICS[time_key],
                           higher_is_better=False)
         c["kind"] = "time"
         out.append(c)
@@ -464,11 +548,16 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
              "of forward/backward (gradients flowing back, conv patch matrices, the previous "
              "step's caches while the new ones are built) and is {peak_ratio_min:.2f}x to "
              "{peak_ratio_max:.2f}x the modelled total.")
+    gpu = config.get("device", "cpu") == "cuda"
+    times = ("Times are CPU seconds of the process, with wall seconds beside them" if not gpu
+             else "Training ran on the device named under Setup. Times are wall seconds "
+             "(device time: the Trainer reads every step's loss) with the CPU seconds, the "
+             "host's share, beside them; the time comparisons are on the wall seconds")
     rep.text("Accuracy and time: every batch size trained for {epochs} epoch(s) from each of "
              "the seeds {seeds} (for one seed, the same initial weights and shuffling seed at "
              "every batch size; the batch sizes of one seed back to back). The test split is "
-             "evaluated once, after the last epoch. Times are CPU seconds of the process, with "
-             "wall seconds beside them; means with 95% intervals over the seeds.")
+             "evaluated once, after the last epoch. " + times + "; means with 95% intervals "
+             "over the seeds.")
     cols = ["batch", "params+grads+state KB (modelled)", "activations KB (modelled)",
             "activations KB (measured in caches)", "total KB (modelled)", "peak KB (measured)",
             "peak / modelled", "test acc", "test acc CI lo", "test acc CI hi", "CPU seconds",
@@ -478,6 +567,8 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
     rep.table("runs", results["runs"], "Every training run (one row per seed and batch size)",
               ["seed", "batch", "test_acc", "test_loss", "cpu_seconds", "seconds", "steps",
                "train_loss_lowest", "train_loss_last"])
+    if gpu:
+        _device_memory_section(rep, results)
     _figures(rep, results["batch_rows"], results)
     rep.comparisons(results["comparisons"], "Comparisons (paired by seed)")
     bullets = [
@@ -487,11 +578,22 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
         "{peak_first_kb:.1f} KB at batch {b_first}, {peak_last_kb:.1f} KB at batch {b_last}.",
         "Measured: Adam keeps {adam_over_sgd:.0f}x the parameter bytes as state, momentum 1x, "
         "SGD none.",
-        "Training time: {time_first:.3g} CPU s at batch {b_first} and {time_last:.3g} CPU s at "
-        "batch {b_last} (wall: {wall_first:.3g} s and {wall_last:.3g} s); {time_sentence}",
+        ("Training time: {time_first:.3g} CPU s at batch {b_first} and {time_last:.3g} CPU s "
+         "at batch {b_last} (wall: {wall_first:.3g} s and {wall_last:.3g} s); {time_sentence}"
+         if not gpu else
+         "Training time on the device: {wall_first:.3g} wall s at batch {b_first} and "
+         "{wall_last:.3g} wall s at batch {b_last} (the host's CPU seconds: {time_first:.3g} "
+         "and {time_last:.3g}); {time_sentence}"),
     ]
     bullets += ["{acc_sentences[%d]}" % i
                 for i in range(len(results["acc_sentences"]))]
+    if gpu and results["device_memory_measured"]:
+        bullets.append("Measured on the device: the sampled peak of a step is "
+                       "{device_peak_ratio_min:.2f}x to {device_peak_ratio_max:.2f}x the "
+                       "modelled total.")
+    elif gpu:
+        bullets.append("Device memory was not measurable under the simulator: no device "
+                       "number is reported.")
     bullets.append("{stability_text}")
     rep.conclusions(bullets)
     if results["unstable_runs"]:
@@ -502,6 +604,48 @@ def _write_report(out_dir, config: Dict[str, Any], results: Dict[str, Any]) -> N
             "with the batch size. The accuracy of an unstable run depends on where it stopped, "
             "not on the batch size's memory.")
     rep.write()
+
+
+def _device_memory_section(rep: Report, results: Dict[str, Any]) -> None:
+    """The device-memory text and table of a "cuda" run: measured bytes next to the analytic
+    model, or, under the simulator, that they are not measurable (no number is made up)."""
+    rep.section("Device memory of a training step (--device cuda)")
+    if not results["device_memory_measured"]:
+        rep.text("Device memory: **not measurable under the simulator**. This run used "
+                 "{device_where}: there is no device memory to read; the "
+                 "device step ran end to end at every batch size, and its memory columns are "
+                 "empty.")
+        return
+    rep.text("Device memory on {device_where}, **measured**: CuPy's memory pool, bytes in live "
+             "arrays above what was live before the model was built, sampled after the "
+             "forward, the backward and the update of a second step (the first allocates the "
+             "momentum buffer); the largest sample is set next to the modelled total of the "
+             "table above. A temporary freed inside a pass is not seen by these samples. The "
+             "driver reported {driver_free_gb:.2f} GB free of {driver_total_gb:.2f} GB "
+             "(cudaMemGetInfo, before the first measured model; it also counts the CUDA "
+             "context, the libraries' workspaces and other processes).")
+    cols = ["batch", "total KB (modelled)", "device KB after forward (measured)",
+            "device KB after backward (measured)", "device KB after update (measured)",
+            "device peak KB (sampled)", "device peak / modelled",
+            "device pool KB (live + cached)"]
+    rep.table("device_memory", results["batch_rows"], "Device memory per batch size "
+              "(measured, CuPy's pool) next to the modelled total", cols)
+
+
+def _device_summary(config: Dict[str, Any], rows: List[dict]) -> Dict[str, Any]:
+    """Where the device numbers come from (cuda runs only)."""
+    if config.get("device", "cpu") != "cuda":
+        return {"device": "cpu"}
+    from mlcvlab.gpu.device import describe
+    measured = [r for r in rows if r.get("device_peak_bytes") is not None]
+    out = {"device": "cuda", "device_where": describe("cuda"),
+           "device_memory_measured": bool(measured)}
+    if measured:
+        out.update(driver_free_gb=measured[0]["driver_free_bytes"] / 2**30,
+                   driver_total_gb=measured[0]["driver_total_bytes"] / 2**30,
+                   device_peak_ratio_min=min(r["device peak / modelled"] for r in measured),
+                   device_peak_ratio_max=max(r["device peak / modelled"] for r in measured))
+    return out
 
 
 def _summary(results: Dict[str, Any]) -> Dict[str, Any]:
@@ -594,7 +738,10 @@ def run(config: Dict[str, Any], out_dir, progress) -> Dict[str, Any]:
     results["spec_rows"] = spec_table(config["spec_models"], config["spec_batch"])
     results["state_rows"] = state_table(config["state_models"], config["seed"])
     results["batch_rows"], results["runs"] = batch_table(data, config, progress)
-    results["comparisons"] = batch_comparisons(results["runs"], config["batch_sizes"])
+    results["comparisons"] = batch_comparisons(
+        results["runs"], config["batch_sizes"],
+        "seconds" if config["device"] == "cuda" else "cpu_seconds")
     results.update(_summary(results))
+    results.update(_device_summary(config, results["batch_rows"]))
     _write_report(out_dir, config, results)
     return results

@@ -213,9 +213,17 @@ class Report:
                   f"Numbers are for {used}, not {wanted}.")
 
     def setup(self, config: Dict[str, Any]) -> None:
-        """The setup section: every config key and value."""
+        """The setup section: every config key and value; with ``device`` "cuda", where the
+        numbers come from (the GPU, or numba's simulator, whose times are not a GPU's: a
+        simulator run must never read as a GPU run) and what its CPU seconds are."""
         lines = [f"- `{k}` = `{v}`" for k, v in config.items()]
         self.blocks.append("## Setup\n\n" + "\n".join(lines))
+        if config.get("device") == "cuda":
+            from mlcvlab.gpu.device import describe
+            self.blocks.append(
+                f"**Device: cuda**, on {describe('cuda')}. The CPU seconds in this report are "
+                "the host's share (launching kernels, waiting for the device), not the "
+                "training's cost.")
 
     # -- tables and figures --------------------------------------------------------------------
     def table(self, name: str, rows: Sequence[Dict[str, Any]], caption: str = "",

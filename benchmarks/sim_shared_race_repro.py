@@ -25,7 +25,8 @@ Run (no mlcvlab needed)::
 It launches the kernel LAUNCHES times (default 2000) with the interpreter switching threads
 every 1 µs (mlcvlab's sim default is 20 µs, Python's 5 ms), counts the wrong sums, then once
 more with ``np.empty`` made to yield the interpreter (a 1 ms sleep: the forced interleaving),
-where every launch goes wrong. ``fixed`` first applies mlcvlab's fix
+where nearly every launch goes wrong (session 9, this host: 1 of 300 and 0 of 3000 launches
+wrong at 1 µs; 18 and 20 of 20 forced). ``fixed`` first applies mlcvlab's fix
 (``mlcvlab.gpu.device.atomic_simulator_shared_arrays``); both counts are then 0.
 """
 import os

@@ -72,12 +72,14 @@ def atomic_simulator_shared_arrays() -> None:
     miss, allocates and stores it in two steps without a lock; a thread switch between them
     lets a second thread miss too and allocate its own. The threads then add their partial
     sums in different arrays and read uninitialised memory for each other's: a wrong,
-    run-to-run different reduction with every barrier in place (about 1 launch in 300 with a
-    1 µs switch interval; ``benchmarks/sim_shared_race_repro.py``). Session 9 traced the rare
-    engine-check failures to it (ResNet-20 0.0012 off, LeNet-5 BN 3.5e3 off). The replacement
-    stores with ``dict.setdefault`` (atomic under the GIL: the key is a (filename, line)
-    tuple), so the first array stored is the one every thread gets; the rest is the
-    simulator's own logic, and a kernel's own missing barrier still shows. Idempotent.
+    run-to-run different reduction with every barrier in place. Rare on its own (1 wrong
+    launch in 3,300 of ``benchmarks/sim_shared_race_repro.py`` at a 1 µs switch interval),
+    every launch when the allocation yields; the likely cause of the one-off engine-check
+    failures of sessions 8 and 9 (LeNet-5 BN 3.5e3 off, ResNet-20 0.0012 off, see
+    ``benchmarks/sim_determinism.py``). The replacement stores with ``dict.setdefault``
+    (atomic under the GIL: the key is a (filename, line) tuple), so the first array stored
+    is the one every thread gets; the rest is the simulator's own logic, so a kernel's own
+    missing barrier still shows. Idempotent.
     """
     if not simulated():
         return

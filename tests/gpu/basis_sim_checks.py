@@ -417,6 +417,66 @@ def adam_twin_equals_njit():
             close(f"adam {what}", a, b, tol=1e-6)
 
 
+# --------------------------------------------------------------------------- shared memory
+def _shared_memory_launches():
+    """The outputs of every kernel with a ``cuda.shared.array``, on odd shapes: batch norm
+    per channel forward and backward (block_sum), cross-entropy's reduction, the row sums of
+    the conv twins (bias gradient, global pooling) and the handout's tiled matmul."""
+    from mlcvlab.gpu import conv_kernels as KC
+    from mlcvlab.parallel import cuda_kernels as PK
+    x, dy = rand(*SHAPE4, scale=2.0), rand(*SHAPE4)
+    y, cache = G.batchnorm(x, rand(5, shift=1.0), rand(5))
+    grads = G.batchnorm_grad_fused(dy, cache._replace(x=None))
+    loss, dz = GL.cross_entropy(rand(5, 13), R.integers(0, 13, 5))
+    rows = rand(6, 37)
+    sums = np.empty(6, F)
+    KC.row_sums_kernel[KC.launch(6 * KC.THREADS)](rows, 1, sums)
+    a, b = rand(6, 9), rand(9, 7)
+    c = np.empty((6, 7), F)
+    PK.matmul_kernel[PK.grid2(6, 7)](a, b, c, False, False)
+    return [y, cache.x_hat, cache.mean, cache.var, *grads, loss, dz, sums, c]
+
+
+@check
+def shared_memory_kernels_exact_when_threads_interleave():
+    """Every thread of a launch must get the same shared array, as on a GPU. numba-cuda
+    0.30.4's simulator allocates it in two unlocked steps, so a thread switch between them
+    gave two threads of a block different arrays and a wrong, run-to-run different sum (the
+    rare engine-check failures of sessions 8 and 9); mlcvlab.gpu.device's
+    atomic_simulator_shared_arrays fixes that. Here np.empty sleeps 1 ms, so every launch
+    switches threads inside that allocation (the worst interleaving, not a rare one): the
+    results must still be bit for bit those of an undisturbed run. Without the fix nearly
+    every launch sums wrong."""
+    import threading
+    import time
+
+    from numba.cuda.simulator.kernel import BlockThread
+    seed = R.bit_generator.state
+    calm = _shared_memory_launches()
+    R.bit_generator.state = seed                          # the same inputs again
+    real_empty = np.empty
+    yielded = []
+
+    def yielding_empty(*args, **kwargs):
+        if isinstance(threading.current_thread(), BlockThread):
+            yielded.append(1)
+            time.sleep(1e-3)                              # the other threads run here
+        return real_empty(*args, **kwargs)
+
+    np.empty = yielding_empty
+    try:
+        stirred = _shared_memory_launches()
+    finally:
+        np.empty = real_empty
+    assert yielded, "no simulated thread allocated: the check tests nothing"
+    for i, (a, b) in enumerate(zip(calm, stirred)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.tobytes() == b.tobytes(), (
+            f"output {i} of _shared_memory_launches differs when the simulated threads "
+            f"interleave: {np.count_nonzero(a != b)} of {a.size} values, max "
+            f"{np.nanmax(np.abs(a.astype(D) - b.astype(D)))}")
+
+
 # --------------------------------------------------------------------------- layers
 @check
 def unsupported_layers():

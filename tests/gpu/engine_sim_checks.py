@@ -146,6 +146,44 @@ def googlenet_modules_three_steps_equal_cpu():
 
 
 @check
+def device_training_is_bit_deterministic():
+    """The device path gives the same bits on every run: the kernels sum in fixed orders with
+    no atomics, and under the simulator NumPy's GEMMs are deterministic too, so two runs that
+    differ mean a race (a kernel's missing barrier, or the simulator's: sessions 8 and 9 saw
+    one-off engine failures from numba-cuda's unlocked shared-array allocation, see
+    mlcvlab.gpu.device.atomic_simulator_shared_arrays). A conv-BN-ReLU net with dropout
+    (every shared-memory kernel: batch norm per channel, global pooling, cross-entropy)
+    trains three steps three times with the interpreter switching threads every 1 us (50x
+    more often than mlcvlab's simulator setting) to provoke interleavings; losses and state
+    must match bit for bit. benchmarks/sim_determinism.py is the long version (ResNet-20,
+    every launch compared)."""
+    import sys
+    from mlcvlab.models.blocks import conv_bn_relu
+
+    def build():
+        g = np.random.default_rng(0)
+        return nn.Sequential(conv_bn_relu(1, 4, 3, padding=1, rng=g),
+                             conv_bn_relu(4, 4, 3, padding=1, rng=g), nn.GlobalAvgPool2d(),
+                             nn.Dropout(0.3, rng=g), nn.Linear(4, 5, rng=g))
+    batches = _batches((3, 1, 6, 6), 5)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        runs = [_train(build, batches, "cuda") for _ in range(3)]
+    finally:
+        sys.setswitchinterval(interval)
+    (losses0, model0), rest = runs[0], runs[1:]
+    state0 = model0.state_dict()
+    for r, (losses, model) in enumerate(rest, start=1):
+        assert losses == losses0, f"run {r} losses {losses} != run 0's {losses0}"
+        state = model.state_dict()
+        for k, v in state0.items():
+            assert v.tobytes() == state[k].tobytes(), (
+                f"run {r}: {k} differs from run 0 in {np.count_nonzero(v != state[k])} of "
+                f"{v.size} values")
+
+
+@check
 def to_cuda_and_back_keeps_values_and_grads():
     from mlcvlab.models import mlp
     m = mlp([6, 5, 3], rng=0)

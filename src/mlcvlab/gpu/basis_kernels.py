@@ -27,6 +27,8 @@ import math
 
 from numba import config, cuda, float32
 
+from mlcvlab.gpu.device import atomic_simulator_shared_arrays
+
 # The simulator runs every thread as a Python thread (~0.3 ms to start one, and a barrier per
 # tree level): small blocks and grids keep it fast (grid-stride loops give the same result
 # with any grid). 8 blocks of 4 threads make a ResNet-20 step on 4x4 inputs take seconds
@@ -36,6 +38,10 @@ THREADS = 8 if _SIM else 256       # threads per block of the element-wise kerne
 MAX_BLOCKS = 4 if _SIM else 8192   # grid-stride: blocks of an element-wise launch at most
 BLOCK = 4 if _SIM else 256         # threads per channel block of the reductions (a power of 2)
 CHANNEL_BLOCKS = 4 if _SIM else 65535  # grid-stride over channels: blocks at most
+if _SIM:
+    # every thread of a launch gets the same shared array, as on a GPU (block_sum's tree);
+    # numba-cuda 0.30.4's simulator can hand two threads different ones (see the function)
+    atomic_simulator_shared_arrays()
 
 _0 = float32(0.0)
 _1 = float32(1.0)

@@ -63,6 +63,50 @@ def speed_up_simulator() -> None:
         sys.setswitchinterval(2e-5)
 
 
+def atomic_simulator_shared_arrays() -> None:
+    """Under numba's simulator (only), give every thread of a launch the same
+    ``cuda.shared.array``, as a GPU does: numba-cuda 0.30.4 can give two threads of one block
+    different arrays.
+
+    The simulator's ``FakeCUDAShared.array`` looks the array up by the calling line and, on a
+    miss, allocates and stores it in two steps without a lock; a thread switch between them
+    lets a second thread miss too and allocate its own. The threads then add their partial
+    sums in different arrays and read uninitialised memory for each other's: a wrong,
+    run-to-run different reduction with every barrier in place. Rare on its own (1 wrong
+    launch in 3,300 of ``benchmarks/sim_shared_race_repro.py`` at a 1 µs switch interval),
+    every launch when the allocation yields; the likely cause of the one-off engine-check
+    failures of sessions 8 and 9 (LeNet-5 BN 3.5e3 off, ResNet-20 0.0012 off, see
+    ``benchmarks/sim_determinism.py``). The replacement stores with ``dict.setdefault``
+    (atomic under the GIL: the key is a (filename, line) tuple), so the first array stored
+    is the one every thread gets; the rest is the simulator's own logic, so a kernel's own
+    missing barrier still shows. Idempotent.
+    """
+    if not simulated():
+        return
+    from numba.cuda.simulator import kernelapi
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "mlcvlab_atomic", False):
+        return
+    simulator_array = shared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            return simulator_array(self, shape, dtype, alignment)   # errors, dynamic memory
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)                    # the kernel line asking, as the simulator
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        res = self._allocations.get(caller)
+        if res is None:
+            res = self._allocations.setdefault(caller, np.empty(shape, dtype))
+        return res
+
+    array.mlcvlab_atomic = True
+    array.simulator_original = simulator_array      # benchmarks/sim_determinism.py's control
+    shared.array = array
+
+
 def cuda() -> ModuleType:
     """``numba.cuda``, after checking that a device (or the simulator) is there."""
     global _checked

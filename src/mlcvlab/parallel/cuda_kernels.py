@@ -27,11 +27,14 @@ import math
 
 from numba import config, cuda, float32, uint64
 
+from mlcvlab.gpu.device import atomic_simulator_shared_arrays
 from mlcvlab.nn import philox
 
 # The simulator runs every thread as a Python thread: smaller blocks keep it fast
 # (results are the same; tests still cover several tiles per matmul).
 _SIM = bool(config.ENABLE_CUDASIM)
+if _SIM:
+    atomic_simulator_shared_arrays()   # one shared array per launch, as on a GPU (the matmul)
 TPB = 4 if _SIM else 16          # matmul tile edge: TPB x TPB threads per block
 THREADS = 32 if _SIM else 128    # threads per block of the 1-D kernels
 

@@ -358,3 +358,16 @@ def test_backward_rejects_a_dy_of_another_shape_by_name(layer, shape, rng):
 def test_backward_before_forward_says_what_to_do(layer, shape):
     with pytest.raises(RuntimeError, match="backward called without a forward pass"):
         layer().train().backward(np.ones(shape, np.float32))
+
+
+def test_astype_refuses_a_model_on_the_gpu_before_touching_it():
+    """On "cuda" the kernels are float32: astype(float64) there names the way out instead of
+    failing half-way in a host/device copy; astype to the dtype it has is a no-op."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    for m in model.modules():               # as model.to("cuda") marks them (no GPU needed)
+        object.__setattr__(m, "device", "cuda")
+    weight = model[0].weight.data
+    assert model.astype(np.float32) is model and model[0].weight.data is weight
+    with pytest.raises(TypeError, match=r"model.cpu\(\).astype"):
+        model.astype(np.float64)
+    assert model[0].weight.data is weight and weight.dtype == np.float32

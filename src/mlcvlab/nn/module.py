@@ -172,6 +172,12 @@ class Module:
         dtype = np.dtype(dtype)
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"{type(self).__name__}.astype: expected a floating dtype, got {dtype}")
+        if self.device != "cpu":
+            if self.parameters() and self.dtype == dtype:
+                return self                     # nothing to convert
+            raise TypeError(f"{type(self).__name__}.astype({dtype}): the model is on "
+                            f"{self.device!r}, whose kernels compute in float32; move it back "
+                            f"first (model.cpu().astype(...)), e.g. for a float64 gradient check")
         for m in self.modules():
             for p in m._parameters.values():
                 p.data = p.data.astype(dtype)

@@ -20,7 +20,8 @@ assert CHECKS
 
 @pytest.fixture(scope="module")
 def sim_results(tmp_path_factory):
-    return simcheck.run("engine_sim_checks.py", tmp_path_factory.mktemp("engine"), timeout=900)
+    return simcheck.run("engine_sim_checks.py", tmp_path_factory.mktemp("engine"), timeout=900,
+                        names=CHECKS, shards=2)
 
 
 @pytest.mark.cudasim

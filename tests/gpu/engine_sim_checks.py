@@ -406,6 +406,27 @@ def data_parallel_lab_mpi_ranks_on_the_device():
     assert "**Simulator run**" in (out / "report.md").read_text()
 
 
+def _lab_on_cpu_and_cuda(lab: str, module, builder: str, overrides, built_check):
+    """Run ``lab``'s quick preset with ``overrides`` on "cpu", then on "cuda", recording the
+    models ``module.<builder>`` builds in each run; ``built_check(device, models)`` asserts on
+    them. Returns ({device: the lab's results}, the "cuda" run's folder)."""
+    import tempfile
+    from pathlib import Path
+    from mlcvlab.labs import registry
+    res, built, original = {}, [], getattr(module, builder)
+    setattr(module, builder, lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    try:
+        for d in ("cpu", "cuda"):
+            out = Path(tempfile.mkdtemp()) / d
+            built.clear()
+            res[d] = registry.run_lab(lab, preset="quick", out_dir=str(out), show_progress=False,
+                                      overrides=list(overrides) + [f"device={d}"])
+            built_check(d, built)
+    finally:
+        setattr(module, builder, original)
+    return res, out
+
+
 @check
 def memory_lab_device_memory_is_not_faked_under_the_simulator():
     """``mlcvlab lab run memory --device cuda`` under the simulator: the batch-size study trains
@@ -413,26 +434,19 @@ def memory_lab_device_memory_is_not_faked_under_the_simulator():
     every batch size, and with no device memory to read its columns are None and the report
     says "not measurable under the simulator". Then measure_device_step's bookkeeping with a
     stand-in for the pool (the one function that reads CuPy), as a GPU would feed it."""
-    import tempfile
-    from pathlib import Path
     from mlcvlab.gpu import device
-    from mlcvlab.labs import memory, registry
-    shrink = ["spec_models=alexnet", "state_models=mlp", "n_train=32", "n_test=16",
-              "batch_sizes=16,32"]
-    res, built, original = {}, [], memory.build
-    memory.build = lambda name, seed: built.append(original(name, seed)) or built[-1]
-    try:
-        for d in ("cpu", "cuda"):
-            out = Path(tempfile.mkdtemp()) / d
-            built.clear()
-            res[d] = registry.run_lab("memory", preset="quick", out_dir=str(out),
-                                      show_progress=False, overrides=shrink + [f"device={d}"])
-            # the study's training runs (2 seeds x 2 batch sizes, a warm-up) and the device
-            # step of each batch size on "cuda"; nothing there on "cpu"
-            on_device = sum(m.device == "cuda" for m in built)
-            assert on_device == (7 if d == "cuda" else 0), (d, on_device)
-    finally:
-        memory.build = original
+    from mlcvlab.labs import memory
+
+    def built_check(d, models):
+        # the study's training runs (2 seeds x 2 batch sizes, a warm-up) and the device
+        # step of each batch size on "cuda"; nothing there on "cpu"
+        on_device = sum(m.device == "cuda" for m in models)
+        assert on_device == (7 if d == "cuda" else 0), (d, on_device)
+
+    res, out = _lab_on_cpu_and_cuda(
+        "memory", memory, "build", ["spec_models=alexnet", "state_models=mlp", "n_train=32",
+                                    "n_test=16", "batch_sizes=16,32"], built_check)
+    built, original = [], memory.build
     np.testing.assert_allclose([r["train_loss_last"] for r in res["cuda"]["runs"]],
                                [r["train_loss_last"] for r in res["cpu"]["runs"]], rtol=1e-4)
     rows = res["cuda"]["batch_rows"]
@@ -447,7 +461,6 @@ def memory_lab_device_memory_is_not_faked_under_the_simulator():
         assert text in report, text
     assert "device_memory.csv" not in report
 
-    built.clear()
     memory.build = lambda name, seed: built.append(original(name, seed)) or built[-1]
     calls = iter(range(100))
     real = device.memory_info
@@ -470,23 +483,16 @@ def depth_width_lab_runs_on_the_device():
     checkpoints every epoch): every network trains on the device, ends with the CPU run's
     training loss and test RMSE to float32 rounding, and the report names the device and
     reads its time fit on wall seconds."""
-    import tempfile
-    from pathlib import Path
-    from mlcvlab.labs import depth_width, registry
-    shrink = ["n_points=300", "widths=16", "depths=1,2", "max_total=32", "epochs=1",
-              "batch_size=100", "checkpoint_every=1"]
-    res, built, original = {}, [], depth_width.build_model
-    depth_width.build_model = lambda *a, **k: built.append(original(*a, **k)) or built[-1]
-    try:
-        for d in ("cpu", "cuda"):
-            out = Path(tempfile.mkdtemp()) / d
-            built.clear()
-            res[d] = registry.run_lab("depth-width", preset="quick", out_dir=str(out),
-                                      show_progress=False, overrides=shrink + [f"device={d}"])
-            # the warm-up and 2 seeds x 2 networks, all on the run's device
-            assert [m.device for m in built] == [d] * 5, [m.device for m in built]
-    finally:
-        depth_width.build_model = original
+    from mlcvlab.labs import depth_width
+
+    def built_check(d, models):
+        # the warm-up and 2 seeds x 2 networks, all on the run's device
+        assert [m.device for m in models] == [d] * 5, [m.device for m in models]
+
+    res, out = _lab_on_cpu_and_cuda(
+        "depth-width", depth_width, "build_model",
+        ["n_points=300", "widths=16", "depths=1,2", "max_total=32", "epochs=1",
+         "batch_size=100", "checkpoint_every=1"], built_check)
     cpu, gpu = res["cpu"]["rows"], res["cuda"]["rows"]
     assert [(r["name"], r["seed"]) for r in gpu] == [(r["name"], r["seed"]) for r in cpu]
     for key in ("final_train_loss", "test_rmse"):

@@ -29,8 +29,8 @@ mode (``Module.splits_over_batch``: a convolution can; 2-D batch norm can, as ab
 in training cannot, its mask counter is shared; a layer that declares nothing cannot), it
 has a convolution (a model of GEMMs alone, an MLP, is already spread
 over the cores by BLAS), the input is a 4-D batch on the CPU of at least ``MIN_VALUES``
-values and ``MIN_PART_SAMPLES`` samples per thread, more than one thread is allowed (``kernels.num_threads``) and no layer's ``forward``
-or ``backward`` is replaced on the instance (the traces of the memory lab and ``summarize``
+values and ``MIN_PART_SAMPLES`` samples per thread, more than one thread is allowed
+(``kernels.num_threads``) and no layer's ``forward`` or ``backward`` is replaced on the instance (the traces of the memory lab and ``summarize``
 wrap them). The rule is deterministic: the same model and batch split the same way on every
 run. ``disabled()`` turns splitting off, for A/B timing and for code that reads the layers'
 caches.
@@ -231,8 +231,8 @@ class Replica:
         object.__setattr__(r, "_flat", None)
         for k, v in list(children.items()) + list(params.items()):
             object.__setattr__(r, k, v)
-        skip = frozenset(("_modules", "_parameters", "_flat", "_split")) | set(children) \
-            | set(params)
+        skip = frozenset(("_modules", "_parameters", "_flat", "_split", "_replicas")) \
+            | set(children) | set(params)
         self.pairs.append((m, r, skip))
         return r
 

@@ -30,8 +30,8 @@ in training cannot, its mask counter is shared; a layer that declares nothing ca
 has a convolution (a model of GEMMs alone, an MLP, is already spread
 over the cores by BLAS), the input is a 4-D batch on the CPU of at least ``MIN_VALUES``
 values and ``MIN_PART_SAMPLES`` samples per thread, more than one thread is allowed
-(``kernels.num_threads``) and no layer's ``forward`` or ``backward`` is replaced on the instance (the traces of the memory lab and ``summarize``
-wrap them). The rule is deterministic: the same model and batch split the same way on every
+(``kernels.num_threads``) and no layer's ``forward`` or ``backward`` is replaced on the
+instance (the traces of the memory lab and ``summarize`` wrap them). The rule is deterministic: the same model and batch split the same way on every
 run. ``disabled()`` turns splitting off, for A/B timing and for code that reads the layers'
 caches.
 """

@@ -24,16 +24,16 @@ variance, in the forward (two meetings: the sums, then the squared deviations, a
 unsplit kernel's two passes) and in the backward (one: the sums of dy and dy * x_hat). Part
 0 alone folds the statistics into the running ones (the buffers are shared).
 
-A model splits only when every module in it can run on parts of the batch in its current
-mode (``Module.splits_over_batch``: a convolution can; 2-D batch norm can, as above; dropout
-in training cannot, its mask counter is shared; a layer that declares nothing cannot), it
-has a convolution (a model of GEMMs alone, an MLP, is already spread
-over the cores by BLAS), the input is a 4-D batch on the CPU of at least ``MIN_VALUES``
-values and ``MIN_PART_SAMPLES`` samples per thread, more than one thread is allowed
-(``kernels.num_threads``) and no layer's ``forward`` or ``backward`` is replaced on the
-instance (the traces of the memory lab and ``summarize`` wrap them). The rule is deterministic: the same model and batch split the same way on every
-run. ``disabled()`` turns splitting off, for A/B timing and for code that reads the layers'
-caches.
+A model splits only when every module in it can run on parts of the batch in its current mode
+(``Module.splits_over_batch``: a convolution can; 2-D batch norm can, as above; dropout in
+training cannot, its mask counter is shared; a layer that declares nothing cannot), it has a
+convolution (a model of GEMMs alone, an MLP, is already spread over the cores by BLAS), the
+input is a 4-D batch on the CPU of at least ``MIN_VALUES`` values and ``MIN_PART_SAMPLES``
+samples per thread, more than one thread is allowed (``kernels.num_threads``) and no layer's
+``forward`` or ``backward`` is replaced on the instance (the traces of the memory lab and
+``summarize`` wrap them). The rule is deterministic: the same model and batch split the same
+way on every run. ``disabled()`` turns splitting off, for A/B timing and for code that reads
+the layers' caches.
 """
 from __future__ import annotations
 

@@ -452,3 +452,27 @@ def _check_small_conv_runs_whole():
     out = conv._map_parts(lambda part: seen.append((part, _blas_threads())) or part.stop,
                           conv._batch_parts(128, small))
     assert out == [128] and seen == [(slice(0, 128), [1] * len(_blas_threads()))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shapes", [((6, 4001), (4001, 25)), ((7, 3), (3, 5)),
+                                    ((33, 17), (17, 40))])
+def test_gemm_is_the_matrix_product_into_any_out(shapes, dtype):
+    """kernels.gemm (np.dot, which releases the GIL for every size) gives matmul's product,
+    with transposed operands, into a C-contiguous out (returned), and into a strided out too
+    (which np.dot refuses: gemm hands that one to matmul)."""
+    rng = np.random.default_rng(0)
+    (m, k), (_, n) = shapes
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b_t = rng.standard_normal((n, k)).astype(dtype)           # b = b_t.T, Fortran-ordered
+    want = a.astype(np.float64) @ b_t.T.astype(np.float64)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    got = kernels.gemm(a, b_t.T)
+    assert got.dtype == dtype and got.shape == (m, n)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(k))
+    out = np.full((m, n), np.nan, dtype)
+    assert kernels.gemm(a, b_t.T, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.sqrt(k))
+    strided = np.full((m, 2 * n), np.nan, dtype)[:, ::2]
+    assert kernels.gemm(a, b_t.T, out=strided) is strided
+    np.testing.assert_allclose(strided, want, rtol=tol, atol=tol * np.sqrt(k))

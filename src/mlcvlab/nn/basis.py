@@ -23,7 +23,7 @@ def is_array(a) -> bool:
 def _check_array(fn: str, name: str, a) -> np.ndarray:
     if not is_array(a):
         raise TypeError(f"{fn}: expected {name} to be a numpy.ndarray, got {type(a).__name__}")
-    if not np.issubdtype(a.dtype, np.floating):
+    if a.dtype.kind != "f":          # np.issubdtype(.., np.floating), 20x cheaper
         raise TypeError(f"{fn}: expected {name} to be float32 or float64, got dtype {a.dtype}")
     return a
 
@@ -65,7 +65,7 @@ def linear(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None):
         )
     if b is not None and b.shape != (W.shape[0],):
         raise ValueError(f"linear: expected b of shape ({W.shape[0]},), got {b.shape}")
-    y = x @ W.T
+    y = kernels.gemm(x, W.T)          # not x @ W.T: see kernels.gemm (the GIL)
     if b is not None:
         y += b
     return y, LinearCache(x, W, b is not None)
@@ -81,8 +81,8 @@ def linear_grad(dy: np.ndarray, cache: LinearCache, input_grad: bool = True,
     """
     x, W, has_bias = cache
     check_dy("linear_grad", dy, (x.shape[0], W.shape[0]))
-    dx = dy @ W if input_grad else None
-    dW = np.matmul(dy.T, x, out=dW_out)
+    dx = kernels.gemm(dy, W) if input_grad else None
+    dW = kernels.gemm(dy.T, x, out=dW_out)
     db = np.sum(dy, axis=0, out=db_out) if has_bias else None
     return dx, dW, db
 

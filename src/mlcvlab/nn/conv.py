@@ -56,6 +56,11 @@ IntPair = Union[int, Tuple[int, int]]
 # --------------------------------------------------------------------------- validation
 def _pair(fn: str, name: str, value, minimum: int) -> Tuple[int, int]:
     """An int or a pair of ints -> (rows, cols), each >= ``minimum``."""
+    if type(value) is int and value >= minimum:          # the common case, checked cheaply
+        return value, value                              # (called ~14 times per LeNet step)
+    if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
+            and type(value[1]) is int and min(value) >= minimum):
+        return value
     pair = (value, value) if np.isscalar(value) else tuple(np.ravel(value))
     if len(pair) != 2 or not all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair
@@ -465,7 +470,7 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
                 cols = _im2col(x_part[blk], (kh, kw), stride, padding, Ho, Wo)
             else:
                 cols = im2col_rows(pad_rows(x_part[blk], g, padding), n, C, (kh, kw), g)
-            y_t = np.matmul(W_mat, cols, out=kernels.scratch((F, cols.shape[1]), x.dtype, "out"))
+            y_t = kernels.gemm(W_mat, cols, out=kernels.scratch((F, cols.shape[1]), x.dtype, "out"))
             if b is not None:                       # on the GEMM's output, still in cache
                 y_t += b[:, None]
             y_part[blk] = y_t.reshape(F, n, Ho, wide)[..., :Wo].transpose(1, 0, 2, 3)
@@ -541,10 +546,10 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
             else:
                 buf = pad_rows(x_part[blk], g, padding)
                 cols = im2col_rows(buf, n, C, kernel, g)
-            dW += dy_t @ cols.T                                # (F, C*kh*kw)
+            dW += kernels.gemm(dy_t, cols.T)                   # (F, C*kh*kw): may be < 500 values
             if dx is None:
                 continue
-            dcols = np.matmul(W_mat.T, dy_t, out=cols)         # reuses the scratch
+            dcols = kernels.gemm(W_mat.T, dy_t, out=cols)      # reuses the scratch
             dx_blk = dx[part][blk]
             if g is None:
                 _col2im(dcols, kernel, stride, padding, dx_blk)
@@ -659,7 +664,7 @@ def _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode):
         for blk in _blocks(xs, Cg * kh * kw, Ho, Wo):      # cols of at most BLOCK_BYTES
             n = blk.stop - blk.start
             cols = im2col_dilated(xs[blk], (kh, kw), stride, dilation, (Ho, Wo))
-            y_t = W_mat @ cols
+            y_t = kernels.gemm(W_mat, cols)
             if b is not None:
                 y_t += b[fs, None]
             y[blk, fs] = y_t.reshape(Fg, n, Ho, Wo).transpose(1, 0, 2, 3)
@@ -684,10 +689,10 @@ def _conv2d_general_grad(dy, cache: GeneralConv2dCache, input_grad: bool):
             n = blk.stop - blk.start
             cols = im2col_dilated(xs[blk], (kh, kw), stride, dilation, (Ho, Wo))
             dy_t = dy[blk, fs].transpose(1, 0, 2, 3).reshape(Fg, n * Ho * Wo)
-            dW[fs] += (dy_t @ cols.T).reshape(Fg, Cg, kh, kw)
+            dW[fs] += kernels.gemm(dy_t, cols.T).reshape(Fg, Cg, kh, kw)
             if input_grad:
-                dxp[blk, cs] = col2im_dilated(W_mat.T @ dy_t, (n,) + xs.shape[1:], (kh, kw),
-                                              stride, dilation, (Ho, Wo))
+                dxp[blk, cs] = col2im_dilated(kernels.gemm(W_mat.T, dy_t), (n,) + xs.shape[1:],
+                                              (kh, kw), stride, dilation, (Ho, Wo))
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     dx = pad2d_grad(dxp, x_shape, pads, padding_mode) if input_grad else None
     return dx, dW, db

@@ -397,6 +397,22 @@ def scratch(shape, dtype, slot: str = "cols") -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
+def gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``a @ b`` for 2-D NumPy arrays (into ``out`` if given), always without the GIL.
+
+    NumPy's ``matmul`` keeps the GIL while BLAS runs when the product has at most 500
+    values, however long the product takes (its threading threshold counts the output):
+    LeNet-5's first weight gradient, a (6, 57344) @ (57344, 25) product of about 1 ms at a
+    batch of 64, held it, and two threads running it together ran at 0.92x the speed of
+    one (``np.dot``: 1.67x; BENCHMARKS.md, session 10). ``np.dot`` calls the same BLAS GEMM
+    and releases the GIL whatever the size. Its ``out`` must be C-contiguous of the
+    result's dtype; any other ``out`` goes to ``matmul``.
+    """
+    if out is None or (out.flags.c_contiguous and out.dtype == np.result_type(a.dtype, b.dtype)):
+        return np.dot(a, b, out=out)
+    return np.matmul(a, b, out=out)
+
+
 # --------------------------------------------------------------------------- threads
 MAX_THREADS = 8
 _pool: Optional[ThreadPoolExecutor] = None
@@ -459,7 +475,7 @@ def _run_part(fn: Callable, item):
 @contextlib.contextmanager
 def one_blas_thread():
     """BLAS on one thread inside the block (the caller's setting restored after it)."""
-    ctl = _blas_controllers()
+    ctl = [c for c in _blas_controllers() if c.get_num_threads() != 1]   # setting costs ~10 us
     saved = [c.get_num_threads() for c in ctl]
     for c in ctl:
         c.set_num_threads(1)

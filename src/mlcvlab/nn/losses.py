@@ -76,7 +76,7 @@ class Loss:
         name = type(self).__name__
         if getattr(self, "device", "cpu") != "cpu":
             return self._call_on_device(pred, target)
-        if not isinstance(pred, np.ndarray) or not np.issubdtype(pred.dtype, np.floating):
+        if not isinstance(pred, np.ndarray) or pred.dtype.kind != "f":
             raise TypeError(f"{name}: expected pred to be a floating numpy array, got "
                             f"{getattr(pred, 'dtype', type(pred).__name__)}")
         if not np.all(np.isfinite(pred)):

@@ -71,8 +71,9 @@ class Module:
         if name in buffers and is_array(value):
             object.__setattr__(self, name, value)    # a buffer updated in place or replaced
             return
-        for d in (params, modules, buffers):
-            d.pop(name, None)
+        if name in params or name in modules or name in buffers:
+            for d in (params, modules, buffers):
+                d.pop(name, None)
         if isinstance(value, Parameter):
             params[name] = value
         elif isinstance(value, Module):
@@ -481,7 +482,7 @@ def check_input(layer: str, x, ndim: Optional[Tuple[int, ...]] = None,
     and sizes."""
     if not is_array(x):
         raise TypeError(f"{layer}: expected a numpy.ndarray input, got {type(x).__name__}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":          # np.issubdtype(.., np.floating), 20x cheaper
         raise TypeError(f"{layer}: expected a floating input (float32/float64), "
                         f"got dtype {x.dtype}")
     if ndim is not None and x.ndim not in ndim:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlcvlab import nn
-from mlcvlab.nn import conv
+from mlcvlab.nn import conv, winograd
 from mlcvlab.testing import gradcheck_function, gradcheck_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
@@ -57,6 +57,18 @@ def test_conv2d_options_match_torch(case, dtype):
     for ours, theirs in ((y, yt), (dx, xt.grad), (layer.weight.grad, tm.weight.grad),
                          (layer.bias.grad, tm.bias.grad)):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grouped_conv_whose_groups_run_on_winograd_matches_torch(dtype):
+    """16 channels per group: each group's 3x3 convolution runs on Winograd under "auto", and
+    the backward must not read a kernel size off the group's cache (a WinogradCache has none:
+    this raised AttributeError before session 10)."""
+    case = (32, 32, 3, 1, 1, 1, 2, "zeros", (6, 5))
+    x, W = np.zeros((2, 32, 6, 5), dtype), np.zeros((32, 16, 3, 3), dtype)
+    assert all(isinstance(c, winograd.WinogradCache)
+               for c in conv.conv2d(x, W, padding=1, groups=2)[1].caches)
+    test_conv2d_options_match_torch(case, dtype)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)

@@ -387,7 +387,7 @@ def conv2d_path(pads, dilation, stride, padding_mode: str) -> str:
 
 def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
            stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1,
-           groups: int = 1, padding_mode: str = "zeros"):
+           groups: int = 1, padding_mode: str = "zeros", then_relu: bool = False):
     """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W), W: (F, C // groups, kh, kw), b: (F,) or None; stride, padding and
@@ -440,25 +440,29 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
                              f"{padding_mode!r} on an input of {H}x{Wd} (at most {limit})")
     path = conv2d_path(pads, dilation, stride, padding_mode)
     if path == "padded":
-        return _conv2d_dilated(x, W, b, stride, pads, dilation, groups, padding_mode)
+        return _relu_after(then_relu, *_conv2d_dilated(x, W, b, stride, pads, dilation, groups,
+                                                       padding_mode))
     if path == "general":
-        return _conv2d_general(x, W, b, stride, pads, dilation, groups, padding_mode)
+        return _relu_after(then_relu, *_conv2d_general(x, W, b, stride, pads, dilation, groups,
+                                                       padding_mode))
     if groups > 1:
         _out_size("conv2d", H, kh, stride[0], pads[0])
         _out_size("conv2d", Wd, kw, stride[1], pads[2])
-        return _conv2d_grouped(x, W, b, stride, (pads[0], pads[2]), groups)
+        return _relu_after(then_relu, *_conv2d_grouped(x, W, b, stride, (pads[0], pads[2]),
+                                                       groups))
     padding = (pads[0], pads[2])
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
     if _use_winograd(x.shape, F, (kh, kw), stride, dilation, groups, pads):
-        return winograd.conv2d_winograd(x, W, b, padding,
-                                        _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo))
+        return _relu_after(then_relu, *winograd.conv2d_winograd(
+            x, W, b, padding, _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo)))
 
     K = C * kh * kw
     W_mat = W.reshape(F, K)
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     g = row_padded_geometry(H, Wd, (kh, kw), stride, padding)
     wide = Wo if g is None else g.pitch             # columns of the GEMM's output grid
+    bias = b if b is not None else np.zeros(F, x.dtype)     # unread without a bias
 
     def forward_part(part: slice) -> None:          # the samples x[part] -> y[part]
         x_part, y_part = x[part], y[part]
@@ -471,12 +475,29 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
             else:
                 cols = im2col_rows(pad_rows(x_part[blk], g, padding), n, C, (kh, kw), g)
             y_t = kernels.gemm(W_mat, cols, out=kernels.scratch((F, cols.shape[1]), x.dtype, "out"))
+            grid = y_t.reshape(F, n, Ho, wide)
+            if kernels.available():                 # bias, NCHW and ReLU in one pass
+                kernels.get("conv_store")(grid, bias, b is not None, then_relu, y_part[blk])
+                continue
             if b is not None:                       # on the GEMM's output, still in cache
                 y_t += b[:, None]
-            y_part[blk] = y_t.reshape(F, n, Ho, wide)[..., :Wo].transpose(1, 0, 2, 3)
+            y_part[blk] = grid[..., :Wo].transpose(1, 0, 2, 3)
+            if then_relu:
+                np.maximum(y_part[blk], 0, out=y_part[blk])
 
     _map_parts(forward_part, _batch_parts(N, 2.0 * N * F * K * Ho * Wo))
     return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
+
+
+def _relu_after(then_relu: bool, y: np.ndarray, cache):
+    """(y, cache), y with max(., 0) applied in place when ``then_relu`` (nan kept)."""
+    if then_relu:
+        if kernels.available() and y.flags.c_contiguous:
+            flat = y.reshape(-1)
+            kernels.get("relu_forward")(flat, flat)
+        else:
+            np.maximum(y, 0, out=y)
+    return y, cache
 
 
 def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
@@ -499,13 +520,9 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     if isinstance(cache, DilatedConv2dCache):
         check_dy("conv2d_grad", dy, (cache.x_shape[0], cache.F) + cache.out_hw)
         return _conv2d_dilated_grad(dy, cache, input_grad)
-    if isinstance(cache, GroupedConv2dCache):
-        N, _, H, Wd = cache.x_shape
-        c0 = cache.caches[0]
-        Ho = (H + 2 * c0.padding[0] - c0.kernel[0]) // c0.stride[0] + 1
-        Wo = (Wd + 2 * c0.padding[1] - c0.kernel[1]) // c0.stride[1] + 1
+    if isinstance(cache, GroupedConv2dCache):     # its groups may run on Winograd
         F = sum(c.W.shape[0] for c in cache.caches)
-        check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
+        check_dy("conv2d_grad", dy, (cache.x_shape[0], F) + tuple(cache.out_hw))
         return _conv2d_grouped_grad(dy, cache, input_grad)
     if isinstance(cache, GeneralConv2dCache):
         (N, _, H, Wd), F = cache.x_shape, cache.W.shape[0]
@@ -760,8 +777,9 @@ def _conv2d_dilated_grad(dy, cache: DilatedConv2dCache, input_grad: bool):
 class GroupedConv2dCache(NamedTuple):
     """A grouped convolution run as one fast-path convolution per group."""
     x_shape: Tuple[int, int, int, int]
-    caches: Tuple[Conv2dCache, ...]
+    caches: Tuple[object, ...]          # each group's Conv2dCache or WinogradCache
     has_bias: bool
+    out_hw: Tuple[int, int]
 
 
 def _conv2d_grouped(x, W, b, stride, padding, groups):
@@ -776,7 +794,8 @@ def _conv2d_grouped(x, W, b, stride, padding, groups):
                             stride, padding)
         ys.append(y_g)
         caches.append(cache)
-    return np.concatenate(ys, axis=1), GroupedConv2dCache(x.shape, tuple(caches), b is not None)
+    y = np.concatenate(ys, axis=1)
+    return y, GroupedConv2dCache(x.shape, tuple(caches), b is not None, y.shape[2:])
 
 
 def _conv2d_grouped_grad(dy, cache: GroupedConv2dCache, input_grad: bool):

@@ -44,6 +44,9 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   the pass that writes y (``basis.batchnorm_relu``).
 * ``channel_affine(x3, scale, shift, y3, relu=False)`` on x3 (N, C, L): y = x *
   scale[c] + shift[c], batch norm in evaluation in one pass (with ``relu``, and ReLU).
+* ``conv_store(y_t, bias, has_bias, relu, y)``: a convolution's GEMM output (F, n, Ho,
+  wide) to y (n, F, Ho, Wo), plus the bias, and with ``relu`` max(., 0) (as
+  ``relu_forward``), in one pass (``conv.conv2d``; ``then_relu`` for Conv2d + ReLU).
 * ``relu_forward(x, y)`` on flat arrays: y = max(x, 0), nan kept (NumPy 2.4's
   ``np.maximum(x, 0)`` has no SIMD loop for an array and a scalar).
 * ``relu_backward(dy, y, dx)`` on flat arrays: dx = 0 where ReLU's output y <= 0
@@ -327,6 +330,24 @@ def _compile() -> dict:
                     y[n, c, l] = zero if relu and v < zero else v
 
     @njit(cache=True, nogil=True)
+    def conv_store(y_t, bias, has_bias, relu, y):  # pragma: no cover (jitted)
+        # y[m, f, h, w] = y_t[f, m, h, w] (+ bias[f]) (then max(., 0), as relu_forward) for
+        # w < y.shape[3]: a convolution's GEMM output grid (F, n, Ho, wide) to NCHW in one
+        # pass, in place of a bias add, a transposed copy and a separate ReLU pass
+        F, n, Ho, _ = y_t.shape
+        Wo = y.shape[3]
+        zero = y.dtype.type(0)
+        for m in range(n):
+            for f in range(F):
+                bf = bias[f] if has_bias else zero
+                for h in range(Ho):
+                    for w in range(Wo):
+                        v = y_t[f, m, h, w]
+                        if has_bias:
+                            v = v + bf
+                        y[m, f, h, w] = zero if relu and v < zero else v
+
+    @njit(cache=True, nogil=True)
     def relu_forward(x, y):  # pragma: no cover (jitted)
         # 4-6x faster than np.maximum(x, 0): NumPy 2.4 has no SIMD loop for an array and
         # a scalar (0.39 ms vs 0.07 ms for 602,112 float32, BENCHMARKS.md). nan stays nan.
@@ -343,6 +364,7 @@ def _compile() -> dict:
             dx[i] = zero if y[i] <= 0 else dy[i]
 
     return {"relu_forward": relu_forward, "relu_backward": relu_backward,
+            "conv_store": conv_store,
             "channel_affine": channel_affine,
             "col2im": col2im, "col2im_rows": col2im_rows,
             "maxpool": maxpool, "maxpool_2x2": maxpool_2x2, "maxpool_2x2_grad": maxpool_2x2_grad,

@@ -199,6 +199,29 @@ class Conv2d(Module):
         self._unbatched = unbatched
         return y[0] if unbatched else y
 
+    def fuses_with(self, nxt: Module) -> bool:
+        """A plain ReLU next: exactly these classes, both on the CPU, neither forward replaced
+        (``_as_defined``), and ``FUSE_CONV_RELU``: the ReLU is applied in the pass that writes
+        the convolution's output (one pass over the activation and one call less)."""
+        return (FUSE_CONV_RELU and type(self) is Conv2d and type(nxt) is ReLU
+                and self.device == "cpu" and nxt.device == "cpu"
+                and _as_defined(self) and _as_defined(nxt))
+
+    def forward_fused(self, relu: Module, x):
+        """``relu.forward(self.forward(x))``, leaving both layers the caches their own forwards
+        would (the ReLU's: its output)."""
+        if self.training != relu.training or getattr(x, "ndim", 0) != 4:
+            return relu.forward(self.forward(x))
+        check_input("Conv2d", x, dim={1: self.in_channels})
+        b = self.bias.data if self.bias is not None else None
+        y, cache = _conv(self).conv2d(x, self.weight.data, b, self.stride, self.padding,
+                                      self.dilation, self.groups, self.padding_mode,
+                                      then_relu=True)
+        self._cache = cache if self.training else None
+        self._unbatched = False
+        relu._cache = basis.ActivationCache(y) if relu.training else None
+        return y
+
     def backward(self, dy):
         if self._cache is None:
             _no_cache(self)
@@ -638,6 +661,10 @@ class BatchNorm1d(_BatchNorm):
     _ndims = (2, 3)
 
 
+# Sequential runs a Conv2d and the ReLU right after it as one call on the CPU (the ReLU in
+# the pass that writes the convolution's output: Conv2d.fuses_with); False: apart.
+FUSE_CONV_RELU = True
+
 # Sequential runs a BatchNorm2d and the ReLU right after it as one fused call on the CPU
 # (BatchNorm2d.fuses_with). False: the two layers one after the other (for A/B timing and the
 # tests that compare both).
@@ -776,8 +803,8 @@ class ReLU(_Activation):
     _fn = "relu"
 
 
-# The forwards a fused (BatchNorm2d, ReLU) pair stands in for, as defined here.
-_DEFINED = {cls: cls.forward for cls in (BatchNorm2d, ReLU)}
+# The forwards a fused (BatchNorm2d or Conv2d, ReLU) pair stands in for, as defined here.
+_DEFINED = {cls: cls.forward for cls in (BatchNorm2d, Conv2d, ReLU)}
 
 
 def _as_defined(layer: Module) -> bool:

@@ -506,5 +506,54 @@ def depth_width_lab_runs_on_the_device():
     assert "cpu_seconds_per_kparam" not in res["cuda"]
 
 
+@check
+def optimizers_lab_runs_on_the_device():
+    """``mlcvlab lab run optimizers --device cuda``, on 12 random 2x2 images in place of MNIST (2
+    held out) and a 4-3-3-10 MLP, one step per epoch, the warm-up left out (the same
+    train_model as the arms: so the simulator takes seconds): every network (the ten arms
+    and the non-inverted dropout net) trains on the device with its fused optimizer update,
+    ends with the CPU run's training losses to float32 rounding, the non-inverted dropout
+    draws the CPU's masks (the same Monte Carlo gaps), and the report names the device and
+    compares the times on wall seconds."""
+    from mlcvlab.labs import optimizers
+
+    def tiny_images(name, split):
+        r = np.random.default_rng(0 if split == "train" else 1)
+        n = 12 if split == "train" else 6
+        return r.random((n, 1, 2, 2), dtype=np.float32), r.integers(0, 10, n)
+
+    def built_check(d, models):
+        # the 10 arms of the one seed (the non-inverted net is not an mlp)
+        assert [m.device for m in models] == [d] * 10, [m.device for m in models]
+
+    original = optimizers.load, optimizers._warm_up
+    optimizers.load, optimizers._warm_up = tiny_images, lambda data, config: None
+    try:
+        res, out = _lab_on_cpu_and_cuda(
+            "optimizers", optimizers, "mlp",
+            ["n_train=0", "n_test=0", "hidden=3,3", "epochs=1", "batch_size=16", "seeds=1",
+             "probe_examples=2", "probe_masks=4", "mc_masks=2", "val_fraction=0.2"],
+            built_check)
+    finally:
+        optimizers.load, optimizers._warm_up = original
+    cpu, gpu = res["cpu"], res["cuda"]
+    rows = {d: res[d]["mnist_run_rows"] for d in ("cpu", "cuda")}
+    assert [(r["optimizer"], r["dropout"]) for r in rows["cuda"]] == \
+        [(r["optimizer"], r["dropout"]) for r in rows["cpu"]]
+    np.testing.assert_allclose([r["final train loss"] for r in rows["cuda"]],
+                               [r["final train loss"] for r in rows["cpu"]], rtol=1e-4)
+    for key in ("rel. gap: mean over masks vs scaled weights", "rel. Monte Carlo std error"):
+        np.testing.assert_allclose([r[key] for r in gpu["mnist_scaling_rows"]],
+                                   [r[key] for r in cpu["mnist_scaling_rows"]], rtol=1e-3,
+                                   err_msg=key)
+    assert cpu["mnist_clock"] == "cpu" and gpu["mnist_clock"] == "wall"
+    times = [c["metric"] for c in gpu["comparisons"] if c["kind"] == "time"]
+    assert times == ["wall seconds per training epoch (device time)"] * 5, times
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "host's share",
+                 "wall seconds per training epoch (device time) with vs without dropout"):
+        assert text in report, text
+
+
 if __name__ == "__main__":
     simcheck.main(CHECKS)

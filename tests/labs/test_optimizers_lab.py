@@ -110,6 +110,35 @@ def test_noninverted_dropout_masks_without_rescaling():
         NonInvertedDropout(1.0)
 
 
+def test_noninverted_dropout_keeps_the_units_the_library_dropout_keeps():
+    """The same Philox masks as nn.Dropout built with the same generator and p (not rescaled),
+    a fresh one per training forward, and the step in the state dict (a resumed run and a
+    device run draw the same masks)."""
+    from mlcvlab import nn
+    x = np.random.default_rng(3).random((7, 13)).astype(np.float32) + 0.5
+    ours, theirs = NonInvertedDropout(0.3, rng=4), nn.Dropout(0.3, rng=4)
+    for _ in range(2):
+        y, z = ours(x), theirs(x)
+        np.testing.assert_array_equal(y != 0, z != 0)
+        np.testing.assert_array_equal(y[y != 0], x[y != 0])
+    assert int(ours.state_dict()["mask_step"]) == 2
+    assert not np.array_equal(ours(x) != 0, y != 0)
+
+
+def test_noninverted_dropout_declares_that_it_runs_on_the_gpu():
+    """mlcvlab.gpu.engine lets model.to("cuda") move the layer (its forward draws the masks with
+    gpu.basis.dropout_mask on a device model) and still refuses a subclass whose own forward
+    declares nothing."""
+    from mlcvlab.gpu import engine
+
+    class Mine(NonInvertedDropout):
+        def forward(self, x):
+            return x
+
+    assert engine.reason(NonInvertedDropout(0.5)) is None
+    assert "no GPU twin" in engine.reason(Mine(0.5))
+
+
 def test_scaled_weights_give_the_expected_first_preactivation_and_are_restored():
     model = noninverted_mlp([12, 8, 3], p_input=0.3, p_hidden=0.5, rng=1)
     x = np.random.default_rng(2).random((5, 12)).astype(np.float32)

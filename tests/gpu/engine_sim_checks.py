@@ -555,5 +555,44 @@ def optimizers_lab_runs_on_the_device():
         assert text in report, text
 
 
+@check
+def inductive_bias_lab_runs_on_the_device():
+    """``mlcvlab lab run inductive-bias --device cuda`` (4x4 edge images, 2 kernels, 4 hidden
+    units, one step of Adam per run): every CNN (conv, ReLU, global max or average pool,
+    linear; a Sobel-frozen one whose conv weight Adam leaves out: the device's fused update on
+    slices of the flat buffer) and MLP trains on the device and ends with the CPU run's
+    weights to float32 rounding, the frozen kernels unchanged, and the report names the
+    device."""
+    from mlcvlab.labs import inductive_bias
+    models = {}
+
+    def built_check(d, built):
+        # every run's model, then the two built on the CPU for the parameter counts
+        trained = [m for m, _ in built[:-2]]
+        assert [m.device for m in trained] == [d] * len(trained) and trained, d
+        models[d] = [m.state_dict() for m in trained]
+
+    res, out = _lab_on_cpu_and_cuda(
+        "inductive-bias", inductive_bias, "build",
+        ["size=4", "n_kernels=2", "hidden=4", "n_per_class=2", "n_test_per_class=2",
+         "epochs=1", "batch_size=16", "more_classes=3", "seeds=1"], built_check)
+    assert len(models["cuda"]) == len(models["cpu"]) == 7        # 7 kinds, one seed
+    for a, b in zip(models["cuda"], models["cpu"]):
+        _same_state_dicts(a, b)
+    frozen = models["cuda"][inductive_bias.MAIN_KINDS.index("sobel_frozen")]["0.weight"][:, 0]
+    np.testing.assert_array_equal(frozen, inductive_bias.SOBEL_BANK[:2].astype(np.float32))
+    for key in ("3/sobel_frozen", "more/cnn_avg"):
+        assert res["cuda"]["runs"][key] == res["cpu"]["runs"][key], key
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator"):
+        assert text in report, text
+
+
+def _same_state_dicts(a, b, tol=TOL):
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=tol, atol=tol, err_msg=k)
+
+
 if __name__ == "__main__":
     simcheck.main(CHECKS)

@@ -50,6 +50,7 @@ from mlcvlab.nn import (CrossEntropyLoss, Dropout, Flatten, Kept, Linear, Module
                         Sequential, basis)
 from mlcvlab.nn.module import check_input
 from mlcvlab.train import Trainer, array_batches, evaluate
+from mlcvlab.train.trainer import _host, _model_input
 
 OPTIMIZERS = ("AdaGrad", "RMSProp", "RMSProp+Nesterov", "AdaDelta", "Adam")
 
@@ -200,35 +201,20 @@ def _linear_after_dropout(model: Sequential) -> Tuple[List[Linear], List[float]]
     return layers, keeps
 
 
-def _on_model_device(model: Module, x: np.ndarray):
-    """Host array x as the model's input: as is on the CPU, copied to the device on "cuda"."""
-    if model.device == "cpu":
-        return x
-    from mlcvlab.gpu.device import to_device
-    return to_device(x)
-
-
-def _to_host(a) -> np.ndarray:
-    if isinstance(a, np.ndarray):
-        return a
-    from mlcvlab.gpu.device import to_host
-    return to_host(a)
-
-
 def _forward(model: Module, x: np.ndarray) -> np.ndarray:
     """The model's output for host x, on the host (computed on the model's device)."""
-    return _to_host(model(_on_model_device(model, x)))
+    return _host(model(_model_input(model, x)))
 
 
 def preactivations(model: Sequential, x: np.ndarray) -> List[np.ndarray]:
     """The output of every Linear layer for host x (N, ...), each (N, D_k) on the host, in
     the model's mode (computed on the model's device)."""
     out = []
-    x = _on_model_device(model, x)
+    x = _model_input(model, x)
     for layer in model:
         x = layer(x)
         if isinstance(layer, Linear):
-            out.append(_to_host(x))
+            out.append(_host(x))
     return out
 
 

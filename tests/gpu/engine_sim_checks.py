@@ -588,6 +588,49 @@ def inductive_bias_lab_runs_on_the_device():
         assert text in report, text
 
 
+@check
+def nn4_lab_runs_on_the_cuda_workers():
+    """``mlcvlab lab run nn4 --device cuda``: SyncSGD on the handout's CUDA workers (K = 1, 2
+    on one simulated GPU; random 16-pixel images, NN4 16-4-3-3-10, one epoch of 2 rounds of
+    16): the same per-round losses, curves and final weights as the CPU workers to float32
+    rounding (worker k draws worker k's dropout masks on either), and the report names the
+    device. (At 4 samples per worker batch norm amplifies rounding: there the CPU's float32
+    weights already part from float64 ones by 1e-4 after 3 rounds, the device's by 2e-4.)"""
+    from mlcvlab import models as model_zoo        # train_k imports NN4 from here per run
+    from mlcvlab.labs import nn4
+    models = {}
+
+    def tiny(config):
+        r = np.random.default_rng(0)
+        arrays = []
+        for n in (32, 8, 8):
+            arrays += [r.random((n, 16), dtype=np.float32), r.integers(0, 10, n)]
+        arrays[1][:10] = np.arange(10)                      # every class in training
+        return tuple(arrays), "tiny", ""
+
+    def built_check(d, built):
+        models[d] = [m.state_dict() for m in built]
+
+    original = nn4.load_data
+    nn4.load_data = tiny
+    try:
+        res, out = _lab_on_cpu_and_cuda(
+            "nn4", model_zoo, "NN4", ["hidden=4,3,3", "batch_size=16", "workers=1,2",
+                                       "epochs=1", "seeds=1"], built_check)
+    finally:
+        nn4.load_data = original
+    assert len(models["cpu"]) == len(models["cuda"]) == 2         # K = 1, 2
+    for a, b in zip(models["cuda"], models["cpu"]):
+        _same_state_dicts(a, b)
+    for key in ("round_loss", "train_loss", "val_loss"):
+        np.testing.assert_allclose([c[key] for r in res["cuda"]["runs"] for c in r["curve"]],
+                                   [c[key] for r in res["cpu"]["runs"] for c in r["curve"]],
+                                   rtol=1e-4, err_msg=key)
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator"):
+        assert text in report, text
+
+
 def _same_state_dicts(a, b, tol=TOL):
     assert list(a) == list(b)
     for k in a:

@@ -631,6 +631,39 @@ def nn4_lab_runs_on_the_cuda_workers():
         assert text in report, text
 
 
+@check
+def region_proposals_lab_runs_on_the_device():
+    """``mlcvlab lab run region-proposals --device cuda`` (16x16 canvases, channels 2-2-2, one
+    anchor per cell, one epoch of 2 steps): the RPN (stride-2 convolutions, the 1x1 head)
+    trains and proposes on the device while the anchor sampling, the losses and NMS stay on
+    the host; the trained network ends with the CPU run's weights and the curves and recalls
+    are the CPU's to float32 rounding; the report names the device and gives the training
+    time in wall seconds."""
+    from mlcvlab.labs import region_proposals as rp
+    models = {}
+
+    def built_check(d, built):
+        # per seed the trained net, the untrained arm; then the one built for the count
+        assert [m.device for m in built] == [d, d, "cpu"], [m.device for m in built]
+        models[d] = built[0].state_dict()
+
+    res, out = _lab_on_cpu_and_cuda(
+        "region-proposals", rp, "rpn_model",
+        ["canvas=16", "min_digits=1", "max_digits=2", "min_digit=6", "max_digit=10",
+         "n_train=4", "n_val=2", "n_test=2", "epochs=1", "batch_size=2", "channels=2,2,2",
+         "anchor_scales=8", "aspect_ratios=1", "anchors_per_image=4", "proposal_counts=1,2",
+         "compare_at=1", "nms_thresholds=0.7", "nms_sizes=10", "nms_repeats=1", "seeds=1"],
+        built_check)
+    _same_state_dicts(models["cuda"], models["cpu"])
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose([c[key] for c in res["cuda"]["curves"]["0"]],
+                                   [c[key] for c in res["cpu"]["curves"]["0"]], rtol=1e-4,
+                                   err_msg=key)
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "s wall on the device"):
+        assert text in report, text
+
+
 def _same_state_dicts(a, b, tol=TOL):
     assert list(a) == list(b)
     for k in a:

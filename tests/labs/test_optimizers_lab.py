@@ -125,6 +125,19 @@ def test_noninverted_dropout_keeps_the_units_the_library_dropout_keeps():
     assert not np.array_equal(ours(x) != 0, y != 0)
 
 
+def test_noninverted_net_has_the_inverted_nets_weights_and_masks():
+    """One seed's non-inverted MLP starts from the weights of the inverted one and its dropout
+    layers have the same mask seeds, so with the same batches the two draw the same masks."""
+    from mlcvlab.labs.optimizers import mlp
+    from mlcvlab.nn import Dropout
+    inverted = mlp([12, 8, 8, 3], p_input=0.2, p_hidden=0.5, rng=5)
+    ours = noninverted_mlp([12, 8, 8, 3], 0.2, 0.5, 5)
+    np.testing.assert_array_equal(ours.flat().data, inverted.flat().data)
+    seeds = [[int(m.mask_seed) for m in net if isinstance(m, Dropout)]
+             for net in (ours, inverted)]
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 3
+
+
 def test_noninverted_dropout_declares_that_it_runs_on_the_gpu():
     """mlcvlab.gpu.engine lets model.to("cuda") move the layer (its forward draws the masks with
     gpu.basis.dropout_mask on a device model) and still refuses a subclass whose own forward

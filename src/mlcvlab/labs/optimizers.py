@@ -19,14 +19,15 @@ weight-scaling check run on the device too; their outputs come back to the host,
 statistics are summed in float64 as on the CPU. The timing comparison is then on wall
 seconds (device time), the CPU seconds being only the host's share.
 
-Inverted dropout (``mlcvlab.nn.Dropout``) scales the kept units by 1/q during
-training (q = 1 - p, the keep probability), so the test-time network is the
-trained one. The lab also trains a *non-inverted* variant (masks not scaled) and
-checks the weight-scaling rule: multiplying the weights after each dropout by q at
-test time gives the expected pre-activation over dropout masks. It measures the
-mean pre-activation of every Linear layer over many masks next to the
-scaled-weights pre-activation (exact in expectation for the first layer, an
-approximation after a ReLU), and the test accuracy with and without the scaling.
+Inverted dropout (``mlcvlab.nn.Dropout``) scales the kept units by 1/q during training (q =
+1 - p, the keep probability), so the test-time network is the trained one. The lab also
+trains a *non-inverted* variant (masks not scaled; for one seed the same initial weights,
+batches and dropout masks as the Adam + dropout run, so the two differ only in the scaling)
+and checks the weight-scaling rule: multiplying the weights after each dropout by q at test
+time gives the expected pre-activation over dropout masks. It measures the mean
+pre-activation of every Linear layer over many masks next to the scaled-weights
+pre-activation (exact in expectation for the first layer, an approximation after a ReLU),
+and the test accuracy with and without the scaling.
 """
 from __future__ import annotations
 
@@ -622,7 +623,9 @@ def report_dataset(rep: Report, results: Dict[str, Any], tag: str) -> None:
                  "settings of each optimizer ran back to back.")
     rep.section(rep.fmt(t("Non-inverted dropout and the weight-scaling rule ({T_used})")))
     rep.text(t("An MLP with the same sizes and dropout rates, but masks *not* scaled by 1/q in "
-               "training, was trained with Adam for every seed. For {T_probe_examples} test "
+               "training, was trained with Adam for every seed (from the initial weights, with "
+               "the batches and the dropout masks of that seed's Adam + dropout run: the two "
+               "differ only in the scaling). For {T_probe_examples} test "
                "images (seed {T_probe_seed}'s net) the output of every Linear layer was averaged "
                "over {T_probe_masks:,} dropout masks and compared with one pass whose weights "
                "after each dropout are multiplied by the keep probability q (relative Frobenius "

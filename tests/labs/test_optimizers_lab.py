@@ -110,6 +110,30 @@ def test_noninverted_dropout_masks_without_rescaling():
         NonInvertedDropout(1.0)
 
 
+def test_a_device_run_compares_wall_seconds():
+    """On "cuda" the CPU seconds are the host's share: the with/without-dropout time
+    comparison reads the wall seconds (device time). Here the two clocks disagree."""
+    from mlcvlab.labs.optimizers import TIME_METRIC, summarize_grid
+    runs = []
+    for seed, jitter in ((0, 0.0), (1, 0.1), (2, 0.05)):
+        for name in OPTIMIZERS:
+            for dropout in (False, True):
+                cpu = (1.0 if dropout else 3.0) + jitter            # dropout: less host time
+                wall = (4.0 if dropout else 2.0) + jitter           # but more device time
+                runs.append({"optimizer": name, "dropout": dropout, "seed": seed,
+                             "train_loss": [1.0, 0.5], "val_acc": [0.5, 0.6],
+                             "cpu_seconds": [cpu, cpu], "seconds": [wall, wall],
+                             "test_acc": 0.9 + jitter, "diverged": False})
+    verdicts = {}
+    for clock in ("cpu", "wall"):
+        out = summarize_grid(runs, [0, 1, 2], "t", clock)
+        times = [c for c in out["t_comparisons"] if c["kind"] == "time"]
+        assert {c["metric"] for c in times} == {TIME_METRIC[clock]}
+        assert out["t_clock"] == clock and out["t_time_metric"] == TIME_METRIC[clock]
+        verdicts[clock] = {c["verdict"] for c in times}
+    assert verdicts == {"cpu": {"a better"}, "wall": {"b better"}}
+
+
 def test_noninverted_dropout_keeps_the_units_the_library_dropout_keeps():
     """The same Philox masks as nn.Dropout built with the same generator and p (not rescaled),
     a fresh one per training forward, and the step in the state dict (a resumed run and a

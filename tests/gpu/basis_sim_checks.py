@@ -401,7 +401,7 @@ def sgd_twin_equals_njit():
            False)
     raises(TypeError, "flat float32", GO.sgd_momentum, np.zeros(3), *[np.zeros(3, F)] * 2, 0.1,
            0.9, 0.0, False)
-    raises(ValueError, "no GPU update", GO.get, "rmsprop")
+    raises(ValueError, "no GPU update", GO.get, "lamb")
 
 
 @check
@@ -415,6 +415,73 @@ def adam_twin_equals_njit():
         want = _steps(OK.get("adam"), args, bufs=("m", "v"))
         for a, b, what in zip(got, want, ("w", "m", "v")):
             close(f"adam {what}", a, b, tol=1e-6)
+
+
+# The device step of every rule of optim/adaptive.py (adagrad_kernel, rmsprop_kernel,
+# adadelta_kernel, adam_kernel) against the CPU optimizer's own step, with and without a decay
+# mask (on the CPU a mask runs Adam on the NumPy path too).
+ADAPTIVE = (
+    ("AdaGrad", dict(lr=0.05, lr_decay=0.1, initial_accumulator_value=0.1)),
+    ("RMSProp", dict(lr=0.01)),
+    ("RMSProp", dict(lr=0.01, momentum=0.9)),
+    ("RMSProp", dict(lr=0.01, momentum=0.9, nesterov=True)),
+    ("RMSProp", dict(lr=0.01, momentum=0.5, centered=True)),
+    ("AdaDelta", dict(lr=1.0, rho=0.95)),
+    ("Adam", dict(lr=0.01)),
+)
+
+
+def _optimizer_run(name, kw, device, steps=3):
+    """(flat data, {state: array}) of a 13-7-3 MLP's 122 parameters (odd: no whole block)
+    after ``steps`` steps of optimizer ``name`` on ``device`` from the same gradients."""
+    from mlcvlab import nn, optim
+    from mlcvlab.gpu.device import to_device, to_host
+    model = nn.Sequential(nn.Linear(13, 7, rng=0), nn.ReLU(), nn.Linear(7, 3, rng=0))
+    model.to(device)
+    opt = getattr(optim, name)(model.parameters(), **kw)
+    flat, rs = model.flat(), np.random.default_rng(7)
+    for _ in range(steps):
+        g = rs.normal(size=flat.size).astype(F)
+        flat.grad[...] = g if device == "cpu" else to_device(g)
+        opt.step()
+    return to_host(flat.data), {k: to_host(v) for k, v in opt.state.items()}
+
+
+@check
+def adaptive_optimizers_on_the_device_equal_cpu():
+    """Three steps of each rule, each weight-decay form (none, scalar L2, decay mask: L2 on
+    the weights only), on the CPU (NumPy path; Adam's numba kernel where unmasked) and on the
+    device (one fused kernel): the same weights and state, bit for bit under the simulator
+    (where the kernels round every operation to float32 as NumPy does), to float32 rounding on
+    a GPU (which may fuse a multiply-add)."""
+    from mlcvlab.gpu.device import simulated
+    for name, kw in ADAPTIVE:
+        for decay in ({}, {"weight_decay": 1e-2}, {"weight_decay": 1e-2, "decay_mask": True}):
+            cpu_w, cpu_st = _optimizer_run(name, {**kw, **decay}, "cpu")
+            gpu_w, gpu_st = _optimizer_run(name, {**kw, **decay}, "cuda")
+            assert sorted(cpu_st) == sorted(gpu_st), (name, kw, sorted(cpu_st), sorted(gpu_st))
+            for what, a, b in [("w", gpu_w, cpu_w)] + [(k, gpu_st[k], cpu_st[k]) for k in cpu_st]:
+                where = f"{name} {kw} {decay} {what}"
+                if simulated():
+                    np.testing.assert_array_equal(a, b, err_msg=where)
+                else:
+                    close(where, a, b, tol=1e-6)
+
+
+@check
+def adaptive_twins_refuse_bad_arguments():
+    z = [np.zeros(5, F) for _ in range(4)]
+    raises(TypeError, "flat float32", GO.adagrad, z[0], z[1], np.zeros(5), 0.1, 1e-10, 0.0)
+    raises(ValueError, "has 4 elements", GO.adagrad, z[0], z[1], z[2], 0.1, 1e-10,
+           np.zeros(4, F))
+    raises(ValueError, "momentum_buffer is needed exactly when momentum > 0", GO.rmsprop,
+           z[0], z[1], z[2], None, None, 0.01, 0.99, 0.01, 1e-8, 0.9, 1.9, 0.0, False, False)
+    raises(ValueError, "grad_avg exactly when centered", GO.rmsprop, z[0], z[1], z[2], None,
+           z[3], 0.01, 0.99, 0.01, 1e-8, 0.0, 1.0, 0.0, False, False)
+    raises(ValueError, "Nesterov needs momentum", GO.rmsprop, z[0], z[1], z[2], None, None,
+           0.01, 0.99, 0.01, 1e-8, 0.0, 1.0, 0.0, False, True)
+    raises(TypeError, "expected acc_delta", GO.adadelta, z[0], z[1], z[2], np.zeros(5, int),
+           1.0, 0.9, 0.1, 1e-6, 0.0)
 
 
 # --------------------------------------------------------------------------- shared memory
@@ -551,7 +618,7 @@ def launches_match_ptx_signatures():
         for name in ("linear_forward_backward", "relu_forward_backward", "leaky_sigmoid_tanh",
                      "softmax_forward_backward", "batchnorm_2d", "batchnorm_4d",
                      "cross_entropy_equals_cpu", "sgd_twin_equals_njit",
-                     "adam_twin_equals_njit"):
+                     "adam_twin_equals_njit", "adaptive_optimizers_on_the_device_equal_cpu"):
             CHECKS[name]()
         x = rand(*SHAPE4)
         G.dropout_grad(x, G.dropout(x, 0.5, rng=philox.DropoutKey(1, 0, 0))[1])

@@ -506,5 +506,169 @@ def depth_width_lab_runs_on_the_device():
     assert "cpu_seconds_per_kparam" not in res["cuda"]
 
 
+@check
+def optimizers_lab_runs_on_the_device():
+    """``mlcvlab lab run optimizers --device cuda``, on 12 random 2x2 images in place of MNIST (2
+    held out) and a 4-3-3-10 MLP, one step per epoch, the warm-up left out (the same
+    train_model as the arms: so the simulator takes seconds): every network (the ten arms
+    and the non-inverted dropout net) trains on the device with its fused optimizer update,
+    ends with the CPU run's training losses to float32 rounding, the non-inverted dropout
+    draws the CPU's masks (the same Monte Carlo gaps), and the report names the device and
+    compares the times on wall seconds."""
+    from mlcvlab.labs import optimizers
+
+    def tiny_images(name, split):
+        r = np.random.default_rng(0 if split == "train" else 1)
+        n = 12 if split == "train" else 6
+        return r.random((n, 1, 2, 2), dtype=np.float32), r.integers(0, 10, n)
+
+    def built_check(d, models):
+        # the 10 arms of the one seed (the non-inverted net is not an mlp)
+        assert [m.device for m in models] == [d] * 10, [m.device for m in models]
+
+    original = optimizers.load, optimizers._warm_up
+    optimizers.load, optimizers._warm_up = tiny_images, lambda data, config: None
+    try:
+        res, out = _lab_on_cpu_and_cuda(
+            "optimizers", optimizers, "mlp",
+            ["n_train=0", "n_test=0", "hidden=3,3", "epochs=1", "batch_size=16", "seeds=1",
+             "probe_examples=2", "probe_masks=4", "mc_masks=2", "val_fraction=0.2"],
+            built_check)
+    finally:
+        optimizers.load, optimizers._warm_up = original
+    cpu, gpu = res["cpu"], res["cuda"]
+    rows = {d: res[d]["mnist_run_rows"] for d in ("cpu", "cuda")}
+    assert [(r["optimizer"], r["dropout"]) for r in rows["cuda"]] == \
+        [(r["optimizer"], r["dropout"]) for r in rows["cpu"]]
+    np.testing.assert_allclose([r["final train loss"] for r in rows["cuda"]],
+                               [r["final train loss"] for r in rows["cpu"]], rtol=1e-4)
+    for key in ("rel. gap: mean over masks vs scaled weights", "rel. Monte Carlo std error"):
+        np.testing.assert_allclose([r[key] for r in gpu["mnist_scaling_rows"]],
+                                   [r[key] for r in cpu["mnist_scaling_rows"]], rtol=1e-3,
+                                   err_msg=key)
+    assert cpu["mnist_clock"] == "cpu" and gpu["mnist_clock"] == "wall"
+    times = [c["metric"] for c in gpu["comparisons"] if c["kind"] == "time"]
+    assert times == ["wall seconds per training epoch (device time)"] * 5, times
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "host's share",
+                 "wall seconds per training epoch (device time) with vs without dropout"):
+        assert text in report, text
+
+
+@check
+def inductive_bias_lab_runs_on_the_device():
+    """``mlcvlab lab run inductive-bias --device cuda`` (4x4 edge images, 2 kernels, 4 hidden
+    units, one step of Adam per run): every CNN (conv, ReLU, global max or average pool,
+    linear; a Sobel-frozen one whose conv weight Adam leaves out: the device's fused update on
+    slices of the flat buffer) and MLP trains on the device and ends with the CPU run's
+    weights to float32 rounding, the frozen kernels unchanged, and the report names the
+    device."""
+    from mlcvlab.labs import inductive_bias
+    models = {}
+
+    def built_check(d, built):
+        # every run's model, then the two built on the CPU for the parameter counts
+        trained = [m for m, _ in built[:-2]]
+        assert [m.device for m in trained] == [d] * len(trained) and trained, d
+        models[d] = [m.state_dict() for m in trained]
+
+    res, out = _lab_on_cpu_and_cuda(
+        "inductive-bias", inductive_bias, "build",
+        ["size=4", "n_kernels=2", "hidden=4", "n_per_class=2", "n_test_per_class=2",
+         "epochs=1", "batch_size=16", "more_classes=3", "seeds=1"], built_check)
+    assert len(models["cuda"]) == len(models["cpu"]) == 7        # 7 kinds, one seed
+    for a, b in zip(models["cuda"], models["cpu"]):
+        _same_state_dicts(a, b)
+    frozen = models["cuda"][inductive_bias.MAIN_KINDS.index("sobel_frozen")]["0.weight"][:, 0]
+    np.testing.assert_array_equal(frozen, inductive_bias.SOBEL_BANK[:2].astype(np.float32))
+    for key in ("3/sobel_frozen", "more/cnn_avg"):
+        assert res["cuda"]["runs"][key] == res["cpu"]["runs"][key], key
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator"):
+        assert text in report, text
+
+
+@check
+def nn4_lab_runs_on_the_cuda_workers():
+    """``mlcvlab lab run nn4 --device cuda``: SyncSGD on the handout's CUDA workers (K = 1, 2
+    on one simulated GPU; random 16-pixel images, NN4 16-4-3-3-10, one epoch of 2 rounds of
+    16): the same per-round losses, curves and final weights as the CPU workers to float32
+    rounding (worker k draws worker k's dropout masks on either), and the report names the
+    device. (At 4 samples per worker batch norm amplifies rounding: there the CPU's float32
+    weights already part from float64 ones by 1e-4 after 3 rounds, the device's by 2e-4.)"""
+    from mlcvlab import models as model_zoo        # train_k imports NN4 from here per run
+    from mlcvlab.labs import nn4
+    models = {}
+
+    def tiny(config):
+        r = np.random.default_rng(0)
+        arrays = []
+        for n in (32, 8, 8):
+            arrays += [r.random((n, 16), dtype=np.float32), r.integers(0, 10, n)]
+        arrays[1][:10] = np.arange(10)                      # every class in training
+        return tuple(arrays), "tiny", ""
+
+    def built_check(d, built):
+        models[d] = [m.state_dict() for m in built]
+
+    original = nn4.load_data
+    nn4.load_data = tiny
+    try:
+        res, out = _lab_on_cpu_and_cuda(
+            "nn4", model_zoo, "NN4", ["hidden=4,3,3", "batch_size=16", "workers=1,2",
+                                       "epochs=1", "seeds=1"], built_check)
+    finally:
+        nn4.load_data = original
+    assert len(models["cpu"]) == len(models["cuda"]) == 2         # K = 1, 2
+    for a, b in zip(models["cuda"], models["cpu"]):
+        _same_state_dicts(a, b)
+    for key in ("round_loss", "train_loss", "val_loss"):
+        np.testing.assert_allclose([c[key] for r in res["cuda"]["runs"] for c in r["curve"]],
+                                   [c[key] for r in res["cpu"]["runs"] for c in r["curve"]],
+                                   rtol=1e-4, err_msg=key)
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator"):
+        assert text in report, text
+
+
+@check
+def region_proposals_lab_runs_on_the_device():
+    """``mlcvlab lab run region-proposals --device cuda`` (16x16 canvases, channels 2-2-2, one
+    anchor per cell, one epoch of 2 steps): the RPN (stride-2 convolutions, the 1x1 head)
+    trains and proposes on the device while the anchor sampling, the losses and NMS stay on
+    the host; the trained network ends with the CPU run's weights and the curves and recalls
+    are the CPU's to float32 rounding; the report names the device and gives the training
+    time in wall seconds."""
+    from mlcvlab.labs import region_proposals as rp
+    models = {}
+
+    def built_check(d, built):
+        # per seed the trained net, the untrained arm; then the one built for the count
+        assert [m.device for m in built] == [d, d, "cpu"], [m.device for m in built]
+        models[d] = built[0].state_dict()
+
+    res, out = _lab_on_cpu_and_cuda(
+        "region-proposals", rp, "rpn_model",
+        ["canvas=16", "min_digits=1", "max_digits=2", "min_digit=6", "max_digit=10",
+         "n_train=4", "n_val=2", "n_test=2", "epochs=1", "batch_size=2", "channels=2,2,2",
+         "anchor_scales=8", "aspect_ratios=1", "anchors_per_image=4", "proposal_counts=1,2",
+         "compare_at=1", "nms_thresholds=0.7", "nms_sizes=10", "nms_repeats=1", "seeds=1"],
+        built_check)
+    _same_state_dicts(models["cuda"], models["cpu"])
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose([c[key] for c in res["cuda"]["curves"]["0"]],
+                                   [c[key] for c in res["cpu"]["curves"]["0"]], rtol=1e-4,
+                                   err_msg=key)
+    report = (out / "report.md").read_text()
+    for text in ("**Device: cuda**", "numba's CUDA simulator", "s wall on the device"):
+        assert text in report, text
+
+
+def _same_state_dicts(a, b, tol=TOL):
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=tol, atol=tol, err_msg=k)
+
+
 if __name__ == "__main__":
     simcheck.main(CHECKS)

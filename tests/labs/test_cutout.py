@@ -167,6 +167,36 @@ def test_time_to_target_is_compared_only_when_every_seed_reached_it():
     assert skipped and "not every seed of both reached" in skipped[0]
 
 
+def test_a_device_run_compares_wall_seconds():
+    """On "cuda" the CPU seconds are the host's share: the time comparisons and the table's
+    ratio to the baseline read the wall seconds (device time) instead."""
+    from mlcvlab.labs.cutout import arm_row
+    from mlcvlab.labs.report import timing_clock
+
+    def run(M, cut, err, cpu, wall):
+        return {**_fake_run(M, cut, err, True, 4, cpu), "wall_seconds_to_target": wall,
+                "wall_seconds_total": 10 * wall, "images_per_step": 8, "best_val_error": err,
+                "best_epoch": 4, "final_val_error": err}
+    # CPU seconds say M=4 is cheaper, wall seconds (the device's time) say it costs more
+    arms = {"baseline": [run(1, False, e, 5, 5) for e in (0.10, 0.11, 0.12)],
+            arm_label(1): [run(1, True, e, 40, 4) for e in (0.09, 0.10, 0.11)],
+            arm_label(4): [run(4, True, e, c, w) for e, c, w in ((0.08, 10, 12),
+                                                                  (0.085, 11, 13),
+                                                                  (0.1, 10, 12))]}
+    assert timing_clock({"device": "cuda"}) == "wall" and timing_clock({}) == "cpu"
+    comps, _ = comparisons(arms, "wall")
+    total = next(c for c in comps if c["metric"] == "training wall seconds (device time) (all "
+                 "epochs)")
+    assert total["verdict"] == "b better"               # M=4 took longer on the device
+    assert not any("CPU" in c["metric"] for c in comps)
+    cpu_total = next(c for c in comparisons(arms)[0]
+                     if c["metric"] == "training CPU seconds (all epochs)")
+    assert cpu_total["verdict"] == "a better"
+    row = arm_row(arms[arm_label(4)], 50.0, "wall")
+    assert row["wall s total / baseline"] == pytest.approx(370 / 3 / 50)
+    assert "CPU s total / baseline" not in row
+
+
 @pytest.mark.parametrize("override, key", [
     ("lr=nan", "lr"), ("epochs=0", "epochs"), ("n_train=-5", "n_train"), ("Ms=0,2", "Ms"),
     ("depth=10", "depth"), ("cutout_size=0", "cutout_size"), ("val_fraction=1", "val_fraction"),

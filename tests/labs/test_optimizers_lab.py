@@ -110,6 +110,72 @@ def test_noninverted_dropout_masks_without_rescaling():
         NonInvertedDropout(1.0)
 
 
+def test_a_device_run_compares_wall_seconds():
+    """On "cuda" the CPU seconds are the host's share: the with/without-dropout time
+    comparison reads the wall seconds (device time). Here the two clocks disagree."""
+    from mlcvlab.labs.optimizers import TIME_METRIC, summarize_grid
+    runs = []
+    for seed, jitter in ((0, 0.0), (1, 0.1), (2, 0.05)):
+        for name in OPTIMIZERS:
+            for dropout in (False, True):
+                cpu = (1.0 if dropout else 3.0) + jitter            # dropout: less host time
+                wall = (4.0 if dropout else 2.0) + jitter           # but more device time
+                runs.append({"optimizer": name, "dropout": dropout, "seed": seed,
+                             "train_loss": [1.0, 0.5], "val_acc": [0.5, 0.6],
+                             "cpu_seconds": [cpu, cpu], "seconds": [wall, wall],
+                             "test_acc": 0.9 + jitter, "diverged": False})
+    verdicts = {}
+    for clock in ("cpu", "wall"):
+        out = summarize_grid(runs, [0, 1, 2], "t", clock)
+        times = [c for c in out["t_comparisons"] if c["kind"] == "time"]
+        assert {c["metric"] for c in times} == {TIME_METRIC[clock]}
+        assert out["t_clock"] == clock and out["t_time_metric"] == TIME_METRIC[clock]
+        verdicts[clock] = {c["verdict"] for c in times}
+    assert verdicts == {"cpu": {"a better"}, "wall": {"b better"}}
+
+
+def test_noninverted_dropout_keeps_the_units_the_library_dropout_keeps():
+    """The same Philox masks as nn.Dropout built with the same generator and p (not rescaled),
+    a fresh one per training forward, and the step in the state dict (a resumed run and a
+    device run draw the same masks)."""
+    from mlcvlab import nn
+    x = np.random.default_rng(3).random((7, 13)).astype(np.float32) + 0.5
+    ours, theirs = NonInvertedDropout(0.3, rng=4), nn.Dropout(0.3, rng=4)
+    for _ in range(2):
+        y, z = ours(x), theirs(x)
+        np.testing.assert_array_equal(y != 0, z != 0)
+        np.testing.assert_array_equal(y[y != 0], x[y != 0])
+    assert int(ours.state_dict()["mask_step"]) == 2
+    assert not np.array_equal(ours(x) != 0, y != 0)
+
+
+def test_noninverted_net_has_the_inverted_nets_weights_and_masks():
+    """One seed's non-inverted MLP starts from the weights of the inverted one and its dropout
+    layers have the same mask seeds, so with the same batches the two draw the same masks."""
+    from mlcvlab.labs.optimizers import mlp
+    from mlcvlab.nn import Dropout
+    inverted = mlp([12, 8, 8, 3], p_input=0.2, p_hidden=0.5, rng=5)
+    ours = noninverted_mlp([12, 8, 8, 3], 0.2, 0.5, 5)
+    np.testing.assert_array_equal(ours.flat().data, inverted.flat().data)
+    seeds = [[int(m.mask_seed) for m in net if isinstance(m, Dropout)]
+             for net in (ours, inverted)]
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 3
+
+
+def test_noninverted_dropout_declares_that_it_runs_on_the_gpu():
+    """mlcvlab.gpu.engine lets model.to("cuda") move the layer (its forward draws the masks with
+    gpu.basis.dropout_mask on a device model) and still refuses a subclass whose own forward
+    declares nothing."""
+    from mlcvlab.gpu import engine
+
+    class Mine(NonInvertedDropout):
+        def forward(self, x):
+            return x
+
+    assert engine.reason(NonInvertedDropout(0.5)) is None
+    assert "no GPU twin" in engine.reason(Mine(0.5))
+
+
 def test_scaled_weights_give_the_expected_first_preactivation_and_are_restored():
     model = noninverted_mlp([12, 8, 3], p_input=0.3, p_hidden=0.5, rng=1)
     x = np.random.default_rng(2).random((5, 12)).astype(np.float32)

@@ -92,7 +92,11 @@ def signatures():
         "ce_rows_kernel": [(f2, i1, int64, f2, f1, f1)],
         "ce_reduce_kernel": [(f1, f1, boolean, f1, f1)],
         "ce_grad_kernel": [(f2, i1, f1, f1)],
-        "adam_kernel": [(f1, f1, f1, f1) + (float32,) * 9],
+        # the fused updates: scalars, then wd, the decay mask's vector and "masked"
+        "adam_kernel": [(f1, f1, f1, f1) + (float32,) * 9 + (f1, boolean)],
+        "adagrad_kernel": [(f1, f1, f1, float32, float32, float32, f1, boolean)],
+        "rmsprop_kernel": [(f1,) * 5 + (float32,) * 7 + (f1, boolean, boolean, boolean)],
+        "adadelta_kernel": [(f1,) * 4 + (float32,) * 5 + (f1, boolean)],
     }}
 
 

@@ -130,6 +130,8 @@ def test_errors_are_clear():
         SyncSGD(model, lr=0.1, workers=0, loss=CrossEntropyLoss())
     with pytest.raises(ValueError, match="emp_loss_grad"):
         SyncSGD(model, lr=0.1, workers=2)
+    with pytest.raises(ValueError, match="comm='cuda' runs the handout's CUDA workers"):
+        SyncSGD(model, lr=0.1, workers=2, comm="cuda", loss=CrossEntropyLoss())
     sync = SyncSGD(model, lr=0.1, workers=3, loss=CrossEntropyLoss())
     with pytest.raises(ValueError, match="at least 3"):
         sync.step(*_data(n=2))

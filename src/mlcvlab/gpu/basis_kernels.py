@@ -1,6 +1,6 @@
 """numba CUDA kernels of the GPU twins in :mod:`mlcvlab.gpu.basis`, :mod:`mlcvlab.gpu.losses`
 and :mod:`mlcvlab.gpu.optim`: activations, batch norm over channels, softmax cross-entropy and
-the Adam update.
+the fused optimizer updates (Adam, AdaGrad, RMSProp, AdaDelta).
 
 Kernels that :mod:`mlcvlab.parallel.cuda_kernels` already has for the same layout and the same
 arithmetic (bias add, column sum, sigmoid gradient, dropout mask and multiply, (N, D) batch
@@ -328,18 +328,88 @@ def ce_grad_kernel(P, target, kept, scale):
 
 
 # ------------------------------------------------------------------ optimizer
+# The fused updates of mlcvlab.optim on flat (P,) vectors, each the arithmetic of the CPU
+# optimizer in the same order and rounding (every product, sum and quotient a float32, the
+# square roots rounded to float32: under the simulator, where math.sqrt returns a double, the
+# update is then the CPU's bit for bit; a GPU may contract a multiply and an add into one fma).
+# Weight decay is coupled as on the CPU, g = w·wd + grad: ``wd`` a scalar, or, with
+# ``masked``, the decay mask's per-element values ``wdv`` (the CPU's NumPy path for
+# ``decay_mask=True``: wd on weights, 0 on biases and batch-norm parameters).
+@cuda.jit(device=True)
+def coupled_grad_d(w, grad, wd, wdv, masked, i):
+    """g = w[i]·wd + grad[i] (wd = wdv[i] when masked)."""
+    return w[i] * (wdv[i] if masked else wd) + grad[i]
+
+
 @cuda.jit
 def adam_kernel(w, grad, m, v, step_size, beta1, one_m_beta1, beta2, one_m_beta2, eps,
-                inv_bc2_sqrt, wd, shrink):
+                inv_bc2_sqrt, wd, shrink, wdv, masked):
     """The fused Adam/AdamW step of ``mlcvlab.optim.kernels.adam``, same arithmetic in the
     same order: w' = w·shrink, g = w'·wd + grad, m = m·b1 + g·(1-b1),
     v = v·b2 + g²·(1-b2), w = w' - (m/(sqrt(v)·inv_bc2_sqrt + eps))·step_size."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, w.shape[0], stride):
         wi = w[i] * shrink
-        g = wi * wd + grad[i]
+        g = wi * (wdv[i] if masked else wd) + grad[i]
         mi = m[i] * beta1 + g * one_m_beta1
         vi = v[i] * beta2 + (g * g) * one_m_beta2
         m[i] = mi
         v[i] = vi
-        w[i] = wi - (mi / (math.sqrt(vi) * inv_bc2_sqrt + eps)) * step_size
+        w[i] = wi - (mi / (float32(math.sqrt(vi)) * inv_bc2_sqrt + eps)) * step_size
+
+
+@cuda.jit
+def adagrad_kernel(w, grad, s, clr, eps, wd, wdv, masked):
+    """AdaGrad (``mlcvlab.optim.AdaGrad``): s = s + g², w = w - (g/(sqrt(s) + eps))·clr, clr
+    the step's decayed learning rate lr/(1 + (t-1)·lr_decay)."""
+    for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
+        g = coupled_grad_d(w, grad, wd, wdv, masked, i)
+        si = s[i] + g * g
+        s[i] = si
+        w[i] = w[i] - (g / (float32(math.sqrt(si)) + eps)) * clr
+
+
+@cuda.jit
+def rmsprop_kernel(w, grad, r, v, mean, lr, alpha, one_m_alpha, eps, momentum,
+                   one_p_momentum, wd, wdv, masked, centered, nesterov):
+    """RMSProp (``mlcvlab.optim.RMSProp``): r = r·α + g²·(1-α); centered: mean = mean·α +
+    g·(1-α), den = sqrt(r - mean²) + eps, else sqrt(r) + eps; b = g/den, then
+    momentum 0: w -= b·lr; momentum μ: v = v·μ + b, w -= v·lr; Nesterov (Goodfellow et al.,
+    Alg. 8.7, in the model's variables): v' = v·μ + b·(-lr), w = (w + v·(-μ)) + v'·(1+μ).
+    ``v`` and ``mean`` are read only when momentum > 0 / centered."""
+    for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
+        g = coupled_grad_d(w, grad, wd, wdv, masked, i)
+        ri = r[i] * alpha + (g * g) * one_m_alpha
+        r[i] = ri
+        if centered:
+            mi = mean[i] * alpha + g * one_m_alpha
+            mean[i] = mi
+            den = float32(math.sqrt(ri - mi * mi)) + eps
+        else:
+            den = float32(math.sqrt(ri)) + eps
+        b = g / den
+        if momentum > _0:
+            vo = v[i]
+            if nesterov:
+                vn = vo * momentum + b * (-lr)
+                v[i] = vn
+                w[i] = (w[i] + vo * (-momentum)) + vn * one_p_momentum
+            else:
+                vn = vo * momentum + b
+                v[i] = vn
+                w[i] = w[i] - vn * lr
+        else:
+            w[i] = w[i] - b * lr
+
+
+@cuda.jit
+def adadelta_kernel(w, grad, r, u, lr, rho, one_m_rho, eps, wd, wdv, masked):
+    """AdaDelta (``mlcvlab.optim.AdaDelta``): r = r·ρ + g²·(1-ρ),
+    delta = (sqrt(u + eps)/sqrt(r + eps))·g, u = u·ρ + delta²·(1-ρ), w = w - delta·lr."""
+    for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
+        g = coupled_grad_d(w, grad, wd, wdv, masked, i)
+        ri = r[i] * rho + (g * g) * one_m_rho
+        r[i] = ri
+        delta = (float32(math.sqrt(u[i] + eps)) / float32(math.sqrt(ri + eps))) * g
+        u[i] = u[i] * rho + (delta * delta) * one_m_rho
+        w[i] = w[i] - delta * lr

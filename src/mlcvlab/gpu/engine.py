@@ -4,9 +4,13 @@ A layer runs on "cuda" when the class that defines its ``forward`` is one whose 
 GPU twin (:mod:`mlcvlab.gpu.basis`, :mod:`mlcvlab.gpu.conv`) and its options are ones the
 twin supports (each twin module's ``unsupported(layer)`` says why not), or when it is a
 container whose own forward only routes arrays (Sequential, Residual, Concat,
-ZeroPadShortcut, NN4). A subclass that overrides ``forward`` (e.g. a lab's non-inverted dropout)
-has no twin until it declares one: it is refused by name, not run on the CPU half-way.
-Every reason is collected, so one error lists all that stops a model.
+ZeroPadShortcut, NN4). A subclass that overrides ``forward`` has no twin until it declares
+one: it is refused by name, not run on the CPU half-way. It declares one by setting
+``runs_on_gpu = True`` in the body of the class that defines its ``forward``, which says that
+its forward and backward compute through the GPU twins and device-array arithmetic only (the
+optimizers lab's non-inverted dropout draws the library's masks with
+``gpu.basis.dropout_mask``). Every reason is collected, so one error lists all that stops a
+model.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ def reason(layer) -> Optional[str]:
     """Why ``layer`` (its own forward, not its children) cannot run on "cuda", or None."""
     owner = _forward_owner(layer)
     twins = _twins()
+    if owner.__dict__.get("runs_on_gpu") is True:
+        return None                     # declared by the class whose forward runs
     if owner not in twins:
         return (f"{type(layer).__name__} has no GPU twin (its forward is "
                 f"{owner.__module__}.{owner.__name__}.forward)")

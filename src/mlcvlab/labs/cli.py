@@ -10,7 +10,8 @@ from mlcvlab.labs import registry
 
 # The labs with a "device" setting, named in --device's help without importing every lab
 # (tests/labs/test_framework.py checks this list against the presets).
-DEVICE_LABS = ("bn-dropout", "cutout", "cyclical", "data-parallel", "depth-width", "memory")
+DEVICE_LABS = ("bn-dropout", "cutout", "cyclical", "data-parallel", "depth-width",
+               "inductive-bias", "memory", "nn4", "optimizers", "region-proposals")
 
 
 def register(subparsers) -> None:

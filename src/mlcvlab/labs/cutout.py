@@ -13,13 +13,14 @@
 Every arm runs over the same seeds, paired by seed (one seed: the same initial weights and the
 same batch order in every arm). ``val_fraction`` of the training images are held out
 (stratified) as the validation split: the curves, the best epoch and the epochs / CPU
-seconds to ``target_acc`` are read on it. The test split is evaluated once per run, after
-the last epoch. Each cutout arm is compared with the baseline, and each M > 1 with M = 1,
-by :func:`mlcvlab.labs.stats.compare` (paired difference over seeds, 95% interval, verdict).
-Without CIFAR-10 on disk the lab runs a stated, smaller substitute: the embedded
-``fashion10k`` set padded to 3 x 32 x 32, a ResNet of depth ``sub_depth`` and width
-``sub_width``, ``sub_epochs`` epochs, M only up to ``sub_max_M`` and the target
-``sub_target_acc``.
+seconds to ``target_acc`` are read on it (on ``device`` "cuda": wall seconds, the device's
+time, since the CPU seconds there are only the host's share; ``report.timing_clock``). The
+test split is evaluated once per run, after the last epoch. Each cutout arm is compared with
+the baseline, and each M > 1 with M = 1, by :func:`mlcvlab.labs.stats.compare` (paired
+difference over seeds, 95% interval, verdict). Without CIFAR-10 on disk the lab runs a
+stated, smaller substitute: the embedded ``fashion10k`` set padded to 3 x 32 x 32, a ResNet
+of depth ``sub_depth`` and width ``sub_width``, ``sub_epochs`` epochs, M only up to
+``sub_max_M`` and the target ``sub_target_acc``.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from mlcvlab.data import (BatchAugment, Compose, Cutout, DataLoader, RandomCrop,
                           RandomHorizontalFlip, load_or_substitute, train_val_split)
 from mlcvlab.labs import stats
 from mlcvlab.labs.registry import lab
-from mlcvlab.labs.report import Report, new_figure
+from mlcvlab.labs.report import Report, new_figure, timing_clock
 from mlcvlab.models import resnet_cifar
 from mlcvlab.models.blocks import conv_bn_relu, init_conv_weights
 from mlcvlab.models.resnet import CIFAR_DEPTHS, basic_block
@@ -318,8 +319,15 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
     return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 
-def arm_row(runs: List[Dict[str, Any]], base_cpu: float) -> Dict[str, Any]:
-    """One table row: means over seeds, the test error's 95% interval, per-seed test errors."""
+# the training-time words of each clock (report.timing_clock): "cpu" on the CPU, "wall" (device
+# time) on "cuda"
+CLOCK_UNIT = {"cpu": "CPU seconds", "wall": "wall seconds (device time)"}
+CLOCK_COLUMN = {"cpu": "CPU s", "wall": "wall s"}
+
+
+def arm_row(runs: List[Dict[str, Any]], base: float, clock: str = "cpu") -> Dict[str, Any]:
+    """One table row: means over seeds, the test error's 95% interval, per-seed test errors;
+    the total training time relative to the baseline's (``base``) on ``clock``."""
     err = stats.summarize([100 * r["test_error"] for r in runs])
     lo, hi = err["ci95"]
     reached = sum(r["reached"] for r in runs)
@@ -337,15 +345,22 @@ def arm_row(runs: List[Dict[str, Any]], base_cpu: float) -> Dict[str, Any]:
             "wall s to target": _mean([r["wall_seconds_to_target"] for r in runs]) or "n/a",
             "CPU s total": float(np.mean([r["cpu_seconds_total"] for r in runs])),
             "wall s total": float(np.mean([r["wall_seconds_total"] for r in runs])),
-            "CPU s total / baseline": float(np.mean([r["cpu_seconds_total"] for r in runs]))
-            / base_cpu}
+            f"{CLOCK_COLUMN[clock]} total / baseline":
+                float(np.mean([r[f"{clock}_seconds_total"] for r in runs])) / base}
 
 
-def comparisons(arms: Dict[str, List[Dict[str, Any]]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+def time_metrics(clock: str = "cpu") -> Tuple[str, str]:
+    """The names of the two time comparisons on ``clock``: (to the target, all epochs)."""
+    unit = CLOCK_UNIT[clock]
+    return (f"training {unit} to the validation target", f"training {unit} (all epochs)")
+
+
+def comparisons(arms: Dict[str, List[Dict[str, Any]]], clock: str = "cpu"
+                ) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Each cutout arm vs the baseline and each M > 1 vs M = 1 on the test error; M > 1 vs
-    M = 1 on epochs and CPU seconds to the validation target when every seed of both reached
-    it, and on the total training CPU seconds. Also the sentences saying which target
-    comparisons could not be made."""
+    M = 1 on epochs and training seconds (on ``clock``: "cpu", or "wall" on a device run) to
+    the validation target when every seed of both reached it, and on the total training
+    seconds. Also the sentences saying which target comparisons could not be made."""
     out, skipped = [], []
 
     def add(a: str, b: str, field: str, metric: str, scale: float = 1.0) -> None:
@@ -355,6 +370,7 @@ def comparisons(arms: Dict[str, List[Dict[str, Any]]]) -> Tuple[List[Dict[str, A
 
     cut = [k for k in arms if k != BASELINE]
     one = arm_label(1)
+    to_target, total = time_metrics(clock)
     for k in cut:
         add(k, BASELINE, "test_error", ERROR, 100.0)
     if one in arms:
@@ -366,12 +382,12 @@ def comparisons(arms: Dict[str, List[Dict[str, Any]]]) -> Tuple[List[Dict[str, A
                 continue
             if all(r["reached"] for r in arms[k] + arms[one]):
                 add(k, one, "epochs_to_target", "epochs to the validation target")
-                add(k, one, "cpu_seconds_to_target", "training CPU seconds to the validation "
-                    "target")
+                add(k, one, f"{clock}_seconds_to_target", to_target)
             else:
                 skipped.append(f"{k} vs {one}: not every seed of both reached the validation "
-                               "target, so epochs and CPU seconds to it are not compared.")
-            add(k, one, "cpu_seconds_total", "training CPU seconds (all epochs)")
+                               f"target, so epochs and {CLOCK_UNIT[clock]} to it are not "
+                               "compared.")
+            add(k, one, f"{clock}_seconds_total", total)
     return out, skipped
 
 
@@ -383,9 +399,10 @@ def _colours(labels: List[str]) -> Dict[str, str]:
     return {label: f"C{i}" for i, label in enumerate(labels)}
 
 
-def _error_figure(rep: Report, arms: Dict[str, List[Dict[str, Any]]]) -> None:
-    """Validation error vs epoch and vs cumulative training CPU seconds: mean over seeds,
-    band min..max; one colour per arm in both panels."""
+def _error_figure(rep: Report, arms: Dict[str, List[Dict[str, Any]]], clock: str = "cpu"
+                  ) -> None:
+    """Validation error vs epoch and vs cumulative training seconds on ``clock``: mean over
+    seeds, band min..max; one colour per arm in both panels."""
     from matplotlib.ticker import MaxNLocator
 
     colours = _colours(list(arms))
@@ -393,7 +410,8 @@ def _error_figure(rep: Report, arms: Dict[str, List[Dict[str, Any]]]) -> None:
     for label, runs in arms.items():
         err = 100 * np.asarray([r["val_error"] for r in runs])
         ep = np.arange(1, err.shape[1] + 1)
-        cpu = np.mean([np.cumsum(r["epoch_cpu_seconds"]) for r in runs], axis=0)
+        key = "epoch_cpu_seconds" if clock == "cpu" else "epoch_seconds"
+        cpu = np.mean([np.cumsum(r[key]) for r in runs], axis=0)
         marker = MARKERS[list(arms).index(label) % len(MARKERS)]
         seeds = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
         for ax, x in ((ax1, ep), (ax2, cpu)):
@@ -405,8 +423,9 @@ def _error_figure(rep: Report, arms: Dict[str, List[Dict[str, Any]]]) -> None:
     ax1.set_xlabel("epoch")
     ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_title("Validation error per epoch")
-    ax2.set_xlabel("training CPU seconds (cumulative, mean over seeds)")
-    ax2.set_title("Validation error vs training CPU time")
+    ax2.set_xlabel(f"training {CLOCK_UNIT[clock]} (cumulative, mean over seeds)")
+    ax2.set_title("Validation error vs training " + ("CPU time" if clock == "cpu" else
+                                                     "wall time (device)"))
     for ax in (ax1, ax2):
         ax.set_ylabel("validation error (%)")
         ax.axhline(100 * (1 - rep.results["target_acc"]), color="0.5", ls=":", lw=1,
@@ -416,8 +435,8 @@ def _error_figure(rep: Report, arms: Dict[str, List[Dict[str, Any]]]) -> None:
     fig.suptitle(f"Cutout and batch augmentation on {rep.results['dataset_used']}: "
                  "mean over seeds (band: min to max)")
     rep.figure("val_error", fig, "Validation error (split held out of the training data) vs "
-               "epoch and vs cumulative training CPU seconds, per arm ({dataset_used}); dotted: "
-               "the target error.")
+               f"epoch and vs cumulative training {CLOCK_UNIT[clock]}, per arm "
+               "({dataset_used}); dotted: the target error.")
 
 
 def _differences(config: Dict[str, Any], results: Dict[str, Any]) -> List[str]:
@@ -469,13 +488,17 @@ def write_report(out_dir, config, results, images) -> None:
              "and {cutout_size}x{cutout_size} cutout (Hoffer et al. 2019), so a step sees "
              "m x {batch_size} images and an epoch has the same {steps_per_epoch} steps; M=1 is "
              "cutout alone. Target: {target_pct:g}% validation accuracy. Times are training "
-             "time only (no evaluation): CPU seconds of the process (all its threads), with "
-             "wall seconds beside them.")
+             "time only (no evaluation): " + (
+                 "CPU seconds of the process (all its threads), with wall seconds beside them."
+                 if results["clock"] == "cpu" else
+                 "on the device named under Setup the time comparisons read wall seconds (device "
+                 "time: every step waits for its loss); the CPU seconds beside them are the "
+                 "host's share."))
     rep.table("runs", results["rows"], "Per arm: test error (mean over seeds, 95% t-interval), "
               "validation error, time to the validation target (mean over seeds, given when "
               "every seed reached it)")
     rep.comparisons(results["comparisons"], heading="Comparisons (paired by seed, 95% intervals)")
-    _error_figure(rep, results["arms"])
+    _error_figure(rep, results["arms"], results["clock"])
     lines = [f"{_WHAT.get(c['metric'], c['metric'])}: " + stats.sentence(c)
              for c in results["comparisons"]]
     lines += results["skipped_comparisons"]
@@ -492,8 +515,10 @@ def write_report(out_dir, config, results, images) -> None:
 
 _WHAT = {ERROR: "Test error after the last epoch",
          "epochs to the validation target": "Epochs to the target",
-         "training CPU seconds to the validation target": "CPU time to the target",
-         "training CPU seconds (all epochs)": "Training cost"}
+         time_metrics("cpu")[0]: "CPU time to the target",
+         time_metrics("cpu")[1]: "Training cost",
+         time_metrics("wall")[0]: "Wall time (device) to the target",
+         time_metrics("wall")[1]: "Training cost (device wall time)"}
 
 
 @lab(name="cutout",
@@ -525,8 +550,9 @@ def summarize(arms, config, settings, data, substituted, seeds) -> Dict[str, Any
     """The results dict: settings, per-seed runs, table rows and the comparisons."""
     n_train = len(data["y_train"])
     model = cifar_resnet(settings["depth"], settings["width"], rng=0)
-    base_cpu = float(np.mean([r["cpu_seconds_total"] for r in arms[BASELINE]]))
-    comps, skipped = comparisons(arms)
+    clock = timing_clock(config)
+    base = float(np.mean([r[f"{clock}_seconds_total"] for r in arms[BASELINE]]))
+    comps, skipped = comparisons(arms, clock)
     return {
         "dataset_wanted": config["dataset"], "dataset_used": data["used"],
         "data_note": data["note"], "substituted": substituted, **settings,
@@ -540,5 +566,6 @@ def summarize(arms, config, settings, data, substituted, seeds) -> Dict[str, Any
         "milestone_epochs": [int(round(f * settings["epochs"])) for f in config["lr_milestones"]],
         "steps_per_epoch": -(-n_train // config["batch_size"]),
         "target_pct": 100 * settings["target_acc"],
-        "arms": arms, "rows": [arm_row(runs, base_cpu) for runs in arms.values()],
+        "arms": arms, "rows": [arm_row(runs, base, clock) for runs in arms.values()],
+        "clock": clock,
         "comparisons": comps, "skipped_comparisons": skipped, "paper": PAPER}

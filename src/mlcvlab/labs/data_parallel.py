@@ -53,7 +53,7 @@ import numpy as np
 
 from mlcvlab.labs import stats
 from mlcvlab.labs.registry import lab
-from mlcvlab.labs.report import Report, new_figure
+from mlcvlab.labs.report import Report, new_figure, timing_clock
 from mlcvlab.parallel.comm import Communicator
 
 QUICK = {"dataset": "mnist", "workers": [1, 2, 4], "batches": [32, 512],
@@ -80,8 +80,9 @@ def cores() -> int:
 def primary_clock(config: Dict[str, Any]) -> str:
     """The clock the speedups, comparisons and headline are read on: a rank's CPU seconds on
     the CPU; on "cuda" the wall seconds of the synchronised step (device time), since there
-    the host's CPU seconds are only its share of the step (launching kernels, waiting)."""
-    return "wall" if config.get("device", "cpu") == "cuda" else "cpu"
+    the host's CPU seconds are only its share of the step (launching kernels, waiting):
+    :func:`mlcvlab.labs.report.timing_clock`, the rule of every lab with a device setting."""
+    return timing_clock(config)
 
 
 def capacity(config: Dict[str, Any]) -> Tuple[int, str]:

@@ -23,6 +23,12 @@ every model, so the models are compared *paired by seed* (:func:`mlcvlab.labs.st
    comparison says so.
 5. Five classes (with diagonals), global max vs average pooling.
 
+``device`` "cuda" (``--device cuda``) trains and evaluates every model on the GPU (the loss
+there too; a batch crosses once per step, the predictions come back once per test set). The
+models are tiny (8 kernels on 12x12 images, 64 hidden units), so a GPU is no faster here than
+the CPU (each step is a few dozen launches of microseconds of work): the setting is for
+checking that the CNNs and MLPs learn the same on either device, not for speed.
+
 Every accuracy is also compared with chance (1 / classes). A domain where no model is above
 chance is reported as degenerate (nothing learned transfers there, so there is nothing to
 rank), never as "the worst domain". Nothing is selected on the test sets: every model trains
@@ -43,6 +49,7 @@ from mlcvlab.models import mlp
 from mlcvlab.nn import (AvgPool2d, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, ReLU,
                         Sequential)
 from mlcvlab.optim import Adam
+from mlcvlab.train.trainer import _host, _model_input
 
 SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])  # vertical edges
 SOBEL_DIAG = np.array([[-2.0, -1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 2.0]])  # x - y = c edges
@@ -55,7 +62,7 @@ KERNEL_LABELS = {"random": "random init, learned", "sobel_init": "Sobel init, le
 
 _FULL = {"size": 12, "n_kernels": 8, "hidden": 64, "n_per_class": [2, 5, 10, 20, 50, 100, 200],
          "n_test_per_class": 200, "seeds": 10, "epochs": 60, "batch_size": 32, "lr": 0.01,
-         "more_classes": 5, "seed": 0}
+         "more_classes": 5, "seed": 0, "device": "cpu"}
 _STANDARD = {**_FULL, "n_per_class": [2, 5, 20, 100]}
 _QUICK = {**_FULL, "size": 8, "n_per_class": [4, 30], "n_test_per_class": 40, "seeds": 2,
           "epochs": 25, "batch_size": 16, "lr": 0.02}
@@ -133,11 +140,12 @@ def train(model, frozen: Sequence, X, y, config, gen: np.random.Generator) -> No
     """Adam on the cross-entropy; parameters in ``frozen`` are excluded from the optimizer.
 
     Each step zeroes every gradient (the frozen ones too: they live outside Adam's flat
-    buffer), runs forward and backward, and lets Adam update the others.
+    buffer), runs forward and backward, and lets Adam update the others. The model's device
+    is where it trains: each host batch goes there, and the loss computes there.
     """
     params = [p for p in model.parameters() if all(p is not f for f in frozen)]
     opt = Adam(params, lr=config["lr"])
-    loss = CrossEntropyLoss()
+    loss = CrossEntropyLoss().to(model.device)
     loader = DataLoader(X, y, config["batch_size"], seed=gen, prefetch=0)
     model.train()
     for _ in range(config["epochs"]):
@@ -145,15 +153,16 @@ def train(model, frozen: Sequence, X, y, config, gen: np.random.Generator) -> No
             opt.zero_grad()
             for p in frozen:
                 p.zero_grad()
-            loss(model(xb), yb)
+            loss(model(_model_input(model, xb)), yb)
             model.backward(loss.backward())
             opt.step()
     model.eval()
 
 
 def predict(model, X: np.ndarray) -> np.ndarray:
-    """Class predictions (N,) in evaluation mode."""
-    return model.eval()(X.astype(np.float32)).argmax(axis=1)
+    """Class predictions (N,) on the host, in evaluation mode (computed on the model's
+    device)."""
+    return _host(model.eval()(_model_input(model, X))).argmax(axis=1)
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -168,7 +177,8 @@ def run_one(kind: str, config, n_per_class: int, n_classes: int, seed: int, test
     """Train one model; accuracy and confusion matrix on every test domain, evaluated once."""
     X, y = train_set(config, n_per_class, n_classes, seed)
     model, frozen = build(kind, config, n_classes, np.random.default_rng([seed, 20]))
-    before = [f.data.copy() for f in frozen]
+    model.to(config.get("device", "cpu"))
+    before = [_host(f.data.copy()) for f in frozen]
     train(model, frozen, X, y, config, np.random.default_rng([seed, 21]))
     out = {"acc": {}, "confusion": {}}
     for name, (Xt, yt) in test_sets.items():
@@ -176,9 +186,10 @@ def run_one(kind: str, config, n_per_class: int, n_classes: int, seed: int, test
         out["acc"][name] = float(np.mean(pred == yt))
         out["confusion"][name] = confusion(yt, pred, n_classes)
     out["train_acc"] = float(np.mean(predict(model, X) == y))
-    out["frozen_unchanged"] = all(np.array_equal(b, f.data) for b, f in zip(before, frozen))
+    out["frozen_unchanged"] = all(np.array_equal(b, _host(f.data))
+                                  for b, f in zip(before, frozen))
     if kind != "mlp":
-        out["kernels"] = model[0].weight.data[:, 0].copy()
+        out["kernels"] = _host(model[0].weight.data[:, 0].copy())
     return out
 
 

@@ -16,6 +16,14 @@ That is what the comparisons K vs K = 1 measure, not the speed of parallel train
 
 A validation split (``val_fraction`` of the training images, stratified, seeded) gives the
 per-epoch curves; the test split is evaluated once, after the last epoch.
+
+``device`` "cuda" (``--device cuda``) runs the rounds on the handout's CUDA workers
+(``SyncSGD(..., comm="cuda")``, what ``mlcvlab train --dist cuda`` uses): the K workers'
+forward and backward, the gradient average and the SGD update are numba kernels on the GPU
+(the K workers take turns on one GPU; with several, worker k uses GPU k mod G). Worker k
+draws the dropout masks of worker k on the CPU, so a seed's rounds are the CPU run's up to
+float rounding. The weights come back to the host after every round, where the curves and
+the test split are evaluated. No time is measured or compared.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ from mlcvlab.labs.report import Report, new_figure
 
 QUICK = {"dataset": "mnist", "workers": [1, 2, 4], "hidden": [64, 32, 32], "epochs": 3,
          "batch_size": 64, "lr": 0.1, "p_input": 0.2, "p_hidden": 0.5, "n_train": 1024,
-         "n_test": 500, "val_fraction": 0.1, "seeds": 2, "seed": 0}
+         "n_test": 500, "val_fraction": 0.1, "seeds": 2, "seed": 0, "device": "cpu"}
 STANDARD = {**QUICK, "hidden": [256, 128, 64], "epochs": 12, "batch_size": 128,
             "n_train": 0, "n_test": 0, "seeds": 5}
 FULL = {**QUICK, "hidden": [512, 256, 128], "epochs": 20, "batch_size": 256, "n_train": 0,
@@ -59,7 +67,8 @@ def load_data(config: Dict[str, Any]):
 
 def train_k(k: int, data, config: Dict[str, Any], seed: int, progress) -> Dict[str, Any]:
     """Train NN4 with SyncSGD on K = k workers from seed ``seed`` (initial weights, batch
-    order, dropout streams); per-epoch train / validation curves and one final test."""
+    order, dropout streams), on the CPU or (config["device"] "cuda") the handout's CUDA
+    workers; per-epoch train / validation curves and one final test."""
     from mlcvlab.models import NN4
     from mlcvlab.optim.sync_sgd import SyncSGD
     from mlcvlab.train import array_batches, evaluate
@@ -67,7 +76,8 @@ def train_k(k: int, data, config: Dict[str, Any], seed: int, progress) -> Dict[s
     classes = int(max(y.max(), yv.max(), yt.max()) + 1)
     model = NN4(X.shape[1], hidden=config["hidden"], n_classes=classes, p_input=config["p_input"],
                 p_hidden=config["p_hidden"], rng=seed)
-    sync = SyncSGD(model, lr=config["lr"], workers=k, seed=seed)
+    comm = "cuda" if config.get("device", "cpu") == "cuda" else "local"
+    sync = SyncSGD(model, lr=config["lr"], workers=k, comm=comm, seed=seed)
     gen = np.random.default_rng([seed, 1])        # the same batches for every K
     B = config["batch_size"]
     curve = []

@@ -11,14 +11,23 @@ seconds per epoch with the wall seconds beside them), optimizer vs optimizer on 
 training loss, and the non-inverted dropout checks below. Curves use a validation split
 held out of the training images; the test split is evaluated once, after the last epoch.
 
-Inverted dropout (``mlcvlab.nn.Dropout``) scales the kept units by 1/q during
-training (q = 1 - p, the keep probability), so the test-time network is the
-trained one. The lab also trains a *non-inverted* variant (masks not scaled) and
-checks the weight-scaling rule: multiplying the weights after each dropout by q at
-test time gives the expected pre-activation over dropout masks. It measures the
-mean pre-activation of every Linear layer over many masks next to the
-scaled-weights pre-activation (exact in expectation for the first layer, an
-approximation after a ReLU), and the test accuracy with and without the scaling.
+``device`` "cuda" (``--device cuda``) trains every network on the GPU: the model, its
+optimizer state (each optimizer's update is one fused kernel there, decay mask included) and
+the loss live on the device, a batch crosses once per step, and the non-inverted dropout
+draws its masks there (the same Philox masks as on the CPU). The evaluation passes of the
+weight-scaling check run on the device too; their outputs come back to the host, where the
+statistics are summed in float64 as on the CPU. The timing comparison is then on wall
+seconds (device time), the CPU seconds being only the host's share.
+
+Inverted dropout (``mlcvlab.nn.Dropout``) scales the kept units by 1/q during training (q =
+1 - p, the keep probability), so the test-time network is the trained one. The lab also
+trains a *non-inverted* variant (masks not scaled; for one seed the same initial weights,
+batches and dropout masks as the Adam + dropout run, so the two differ only in the scaling)
+and checks the weight-scaling rule: multiplying the weights after each dropout by q at test
+time gives the expected pre-activation over dropout masks. It measures the mean
+pre-activation of every Linear layer over many masks next to the scaled-weights
+pre-activation (exact in expectation for the first layer, an approximation after a ReLU),
+and the test accuracy with and without the scaling.
 """
 from __future__ import annotations
 
@@ -36,16 +45,20 @@ from mlcvlab.labs import stats
 from mlcvlab.optim.registry import build, canonical_name
 from mlcvlab.labs.checks import Checker
 from mlcvlab.labs.registry import lab
-from mlcvlab.labs.report import Report, new_figure
+from mlcvlab.labs.report import Report, new_figure, timing_clock
 from mlcvlab.models import mlp
-from mlcvlab.nn import CrossEntropyLoss, Flatten, Kept, Linear, Module, ReLU, Sequential, basis
+from mlcvlab.nn import (CrossEntropyLoss, Dropout, Flatten, Kept, Linear, Module, ReLU,
+                        Sequential, basis)
+from mlcvlab.nn.module import check_input
 from mlcvlab.train import Trainer, array_batches, evaluate
+from mlcvlab.train.trainer import _host, _model_input
 
 OPTIMIZERS = ("AdaGrad", "RMSProp", "RMSProp+Nesterov", "AdaDelta", "Adam")
 
 _COMMON = {"batch_size": 128, "weight_decay": 1e-4, "lr_adagrad": 0.01, "lr_rmsprop": 1e-3,
            "lr_rmsprop_nesterov": 1e-4, "momentum": 0.9, "lr_adadelta": 1.0, "rho_adadelta": 0.95,
-           "lr_adam": 1e-3, "p_input": 0.2, "p_hidden": 0.5, "val_fraction": 0.1, "seed": 0}
+           "lr_adam": 1e-3, "p_input": 0.2, "p_hidden": 0.5, "val_fraction": 0.1, "seed": 0,
+           "device": "cpu"}
 QUICK = {**_COMMON, "datasets": ["mnist"], "n_train": 2048, "n_test": 1000, "hidden": [100, 100],
          "epochs": 3, "probe_examples": 50, "probe_masks": 400, "mc_masks": 8, "seeds": 2}
 STANDARD = {**_COMMON, "datasets": ["mnist"], "n_train": 0, "n_test": 0, "hidden": [512, 512],
@@ -86,28 +99,37 @@ def load_study_data(wanted: str, n_train: int, n_test: int, rng: np.random.Gener
 
 
 # -- non-inverted dropout ---------------------------------------------------------------------
-class NonInvertedDropout(Module):
+class NonInvertedDropout(Dropout):
     """Dropout as in the original formulation: kept units are *not* rescaled in training.
 
     Training: y = x * m with m ~ Bernoulli(1 - p), a fresh mask per forward; evaluation:
     the identity, so the weights after this layer must be multiplied by the keep
     probability 1 - p at test time (see :func:`weights_scaled_by_keep`). x: any shape.
+
+    The masks are the library Dropout's (a subclass of it): the counter-based Philox masks
+    keyed by the layer's seed and forward count (buffers ``mask_seed`` and ``mask_step``),
+    drawn on the model's device (:func:`keep_mask`), so a CPU run and a "cuda" run of the
+    lab drop the same units, and a layer built with the generator and p of an
+    ``nn.Dropout`` keeps where that one keeps. Its forward and backward use only the device's
+    twin of the mask and array arithmetic, so it declares ``runs_on_gpu``.
     """
 
+    runs_on_gpu = True          # read by mlcvlab.gpu.engine: model.to("cuda") may move it
+
     def __init__(self, p: float, rng=None):
-        super().__init__()
-        if not 0.0 <= float(p) < 1.0:
+        if not isinstance(p, (float, int, np.floating)) or not 0.0 <= float(p) < 1.0:
             raise ValueError(f"NonInvertedDropout: p is the drop probability and must be in "
                              f"[0, 1), got {p!r}")
-        self.p = float(p)
-        self.rng = backend.rng(rng)
+        super().__init__(p, rng=rng)
         self._mask = None
 
     def forward(self, x):
-        if not self.training or self.p == 0.0:
+        check_input("NonInvertedDropout", x)
+        key = self.next_key() if self.training else None     # as nn.Dropout: one per forward
+        if key is None or self.p == 0.0:
             self._mask = None
             return x
-        self._mask = (self.rng.random(x.shape, dtype=np.float32) >= self.p).astype(x.dtype)
+        self._mask = keep_mask(tuple(x.shape), self.p, key, self.device, x.dtype)
         return x * self._mask
 
     def backward(self, dy):
@@ -123,6 +145,19 @@ class NonInvertedDropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+def keep_mask(shape: Tuple[int, ...], p: float, key, device: str = "cpu", dtype=np.float32):
+    """The 0/1 keep mask (``dtype``) of :class:`mlcvlab.nn.Dropout`'s draw for the
+    :class:`mlcvlab.nn.philox.DropoutKey` ``key``: 1 where its scaled mask keeps a unit. On
+    "cuda" the mask is drawn on the device (``gpu.basis.dropout_mask``, bit for bit the CPU's)
+    and stays there."""
+    if device == "cpu":
+        scaled = basis.dropout_mask(shape, p, key, dtype)
+    else:
+        from mlcvlab.gpu import basis as gpu_basis
+        scaled = gpu_basis.dropout_mask(shape, p, key)
+    return (scaled != 0).astype(dtype)
 
 
 def noninverted_mlp(sizes: List[int], p_input: float, p_hidden: float, rng) -> Sequential:
@@ -167,13 +202,20 @@ def _linear_after_dropout(model: Sequential) -> Tuple[List[Linear], List[float]]
     return layers, keeps
 
 
+def _forward(model: Module, x: np.ndarray) -> np.ndarray:
+    """The model's output for host x, on the host (computed on the model's device)."""
+    return _host(model(_model_input(model, x)))
+
+
 def preactivations(model: Sequential, x: np.ndarray) -> List[np.ndarray]:
-    """The output of every Linear layer for x (N, ...), each (N, D_k), in the model's mode."""
+    """The output of every Linear layer for host x (N, ...), each (N, D_k) on the host, in
+    the model's mode (computed on the model's device)."""
     out = []
+    x = _model_input(model, x)
     for layer in model:
         x = layer(x)
         if isinstance(layer, Linear):
-            out.append(x)
+            out.append(_host(x))
     return out
 
 
@@ -232,10 +274,13 @@ def train_model(model: Module, optimizer_name: str, data: Dict[str, Any], config
     """Train for config["epochs"] epochs; per-epoch train loss, validation accuracy, wall and
     CPU seconds; the test split once, at the end.
 
-    A run whose loss becomes NaN/inf stops there and is marked ``diverged``.
+    A run whose loss becomes NaN/inf stops there and is marked ``diverged``. The model moves
+    to config["device"] first (in place: the caller's model is the trained one).
     """
+    device = config.get("device", "cpu")
+    model.to(device)
     optimizer = make_optimizer(optimizer_name, model.parameters(), config)
-    trainer = Trainer(model, CrossEntropyLoss(), optimizer)
+    trainer = Trainer(model, CrossEntropyLoss().to(device), optimizer)
     loader = DataLoader(data["X_train"], data["y_train"], config["batch_size"], seed=seed,
                         prefetch=0)
     val = list(array_batches(data["X_val"], data["y_val"], 1000))
@@ -247,7 +292,8 @@ def train_model(model: Module, optimizer_name: str, data: Dict[str, Any], config
             diverged = True
             break
     hist = trainer.history
-    test = evaluate(model, CrossEntropyLoss(), array_batches(data["X_test"], data["y_test"], 1000))
+    test = evaluate(model, CrossEntropyLoss().to(device),
+                    array_batches(data["X_test"], data["y_test"], 1000))
     losses = hist.column("train_loss")
     return {"train_loss": losses, "val_acc": hist.column("val_acc"),
             "val_loss": hist.column("val_loss"), "seconds": hist.column("seconds"),
@@ -282,7 +328,8 @@ def run_optimizer_grid(data: Dict[str, Any], config: Dict[str, Any], seed: int,
 # -- measurements ---------------------------------------------------------------------------------
 def accuracy(model: Module, X: np.ndarray, y: np.ndarray) -> float:
     model.eval()
-    pred = np.concatenate([model(xb).argmax(axis=1) for xb, _ in array_batches(X, y, 1000)])
+    pred = np.concatenate([_forward(model, xb).argmax(axis=1)
+                           for xb, _ in array_batches(X, y, 1000)])
     return float(np.mean(pred == y))
 
 
@@ -292,7 +339,7 @@ def mc_accuracy(model: Sequential, X: np.ndarray, y: np.ndarray, n_masks: int) -
     probs = np.zeros((len(X), 10))
     for _ in range(n_masks):
         for i, (xb, _) in enumerate(array_batches(X, y, 1000)):
-            probs[i * 1000:i * 1000 + len(xb)] += basis.softmax(model(xb))[0]
+            probs[i * 1000:i * 1000 + len(xb)] += basis.softmax(_forward(model, xb))[0]
     model.eval()
     return float(np.mean(probs.argmax(axis=1) == y))
 
@@ -348,9 +395,18 @@ def _names(items: List[str]) -> str:
     return ", ".join(items) or "none"
 
 
-def summarize_grid(runs: List[Dict[str, Any]], seeds: List[int], tag: str) -> Dict[str, Any]:
+# the time comparison per clock (report.timing_clock): its metric, and the run key it reads
+TIME_METRIC = {"cpu": "CPU seconds per training epoch",
+               "wall": "wall seconds per training epoch (device time)"}
+TIME_KEY = {"cpu": "cpu_seconds", "wall": "seconds"}
+
+
+def summarize_grid(runs: List[Dict[str, Any]], seeds: List[int], tag: str, clock: str = "cpu"
+                   ) -> Dict[str, Any]:
     """Tables, comparisons and the numbers of the conclusions, keys prefixed by ``tag``.
 
+    The with/without-dropout time comparison is on ``clock`` ("cpu", or "wall" on a device
+    run: see :func:`mlcvlab.labs.report.timing_clock`); both clocks stay in the table.
     Arms with a diverged run are left out of the comparisons (and named)."""
     arms = {(n, d): [r for r in runs if r["optimizer"] == n and r["dropout"] == d]
             for n in OPTIMIZERS for d in (False, True)}       # each in seed order
@@ -388,7 +444,8 @@ def summarize_grid(runs: List[Dict[str, Any]], seeds: List[int], tag: str) -> Di
                        "wall s/epoch with dropout": float(np.mean(wall_d)),
                        "wall ratio (with / without)": float(np.mean(
                            [d / p for d, p in zip(wall_d, wall_p)]))})
-        c = stats.compare(f"{n} + dropout", cpu_d, n, cpu_p, "CPU seconds per training epoch",
+        t_d, t_p = (cpu_d, cpu_p) if clock == "cpu" else (wall_d, wall_p)
+        c = stats.compare(f"{n} + dropout", t_d, n, t_p, TIME_METRIC[clock],
                           higher_is_better=False)
         c.update(kind="time", optimizer=n)
         comps.append(c)
@@ -427,6 +484,7 @@ def summarize_grid(runs: List[Dict[str, Any]], seeds: List[int], tag: str) -> Di
            "time_faster_count": len(faster), "time_unsep_count": len(time_unsep),
            "cpu_ratio_mean": float(np.mean([t["CPU ratio (with / without)"] for t in timing])),
            "wall_ratio_mean": float(np.mean([t["wall ratio (with / without)"] for t in timing])),
+           "clock": clock, "time_metric": TIME_METRIC[clock],
            "diverged_runs": sorted({f"{_label(r)} (seed {r['seed']})" for r in runs
                                     if r["diverged"]}),
            "n_seeds": len(seeds)}
@@ -551,13 +609,23 @@ def report_dataset(rep: Report, results: Dict[str, Any], tag: str) -> None:
     rep.table(f"{tag}_timing", results[f"{tag}_timing_rows"],
               t("Training seconds per epoch (mean over {T_epochs} epochs and {n_seeds} seeds), "
                 "without vs with dropout: CPU seconds, wall seconds beside"))
-    rep.text("CPU seconds are the process's CPU time over the training epochs (all its threads; "
-             "evaluation excluded): they do not grow while the process waits for a core, so on "
-             "a machine shared with other jobs they, not the wall seconds, decide the timing "
-             "comparisons. The two settings of each optimizer ran back to back.")
+    if results[f"{tag}_clock"] == "cpu":
+        rep.text("CPU seconds are the process's CPU time over the training epochs (all its "
+                 "threads; evaluation excluded): they do not grow while the process waits for a "
+                 "core, so on a machine shared with other jobs they, not the wall seconds, "
+                 "decide the timing comparisons. The two settings of each optimizer ran back to "
+                 "back.")
+    else:
+        rep.text("The networks trained on the device named under Setup, so the timing "
+                 "comparisons are on wall seconds over the training epochs (evaluation "
+                 "excluded): device time, since every step waits for its loss. The CPU seconds "
+                 "beside them are only the host's share (launching kernels, waiting). The two "
+                 "settings of each optimizer ran back to back.")
     rep.section(rep.fmt(t("Non-inverted dropout and the weight-scaling rule ({T_used})")))
     rep.text(t("An MLP with the same sizes and dropout rates, but masks *not* scaled by 1/q in "
-               "training, was trained with Adam for every seed. For {T_probe_examples} test "
+               "training, was trained with Adam for every seed (from the initial weights, with "
+               "the batches and the dropout masks of that seed's Adam + dropout run: the two "
+               "differ only in the scaling). For {T_probe_examples} test "
                "images (seed {T_probe_seed}'s net) the output of every Linear layer was averaged "
                "over {T_probe_masks:,} dropout masks and compared with one pass whose weights "
                "after each dropout are multiplied by the keep probability q (relative Frobenius "
@@ -584,11 +652,14 @@ def conclusions(tag: str, results: Dict[str, Any]) -> List[str]:
              "better for {T_dropout_helped_count} of the 5 optimizers ({T_dropout_helped_text}), "
              "worse for {T_dropout_hurt_count} ({T_dropout_hurt_text}) and not separable for "
              "{T_dropout_unsep_count} ({T_dropout_unsep_text})."),
-           t("{T_used}, CPU seconds per training epoch with vs without dropout: dropout was "
+           t("{T_used}, {T_time_metric} with vs without dropout: dropout was "
              "slower for {T_time_slower_count} of the 5 optimizers ({T_time_slower_text}), "
              "faster for {T_time_faster_count} ({T_time_faster_text}) and not separable for "
-             "{T_time_unsep_count} ({T_time_unsep_text}); mean CPU ratio {T_cpu_ratio_mean:.2f}x "
-             "(wall seconds: {T_wall_ratio_mean:.2f}x).")]
+             "{T_time_unsep_count} ({T_time_unsep_text}); " + (
+                 "mean CPU ratio {T_cpu_ratio_mean:.2f}x (wall seconds: {T_wall_ratio_mean:.2f}x)."
+                 if results[f"{tag}_clock"] == "cpu" else
+                 "mean wall ratio {T_wall_ratio_mean:.2f}x (CPU seconds, the host's share: "
+                 "{T_cpu_ratio_mean:.2f}x)."))]
     if f"{tag}_lowest_loss_plain" in results:
         out.append(t("{T_used}, final training loss without dropout: the lowest mean is "
                      "{T_lowest_loss_plain} ({T_lowest_loss_plain_value:.4f}); it is separably "
@@ -648,7 +719,7 @@ def run_dataset(wanted: str, config: Dict[str, Any], seeds: List[int], progress
            f"{tag}_n_train": len(data["X_train"]), f"{tag}_n_val": len(data["X_val"]),
            f"{tag}_n_test": len(data["X_test"]),
            f"{tag}_epochs": config["epochs"], f"{tag}_probe_masks": config["probe_masks"]}
-    grid = summarize_grid(runs, seeds, tag)
+    grid = summarize_grid(runs, seeds, tag, timing_clock(config))
     comps = grid.pop(f"{tag}_comparisons")
     out.update(grid)
     noninv, more = summarize_noninverted(studies, inverted, tag)
@@ -660,17 +731,19 @@ def run_dataset(wanted: str, config: Dict[str, Any], seeds: List[int], progress
 
 
 def _warm_up(data: Dict[str, Any], config: Dict[str, Any]) -> None:
-    """A few untimed, unreported steps with and without dropout, so that one-time costs
-    (first calls, allocations) do not land in the first timed run."""
+    """A few untimed, unreported steps of every optimizer with and without dropout, so that
+    one-time costs (first calls, allocations, compiling each update's kernel: on "cuda" every
+    optimizer has its own) do not land in a timed run."""
     n = min(len(data["X_train"]), 4 * config["batch_size"])
     small = {**data, "X_train": data["X_train"][:n], "y_train": data["y_train"][:n],
              "X_val": data["X_val"][:8], "y_val": data["y_val"][:8],
              "X_test": data["X_test"][:8], "y_test": data["y_test"][:8]}
     sizes = [int(np.prod(data["X_train"].shape[1:]))] + list(config["hidden"]) + [10]
-    for p_in, p_hid in ((0.0, 0.0), (config["p_input"], config["p_hidden"])):
+    for name, (p_in, p_hid) in itertools.product(
+            OPTIMIZERS, ((0.0, 0.0), (config["p_input"], config["p_hidden"]))):
         model = mlp(sizes, p_input=p_in, p_hidden=p_hid, rng=0)
-        train_model(model, OPTIMIZERS[0], small, {**config, "epochs": 1}, 0,
-                    lambda it, **_: it, "warm-up")
+        train_model(model, name, small, {**config, "epochs": 1}, 0, lambda it, **_: it,
+                    "warm-up")
 
 
 def _validate(config: Dict[str, Any]) -> None:

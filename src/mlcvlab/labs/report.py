@@ -23,6 +23,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 
+# -- clocks -------------------------------------------------------------------------------------
+def timing_clock(config: Dict[str, Any]) -> str:
+    """The clock a lab's time comparisons are read on: "cpu" (the process's CPU seconds, which
+    do not grow while it waits for a core on a shared machine) on the CPU; "wall" on a
+    ``device`` "cuda" run, where the work is the device's and the CPU seconds are only the
+    host's share (launching kernels, waiting): its wall seconds are device time, since the
+    Trainer reads every step's loss (one synchronisation per step)."""
+    return "wall" if config.get("device", "cpu") == "cuda" else "cpu"
+
+
 # -- JSON ---------------------------------------------------------------------------------------
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays, tuples, Paths and dataclass-like objects to JSON types."""

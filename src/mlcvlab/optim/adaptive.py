@@ -6,6 +6,11 @@ trajectories in ``tests/optim``), except RMSProp with ``nesterov=True``, which
 ``torch`` does not have (Goodfellow, Bengio & Courville, Deep Learning, Alg. 8.7).
 Scratch buffers are allocated once, so a step allocates nothing. Every
 hyperparameter may differ between parameter groups (``base.py``).
+
+On the CPU, Adam's step is one numba pass (``optim/kernels.py``) and the others are the
+NumPy passes below. On a model moved with ``to("cuda")`` every rule here is one pass of its
+CUDA twin (``mlcvlab.gpu.optim``: the NumPy path's arithmetic in the same order), with or
+without a decay mask.
 """
 from __future__ import annotations
 
@@ -73,8 +78,19 @@ class AdaGrad(Optimizer):
         np.sqrt(s, out=a)
         a += h["eps"]
         np.divide(g, a, out=b)
-        b *= h["lr"] / (1 + (self.t - 1) * h["lr_decay"])
+        b *= self._step_lr(h)
         w -= b
+
+    def _step_lr(self, h: dict) -> float:
+        return h["lr"] / (1 + (self.t - 1) * h["lr_decay"])
+
+    def _fused_update(self, w, grad, h, st, wd) -> bool:
+        if self.flat.device == "cpu":
+            return False                # no CPU kernel: the NumPy path
+        c = w.dtype.type
+        self._kernel("adagrad")(w, grad, st["sum"], c(self._step_lr(h)), c(h["eps"]),
+                                self._wd_arg(w, wd))
+        return True
 
 
 class RMSProp(Optimizer):
@@ -180,6 +196,17 @@ class RMSProp(Optimizer):
         np.multiply(v, 1 + momentum, out=b)
         w += b
 
+    def _fused_update(self, w, grad, h, st, wd) -> bool:
+        if self.flat.device == "cpu":
+            return False                # no CPU kernel: the NumPy path
+        c, momentum, alpha = w.dtype.type, h["momentum"], h["alpha"]
+        self._kernel("rmsprop")(
+            w, grad, st["square_avg"], st["momentum_buffer"] if momentum > 0 else None,
+            st["grad_avg"] if h["centered"] else None, c(h["lr"]), c(alpha), c(1 - alpha),
+            c(h["eps"]), c(momentum), c(1 + momentum), self._wd_arg(w, wd), h["centered"],
+            h["nesterov"])
+        return True
+
 
 class AdaDelta(Optimizer):
     """AdaDelta (Zeiler 2012), as ``torch.optim.Adadelta``.
@@ -227,6 +254,14 @@ class AdaDelta(Optimizer):
         u += a
         b *= h["lr"]
         w -= b
+
+    def _fused_update(self, w, grad, h, st, wd) -> bool:
+        if self.flat.device == "cpu":
+            return False                # no CPU kernel: the NumPy path
+        c, rho = w.dtype.type, h["rho"]
+        self._kernel("adadelta")(w, grad, st["square_avg"], st["acc_delta"], c(h["lr"]),
+                                 c(rho), c(1 - rho), c(h["eps"]), self._wd_arg(w, wd))
+        return True
 
 
 class Adam(Optimizer):
@@ -285,11 +320,11 @@ class Adam(Optimizer):
         self._kernel("adam")(w, grad, st["exp_avg"], st["exp_avg_sq"],
                             c(h["lr"] / (1 - beta1 ** self.t)), c(beta1), c(1 - beta1), c(beta2),
                             c(1 - beta2), c(h["eps"]), c(1 / math.sqrt(1 - beta2 ** self.t)),
-                            c(wd), c(shrink))
+                            self._wd_arg(w, wd), c(shrink))
 
     def _fused_update(self, w, grad, h, st, wd) -> bool:
-        if not np.isscalar(wd):
-            return False
+        if not self._fusable(wd):
+            return False                # a decay mask on the CPU: the NumPy path
         self._adam_kernel(w, grad, h, st, wd, 1.0)
         return True
 

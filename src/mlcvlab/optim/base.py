@@ -95,8 +95,10 @@ class Optimizer:
     already added (do not modify it), ``h`` the group's hyperparameters and ``st`` its
     state arrays (views of ``self.state``). A subclass may also implement
     ``_fused_update(w, grad, h, st, wd)``: the whole update in one compiled pass
-    (``kernels.py``), used when ``kernel == "numba"``; set ``opt.kernel = "numpy"`` to
-    force the NumPy path (the two agree; see tests/optim).
+    (``kernels.py`` on the CPU, its twin in ``mlcvlab.gpu.optim`` on the device; a rule
+    with no CPU kernel fuses on the device only), used when ``kernel == "numba"``; set
+    ``opt.kernel = "numpy"`` to force the NumPy path (the two agree; see tests/optim and,
+    for the device, tests/gpu/basis_sim_checks.py).
     """
 
     _state_names: tuple = ()
@@ -296,6 +298,17 @@ class Optimizer:
     def _fused_update(self, w: np.ndarray, grad: np.ndarray, h: dict, st: dict, wd) -> bool:
         """Do the whole update in one compiled pass and return True, or return False."""
         return False
+
+    def _fusable(self, wd) -> bool:
+        """Whether the fused update can take ``wd``: a scalar anywhere; the decay mask's
+        vector only on the device (the GPU twins take it; the CPU kernels leave masked decay
+        to the NumPy path)."""
+        return np.isscalar(wd) or self.flat.device != "cpu"
+
+    @staticmethod
+    def _wd_arg(w, wd):
+        """``wd`` as a fused update takes it: a scalar cast to w's dtype, or the vector."""
+        return w.dtype.type(wd) if np.isscalar(wd) else wd
 
     def _kernel(self, name: str):
         """The fused update ``name`` for where the parameters live: the numba CPU kernel of

@@ -19,7 +19,10 @@ full-batch gradient descent. With batch norm each worker normalizes with its own
 mini-batch statistics (see :mod:`mlcvlab.parallel.step`).
 
 The workers are a :mod:`mlcvlab.parallel` communicator: in-process shards
-(``"local"``), MPI ranks (``"mpi"``), or GPUs (``--dist cuda`` in the CLI).
+(``"local"``), MPI ranks (``"mpi"``), or the handout's in-process GPU workers (``"cuda"``,
+``--dist cuda`` in the CLI: :class:`mlcvlab.parallel.cuda.CudaDataParallelStep`, whose
+kernels compute the gradient of the model's own loss; worker k draws the dropout masks of
+worker k of the CPU workers, so both give the same rounds up to float rounding).
 """
 from __future__ import annotations
 
@@ -37,7 +40,10 @@ class SyncSGD:
     model: an NN4 (or any Module with ``emp_loss_grad(X, y) -> (loss, flat grad)``;
     otherwise give ``loss``, e.g. ``CrossEntropyLoss()``). comm: ``"local"`` (the K
     workers in this process), ``"mpi"`` (one MPI rank per worker; K must equal the
-    number of ranks) or a Communicator. seed: seeds the per-worker dropout masks.
+    number of ranks), ``"cuda"`` (the K workers on the GPUs of this process, the model's
+    weights on the host between rounds; NN4 and the MLPs of ``models.mlp``, float32, no
+    ``loss``: the kernels differentiate the model's own head) or a Communicator. seed:
+    seeds the per-worker dropout masks.
     """
 
     def __init__(self, model, lr: float, workers: int = 1, comm: Union[str, object] = "local",
@@ -46,6 +52,21 @@ class SyncSGD:
         if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"SyncSGD: workers (K) must be an integer >= 1, got {workers!r}")
         self.K = int(workers)
+        self.model = model
+        self.optimizer = SGD(model.parameters(), lr=lr)   # W <- W - δ ∇L̂
+        self.round = 0
+        self.last_timings: Dict[str, float] = {}
+        if isinstance(comm, str) and comm == "cuda":
+            if loss is not None:
+                raise ValueError("SyncSGD: comm='cuda' runs the handout's CUDA workers, whose "
+                                 "kernels differentiate the model's own head (NN4's loss, "
+                                 "cross-entropy for an mlp); leave loss=None, or use "
+                                 "comm='local'")
+            from mlcvlab.parallel.cuda import CudaDataParallelStep
+            self.grad_fn = None
+            self.step_fn = CudaDataParallelStep(model, self.K, seed=seed)
+            self.comm = self.step_fn.comm
+            return
         self.comm = make_communicator(comm, self.K) if isinstance(comm, str) else comm
         if self.comm.size != self.K:
             raise ValueError(f"SyncSGD: K={self.K} workers but the communicator has "
@@ -57,11 +78,7 @@ class SyncSGD:
         else:
             raise ValueError(f"SyncSGD: {type(model).__name__} has no emp_loss_grad; pass "
                              f"loss=... (e.g. mlcvlab.nn.CrossEntropyLoss())")
-        self.model = model
-        self.optimizer = SGD(model.parameters(), lr=lr)   # W <- W - δ ∇L̂
         self.step_fn = DataParallelStep(model, self.comm, seed=seed, grad_fn=self.grad_fn)
-        self.round = 0
-        self.last_timings: Dict[str, float] = {}
 
     @property
     def lr(self) -> float:
@@ -84,7 +101,10 @@ class SyncSGD:
         Returns L̂ averaged over the K mini-batches, at W^(r-1).
         """
         self.model.train()
-        loss, self.last_timings = self.step_fn.step(X, y, self.optimizer, self.grad_fn)
+        if self.grad_fn is None:                       # the CUDA workers: their own gradient
+            loss, self.last_timings = self.step_fn.step(X, y, self.optimizer)
+        else:
+            loss, self.last_timings = self.step_fn.step(X, y, self.optimizer, self.grad_fn)
         self.round += 1
         return loss
 

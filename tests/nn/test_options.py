@@ -61,11 +61,11 @@ def test_conv2d_options_match_torch(case, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_grouped_conv_whose_groups_run_on_winograd_matches_torch(dtype):
-    """16 channels per group: each group's 3x3 convolution runs on Winograd under "auto", and
+    """32 channels per group: each group's 3x3 convolution runs on Winograd under "auto", and
     the backward must not read a kernel size off the group's cache (a WinogradCache has none:
     this raised AttributeError before session 10)."""
-    case = (32, 32, 3, 1, 1, 1, 2, "zeros", (6, 5))
-    x, W = np.zeros((2, 32, 6, 5), dtype), np.zeros((32, 16, 3, 3), dtype)
+    case = (64, 64, 3, 1, 1, 1, 2, "zeros", (6, 5))
+    x, W = np.zeros((2, 64, 6, 5), dtype), np.zeros((64, 32, 3, 3), dtype)
     assert all(isinstance(c, winograd.WinogradCache)
                for c in conv.conv2d(x, W, padding=1, groups=2)[1].caches)
     test_conv2d_options_match_torch(case, dtype)

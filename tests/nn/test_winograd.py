@@ -92,6 +92,28 @@ def test_winograd_cache_is_used_and_input_grad_false_skips_dx(algorithm):
     np.testing.assert_allclose(dW, _run("im2col", x, W, b, 1, dy)[2], atol=1e-12)
 
 
+@pytest.mark.parametrize("C, forward_on, backward_on", [
+    (8, "im2col", "im2col"), (16, "im2col", "winograd"), (24, "im2col", "winograd"),
+    (32, "winograd", "winograd")])
+def test_auto_rule_picks_each_direction_apart(algorithm, monkeypatch, C, forward_on,
+                                              backward_on):
+    """Under "auto" the forward runs on Winograd from WINOGRAD_FORWARD_MIN_CHANNELS (32), the
+    backward from WINOGRAD_MIN_CHANNELS (16): a 16-channel layer's forward on im2col and its
+    backward on Winograd, from the im2col cache (x and W); the gradients equal im2col's."""
+    algorithm("auto")
+    seen = []
+    grad = winograd.conv2d_winograd_grad
+    monkeypatch.setattr(winograd, "conv2d_winograd_grad",
+                        lambda *a, **k: seen.append(1) or grad(*a, **k))
+    x, W, b, dy = _case((2, C, 5, 6), C, 1)
+    y, cache = conv.conv2d(x, W, b, 1, 1)
+    assert isinstance(cache, winograd.WinogradCache) == (forward_on == "winograd")
+    got = conv.conv2d_grad(dy, cache)
+    assert bool(seen) == (backward_on == "winograd")
+    for a, r in zip((y,) + got, _run("im2col", x, W, b, 1, dy)):
+        np.testing.assert_allclose(a, r, rtol=0, atol=1e-12 * max(1.0, np.abs(r).max()))
+
+
 @pytest.mark.parametrize("padding", [0, 1])
 def test_winograd_gradients_match_finite_differences(algorithm, padding):
     x, W, b, _ = _case((2, 2, 5, 4), 3, padding, seed=3)

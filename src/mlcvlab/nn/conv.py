@@ -325,21 +325,31 @@ def get_algorithm() -> str:
 # forward + backward was >= 1 in both layer runs (1.00, 1.13). At 2 threads (each thread the
 # same shapes on half the batch) the layer ratios were alike (1.20, 1.26, 1.38; noisier).
 WINOGRAD_MIN_CHANNELS = 16
+# The forward alone pays from more channels: session 10, each direction of ResNet-20's layers
+# timed apart (batch 64 = one thread's part, 1 thread, 12 interleaved rounds, medians; /tmp
+# script recorded in BENCHMARKS.md), im2col / Winograd ms: 16x32x32 forward 8.33 / 10.17,
+# backward 22.07 / 15.11; 32x16x16 forward 7.22 / 6.08, backward 14.50 / 10.82; 64x8x8 forward
+# 6.25 / 5.08, backward 12.48 / 9.56. So a 16-channel layer runs its forward on im2col and its
+# backward on Winograd (the backward needs only x and W, which both caches keep).
+WINOGRAD_FORWARD_MIN_CHANNELS = 32
 
 
-def winograd_pays(x_shape, F: int) -> bool:
+def winograd_pays(x_shape, F: int, forward: bool = False) -> bool:
     """The measured rule for "auto": Winograd for a 3x3 stride-1 convolution of x (N, C, H, W)
-    into F channels when min(C, F) >= WINOGRAD_MIN_CHANNELS."""
-    return min(x_shape[1], F) >= WINOGRAD_MIN_CHANNELS
+    into F channels when min(C, F) >= WINOGRAD_MIN_CHANNELS (its backward) or
+    WINOGRAD_FORWARD_MIN_CHANNELS (its forward)."""
+    least = WINOGRAD_FORWARD_MIN_CHANNELS if forward else WINOGRAD_MIN_CHANNELS
+    return min(x_shape[1], F) >= least
 
 
-def _use_winograd(x_shape, F: int, kernel, stride, dilation, groups: int, pads) -> bool:
-    """Whether this convolution runs as Winograd (its transforms need numba: without it,
-    every convolution stays on im2col's NumPy path)."""
+def _use_winograd(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
+                  forward: bool = True) -> bool:
+    """Whether this convolution's forward (or backward) runs as Winograd (its transforms need
+    numba: without it, every convolution stays on im2col's NumPy path)."""
     if (_algorithm == "im2col" or not winograd.applies(kernel, stride, dilation, groups, pads)
             or not _use_numba()):
         return False
-    return _algorithm == "winograd" or winograd_pays(x_shape, F)
+    return _algorithm == "winograd" or winograd_pays(x_shape, F, forward)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -535,6 +545,8 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, Wd = x.shape
     F = W.shape[0]
+    if _use_winograd(x.shape, F, kernel, stride, (1, 1), 1, (ph, ph, pw, pw), forward=False):
+        return conv2d_grad(dy, winograd.WinogradCache(x, W, padding, has_bias), input_grad)
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (Wd + 2 * pw - kw) // sw + 1
     check_dy("conv2d_grad", dy, (N, F, Ho, Wo))

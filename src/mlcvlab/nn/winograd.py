@@ -250,18 +250,25 @@ def _kernel(name: str):
 
 # --------------------------------------------------------------------------- filter transforms
 def filter_transform(W: np.ndarray) -> np.ndarray:
-    """W (F, C, 3, 3) -> U (16, F, C): G g G^T of every filter, point xi = 4a + b first."""
+    """W (F, C, 3, 3) -> U (16, F, C): G g G^T of every filter, point xi = 4a + b first.
+
+    Two GEMMs over the F*C filters at once, not ``np.einsum(..., optimize=True)``, which plans
+    its contraction in Python on every call (~0.1 ms holding the GIL, per layer and step)."""
+    F, C = W.shape[:2]
     Gd = G.astype(W.dtype)
-    U = np.einsum("ai,fcij,bj->abfc", Gd, W, Gd, optimize=True)
-    return np.ascontiguousarray(U.reshape(16, *W.shape[:2]))
+    Wt = np.ascontiguousarray(W.reshape(F * C, 9).T).reshape(3, 3 * F * C)    # [i, (j, fc)]
+    A = np.dot(Gd, Wt).reshape(4, 3, F * C)                                   # [a, j, fc]
+    return np.matmul(Gd, A).reshape(16, F, C)                                 # [a, b, fc]
 
 
 def filter_transform_adjoint(dU: np.ndarray) -> np.ndarray:
     """dU (16, F, C) -> dW (F, C, 3, 3): G^T dU G per (f, c), the transpose of
     :func:`filter_transform`."""
+    F, C = dU.shape[1:]
     Gd = G.astype(dU.dtype)
-    return np.einsum("ai,abfc,bj->fcij", Gd, dU.reshape(4, 4, *dU.shape[1:]), Gd,
-                     optimize=True)
+    E = np.dot(Gd.T, dU.reshape(4, 4 * F * C)).reshape(3, 4, F * C)          # [i, b, fc]
+    dW = np.matmul(Gd.T, E)                                                  # [i, j, fc]
+    return np.ascontiguousarray(dW.reshape(9, F * C).T).reshape(F, C, 3, 3)
 
 
 # --------------------------------------------------------------------------- geometry

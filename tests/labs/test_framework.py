@@ -105,6 +105,30 @@ def test_run_lab_with_registered_toy_lab(tmp_path):
     assert (tmp_path / "draws.csv").read_text().splitlines()[0] == "i,value"
 
 
+def test_a_lab_run_records_the_commit_its_code_came_from(tmp_path, monkeypatch):
+    """The commit is read when the run starts: a checkout that moves during a long run (a
+    commit made meanwhile) must not be recorded as the code that ran."""
+    from mlcvlab.labs import report as report_mod
+    commits = iter(["commit-at-start", "commit-at-the-end"])
+    monkeypatch.setattr(report_mod, "git_commit", lambda: next(commits))
+
+    @lab("toy2", "a toy study", quick={"n": 1}, full={"n": 2},
+         expected_seconds={"quick": 1, "full": 2})
+    def run(config, out_dir, progress):
+        report_mod.git_commit()                  # meanwhile, the checkout moves on
+        rep = Report(out_dir, "Toy", {"n": config["n"]})
+        rep.text("{n} draw.")
+        rep.write()
+        return {"n": config["n"]}
+
+    try:
+        registry.run_lab("toy2", quick=True, out_dir=str(tmp_path), show_progress=False)
+    finally:
+        registry._REGISTRY.pop("toy2")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["git_commit"] == "commit-at-start"
+
+
 def test_report_refuses_numbers_not_in_results(tmp_path):
     rep = Report(tmp_path, "t", {"acc": 0.9})
     rep.text("accuracy {acc:.0%}")

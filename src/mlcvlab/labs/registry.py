@@ -250,6 +250,7 @@ def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
     out = Path(out_dir) if out_dir else Path("lab_runs") / name
     report.check_out_dir(out)
     print(f"lab {name} ({preset} preset, expected {spec.expected_time(preset)}) -> {out}/")
+    commit = report.git_commit()        # the code that runs: the checkout may move meanwhile
     start, cpu_start = time.perf_counter(), time.process_time()
     results = spec.run(config, out, report.progress_factory(show_progress))
     if not isinstance(results, dict):
@@ -264,7 +265,7 @@ def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
         report.prepend_banner(out / "report.md", SMOKE_TEST_BANNER)
     report.write_json(out / "results.json", results)
     report.write_config(out, config, lab=name, preset=preset, workers=workers, seconds=seconds,
-                        cpu_seconds=cpu_seconds)
+                        cpu_seconds=cpu_seconds, git_commit=commit)
     print(f"lab {name}: done in {seconds:.1f} s ({cpu_seconds:.1f} CPU s); "
           f"report at {out / 'report.md'}")
     return results

@@ -101,12 +101,14 @@ def git_commit() -> Optional[str]:
 
 
 def write_config(out_dir, config: Dict[str, Any], workers: Optional[int] = None, **extra) -> Path:
-    """config.json: the config (with its seed), array module, numpy version, workers, git commit."""
+    """config.json: the config (with its seed), array module, numpy version, workers, git commit
+    (``git_commit=`` in ``extra``: the one read when the run started; else read now)."""
     from mlcvlab import backend
 
+    commit = extra.pop("git_commit") if "git_commit" in extra else git_commit()
     record = {"config": config, "seed": config.get("seed"),
               "array_module": backend.get_array_module().__name__, "numpy": np.__version__,
-              "python": sys.version.split()[0], "git_commit": git_commit(), **extra}
+              "python": sys.version.split()[0], "git_commit": commit, **extra}
     if workers is not None:
         record["workers"] = workers
     return write_json(Path(out_dir) / "config.json", record)

@@ -468,6 +468,31 @@ def adaptive_optimizers_on_the_device_equal_cpu():
                     close(where, a, b, tol=1e-6)
 
 
+SGD_RULES = (dict(lr=0.05), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9,
+                                                                nesterov=True))
+
+
+@check
+def sgd_on_the_device_equals_cpu():
+    """SGD without momentum and with a decay mask now runs one kernel on the device (before:
+    the NumPy path's CuPy passes). Where the CPU runs its NumPy path (momentum 0, or a mask)
+    the device's weights and buffer equal it bit for bit under the simulator; momentum with a
+    scalar decay is the numba kernel's twin (``sgd_twin_equals_njit``), to float32 rounding."""
+    from mlcvlab.gpu.device import simulated
+    for kw in SGD_RULES:
+        for decay in ({}, {"weight_decay": 1e-2}, {"weight_decay": 1e-2, "decay_mask": True}):
+            cpu_w, cpu_st = _optimizer_run("SGD", {**kw, **decay}, "cpu")
+            gpu_w, gpu_st = _optimizer_run("SGD", {**kw, **decay}, "cuda")
+            assert sorted(cpu_st) == sorted(gpu_st), (kw, sorted(cpu_st), sorted(gpu_st))
+            numpy_path = kw.get("momentum", 0) == 0 or decay.get("decay_mask", False)
+            for what, a, b in [("w", gpu_w, cpu_w)] + [(k, gpu_st[k], cpu_st[k]) for k in cpu_st]:
+                where = f"SGD {kw} {decay} {what}"
+                if simulated() and numpy_path:
+                    np.testing.assert_array_equal(a, b, err_msg=where)
+                else:
+                    close(where, a, b, tol=1e-6)
+
+
 @check
 def adaptive_twins_refuse_bad_arguments():
     z = [np.zeros(5, F) for _ in range(4)]
@@ -618,7 +643,8 @@ def launches_match_ptx_signatures():
         for name in ("linear_forward_backward", "relu_forward_backward", "leaky_sigmoid_tanh",
                      "softmax_forward_backward", "batchnorm_2d", "batchnorm_4d",
                      "cross_entropy_equals_cpu", "sgd_twin_equals_njit",
-                     "adam_twin_equals_njit", "adaptive_optimizers_on_the_device_equal_cpu"):
+                     "adam_twin_equals_njit", "adaptive_optimizers_on_the_device_equal_cpu",
+                     "sgd_on_the_device_equals_cpu"):
             CHECKS[name]()
         x = rand(*SHAPE4)
         G.dropout_grad(x, G.dropout(x, 0.5, rng=philox.DropoutKey(1, 0, 0))[1])

@@ -18,7 +18,7 @@ CHECKS = ["linear_forward_backward", "relu_forward_backward", "leaky_sigmoid_tan
           "batchnorm_3d", "batchnorm_two_pass_variance", "batchnorm_errors",
           "cross_entropy_equals_cpu", "cross_entropy_refusals", "sgd_twin_equals_njit",
           "adam_twin_equals_njit", "adaptive_optimizers_on_the_device_equal_cpu",
-          "adaptive_twins_refuse_bad_arguments",
+          "adaptive_twins_refuse_bad_arguments", "sgd_on_the_device_equals_cpu",
           "shared_memory_kernels_exact_when_threads_interleave",
           "unsupported_layers", "launches_match_ptx_signatures"]
 

@@ -95,6 +95,7 @@ def signatures():
         # the fused updates: scalars, then wd, the decay mask's vector and "masked"
         "adam_kernel": [(f1, f1, f1, f1) + (float32,) * 9 + (f1, boolean)],
         "adagrad_kernel": [(f1, f1, f1, float32, float32, float32, f1, boolean)],
+        "sgd_kernel": [(f1, f1, f1, float32, float32, float32, f1, boolean, boolean)],
         "rmsprop_kernel": [(f1,) * 5 + (float32,) * 7 + (f1, boolean, boolean, boolean)],
         "adadelta_kernel": [(f1,) * 4 + (float32,) * 5 + (f1, boolean)],
     }}

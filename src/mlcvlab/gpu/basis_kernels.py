@@ -359,6 +359,20 @@ def adam_kernel(w, grad, m, v, step_size, beta1, one_m_beta1, beta2, one_m_beta2
 
 
 @cuda.jit
+def sgd_kernel(w, grad, buf, lr, momentum, wd, wdv, masked, nesterov):
+    """SGD (``mlcvlab.optim.SGD``) as its NumPy path computes it, for the decay mask's vector
+    (``masked``) or momentum 0: g = w·wd + grad; momentum 0: w -= g·lr; momentum μ:
+    b = b·μ + g, w -= ((b·μ + g) if nesterov else b)·lr. ``buf`` is read only when μ > 0."""
+    for i in range(cuda.grid(1), w.shape[0], cuda.gridsize(1)):
+        g = coupled_grad_d(w, grad, wd, wdv, masked, i)
+        if momentum > 0:
+            b = buf[i] * momentum + g
+            buf[i] = b
+            g = b * momentum + g if nesterov else b
+        w[i] = w[i] - g * lr
+
+
+@cuda.jit
 def adagrad_kernel(w, grad, s, clr, eps, wd, wdv, masked):
     """AdaGrad (``mlcvlab.optim.AdaGrad``): s = s + g², w = w - (g/(sqrt(s) + eps))·clr, clr
     the step's decayed learning rate lr/(1 + (t-1)·lr_decay)."""

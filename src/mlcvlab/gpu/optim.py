@@ -9,14 +9,16 @@ arithmetic, in place on flat float32 device vectors), so an optimizer picks
   kernel writes buf = d; SGD calls the fused kernel only for μ > 0, and so does this twin
   (μ = 0 is a ValueError).
 * ``sgd`` (momentum 0, no CPU kernel: the NumPy path's w -= lr·(grad + wd·w)) launches the
-  same kernel with μ = 0.
+  same kernel with μ = 0. With a decay mask's vector as wd, both launch ``sgd_kernel`` of
+  :mod:`mlcvlab.gpu.basis_kernels` (the NumPy path's arithmetic, which the CPU optimizer runs
+  for a mask).
 * ``adam`` launches ``adam_kernel`` of :mod:`mlcvlab.gpu.basis_kernels`.
 * ``adagrad``, ``rmsprop`` (plain, momentum, Nesterov, centered) and ``adadelta`` have no CPU
   kernel (their CPU step is the NumPy path of :mod:`mlcvlab.optim.adaptive`, a few passes);
   here each is one pass of ``adagrad_kernel`` / ``rmsprop_kernel`` / ``adadelta_kernel``,
   the NumPy path's arithmetic in its order.
 
-``wd`` of ``adam``, ``adagrad``, ``rmsprop`` and ``adadelta`` is a scalar (what the CPU
+``wd`` of every twin is a scalar (what the CPU
 kernels take) or the flat float32 device vector of a decay mask (wd where the mask applies
 decay, 0 elsewhere: the optimizer's ``_decay``), which on the CPU only the NumPy path takes:
 on the device a ``decay_mask=True`` step is one pass too. Scalars are cast to float32 here
@@ -70,13 +72,18 @@ def _state(fn: str, n: int, like, **arrays):
 
 
 def sgd_momentum(w, grad, buf, lr, momentum, wd, nesterov) -> None:
-    """One SGD-with-momentum step in place on w and buf (as ``optim.kernels.sgd_momentum``)."""
+    """One SGD-with-momentum step in place on w and buf (as ``optim.kernels.sgd_momentum``;
+    with a decay mask's vector as wd, as the CPU optimizer's NumPy path)."""
     n = _check("sgd_momentum", w=w, grad=grad, buf=buf)
     if not momentum > 0:
         raise ValueError(f"sgd_momentum: the fused kernel is for momentum > 0, got {momentum} "
                          f"(plain SGD is w -= lr·(g + wd·w) without a buffer)")
-    PK.sgd_update_kernel[K.grid(n)](w, grad, buf, F32(lr), F32(momentum), F32(wd),
-                                      bool(nesterov))
+    wd, wdv, masked = _decay("sgd_momentum", wd, grad)
+    if masked:
+        K.sgd_kernel[K.grid(n)](w, grad, buf, F32(lr), F32(momentum), wd, wdv, True,
+                                bool(nesterov))
+        return
+    PK.sgd_update_kernel[K.grid(n)](w, grad, buf, F32(lr), F32(momentum), wd, bool(nesterov))
 
 
 def sgd(w, grad, lr, wd) -> None:
@@ -86,7 +93,11 @@ def sgd(w, grad, lr, wd) -> None:
     n = _check("sgd", w=w, grad=grad)
     # grad stands in for the buffer (never touched with μ = 0); not w: an argument passed
     # twice is two copies under the simulator, and the second would be copied back last
-    PK.sgd_update_kernel[K.grid(n)](w, grad, grad, F32(lr), F32(0.0), F32(wd), False)
+    wd, wdv, masked = _decay("sgd", wd, grad)
+    if masked:
+        K.sgd_kernel[K.grid(n)](w, grad, grad, F32(lr), F32(0.0), wd, wdv, True, False)
+        return
+    PK.sgd_update_kernel[K.grid(n)](w, grad, grad, F32(lr), F32(0.0), wd, False)
 
 
 def adam(w, grad, m, v, step_size, beta1, one_m_beta1, beta2, one_m_beta2, eps,

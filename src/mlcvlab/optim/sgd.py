@@ -49,11 +49,16 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if h["momentum"] != 0 else ()  # plain SGD keeps no state
 
     def _fused_update(self, w, grad, h, st, wd) -> bool:
-        if h["momentum"] == 0 or not np.isscalar(wd):
-            return False  # plain SGD is 2 passes in NumPy already; masks stay on NumPy
+        if not self._fusable(wd):
+            return False  # a decay mask on the CPU: the NumPy path
         c = w.dtype.type
+        if h["momentum"] == 0:
+            if self.flat.device == "cpu":
+                return False  # plain SGD is 2 passes in NumPy already
+            self._kernel("sgd")(w, grad, c(h["lr"]), self._wd_arg(w, wd))
+            return True
         self._kernel("sgd_momentum")(w, grad, st["momentum_buffer"], c(h["lr"]),
-                                    c(h["momentum"]), c(wd), h["nesterov"])
+                                    c(h["momentum"]), self._wd_arg(w, wd), h["nesterov"])
         return True
 
     def _update(self, w, g, h, st) -> None:

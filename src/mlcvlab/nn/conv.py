@@ -326,10 +326,10 @@ def get_algorithm() -> str:
 # same shapes on half the batch) the layer ratios were alike (1.20, 1.26, 1.38; noisier).
 WINOGRAD_MIN_CHANNELS = 16
 # The forward alone pays from more channels: session 10, each direction of ResNet-20's layers
-# timed apart (batch 64 = one thread's part, 1 thread, 12 interleaved rounds, medians; /tmp
-# script recorded in BENCHMARKS.md), im2col / Winograd ms: 16x32x32 forward 8.33 / 10.17,
-# backward 22.07 / 15.11; 32x16x16 forward 7.22 / 6.08, backward 14.50 / 10.82; 64x8x8 forward
-# 6.25 / 5.08, backward 12.48 / 9.56. So a 16-channel layer runs its forward on im2col and its
+# timed apart (`python benchmarks/bench_gil.py directions`: batch 64 = one thread's part,
+# 1 thread, interleaved rounds, medians), im2col / Winograd ms: 16x32x32 forward 6.99 / 7.16,
+# backward 15.12 / 13.18; 32x16x16 forward 5.56 / 4.19, backward 11.79 / 7.90; 64x8x8 forward
+# 5.08 / 3.16, backward 11.10 / 6.48. So a 16-channel layer runs its forward on im2col and its
 # backward on Winograd (the backward needs only x and W, which both caches keep).
 WINOGRAD_FORWARD_MIN_CHANNELS = 32
 

@@ -10,8 +10,8 @@ run (NumPy's matmul keeps the GIL for a product of at most 500 values). ``steps`
 step of ``mlcvlab bench``'s model on a batch alone, as two threads of one process (two model
 copies, the batch split off) and as two processes at once: the gap between the last two is what
 the process itself costs (the GIL and its hand-overs). ``directions``: ResNet-20's 3x3 layers
-(batch 64, one thread's part), forward and backward timed apart on each algorithm: the data of
-``conv.WINOGRAD_FORWARD_MIN_CHANNELS``.
+(batch 64, one thread's part), forward and backward timed apart on each algorithm (im2col,
+Winograd F(2x2, 3x3), F(4x4, 3x3)): the data of ``conv.winograd_tile``'s rule.
 """
 import argparse
 import subprocess
@@ -102,17 +102,25 @@ def alone(name: str, batch: int, n: int) -> None:
         print(f"{(time.perf_counter() - t) / n * 1e3:.3f}")
 
 
-def directions(rounds: int) -> None:
+RESNET20_LAYERS = "16,16,32;32,32,16;64,64,8"
+# MiniGoogLeNet's 3x3 stride-1 layers with the most channels at each size
+MINIGOOGLENET_LAYERS = "96,32,32;160,96,15;336,160,7"
+
+
+def directions(rounds: int, layers: str = RESNET20_LAYERS) -> None:
+    """layers: "C,F,H;..." (input channels, output channels, image size), batch 64."""
     rng = np.random.default_rng(0)
     with threadpool_limits(1, user_api="blas"):
-        for C, H in ((16, 32), (32, 16), (64, 8)):
-            x, dy = (rng.standard_normal((64, C, H, H), dtype=np.float32) for _ in range(2))
-            W = (rng.standard_normal((C, C, 3, 3)) * 0.1).astype(np.float32)
+        for C, F, H in (tuple(int(v) for v in layer.split(",")) for layer in layers.split(";")):
+            x = rng.standard_normal((64, C, H, H), dtype=np.float32)
+            dy = rng.standard_normal((64, F, H, H), dtype=np.float32)
+            W = (rng.standard_normal((F, C, 3, 3)) * 0.1).astype(np.float32)
             times = {}
             previous = conv.get_algorithm()
             try:
                 for r in range(rounds):
-                    for alg in ("im2col", "winograd") if r % 2 else ("winograd", "im2col"):
+                    algs = ("im2col", "winograd", "winograd4")
+                    for alg in algs[r % 3:] + algs[:r % 3]:
                         conv.set_algorithm(alg)
                         y, cache = conv.conv2d(x, W, None, 1, 1)
                         conv.conv2d_grad(dy, cache)
@@ -128,7 +136,8 @@ def directions(rounds: int) -> None:
                 conv.set_algorithm(previous)
             for alg, v in times.items():
                 f, b = np.median(np.array(v), axis=0)
-                print(f"{C}x{H}x{H}, batch 64, {alg}: forward {f:.2f} ms, backward {b:.2f} ms",
+                print(f"{C}->{F}, {H}x{H}, batch 64, {alg}: forward {f:.2f} ms, "
+                      f"backward {b:.2f} ms",
                       flush=True)
 
 
@@ -140,12 +149,15 @@ def main() -> None:
     p.add_argument("--n", type=int, default=0, help="steps per measurement (default: 300 "
                    "for LeNet-5, 12 for ResNet-20)")
     p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--layers", default=RESNET20_LAYERS,
+                   help=f"directions: 'C,F,H;...' (default ResNet-20's; MiniGoogLeNet's widest: "
+                   f"{MINIGOOGLENET_LAYERS!r})")
     args = p.parse_args()
     backend.keep_freed_memory()
     if args.what == "products":
         products()
     elif args.what == "directions":
-        directions(args.rounds)
+        directions(args.rounds, args.layers)
     elif args.what == "alone":
         alone(args.models, args.batch, args.n or (300 if args.models == "lenet5" else 12))
     else:

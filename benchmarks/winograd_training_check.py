@@ -2,9 +2,10 @@
 
 Trains ResNet-20 (1 input channel, 28x28: maps of 28, 14 and 7 pixels, so the last stage
 has odd tiles) on a slice of the embedded mnist10k twice from the same seed, once with
-``conv.set_algorithm("im2col")`` and once with "winograd" (every 3x3 stride-1 layer), with
-the same data order, and prints the training loss of every step side by side and the
-largest relative difference. float32, SGD with momentum, no augmentation.
+``conv.set_algorithm("im2col")``, then with "winograd" (F(2x2, 3x3)) and "winograd4"
+(F(4x4, 3x3), every 3x3 stride-1 layer), with the same data order, and prints the training
+loss of every step side by side and the largest relative difference. float32, SGD with
+momentum, no augmentation.
 
 The yardstick for "float noise" is a third run, im2col on twice the threads: the batch is
 split over the threads and the parts' weight gradients summed, which rounds differently but
@@ -60,22 +61,25 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     X, y = load("mnist10k", "train")
     X, y = X[:args.samples], y[:args.samples]
+    runs = {}
     with threadpool_limits(args.threads):
-        a, ta = losses("im2col", X, y, args.batch_size, args.epochs)
-        b, tb = losses("winograd", X, y, args.batch_size, args.epochs)
+        for alg in ("im2col", "winograd", "winograd4"):
+            runs[alg] = losses(alg, X, y, args.batch_size, args.epochs)
     with threadpool_limits(2 * args.threads):
-        c, tc = losses("im2col", X, y, args.batch_size, args.epochs)
-    rel, noise = np.abs(a - b) / np.abs(a), np.abs(a - c) / np.abs(a)
+        runs["im2col x2"] = losses("im2col", X, y, args.batch_size, args.epochs)
+    a = runs["im2col"][0]
+    others = ["winograd", "winograd4", "im2col x2"]
+    rel = {k: np.abs(runs[k][0] - a) / np.abs(a) for k in others}
     print(f"ResNet-20, mnist10k[:{args.samples}], batch {args.batch_size}, {args.epochs} "
-          f"epochs, {args.threads} thread(s); wall s: im2col {ta:.1f}, winograd {tb:.1f}, "
-          f"im2col on {2 * args.threads} threads {tc:.1f}")
-    print(f"{'step':>4s} {'im2col':>10s} {'winograd':>10s} {'rel diff':>9s} "
-          f"{'im2col x2':>10s} {'rel diff':>9s}")
+          f"epochs, {args.threads} thread(s) ('im2col x2': im2col on {2 * args.threads}); "
+          "wall s: " + ", ".join(f"{k} {t:.1f}" for k, (_, t) in runs.items()))
+    print(f"{'step':>4s} {'im2col':>10s}" + "".join(f" {k:>10s} {'rel diff':>9s}" for k in others))
     for i in range(len(a)):
-        print(f"{i:4d} {a[i]:10.6f} {b[i]:10.6f} {rel[i]:9.1e} {c[i]:10.6f} {noise[i]:9.1e}")
-    print(f"max relative difference: winograd {rel.max():.2e} (step {int(rel.argmax())}), "
-          f"im2col on {2 * args.threads} threads {noise.max():.2e} "
-          f"(step {int(noise.argmax())}); final loss im2col {a[-1]:.6f}, winograd {b[-1]:.6f}")
+        print(f"{i:4d} {a[i]:10.6f}" + "".join(f" {runs[k][0][i]:10.6f} {rel[k][i]:9.1e}"
+                                             for k in others))
+    print("max relative difference from im2col: " + ", ".join(
+        f"{k} {rel[k].max():.2e} (step {int(rel[k].argmax())})" for k in others)
+        + "; final loss: " + ", ".join(f"{k} {runs[k][0][-1]:.6f}" for k in runs))
     return 0
 
 

@@ -137,3 +137,29 @@ def test_bench_device_cuda_without_a_gpu_fails_before_timing(capsys):
     assert main(["bench", "--quick", "--models", "mlp", "--no-memory", "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert "no CUDA device found" in err and "device 'cpu'" in err, err
+
+
+def test_bench_conv_algorithm_is_used_recorded_and_restored(tmp_path, capsys, monkeypatch):
+    from mlcvlab.nn import conv
+    seen = []
+    original = bench.ours_steps
+
+    def spy(*args, **kwargs):
+        seen.append(conv.get_algorithm())
+        return original(*args, **kwargs)
+    monkeypatch.setattr(bench, "ours_steps", spy)
+    before = conv.get_algorithm()
+    res = _run(tmp_path, "--no-torch", "--no-memory", "--conv-algorithm", "fast")
+    assert res["config"]["conv_algorithm"] == "fast" and seen and set(seen) == {"fast"}
+    assert "set_algorithm('fast')" in capsys.readouterr().out
+    assert conv.get_algorithm() == before
+
+
+def test_bench_conv_algorithm_choices_are_conv_algorithms():
+    import argparse
+    from mlcvlab.nn import conv
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    action = next(a for a in parser._subparsers._group_actions[0].choices["bench"]._actions
+                  if a.dest == "conv_algorithm")
+    assert tuple(action.choices) == conv.ALGORITHMS

@@ -514,11 +514,25 @@ def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref,
 
 def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: int = 2,
         repeats: int = 5, quick: bool = False, memory: bool = True, use_torch: bool = True,
-        reference: Optional[str] = None, layers: bool = False, device: str = "cpu") -> dict:
+        reference: Optional[str] = None, layers: bool = False, device: str = "cpu",
+        conv_algorithm: str = "auto") -> dict:
     """Run the whole benchmark and return the result dictionary (what ``--out`` writes).
 
     Both frameworks run in this process under ``backend.keep_freed_memory()``, which both
-    use (torch allocates CPU tensors with glibc's malloc too)."""
+    use (torch allocates CPU tensors with glibc's malloc too). ``conv_algorithm``: our 3x3
+    convolutions' choice during the timings (``mlcvlab.nn.conv.set_algorithm``; the memory
+    subprocesses run the default)."""
+    from mlcvlab.nn import conv
+    previous = conv.set_algorithm(conv_algorithm)      # rejects an unknown name first
+    try:
+        return _run(models, batch_size, threads, repeats, quick, memory, use_torch, reference,
+                    layers, device, conv_algorithm)
+    finally:
+        conv.set_algorithm(previous)
+
+
+def _run(models, batch_size, threads, repeats, quick, memory, use_torch, reference, layers,
+         device, conv_algorithm) -> dict:
     from threadpoolctl import threadpool_limits
     from mlcvlab import backend
     kept = backend.keep_freed_memory()
@@ -551,7 +565,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: 
                    "repeats": repeats, "quick": quick, "dtype": "float32",
                    "optimizer": f"SGD(lr={LR}, momentum={MOMENTUM})",
                    "malloc_keeps_freed_memory": kept, "device": device,
-                   "baseline": baseline},
+                   "baseline": baseline, "conv_algorithm": conv_algorithm},
         "models": {},
     }
     with threadpool_limits(threads):
@@ -612,6 +626,8 @@ def format_table(result: dict) -> str:
     base = result["config"].get("baseline") or "torch"
     lines = [f"Machine: {m['cpu']}" + (f" ({m['simd']})" if m.get("simd") else "")
              + f", {m['cores']} cores; {result['config']['threads']} threads"
+             + (f"; our convolutions: set_algorithm({result['config']['conv_algorithm']!r})"
+                if result["config"].get("conv_algorithm", "auto") != "auto" else "")
              + (f"; ours on the GPU, against {base}" if device == "cuda" else ""), "",
              f"| model | phase | ours (samples/s) | {base} (samples/s) | ours / {base} "
              "| range over the sample pairs |",
@@ -660,7 +676,8 @@ def _main(args) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     result = run(models, args.batch_size, args.threads, repeats, args.quick,
                  memory=not args.no_memory, use_torch=not args.no_torch, reference=args.reference,
-                 layers=args.per_layer, device=args.device)
+                 layers=args.per_layer, device=args.device,
+                 conv_algorithm=args.conv_algorithm)
     print(format_table(result))
     for name, r in result["models"].items():
         if "per_layer" in r:
@@ -698,6 +715,11 @@ def register(subparsers) -> None:
                    help="cuda: our models on the GPU (model.to('cuda')), against torch on the "
                         "same GPU when a CUDA torch is importable, else against our CPU path "
                         "(needs --no-memory)")
+    p.add_argument("--conv-algorithm", default="auto",
+                   choices=("auto", "fast", "im2col", "winograd", "winograd4"),
+                   help="our 3x3 convolutions (mlcvlab.nn.conv.set_algorithm): auto (default: "
+                        "im2col or Winograd F(2x2)), fast (also F(4x4), ~10x the float32 "
+                        "rounding), or one forced")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=_main)
 

@@ -36,7 +36,9 @@ the price of ``kw - 1 - pw`` computed-and-dropped output columns per row.
 
 3x3 stride-1 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
 run as Winograd F(2x2, 3x3) instead (:mod:`mlcvlab.nn.winograd`, 2.25x fewer multiplies);
-``set_algorithm("im2col" | "winograd" | "auto")`` forces either, for tests and benchmarks.
+``set_algorithm("fast")`` also takes F(4x4, 3x3) (4x fewer) where it is faster still, at ~10x
+the float32 rounding error; ``set_algorithm("im2col" | "winograd" | "winograd4" | "auto")``
+forces one, for tests and benchmarks (``winograd_tile``).
 
 No dtype is changed: float32 in, float32 out; float64 in, float64 out.
 """
@@ -288,15 +290,22 @@ def col2im_rows(cols: np.ndarray, n: int, C: int, kernel, g: RowPadded, buf: np.
 
 # --------------------------------------------------------------------------- algorithm choice
 # 3x3 stride-1 convolutions (dilation 1, one group, symmetric zero padding) can also run as
-# Winograd F(2x2, 3x3) (mlcvlab.nn.winograd). "auto" takes it where the measured rule
-# (winograd_pays) says it is faster; "im2col" / "winograd" force either (Winograd only where
-# it applies: any other convolution stays on im2col), for tests and benchmarks.
-ALGORITHMS = ("auto", "im2col", "winograd")
+# Winograd F(2x2, 3x3) or F(4x4, 3x3) (mlcvlab.nn.winograd). "auto" takes im2col or F(2x2)
+# where the measured rule (winograd_tile) says it is faster: both round about as a direct
+# convolution does. "fast" also takes F(4x4) where that is faster still, at ~10x the float32
+# rounding error (see winograd_tile). "im2col", "winograd" (F(2x2, 3x3)) and "winograd4"
+# (F(4x4, 3x3)) force one (Winograd only where it applies: any other convolution stays on
+# im2col), for tests and benchmarks.
+ALGORITHMS = ("auto", "fast", "im2col", "winograd", "winograd4")
 _algorithm = "auto"
 
 
 def set_algorithm(name: str) -> str:
-    """Choose how 3x3 stride-1 convolutions run: "auto" (default), "im2col" or "winograd".
+    """Choose how 3x3 stride-1 convolutions run: "auto" (default: im2col or Winograd
+    F(2x2, 3x3), whichever is faster, both with a direct convolution's float32 rounding),
+    "fast" (also Winograd F(4x4, 3x3) where it is faster still: ResNet-20 trains ~1.1x
+    faster, each layer's float32 error is ~10x larger), or one forced: "im2col", "winograd"
+    (F(2x2, 3x3)), "winograd4" (F(4x4, 3x3)).
 
     Returns the previous choice, so that a caller can restore it. Process-wide.
     """
@@ -312,44 +321,70 @@ def get_algorithm() -> str:
     return _algorithm
 
 
-# Winograd F(2x2, 3x3) runs (under "auto") when both the input and the output channels are
-# at least this many. Measured layer by layer, forward + backward, float32, batch 128,
-# 1 thread, interleaved rounds (benchmarks/bench_winograd.py; median im2col / Winograd
-# time, session 7, a host loaded by two other runs): ResNet-20's 64x8x8 1.40, 32x16x16 1.32,
-# 16x32x32 1.13 (forward alone 0.91: a tie), its 3-channel stem 0.60; MiniGoogLeNet's 3x3
-# layers with 32-336 channels 1.18-1.68, its 3-channel stem 0.55. With few channels the 16
-# point GEMMs (K = C) run far below BLAS peak and the transforms are not paid back. On the
-# whole ResNet-20 training step (1 thread, 5 rounds, --resnet-step 16,32) thresholds 16 and
-# 32 were not separable: 1.12x [1.01, 1.36] and 1.08x [0.96, 1.17] over im2col in one run,
-# 1.35x [1.04, 7.84] and 1.33x [0.98, 6.32] in another; 16 because the 16-channel layer's
-# forward + backward was >= 1 in both layer runs (1.00, 1.13). At 2 threads (each thread the
-# same shapes on half the batch) the layer ratios were alike (1.20, 1.26, 1.38; noisier).
+# The measured rules (winograd_tile). "auto": Winograd F(2x2, 3x3) when both the input and
+# the output channels are at least WINOGRAD_MIN_CHANNELS (the backward) or
+# WINOGRAD_FORWARD_MIN_CHANNELS (the forward), else im2col. "fast": F(4x4, 3x3) from
+# WINOGRAD_MIN_CHANNELS in both directions where the output is at least WINOGRAD4_MIN_SIZE
+# pixels high and wide, else as "auto".
+#
+# Session 7 (F(2x2) only; forward + backward, batch 128, 1 thread, benchmarks/bench_winograd.py,
+# im2col / Winograd time): ResNet-20's 64x8x8 1.40, 32x16x16 1.32, 16x32x32 1.13 (forward
+# alone 0.91), its 3-channel stem 0.60; MiniGoogLeNet's 3x3 layers with 32-336 channels
+# 1.18-1.68, its 3-channel stem 0.55: with few channels the point GEMMs (K = C) run far below
+# BLAS peak and the transforms are not paid back. Session 10 timed each direction apart
+# (`python benchmarks/bench_gil.py directions`, batch 64 = one thread's part): the 16-channel
+# forward was a tie (im2col 6.99 / F(2x2) 7.16 ms), so F(2x2) forwards start at 32 channels.
+#
+# Session 11, F(4x4): its GEMMs do 1.78x fewer multiply-adds than F(2x2)'s, its scalar
+# transforms ~2.2x more operations per output, so it wins where the GEMMs dominate and the
+# tiles are not too few. `bench_gil.py directions`, ms, im2col / F(2x2) / F(4x4): 16x32x32
+# forward 8.34 / 7.65 / 7.31, backward 17.96 / 13.43 / 14.25; 32x16x16 6.85 / 4.61 / 4.33,
+# 13.38 / 9.20 / 8.24; 64x8x8 5.65 / 3.34 / 3.18, 11.29 / 6.80 / 6.12 (a second run: F(4x4)
+# 1.08-1.48x over F(2x2) in five of six). MiniGoogLeNet's widest layers: 160->96 at 15x15
+# forward 59.8 / 48.0 / 39.7, backward 144.7 / 101.5 / 81.2; 96->32 at 32x32 76.9 / 46.7 /
+# 40.6, 170.6 / 91.7 / 93.1; at 7x7 (four 4x4 tiles per image: GEMMs of few columns) F(4x4)
+# lost: 336->160 forward 0.80x, backward 0.87x of F(2x2), 240->160 0.84x and 0.85x. ResNet-20's
+# whole step, 1 thread, batch 64, 20 interleaved rounds, "fast" against "auto": training
+# 1.12x (95% CI of the median 1.05-1.20), evaluation 1.06x (1.02-1.09).
+#
+# Why F(4x4) is not in "auto": each layer's float32 error is ~10x a direct convolution's
+# (tests/nn/test_winograd.py: 2e-6 to 9e-6 of the output's scale, against 2e-7 to 9e-7), and a
+# network amplifies a larger error where a value near 0 changes sign at a ReLU: ResNet-20 on a
+# batch of 2 (tests/models/test_torch_parity_models.py) had gradients 1.8e-3 (relative) from
+# torch's under F(4x4), 6e-7 under im2col or F(2x2). Training follows im2col's loss as closely
+# as rounding noise does (benchmarks/winograd_training_check.py), so "fast" is safe to train
+# with; "auto" keeps the engine's float32 results at a direct convolution's accuracy.
 WINOGRAD_MIN_CHANNELS = 16
-# The forward alone pays from more channels: session 10, each direction of ResNet-20's layers
-# timed apart (`python benchmarks/bench_gil.py directions`: batch 64 = one thread's part,
-# 1 thread, interleaved rounds, medians), im2col / Winograd ms: 16x32x32 forward 6.99 / 7.16,
-# backward 15.12 / 13.18; 32x16x16 forward 5.56 / 4.19, backward 11.79 / 7.90; 64x8x8 forward
-# 5.08 / 3.16, backward 11.10 / 6.48. So a 16-channel layer runs its forward on im2col and its
-# backward on Winograd (the backward needs only x and W, which both caches keep).
 WINOGRAD_FORWARD_MIN_CHANNELS = 32
+WINOGRAD4_MIN_SIZE = 8
 
 
 def winograd_pays(x_shape, F: int, forward: bool = False) -> bool:
-    """The measured rule for "auto": Winograd for a 3x3 stride-1 convolution of x (N, C, H, W)
-    into F channels when min(C, F) >= WINOGRAD_MIN_CHANNELS (its backward) or
+    """Whether "auto" runs a 3x3 stride-1 convolution of x (N, C, H, W) into F channels as
+    Winograd F(2x2, 3x3): min(C, F) >= WINOGRAD_MIN_CHANNELS (its backward) or
     WINOGRAD_FORWARD_MIN_CHANNELS (its forward)."""
     least = WINOGRAD_FORWARD_MIN_CHANNELS if forward else WINOGRAD_MIN_CHANNELS
     return min(x_shape[1], F) >= least
 
 
-def _use_winograd(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
-                  forward: bool = True) -> bool:
-    """Whether this convolution's forward (or backward) runs as Winograd (its transforms need
-    numba: without it, every convolution stays on im2col's NumPy path)."""
+def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
+                  forward: bool = True) -> int:
+    """The output tile size m of the Winograd F(m x m, 3x3) this convolution's forward (or
+    backward) runs as, or 0 for im2col: what ``set_algorithm`` forces, else its measured rule
+    (see the comment above). The transforms need numba: without it, every convolution stays
+    on im2col's NumPy path."""
     if (_algorithm == "im2col" or not winograd.applies(kernel, stride, dilation, groups, pads)
             or not _use_numba()):
-        return False
-    return _algorithm == "winograd" or winograd_pays(x_shape, F, forward)
+        return 0
+    if _algorithm == "winograd":
+        return 2
+    if _algorithm == "winograd4":
+        return 4
+    if _algorithm == "fast" and min(x_shape[1], F) >= WINOGRAD_MIN_CHANNELS:
+        Ho, Wo = x_shape[2] + pads[0] + pads[1] - 2, x_shape[3] + pads[2] + pads[3] - 2
+        if min(Ho, Wo) >= WINOGRAD4_MIN_SIZE:
+            return 4
+    return 2 if winograd_pays(x_shape, F, forward) else 0
 
 
 # --------------------------------------------------------------------------- convolution
@@ -414,8 +449,9 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     input, a stride-1 dilated convolution once per sub-grid of the padded input
     (:func:`_conv2d_dilated`); only a dilated and strided one takes the general path (a
     dilated im2col per group and block of the batch). A 3x3 stride-1 convolution on the fast
-    path with groups 1 runs as Winograd F(2x2, 3x3) instead where ``set_algorithm`` and the
-    measured rule (``winograd_pays``) say so.
+    path with groups 1 runs as Winograd F(2x2, 3x3) (or, under ``set_algorithm("fast")``,
+    F(4x4, 3x3)) instead where ``set_algorithm`` and the measured rule (``winograd_tile``)
+    say so.
     """
     _check_4d("conv2d", "x", x)
     _check_4d("conv2d", "W", W, "(F, C // groups, kh, kw)")
@@ -463,9 +499,10 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     padding = (pads[0], pads[2])
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
-    if _use_winograd(x.shape, F, (kh, kw), stride, dilation, groups, pads):
+    m = winograd_tile(x.shape, F, (kh, kw), stride, dilation, groups, pads)
+    if m:
         return _relu_after(then_relu, *winograd.conv2d_winograd(
-            x, W, b, padding, _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo)))
+            x, W, b, padding, _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo), m))
 
     K = C * kh * kw
     W_mat = W.reshape(F, K)
@@ -523,10 +560,13 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     """
     if isinstance(cache, winograd.WinogradCache):
         (N, C, H, Wd), F = cache.x.shape, cache.W.shape[0]
-        t = winograd.tiles(H, Wd, cache.padding)
+        ph, pw = cache.padding
+        m = winograd_tile(cache.x.shape, F, (3, 3), (1, 1), (1, 1), 1, (ph, ph, pw, pw),
+                          forward=False) or 2       # im2col chosen since the forward: F(2x2)
+        t = winograd.tiles(H, Wd, cache.padding, m)
         check_dy("conv2d_grad", dy, (N, F, t.Ho, t.Wo))
         return winograd.conv2d_winograd_grad(
-            dy, cache, _batch_parts(N, 2.0 * N * F * C * 9 * t.Ho * t.Wo), input_grad)
+            dy, cache, _batch_parts(N, 2.0 * N * F * C * 9 * t.Ho * t.Wo), input_grad, m)
     if isinstance(cache, DilatedConv2dCache):
         check_dy("conv2d_grad", dy, (cache.x_shape[0], cache.F) + cache.out_hw)
         return _conv2d_dilated_grad(dy, cache, input_grad)
@@ -545,7 +585,7 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, Wd = x.shape
     F = W.shape[0]
-    if _use_winograd(x.shape, F, kernel, stride, (1, 1), 1, (ph, ph, pw, pw), forward=False):
+    if winograd_tile(x.shape, F, kernel, stride, (1, 1), 1, (ph, ph, pw, pw), forward=False):
         return conv2d_grad(dy, winograd.WinogradCache(x, W, padding, has_bias), input_grad)
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (Wd + 2 * pw - kw) // sw + 1

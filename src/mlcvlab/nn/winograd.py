@@ -36,6 +36,15 @@ convolution to ~1e-13.
 
 Odd output sizes: the last row / column of tiles reads zeros past the padded input and its
 outputs past Ho / Wo are dropped (dy is taken as zero there).
+
+F(4x4, 3x3) (``m = 4``, Lavin & Gray Sec. 4.2) is the same scheme with 4x4 output tiles
+computed from 6x6 input blocks (overlapping by two): 36 transform points, so the GEMMs do
+36 * F * C multiply-adds per tile of 16 outputs where im2col does 144: 4x fewer (F(2x2, 3x3):
+2.25x), and the transforms move 2.25 values per output and channel instead of 4. Its
+matrices have entries up to 8 (A^T), 5 (B^T) and 1/24 (G), so the transforms amplify float32
+rounding more: the filter transform runs in float64 (G is not exact in float32) and the
+measured error is stated in ``tests/nn/test_winograd.py``. Every function below takes the
+tile size ``m`` (2 or 4); the kernels of each are compiled apart.
 """
 from __future__ import annotations
 
@@ -57,15 +66,38 @@ G = np.array([[1, 0, 0],
 AT = np.array([[1, 1, 1, 0],
                [0, 1, -1, -1]], dtype=np.float64)
 
+# Lavin & Gray (2015), Sec. 4.2, F(4x4, 3x3) (interpolation points 0, +-1, +-2 and infinity).
+BT4 = np.array([[4, 0, -5, 0, 1, 0],
+                [0, -4, -4, 1, 1, 0],
+                [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0],
+                [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+G4 = np.array([[1 / 4, 0, 0],
+               [-1 / 6, -1 / 6, -1 / 6],
+               [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6],
+               [0, 0, 1]], dtype=np.float64)
+AT4 = np.array([[1, 1, 1, 1, 1, 0],
+                [0, 1, -1, 2, -2, 0],
+                [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+
+# (B^T, G, A^T) of each output tile size m.
+MATRICES = {2: (BT, G, AT), 4: (BT4, G4, AT4)}
+TILE_SIZES = tuple(MATRICES)
+
 # The transforms and GEMMs run over blocks of the batch whose V and M (16 points x channels x
 # tiles each) fit in about this many bytes, so that the GEMMs read them from cache.
 BLOCK_BYTES = 2**20
 
-_KERNELS = None
+_KERNELS = {}
 
 
 def _compile() -> dict:
-    """The four tile transforms as numba kernels, unrolled (no per-tile temporaries)."""
+    """The four tile transforms of F(2x2, 3x3) as numba kernels, unrolled (no per-tile
+    temporaries)."""
     from numba import njit
 
     @njit(cache=True, nogil=True)
@@ -241,56 +273,266 @@ def _compile() -> dict:
             "dy_transform": dy_transform, "input_transform_adjoint": input_transform_adjoint}
 
 
-def _kernel(name: str):
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _compile()
-    return _KERNELS[name]
+# The constants of the F(4x4, 3x3) kernels, as float32 so that float32 data stays float32 in
+# numba's arithmetic (a Python int or float would promote it to float64); exact in float32.
+_TWO, _FOUR, _FIVE, _EIGHT = (np.float32(v) for v in (2, 4, 5, 8))
+
+
+def _compile4() -> dict:
+    """The four tile transforms of F(4x4, 3x3) as numba kernels. Each applies a 1-D transform
+    (``_bt``: B^T d, ``_at``: A^T m, ``_a``: A e, ``_b``: B v; inlined) to the rows of a tile,
+    as tuples held in registers, then to the columns of the result: no scratch arrays (a
+    first version staged the tile in a 6x6 array and ran its transforms 3.5-4x slower)."""
+    from numba import njit
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _bt(d0, d1, d2, d3, d4, d5):  # pragma: no cover (jitted)
+        # the rows of B^T with their common terms shared (19 operations, not 24)
+        a, b, p, q, r, t = d4 - d2, d1 - d3, d3 + d4, d1 + d2, d4 - d3, d1 - d2
+        b2 = b + b
+        return (_FOUR * (d0 - d2) + a, p - _FOUR * q, r + _FOUR * t, a - b2, a + b2,
+                _FOUR * b + (d5 - d3))
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _at(m0, m1, m2, m3, m4, m5):  # pragma: no cover (jitted)
+        a, b, c, e = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+        return m0 + a + c, b + _TWO * e, a + _FOUR * c, b + _EIGHT * e + m5
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _a(e0, e1, e2, e3):  # pragma: no cover (jitted)
+        a, b, c, d = e0 + e2, e1 + e3, e0 + _FOUR * e2, _TWO * e1 + _EIGHT * e3
+        return e0, a + b, a - b, c + d, c - d, e3
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _b(v0, v1, v2, v3, v4, v5):  # pragma: no cover (jitted)
+        # the columns of B^T with their common terms shared
+        t, u, q, r = v3 - v4, v2 - v1, v1 + v2, v3 + v4
+        t2 = t + t
+        return (_FOUR * v0, _FOUR * (u + v5) - t2, -_FIVE * v0 - _FOUR * q - r,
+                t2 - u - _FIVE * v5, v0 + q + r, v5)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _bt_row(img, r, s):  # pragma: no cover (jitted)
+        return _bt(img[r, s], img[r, s + 1], img[r, s + 2], img[r, s + 3], img[r, s + 4],
+                   img[r, s + 5])
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _at_point_row(M, k, f, p):  # pragma: no cover (jitted)
+        q = 6 * k
+        return _at(M[q, f, p], M[q + 1, f, p], M[q + 2, f, p], M[q + 3, f, p], M[q + 4, f, p],
+                   M[q + 5, f, p])
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _b_point_row(dV, k, c, p):  # pragma: no cover (jitted)
+        q = 6 * k
+        return _b(dV[q, c, p], dV[q + 1, c, p], dV[q + 2, c, p], dV[q + 3, c, p],
+                  dV[q + 4, c, p], dV[q + 5, c, p])
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _a_dy_row(g, r, s, Ho, Wo, zero):  # pragma: no cover (jitted)
+        # A e of dy's row r, columns s .. s + 3, zero past Ho / Wo
+        if r >= Ho:
+            return _a(zero, zero, zero, zero)
+        if s + 3 < Wo:
+            return _a(g[r, s], g[r, s + 1], g[r, s + 2], g[r, s + 3])
+        return _a(g[r, s], g[r, s + 1] if s + 1 < Wo else zero,
+                  g[r, s + 2] if s + 2 < Wo else zero, zero)
+
+    @njit(cache=True, nogil=True)
+    def input_transform(xp, th, tw, V):  # pragma: no cover (jitted)
+        # xp (n, C, 4*th + 2, 4*tw + 2), zero-padded -> V (36, C, n*th*tw): B^T d B per tile,
+        # point 6k + l = (row k, column l)
+        n, C = xp.shape[0], xp.shape[1]
+        for m in range(n):
+            for c in range(C):
+                img = xp[m, c]
+                for ty in range(th):
+                    r = 4 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        s = 4 * tx
+                        p = base + tx
+                        # d B, row by row (row i of the tile -> a_i), then B^T (d B) by column
+                        a0, a1, a2 = _bt_row(img, r, s), _bt_row(img, r + 1, s), \
+                            _bt_row(img, r + 2, s)
+                        a3, a4, a5 = _bt_row(img, r + 3, s), _bt_row(img, r + 4, s), \
+                            _bt_row(img, r + 5, s)
+                        for j in range(6):
+                            v0, v1, v2, v3, v4, v5 = _bt(a0[j], a1[j], a2[j], a3[j], a4[j],
+                                                         a5[j])
+                            V[j, c, p] = v0
+                            V[6 + j, c, p] = v1
+                            V[12 + j, c, p] = v2
+                            V[18 + j, c, p] = v3
+                            V[24 + j, c, p] = v4
+                            V[30 + j, c, p] = v5
+
+    @njit(cache=True, nogil=True)
+    def output_transform(M, th, tw, b, y):  # pragma: no cover (jitted)
+        # M (36, F, n*th*tw) -> y (n, F, Ho, Wo): A^T m A per tile, + b[f]; drops the outputs
+        # of the last tile row / column that fall past Ho / Wo
+        n, F, Ho, Wo = y.shape
+        for m in range(n):
+            for f in range(F):
+                bias = b[f]
+                out = y[m, f]
+                for ty in range(th):
+                    r = 4 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        s = 4 * tx
+                        p = base + tx
+                        # m A, point row by point row, then A^T (m A) by column
+                        a0, a1, a2 = _at_point_row(M, 0, f, p), _at_point_row(M, 1, f, p), \
+                            _at_point_row(M, 2, f, p)
+                        a3, a4, a5 = _at_point_row(M, 3, f, p), _at_point_row(M, 4, f, p), \
+                            _at_point_row(M, 5, f, p)
+                        full = r + 3 < Ho and s + 3 < Wo
+                        for j in range(4):
+                            y0, y1, y2, y3 = _at(a0[j], a1[j], a2[j], a3[j], a4[j], a5[j])
+                            if full:
+                                out[r, s + j] = y0 + bias
+                                out[r + 1, s + j] = y1 + bias
+                                out[r + 2, s + j] = y2 + bias
+                                out[r + 3, s + j] = y3 + bias
+                            elif s + j < Wo:
+                                out[r, s + j] = y0 + bias
+                                if r + 1 < Ho:
+                                    out[r + 1, s + j] = y1 + bias
+                                if r + 2 < Ho:
+                                    out[r + 2, s + j] = y2 + bias
+                                if r + 3 < Ho:
+                                    out[r + 3, s + j] = y3 + bias
+
+    @njit(cache=True, nogil=True)
+    def dy_transform(dy, th, tw, zero, dM):  # pragma: no cover (jitted)
+        # dy (n, F, Ho, Wo) -> dM (36, F, n*th*tw): A e A^T per 4x4 tile e (zero past Ho, Wo)
+        n, F, Ho, Wo = dy.shape
+        for m in range(n):
+            for f in range(F):
+                g = dy[m, f]
+                for ty in range(th):
+                    r = 4 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        s = 4 * tx
+                        p = base + tx
+                        # e A^T, row by row, then A (e A^T) by column
+                        e0, e1 = _a_dy_row(g, r, s, Ho, Wo, zero), \
+                            _a_dy_row(g, r + 1, s, Ho, Wo, zero)
+                        e2, e3 = _a_dy_row(g, r + 2, s, Ho, Wo, zero), \
+                            _a_dy_row(g, r + 3, s, Ho, Wo, zero)
+                        for j in range(6):
+                            u0, u1, u2, u3, u4, u5 = _a(e0[j], e1[j], e2[j], e3[j])
+                            dM[j, f, p] = u0
+                            dM[6 + j, f, p] = u1
+                            dM[12 + j, f, p] = u2
+                            dM[18 + j, f, p] = u3
+                            dM[24 + j, f, p] = u4
+                            dM[30 + j, f, p] = u5
+
+    @njit(cache=True, nogil=True)
+    def input_transform_adjoint(dV, th, tw, dxp):  # pragma: no cover (jitted)
+        # dV (36, C, n*th*tw) -> dxp (n, C, 4*th + 2, 4*tw + 2), zeroed first: adds B v B^T of
+        # every tile onto its (overlapping) 6x6 block
+        n, C = dxp.shape[0], dxp.shape[1]
+        dxp[...] = 0
+        for m in range(n):
+            for c in range(C):
+                img = dxp[m, c]
+                for ty in range(th):
+                    r = 4 * ty
+                    base = (m * th + ty) * tw
+                    for tx in range(tw):
+                        s = 4 * tx
+                        p = base + tx
+                        # v B^T, point row by point row, then B (v B^T) by column
+                        z0, z1, z2 = _b_point_row(dV, 0, c, p), _b_point_row(dV, 1, c, p), \
+                            _b_point_row(dV, 2, c, p)
+                        z3, z4, z5 = _b_point_row(dV, 3, c, p), _b_point_row(dV, 4, c, p), \
+                            _b_point_row(dV, 5, c, p)
+                        for j in range(6):
+                            w0, w1, w2, w3, w4, w5 = _b(z0[j], z1[j], z2[j], z3[j], z4[j], z5[j])
+                            img[r, s + j] += w0
+                            img[r + 1, s + j] += w1
+                            img[r + 2, s + j] += w2
+                            img[r + 3, s + j] += w3
+                            img[r + 4, s + j] += w4
+                            img[r + 5, s + j] += w5
+
+    return {"input_transform": input_transform, "output_transform": output_transform,
+            "dy_transform": dy_transform, "input_transform_adjoint": input_transform_adjoint}
+
+
+def _kernel(name: str, m: int = 2):
+    """The compiled transform ``name`` of F(m x m, 3x3)."""
+    if m not in _KERNELS:
+        _KERNELS[m] = _compile() if m == 2 else _compile4()
+    return _KERNELS[m][name]
 
 
 # --------------------------------------------------------------------------- filter transforms
-def filter_transform(W: np.ndarray) -> np.ndarray:
-    """W (F, C, 3, 3) -> U (16, F, C): G g G^T of every filter, point xi = 4a + b first.
+def _g_for(dtype, m: int) -> np.ndarray:
+    """F(m x m, 3x3)'s G in the dtype the filter transforms compute in: the data's for m = 2
+    (entries 0, 1, 1/2: exact in float32), float64 for m = 4 (1/6 and 1/24 are not)."""
+    return G.astype(dtype) if m == 2 else G4
+
+
+def filter_transform(W: np.ndarray, m: int = 2) -> np.ndarray:
+    """W (F, C, 3, 3) -> U ((m+2)^2, F, C): G g G^T of every filter, point xi = (m+2) a + b,
+    in W's dtype.
 
     Two GEMMs over the F*C filters at once, not ``np.einsum(..., optimize=True)``, which plans
     its contraction in Python on every call (~0.1 ms holding the GIL, per layer and step)."""
     F, C = W.shape[:2]
-    Gd = G.astype(W.dtype)
-    Wt = np.ascontiguousarray(W.reshape(F * C, 9).T).reshape(3, 3 * F * C)    # [i, (j, fc)]
-    A = np.dot(Gd, Wt).reshape(4, 3, F * C)                                   # [a, j, fc]
-    return np.matmul(Gd, A).reshape(16, F, C)                                 # [a, b, fc]
+    Gd = _g_for(W.dtype, m)
+    a = Gd.shape[0]
+    Wt = np.ascontiguousarray(W.reshape(F * C, 9).T, dtype=Gd.dtype)        # [i, (j, fc)]
+    A = np.dot(Gd, Wt.reshape(3, 3 * F * C)).reshape(a, 3, F * C)          # [a, j, fc]
+    U = np.matmul(Gd, A).reshape(a * a, F, C)                               # [a, b, fc]
+    return U.astype(W.dtype, copy=False)
 
 
-def filter_transform_adjoint(dU: np.ndarray) -> np.ndarray:
-    """dU (16, F, C) -> dW (F, C, 3, 3): G^T dU G per (f, c), the transpose of
-    :func:`filter_transform`."""
+def filter_transform_adjoint(dU: np.ndarray, m: int = 2) -> np.ndarray:
+    """dU ((m+2)^2, F, C) -> dW (F, C, 3, 3): G^T dU G per (f, c), the transpose of
+    :func:`filter_transform`, in dU's dtype."""
     F, C = dU.shape[1:]
-    Gd = G.astype(dU.dtype)
-    E = np.dot(Gd.T, dU.reshape(4, 4 * F * C)).reshape(3, 4, F * C)          # [i, b, fc]
-    dW = np.matmul(Gd.T, E)                                                  # [i, j, fc]
-    return np.ascontiguousarray(dW.reshape(9, F * C).T).reshape(F, C, 3, 3)
+    Gd = _g_for(dU.dtype, m)
+    a = Gd.shape[0]
+    E = np.dot(Gd.T, dU.astype(Gd.dtype, copy=False).reshape(a, a * F * C))
+    dW = np.matmul(Gd.T, E.reshape(3, a, F * C))                             # [i, j, fc]
+    dW = np.ascontiguousarray(dW.reshape(9, F * C).T, dtype=dU.dtype)
+    return dW.reshape(F, C, 3, 3)
 
 
 # --------------------------------------------------------------------------- geometry
 class Tiles(NamedTuple):
-    """The tiling of a 3x3 stride-1 convolution's output into 2x2 tiles."""
+    """The tiling of a 3x3 stride-1 convolution's output into m x m tiles."""
     Ho: int
     Wo: int
-    th: int    # tile rows: ceil(Ho / 2)
+    th: int    # tile rows: ceil(Ho / m)
     tw: int    # tile columns
-    Hp: int    # rows of the padded input the tiles read: 2*th + 2
+    Hp: int    # rows of the padded input the tiles read: m*th + 2
     Wp: int
+    m: int     # the output tile size: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))
+
+    @property
+    def points(self) -> int:
+        """The transform points per tile, (m + 2)^2."""
+        return (self.m + 2) ** 2
 
 
-def tiles(H: int, W: int, padding: Tuple[int, int]) -> Tiles:
-    """The 2x2 tiles covering the output of a 3x3 stride-1 conv of an (H, W) image."""
+def tiles(H: int, W: int, padding: Tuple[int, int], m: int = 2) -> Tiles:
+    """The m x m tiles covering the output of a 3x3 stride-1 conv of an (H, W) image."""
+    if m not in MATRICES:
+        raise ValueError(f"winograd: the output tile size must be one of {TILE_SIZES}, got {m!r}")
     Ho, Wo = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
-    th, tw = (Ho + 1) // 2, (Wo + 1) // 2
-    return Tiles(Ho, Wo, th, tw, 2 * th + 2, 2 * tw + 2)
+    th, tw = -(-Ho // m), -(-Wo // m)
+    return Tiles(Ho, Wo, th, tw, m * th + 2, m * tw + 2, m)
 
 
 def applies(kernel, stride, dilation, groups: int, pads) -> bool:
-    """Whether F(2x2, 3x3) computes this convolution: a 3x3 kernel, stride 1, dilation 1,
+    """Whether F(m x m, 3x3) computes this convolution: a 3x3 kernel, stride 1, dilation 1,
     one group, symmetric zero padding (pads: top, bottom, left, right)."""
     return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and groups == 1 and pads[0] == pads[1] and pads[2] == pads[3])
@@ -298,7 +540,7 @@ def applies(kernel, stride, dilation, groups: int, pads) -> bool:
 
 def _pad(x: np.ndarray, t: Tiles, padding) -> np.ndarray:
     """x (n, C, H, W) zero-padded to (n, C, Hp, Wp): padding above / left, the rest below /
-    right (Hp = 2*th + 2 >= Ho + 2 = H + 2*ph), in the per-thread scratch."""
+    right (Hp = m*th + 2 >= Ho + 2 = H + 2*ph), in the per-thread scratch."""
     n, C, H, W = x.shape
     ph, pw = padding
     xp = kernels.scratch((n, C, t.Hp, t.Wp), x.dtype, slot="wino_pad")
@@ -308,18 +550,18 @@ def _pad(x: np.ndarray, t: Tiles, padding) -> np.ndarray:
 
 
 def _blocks(n: int, channels: int, t: Tiles, itemsize: int):
-    """Slices of [0, n) whose V or M (16 x channels x tiles) fit in BLOCK_BYTES."""
-    per_sample = 16 * channels * t.th * t.tw * itemsize
+    """Slices of [0, n) whose V or M (points x channels x tiles) fit in BLOCK_BYTES."""
+    per_sample = t.points * channels * t.th * t.tw * itemsize
     step = max(1, min(n, BLOCK_BYTES // per_sample))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _points(slot: str, channels: int, P: int, dtype) -> np.ndarray:
-    """A (16, channels, P) array in the per-thread scratch whose 16 point planes start 256
+def _points(slot: str, channels: int, P: int, dtype, points: int = 16) -> np.ndarray:
+    """A (points, channels, P) array in the per-thread scratch whose point planes start 256
     bytes apart modulo 4 KiB (each plane padded), not at the same offset.
 
-    The transform kernels write (read) the 16 planes of a tile at once; with planes a power
-    of two apart (ResNet's sizes) all 16 streams fall into the same cache sets and evict each
+    The transform kernels write (read) the planes of a tile at once; with planes a power
+    of two apart (ResNet's sizes) all the streams fall into the same cache sets and evict each
     other: the input transform of a (128, 16, 32, 32) batch took 62 ms with the planes packed,
     15 ms padded (the output transform 46 vs 11 ms), on the session-7 host.
     """
@@ -327,22 +569,23 @@ def _points(slot: str, channels: int, P: int, dtype) -> np.ndarray:
     period, shift = 4096 // dtype.itemsize, 256 // dtype.itemsize
     plane = channels * P
     plane += (shift - plane % period) % period
-    buf = kernels.scratch((16 * plane,), dtype, slot=slot)
+    buf = kernels.scratch((points * plane,), dtype, slot=slot)
     it = dtype.itemsize
-    return np.ndarray((16, channels, P), dtype, buffer=buf,
+    return np.ndarray((points, channels, P), dtype, buffer=buf,
                       strides=(plane * it, P * it, it))
 
 
 def _input_V(x_blk: np.ndarray, t: Tiles, padding) -> np.ndarray:
-    """V (16, C, n*th*tw) of a block of the batch, in the per-thread scratch."""
+    """V (points, C, n*th*tw) of a block of the batch, in the per-thread scratch."""
     n, C = x_blk.shape[:2]
-    V = _points("wino_V", C, n * t.th * t.tw, x_blk.dtype)
-    _kernel("input_transform")(_pad(x_blk, t, padding), t.th, t.tw, V)
+    V = _points("wino_V", C, n * t.th * t.tw, x_blk.dtype, t.points)
+    _kernel("input_transform", t.m)(_pad(x_blk, t, padding), t.th, t.tw, V)
     return V
 
 
 # --------------------------------------------------------------------------- convolution
 class WinogradCache(NamedTuple):
+    """What the backward needs: x and W (the backward chooses its own tile size)."""
     x: np.ndarray            # the input (N, C, H, W), kept by reference (not copied)
     W: np.ndarray            # the weights (F, C, 3, 3), the parameter itself
     padding: Tuple[int, int]
@@ -350,8 +593,8 @@ class WinogradCache(NamedTuple):
 
 
 def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
-                    padding: Tuple[int, int], parts):
-    """y = conv2d(x, W, b, stride 1, padding) by F(2x2, 3x3); x (N, C, H, W), W (F, C, 3, 3).
+                    padding: Tuple[int, int], parts, m: int = 2):
+    """y = conv2d(x, W, b, stride 1, padding) by F(m x m, 3x3); x (N, C, H, W), W (F, C, 3, 3).
 
     The caller (``conv.conv2d``) has checked the arguments; ``parts`` are the batch slices,
     one per thread (``conv._batch_parts``). Returns y (N, F, Ho, Wo) and the cache.
@@ -359,8 +602,8 @@ def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
     from mlcvlab.nn.conv import _map_parts
     N, C, H, Wd = x.shape
     F = W.shape[0]
-    t = tiles(H, Wd, padding)
-    U = filter_transform(W)
+    t = tiles(H, Wd, padding, m)
+    U = filter_transform(W, m)
     y = np.empty((N, F, t.Ho, t.Wo), dtype=x.dtype)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
 
@@ -369,16 +612,17 @@ def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
         for blk in _blocks(x_part.shape[0], max(C, F), t, x.itemsize):
             n = blk.stop - blk.start
             V = _input_V(x_part[blk], t, padding)
-            M = np.matmul(U, V, out=_points("wino_M", F, n * t.th * t.tw, x.dtype))
-            _kernel("output_transform")(M, t.th, t.tw, bias, y_part[blk])
+            M = np.matmul(U, V, out=_points("wino_M", F, n * t.th * t.tw, x.dtype, t.points))
+            _kernel("output_transform", m)(M, t.th, t.tw, bias, y_part[blk])
 
     _map_parts(forward_part, parts)
     return y, WinogradCache(x, W, tuple(padding), b is not None)
 
 
 def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
-                         input_grad: bool = True):
-    """dy (N, F, Ho, Wo) -> dx (N, C, H, W) or None, dW (F, C, 3, 3), db (F,) or None.
+                         input_grad: bool = True, m: int = 2):
+    """dy (N, F, Ho, Wo) -> dx (N, C, H, W) or None, dW (F, C, 3, 3), db (F,) or None, by
+    F(m x m, 3x3).
 
     dM = A dY A^T per tile; dU = dM @ V^T (summed over the batch) gives dW = G^T dU G;
     dV = U^T @ dM gives dx by the adjoint input transform. The caller checked dy's shape.
@@ -388,29 +632,29 @@ def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
     N, C, H, Wd = x.shape
     F = W.shape[0]
     ph, pw = padding
-    t = tiles(H, Wd, padding)
-    U_T = filter_transform(W).transpose(0, 2, 1)       # (16, C, F)
+    t = tiles(H, Wd, padding, m)
+    U_T = filter_transform(W, m).transpose(0, 2, 1)    # (points, C, F)
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
 
     def backward_part(part: slice):
-        dU = np.zeros((16, F, C), dtype=dy.dtype)
+        dU = np.zeros((t.points, F, C), dtype=dy.dtype)
         x_part, dy_part = x[part], dy[part]
         for blk in _blocks(x_part.shape[0], max(C, F), t, x.itemsize):
             n = blk.stop - blk.start
             P = n * t.th * t.tw
-            dM = _points("wino_M", F, P, dy.dtype)
-            _kernel("dy_transform")(dy_part[blk], t.th, t.tw, dy.dtype.type(0), dM)
+            dM = _points("wino_M", F, P, dy.dtype, t.points)
+            _kernel("dy_transform", m)(dy_part[blk], t.th, t.tw, dy.dtype.type(0), dM)
             V = _input_V(x_part[blk], t, padding)
             dU += np.matmul(dM, V.transpose(0, 2, 1))
             if dx is None:
                 continue
             dV = np.matmul(U_T, dM, out=V)                   # reuses V's scratch
             dxp = kernels.scratch((n, C, t.Hp, t.Wp), dy.dtype, slot="wino_pad")
-            _kernel("input_transform_adjoint")(dV, t.th, t.tw, dxp)
+            _kernel("input_transform_adjoint", m)(dV, t.th, t.tw, dxp)
             dx[part][blk] = dxp[:, :, ph:ph + H, pw:pw + Wd]
         return dU
 
     shares = _map_parts(backward_part, parts)
-    dW = filter_transform_adjoint(sum(shares)).astype(W.dtype, copy=False)
+    dW = filter_transform_adjoint(sum(shares), m).astype(W.dtype, copy=False)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, np.ascontiguousarray(dW), db

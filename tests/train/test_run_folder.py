@@ -249,3 +249,20 @@ def test_a_full_disk_is_named_and_leaves_the_old_file(tmp_path, monkeypatch):
         mio.atomic_write_text(str(path), "new")
     assert path.read_text() == "old"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_conv_algorithm_holds_during_the_run_is_recorded_and_restored(tmp_path, monkeypatch,
+                                                                      capsys):
+    from mlcvlab.nn import conv
+    from mlcvlab.train import cli as train_cli
+    seen, build = [], train_cli.build_model
+    monkeypatch.setattr(train_cli, "build_model",
+                        lambda *a, **k: seen.append(conv.get_algorithm()) or build(*a, **k))
+    before = conv.get_algorithm()
+    out = tmp_path / "run"
+    assert main(DIGITS + ["--epochs", "0", "--conv-algorithm", "fast", "--out", str(out)]) == 0
+    assert seen == ["fast"] and conv.get_algorithm() == before
+    assert json.loads((out / "config.json").read_text())["conv_algorithm"] == "fast"
+    with pytest.raises(SystemExit):                 # argparse: usage error, exit status 2
+        main(DIGITS + ["--conv-algorithm", "fastest", "--out", str(tmp_path / "b")])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err

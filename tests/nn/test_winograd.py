@@ -306,3 +306,16 @@ def test_resnet20_training_steps_follow_im2col(algorithm, alg):
     assert not np.array_equal(a[1:], np.full(2, a[0])), "the loss must move"
     # measured at the third step: 1.1e-5 (F(2x2)), 4.1e-5 (F(4x4))
     np.testing.assert_allclose(b, a, rtol={"winograd": 1e-4, "winograd4": 4e-4}[alg])
+
+
+@pytest.mark.parametrize("alg", WINOGRADS)
+def test_many_blocks_with_a_smaller_last_one_equal_im2col(algorithm, monkeypatch, alg):
+    """Blocks of the batch reuse one padded buffer whose border is zeroed once per part, and
+    slices of one V and M: 7 samples in blocks of 2 (the last of 1) give im2col's result."""
+    x, W, b, dy = _case((7, 3, 9, 10), 4, 1)
+    t = winograd.tiles(9, 10, (1, 1), 2 if alg == "winograd" else 4)
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 2 * t.points * 4 * t.th * t.tw * 8)
+    assert [s.stop - s.start for s in winograd._blocks(7, 4, t, 8)] == [2, 2, 2, 1]
+    ours, ref = _run(alg, x, W, b, 1, dy), _run("im2col", x, W, b, 1, dy)
+    for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
+        np.testing.assert_allclose(a, r, rtol=0, atol=1e-12 * np.abs(r).max(), err_msg=name)

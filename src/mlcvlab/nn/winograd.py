@@ -538,17 +538,6 @@ def applies(kernel, stride, dilation, groups: int, pads) -> bool:
             and groups == 1 and pads[0] == pads[1] and pads[2] == pads[3])
 
 
-def _pad(x: np.ndarray, t: Tiles, padding) -> np.ndarray:
-    """x (n, C, H, W) zero-padded to (n, C, Hp, Wp): padding above / left, the rest below /
-    right (Hp = m*th + 2 >= Ho + 2 = H + 2*ph), in the per-thread scratch."""
-    n, C, H, W = x.shape
-    ph, pw = padding
-    xp = kernels.scratch((n, C, t.Hp, t.Wp), x.dtype, slot="wino_pad")
-    xp.fill(0)
-    xp[:, :, ph:ph + H, pw:pw + W] = x
-    return xp
-
-
 def _blocks(n: int, channels: int, t: Tiles, itemsize: int):
     """Slices of [0, n) whose V or M (points x channels x tiles) fit in BLOCK_BYTES."""
     per_sample = t.points * channels * t.th * t.tw * itemsize
@@ -575,12 +564,37 @@ def _points(slot: str, channels: int, P: int, dtype, points: int = 16) -> np.nda
                       strides=(plane * it, P * it, it))
 
 
-def _input_V(x_blk: np.ndarray, t: Tiles, padding) -> np.ndarray:
-    """V (points, C, n*th*tw) of a block of the batch, in the per-thread scratch."""
-    n, C = x_blk.shape[:2]
-    V = _points("wino_V", C, n * t.th * t.tw, x_blk.dtype, t.points)
-    _kernel("input_transform", t.m)(_pad(x_blk, t, padding), t.th, t.tw, V)
-    return V
+class _Blocks:
+    """One thread's part of the batch in blocks (``_blocks``), with the scratch arrays every
+    block reuses set up once for the part, not per block (Python per block holds the GIL,
+    which the other part's thread waits for): the zero-padded input (its border is zeroed
+    once: every block writes only the interior), V and M (the largest block's; a smaller
+    last block takes a slice of them, whose planes keep their stride) and the kernels."""
+
+    def __init__(self, n: int, C: int, F: int, t: Tiles, padding, dtype):
+        self.t, self.padding = t, padding
+        self.slices = _blocks(n, max(C, F), t, np.dtype(dtype).itemsize)
+        most = self.slices[0].stop - self.slices[0].start if self.slices else 0
+        P = most * t.th * t.tw
+        self.xp = kernels.scratch((most, C, t.Hp, t.Wp), dtype, slot="wino_pad")
+        self.xp.fill(0)
+        self.V = _points("wino_V", C, P, dtype, t.points)
+        self.M = _points("wino_M", F, P, dtype, t.points)
+        self.input_transform = _kernel("input_transform", t.m)
+
+    def input_V(self, x_blk: np.ndarray) -> np.ndarray:
+        """V (points, C, n*th*tw) of a block of the batch (a view of the part's V)."""
+        n, _, H, W = x_blk.shape
+        ph, pw = self.padding
+        xp = self.xp[:n]
+        xp[:, :, ph:ph + H, pw:pw + W] = x_blk
+        V = self.V[:, :, :n * self.t.th * self.t.tw]
+        self.input_transform(xp, self.t.th, self.t.tw, V)
+        return V
+
+    def M_for(self, n: int) -> np.ndarray:
+        """The part's M for a block of n samples."""
+        return self.M[:, :, :n * self.t.th * self.t.tw]
 
 
 # --------------------------------------------------------------------------- convolution
@@ -607,13 +621,15 @@ def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
     y = np.empty((N, F, t.Ho, t.Wo), dtype=x.dtype)
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
 
+    output_transform = _kernel("output_transform", m)
+
     def forward_part(part: slice) -> None:
         x_part, y_part = x[part], y[part]
-        for blk in _blocks(x_part.shape[0], max(C, F), t, x.itemsize):
-            n = blk.stop - blk.start
-            V = _input_V(x_part[blk], t, padding)
-            M = np.matmul(U, V, out=_points("wino_M", F, n * t.th * t.tw, x.dtype, t.points))
-            _kernel("output_transform", m)(M, t.th, t.tw, bias, y_part[blk])
+        plan = _Blocks(x_part.shape[0], C, F, t, padding, x.dtype)
+        for blk in plan.slices:
+            V = plan.input_V(x_part[blk])
+            M = np.matmul(U, V, out=plan.M_for(blk.stop - blk.start))
+            output_transform(M, t.th, t.tw, bias, y_part[blk])
 
     _map_parts(forward_part, parts)
     return y, WinogradCache(x, W, tuple(padding), b is not None)
@@ -636,22 +652,29 @@ def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
     U_T = filter_transform(W, m).transpose(0, 2, 1)    # (points, C, F)
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
 
+    dy_transform = _kernel("dy_transform", m)
+    adjoint = _kernel("input_transform_adjoint", m)
+    zero = dy.dtype.type(0)
+
     def backward_part(part: slice):
         dU = np.zeros((t.points, F, C), dtype=dy.dtype)
         x_part, dy_part = x[part], dy[part]
-        for blk in _blocks(x_part.shape[0], max(C, F), t, x.itemsize):
+        plan = _Blocks(x_part.shape[0], C, F, t, padding, x.dtype)
+        if dx is not None:
+            dx_part = dx[part]
+            dxp_all = kernels.scratch(plan.xp.shape, dy.dtype, slot="wino_dpad")
+        for blk in plan.slices:
             n = blk.stop - blk.start
-            P = n * t.th * t.tw
-            dM = _points("wino_M", F, P, dy.dtype, t.points)
-            _kernel("dy_transform", m)(dy_part[blk], t.th, t.tw, dy.dtype.type(0), dM)
-            V = _input_V(x_part[blk], t, padding)
+            dM = plan.M_for(n)
+            dy_transform(dy_part[blk], t.th, t.tw, zero, dM)
+            V = plan.input_V(x_part[blk])
             dU += np.matmul(dM, V.transpose(0, 2, 1))
             if dx is None:
                 continue
             dV = np.matmul(U_T, dM, out=V)                   # reuses V's scratch
-            dxp = kernels.scratch((n, C, t.Hp, t.Wp), dy.dtype, slot="wino_pad")
-            _kernel("input_transform_adjoint", m)(dV, t.th, t.tw, dxp)
-            dx[part][blk] = dxp[:, :, ph:ph + H, pw:pw + Wd]
+            dxp = dxp_all[:n]
+            adjoint(dV, t.th, t.tw, dxp)
+            dx_part[blk] = dxp[:, :, ph:ph + H, pw:pw + Wd]
         return dU
 
     shares = _map_parts(backward_part, parts)

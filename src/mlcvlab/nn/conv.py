@@ -344,14 +344,17 @@ def get_algorithm() -> str:
 # forward 59.8 / 48.0 / 39.7, backward 144.7 / 101.5 / 81.2; 96->32 at 32x32 76.9 / 46.7 /
 # 40.6, 170.6 / 91.7 / 93.1; at 7x7 (four 4x4 tiles per image: GEMMs of few columns) F(4x4)
 # lost: 336->160 forward 0.80x, backward 0.87x of F(2x2), 240->160 0.84x and 0.85x. ResNet-20's
-# whole step, 1 thread, batch 64, 20 interleaved rounds, "fast" against "auto": training
-# 1.12x (95% CI of the median 1.05-1.20), evaluation 1.06x (1.02-1.09).
+# whole step, "fast" against "auto" (interleaved rounds, 95% CI of the median ratio): 1 thread,
+# batch 64, 20 rounds: training 1.12x (1.05-1.20), evaluation 1.06x (1.02-1.09); 2 threads,
+# batch 128, 10 rounds: 1.06x (1.03-1.16), 1.08x (1.04-1.20). MiniGoogLeNet, 2 threads, batch
+# 128, 6 rounds: 1.10x (0.93-1.34), 1.13x (1.02-1.22).
 #
 # Why F(4x4) is not in "auto": each layer's float32 error is ~10x a direct convolution's
-# (tests/nn/test_winograd.py: 2e-6 to 9e-6 of the output's scale, against 2e-7 to 9e-7), and a
-# network amplifies a larger error where a value near 0 changes sign at a ReLU: ResNet-20 on a
-# batch of 2 (tests/models/test_torch_parity_models.py) had gradients 1.8e-3 (relative) from
-# torch's under F(4x4), 6e-7 under im2col or F(2x2). Training follows im2col's loss as closely
+# (tests/nn/test_winograd.py: 1.8e-6 to 1.4e-5 of the output's scale, against 1.1e-7 to 5.3e-7
+# for im2col and 1.6e-7 to 6.1e-7 for F(2x2)), and a network amplifies a larger error where a
+# value near 0 changes sign at a ReLU: ResNet-20 on a batch of 2
+# (tests/models/test_torch_parity_models.py) had gradients 1.8e-3 (relative) from torch's
+# under F(4x4), 6e-7 under im2col or F(2x2). Training follows im2col's loss as closely
 # as rounding noise does (benchmarks/winograd_training_check.py), so "fast" is safe to train
 # with; "auto" keeps the engine's float32 results at a direct convolution's accuracy.
 WINOGRAD_MIN_CHANNELS = 16

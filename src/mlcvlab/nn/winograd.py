@@ -280,9 +280,10 @@ _TWO, _FOUR, _FIVE, _EIGHT = (np.float32(v) for v in (2, 4, 5, 8))
 
 def _compile4() -> dict:
     """The four tile transforms of F(4x4, 3x3) as numba kernels. Each applies a 1-D transform
-    (``_bt``: B^T d, ``_at``: A^T m, ``_a``: A e, ``_b``: B v; inlined) to the rows of a tile,
-    as tuples held in registers, then to the columns of the result: no scratch arrays (a
-    first version staged the tile in a 6x6 array and ran its transforms 3.5-4x slower)."""
+    (``_bt``: B^T d, ``_at``: A^T m, ``_a``: A e, ``_b``: B v; inlined, common terms shared)
+    to the rows of a tile, as tuples, then to the columns of the result. They are scalar code
+    (LLVM does not vectorize loops with this many load and store streams through numba's
+    arrays) and do ~2.2x F(2x2)'s operations per output value: BENCHMARKS.md, session 11."""
     from numba import njit
 
     @njit(cache=True, nogil=True, inline="always")

@@ -43,10 +43,14 @@ def _run(make, dtype, fuse: bool, train: bool, monkeypatch, shape=(3, 3, 9, 11))
 @pytest.mark.parametrize("numba", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("train", [True, False])
-def test_fused_conv_relu_equals_the_layers_apart_bit_for_bit(train, dtype, numba, monkeypatch):
+@pytest.mark.parametrize("algorithm", ["winograd", "winograd4"])
+def test_fused_conv_relu_equals_the_layers_apart_bit_for_bit(train, dtype, numba, algorithm,
+                                                             monkeypatch):
+    """Every conv path, the 3x3 stride-1 ones as Winograd F(2x2) or F(4x4) (the ReLU in the
+    output transform's pass)."""
     if not numba:
         monkeypatch.setattr(kernels, "_AVAILABLE", False)
-    monkeypatch.setattr(conv, "_algorithm", "winograd")
+    monkeypatch.setattr(conv, "_algorithm", algorithm)
     fused = _run(_paths_net, dtype, True, train, monkeypatch)
     apart = _run(_paths_net, dtype, False, train, monkeypatch)
     assert len(fused) == len(apart)

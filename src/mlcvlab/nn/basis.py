@@ -277,6 +277,18 @@ def batchnorm_update_running(running_mean: np.ndarray, running_var: np.ndarray,
     running_var += momentum * var * (count / (count - 1))
 
 
+def batchnorm_eval_affine(gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                          running_var: np.ndarray, eps: float, dtype):
+    """(scale, shift) per feature of batch norm in evaluation, in ``dtype``: y = x·scale + shift
+    with scale = gamma / sqrt(running_var + eps), shift = beta - running_mean·scale. The one
+    place these are computed: :func:`batchnorm_eval` applies them, ``Conv2d`` folds them into
+    its weights and bias when an evaluation-mode batch norm follows it."""
+    inv_std = 1.0 / np.sqrt(running_var + eps)
+    scale = (gamma * inv_std).astype(dtype, copy=False)
+    shift = (beta - running_mean * scale).astype(dtype, copy=False)
+    return scale, shift
+
+
 def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                    running_mean: np.ndarray, running_var: np.ndarray, eps: float,
                    then_relu: bool = False) -> np.ndarray:
@@ -288,9 +300,7 @@ def batchnorm_eval(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     ``then_relu``: return relu(y) instead, in the kernel's same pass (a ReLU after the batch norm,
     fused by ``Sequential``: one pass over the activation less).
     """
-    inv_std = 1.0 / np.sqrt(running_var + eps)
-    scale = (gamma * inv_std).astype(x.dtype, copy=False)
-    shift = (beta - running_mean * scale).astype(x.dtype, copy=False)
+    scale, shift = batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, x.dtype)
     y = np.empty(x.shape, dtype=np.result_type(x, scale))
     if kernels.available() and x.flags.c_contiguous and y.dtype == x.dtype:
         kernel = kernels.get("channel_affine")

@@ -503,9 +503,10 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
     m = winograd_tile(x.shape, F, (kh, kw), stride, dilation, groups, pads)
-    if m:
-        return _relu_after(then_relu, *winograd.conv2d_winograd(
-            x, W, b, padding, _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo), m))
+    if m:                                           # the ReLU in the output transform's pass
+        return winograd.conv2d_winograd(x, W, b, padding,
+                                        _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo), m,
+                                        then_relu)
 
     K = C * kh * kw
     W_mat = W.reshape(F, K)

@@ -323,6 +323,17 @@ class Module:
         """``nxt.forward(self.forward(x))`` (see :meth:`fuses_with`)."""
         return nxt.forward(self.forward(x))
 
+    def fuses_with_two(self, nxt: "Module", after: "Module") -> bool:
+        """As :meth:`fuses_with` for the two layers after this one, ``nxt`` and ``after``, run
+        as one call, :meth:`forward_fused_two`; :class:`Sequential` asks this first. False
+        unless a layer says otherwise (a convolution, an evaluation-mode batch norm and a
+        ReLU, on the CPU)."""
+        return False
+
+    def forward_fused_two(self, nxt: "Module", after: "Module", x):
+        """``after.forward(nxt.forward(self.forward(x)))`` (see :meth:`fuses_with_two`)."""
+        return after.forward(nxt.forward(self.forward(x)))
+
     def splits_over_batch(self) -> bool:
         """Whether this module's own computation (not its children's) treats every sample of
         a batch on its own in the current mode, so that the batch may be cut into parts that
@@ -436,7 +447,10 @@ class Sequential(Module):
         i = 0
         while i < len(layers):
             m = layers[i]
-            if i + 1 < len(layers) and m.fuses_with(layers[i + 1]):
+            if i + 2 < len(layers) and m.fuses_with_two(layers[i + 1], layers[i + 2]):
+                x = m.forward_fused_two(layers[i + 1], layers[i + 2], x)  # conv + BN + ReLU
+                i += 3
+            elif i + 1 < len(layers) and m.fuses_with(layers[i + 1]):
                 x = m.forward_fused(layers[i + 1], x)       # e.g. BatchNorm2d + ReLU
                 i += 2
             else:

@@ -202,14 +202,67 @@ class Conv2d(Module):
     def fuses_with(self, nxt: Module) -> bool:
         """A plain ReLU next: exactly these classes, both on the CPU, neither forward replaced
         (``_as_defined``), and ``FUSE_CONV_RELU``: the ReLU is applied in the pass that writes
-        the convolution's output (one pass over the activation and one call less)."""
+        the convolution's output (one pass over the activation and one call less). Or, in
+        evaluation, a batch norm that folds into this convolution (``_folds``)."""
+        if type(nxt) is BatchNorm2d:
+            return self._folds(nxt)
         return (FUSE_CONV_RELU and type(self) is Conv2d and type(nxt) is ReLU
                 and self.device == "cpu" and nxt.device == "cpu"
                 and _as_defined(self) and _as_defined(nxt))
 
+    def fuses_with_two(self, bn: Module, relu: Module) -> bool:
+        """Conv2d -> BatchNorm2d -> ReLU in evaluation: the batch norm folded into the
+        convolution (``_folds``), the ReLU in the pass that writes its output."""
+        return (type(relu) is ReLU and self._folds(bn) and relu.device == "cpu"
+                and not relu.training and _as_defined(relu))
+
+    def _folds(self, bn: Module) -> bool:
+        """Whether the batch norm ``bn`` right after this layer folds into it: both in
+        evaluation, ``bn`` normalizing with its running statistics, exactly these classes,
+        on the CPU, neither forward replaced, and ``FUSE_CONV_BN_EVAL``. Folded, the
+        convolution runs with W·scale and b·scale + shift (``basis.batchnorm_eval_affine``):
+        the batch norm's pass over the activation disappears, and equals the two layers
+        apart to float rounding."""
+        return (FUSE_CONV_BN_EVAL and type(self) is Conv2d and type(bn) is BatchNorm2d
+                and not self.training and not bn.training and bn.track_running_stats
+                and self.device == "cpu" and bn.device == "cpu"
+                and _as_defined(self) and _as_defined(bn))
+
+    def _fold_fits(self, bn: Module, x) -> bool:
+        """A batch of images and a batch norm of this layer's output channels (else the layers
+        run apart, and say what does not fit)."""
+        return getattr(x, "ndim", 0) == 4 and bn.num_features == self.out_channels
+
+    def _forward_folded(self, bn: Module, x, then_relu: bool):
+        """The convolution with the evaluation-mode batch norm ``bn`` folded in (and a ReLU
+        after it when ``then_relu``)."""
+        check_input("Conv2d", x, dim={1: self.in_channels})
+        gamma, beta = bn._gamma_beta(x.dtype)
+        scale, shift = basis.batchnorm_eval_affine(gamma, beta, bn.running_mean,
+                                                   bn.running_var, bn.eps, x.dtype)
+        W = self.weight.data * scale.reshape(-1, 1, 1, 1)
+        b = shift if self.bias is None else self.bias.data * scale + shift
+        y, _ = _conv(self).conv2d(x, W, b, self.stride, self.padding, self.dilation,
+                                  self.groups, self.padding_mode, then_relu=then_relu)
+        self._cache, self._unbatched = None, False          # as in evaluation, unfused
+        return y
+
+    def forward_fused_two(self, bn: Module, relu: Module, x):
+        """``relu.forward(bn.forward(self.forward(x)))`` in evaluation, the batch norm folded
+        into the convolution and the ReLU in its output pass (see :meth:`fuses_with_two`)."""
+        if not self._fold_fits(bn, x):
+            return relu.forward(bn.forward(self.forward(x)))
+        relu._cache = None                                  # as ReLU.forward in evaluation
+        return self._forward_folded(bn, x, then_relu=True)
+
     def forward_fused(self, relu: Module, x):
         """``relu.forward(self.forward(x))``, leaving both layers the caches their own forwards
-        would (the ReLU's: its output)."""
+        would (the ReLU's: its output); or, for a batch norm that folds in (``_folds``), the
+        convolution with it folded."""
+        if type(relu) is BatchNorm2d:                       # here: the batch norm
+            if not self._fold_fits(relu, x):
+                return relu.forward(self.forward(x))
+            return self._forward_folded(relu, x, then_relu=False)
         if self.training != relu.training or getattr(x, "ndim", 0) != 4:
             return relu.forward(self.forward(x))
         check_input("Conv2d", x, dim={1: self.in_channels})
@@ -664,6 +717,11 @@ class BatchNorm1d(_BatchNorm):
 # Sequential runs a Conv2d and the ReLU right after it as one call on the CPU (the ReLU in
 # the pass that writes the convolution's output: Conv2d.fuses_with); False: apart.
 FUSE_CONV_RELU = True
+
+# In evaluation, Sequential folds a BatchNorm2d into the Conv2d right before it (W·scale,
+# b·scale + shift), with a ReLU after the batch norm in the convolution's output pass
+# (Conv2d.fuses_with, fuses_with_two). False: the layers apart.
+FUSE_CONV_BN_EVAL = True
 
 # Sequential runs a BatchNorm2d and the ReLU right after it as one fused call on the CPU
 # (BatchNorm2d.fuses_with). False: the two layers one after the other (for A/B timing and the

@@ -148,12 +148,18 @@ def _compile() -> dict:
                         V[14, c, p] = t32 - t31
                         V[15, c, p] = t31 - t33
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _out(v, relu, zero):  # pragma: no cover (jitted)
+        # an output value, then max(., 0) when relu (as kernels.relu_forward: nan stays nan)
+        return zero if relu and v < zero else v
+
     @njit(cache=True, nogil=True)
-    def output_transform(M, th, tw, b, y):  # pragma: no cover (jitted)
+    def output_transform(M, th, tw, b, relu, y):  # pragma: no cover (jitted)
         # M (16, F, n*th*tw) -> y (n, F, Ho, Wo): A^T m A per tile, + b[f] (b zeros for no
-        # bias: adding 0 is exact); drops the outputs
+        # bias: adding 0 is exact), then max(., 0) when relu; drops the outputs
         # of the last tile row / column that fall past Ho / Wo
         n, F, Ho, Wo = y.shape
+        zero = y.dtype.type(0)
         for m in range(n):
             for f in range(F):
                 bias = b[f]
@@ -173,13 +179,13 @@ def _compile() -> dict:
                         s11 = M[5, f, p] - M[9, f, p] - M[13, f, p]
                         s12 = M[6, f, p] - M[10, f, p] - M[14, f, p]
                         s13 = M[7, f, p] - M[11, f, p] - M[15, f, p]
-                        out[r, s] = s00 + s01 + s02 + bias
+                        out[r, s] = _out(s00 + s01 + s02 + bias, relu, zero)
                         if s + 1 < Wo:
-                            out[r, s + 1] = s01 - s02 - s03 + bias
+                            out[r, s + 1] = _out(s01 - s02 - s03 + bias, relu, zero)
                         if r + 1 < Ho:
-                            out[r + 1, s] = s10 + s11 + s12 + bias
+                            out[r + 1, s] = _out(s10 + s11 + s12 + bias, relu, zero)
                             if s + 1 < Wo:
-                                out[r + 1, s + 1] = s11 - s12 - s13 + bias
+                                out[r + 1, s + 1] = _out(s11 - s12 - s13 + bias, relu, zero)
 
     @njit(cache=True, nogil=True)
     def dy_transform(dy, th, tw, zero, dM):  # pragma: no cover (jitted)
@@ -313,6 +319,11 @@ def _compile4() -> dict:
                 t2 - u - _FIVE * v5, v0 + q + r, v5)
 
     @njit(cache=True, nogil=True, inline="always")
+    def _out(v, relu, zero):  # pragma: no cover (jitted)
+        # an output value, then max(., 0) when relu (as kernels.relu_forward: nan stays nan)
+        return zero if relu and v < zero else v
+
+    @njit(cache=True, nogil=True, inline="always")
     def _bt_row(img, r, s):  # pragma: no cover (jitted)
         return _bt(img[r, s], img[r, s + 1], img[r, s + 2], img[r, s + 3], img[r, s + 4],
                    img[r, s + 5])
@@ -369,10 +380,12 @@ def _compile4() -> dict:
                             V[30 + j, c, p] = v5
 
     @njit(cache=True, nogil=True)
-    def output_transform(M, th, tw, b, y):  # pragma: no cover (jitted)
-        # M (36, F, n*th*tw) -> y (n, F, Ho, Wo): A^T m A per tile, + b[f]; drops the outputs
+    def output_transform(M, th, tw, b, relu, y):  # pragma: no cover (jitted)
+        # M (36, F, n*th*tw) -> y (n, F, Ho, Wo): A^T m A per tile, + b[f], then max(., 0)
+        # when relu (nan stays nan); drops the outputs
         # of the last tile row / column that fall past Ho / Wo
         n, F, Ho, Wo = y.shape
+        zero = y.dtype.type(0)
         for m in range(n):
             for f in range(F):
                 bias = b[f]
@@ -392,18 +405,18 @@ def _compile4() -> dict:
                         for j in range(4):
                             y0, y1, y2, y3 = _at(a0[j], a1[j], a2[j], a3[j], a4[j], a5[j])
                             if full:
-                                out[r, s + j] = y0 + bias
-                                out[r + 1, s + j] = y1 + bias
-                                out[r + 2, s + j] = y2 + bias
-                                out[r + 3, s + j] = y3 + bias
+                                out[r, s + j] = _out(y0 + bias, relu, zero)
+                                out[r + 1, s + j] = _out(y1 + bias, relu, zero)
+                                out[r + 2, s + j] = _out(y2 + bias, relu, zero)
+                                out[r + 3, s + j] = _out(y3 + bias, relu, zero)
                             elif s + j < Wo:
-                                out[r, s + j] = y0 + bias
+                                out[r, s + j] = _out(y0 + bias, relu, zero)
                                 if r + 1 < Ho:
-                                    out[r + 1, s + j] = y1 + bias
+                                    out[r + 1, s + j] = _out(y1 + bias, relu, zero)
                                 if r + 2 < Ho:
-                                    out[r + 2, s + j] = y2 + bias
+                                    out[r + 2, s + j] = _out(y2 + bias, relu, zero)
                                 if r + 3 < Ho:
-                                    out[r + 3, s + j] = y3 + bias
+                                    out[r + 3, s + j] = _out(y3 + bias, relu, zero)
 
     @njit(cache=True, nogil=True)
     def dy_transform(dy, th, tw, zero, dM):  # pragma: no cover (jitted)
@@ -608,8 +621,9 @@ class WinogradCache(NamedTuple):
 
 
 def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
-                    padding: Tuple[int, int], parts, m: int = 2):
-    """y = conv2d(x, W, b, stride 1, padding) by F(m x m, 3x3); x (N, C, H, W), W (F, C, 3, 3).
+                    padding: Tuple[int, int], parts, m: int = 2, then_relu: bool = False):
+    """y = conv2d(x, W, b, stride 1, padding) by F(m x m, 3x3); x (N, C, H, W), W (F, C, 3, 3);
+    relu(y) when ``then_relu`` (in the output transform's pass).
 
     The caller (``conv.conv2d``) has checked the arguments; ``parts`` are the batch slices,
     one per thread (``conv._batch_parts``). Returns y (N, F, Ho, Wo) and the cache.
@@ -630,7 +644,7 @@ def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
         for blk in plan.slices:
             V = plan.input_V(x_part[blk])
             M = np.matmul(U, V, out=plan.M_for(blk.stop - blk.start))
-            output_transform(M, t.th, t.tw, bias, y_part[blk])
+            output_transform(M, t.th, t.tw, bias, then_relu, y_part[blk])
 
     _map_parts(forward_part, parts)
     return y, WinogradCache(x, W, tuple(padding), b is not None)

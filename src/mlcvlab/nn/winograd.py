@@ -95,10 +95,22 @@ BLOCK_BYTES = 2**20
 _KERNELS = {}
 
 
+def _output_value():
+    """The jitted ``_out(v, relu, zero)`` both tile sizes' output transforms store through:
+    v, then max(., 0) when relu (as ``kernels.relu_forward``: nan stays nan)."""
+    from numba import njit
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _out(v, relu, zero):  # pragma: no cover (jitted)
+        return zero if relu and v < zero else v
+    return _out
+
+
 def _compile() -> dict:
     """The four tile transforms of F(2x2, 3x3) as numba kernels, unrolled (no per-tile
     temporaries)."""
     from numba import njit
+    _out = _output_value()
 
     @njit(cache=True, nogil=True)
     def input_transform(xp, th, tw, V):  # pragma: no cover (jitted)
@@ -147,11 +159,6 @@ def _compile() -> dict:
                         V[13, c, p] = t31 + t32
                         V[14, c, p] = t32 - t31
                         V[15, c, p] = t31 - t33
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _out(v, relu, zero):  # pragma: no cover (jitted)
-        # an output value, then max(., 0) when relu (as kernels.relu_forward: nan stays nan)
-        return zero if relu and v < zero else v
 
     @njit(cache=True, nogil=True)
     def output_transform(M, th, tw, b, relu, y):  # pragma: no cover (jitted)
@@ -291,6 +298,7 @@ def _compile4() -> dict:
     (LLVM does not vectorize loops with this many load and store streams through numba's
     arrays) and do ~2.2x F(2x2)'s operations per output value: BENCHMARKS.md, session 11."""
     from numba import njit
+    _out = _output_value()
 
     @njit(cache=True, nogil=True, inline="always")
     def _bt(d0, d1, d2, d3, d4, d5):  # pragma: no cover (jitted)
@@ -317,11 +325,6 @@ def _compile4() -> dict:
         t2 = t + t
         return (_FOUR * v0, _FOUR * (u + v5) - t2, -_FIVE * v0 - _FOUR * q - r,
                 t2 - u - _FIVE * v5, v0 + q + r, v5)
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _out(v, relu, zero):  # pragma: no cover (jitted)
-        # an output value, then max(., 0) when relu (as kernels.relu_forward: nan stays nan)
-        return zero if relu and v < zero else v
 
     @njit(cache=True, nogil=True, inline="always")
     def _bt_row(img, r, s):  # pragma: no cover (jitted)

@@ -129,6 +129,41 @@ def test_a_lab_run_records_the_commit_its_code_came_from(tmp_path, monkeypatch):
     assert config["git_commit"] == "commit-at-start"
 
 
+def test_a_lab_runs_under_the_conv_algorithm_it_is_given_and_records_it(tmp_path):
+    from mlcvlab.nn import conv
+    seen = []
+
+    @lab("toy3", "a toy study", quick={"n": 1}, full={"n": 2},
+         expected_seconds={"quick": 1, "full": 2})
+    def run(config, out_dir, progress):
+        seen.append(conv.get_algorithm())
+        rep = Report(out_dir, "Toy", {"n": config["n"]})
+        rep.text("{n} draw.")
+        rep.write()
+        return {"n": config["n"]}
+
+    before = conv.get_algorithm()
+    try:
+        registry.run_lab("toy3", quick=True, out_dir=str(tmp_path), show_progress=False,
+                         conv_algorithm="fast")
+        with pytest.raises(ValueError, match="set_algorithm: expected one of"):
+            registry.run_lab("toy3", quick=True, out_dir=str(tmp_path / "b"),
+                             show_progress=False, conv_algorithm="fastest")
+    finally:
+        registry._REGISTRY.pop("toy3")
+    assert seen == ["fast"] and conv.get_algorithm() == before
+    assert json.loads((tmp_path / "config.json").read_text())["conv_algorithm"] == "fast"
+
+
+def test_lab_run_command_passes_conv_algorithm(tmp_path, monkeypatch):
+    from mlcvlab.cli import main
+    calls = []
+    monkeypatch.setattr(registry, "run_lab", lambda name, **kw: calls.append((name, kw)))
+    assert main(["lab", "run", "cutout", "--quick", "--conv-algorithm", "fast",
+                 "--out", str(tmp_path)]) == 0
+    assert calls and calls[0][0] == "cutout" and calls[0][1]["conv_algorithm"] == "fast"
+
+
 def test_report_refuses_numbers_not_in_results(tmp_path):
     rep = Report(tmp_path, "t", {"acc": 0.9})
     rep.text("accuracy {acc:.0%}")

@@ -153,6 +153,8 @@ def test_a_lab_runs_under_the_conv_algorithm_it_is_given_and_records_it(tmp_path
         registry._REGISTRY.pop("toy3")
     assert seen == ["fast"] and conv.get_algorithm() == before
     assert json.loads((tmp_path / "config.json").read_text())["conv_algorithm"] == "fast"
+    lines = (tmp_path / "report.md").read_text().split("\n")
+    assert lines[2].startswith("> **Smoke test") and "set_algorithm('fast')" in lines[4]
 
 
 def test_lab_run_command_passes_conv_algorithm(tmp_path, monkeypatch):

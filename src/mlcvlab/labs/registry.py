@@ -25,6 +25,18 @@ SMOKE_TEST_BANNER = (
     "> **Smoke test (quick preset).** This run only checks that the lab runs end to end: too few "
     "seeds, epochs or samples to measure the study's effect. Its numbers and verdicts are not "
     "evidence; run the `standard` preset (the default) for that.")
+# Under the title of a report whose lab ran with another conv algorithm than "auto".
+CONV_ALGORITHM_NOTE = (
+    "> **Note:** 3x3 convolutions ran with `set_algorithm({!r})` (`--conv-algorithm`), not "
+    "the default: {}")
+CONV_ALGORITHM_MEANING = {
+    "fast": "Winograd F(4x4, 3x3) where it is faster, at about 10x the float32 rounding error "
+            "of a direct convolution per layer.",
+    "winograd4": "every 3x3 stride-1 convolution as Winograd F(4x4, 3x3), at about 10x the "
+                 "float32 rounding error of a direct convolution per layer.",
+    "winograd": "every 3x3 stride-1 convolution as Winograd F(2x2, 3x3).",
+    "im2col": "every convolution as im2col + GEMM.",
+}
 # Optional keys of expected_seconds, "<preset>_embedded": the preset's time when the study's
 # dataset is not on disk and the lab runs on its embedded substitute (mnist10k, fashion10k).
 EMBEDDED = "full_embedded"
@@ -272,7 +284,10 @@ def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
     results.setdefault("comparisons", [])
     for i, c in enumerate(results["comparisons"]):
         stats.check_comparison(c, where=f"lab {name}: comparisons[{i}]")
-    if preset == "quick":
+    if conv_algorithm != "auto":
+        report.prepend_banner(out / "report.md", CONV_ALGORITHM_NOTE.format(
+            conv_algorithm, CONV_ALGORITHM_MEANING[conv_algorithm]))
+    if preset == "quick":                       # above the note: the banner comes first
         report.prepend_banner(out / "report.md", SMOKE_TEST_BANNER)
     report.write_json(out / "results.json", results)
     report.write_config(out, config, lab=name, preset=preset, workers=workers, seconds=seconds,

@@ -692,6 +692,7 @@ def _main(args) -> int:
 
 def register(subparsers) -> None:
     """Add the ``bench`` sub-command."""
+    from mlcvlab.nn import conv
     p = subparsers.add_parser("bench", help="training/eval throughput and memory vs PyTorch "
                                             "(CPU; --device cuda: GPU)",
                               description=__doc__.split("\n\n")[0])
@@ -716,7 +717,7 @@ def register(subparsers) -> None:
                         "same GPU when a CUDA torch is importable, else against our CPU path "
                         "(needs --no-memory)")
     p.add_argument("--conv-algorithm", default="auto",
-                   choices=("auto", "fast", "im2col", "winograd", "winograd4"),
+                   choices=conv.ALGORITHMS,
                    help="our 3x3 convolutions (mlcvlab.nn.conv.set_algorithm): auto (default: "
                         "im2col or Winograd F(2x2)), fast (also F(4x4), ~10x the float32 "
                         "rounding), or one forced")

@@ -16,6 +16,7 @@ DEVICE_LABS = ("bn-dropout", "cutout", "cyclical", "data-parallel", "depth-width
 
 def register(subparsers) -> None:
     """Add the ``lab`` command (with ``list`` and ``run``) to the top-level parser."""
+    from mlcvlab.nn import conv
     p = subparsers.add_parser("lab", help="list and run the labs (classic studies rerun)")
     sub = p.add_subparsers(dest="lab_command", metavar="{list,run}")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -46,7 +47,7 @@ def register(subparsers) -> None:
     p_run.add_argument("--threads", type=int, default=None,
                        help="BLAS threads (default $MLCVLAB_THREADS or 1)")
     p_run.add_argument("--conv-algorithm", default="auto",
-                       choices=("auto", "fast", "im2col", "winograd", "winograd4"),
+                       choices=conv.ALGORITHMS,
                        help="how 3x3 convolutions run (mlcvlab.nn.conv.set_algorithm): auto "
                             "(default), or fast (also Winograd F(4x4): ~1.1x faster training of "
                             "the convolutional studies, ~10x the float32 rounding); recorded in "

@@ -256,7 +256,6 @@ def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
     Default out_dir: lab_runs/<name>/.
     """
     from mlcvlab.labs import report, stats
-
     from mlcvlab.nn import conv
 
     spec = get_lab(name)

@@ -562,7 +562,7 @@ def _blocks(n: int, channels: int, t: Tiles, itemsize: int):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _points(slot: str, channels: int, P: int, dtype, points: int = 16) -> np.ndarray:
+def _points(slot: str, channels: int, P: int, dtype, points: int) -> np.ndarray:
     """A (points, channels, P) array in the per-thread scratch whose point planes start 256
     bytes apart modulo 4 KiB (each plane padded), not at the same offset.
 

@@ -96,6 +96,7 @@ DEFAULT_TIMEOUT = 300.0
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     # every run setting defaults to None here, so that a resume can tell a flag the user gave
     # from a default; RUN_DEFAULTS fills in the rest
+    from mlcvlab.nn import conv
     p.add_argument("--model", default=None,
                    help=f"one of {', '.join(_model_names())} (default nn4)")
     p.add_argument("--dataset", default=None,
@@ -143,7 +144,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS threads per process (default $MLCVLAB_THREADS or 1)")
     p.add_argument("--conv-algorithm", default=None,
-                   choices=("auto", "fast", "im2col", "winograd", "winograd4"),
+                   choices=conv.ALGORITHMS,
                    help="how 3x3 convolutions run (mlcvlab.nn.conv.set_algorithm): auto "
                         "(default: im2col or Winograd F(2x2), a direct convolution's float32 "
                         "rounding), fast (also Winograd F(4x4) where faster: ResNet-20 trains "

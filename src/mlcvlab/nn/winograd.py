@@ -95,22 +95,92 @@ BLOCK_BYTES = 2**20
 _KERNELS = {}
 
 
-def _output_value():
-    """The jitted ``_out(v, relu, zero)`` both tile sizes' output transforms store through:
-    v, then max(., 0) when relu (as ``kernels.relu_forward``: nan stays nan)."""
+# The jitted helpers the kernels inline: module globals, set once by _jit_helpers. Not closure
+# variables of _compile / _compile4: numba caches a kernel across processes only when what it
+# calls is a global; with the helpers in the closure every process compiled the kernels again
+# (2.2 s for F(2x2)'s, 5.6-6.3 s for F(4x4)'s, measured at their first call) and added a file
+# to __pycache__ each time.
+_out = _b_col = _bt6 = _at6 = _a6 = _b6 = None
+_bt6_row = _at6_point_row = _b6_point_row = _a6_dy_row = None
+
+
+def _jit_helpers() -> None:
+    """Compile (or load) the helpers: the output store ``_out`` (v, then max(., 0) when relu,
+    as ``kernels.relu_forward``: nan stays nan), F(2x2)'s ``_b_col`` (B u for a column u) and
+    F(4x4)'s 1-D transforms and their row / column readers."""
+    global _out, _b_col, _bt6, _at6, _a6, _b6, \
+        _bt6_row, _at6_point_row, _b6_point_row, _a6_dy_row
+    if _out is not None:
+        return
     from numba import njit
 
     @njit(cache=True, nogil=True, inline="always")
     def _out(v, relu, zero):  # pragma: no cover (jitted)
         return zero if relu and v < zero else v
-    return _out
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _b_col(u0, u1, u2, u3):  # pragma: no cover (jitted)
+        return u0, u1 - u2 + u3, u1 + u2 - u0, -u3
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _bt6(d0, d1, d2, d3, d4, d5):  # pragma: no cover (jitted)
+        # the rows of B^T with their common terms shared (19 operations, not 24)
+        a, b, p, q, r, t = d4 - d2, d1 - d3, d3 + d4, d1 + d2, d4 - d3, d1 - d2
+        b2 = b + b
+        return (_FOUR * (d0 - d2) + a, p - _FOUR * q, r + _FOUR * t, a - b2, a + b2,
+                _FOUR * b + (d5 - d3))
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _at6(m0, m1, m2, m3, m4, m5):  # pragma: no cover (jitted)
+        a, b, c, e = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+        return m0 + a + c, b + _TWO * e, a + _FOUR * c, b + _EIGHT * e + m5
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _a6(e0, e1, e2, e3):  # pragma: no cover (jitted)
+        a, b, c, d = e0 + e2, e1 + e3, e0 + _FOUR * e2, _TWO * e1 + _EIGHT * e3
+        return e0, a + b, a - b, c + d, c - d, e3
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _b6(v0, v1, v2, v3, v4, v5):  # pragma: no cover (jitted)
+        # the columns of B^T with their common terms shared
+        t, u, q, r = v3 - v4, v2 - v1, v1 + v2, v3 + v4
+        t2 = t + t
+        return (_FOUR * v0, _FOUR * (u + v5) - t2, -_FIVE * v0 - _FOUR * q - r,
+                t2 - u - _FIVE * v5, v0 + q + r, v5)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _bt6_row(img, r, s):  # pragma: no cover (jitted)
+        return _bt6(img[r, s], img[r, s + 1], img[r, s + 2], img[r, s + 3], img[r, s + 4],
+                   img[r, s + 5])
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _at6_point_row(M, k, f, p):  # pragma: no cover (jitted)
+        q = 6 * k
+        return _at6(M[q, f, p], M[q + 1, f, p], M[q + 2, f, p], M[q + 3, f, p], M[q + 4, f, p],
+                   M[q + 5, f, p])
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _b6_point_row(dV, k, c, p):  # pragma: no cover (jitted)
+        q = 6 * k
+        return _b6(dV[q, c, p], dV[q + 1, c, p], dV[q + 2, c, p], dV[q + 3, c, p],
+                  dV[q + 4, c, p], dV[q + 5, c, p])
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _a6_dy_row(g, r, s, Ho, Wo, zero):  # pragma: no cover (jitted)
+        # A e of dy's row r, columns s .. s + 3, zero past Ho / Wo
+        if r >= Ho:
+            return _a6(zero, zero, zero, zero)
+        if s + 3 < Wo:
+            return _a6(g[r, s], g[r, s + 1], g[r, s + 2], g[r, s + 3])
+        return _a6(g[r, s], g[r, s + 1] if s + 1 < Wo else zero,
+                  g[r, s + 2] if s + 2 < Wo else zero, zero)
 
 
 def _compile() -> dict:
     """The four tile transforms of F(2x2, 3x3) as numba kernels, unrolled (no per-tile
     temporaries)."""
     from numba import njit
-    _out = _output_value()
+    _jit_helpers()
 
     @njit(cache=True, nogil=True)
     def input_transform(xp, th, tw, V):  # pragma: no cover (jitted)
@@ -235,10 +305,6 @@ def _compile() -> dict:
                         dM[14, f, p] = r30 - r31
                         dM[15, f, p] = -r31
 
-    @njit(cache=True, nogil=True, inline="always")
-    def _b_col(u0, u1, u2, u3):  # pragma: no cover (jitted)
-        return u0, u1 - u2 + u3, u1 + u2 - u0, -u3
-
     @njit(cache=True, nogil=True)
     def input_transform_adjoint(dV, th, tw, dxp):  # pragma: no cover (jitted)
         # dV (16, C, n*th*tw) -> dxp (n, C, 2*th + 2, 2*tw + 2), zeroed first: adds B v B^T of
@@ -293,65 +359,12 @@ _TWO, _FOUR, _FIVE, _EIGHT = (np.float32(v) for v in (2, 4, 5, 8))
 
 def _compile4() -> dict:
     """The four tile transforms of F(4x4, 3x3) as numba kernels. Each applies a 1-D transform
-    (``_bt``: B^T d, ``_at``: A^T m, ``_a``: A e, ``_b``: B v; inlined, common terms shared)
+    (``_bt6``: B^T d, ``_at6``: A^T m, ``_a6``: A e, ``_b6``: B v; inlined, common terms shared)
     to the rows of a tile, as tuples, then to the columns of the result. They are scalar code
     (LLVM does not vectorize loops with this many load and store streams through numba's
     arrays) and do ~2.2x F(2x2)'s operations per output value: BENCHMARKS.md, session 11."""
     from numba import njit
-    _out = _output_value()
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _bt(d0, d1, d2, d3, d4, d5):  # pragma: no cover (jitted)
-        # the rows of B^T with their common terms shared (19 operations, not 24)
-        a, b, p, q, r, t = d4 - d2, d1 - d3, d3 + d4, d1 + d2, d4 - d3, d1 - d2
-        b2 = b + b
-        return (_FOUR * (d0 - d2) + a, p - _FOUR * q, r + _FOUR * t, a - b2, a + b2,
-                _FOUR * b + (d5 - d3))
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _at(m0, m1, m2, m3, m4, m5):  # pragma: no cover (jitted)
-        a, b, c, e = m1 + m2, m1 - m2, m3 + m4, m3 - m4
-        return m0 + a + c, b + _TWO * e, a + _FOUR * c, b + _EIGHT * e + m5
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _a(e0, e1, e2, e3):  # pragma: no cover (jitted)
-        a, b, c, d = e0 + e2, e1 + e3, e0 + _FOUR * e2, _TWO * e1 + _EIGHT * e3
-        return e0, a + b, a - b, c + d, c - d, e3
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _b(v0, v1, v2, v3, v4, v5):  # pragma: no cover (jitted)
-        # the columns of B^T with their common terms shared
-        t, u, q, r = v3 - v4, v2 - v1, v1 + v2, v3 + v4
-        t2 = t + t
-        return (_FOUR * v0, _FOUR * (u + v5) - t2, -_FIVE * v0 - _FOUR * q - r,
-                t2 - u - _FIVE * v5, v0 + q + r, v5)
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _bt_row(img, r, s):  # pragma: no cover (jitted)
-        return _bt(img[r, s], img[r, s + 1], img[r, s + 2], img[r, s + 3], img[r, s + 4],
-                   img[r, s + 5])
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _at_point_row(M, k, f, p):  # pragma: no cover (jitted)
-        q = 6 * k
-        return _at(M[q, f, p], M[q + 1, f, p], M[q + 2, f, p], M[q + 3, f, p], M[q + 4, f, p],
-                   M[q + 5, f, p])
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _b_point_row(dV, k, c, p):  # pragma: no cover (jitted)
-        q = 6 * k
-        return _b(dV[q, c, p], dV[q + 1, c, p], dV[q + 2, c, p], dV[q + 3, c, p],
-                  dV[q + 4, c, p], dV[q + 5, c, p])
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _a_dy_row(g, r, s, Ho, Wo, zero):  # pragma: no cover (jitted)
-        # A e of dy's row r, columns s .. s + 3, zero past Ho / Wo
-        if r >= Ho:
-            return _a(zero, zero, zero, zero)
-        if s + 3 < Wo:
-            return _a(g[r, s], g[r, s + 1], g[r, s + 2], g[r, s + 3])
-        return _a(g[r, s], g[r, s + 1] if s + 1 < Wo else zero,
-                  g[r, s + 2] if s + 2 < Wo else zero, zero)
+    _jit_helpers()
 
     @njit(cache=True, nogil=True)
     def input_transform(xp, th, tw, V):  # pragma: no cover (jitted)
@@ -368,12 +381,12 @@ def _compile4() -> dict:
                         s = 4 * tx
                         p = base + tx
                         # d B, row by row (row i of the tile -> a_i), then B^T (d B) by column
-                        a0, a1, a2 = _bt_row(img, r, s), _bt_row(img, r + 1, s), \
-                            _bt_row(img, r + 2, s)
-                        a3, a4, a5 = _bt_row(img, r + 3, s), _bt_row(img, r + 4, s), \
-                            _bt_row(img, r + 5, s)
+                        a0, a1, a2 = _bt6_row(img, r, s), _bt6_row(img, r + 1, s), \
+                            _bt6_row(img, r + 2, s)
+                        a3, a4, a5 = _bt6_row(img, r + 3, s), _bt6_row(img, r + 4, s), \
+                            _bt6_row(img, r + 5, s)
                         for j in range(6):
-                            v0, v1, v2, v3, v4, v5 = _bt(a0[j], a1[j], a2[j], a3[j], a4[j],
+                            v0, v1, v2, v3, v4, v5 = _bt6(a0[j], a1[j], a2[j], a3[j], a4[j],
                                                          a5[j])
                             V[j, c, p] = v0
                             V[6 + j, c, p] = v1
@@ -400,13 +413,13 @@ def _compile4() -> dict:
                         s = 4 * tx
                         p = base + tx
                         # m A, point row by point row, then A^T (m A) by column
-                        a0, a1, a2 = _at_point_row(M, 0, f, p), _at_point_row(M, 1, f, p), \
-                            _at_point_row(M, 2, f, p)
-                        a3, a4, a5 = _at_point_row(M, 3, f, p), _at_point_row(M, 4, f, p), \
-                            _at_point_row(M, 5, f, p)
+                        a0, a1, a2 = _at6_point_row(M, 0, f, p), _at6_point_row(M, 1, f, p), \
+                            _at6_point_row(M, 2, f, p)
+                        a3, a4, a5 = _at6_point_row(M, 3, f, p), _at6_point_row(M, 4, f, p), \
+                            _at6_point_row(M, 5, f, p)
                         full = r + 3 < Ho and s + 3 < Wo
                         for j in range(4):
-                            y0, y1, y2, y3 = _at(a0[j], a1[j], a2[j], a3[j], a4[j], a5[j])
+                            y0, y1, y2, y3 = _at6(a0[j], a1[j], a2[j], a3[j], a4[j], a5[j])
                             if full:
                                 out[r, s + j] = _out(y0 + bias, relu, zero)
                                 out[r + 1, s + j] = _out(y1 + bias, relu, zero)
@@ -435,12 +448,12 @@ def _compile4() -> dict:
                         s = 4 * tx
                         p = base + tx
                         # e A^T, row by row, then A (e A^T) by column
-                        e0, e1 = _a_dy_row(g, r, s, Ho, Wo, zero), \
-                            _a_dy_row(g, r + 1, s, Ho, Wo, zero)
-                        e2, e3 = _a_dy_row(g, r + 2, s, Ho, Wo, zero), \
-                            _a_dy_row(g, r + 3, s, Ho, Wo, zero)
+                        e0, e1 = _a6_dy_row(g, r, s, Ho, Wo, zero), \
+                            _a6_dy_row(g, r + 1, s, Ho, Wo, zero)
+                        e2, e3 = _a6_dy_row(g, r + 2, s, Ho, Wo, zero), \
+                            _a6_dy_row(g, r + 3, s, Ho, Wo, zero)
                         for j in range(6):
-                            u0, u1, u2, u3, u4, u5 = _a(e0[j], e1[j], e2[j], e3[j])
+                            u0, u1, u2, u3, u4, u5 = _a6(e0[j], e1[j], e2[j], e3[j])
                             dM[j, f, p] = u0
                             dM[6 + j, f, p] = u1
                             dM[12 + j, f, p] = u2
@@ -464,12 +477,12 @@ def _compile4() -> dict:
                         s = 4 * tx
                         p = base + tx
                         # v B^T, point row by point row, then B (v B^T) by column
-                        z0, z1, z2 = _b_point_row(dV, 0, c, p), _b_point_row(dV, 1, c, p), \
-                            _b_point_row(dV, 2, c, p)
-                        z3, z4, z5 = _b_point_row(dV, 3, c, p), _b_point_row(dV, 4, c, p), \
-                            _b_point_row(dV, 5, c, p)
+                        z0, z1, z2 = _b6_point_row(dV, 0, c, p), _b6_point_row(dV, 1, c, p), \
+                            _b6_point_row(dV, 2, c, p)
+                        z3, z4, z5 = _b6_point_row(dV, 3, c, p), _b6_point_row(dV, 4, c, p), \
+                            _b6_point_row(dV, 5, c, p)
                         for j in range(6):
-                            w0, w1, w2, w3, w4, w5 = _b(z0[j], z1[j], z2[j], z3[j], z4[j], z5[j])
+                            w0, w1, w2, w3, w4, w5 = _b6(z0[j], z1[j], z2[j], z3[j], z4[j], z5[j])
                             img[r, s + j] += w0
                             img[r + 1, s + j] += w1
                             img[r + 2, s + j] += w2

@@ -83,7 +83,17 @@ _local = threading.local()
 _REDUCTION_MATH = {"reassoc", "contract"}
 
 
+# The kernels another kernel calls: module globals, bound by _compile. Not closure variables
+# of _compile: numba caches a kernel across processes only when what it calls is a global;
+# as closure variables, col2im and both channel batch norms were compiled again in every
+# process and added a file to __pycache__ each time (found in session 11).
+_valid = bn_channel_sums = bn_channel_sq_dev = bn_normalize = None
+bn_forward_channels = bn_grad_sums = bn_grad_apply = bn_backward_channels = None
+
+
 def _compile() -> dict:
+    global _valid, bn_channel_sums, bn_channel_sq_dev, bn_normalize, \
+        bn_forward_channels, bn_grad_sums, bn_grad_apply, bn_backward_channels
     from numba import njit
 
     @njit(cache=True, fastmath=False, nogil=True)

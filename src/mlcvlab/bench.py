@@ -719,8 +719,8 @@ def register(subparsers) -> None:
     p.add_argument("--conv-algorithm", default="auto",
                    choices=conv.ALGORITHMS,
                    help="our 3x3 convolutions (mlcvlab.nn.conv.set_algorithm): auto (default: "
-                        "im2col or Winograd F(2x2)), fast (also F(4x4), ~10x the float32 "
-                        "rounding), or one forced")
+                        "im2col, Winograd F(2x2) or the direct kernel), fast (also F(4x4), "
+                        "~10x the float32 rounding), or one forced")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=_main)
 

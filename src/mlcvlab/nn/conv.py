@@ -37,8 +37,11 @@ the price of ``kw - 1 - pw`` computed-and-dropped output columns per row.
 3x3 stride-1 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
 run as Winograd F(2x2, 3x3) instead (:mod:`mlcvlab.nn.winograd`, 2.25x fewer multiplies);
 ``set_algorithm("fast")`` also takes F(4x4, 3x3) (4x fewer) where it is faster still, at ~10x
-the float32 rounding error; ``set_algorithm("im2col" | "winograd" | "winograd4" | "auto")``
-forces one, for tests and benchmarks (``winograd_tile``).
+the float32 rounding error. The forward of a 3x3 stride-1 convolution with at most
+``DIRECT_MAX_FILTERS`` output channels runs as a direct convolution instead
+(:mod:`mlcvlab.nn.direct`: no im2col copy; ``direct_pays``).
+``set_algorithm("im2col" | "winograd" | "winograd4" | "direct" | "auto")`` forces one, for
+tests and benchmarks (``winograd_tile``, ``direct_pays``).
 
 No dtype is changed: float32 in, float32 out; float64 in, float64 out.
 """
@@ -49,7 +52,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mlcvlab.nn import kernels, winograd
+from mlcvlab.nn import direct, kernels, winograd
 from mlcvlab.nn.basis import check_dy
 
 IntPair = Union[int, Tuple[int, int]]
@@ -296,16 +299,18 @@ def col2im_rows(cols: np.ndarray, n: int, C: int, kernel, g: RowPadded, buf: np.
 # rounding error (see winograd_tile). "im2col", "winograd" (F(2x2, 3x3)) and "winograd4"
 # (F(4x4, 3x3)) force one (Winograd only where it applies: any other convolution stays on
 # im2col), for tests and benchmarks.
-ALGORITHMS = ("auto", "fast", "im2col", "winograd", "winograd4")
+ALGORITHMS = ("auto", "fast", "im2col", "winograd", "winograd4", "direct")
 _algorithm = "auto"
 
 
 def set_algorithm(name: str) -> str:
-    """Choose how 3x3 stride-1 convolutions run: "auto" (default: im2col or Winograd
-    F(2x2, 3x3), whichever is faster, both with a direct convolution's float32 rounding),
-    "fast" (also Winograd F(4x4, 3x3) where it is faster still: ResNet-20 trains ~1.1x
-    faster, each layer's float32 error is ~10x larger), or one forced: "im2col", "winograd"
-    (F(2x2, 3x3)), "winograd4" (F(4x4, 3x3)).
+    """Choose how 3x3 stride-1 convolutions run: "auto" (default: im2col, Winograd
+    F(2x2, 3x3) or, for the forward of a layer with few output channels, the direct kernel,
+    whichever is faster, all with a direct convolution's float32 rounding), "fast" (also
+    Winograd F(4x4, 3x3) where it is faster still: ResNet-20 trains ~1.1x faster, each
+    layer's float32 error is ~10x larger), or one forced: "im2col", "winograd" (F(2x2, 3x3)),
+    "winograd4" (F(4x4, 3x3)), "direct" (the direct kernel for every 3x3 stride-1 forward it
+    applies to; backwards as "auto").
 
     Returns the previous choice, so that a caller can restore it. Process-wide.
     """
@@ -388,6 +393,35 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
         if min(Ho, Wo) >= WINOGRAD4_MIN_SIZE:
             return 4
     return 2 if winograd_pays(x_shape, F, forward) else 0
+
+
+# The direct kernel (mlcvlab.nn.direct) runs a 3x3 stride-1 forward under "auto" and "fast"
+# when it has at most DIRECT_MAX_FILTERS output channels and at least DIRECT_MIN_OUTPUTS
+# pixels per output plane. Session 12, python notes' shapes.py (conv2d forward with ReLU, 7 or
+# 5 interleaved rounds, im2col or F(2x2) time / direct time), 2 threads, batch 128:
+# C->F at HxW: 3->16 32x32 1.76, 16->16 32x32 1.37, 16->16 16x16 1.30, 8->8 32x32 1.97,
+# 16->8 32x32 2.15, 64->16 32x32 1.39, 96->16 16x16 1.28, but 16->16 8x8 0.95, 16->32
+# 32x32 0.96, 3->64 32x32 0.89, 32->32 16x16 0.78, 64->64 8x8 0.38 (wider layers: the
+# GEMMs reuse each loaded value across more output channels than the four of a pass here).
+# 1 thread, batch 64: 3->16 1.44, 16->16 1.36, 32->16 1.45, 16->32 0.92 (all 32x32).
+DIRECT_MAX_FILTERS = 16
+DIRECT_MIN_OUTPUTS = 256
+
+
+def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
+                forward: bool = True) -> bool:
+    """Whether this convolution's forward (or backward) runs as the direct 3x3 kernels
+    (mlcvlab.nn.direct): what ``set_algorithm`` forces ("direct" where they apply; never
+    under "im2col", "winograd" or "winograd4"), else the measured rule above. Needs numba."""
+    if _algorithm in ("im2col", "winograd", "winograd4") or not _use_numba():
+        return False
+    if not direct.applies(kernel, stride, dilation, groups, pads):
+        return False
+    if _algorithm == "direct":
+        return True
+    Ho, Wo = x_shape[2] + pads[0] + pads[1] - 2, x_shape[3] + pads[2] + pads[3] - 2
+    most = F if forward else max(F, x_shape[1])
+    return most <= DIRECT_MAX_FILTERS and Ho * Wo >= DIRECT_MIN_OUTPUTS
 
 
 # --------------------------------------------------------------------------- convolution
@@ -502,6 +536,10 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     padding = (pads[0], pads[2])
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
+    if direct_pays(x.shape, F, (kh, kw), stride, dilation, groups, pads):
+        y = direct.conv2d_direct(x, W, b, padding, _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo),
+                                 then_relu)
+        return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
     m = winograd_tile(x.shape, F, (kh, kw), stride, dilation, groups, pads)
     if m:                                           # the ReLU in the output transform's pass
         return winograd.conv2d_winograd(x, W, b, padding,
@@ -589,10 +627,15 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, Wd = x.shape
     F = W.shape[0]
-    if winograd_tile(x.shape, F, kernel, stride, (1, 1), 1, (ph, ph, pw, pw), forward=False):
-        return conv2d_grad(dy, winograd.WinogradCache(x, W, padding, has_bias), input_grad)
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (Wd + 2 * pw - kw) // sw + 1
+    pads = (ph, ph, pw, pw)
+    if direct_pays(x.shape, F, kernel, stride, (1, 1), 1, pads, forward=False):
+        check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
+        return direct.conv2d_grad_direct(dy, x, W, padding, has_bias, input_grad,
+                                         _batch_parts(N, 4.0 * N * F * C * 9 * Ho * Wo))
+    if winograd_tile(x.shape, F, kernel, stride, (1, 1), 1, pads, forward=False):
+        return conv2d_grad(dy, winograd.WinogradCache(x, W, padding, has_bias), input_grad)
     check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
     K = C * kh * kw
     W_mat = W.reshape(F, K)

@@ -1,0 +1,219 @@
+"""The direct 3x3 convolution (mlcvlab.nn.direct) against the im2col path, torch and float64
+finite differences, and the rule of mlcvlab.nn.conv that chooses it."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as tF
+
+from mlcvlab.nn import BatchNorm2d, Conv2d, ReLU, Sequential, conv, direct, kernels
+from mlcvlab.testing import gradcheck_function
+
+# float32 error of the direct result against the float64 convolution, relative to the largest
+# value of the float64 result, at the shapes of test_float32_error_is_that_of_a_direct_convolution
+# (batch 4, He-scaled weights), measured in session 12: y 2.4e-7 to 6.2e-7, dx 3.1e-7 to 4.2e-7,
+# dW 1.3e-7 to 3.0e-7 (each sample's sum in float32 lanes, the samples' in float64); im2col
+# there: y 1.8e-7 to 3.6e-7, dx 1.1e-7 to 1.5e-7, dW 2.2e-7 to 3.5e-7 (each output's 9 * C
+# products are summed in one chain here, in blocks by the GEMM). Bound with a 5x margin.
+FLOAT32_REL_BOUND = 3e-6
+
+# (x shape, F, padding): odd N, C, H, W, H != W, C != F, F % 4 = 0..3, padding 0, 1 and 2, an
+# output row of one pixel, and runs of outputs shorter and longer than a chunk
+ODD_CASES = [((3, 5, 7, 9), 4, 0), ((3, 5, 7, 9), 6, 1), ((1, 3, 9, 6), 7, 1),
+             ((2, 2, 4, 5), 3, 2), ((1, 1, 3, 3), 1, 0), ((2, 4, 3, 1), 5, 1),
+             ((2, 3, 40, 37), 9, 1), ((1, 2, 20, 70), 2, 2)]
+
+
+@pytest.fixture
+def algorithm():
+    """Restores the process-wide algorithm choice after the test."""
+    previous = conv.get_algorithm()
+    yield conv.set_algorithm
+    conv.set_algorithm(previous)
+
+
+def _case(x_shape, F, padding, dtype=np.float64, seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    N, C, H, Wd = x_shape
+    x = rng.standard_normal(x_shape)
+    W = rng.standard_normal((F, C, 3, 3)) * np.sqrt(2.0 / (9 * C))
+    b = rng.standard_normal(F) if bias else None
+    dy = rng.standard_normal((N, F, H + 2 * padding - 2, Wd + 2 * padding - 2))
+    cast = (lambda a: None if a is None else a.astype(dtype))
+    return cast(x), cast(W), cast(b), cast(dy)
+
+
+def _run(alg, x, W, b, padding, dy, then_relu=False):
+    previous = conv.set_algorithm(alg)
+    try:
+        y, cache = conv.conv2d(x, W, b, 1, padding, then_relu=then_relu)
+        return (y,) + conv.conv2d_grad(dy, cache)
+    finally:
+        conv.set_algorithm(previous)
+
+
+def _spy(monkeypatch):
+    """Records which direct functions run: a list of "forward" / "backward"."""
+    seen = []
+    fwd, bwd = direct.conv2d_direct, direct.conv2d_grad_direct
+    monkeypatch.setattr(direct, "conv2d_direct", lambda *a: seen.append("forward") or fwd(*a))
+    monkeypatch.setattr(direct, "conv2d_grad_direct",
+                        lambda *a: seen.append("backward") or bwd(*a))
+    return seen
+
+
+# ------------------------------------------------------------------ float64: exact
+@pytest.mark.parametrize("x_shape, F, padding", ODD_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_float64_direct_equals_im2col(monkeypatch, x_shape, F, padding, bias):
+    seen = _spy(monkeypatch)
+    x, W, b, dy = _case(x_shape, F, padding, bias=bias)
+    ours = _run("direct", x, W, b, padding, dy)
+    assert seen == ["forward", "backward"]
+    ref = _run("im2col", x, W, b, padding, dy)
+    for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
+        if r is None:
+            assert a is None, name
+            continue
+        assert a.shape == r.shape and a.dtype == np.float64, name
+        np.testing.assert_allclose(a, r, rtol=0, atol=1e-12 * max(1.0, np.abs(r).max()),
+                                   err_msg=name)
+
+
+def test_then_relu_is_applied_and_keeps_nan():
+    x, W, b, _ = _case((2, 3, 6, 7), 5, 1)
+    x[1, 2, 3, 3] = np.nan
+    y = direct.conv2d_direct(x, W, b, (1, 1), [slice(0, 2)], then_relu=True)
+    ref = conv.conv2d(x, W, b, 1, 1)[0]
+    nan = np.isnan(ref)
+    assert nan.any() and np.array_equal(np.isnan(y), nan)
+    np.testing.assert_allclose(y[~nan], np.maximum(ref[~nan], 0), rtol=0, atol=1e-12)
+
+
+def test_batch_parts_give_the_whole_batch_result():
+    """Each thread's part of the batch runs in its own scratch: split in three, the forward
+    is bit-identical to one part, the gradients equal up to the order of dW's sum."""
+    x, W, b, dy = _case((7, 4, 9, 8), 6, 1, dtype=np.float32)
+    whole = direct.conv2d_direct(x, W, b, (1, 1), [slice(0, 7)])
+    split = direct.conv2d_direct(x, W, b, (1, 1), kernels.split(7, 3))
+    assert np.array_equal(whole, split)
+    g1 = direct.conv2d_grad_direct(dy, x, W, (1, 1), True, True, [slice(0, 7)])
+    g3 = direct.conv2d_grad_direct(dy, x, W, (1, 1), True, True, kernels.split(7, 3))
+    assert np.array_equal(g1[0], g3[0])
+    np.testing.assert_allclose(g1[1], g3[1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g1[2], g3[2], rtol=1e-6)
+
+
+def test_input_grad_false_skips_dx():
+    x, W, b, dy = _case((2, 3, 6, 5), 4, 1)
+    dx, dW, db = direct.conv2d_grad_direct(dy, x, W, (1, 1), True, False, [slice(0, 2)])
+    assert dx is None
+    np.testing.assert_allclose(dW, _run("im2col", x, W, b, 1, dy)[2], atol=1e-12)
+
+
+def test_a_non_contiguous_input_and_dy_give_the_same_result(algorithm):
+    x, W, b, dy = _case((2, 3, 6, 5), 4, 1)
+    xs, dys = x[:, :, :, ::-1], dy[:, :, ::-1, :]
+    algorithm("direct")
+    ours = _run("direct", xs, W, b, 1, dys)
+    ref = _run("im2col", np.ascontiguousarray(xs), W, b, 1, np.ascontiguousarray(dys))
+    for a, r in zip(ours, ref):
+        np.testing.assert_allclose(a, r, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_direct_gradients_match_finite_differences(algorithm, padding):
+    x, W, b, _ = _case((2, 2, 5, 4), 3, padding, seed=3)
+    algorithm("direct")
+
+    def forward(x, W, b):
+        return conv.conv2d(x, W, b, 1, padding)
+    forward.__name__ = "conv2d_direct"
+    gradcheck_function(forward, conv.conv2d_grad, [x, W, b], names=["x", "W", "b"],
+                       max_checks=30)
+
+
+# ------------------------------------------------------------------ float32
+@pytest.mark.parametrize("C, F, H", [(16, 16, 32), (3, 16, 32), (16, 8, 16), (5, 13, 19)])
+def test_float32_error_is_that_of_a_direct_convolution(C, F, H):
+    x, W, b, dy = _case((4, C, H, H), F, 1, seed=C)
+    ref = _run("im2col", x, W, b, 1, dy)
+    cast = [a.astype(np.float32) for a in (x, W, b, dy)]
+    ours = _run("direct", *cast[:3], 1, cast[3])
+    for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
+        assert a.dtype == np.float32, name
+        rel = np.abs(a - r).max() / np.abs(r).max()
+        assert rel < FLOAT32_REL_BOUND, (name, rel)
+
+
+def test_matches_torch_in_float32(algorithm):
+    """Forced "direct" against torch.nn.functional.conv2d, forward and both gradients, at a
+    ResNet-20 first-stage shape."""
+    x, W, b, dy = _case((3, 16, 16, 16), 16, 1, dtype=np.float32, seed=5)
+    algorithm("direct")
+    y, dx, dW, db = _run("direct", x, W, b, 1, dy)
+    tx, tW, tb = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
+    ty = tF.conv2d(tx, tW, tb, 1, 1)
+    ty.backward(torch.tensor(dy))
+    for name, a, t in (("y", y, ty), ("dx", dx, tx.grad), ("dW", dW, tW.grad),
+                       ("db", db, tb.grad)):
+        t = t.detach().numpy()
+        np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4 * np.abs(t).max(), err_msg=name)
+
+
+# ------------------------------------------------------------------ the rule
+@pytest.mark.parametrize("C, F, size, forward, expected", [
+    (16, 16, 32, True, True), (16, 16, 32, False, True), (3, 16, 32, True, True),
+    (16, 16, 16, True, True), (16, 16, 8, True, False), (16, 16, 8, False, False),
+    (16, 32, 32, True, False), (32, 16, 32, True, True), (32, 16, 32, False, False),
+    (64, 64, 8, True, False)])
+def test_auto_rule(algorithm, C, F, size, forward, expected):
+    """Under "auto" and "fast": the direct forward for at most DIRECT_MAX_FILTERS (16) output
+    channels and at least DIRECT_MIN_OUTPUTS (256) output pixels; the direct backward when
+    the input channels are at most 16 as well. Never under "im2col" or a forced Winograd."""
+    pads = (1, 1, 1, 1)
+    for alg in ("auto", "fast"):
+        algorithm(alg)
+        assert conv.direct_pays((2, C, size, size), F, (3, 3), (1, 1), (1, 1), 1, pads,
+                                forward) == expected, alg
+    for alg in ("im2col", "winograd", "winograd4"):
+        algorithm(alg)
+        assert not conv.direct_pays((2, C, size, size), F, (3, 3), (1, 1), (1, 1), 1, pads,
+                                    forward), alg
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, groups, pads", [
+    ((5, 5), (1, 1), (1, 1), 1, (2, 2, 2, 2)), ((3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1)),
+    ((3, 3), (1, 1), (2, 2), 1, (2, 2, 2, 2)), ((3, 3), (1, 1), (1, 1), 2, (1, 1, 1, 1)),
+    ((3, 3), (1, 1), (1, 1), 1, (3, 3, 3, 3)), ((3, 3), (1, 1), (1, 1), 1, (0, 1, 0, 1))])
+def test_the_direct_kernel_does_not_take_what_it_cannot_compute(algorithm, kernel, stride,
+                                                                 dilation, groups, pads):
+    algorithm("direct")
+    assert not direct.applies(kernel, stride, dilation, groups, pads)
+    assert not conv.direct_pays((2, 4, 20, 20), 4, kernel, stride, dilation, groups, pads)
+
+
+def test_auto_runs_a_resnet_first_stage_layer_direct_both_ways(algorithm, monkeypatch):
+    seen = _spy(monkeypatch)
+    algorithm("auto")
+    x, W, b, dy = _case((2, 16, 16, 16), 16, 1, dtype=np.float32)
+    y, cache = conv.conv2d(x, W, b, 1, 1)
+    conv.conv2d_grad(dy, cache)
+    assert seen == ["forward", "backward"]
+
+
+def test_conv_bn_relu_in_evaluation_runs_direct_and_matches_im2col(algorithm, monkeypatch):
+    """The evaluation path that folds batch norm into the convolution and the ReLU into its
+    store (Conv2d.forward_fused_two) reaches the direct kernel too."""
+    rng = np.random.default_rng(2)
+    net = Sequential(Conv2d(8, 16, 3, padding=1, bias=False), BatchNorm2d(16), ReLU())
+    net.train()
+    x = rng.standard_normal((4, 8, 16, 16)).astype(np.float32)
+    net.forward(x)                                  # running statistics away from 0 and 1
+    net.eval()
+    algorithm("im2col")
+    ref = net.forward(x)
+    seen = _spy(monkeypatch)
+    algorithm("auto")
+    got = net.forward(x)
+    assert seen == ["forward"]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

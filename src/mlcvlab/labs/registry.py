@@ -36,7 +36,7 @@ CONV_ALGORITHM_MEANING = {
                  "float32 rounding error of a direct convolution per layer.",
     "winograd": "every 3x3 stride-1 convolution as Winograd F(2x2, 3x3).",
     "im2col": "every convolution as im2col + GEMM.",
-    "direct": "every 3x3 stride-1 forward as the direct kernel (same rounding as im2col).",
+    "direct": "every 3x3 and 5x5 stride-1 convolution as the direct kernels.",
 }
 # Optional keys of expected_seconds, "<preset>_embedded": the preset's time when the study's
 # dataset is not on disk and the lab runs on its embedded substitute (mnist10k, fashion10k).

@@ -37,7 +37,7 @@ the price of ``kw - 1 - pw`` computed-and-dropped output columns per row.
 3x3 stride-1 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
 run as Winograd F(2x2, 3x3) instead (:mod:`mlcvlab.nn.winograd`, 2.25x fewer multiplies);
 ``set_algorithm("fast")`` also takes F(4x4, 3x3) (4x fewer) where it is faster still, at ~10x
-the float32 rounding error. The forward of a 3x3 stride-1 convolution with at most
+the float32 rounding error. A 3x3 or 5x5 stride-1 convolution with at most
 ``DIRECT_MAX_FILTERS`` output channels runs as a direct convolution instead
 (:mod:`mlcvlab.nn.direct`: no im2col copy; ``direct_pays``).
 ``set_algorithm("im2col" | "winograd" | "winograd4" | "direct" | "auto")`` forces one, for
@@ -304,13 +304,13 @@ _algorithm = "auto"
 
 
 def set_algorithm(name: str) -> str:
-    """Choose how 3x3 stride-1 convolutions run: "auto" (default: im2col, Winograd
-    F(2x2, 3x3) or, for the forward of a layer with few output channels, the direct kernel,
-    whichever is faster, all with a direct convolution's float32 rounding), "fast" (also
+    """Choose how 3x3 (and 5x5) stride-1 convolutions run: "auto" (default: im2col, Winograd
+    F(2x2, 3x3) or, for a layer with few output channels, the direct kernels, whichever is
+    faster, all with a direct convolution's float32 rounding), "fast" (also
     Winograd F(4x4, 3x3) where it is faster still: ResNet-20 trains ~1.1x faster, each
     layer's float32 error is ~10x larger), or one forced: "im2col", "winograd" (F(2x2, 3x3)),
-    "winograd4" (F(4x4, 3x3)), "direct" (the direct kernel for every 3x3 stride-1 forward it
-    applies to; backwards as "auto").
+    "winograd4" (F(4x4, 3x3)), "direct" (the direct kernels for every 3x3 and 5x5 stride-1
+    convolution they apply to).
 
     Returns the previous choice, so that a caller can restore it. Process-wide.
     """
@@ -395,22 +395,28 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
     return 2 if winograd_pays(x_shape, F, forward) else 0
 
 
-# The direct kernel (mlcvlab.nn.direct) runs a 3x3 stride-1 forward under "auto" and "fast"
-# when it has at most DIRECT_MAX_FILTERS output channels and at least DIRECT_MIN_OUTPUTS
-# pixels per output plane. Session 12, python notes' shapes.py (conv2d forward with ReLU, 7 or
-# 5 interleaved rounds, im2col or F(2x2) time / direct time), 2 threads, batch 128:
-# C->F at HxW: 3->16 32x32 1.76, 16->16 32x32 1.37, 16->16 16x16 1.30, 8->8 32x32 1.97,
-# 16->8 32x32 2.15, 64->16 32x32 1.39, 96->16 16x16 1.28, but 16->16 8x8 0.95, 16->32
-# 32x32 0.96, 3->64 32x32 0.89, 32->32 16x16 0.78, 64->64 8x8 0.38 (wider layers: the
-# GEMMs reuse each loaded value across more output channels than the four of a pass here).
-# 1 thread, batch 64: 3->16 1.44, 16->16 1.36, 32->16 1.45, 16->32 0.92 (all 32x32).
+# The direct kernels (mlcvlab.nn.direct) run a 3x3 or 5x5 stride-1 forward under "auto" and
+# "fast" when it has at most DIRECT_MAX_FILTERS output channels and at least
+# DIRECT_MIN_OUTPUTS pixels per output plane, and its backward when the input channels are at
+# most DIRECT_MAX_FILTERS as well. Session 12, conv2d alone, interleaved rounds, the previous
+# rule's time (im2col or F(2x2)) / direct time (BENCHMARKS.md, session 12, has the commands):
+# forward with ReLU, 2 threads, batch 128: C->F at HxW 3->16 32x32 1.76, 16->16 32x32 1.37,
+# 16->16 16x16 1.30, 8->8 32x32 1.97, 16->8 32x32 2.15, 64->16 32x32 1.39, 96->16 16x16 1.28,
+# but 16->16 8x8 0.95, 16->32 32x32 0.96, 3->64 32x32 0.89, 32->32 16x16 0.78, 64->64 8x8
+# 0.38 (with more output channels a GEMM reuses each loaded value across all of them, a
+# direct pass across four); 1 thread, batch 64: 3->16 1.44, 16->16 1.36, 32->16 1.45, 16->32
+# 0.92. Backward (dx and dW), 2 threads, batch 128: 16->16 32x32 1.35, 16->16 16x16 1.24,
+# 8->8 32x32 2.48, 3->16 32x32 1.78, but 16->16 8x8 0.91 and with 32 or more input channels
+# mixed (32->16 32x32 1.37 on 2 threads, 0.93 on 1; 64->16 0.88). 5x5, 1 thread, batch 64:
+# LeNet-5's 1->6 at 28x28 forward 2.38, weight gradient 3.52; 16->16 at 16x16 1.50 and 1.53;
+# LeNet-5's 6->16 at 10x10 (below DIRECT_MIN_OUTPUTS) 1.09 and 1.03; 16->32 0.92 and 1.18.
 DIRECT_MAX_FILTERS = 16
 DIRECT_MIN_OUTPUTS = 256
 
 
 def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
                 forward: bool = True) -> bool:
-    """Whether this convolution's forward (or backward) runs as the direct 3x3 kernels
+    """Whether this convolution's forward (or backward) runs as the direct kernels
     (mlcvlab.nn.direct): what ``set_algorithm`` forces ("direct" where they apply; never
     under "im2col", "winograd" or "winograd4"), else the measured rule above. Needs numba."""
     if _algorithm in ("im2col", "winograd", "winograd4") or not _use_numba():
@@ -419,7 +425,8 @@ def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
         return False
     if _algorithm == "direct":
         return True
-    Ho, Wo = x_shape[2] + pads[0] + pads[1] - 2, x_shape[3] + pads[2] + pads[3] - 2
+    Ho = x_shape[2] + pads[0] + pads[1] - kernel[0] + 1
+    Wo = x_shape[3] + pads[2] + pads[3] - kernel[1] + 1
     most = F if forward else max(F, x_shape[1])
     return most <= DIRECT_MAX_FILTERS and Ho * Wo >= DIRECT_MIN_OUTPUTS
 
@@ -537,8 +544,8 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     Ho = _out_size("conv2d", H, kh, stride[0], padding[0])
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
     if direct_pays(x.shape, F, (kh, kw), stride, dilation, groups, pads):
-        y = direct.conv2d_direct(x, W, b, padding, _batch_parts(N, 2.0 * N * F * C * 9 * Ho * Wo),
-                                 then_relu)
+        flops = 2.0 * N * F * C * kh * kw * Ho * Wo
+        y = direct.conv2d_direct(x, W, b, padding, _batch_parts(N, flops), then_relu)
         return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
     m = winograd_tile(x.shape, F, (kh, kw), stride, dilation, groups, pads)
     if m:                                           # the ReLU in the output transform's pass
@@ -633,7 +640,7 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     if direct_pays(x.shape, F, kernel, stride, (1, 1), 1, pads, forward=False):
         check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
         return direct.conv2d_grad_direct(dy, x, W, padding, has_bias, input_grad,
-                                         _batch_parts(N, 4.0 * N * F * C * 9 * Ho * Wo))
+                                         _batch_parts(N, 4.0 * N * F * C * kh * kw * Ho * Wo))
     if winograd_tile(x.shape, F, kernel, stride, (1, 1), 1, pads, forward=False):
         return conv2d_grad(dy, winograd.WinogradCache(x, W, padding, has_bias), input_grad)
     check_dy("conv2d_grad", dy, (N, F, Ho, Wo))

@@ -1,9 +1,10 @@
-"""Does training with Winograd convolutions follow the im2col run? ResNet-20, 2 epochs.
+"""Does training with Winograd (or direct) convolutions follow the im2col run? ResNet-20.
 
 Trains ResNet-20 (1 input channel, 28x28: maps of 28, 14 and 7 pixels, so the last stage
 has odd tiles) on a slice of the embedded mnist10k twice from the same seed, once with
-``conv.set_algorithm("im2col")``, then with "winograd" (F(2x2, 3x3)) and "winograd4"
-(F(4x4, 3x3), every 3x3 stride-1 layer), with the same data order, and prints the training
+``conv.set_algorithm("im2col")``, then with "winograd" (F(2x2, 3x3)), "winograd4"
+(F(4x4, 3x3), every 3x3 stride-1 layer) and "direct" (the direct kernels of
+``mlcvlab.nn.direct``, every 3x3 stride-1 layer), with the same data order, and prints the training
 loss of every step side by side and the largest relative difference. float32, SGD with
 momentum, no augmentation.
 
@@ -26,6 +27,9 @@ from mlcvlab.data import DataLoader, load
 from mlcvlab.models import resnet_cifar
 from mlcvlab.nn import CrossEntropyLoss, conv
 from mlcvlab.optim import SGD
+
+
+ALGORITHMS = ("winograd", "winograd4", "direct")     # each compared with im2col
 
 
 def losses(algorithm: str, X, y, batch_size: int, epochs: int, seed: int = 0):
@@ -63,12 +67,12 @@ def main(argv=None) -> int:
     X, y = X[:args.samples], y[:args.samples]
     runs = {}
     with threadpool_limits(args.threads):
-        for alg in ("im2col", "winograd", "winograd4"):
+        for alg in ("im2col",) + ALGORITHMS:
             runs[alg] = losses(alg, X, y, args.batch_size, args.epochs)
     with threadpool_limits(2 * args.threads):
         runs["im2col x2"] = losses("im2col", X, y, args.batch_size, args.epochs)
     a = runs["im2col"][0]
-    others = ["winograd", "winograd4", "im2col x2"]
+    others = list(ALGORITHMS) + ["im2col x2"]
     rel = {k: np.abs(runs[k][0] - a) / np.abs(a) for k in others}
     print(f"ResNet-20, mnist10k[:{args.samples}], batch {args.batch_size}, {args.epochs} "
           f"epochs, {args.threads} thread(s) ('im2col x2': im2col on {2 * args.threads}); "

@@ -1,4 +1,4 @@
-"""The direct 3x3 convolution (mlcvlab.nn.direct) against the im2col path, torch and float64
+"""The direct 3x3 and 5x5 convolution (mlcvlab.nn.direct) against the im2col path, torch and float64
 finite differences, and the rule of mlcvlab.nn.conv that chooses it."""
 import numpy as np
 import pytest
@@ -7,6 +7,8 @@ import torch.nn.functional as tF
 
 from mlcvlab.nn import BatchNorm2d, Conv2d, ReLU, Sequential, conv, direct, kernels
 from mlcvlab.testing import gradcheck_function
+
+from conv_cases import assert_float64_equal, case as _case, run as _run
 
 # float32 error of the direct result against the float64 convolution, relative to the largest
 # value of the float64 result, at the shapes of test_float32_error_is_that_of_a_direct_convolution
@@ -24,34 +26,6 @@ ODD_CASES = [((3, 5, 7, 9), 4, 0, 3), ((3, 5, 7, 9), 6, 1, 3), ((1, 3, 9, 6), 7,
              ((2, 3, 40, 37), 9, 1, 3), ((1, 2, 20, 70), 2, 2, 3),
              ((2, 1, 28, 28), 6, 2, 5), ((3, 6, 14, 13), 16, 0, 5), ((2, 3, 9, 7), 5, 1, 5),
              ((2, 4, 6, 8), 7, 4, 5), ((1, 2, 5, 5), 3, 3, 5), ((2, 3, 30, 41), 4, 2, 5)]
-
-
-@pytest.fixture
-def algorithm():
-    """Restores the process-wide algorithm choice after the test."""
-    previous = conv.get_algorithm()
-    yield conv.set_algorithm
-    conv.set_algorithm(previous)
-
-
-def _case(x_shape, F, padding, dtype=np.float64, seed=0, bias=True, k=3):
-    rng = np.random.default_rng(seed)
-    N, C, H, Wd = x_shape
-    x = rng.standard_normal(x_shape)
-    W = rng.standard_normal((F, C, k, k)) * np.sqrt(2.0 / (k * k * C))
-    b = rng.standard_normal(F) if bias else None
-    dy = rng.standard_normal((N, F, H + 2 * padding - k + 1, Wd + 2 * padding - k + 1))
-    cast = (lambda a: None if a is None else a.astype(dtype))
-    return cast(x), cast(W), cast(b), cast(dy)
-
-
-def _run(alg, x, W, b, padding, dy, then_relu=False):
-    previous = conv.set_algorithm(alg)
-    try:
-        y, cache = conv.conv2d(x, W, b, 1, padding, then_relu=then_relu)
-        return (y,) + conv.conv2d_grad(dy, cache)
-    finally:
-        conv.set_algorithm(previous)
 
 
 def _spy(monkeypatch):
@@ -72,14 +46,7 @@ def test_float64_direct_equals_im2col(monkeypatch, x_shape, F, padding, k, bias)
     x, W, b, dy = _case(x_shape, F, padding, bias=bias, k=k)
     ours = _run("direct", x, W, b, padding, dy)
     assert seen == ["forward", "backward"]
-    ref = _run("im2col", x, W, b, padding, dy)
-    for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
-        if r is None:
-            assert a is None, name
-            continue
-        assert a.shape == r.shape and a.dtype == np.float64, name
-        np.testing.assert_allclose(a, r, rtol=0, atol=1e-12 * max(1.0, np.abs(r).max()),
-                                   err_msg=name)
+    assert_float64_equal(ours, _run("im2col", x, W, b, padding, dy))
 
 
 @pytest.mark.parametrize("k", [3, 5])

@@ -8,6 +8,8 @@ import torch.nn.functional as tF
 from mlcvlab.nn import Conv2d, conv, winograd
 from mlcvlab.testing import gradcheck_function
 
+from conv_cases import assert_float64_equal, case as _case, run as _run
+
 # float32 error of the Winograd result against the float64 convolution, relative to the
 # largest value of the float64 result. F(2x2, 3x3), measured at ResNet-20 / MiniGoogLeNet
 # layer shapes (batch 8-16, He-scaled weights): at most 5.0e-7 (y), 4.0e-7 (dx), 7.4e-7 (dW);
@@ -22,34 +24,6 @@ WINOGRADS = ["winograd", "winograd4"]
 # (x shape, F, padding): odd N, C, H, W, H != W, C != F, padding 0, 1 and 2
 ODD_CASES = [((3, 5, 7, 9), 4, 0), ((3, 5, 7, 9), 4, 1), ((1, 3, 9, 6), 6, 1),
              ((2, 2, 4, 5), 3, 2), ((1, 1, 3, 3), 1, 0)]
-
-
-@pytest.fixture
-def algorithm():
-    """Restores the process-wide algorithm choice after the test."""
-    previous = conv.get_algorithm()
-    yield conv.set_algorithm
-    conv.set_algorithm(previous)
-
-
-def _run(alg, x, W, b, padding, dy):
-    previous = conv.set_algorithm(alg)
-    try:
-        y, cache = conv.conv2d(x, W, b, 1, padding)
-        return (y,) + conv.conv2d_grad(dy, cache)
-    finally:
-        conv.set_algorithm(previous)
-
-
-def _case(x_shape, F, padding, dtype=np.float64, seed=0, bias=True):
-    rng = np.random.default_rng(seed)
-    N, C, H, Wd = x_shape
-    x = rng.standard_normal(x_shape)
-    W = rng.standard_normal((F, C, 3, 3)) * np.sqrt(2.0 / (9 * C))
-    b = rng.standard_normal(F) if bias else None
-    dy = rng.standard_normal((N, F, H + 2 * padding - 2, Wd + 2 * padding - 2))
-    cast = (lambda a: None if a is None else a.astype(dtype))
-    return cast(x), cast(W), cast(b), cast(dy)
 
 
 # ------------------------------------------------------------------ the transform matrices
@@ -101,15 +75,7 @@ def test_tiles_rejects_an_unknown_tile_size():
 @pytest.mark.parametrize("alg", WINOGRADS)
 def test_float64_winograd_equals_im2col(x_shape, F, padding, bias, alg):
     x, W, b, dy = _case(x_shape, F, padding, bias=bias)
-    ours = _run(alg, x, W, b, padding, dy)
-    ref = _run("im2col", x, W, b, padding, dy)
-    for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
-        if r is None:
-            assert a is None, name
-            continue
-        assert a.shape == r.shape and a.dtype == np.float64, name
-        np.testing.assert_allclose(a, r, rtol=0, atol=1e-12 * max(1.0, np.abs(r).max()),
-                                   err_msg=name)
+    assert_float64_equal(_run(alg, x, W, b, padding, dy), _run("im2col", x, W, b, padding, dy))
 
 
 @pytest.mark.parametrize("alg", WINOGRADS)

@@ -49,8 +49,8 @@ def register(subparsers) -> None:
     p_run.add_argument("--conv-algorithm", default="auto",
                        choices=conv.ALGORITHMS,
                        help="how 3x3 convolutions run (mlcvlab.nn.conv.set_algorithm): auto "
-                            "(default), or fast (also Winograd F(4x4): ~1.1x faster training of "
-                            "the convolutional studies, ~10x the float32 rounding); recorded in "
+                            "(default), or fast (also Winograd F(4x4): up to ~1.1x faster "
+                            "convolutional training, ~10x the float32 rounding); recorded in "
                             "config.json")
     p_run.set_defaults(func=cmd_run)
 

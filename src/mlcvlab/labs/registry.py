@@ -244,7 +244,7 @@ def run_lab(name: str, quick: bool = False, out_dir: Optional[str] = None,
 
     ``conv_algorithm``: how the lab's 3x3 convolutions run in this process
     (``mlcvlab.nn.conv.set_algorithm``: "auto", or "fast" to also take Winograd F(4x4, 3x3),
-    ~1.1x faster convolutional training at ~10x the float32 rounding), restored afterwards and
+    up to ~1.1x faster convolutional training at ~10x the float32 rounding), restored afterwards and
     recorded in config.json.
 
     preset: "quick", "standard" (the default) or "full"; ``quick=True`` is "quick".

@@ -307,7 +307,7 @@ def set_algorithm(name: str) -> str:
     """Choose how 3x3 (and 5x5) stride-1 convolutions run: "auto" (default: im2col, Winograd
     F(2x2, 3x3) or, for a layer with few output channels, the direct kernels, whichever is
     faster, all with a direct convolution's float32 rounding), "fast" (also
-    Winograd F(4x4, 3x3) where it is faster still: ResNet-20 trains ~1.1x faster, each
+    Winograd F(4x4, 3x3) where it is faster still: steps up to ~1.1x faster, each
     layer's float32 error is ~10x larger), or one forced: "im2col", "winograd" (F(2x2, 3x3)),
     "winograd4" (F(4x4, 3x3)), "direct" (the direct kernels for every 3x3 and 5x5 stride-1
     convolution they apply to).

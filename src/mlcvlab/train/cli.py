@@ -148,7 +148,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="how 3x3 convolutions run (mlcvlab.nn.conv.set_algorithm): auto "
                         "(default: im2col, Winograd F(2x2) or a direct kernel, a direct "
                         "convolution's float32 rounding), fast (also Winograd F(4x4) where "
-                        "faster: ResNet-20 trains ~1.1x faster, ~10x the rounding), or one "
+                        "faster: steps up to ~1.1x faster, ~10x the rounding), or one "
                         "forced. Not part of the run's settings: a run may resume with another")
     p.add_argument("--timeout", type=float, default=None,
                    help=f"seconds an MPI rank waits for the others before the job ends with a "

@@ -293,12 +293,13 @@ def col2im_rows(cols: np.ndarray, n: int, C: int, kernel, g: RowPadded, buf: np.
 
 # --------------------------------------------------------------------------- algorithm choice
 # 3x3 stride-1 convolutions (dilation 1, one group, symmetric zero padding) can also run as
-# Winograd F(2x2, 3x3) or F(4x4, 3x3) (mlcvlab.nn.winograd). "auto" takes im2col or F(2x2)
-# where the measured rule (winograd_tile) says it is faster: both round about as a direct
-# convolution does. "fast" also takes F(4x4) where that is faster still, at ~10x the float32
-# rounding error (see winograd_tile). "im2col", "winograd" (F(2x2, 3x3)) and "winograd4"
-# (F(4x4, 3x3)) force one (Winograd only where it applies: any other convolution stays on
-# im2col), for tests and benchmarks.
+# Winograd F(2x2, 3x3) or F(4x4, 3x3) (mlcvlab.nn.winograd), and 3x3 and 5x5 ones as the
+# direct kernels (mlcvlab.nn.direct). "auto" takes im2col, F(2x2) or the direct kernels where
+# the measured rules (winograd_tile, direct_pays) say it is faster: all round about as a
+# direct convolution does. "fast" also takes F(4x4) where that is faster still, at ~10x the
+# float32 rounding error (see winograd_tile). "im2col", "winograd" (F(2x2, 3x3)), "winograd4"
+# (F(4x4, 3x3)) and "direct" force one (each only where it applies: any other convolution
+# stays on im2col), for tests and benchmarks.
 ALGORITHMS = ("auto", "fast", "im2col", "winograd", "winograd4", "direct")
 _algorithm = "auto"
 

@@ -78,13 +78,15 @@ def _count_calls(monkeypatch, *names):
 
 def test_the_fused_path_runs_for_every_bn_relu_pair_of_resnet20(monkeypatch):
     """ResNet-20 has 10 BatchNorm2d -> ReLU pairs (the stem and the first half of each of its
-    9 blocks; the other 9 ReLUs follow a residual add)."""
+    9 blocks); the other 9 ReLUs follow a residual sum, fused with it (``add_relu``)."""
     net = models.resnet_cifar(20, rng=0)
-    calls = _count_calls(monkeypatch, "batchnorm_relu", "relu", "batchnorm", "relu_grad")
+    calls = _count_calls(monkeypatch, "batchnorm_relu", "relu", "add_relu", "batchnorm",
+                         "relu_grad")
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     y = net.forward(x)
     net.backward(np.ones_like(y))
-    assert calls == {"batchnorm_relu": 10, "relu": 9, "batchnorm": 9, "relu_grad": 19}
+    assert calls == {"batchnorm_relu": 10, "relu": 0, "add_relu": 9, "batchnorm": 9,
+                     "relu_grad": 19}
 
 
 def test_the_fused_forward_leaves_each_layer_its_own_cache():

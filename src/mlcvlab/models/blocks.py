@@ -12,8 +12,14 @@ from typing import List, Optional
 import numpy as np
 
 from mlcvlab import backend
-from mlcvlab.nn import BatchNorm2d, Conv2d, Identity, Module, ReLU, Sequential, init
+from mlcvlab.nn import BatchNorm2d, Conv2d, Identity, Module, ReLU, Sequential, basis, init
 from mlcvlab.nn.module import Kept, check_input
+from mlcvlab.nn.modules import _as_defined
+
+# Sequential runs a Residual and the ReLU right after it (a ResNet basic block's end) as one
+# fused call on the CPU: the sum and the ReLU in one pass (basis.add_relu). False: the two
+# layers one after the other (for A/B timing and the tests that compare both).
+FUSE_RESIDUAL_RELU = True
 
 
 class Residual(Module):
@@ -31,7 +37,7 @@ class Residual(Module):
     def splits_over_batch(self) -> bool:
         return True                     # a sum per sample
 
-    def forward(self, x):
+    def _branches(self, x):
         y = self.body.forward(x)
         s = self.shortcut.forward(x)
         if y.shape != s.shape:
@@ -39,7 +45,29 @@ class Residual(Module):
                 f"Residual: the body gives shape {y.shape} but the shortcut gives {s.shape}; "
                 "use a shortcut that matches the body's stride and channels"
             )
+        return y, s
+
+    def forward(self, x):
+        y, s = self._branches(x)
         return y + s
+
+    def fuses_with(self, nxt: Module) -> bool:
+        """A plain ReLU next: this class and ReLU exactly, both on the CPU, neither with its
+        forward replaced (a trace wrapping either must see it called), and
+        ``FUSE_RESIDUAL_RELU``."""
+        return (FUSE_RESIDUAL_RELU and type(self) is Residual and type(nxt) is ReLU
+                and self.device == "cpu" and nxt.device == "cpu"
+                and "forward" not in self.__dict__ and _as_defined(nxt))
+
+    def forward_fused(self, relu: Module, x):
+        """``relu.forward(self.forward(x))`` with the sum and the ReLU in one pass; the ReLU
+        keeps the cache its own forward would (its output, in training). The backward runs
+        layer by layer, as unfused."""
+        y, s = self._branches(x)
+        check_input("ReLU", y)
+        out, cache = basis.add_relu(y, s)
+        relu._cache = cache if relu.training else None
+        return out
 
     def backward(self, dy):
         return self.body.backward(dy) + self.shortcut.backward(dy)

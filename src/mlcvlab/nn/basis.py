@@ -426,6 +426,25 @@ def relu(x: np.ndarray):
     return y, ActivationCache(y)
 
 
+def add_relu(a: np.ndarray, b: np.ndarray):
+    """relu(a + b) in one pass, without the sum's array: a residual block's sum and the ReLU
+    after it. Equal to ``relu(a + b)`` bit for bit, with the same cache (the output).
+    a, b: the same shape and dtype -> y: that shape."""
+    _check_array("add_relu", "a", a)
+    _check_array("add_relu", "b", b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"add_relu: expected a and b of one shape and dtype, got {a.shape} "
+                         f"{a.dtype} and {b.shape} {b.dtype}")
+    if a.ndim == 0 or not (kernels.available() and a.flags.c_contiguous
+                           and b.flags.c_contiguous):
+        return relu(a + b)
+    y = np.empty_like(a)
+    kernel = kernels.get("add_relu_forward")
+    kernels.parallel_map(lambda p: kernel(a[p].reshape(-1), b[p].reshape(-1), y[p].reshape(-1)),
+                         kernels.row_parts(a))
+    return y, ActivationCache(y)
+
+
 def relu_grad(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """0 where the input was <= 0, dy elsewhere, as torch's threshold_backward: 0 even where
     dy is nan, and dy where the input was nan (nan <= 0 is false). Read off the cached output

@@ -49,6 +49,8 @@ a reused buffer measured 2-3x faster than a numba loop (BENCHMARKS.md).
   ``relu_forward``), in one pass (``conv.conv2d``; ``then_relu`` for Conv2d + ReLU).
 * ``relu_forward(x, y)`` on flat arrays: y = max(x, 0), nan kept (NumPy 2.4's
   ``np.maximum(x, 0)`` has no SIMD loop for an array and a scalar).
+* ``add_relu_forward(a, b, y)`` on flat arrays: y = max(a + b, 0), as ``relu_forward``
+  on the sum, in one pass (a residual block's sum and the ReLU after it).
 * ``relu_backward(dy, y, dx)`` on flat arrays: dx = 0 where ReLU's output y <= 0
   (exactly where its input was), else dy (also where y is nan, as torch), in one pass
   (NumPy's ``np.where`` is two, through a boolean temporary).
@@ -367,6 +369,15 @@ def _compile() -> dict:
             y[i] = zero if v < zero else v
 
     @njit(cache=True, nogil=True)
+    def add_relu_forward(a, b, y):  # pragma: no cover (jitted)
+        # y = max(a + b, 0), as relu_forward on a + b (nan stays nan): a residual sum and
+        # the ReLU after it in one pass, without the sum's array
+        zero = y.dtype.type(0)
+        for i in range(a.size):
+            v = a[i] + b[i]
+            y[i] = zero if v < zero else v
+
+    @njit(cache=True, nogil=True)
     def relu_backward(dy, y, dx):  # pragma: no cover (jitted)
         # torch's threshold_backward: 0 where y <= 0, dy elsewhere (also where y is nan)
         zero = dx.dtype.type(0)
@@ -374,6 +385,7 @@ def _compile() -> dict:
             dx[i] = zero if y[i] <= 0 else dy[i]
 
     return {"relu_forward": relu_forward, "relu_backward": relu_backward,
+            "add_relu_forward": add_relu_forward,
             "conv_store": conv_store,
             "channel_affine": channel_affine,
             "col2im": col2im, "col2im_rows": col2im_rows,

@@ -100,23 +100,51 @@ _KERNELS = {}
 # calls is a global; with the helpers in the closure every process compiled the kernels again
 # (2.2 s for F(2x2)'s, 5.6-6.3 s for F(4x4)'s, measured at their first call) and added a file
 # to __pycache__ each time.
-_out = _b_col = _bt6 = _at6 = _a6 = _b6 = None
+_out = _b_col = _bt_col = _bt6 = _at6 = _a6 = _b6 = None
 _bt6_row = _at6_point_row = _b6_point_row = _a6_dy_row = None
+_plane_in = _plane_out = None
 
 
 def _jit_helpers() -> None:
     """Compile (or load) the helpers: the output store ``_out`` (v, then max(., 0) when relu,
     as ``kernels.relu_forward``: nan stays nan), F(2x2)'s ``_b_col`` (B u for a column u) and
-    F(4x4)'s 1-D transforms and their row / column readers."""
-    global _out, _b_col, _bt6, _at6, _a6, _b6, \
-        _bt6_row, _at6_point_row, _b6_point_row, _a6_dy_row
+    ``_bt_col`` (B^T d for a column of a 4x4 window),
+    F(4x4)'s 1-D transforms and their row / column readers, and the plane copies
+    ``_plane_in`` / ``_plane_out`` (an image plane into / out of the interior of the
+    zero-padded plane the tiles read / the adjoint adds onto)."""
+    global _out, _b_col, _bt_col, _bt6, _at6, _a6, _b6, \
+        _bt6_row, _at6_point_row, _b6_point_row, _a6_dy_row, _plane_in, _plane_out
     if _out is not None:
         return
     from numba import njit
 
     @njit(cache=True, nogil=True, inline="always")
+    def _plane_in(x, m, c, ph, pw, img):  # pragma: no cover (jitted)
+        # img[ph + h, pw + w] = x[m, c, h, w]; img's border stays as it is (zero)
+        H, W = x.shape[2], x.shape[3]
+        for h in range(H):
+            src, dst = x[m, c, h], img[ph + h, pw:pw + W]
+            for w in range(W):
+                dst[w] = src[w]
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _plane_out(img, ph, pw, dx, m, c):  # pragma: no cover (jitted)
+        # dx[m, c, h, w] = img[ph + h, pw + w]
+        H, W = dx.shape[2], dx.shape[3]
+        for h in range(H):
+            src, dst = img[ph + h, pw:pw + W], dx[m, c, h]
+            for w in range(W):
+                dst[w] = src[w]
+
+    @njit(cache=True, nogil=True, inline="always")
     def _out(v, relu, zero):  # pragma: no cover (jitted)
         return zero if relu and v < zero else v
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _bt_col(img, r, s):  # pragma: no cover (jitted)
+        # B^T d for column s of the 4x4 window at row r: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+        d0, d1, d2, d3 = img[r, s], img[r + 1, s], img[r + 2, s], img[r + 3, s]
+        return d0 - d2, d1 + d2, d2 - d1, d1 - d3
 
     @njit(cache=True, nogil=True, inline="always")
     def _b_col(u0, u1, u2, u3):  # pragma: no cover (jitted)
@@ -183,52 +211,45 @@ def _compile() -> dict:
     _jit_helpers()
 
     @njit(cache=True, nogil=True)
-    def input_transform(xp, th, tw, V):  # pragma: no cover (jitted)
-        # xp (n, C, 2*th + 2, 2*tw + 2), zero-padded -> V (16, C, n*th*tw): B^T d B per tile
-        n, C = xp.shape[0], xp.shape[1]
+    def input_transform(x, ph, pw, th, tw, img, V):  # pragma: no cover (jitted)
+        # x (n, C, H, W) -> V (16, C, n*th*tw): B^T d B per tile of the plane zero-padded by
+        # (ph, pw), which each plane is copied into: img (2*th + 2, 2*tw + 2), in cache
+        n, C = x.shape[0], x.shape[1]
+        img[...] = 0
         for m in range(n):
             for c in range(C):
-                img = xp[m, c]
+                _plane_in(x, m, c, ph, pw, img)
                 for ty in range(th):
                     r = 2 * ty
                     base = (m * th + ty) * tw
+                    # T = B^T d column by column; a tile's columns s + 2, s + 3 are the next
+                    # tile's s, s + 1, so each column of T is computed once, not twice
+                    a0, a1, a2, a3 = _bt_col(img, r, 0)
+                    b0, b1, b2, b3 = _bt_col(img, r, 1)
                     for tx in range(tw):
                         s = 2 * tx
                         p = base + tx
-                        # T = B^T d, row by row (columns s..s+3)
-                        t00 = img[r, s] - img[r + 2, s]
-                        t01 = img[r, s + 1] - img[r + 2, s + 1]
-                        t02 = img[r, s + 2] - img[r + 2, s + 2]
-                        t03 = img[r, s + 3] - img[r + 2, s + 3]
-                        t10 = img[r + 1, s] + img[r + 2, s]
-                        t11 = img[r + 1, s + 1] + img[r + 2, s + 1]
-                        t12 = img[r + 1, s + 2] + img[r + 2, s + 2]
-                        t13 = img[r + 1, s + 3] + img[r + 2, s + 3]
-                        t20 = img[r + 2, s] - img[r + 1, s]
-                        t21 = img[r + 2, s + 1] - img[r + 1, s + 1]
-                        t22 = img[r + 2, s + 2] - img[r + 1, s + 2]
-                        t23 = img[r + 2, s + 3] - img[r + 1, s + 3]
-                        t30 = img[r + 1, s] - img[r + 3, s]
-                        t31 = img[r + 1, s + 1] - img[r + 3, s + 1]
-                        t32 = img[r + 1, s + 2] - img[r + 3, s + 2]
-                        t33 = img[r + 1, s + 3] - img[r + 3, s + 3]
-                        # V = T B, column by column
-                        V[0, c, p] = t00 - t02
-                        V[1, c, p] = t01 + t02
-                        V[2, c, p] = t02 - t01
-                        V[3, c, p] = t01 - t03
-                        V[4, c, p] = t10 - t12
-                        V[5, c, p] = t11 + t12
-                        V[6, c, p] = t12 - t11
-                        V[7, c, p] = t11 - t13
-                        V[8, c, p] = t20 - t22
-                        V[9, c, p] = t21 + t22
-                        V[10, c, p] = t22 - t21
-                        V[11, c, p] = t21 - t23
-                        V[12, c, p] = t30 - t32
-                        V[13, c, p] = t31 + t32
-                        V[14, c, p] = t32 - t31
-                        V[15, c, p] = t31 - t33
+                        c0, c1, c2, c3 = _bt_col(img, r, s + 2)
+                        d0, d1, d2, d3 = _bt_col(img, r, s + 3)
+                        # V = T B, row by row of T (columns a, b, c, d = s .. s + 3)
+                        V[0, c, p] = a0 - c0
+                        V[1, c, p] = b0 + c0
+                        V[2, c, p] = c0 - b0
+                        V[3, c, p] = b0 - d0
+                        V[4, c, p] = a1 - c1
+                        V[5, c, p] = b1 + c1
+                        V[6, c, p] = c1 - b1
+                        V[7, c, p] = b1 - d1
+                        V[8, c, p] = a2 - c2
+                        V[9, c, p] = b2 + c2
+                        V[10, c, p] = c2 - b2
+                        V[11, c, p] = b2 - d2
+                        V[12, c, p] = a3 - c3
+                        V[13, c, p] = b3 + c3
+                        V[14, c, p] = c3 - b3
+                        V[15, c, p] = b3 - d3
+                        a0, a1, a2, a3 = c0, c1, c2, c3
+                        b0, b1, b2, b3 = d0, d1, d2, d3
 
     @njit(cache=True, nogil=True)
     def output_transform(M, th, tw, b, relu, y):  # pragma: no cover (jitted)
@@ -306,15 +327,15 @@ def _compile() -> dict:
                         dM[15, f, p] = -r31
 
     @njit(cache=True, nogil=True)
-    def input_transform_adjoint(dV, th, tw, dxp):  # pragma: no cover (jitted)
-        # dV (16, C, n*th*tw) -> dxp (n, C, 2*th + 2, 2*tw + 2), zeroed first: adds B v B^T of
-        # every tile onto its (overlapping) 4x4 block. (B u) = (u0, u1 - u2 + u3, u1 + u2 - u0,
-        # -u3) for a column u, the same along rows for B^T.
-        n, C = dxp.shape[0], dxp.shape[1]
-        dxp[...] = 0
+    def input_transform_adjoint(dV, th, tw, ph, pw, img, dx):  # pragma: no cover (jitted)
+        # dV (16, C, n*th*tw) -> dx (n, C, H, W): per plane, adds B v B^T of every tile onto
+        # its (overlapping) 4x4 block of img (2*th + 2, 2*tw + 2, zeroed first), the plane
+        # padded by (ph, pw), whose interior is dx's plane. (B u) = (u0, u1 - u2 + u3,
+        # u1 + u2 - u0, -u3) for a column u, the same along rows for B^T.
+        n, C = dx.shape[0], dx.shape[1]
         for m in range(n):
             for c in range(C):
-                img = dxp[m, c]
+                img[...] = 0
                 for ty in range(th):
                     r = 2 * ty
                     base = (m * th + ty) * tw
@@ -347,6 +368,7 @@ def _compile() -> dict:
                         img[r + 3, s + 1] += z31 - z32 + z33
                         img[r + 3, s + 2] += z31 + z32 - z30
                         img[r + 3, s + 3] -= z33
+                _plane_out(img, ph, pw, dx, m, c)
 
     return {"input_transform": input_transform, "output_transform": output_transform,
             "dy_transform": dy_transform, "input_transform_adjoint": input_transform_adjoint}
@@ -367,13 +389,15 @@ def _compile4() -> dict:
     _jit_helpers()
 
     @njit(cache=True, nogil=True)
-    def input_transform(xp, th, tw, V):  # pragma: no cover (jitted)
-        # xp (n, C, 4*th + 2, 4*tw + 2), zero-padded -> V (36, C, n*th*tw): B^T d B per tile,
-        # point 6k + l = (row k, column l)
-        n, C = xp.shape[0], xp.shape[1]
+    def input_transform(x, ph, pw, th, tw, img, V):  # pragma: no cover (jitted)
+        # x (n, C, H, W) -> V (36, C, n*th*tw): B^T d B per tile of the plane zero-padded by
+        # (ph, pw), which each plane is copied into: img (4*th + 2, 4*tw + 2); point
+        # 6k + l = (row k, column l)
+        n, C = x.shape[0], x.shape[1]
+        img[...] = 0
         for m in range(n):
             for c in range(C):
-                img = xp[m, c]
+                _plane_in(x, m, c, ph, pw, img)
                 for ty in range(th):
                     r = 4 * ty
                     base = (m * th + ty) * tw
@@ -462,14 +486,14 @@ def _compile4() -> dict:
                             dM[30 + j, f, p] = u5
 
     @njit(cache=True, nogil=True)
-    def input_transform_adjoint(dV, th, tw, dxp):  # pragma: no cover (jitted)
-        # dV (36, C, n*th*tw) -> dxp (n, C, 4*th + 2, 4*tw + 2), zeroed first: adds B v B^T of
-        # every tile onto its (overlapping) 6x6 block
-        n, C = dxp.shape[0], dxp.shape[1]
-        dxp[...] = 0
+    def input_transform_adjoint(dV, th, tw, ph, pw, img, dx):  # pragma: no cover (jitted)
+        # dV (36, C, n*th*tw) -> dx (n, C, H, W): per plane, adds B v B^T of every tile onto
+        # its (overlapping) 6x6 block of img (4*th + 2, 4*tw + 2, zeroed first), the plane
+        # padded by (ph, pw), whose interior is dx's plane
+        n, C = dx.shape[0], dx.shape[1]
         for m in range(n):
             for c in range(C):
-                img = dxp[m, c]
+                img[...] = 0
                 for ty in range(th):
                     r = 4 * ty
                     base = (m * th + ty) * tw
@@ -489,6 +513,7 @@ def _compile4() -> dict:
                             img[r + 3, s + j] += w3
                             img[r + 4, s + j] += w4
                             img[r + 5, s + j] += w5
+                _plane_out(img, ph, pw, dx, m, c)
 
     return {"input_transform": input_transform, "output_transform": output_transform,
             "dy_transform": dy_transform, "input_transform_adjoint": input_transform_adjoint}
@@ -597,29 +622,26 @@ def _points(slot: str, channels: int, P: int, dtype, points: int) -> np.ndarray:
 class _Blocks:
     """One thread's part of the batch in blocks (``_blocks``), with the scratch arrays every
     block reuses set up once for the part, not per block (Python per block holds the GIL,
-    which the other part's thread waits for): the zero-padded input (its border is zeroed
-    once: every block writes only the interior), V and M (the largest block's; a smaller
-    last block takes a slice of them, whose planes keep their stride) and the kernels."""
+    which the other part's thread waits for): V and M (the largest block's; a smaller last
+    block takes a slice of them, whose planes keep their stride), the one zero-padded plane
+    (Hp, Wp) the transforms copy each image plane into (the input is never padded whole) and
+    the kernels."""
 
     def __init__(self, n: int, C: int, F: int, t: Tiles, padding, dtype):
         self.t, self.padding = t, padding
         self.slices = _blocks(n, max(C, F), t, np.dtype(dtype).itemsize)
         most = self.slices[0].stop - self.slices[0].start if self.slices else 0
         P = most * t.th * t.tw
-        self.xp = kernels.scratch((most, C, t.Hp, t.Wp), dtype, slot="wino_pad")
-        self.xp.fill(0)
+        self.plane = kernels.scratch((t.Hp, t.Wp), dtype, slot="wino_plane")
         self.V = _points("wino_V", C, P, dtype, t.points)
         self.M = _points("wino_M", F, P, dtype, t.points)
         self.input_transform = _kernel("input_transform", t.m)
 
     def input_V(self, x_blk: np.ndarray) -> np.ndarray:
         """V (points, C, n*th*tw) of a block of the batch (a view of the part's V)."""
-        n, _, H, W = x_blk.shape
         ph, pw = self.padding
-        xp = self.xp[:n]
-        xp[:, :, ph:ph + H, pw:pw + W] = x_blk
-        V = self.V[:, :, :n * self.t.th * self.t.tw]
-        self.input_transform(xp, self.t.th, self.t.tw, V)
+        V = self.V[:, :, :x_blk.shape[0] * self.t.th * self.t.tw]
+        self.input_transform(x_blk, ph, pw, self.t.th, self.t.tw, self.plane, V)
         return V
 
     def M_for(self, n: int) -> np.ndarray:
@@ -693,7 +715,6 @@ def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
         plan = _Blocks(x_part.shape[0], C, F, t, padding, x.dtype)
         if dx is not None:
             dx_part = dx[part]
-            dxp_all = kernels.scratch(plan.xp.shape, dy.dtype, slot="wino_dpad")
         for blk in plan.slices:
             n = blk.stop - blk.start
             dM = plan.M_for(n)
@@ -703,9 +724,7 @@ def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
             if dx is None:
                 continue
             dV = np.matmul(U_T, dM, out=V)                   # reuses V's scratch
-            dxp = dxp_all[:n]
-            adjoint(dV, t.th, t.tw, dxp)
-            dx_part[blk] = dxp[:, :, ph:ph + H, pw:pw + Wd]
+            adjoint(dV, t.th, t.tw, ph, pw, plan.plane, dx_part[blk])
         return dU
 
     shares = _map_parts(backward_part, parts)

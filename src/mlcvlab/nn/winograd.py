@@ -28,6 +28,8 @@ tile (the transpose of the output transform),
 
 so one transform of dy feeds both gradients, V is rebuilt from x (the cache keeps x, as
 im2col's does), and the overlapping tiles' dx blocks are added into a padded buffer.
+Both transforms work plane by plane through one zero-bordered (Hp, Wp) plane per thread,
+small enough to stay in L1: the input is never copied padded as a whole.
 
 Precision: the transforms add and subtract up to 16 inputs before the GEMM, so float32
 results differ from the float64 convolution somewhat more than im2col's do (measured in

@@ -58,14 +58,17 @@ def test_add_relu_is_relu_of_the_sum_bit_for_bit():
         assert cache.value is y
 
 
-def test_add_relu_takes_non_contiguous_views_and_rejects_mismatches():
+def test_add_relu_takes_views_and_mixed_dtypes_as_relu_of_the_sum_and_names_a_shape_mismatch():
     a = np.arange(-12.0, 12.0).reshape(4, 6)
     y, _ = basis.add_relu(a[:, ::2], a[:, 1::2])
     np.testing.assert_array_equal(y, np.maximum(a[:, ::2] + a[:, 1::2], 0))
-    with pytest.raises(ValueError, match=r"add_relu: expected a and b of one shape and dtype"):
+    b = (-a[::-1]).astype(np.float32) + 0.5
+    y, _ = basis.add_relu(a, b)                     # float64 + float32: NumPy's promotion
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, basis.relu(a + b)[0])
+    with pytest.raises(ValueError, match=r"add_relu: expected a and b of one shape, got "
+                                         r"\(4, 6\) and \(4, 3\)"):
         basis.add_relu(a, a[:, :3])
-    with pytest.raises(ValueError, match=r"add_relu: expected a and b of one shape and dtype"):
-        basis.add_relu(a, a.astype(np.float32))
 
 
 def test_the_fused_forward_leaves_the_relu_its_own_cache(monkeypatch):

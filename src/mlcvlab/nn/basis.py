@@ -428,15 +428,15 @@ def relu(x: np.ndarray):
 
 def add_relu(a: np.ndarray, b: np.ndarray):
     """relu(a + b) in one pass, without the sum's array: a residual block's sum and the ReLU
-    after it. Equal to ``relu(a + b)`` bit for bit, with the same cache (the output).
-    a, b: the same shape and dtype -> y: that shape."""
+    after it. Equal to ``relu(a + b)`` bit for bit, with the same cache (the output); a and b
+    of different dtypes go through ``relu(a + b)`` itself (NumPy's promotion).
+    a, b: the same shape -> y: that shape."""
     _check_array("add_relu", "a", a)
     _check_array("add_relu", "b", b)
-    if a.shape != b.shape or a.dtype != b.dtype:
-        raise ValueError(f"add_relu: expected a and b of one shape and dtype, got {a.shape} "
-                         f"{a.dtype} and {b.shape} {b.dtype}")
-    if a.ndim == 0 or not (kernels.available() and a.flags.c_contiguous
-                           and b.flags.c_contiguous):
+    if a.shape != b.shape:
+        raise ValueError(f"add_relu: expected a and b of one shape, got {a.shape} and {b.shape}")
+    if a.ndim == 0 or a.dtype != b.dtype or not (kernels.available() and a.flags.c_contiguous
+                                                 and b.flags.c_contiguous):
         return relu(a + b)
     y = np.empty_like(a)
     kernel = kernels.get("add_relu_forward")

@@ -226,32 +226,32 @@ def _compile() -> dict:
                     base = (m * th + ty) * tw
                     # T = B^T d column by column; a tile's columns s + 2, s + 3 are the next
                     # tile's s, s + 1, so each column of T is computed once, not twice
-                    a0, a1, a2, a3 = _bt_col(img, r, 0)
-                    b0, b1, b2, b3 = _bt_col(img, r, 1)
+                    e0, e1, e2, e3 = _bt_col(img, r, 0)
+                    f0, f1, f2, f3 = _bt_col(img, r, 1)
                     for tx in range(tw):
                         s = 2 * tx
                         p = base + tx
-                        c0, c1, c2, c3 = _bt_col(img, r, s + 2)
-                        d0, d1, d2, d3 = _bt_col(img, r, s + 3)
-                        # V = T B, row by row of T (columns a, b, c, d = s .. s + 3)
-                        V[0, c, p] = a0 - c0
-                        V[1, c, p] = b0 + c0
-                        V[2, c, p] = c0 - b0
-                        V[3, c, p] = b0 - d0
-                        V[4, c, p] = a1 - c1
-                        V[5, c, p] = b1 + c1
-                        V[6, c, p] = c1 - b1
-                        V[7, c, p] = b1 - d1
-                        V[8, c, p] = a2 - c2
-                        V[9, c, p] = b2 + c2
-                        V[10, c, p] = c2 - b2
-                        V[11, c, p] = b2 - d2
-                        V[12, c, p] = a3 - c3
-                        V[13, c, p] = b3 + c3
-                        V[14, c, p] = c3 - b3
-                        V[15, c, p] = b3 - d3
-                        a0, a1, a2, a3 = c0, c1, c2, c3
-                        b0, b1, b2, b3 = d0, d1, d2, d3
+                        g0, g1, g2, g3 = _bt_col(img, r, s + 2)
+                        h0, h1, h2, h3 = _bt_col(img, r, s + 3)
+                        # V = T B, row by row of T (columns e, f, g, h = s .. s + 3)
+                        V[0, c, p] = e0 - g0
+                        V[1, c, p] = f0 + g0
+                        V[2, c, p] = g0 - f0
+                        V[3, c, p] = f0 - h0
+                        V[4, c, p] = e1 - g1
+                        V[5, c, p] = f1 + g1
+                        V[6, c, p] = g1 - f1
+                        V[7, c, p] = f1 - h1
+                        V[8, c, p] = e2 - g2
+                        V[9, c, p] = f2 + g2
+                        V[10, c, p] = g2 - f2
+                        V[11, c, p] = f2 - h2
+                        V[12, c, p] = e3 - g3
+                        V[13, c, p] = f3 + g3
+                        V[14, c, p] = g3 - f3
+                        V[15, c, p] = f3 - h3
+                        e0, e1, e2, e3 = g0, g1, g2, g3
+                        f0, f1, f2, f3 = h0, h1, h2, h3
 
     @njit(cache=True, nogil=True)
     def output_transform(M, th, tw, b, relu, y):  # pragma: no cover (jitted)

@@ -194,3 +194,31 @@ def layer_times(name: str, batch: int):
         return list(fwd), bwd
 
     return step
+
+
+def conv_times(spec: dict, batch: int):
+    """A closure timing one convolution of ``mlcvlab.bench.conv_specs`` alone in torch:
+    ``F.conv2d`` forward (autograd recording, as in training), then the backward of the
+    output (dW, db if the layer has a bias, and dx unless ``spec["input_grad"]`` is False),
+    returning ``(forward_seconds, backward_seconds)``; the same random data as ours
+    (``mlcvlab.bench.conv_data``)."""
+    import time
+    x, W, b, dy = (None if a is None else torch.from_numpy(a)
+                   for a in bench.conv_data(spec, batch))
+    x.requires_grad_(spec["input_grad"])
+    W.requires_grad_(True)
+    if b is not None:
+        b.requires_grad_(True)
+
+    def step():
+        x.grad = W.grad = None
+        if b is not None:
+            b.grad = None
+        t0 = time.perf_counter()
+        out = F.conv2d(x, W, b, spec["stride"], spec["padding"], spec["dilation"],
+                       spec["groups"])
+        t1 = time.perf_counter()
+        out.backward(dy)
+        return t1 - t0, time.perf_counter() - t1
+
+    return step

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from mlcvlab import bench
+from mlcvlab.nn import conv
 from mlcvlab.cli import main
 
 
@@ -121,6 +122,37 @@ def test_per_layer_times_every_layer_of_both_frameworks(torch_twins, tmp_path, c
         assert rows[-1]["ours_backward_ms"] > 0 and rows[-1]["torch_backward_ms"] > 0
     out = capsys.readouterr().out
     assert "Per layer, lenet5, batch 8" in out and "| 3 Conv2d -> (16, 10, 10) |" in out
+
+
+def test_per_conv_times_each_distinct_convolution_of_both_frameworks(torch_twins, tmp_path,
+                                                                      capsys):
+    res = _run(tmp_path, "--no-memory", "--per-conv")
+    assert "per_conv" not in res["models"]["mlp"]              # no convolution to time
+    rows = res["models"]["lenet5"]["per_conv"]["convolutions"]
+    specs = bench.conv_specs("lenet5")
+    assert [r["conv"] for r in rows] == [bench.conv_label(s) for s in specs] == [
+        "1->6 5x5 s1 p2 on 28x28", "6->16 5x5 s1 p0 on 14x14"]
+    assert [r["input_grad"] for r in rows] == [False, True]   # the first layer is on the data
+    for r, s in zip(rows, specs):
+        x_shape = (8,) + s["in_shape"]
+        w_shape = (s["out_channels"], s["in_shape"][0]) + s["kernel"]
+        assert (r["forward_algorithm"], r["backward_algorithm"]) == conv.algorithm(
+            x_shape, w_shape, s["stride"], s["padding"])
+        for who in ("ours", "torch"):
+            assert r[f"{who}_forward_ms"] > 0 and r[f"{who}_backward_ms"] > 0
+        assert r["forward_ratio"] == pytest.approx(r["torch_forward_ms"] / r["ours_forward_ms"])
+    out = capsys.readouterr().out
+    assert "Per convolution, lenet5, batch 8" in out
+    assert "| 1->6 5x5 s1 p2 on 28x28 (no dx) | 1 | direct / direct |" in out
+
+
+def test_conv_specs_count_the_layers_that_share_a_convolution():
+    specs = bench.conv_specs("resnet20")
+    assert [(bench.conv_label(s), s["layers"]) for s in specs] == [
+        ("3->16 3x3 s1 p1 on 32x32", 1), ("16->16 3x3 s1 p1 on 32x32", 6),
+        ("16->32 3x3 s2 p1 on 32x32", 1), ("32->32 3x3 s1 p1 on 16x16", 5),
+        ("32->64 3x3 s2 p1 on 16x16", 1), ("64->64 3x3 s1 p1 on 8x8", 5)]
+    assert sum(s["layers"] for s in specs) == 19                # ResNet-20: 19 convolutions
 
 
 def test_models_all_selects_every_model(monkeypatch):

@@ -330,7 +330,7 @@ def per_layer(name: str, batch: int, repeats: int, ref) -> dict:
                 row[f"{who}_forward_ms"] = 1e3 * float(np.median([s[0][i] for s in samples[who]]))
                 row[f"{who}_backward_ms"] = 1e3 * float(np.median([s[1][i]
                                                                    for s in samples[who]]))
-        if samples["torch"]:
+        if "torch" in samples:
             for phase in ("forward", "backward"):
                 o, t = row[f"ours_{phase}_ms"], row[f"torch_{phase}_ms"]
                 row[f"{phase}_ratio"] = t / o if o > 0 else None
@@ -356,6 +356,168 @@ def format_per_layer(name: str, result: dict) -> str:
                       _fmt(r["backward_ratio"], ".2f")]
         else:
             cells += [_fmt(r["ours_backward_ms"], ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- per convolution
+CONV_CALLS = 2        # calls per timed sample of one convolution (after the untimed one)
+
+
+def conv_specs(name: str) -> List[dict]:
+    """The distinct convolutions of our model ``name``, in the order of their first use: for
+    each, the input shape of one sample, the layer's settings (out_channels, kernel, stride,
+    padding, dilation, groups, bias), whether its backward computes dx (``input_grad``: not
+    for a first layer on the data) and how many of the model's layers share it (``layers``).
+    Found by one forward of a batch of 2 in evaluation mode with every Conv2d's forward
+    wrapped on the instance (as ``mlcvlab.analysis.summarize`` does)."""
+    from mlcvlab.nn.modules import Conv2d
+    model = build_ours(name).set_input_grad(False)
+    x, _ = _data(name, 2)
+    specs: Dict[tuple, dict] = {}
+
+    def wrap(m):
+        original = m.forward
+
+        def forward(inp):
+            spec = {"in_shape": tuple(int(n) for n in inp.shape[1:]),
+                    "out_channels": m.out_channels, "kernel": tuple(m.kernel_size),
+                    "stride": tuple(m.stride), "padding": m.padding,
+                    "dilation": tuple(m.dilation), "groups": m.groups,
+                    "bias": m.bias is not None, "input_grad": bool(m.input_grad)}
+            key = tuple(map(str, spec.values()))
+            specs.setdefault(key, dict(spec, layers=0))["layers"] += 1
+            return original(inp)
+        return forward
+
+    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+    for m in convs:
+        object.__setattr__(m, "forward", wrap(m))
+    model.eval()
+    model(x)
+    return list(specs.values())
+
+
+def conv_data(spec: dict, batch: int):
+    """(x, W, b or None, dy): float32 random data of one convolution of :func:`conv_specs`
+    at this batch, the same for both frameworks."""
+    from mlcvlab.nn import conv
+    rng = np.random.default_rng(0)
+    C, H, W_ = spec["in_shape"]
+    kh, kw = spec["kernel"]
+    F = spec["out_channels"]
+    x = rng.standard_normal((batch, C, H, W_), dtype=np.float32)
+    W = (rng.standard_normal((F, C // spec["groups"], kh, kw)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32) if spec["bias"] else None
+    y, _ = conv.conv2d(x[:1], W, b, spec["stride"], spec["padding"], spec["dilation"],
+                       spec["groups"])
+    dy = rng.standard_normal((batch,) + y.shape[1:], dtype=np.float32)
+    return x, W, b, dy
+
+
+def ours_conv_times(spec: dict, batch: int):
+    """A closure timing one convolution of :func:`conv_specs` alone: ``conv.conv2d``, then
+    ``conv.conv2d_grad`` (dW, db, and dx if ``spec["input_grad"]``); returns
+    ``(forward_seconds, backward_seconds)``."""
+    from mlcvlab.nn import conv
+    x, W, b, dy = conv_data(spec, batch)
+    args = (spec["stride"], spec["padding"], spec["dilation"], spec["groups"])
+
+    def step():
+        t0 = time.perf_counter()
+        _, cache = conv.conv2d(x, W, b, *args)
+        t1 = time.perf_counter()
+        conv.conv2d_grad(dy, cache, spec["input_grad"])
+        return t1 - t0, time.perf_counter() - t1
+
+    return step
+
+
+def conv_label(spec: dict) -> str:
+    """'C->F kh x kw, stride, padding, on H x W', e.g. '16->32 3x3 s2 p1 on 32x32' (a pair
+    when its two values differ; groups g and dilation d when not 1)."""
+    def pair(v) -> str:
+        if isinstance(v, str):
+            return v
+        v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        return str(v[0]) if v[0] == v[1] else f"{v[0]},{v[1]}"
+
+    C, H, W = spec["in_shape"]
+    kh, kw = spec["kernel"]
+    label = (f"{C}->{spec['out_channels']} {kh}x{kw} s{pair(spec['stride'])} "
+             f"p{pair(spec['padding'])}")
+    if spec["groups"] != 1:
+        label += f" g{spec['groups']}"
+    if tuple(spec["dilation"]) != (1, 1):
+        label += f" d{pair(spec['dilation'])}"
+    return label + f" on {H}x{W}"
+
+
+def per_conv(name: str, batch: int, repeats: int, ref,
+             settle_seconds: Optional[float] = None) -> dict:
+    """Each distinct convolution of model ``name`` timed alone, forward and backward, ours
+    and (if available) torch's, so that each remaining gap is named with the algorithm our
+    rule runs in each direction (``conv.algorithm``).
+
+    ``repeats`` samples each, interleaved; each sample after ``settle_seconds`` (default
+    ``SETTLE_SECONDS``) of sleep and one untimed call, as in :func:`time_interleaved` (the
+    other framework's spinning threads go idle, our own wake up), the mean of
+    ``CONV_CALLS`` calls. Reports medians and the ratio torch / ours (> 1: ours is faster).
+    Each call has the whole batch and the bench's threads: ours splits the batch per call,
+    where in a model step it is split once for the whole pass (``nn.threadsplit``), so a
+    model's step can beat the sum of its convolutions' times here."""
+    from mlcvlab.nn import conv
+    settle_seconds = SETTLE_SECONDS if settle_seconds is None else settle_seconds
+    rows = []
+    for spec in conv_specs(name):
+        fns = {"ours": ours_conv_times(spec, batch)}
+        if ref is not None and hasattr(ref, "conv_times"):
+            fns["torch"] = ref.conv_times(spec, batch)
+        samples: Dict[str, list] = {who: [] for who in fns}
+        for _ in range(repeats):
+            for who, fn in fns.items():
+                time.sleep(settle_seconds)
+                fn()
+                samples[who].append(np.mean([fn() for _ in range(CONV_CALLS)], axis=0))
+        x_shape = (batch,) + spec["in_shape"]
+        w_shape = (spec["out_channels"], spec["in_shape"][0] // spec["groups"]) + spec["kernel"]
+        fwd_alg, bwd_alg = conv.algorithm(x_shape, w_shape, spec["stride"], spec["padding"],
+                                          spec["dilation"], spec["groups"])
+        row = {"conv": conv_label(spec), "layers": spec["layers"],
+               "input_grad": spec["input_grad"],
+               "forward_algorithm": fwd_alg, "backward_algorithm": bwd_alg}
+        for who, s in samples.items():
+            if s:
+                row[f"{who}_forward_ms"] = 1e3 * float(np.median([t[0] for t in s]))
+                row[f"{who}_backward_ms"] = 1e3 * float(np.median([t[1] for t in s]))
+        if "torch" in samples:
+            for phase in ("forward", "backward"):
+                o, t = row[f"ours_{phase}_ms"], row[f"torch_{phase}_ms"]
+                row[f"{phase}_ratio"] = t / o if o > 0 else None
+        rows.append(row)
+    return {"batch_size": batch, "repeats": repeats, "convolutions": rows}
+
+
+def format_per_conv(name: str, result: dict) -> str:
+    """The per-convolution result as a Markdown table."""
+    rows = result["convolutions"]
+    has_torch = bool(rows) and "torch_forward_ms" in rows[0]
+    head = ["convolution", "layers", "ours: forward / backward", "ours fwd ms"]
+    head += ["torch fwd ms", "fwd ratio"] if has_torch else []
+    head += ["ours bwd ms"] + (["torch bwd ms", "bwd ratio"] if has_torch else [])
+    lines = [f"Per convolution, {name}, batch {result['batch_size']} (each alone, medians of "
+             f"{result['repeats']}; backward: dW, db and dx, no dx for a layer on the data"
+             + ("; ratio = torch / ours, > 1: ours is faster" if has_torch else "") + "):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["conv"] + ("" if r["input_grad"] else " (no dx)"), str(r["layers"]),
+                 f"{r['forward_algorithm']} / {r['backward_algorithm']}",
+                 f"{r['ours_forward_ms']:.2f}"]
+        if has_torch:
+            cells += [f"{r['torch_forward_ms']:.2f}", _fmt(r.get("forward_ratio"), ".2f")]
+        cells.append(f"{r['ours_backward_ms']:.2f}")
+        if has_torch:
+            cells += [f"{r['torch_backward_ms']:.2f}", _fmt(r.get("backward_ratio"), ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -515,24 +677,25 @@ def bench_model(name: str, batch: int, repeats: int, target_seconds: float, ref,
 def run(models: Sequence[str] = DEFAULT_MODELS, batch_size: int = 128, threads: int = 2,
         repeats: int = 5, quick: bool = False, memory: bool = True, use_torch: bool = True,
         reference: Optional[str] = None, layers: bool = False, device: str = "cpu",
-        conv_algorithm: str = "auto") -> dict:
+        conv_algorithm: str = "auto", convs: bool = False) -> dict:
     """Run the whole benchmark and return the result dictionary (what ``--out`` writes).
 
     Both frameworks run in this process under ``backend.keep_freed_memory()``, which both
     use (torch allocates CPU tensors with glibc's malloc too). ``conv_algorithm``: our 3x3
     convolutions' choice during the timings (``mlcvlab.nn.conv.set_algorithm``; the memory
-    subprocesses run the default)."""
+    subprocesses run the default). ``layers``: also :func:`per_layer`; ``convs``: also
+    :func:`per_conv` (models with convolutions)."""
     from mlcvlab.nn import conv
     previous = conv.set_algorithm(conv_algorithm)      # rejects an unknown name first
     try:
         return _run(models, batch_size, threads, repeats, quick, memory, use_torch, reference,
-                    layers, device, conv_algorithm)
+                    layers, device, conv_algorithm, convs)
     finally:
         conv.set_algorithm(previous)
 
 
 def _run(models, batch_size, threads, repeats, quick, memory, use_torch, reference, layers,
-         device, conv_algorithm) -> dict:
+         device, conv_algorithm, convs=False) -> dict:
     from threadpoolctl import threadpool_limits
     from mlcvlab import backend
     kept = backend.keep_freed_memory()
@@ -550,9 +713,10 @@ def _run(models, batch_size, threads, repeats, quick, memory, use_torch, referen
     if device == "cuda":
         from mlcvlab.gpu.device import array_module
         array_module()                      # no GPU: the clear error, before any timing
-        if layers or memory:
-            raise ValueError("mlcvlab bench --device cuda: --per-layer and the memory "
-                             "measurement are CPU-only; add --no-memory, drop --per-layer")
+        if layers or convs or memory:
+            raise ValueError("mlcvlab bench --device cuda: --per-layer, --per-conv and the "
+                             "memory measurement are CPU-only; add --no-memory, drop "
+                             "--per-layer and --per-conv")
     baseline = ("torch CUDA" if device == "cuda" and ref is not None and ref.cuda_available()
                 else "ours on the CPU" if device == "cuda"
                 else "torch CPU" if ref is not None else None)
@@ -584,6 +748,10 @@ def _run(models, batch_size, threads, repeats, quick, memory, use_torch, referen
                                                  device=device)
             if layers:
                 result["models"][name]["per_layer"] = per_layer(name, batch_size, repeats, ref)
+            if convs and name != "mlp":
+                result["models"][name]["per_conv"] = per_conv(
+                    name, batch_size, repeats, ref,
+                    settle_seconds=0.0 if quick else SETTLE_SECONDS)
         # The peak is measured again after the models: the machine's load drifts during a
         # run, and the fraction of the peak should be taken of the best it showed.
         peaks.append(sgemm_gflops(size, 3 if quick else 5, warmup))
@@ -677,12 +845,15 @@ def _main(args) -> int:
     result = run(models, args.batch_size, args.threads, repeats, args.quick,
                  memory=not args.no_memory, use_torch=not args.no_torch, reference=args.reference,
                  layers=args.per_layer, device=args.device,
-                 conv_algorithm=args.conv_algorithm)
+                 conv_algorithm=args.conv_algorithm, convs=args.per_conv)
     print(format_table(result))
     for name, r in result["models"].items():
         if "per_layer" in r:
             print()
             print(format_per_layer(name, r["per_layer"]))
+        if "per_conv" in r:
+            print()
+            print(format_per_conv(name, r["per_conv"]))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)
@@ -709,6 +880,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--per-layer", action="store_true",
                    help="also time each top-level layer's forward and backward, ours vs torch")
+    p.add_argument("--per-conv", action="store_true",
+                   help="also time each distinct convolution alone, forward and backward, ours "
+                        "(naming the algorithm our rule picks) vs torch")
     p.add_argument("--no-torch", action="store_true", help="time ours alone even if torch exists")
     p.add_argument("--reference", default=None, metavar="FILE",
                    help="the PyTorch reference module (default benchmarks/torch_reference.py)")

@@ -207,3 +207,48 @@ def test_lenet_first_layer_runs_direct_and_its_second_does_not(algorithm, monkey
     y, cache = conv.conv2d(x, W, b, 1, 0)
     conv.conv2d_grad(dy, cache)
     assert seen == ["forward", "backward"]
+
+
+# ------------------------------------------------------------------ conv.algorithm names it
+def _what_ran(monkeypatch):
+    """Records what conv2d / conv2d_grad run: "direct", "winograd F(mxm)" or "im2col" (the
+    fast path's GEMM: neither of the others)."""
+    from mlcvlab.nn import winograd
+    seen = []
+    fwd, bwd = direct.conv2d_direct, direct.conv2d_grad_direct
+    wf, wb = winograd.conv2d_winograd, winograd.conv2d_winograd_grad
+    monkeypatch.setattr(direct, "conv2d_direct", lambda *a: seen.append("direct") or fwd(*a))
+    monkeypatch.setattr(direct, "conv2d_grad_direct",
+                        lambda *a: seen.append("direct") or bwd(*a))
+    monkeypatch.setattr(winograd, "conv2d_winograd",
+                        lambda *a: seen.append(f"winograd F({a[5]}x{a[5]})") or wf(*a))
+    monkeypatch.setattr(winograd, "conv2d_winograd_grad",
+                        lambda *a: seen.append(f"winograd F({a[4]}x{a[4]})") or wb(*a))
+    return seen
+
+
+@pytest.mark.parametrize("alg", ["auto", "fast", "im2col", "direct"])
+@pytest.mark.parametrize("x_shape, F, k, stride", [
+    ((2, 3, 32, 32), 16, 3, 1), ((2, 16, 32, 32), 16, 3, 1), ((2, 16, 16, 16), 32, 3, 1),
+    ((2, 32, 16, 16), 32, 3, 1), ((2, 64, 8, 8), 64, 3, 1), ((2, 16, 32, 32), 32, 3, 2),
+    ((2, 1, 28, 28), 6, 5, 1), ((2, 6, 14, 14), 16, 5, 1), ((2, 8, 9, 9), 8, 1, 1)])
+def test_algorithm_names_what_conv2d_and_its_gradient_run(algorithm, monkeypatch, alg,
+                                                         x_shape, F, k, stride):
+    algorithm(alg)
+    x, W, b, _ = _case(x_shape, F, k // 2, dtype=np.float32, k=k)
+    seen = _what_ran(monkeypatch)
+    y, cache = conv.conv2d(x, W, b, stride, k // 2)
+    forward = seen[-1] if seen else "im2col"
+    seen.clear()
+    conv.conv2d_grad(np.ones_like(y), cache)
+    backward = seen[-1] if seen else "im2col"
+    assert conv.algorithm(x.shape, W.shape, stride, k // 2) == (forward, backward)
+
+
+def test_algorithm_names_the_other_paths():
+    assert conv.algorithm((2, 4, 9, 9), (4, 4, 3, 3), 2, 1, dilation=2) == (
+        "im2col (general)",) * 2
+    assert conv.algorithm((2, 4, 9, 9), (4, 4, 3, 3), 1, 1, padding_mode="reflect") == (
+        "im2col (padded input)",) * 2
+    fwd, bwd = conv.algorithm((2, 8, 16, 16), (8, 4, 3, 3), 1, 1, groups=2)
+    assert fwd.startswith("2 groups of ") and bwd.startswith("2 groups of ")

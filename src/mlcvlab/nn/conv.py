@@ -475,6 +475,43 @@ def conv2d_path(pads, dilation, stride, padding_mode: str) -> str:
     return "padded" if tuple(dilation) == (1, 1) or tuple(stride) == (1, 1) else "general"
 
 
+def algorithm(x_shape, W_shape, stride: IntPair = 1, padding: Union[IntPair, str] = 0,
+              dilation: IntPair = 1, groups: int = 1,
+              padding_mode: str = "zeros") -> Tuple[str, str]:
+    """(forward, backward): the names of what :func:`conv2d` and :func:`conv2d_grad` run for
+    an input of ``x_shape`` (N, C, H, W) and filters of ``W_shape`` (F, C // groups, kh, kw)
+    under the current :func:`set_algorithm` and the measured rules: "direct", "winograd
+    F(2x2)", "winograd F(4x4)" or "im2col"; "im2col (padded input)" or "im2col (general)" off
+    the fast path (``conv2d_path``); "<g> groups of <name>" for groups > 1. The backward of a
+    Winograd forward is Winograd (its cache), else its own rule. For reports (``mlcvlab bench
+    --per-conv``); it decides nothing."""
+    F, _, kh, kw = W_shape
+    stride = _pair("algorithm", "stride", stride, 1)
+    dilation = _pair("algorithm", "dilation", dilation, 1)
+    pads = conv_padding("algorithm", padding, (kh, kw), dilation, stride)
+    path = conv2d_path(pads, dilation, stride, padding_mode)
+    if path != "fast":
+        name = "im2col (padded input)" if path == "padded" else "im2col (general)"
+        return name, name
+    if groups > 1:
+        one = algorithm((x_shape[0], x_shape[1] // groups) + tuple(x_shape[2:]),
+                        (F // groups,) + tuple(W_shape[1:]), stride, padding, dilation)
+        return tuple(f"{groups} groups of {a}" for a in one)
+    shape = tuple(x_shape)
+
+    def named(forward: bool) -> str:
+        if direct_pays(shape, F, (kh, kw), stride, dilation, 1, pads, forward=forward):
+            return "direct"
+        m = winograd_tile(shape, F, (kh, kw), stride, dilation, 1, pads, forward=forward)
+        return f"winograd F({m}x{m})" if m else "im2col"
+
+    forward = named(True)
+    if forward.startswith("winograd"):              # the backward of a WinogradCache
+        m = winograd_tile(shape, F, (kh, kw), stride, dilation, 1, pads, forward=False) or 2
+        return forward, f"winograd F({m}x{m})"
+    return forward, named(False)
+
+
 def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
            stride: IntPair = 1, padding: Union[IntPair, str] = 0, dilation: IntPair = 1,
            groups: int = 1, padding_mode: str = "zeros", then_relu: bool = False):
@@ -1336,7 +1373,8 @@ def adaptive_maxpool2d_grad(dy: np.ndarray, cache: AdaptivePoolCache) -> np.ndar
 
 __all__ = [
     "im2col_numpy", "col2im_numpy", "maxpool2d_numpy", "maxpool2d_grad_numpy",
-    "conv_output_size", "conv2d", "conv2d_path", "conv2d_grad", "maxpool2d", "maxpool2d_grad",
+    "conv_output_size", "conv2d", "conv2d_path", "conv2d_grad", "algorithm", "maxpool2d",
+    "maxpool2d_grad",
     "pool_on_general_path", "avgpool_on_general_path",
     "avgpool2d", "avgpool2d_grad", "Conv2dCache", "PoolCache",
     "RowPadded", "row_padded_geometry", "pad_rows", "im2col_rows", "col2im_rows",

@@ -146,6 +146,17 @@ def test_per_conv_times_each_distinct_convolution_of_both_frameworks(torch_twins
     assert "| 1->6 5x5 s1 p2 on 28x28 (no dx) | 1 | direct / direct |" in out
 
 
+def test_per_layer_and_per_conv_without_torch_time_ours_alone(tmp_path, capsys):
+    res = _run(tmp_path, "--no-memory", "--no-torch", "--per-layer", "--per-conv")
+    layer_rows = res["models"]["lenet5"]["per_layer"]["layers"]
+    conv_rows = res["models"]["lenet5"]["per_conv"]["convolutions"]
+    for r in layer_rows + conv_rows:
+        assert r["ours_forward_ms"] > 0 and r["ours_backward_ms"] >= 0
+        assert not any(k.startswith("torch_") or k.endswith("_ratio") for k in r), r
+    out = capsys.readouterr().out
+    assert "Per convolution, lenet5, batch 8" in out and "torch fwd ms" not in out
+
+
 def test_conv_specs_count_the_layers_that_share_a_convolution():
     specs = bench.conv_specs("resnet20")
     assert [(bench.conv_label(s), s["layers"]) for s in specs] == [

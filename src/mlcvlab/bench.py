@@ -327,15 +327,23 @@ def per_layer(name: str, batch: int, repeats: int, ref) -> dict:
                     raise RuntimeError(f"bench --per-layer: torch's {name} has "
                                        f"{len(samples[who][0][0])} top-level modules, ours "
                                        f"{len(labels)}; the twins must line up")
-                row[f"{who}_forward_ms"] = 1e3 * float(np.median([s[0][i] for s in samples[who]]))
-                row[f"{who}_backward_ms"] = 1e3 * float(np.median([s[1][i]
-                                                                   for s in samples[who]]))
-        if "torch" in samples:
-            for phase in ("forward", "backward"):
-                o, t = row[f"ours_{phase}_ms"], row[f"torch_{phase}_ms"]
-                row[f"{phase}_ratio"] = t / o if o > 0 else None
-        rows.append(row)
+        rows.append(_medians_into(row, samples, lambda sample, k: sample[k][i]))
     return {"batch_size": batch, "repeats": repeats, "layers": rows}
+
+
+def _medians_into(row: dict, samples: Dict[str, list], pick: Callable) -> dict:
+    """Into ``row``: each framework's median forward and backward time in ms
+    (``pick(sample, 0)`` and ``pick(sample, 1)`` of its samples, in seconds) and, with
+    torch's, the ratios torch / ours (> 1: ours is faster)."""
+    for who, got in samples.items():
+        if got:
+            row[f"{who}_forward_ms"] = 1e3 * float(np.median([pick(t, 0) for t in got]))
+            row[f"{who}_backward_ms"] = 1e3 * float(np.median([pick(t, 1) for t in got]))
+    if samples.get("torch"):
+        for phase in ("forward", "backward"):
+            o, t = row[f"ours_{phase}_ms"], row[f"torch_{phase}_ms"]
+            row[f"{phase}_ratio"] = t / o if o > 0 else None
+    return row
 
 
 def format_per_layer(name: str, result: dict) -> str:
@@ -486,15 +494,7 @@ def per_conv(name: str, batch: int, repeats: int, ref,
         row = {"conv": conv_label(spec), "layers": spec["layers"],
                "input_grad": spec["input_grad"],
                "forward_algorithm": fwd_alg, "backward_algorithm": bwd_alg}
-        for who, s in samples.items():
-            if s:
-                row[f"{who}_forward_ms"] = 1e3 * float(np.median([t[0] for t in s]))
-                row[f"{who}_backward_ms"] = 1e3 * float(np.median([t[1] for t in s]))
-        if "torch" in samples:
-            for phase in ("forward", "backward"):
-                o, t = row[f"ours_{phase}_ms"], row[f"torch_{phase}_ms"]
-                row[f"{phase}_ratio"] = t / o if o > 0 else None
-        rows.append(row)
+        rows.append(_medians_into(row, samples, lambda sample, k: sample[k]))
     return {"batch_size": batch, "repeats": repeats, "convolutions": rows}
 
 

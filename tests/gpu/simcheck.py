@@ -40,37 +40,17 @@ def main(checks: dict, errors: dict = None) -> None:
         json.dump(results, f, indent=1)
 
 
-def shard(names, shards: int, seconds=None) -> list:
-    """``names`` dealt to at most ``shards`` groups of near-equal total time: the longest
-    check first, each to the group with the least time so far (``seconds``: a check's
-    measured time, default ``DEFAULT_SECONDS``). Each group keeps the checks' order."""
-    seconds = seconds or {}
-    cost = {n: seconds.get(n, DEFAULT_SECONDS) for n in names}
-    groups = [[] for _ in range(max(1, shards))]
-    totals = [0.0] * len(groups)
-    for n in sorted(names, key=lambda n: -cost[n]):
-        k = totals.index(min(totals))
-        groups[k].append(n)
-        totals[k] += cost[n]
-    order = {n: i for i, n in enumerate(names)}
-    return [sorted(g, key=order.get) for g in groups if g]
-
-
-DEFAULT_SECONDS = 1.0            # a check with no measured time: the quick ones
-
-
-def run(script: str, out_dir, timeout: int, names=None, shards: int = 1, seconds=None) -> dict:
+def run(script: str, out_dir, timeout: int, names=None, shards: int = 1) -> dict:
     """Run ``script`` (a file of this folder) under the simulator; its results.
 
-    With ``names`` and ``shards`` > 1 the checks are split over that many subprocesses
-    running at once (:func:`shard`, by ``seconds``, each check's measured time): the
-    simulator runs a kernel's threads as Python threads under one GIL, so one subprocess
-    keeps one core busy, and a 2-core CI machine runs two (the engine checks: ~5 min
-    alone)."""
+    With ``names`` and ``shards`` > 1 the checks are dealt round-robin to that many
+    subprocesses running at once: the simulator runs a kernel's threads as Python threads
+    under one GIL, so one subprocess keeps one core busy, and a 2-core CI machine runs two
+    (the engine checks: ~5 min alone)."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", OPENBLAS_NUM_THREADS="1")
     groups = [[]]                               # one subprocess, every check
     if names and shards > 1:
-        groups = shard(list(names), shards, seconds)
+        groups = [g for g in (list(names)[i::shards] for i in range(shards)) if g]
     procs = []
     for i, group in enumerate(groups):
         out = out_dir / f"results{i}.json"

@@ -748,10 +748,11 @@ def _run(models, batch_size, threads, repeats, quick, memory, use_torch, referen
                                                  device=device)
             if layers:
                 result["models"][name]["per_layer"] = per_layer(name, batch_size, repeats, ref)
-            if convs and name != "mlp":
-                result["models"][name]["per_conv"] = per_conv(
-                    name, batch_size, repeats, ref,
-                    settle_seconds=0.0 if quick else SETTLE_SECONDS)
+            if convs:                               # (the MLP has none: no table)
+                timed = per_conv(name, batch_size, repeats, ref,
+                                 settle_seconds=0.0 if quick else SETTLE_SECONDS)
+                if timed["convolutions"]:
+                    result["models"][name]["per_conv"] = timed
         # The peak is measured again after the models: the machine's load drifts during a
         # run, and the fraction of the peak should be taken of the best it showed.
         peaks.append(sgemm_gflops(size, 3 if quick else 5, warmup))

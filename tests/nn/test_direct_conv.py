@@ -19,8 +19,8 @@ from conv_cases import assert_float64_equal, case as _case, run as _run
 FLOAT32_REL_BOUND = 3e-6
 
 # (x shape, F, padding, kernel size): odd N, C, H, W, H != W, C != F, F % 4 = 0..3 (3x3) and
-# odd and even F (5x5), every padding up to kernel - 1, an output row of one pixel, and runs
-# of outputs shorter and longer than a chunk
+# odd and even F (5x5), every padding up to kernel - 1, an output row of one pixel (a register
+# tile overhangs it by many rows), and rows shorter and longer than a tile
 ODD_CASES = [((3, 5, 7, 9), 4, 0, 3), ((3, 5, 7, 9), 6, 1, 3), ((1, 3, 9, 6), 7, 1, 3),
              ((2, 2, 4, 5), 3, 2, 3), ((1, 1, 3, 3), 1, 0, 3), ((2, 4, 3, 1), 5, 1, 3),
              ((2, 3, 40, 37), 9, 1, 3), ((1, 2, 20, 70), 2, 2, 3),

@@ -9,21 +9,22 @@ runs straight from the (zero-padded) input, with no copy beyond the padding.
 
 Layout (the row-padded layout of ``conv.row_padded_geometry``): each channel plane of one
 sample is stored flat, each row as ``pw`` zeros followed by the W pixels (``pitch = W + pw``
-values), with ``ph`` zero rows above and below. Output (ho, wo), computed on a (Ho, pitch)
-grid whose last ``pitch - Wo`` columns are dropped, then reads the input at flat position
-``(ho + i) * pitch + wo + j`` for kernel offset (i, j). So for one input channel c and
-kernel row i the contribution to output channel f is, over a flat run of outputs o,
+values), with ``ph`` zero rows above and below. Output (ho, wo) then reads the input at flat
+position ``(ho + i) * pitch + wo + j`` for kernel offset (i, j), so a run of consecutive
+outputs of one row reads a run of consecutive inputs for every (c, i, j).
 
-    acc_f[o] += W[f, c, i, 0] * r[o] + W[f, c, i, 1] * r[o + 1] + W[f, c, i, 2] * r[o + 2]
-
-(five terms for 5x5) with r the plane of c from row i: one loop along o that LLVM
-vectorizes (8 float32 lanes on AVX2). The loop updates four output channels at once for 3x3
-(twelve weights held in registers, each input value loaded once for four channels), two for
-5x5 (ten weights), and the outputs are taken a chunk of ``_chunk(F)`` positions at a time so
-that the accumulators of all F channels stay in the L1 cache while every (c, i) passes over
-them. The chunk is rounded up to a multiple of 8 (the vector width) so that no scalar
-remainder loop runs; the few extra outputs it computes read zeros or the next plane's values
-and are dropped.
+The forward kernel works on register tiles (``nn/simd.py``): 4 output channels x 2 vectors
+of consecutive outputs along a row (16 outputs in float32, 8 in float64), eight vector
+accumulators that stay in registers while the loop runs over every input channel c and
+kernel tap (i, j), each step two input loads, four weight broadcasts and eight fused
+multiply-adds; then the tile is stored once. (Written with NumPy arrays instead, numba kept
+the accumulators in memory and reloaded and stored them on every (c, i): 1.3-1.9x slower,
+BENCHMARKS.md, session 15.) The filters are packed (:func:`pack_filters`) so that the four
+weights of one tap are adjacent; F is rounded up to a multiple of 4 with zero filters whose
+outputs are not stored. A tile that overhangs its row is stored whole: what lands past the
+row's end lies in later rows of the same plane, which are written after it; only at a plane's
+end does a tile go through a small buffer. The overhang reads past the row too (zeros, the
+next row or, at the end, ``PAD_SLACK`` spare values): outputs that are dropped.
 
 Each sample is copied into a per-thread padded buffer (``C * plane`` values, zeroed once per
 call) just before its outputs are computed, so the copy is read back from cache.
@@ -39,7 +40,8 @@ more output channels a GEMM reuses each loaded input value across all of them, w
 here reuses it across four.
 
 Precision: every output is a sum of C * kh * kw products in float32 (fused multiply-adds,
-summed in the order c, i, j), as im2col's GEMM sums them in another order: the rounding of a
+summed in the order c, i, j: the same bits as the session-14 kernel, which summed
+in that order too), as im2col's GEMM sums them in another order: the rounding of a
 direct convolution, measured against float64 in ``tests/nn/test_direct_conv.py`` (y and dx
 up to ~2-4x im2col's error, as one chain of additions rounds more than the GEMM's blocks; dW
 below it, the samples' sums being added in float64).
@@ -50,18 +52,33 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from mlcvlab.nn import kernels
+from mlcvlab.nn import kernels, simd
 
-# Accumulator values kept per chunk of outputs: F rows of _chunk(F) values, about 24 KiB of
-# float32, within the 32 KiB L1 data cache of the machines measured (BENCHMARKS.md, session 12).
-ACC_VALUES = 6144
+# Slack after the padded planes in the input buffer: the last tile of a row reads up to
+# 2 * lanes + kw - 1 values past its row (outputs that are dropped), 16 + 4 at most.
+PAD_SLACK = 32
+# The forward's bounce buffer for a tile cut by a plane's end: 4 channels x 2 vectors.
+TMP_VALUES = 64
 
 _kernel = None
 
 
-def _chunk(F: int) -> int:
-    """Outputs per chunk for F output channels: ACC_VALUES / F, a multiple of 8 in [64, 1024]."""
-    return max(64, min(1024, ACC_VALUES // max(F, 1))) // 8 * 8
+def pack_filters(W: np.ndarray) -> np.ndarray:
+    """W (F, C, kh, kw) -> (G, C, kh, kw, 4) with G = ceil(F / 4): filter 4g + q at [g, ..., q],
+    zeros past F, so that the forward kernel reads the four weights of one tap together."""
+    F, C, kh, kw = W.shape
+    G = (F + 3) // 4
+    packed = np.zeros((G, C, kh, kw, 4), dtype=W.dtype)
+    for q in range(4):
+        packed[:len(W[q::4]), ..., q] = W[q::4]
+    return packed
+
+
+def _padded_bias(b: Optional[np.ndarray], F: int, dtype) -> np.ndarray:
+    out = np.zeros((F + 3) // 4 * 4, dtype=dtype)
+    if b is not None:
+        out[:F] = b
+    return out
 
 
 KERNEL_SIZES = ((3, 3), (5, 5))
@@ -78,14 +95,14 @@ def applies(kernel, stride, dilation, groups: int, pads) -> bool:
             and pads[2] == pads[3] and pads[0] <= kh - 1 and pads[2] <= kw - 1)
 
 
-# The jitted pieces both forward kernels call: module globals, set once by _jit_helpers (numba
+# The jitted pieces the kernels call: module globals, set once by _jit_helpers (numba
 # caches a kernel across processes only when what it calls is a global; see winograd.py).
-_copy_in = _init_chunk = _store_chunk = None
+_copy_in = None
 
 
 def _jit_helpers() -> None:
-    """Compile (or load) the pieces shared by the forward kernels."""
-    global _copy_in, _init_chunk, _store_chunk
+    """Compile (or load) the pieces the kernels share."""
+    global _copy_in
     if _copy_in is not None:
         return
     from numba import njit
@@ -102,164 +119,99 @@ def _jit_helpers() -> None:
                 for w in range(Wd):
                     dst[w] = src[w]
 
-    @njit(cache=True, nogil=True)
-    def _init_chunk(acc, b, L8):  # pragma: no cover (jitted)
-        # every channel's accumulators start at its bias
-        for f in range(acc.shape[0]):
-            a = acc[f]
-            bf = b[f]
-            for o in range(L8):
-                a[o] = bf
-
-    @njit(cache=True, nogil=True)
-    def _store_chunk(acc, y, m, s, L, pitch, relu):  # pragma: no cover (jitted)
-        # the chunk's outputs [s, s + L) of the (Ho, pitch) grid with wo < Wo into y[m]
-        F, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
-        zero = y.dtype.type(0)
-        ho_end = min(Ho, (s + L + pitch - 1) // pitch)
-        for f in range(F):
-            for ho in range(s // pitch, ho_end):
-                lo, hi = max(ho * pitch, s), min(ho * pitch + Wo, s + L)
-                if hi <= lo:
-                    continue
-                dst = y[m, f, ho, lo - ho * pitch:hi - ho * pitch]
-                src = acc[f, lo - s:hi - s]
-                if relu:                            # as kernels.relu_forward: nan stays nan
-                    for w in range(hi - lo):
-                        v = src[w]
-                        dst[w] = zero if v < zero else v
-                else:
-                    for w in range(hi - lo):
-                        dst[w] = src[w]
-
 
 def _compile():
     from numba import njit
     _jit_helpers()
 
-    # Two forward kernels, one per kernel width, not one with a branch per width: in one
-    # function LLVM left the 5-tap loop at scalar speed (8 vs 65 GFLOP/s, session 12).
-    # contract only: multiply-adds are fused, the order of the sums is as written.
-    @njit(cache=True, nogil=True, fastmath={"contract"})
-    def forward3(x, W, b, relu, ph, pw, y, pad, acc, chunk):  # pragma: no cover (jitted)
-        # y[m] = conv(x[m], W) + b (max(., 0) with relu) for every sample m of x, W (F, C,
-        # kh, 3); pad holds at least C * plane + 16 values, acc at least (F, chunk + 8)
-        C, H, Wd = x.shape[1], x.shape[2], x.shape[3]
-        F, Ho = y.shape[1], y.shape[2]
-        kh = W.shape[2]
-        pitch = Wd + pw
-        plane = (H + 2 * ph) * pitch
-        total = Ho * pitch
-        pad[:] = 0
-        for m in range(x.shape[0]):
-            _copy_in(x, m, ph, pw, plane, pitch, pad)
-            for s in range(0, total, chunk):
-                L = min(chunk, total - s)
-                L8 = (L + 7) // 8 * 8
-                _init_chunk(acc, b, L8)
-                for c in range(C):
-                    for i in range(kh):
-                        base = c * plane + i * pitch + s
-                        r = pad[base:base + L8 + 2]
-                        f = 0
-                        while f + 4 <= F:               # four output channels per pass
-                            a0, a1, a2, a3 = acc[f], acc[f + 1], acc[f + 2], acc[f + 3]
-                            w00, w01, w02 = W[f, c, i, 0], W[f, c, i, 1], W[f, c, i, 2]
-                            w10, w11, w12 = W[f + 1, c, i, 0], W[f + 1, c, i, 1], W[f + 1, c, i, 2]
-                            w20, w21, w22 = W[f + 2, c, i, 0], W[f + 2, c, i, 1], W[f + 2, c, i, 2]
-                            w30, w31, w32 = W[f + 3, c, i, 0], W[f + 3, c, i, 1], W[f + 3, c, i, 2]
-                            for o in range(L8):
-                                r0, r1, r2 = r[o], r[o + 1], r[o + 2]
-                                v = a0[o]
-                                v += w00 * r0
-                                v += w01 * r1
-                                v += w02 * r2
-                                a0[o] = v
-                                v = a1[o]
-                                v += w10 * r0
-                                v += w11 * r1
-                                v += w12 * r2
-                                a1[o] = v
-                                v = a2[o]
-                                v += w20 * r0
-                                v += w21 * r1
-                                v += w22 * r2
-                                a2[o] = v
-                                v = a3[o]
-                                v += w30 * r0
-                                v += w31 * r1
-                                v += w32 * r2
-                                a3[o] = v
-                            f += 4
-                        while f < F:                    # the last F % 4 channels
-                            a0 = acc[f]
-                            w00, w01, w02 = W[f, c, i, 0], W[f, c, i, 1], W[f, c, i, 2]
-                            for o in range(L8):
-                                v = a0[o]
-                                v += w00 * r[o]
-                                v += w01 * r[o + 1]
-                                v += w02 * r[o + 2]
-                                a0[o] = v
-                            f += 1
-                _store_chunk(acc, y, m, s, L, pitch, relu)
-
-    @njit(cache=True, nogil=True, fastmath={"contract"})
-    def forward5(x, W, b, relu, ph, pw, y, pad, acc, chunk):  # pragma: no cover (jitted)
-        # as forward3 for W (F, C, kh, 5): two output channels per pass (ten weights)
-        C, H, Wd = x.shape[1], x.shape[2], x.shape[3]
-        F, Ho = y.shape[1], y.shape[2]
-        kh = W.shape[2]
-        pitch = Wd + pw
-        plane = (H + 2 * ph) * pitch
-        total = Ho * pitch
-        pad[:] = 0
-        for m in range(x.shape[0]):
-            _copy_in(x, m, ph, pw, plane, pitch, pad)
-            for s in range(0, total, chunk):
-                L = min(chunk, total - s)
-                L8 = (L + 7) // 8 * 8
-                _init_chunk(acc, b, L8)
-                for c in range(C):
-                    for i in range(kh):
-                        base = c * plane + i * pitch + s
-                        r = pad[base:base + L8 + 4]
-                        f = 0
-                        while f + 2 <= F:
-                            a0, a1 = acc[f], acc[f + 1]
-                            w00, w01, w02 = W[f, c, i, 0], W[f, c, i, 1], W[f, c, i, 2]
-                            w03, w04 = W[f, c, i, 3], W[f, c, i, 4]
-                            w10, w11, w12 = W[f + 1, c, i, 0], W[f + 1, c, i, 1], W[f + 1, c, i, 2]
-                            w13, w14 = W[f + 1, c, i, 3], W[f + 1, c, i, 4]
-                            for o in range(L8):
-                                r0, r1, r2, r3, r4 = r[o], r[o + 1], r[o + 2], r[o + 3], r[o + 4]
-                                v = a0[o]
-                                v += w00 * r0
-                                v += w01 * r1
-                                v += w02 * r2
-                                v += w03 * r3
-                                v += w04 * r4
-                                a0[o] = v
-                                v = a1[o]
-                                v += w10 * r0
-                                v += w11 * r1
-                                v += w12 * r2
-                                v += w13 * r3
-                                v += w14 * r4
-                                a1[o] = v
-                            f += 2
-                        if f < F:                       # an odd F's last channel
-                            a0 = acc[f]
-                            w00, w01, w02 = W[f, c, i, 0], W[f, c, i, 1], W[f, c, i, 2]
-                            w03, w04 = W[f, c, i, 3], W[f, c, i, 4]
-                            for o in range(L8):
-                                v = a0[o]
-                                v += w00 * r[o]
-                                v += w01 * r[o + 1]
-                                v += w02 * r[o + 2]
-                                v += w03 * r[o + 3]
-                                v += w04 * r[o + 4]
-                                a0[o] = v
-                _store_chunk(acc, y, m, s, L, pitch, relu)
+    def make_forward(KW: int):
+        # one kernel per kernel width KW (a constant to numba, so that LLVM unrolls the taps:
+        # 1.4-1.7x over a loop of W.shape[3] taps, session 15); contract only: multiply-adds
+        # are fused, the order of the sums is as written
+        @njit(cache=True, nogil=True, fastmath={"contract"})
+        def forward(x, Wp, b4, relu, ph, pw, y, pad, tmp):  # pragma: no cover (jitted)
+            # y[m] = conv(x[m], W) + b (max(., 0) with relu) for every sample m of x, with Wp
+            # the filters packed by pack_filters (G, C, kh, kw, 4), b4 the bias padded to 4 * G
+            # values; pad holds at least C * plane + PAD_SLACK values, tmp TMP_VALUES
+            C, H, Wd = x.shape[1], x.shape[2], x.shape[3]
+            F, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
+            G, kh = Wp.shape[0], Wp.shape[2]                 # Wp.shape[3] is KW
+            pitch = Wd + pw
+            plane = (H + 2 * ph) * pitch
+            n = simd.width(pad)
+            T = 2 * n                                   # outputs per tile, along one row
+            HW = Ho * Wo
+            wf = Wp.reshape(-1)
+            yf = y.reshape(-1)
+            pad[:] = 0
+            for m in range(x.shape[0]):
+                _copy_in(x, m, ph, pw, plane, pitch, pad)
+                for ho in range(Ho):
+                    for wo in range(0, Wo, T):
+                        for g in range(G):
+                            # the tile: 4 output channels x 2 vectors, in registers
+                            a00 = simd.splat(b4[4 * g])
+                            a01 = a00
+                            a10 = simd.splat(b4[4 * g + 1])
+                            a11 = a10
+                            a20 = simd.splat(b4[4 * g + 2])
+                            a21 = a20
+                            a30 = simd.splat(b4[4 * g + 3])
+                            a31 = a30
+                            for c in range(C):
+                                for i in range(kh):
+                                    base = c * plane + (ho + i) * pitch + wo
+                                    wb = ((g * C + c) * kh + i) * KW * 4
+                                    for j in range(KW):
+                                        x0 = simd.load(pad, base + j)
+                                        x1 = simd.load(pad, base + j + n)
+                                        w = simd.splat(wf[wb + 4 * j])
+                                        a00 = simd.fma(w, x0, a00)
+                                        a01 = simd.fma(w, x1, a01)
+                                        w = simd.splat(wf[wb + 4 * j + 1])
+                                        a10 = simd.fma(w, x0, a10)
+                                        a11 = simd.fma(w, x1, a11)
+                                        w = simd.splat(wf[wb + 4 * j + 2])
+                                        a20 = simd.fma(w, x0, a20)
+                                        a21 = simd.fma(w, x1, a21)
+                                        w = simd.splat(wf[wb + 4 * j + 3])
+                                        a30 = simd.fma(w, x0, a30)
+                                        a31 = simd.fma(w, x1, a31)
+                            if relu:
+                                a00, a01 = simd.relu(a00), simd.relu(a01)
+                                a10, a11 = simd.relu(a10), simd.relu(a11)
+                                a20, a21 = simd.relu(a20), simd.relu(a21)
+                                a30, a31 = simd.relu(a30), simd.relu(a31)
+                            # stores past the row's end land in this plane's later rows,
+                            # which are written after: only a plane's end, or a group past
+                            # F, goes through tmp
+                            k = min(T, Wo - wo)
+                            f = 4 * g
+                            at = ((m * F + f) * Ho + ho) * Wo + wo
+                            if f + 4 <= F and ho * Wo + wo + T <= HW:
+                                simd.store(yf, at, a00)
+                                simd.store(yf, at + n, a01)
+                                simd.store(yf, at + HW, a10)
+                                simd.store(yf, at + HW + n, a11)
+                                simd.store(yf, at + 2 * HW, a20)
+                                simd.store(yf, at + 2 * HW + n, a21)
+                                simd.store(yf, at + 3 * HW, a30)
+                                simd.store(yf, at + 3 * HW + n, a31)
+                            else:
+                                simd.store(tmp, 0, a00)
+                                simd.store(tmp, n, a01)
+                                simd.store(tmp, T, a10)
+                                simd.store(tmp, T + n, a11)
+                                simd.store(tmp, 2 * T, a20)
+                                simd.store(tmp, 2 * T + n, a21)
+                                simd.store(tmp, 3 * T, a30)
+                                simd.store(tmp, 3 * T + n, a31)
+                                for q in range(min(4, F - f)):
+                                    dst = yf[at + q * HW:at + q * HW + k]
+                                    src = tmp[q * T:q * T + k]
+                                    for t in range(k):
+                                        dst[t] = src[t]
+        return forward
 
     # reassoc as well: the sums over the outputs run in vector lanes (as a GEMM's do)
     @njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
@@ -350,7 +302,8 @@ def _compile():
                             for j in range(kw):
                                 dW[f + q, c, i, j] += row[j]
 
-    return {"forward3": forward3, "forward5": forward5, "weight_grad": weight_grad}
+    return {"forward3": make_forward(3), "forward5": make_forward(5),
+            "weight_grad": weight_grad}
 
 
 def kernel(name: str):
@@ -377,15 +330,14 @@ def conv2d_direct(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
     ph, pw = padding
     Ho, Wo = H + 2 * ph - kh + 1, Wd + 2 * pw - kw + 1
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
-    bias = b if b is not None else np.zeros(F, dtype=x.dtype)
-    chunk = _chunk(F)
+    packed, bias = pack_filters(W), _padded_bias(b, F, x.dtype)
     run = kernel(f"forward{kw}")
     plane = (H + 2 * ph) * (Wd + pw)
 
     def forward_part(part: slice) -> None:
-        pad = kernels.scratch((C * plane + 16,), x.dtype, slot="direct_pad")
-        acc = kernels.scratch((F, chunk + 8), x.dtype, slot="direct_acc")
-        run(x[part], W, bias, then_relu, ph, pw, y[part], pad, acc, chunk)
+        pad = kernels.scratch((C * plane + PAD_SLACK,), x.dtype, slot="direct_pad")
+        tmp = kernels.scratch((TMP_VALUES,), x.dtype, slot="direct_tile")
+        run(x[part], packed, bias, then_relu, ph, pw, y[part], pad, tmp)
 
     _map_parts(forward_part, parts)
     return y
@@ -410,20 +362,20 @@ def conv2d_grad_direct(dy: np.ndarray, x: np.ndarray, W: np.ndarray, padding: Tu
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     kh, kw = W.shape[2], W.shape[3]
     weight_grad, forward = kernel("weight_grad"), kernel(f"forward{kw}")
-    W_flip = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, kh, kw)
-    no_bias = np.zeros(C, dtype=dy.dtype)
+    W_flip = pack_filters(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, kh, kw) packed
+    no_bias = _padded_bias(None, C, dy.dtype)
     qh, qw = kh - 1 - ph, kw - 1 - pw
     dy_plane = (Ho + 2 * qh) * (Wo + qw)
-    chunk = _chunk(C)
 
     def backward_part(part: slice) -> np.ndarray:
         dW = np.zeros((F, C, kh, kw))
-        pad = kernels.scratch((max(C * plane, F * dy_plane) + 16,), x.dtype, slot="direct_pad")
+        pad = kernels.scratch((max(C * plane, F * dy_plane) + PAD_SLACK,), x.dtype,
+                              slot="direct_pad")
         dyp = kernels.scratch((F * Ho * (Wd + pw),), dy.dtype, slot="direct_dy")
         weight_grad(x[part], dy[part], ph, pw, dW, pad, dyp)
         if dx is not None:
-            acc = kernels.scratch((C, chunk + 8), dy.dtype, slot="direct_acc")
-            forward(dy[part], W_flip, no_bias, False, qh, qw, dx[part], pad, acc, chunk)
+            tmp = kernels.scratch((TMP_VALUES,), dy.dtype, slot="direct_tile")
+            forward(dy[part], W_flip, no_bias, False, qh, qw, dx[part], pad, tmp)
         return dW
 
     shares = _map_parts(backward_part, parts)

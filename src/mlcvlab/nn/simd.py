@@ -1,0 +1,156 @@
+"""Explicit 256-bit vectors inside numba kernels: load, store, splat, fused multiply-add, ReLU.
+
+Why: numba compiles a loop to vector instructions only when LLVM's loop vectorizer can
+prove it safe, and it vectorizes the innermost loop only. A convolution kernel wants the
+opposite shape: a small tile of outputs held in vector registers while a loop over input
+channels and kernel taps runs *around* the multiply-adds, then stored once. Written with
+NumPy arrays, those accumulators live in memory (numba's arrays carry no ``noalias``, so
+LLVM must reload and store them on every pass: BENCHMARKS.md, sessions 13-14). With the
+values below they are SSA values of LLVM's own vector type, which its register allocator
+keeps in registers, and the loops around them can be any shape.
+
+What this module adds to numba (through ``numba.extending.intrinsic``, i.e. a few lines of
+LLVM IR each, no C):
+
+- ``Vector(dtype)``, a numba type for 32 bytes of float32 (8 lanes) or float64 (4 lanes),
+  lowered to LLVM's ``<8 x float>`` / ``<4 x double>``. On AVX2 (and AVX-512) one register;
+  LLVM splits it into two on 128-bit targets (SSE, NEON), where the code still runs, slower.
+- ``width(a)``: the lanes of ``a``'s dtype, a compile-time constant.
+- ``load(a, i)`` / ``store(a, i, v)``: the ``width`` values at flat index ``i`` of a
+  C-contiguous array (any number of dimensions), unaligned. No bounds check: the caller
+  guarantees ``0 <= i`` and ``i + width(a) <= a.size``.
+- ``splat(s)``: every lane set to the scalar ``s``.
+- ``fma(a, b, c)``: ``a * b + c`` with one rounding per lane (``llvm.fma``), the operation a
+  ``fastmath={"contract"}`` loop fuses ``c += a * b`` into, so results match such loops bit
+  for bit when the order of the sums is the same.
+- ``relu(v)``: ``0 if v < 0 else v`` per lane (NaN stays NaN, as ``kernels.relu_forward``).
+
+Used by ``nn/direct.py``; tested in ``tests/nn/test_simd.py``.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, models, register_model
+
+BYTES = 32          # one AVX register
+
+
+class Vector(types.Type):
+    """A numba type: ``BYTES`` bytes of ``dtype`` (float32 or float64) in vector lanes."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.lanes = BYTES * 8 // dtype.bitwidth
+        super().__init__(name=f"Vector({dtype} x {self.lanes})")
+
+
+def _llvm(vector: Vector) -> ir.VectorType:
+    elem = ir.FloatType() if vector.dtype == types.float32 else ir.DoubleType()
+    return ir.VectorType(elem, vector.lanes)
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _llvm(fe_type))
+
+
+_FLOATS = (types.float32, types.float64)
+
+
+def _array_vector(fn: str, arr) -> Vector:
+    """The Vector type of a C-contiguous float32/float64 array type; a TypingError else."""
+    if not (isinstance(arr, types.Array) and arr.dtype in _FLOATS and arr.layout == "C"):
+        raise TypingError(f"simd.{fn}: expected a C-contiguous float32 or float64 array, "
+                          f"got {arr}")
+    return Vector(arr.dtype)
+
+
+def _address(context, builder, arr_type, arr, index, vector: Vector):
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [index]), _llvm(vector).as_pointer())
+
+
+@intrinsic
+def width(typingctx, arr):
+    """The number of lanes of a Vector of ``arr``'s dtype (a constant)."""
+    lanes = _array_vector("width", arr).lanes
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, lanes)
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def load(typingctx, arr, index):
+    """The lanes ``arr.flat[index:index + width]`` (unaligned, unchecked)."""
+    vector = _array_vector("load", arr)
+    if not isinstance(index, types.Integer):
+        raise TypingError(f"simd.load: the index must be an integer, got {index}")
+
+    def codegen(context, builder, sig, args):
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = _address(context, builder, sig.args[0], args[0], index, vector)
+        return builder.load(ptr, align=vector.dtype.bitwidth // 8)
+    return vector(arr, index), codegen
+
+
+@intrinsic
+def store(typingctx, arr, index, value):
+    """``arr.flat[index:index + width] = value`` (unaligned, unchecked)."""
+    vector = _array_vector("store", arr)
+    if value != vector:
+        raise TypingError(f"simd.store: a {vector} goes into {arr}, got {value}")
+
+    def codegen(context, builder, sig, args):
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = _address(context, builder, sig.args[0], args[0], index, vector)
+        builder.store(args[2], ptr, align=vector.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.void(arr, index, value), codegen
+
+
+@intrinsic
+def splat(typingctx, scalar):
+    """A Vector with every lane ``scalar`` (float32 or float64)."""
+    if scalar not in _FLOATS:
+        raise TypingError(f"simd.splat: expected a float32 or float64 scalar, got {scalar}")
+    vector = Vector(scalar)
+
+    def codegen(context, builder, sig, args):
+        vty = _llvm(vector)
+        one = builder.insert_element(ir.Constant(vty, ir.Undefined), args[0],
+                                     ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), [0] * vector.lanes)
+        return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), zeros)
+    return vector(scalar), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` lane by lane, rounded once (three Vectors of one type)."""
+    if not (isinstance(a, Vector) and a == b == c):
+        raise TypingError(f"simd.fma: expected three Vectors of one type, got {a}, {b}, {c}")
+
+    def codegen(context, builder, sig, args):
+        vty = _llvm(a)
+        name = f"llvm.fma.v{a.lanes}f{a.dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                            name)
+        return builder.call(fn, args)
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def relu(typingctx, v):
+    """``0 if v < 0 else v`` lane by lane (NaN stays NaN)."""
+    if not isinstance(v, Vector):
+        raise TypingError(f"simd.relu: expected a Vector, got {v}")
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_llvm(v), None)
+        return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
+    return v(v), codegen

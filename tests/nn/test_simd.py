@@ -1,0 +1,90 @@
+"""nn/simd.py: the explicit vectors the direct convolution kernels hold their tiles in."""
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+from mlcvlab.nn import simd
+
+
+@njit
+def _copy_through_vectors(src, dst, at):
+    n = simd.width(src)
+    simd.store(dst, at + n, simd.load(src, at))
+    return n
+
+
+@pytest.mark.parametrize("dtype, lanes", [(np.float32, 8), (np.float64, 4)])
+def test_load_and_store_move_width_values_at_any_offset(dtype, lanes):
+    src = np.arange(40, dtype=dtype).reshape(5, 8)          # 2-D: a flat index
+    for at in (0, 1, 3, 7):                                  # unaligned offsets too
+        dst = np.full((5, 8), -1, dtype=dtype)
+        assert _copy_through_vectors(src, dst, at) == lanes
+        flat = dst.reshape(-1)
+        moved = flat[at + lanes:at + 2 * lanes]
+        np.testing.assert_array_equal(moved, src.reshape(-1)[at:at + lanes])
+        assert (np.delete(flat, np.arange(at + lanes, at + 2 * lanes)) == -1).all()
+
+
+@njit
+def _fma(a, b, c, out):
+    simd.store(out, 0, simd.fma(simd.load(a, 0), simd.load(b, 0), simd.load(c, 0)))
+
+
+def test_fma_rounds_once():
+    # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: a float32 product drops the 2^-24, a fused one keeps it
+    a = np.full(8, 1 + 2.0 ** -12, dtype=np.float32)
+    c = np.full(8, -(1 + 2.0 ** -11), dtype=np.float32)
+    out = np.zeros(8, dtype=np.float32)
+    _fma(a, a, c, out)
+    assert (a * a + c == 0).all()                            # NumPy: two roundings
+    np.testing.assert_array_equal(out, np.float32(2.0 ** -24))
+
+
+def test_fma_of_float64_lanes_is_a_times_b_plus_c():
+    rng = np.random.default_rng(0)
+    a, b, c = rng.standard_normal((3, 4))
+    out = np.zeros(4)
+    _fma(a, b, c, out)
+    np.testing.assert_allclose(out, a * b + c, rtol=1e-15)
+
+
+@njit
+def _relu_of_splat(s, out):
+    simd.store(out, 0, simd.relu(simd.splat(s)))
+
+
+@njit
+def _relu(v, out):
+    simd.store(out, 0, simd.relu(simd.load(v, 0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_and_splat(dtype):
+    out = np.zeros(32 // np.dtype(dtype).itemsize, dtype=dtype)
+    _relu_of_splat(dtype(2.5), out)
+    assert (out == 2.5).all()
+    v = np.array([-1.0, 0.0, -0.0, np.nan, 3.0, -np.inf, np.inf, 1e-30][:len(out)], dtype=dtype)
+    _relu(v, out)
+    expected = np.where(v < 0, 0, v)                         # kernels.relu_forward's rule
+    np.testing.assert_array_equal(out, expected)
+    assert np.signbit(out[2])                                # -0.0 is not < 0: kept as is
+
+
+@njit
+def _load_first(a):
+    return simd.load(a, 0)
+
+
+@njit
+def _store_into(a, b):
+    simd.store(a, 0, simd.load(b, 0))
+
+
+def test_what_a_vector_cannot_hold_is_a_typing_error():
+    with pytest.raises(TypingError, match="C-contiguous float32 or float64"):
+        _load_first(np.zeros(16, dtype=np.int32))
+    with pytest.raises(TypingError, match="C-contiguous float32 or float64"):
+        _load_first(np.zeros((4, 16), dtype=np.float32)[:, ::2])
+    with pytest.raises(TypingError, match="simd.store"):
+        _store_into(np.zeros(8, dtype=np.float32), np.zeros(8))

@@ -137,12 +137,15 @@ def test_matches_torch_in_float32(algorithm):
 @pytest.mark.parametrize("C, F, size, forward, expected", [
     (16, 16, 32, True, True), (16, 16, 32, False, True), (3, 16, 32, True, True),
     (16, 16, 16, True, True), (16, 16, 8, True, False), (16, 16, 8, False, False),
-    (16, 32, 32, True, False), (32, 16, 32, True, True), (32, 16, 32, False, False),
-    (64, 64, 8, True, False)])
+    (16, 16, 10, True, True), (16, 32, 32, True, True), (16, 32, 32, False, True),
+    (32, 16, 32, True, True), (128, 16, 16, False, True), (3, 96, 32, False, True),
+    (32, 32, 16, True, True), (32, 32, 16, False, False), (16, 64, 32, False, False),
+    (32, 32, 8, True, False), (64, 64, 16, True, False), (96, 32, 32, True, False)])
 def test_auto_rule(algorithm, C, F, size, forward, expected):
-    """Under "auto" and "fast": the direct forward for at most DIRECT_MAX_FILTERS (16) output
-    channels and at least DIRECT_MIN_OUTPUTS (256) output pixels; the direct backward when
-    the input channels are at most 16 as well. Never under "im2col" or a forced Winograd."""
+    """Under "auto" and "fast", from DIRECT_MIN_OUTPUTS (100) output pixels: the direct forward
+    while C * F / (C + F) <= DIRECT_FORWARD_MAX_PAIR (16), the direct backward while it is at
+    most DIRECT_BACKWARD_MAX_PAIR (11) or F <= DIRECT_MAX_FILTERS (16). Never under "im2col"
+    or a forced Winograd."""
     pads = (1, 1, 1, 1)
     for alg in ("auto", "fast"):
         algorithm(alg)
@@ -194,9 +197,9 @@ def test_conv_bn_relu_in_evaluation_runs_direct_and_matches_im2col(algorithm, mo
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-def test_lenet_first_layer_runs_direct_and_its_second_does_not(algorithm, monkeypatch):
-    """LeNet-5's 1->6 5x5 layer (28x28 outputs) runs direct both ways under "auto"; its 6->16
-    5x5 layer has 10x10 outputs, under DIRECT_MIN_OUTPUTS, and stays on im2col."""
+def test_lenet_layers_both_run_direct(algorithm, monkeypatch):
+    """LeNet-5's 1->6 5x5 layer (28x28 outputs) and its 6->16 5x5 layer (10x10 outputs, at
+    DIRECT_MIN_OUTPUTS) run direct both ways under "auto"."""
     seen = _spy(monkeypatch)
     algorithm("auto")
     x, W, b, dy = _case((2, 1, 28, 28), 6, 2, dtype=np.float32, k=5)
@@ -206,7 +209,7 @@ def test_lenet_first_layer_runs_direct_and_its_second_does_not(algorithm, monkey
     x, W, b, dy = _case((2, 6, 14, 14), 16, 0, dtype=np.float32, k=5)
     y, cache = conv.conv2d(x, W, b, 1, 0)
     conv.conv2d_grad(dy, cache)
-    assert seen == ["forward", "backward"]
+    assert seen == ["forward", "backward"] * 2
 
 
 # ------------------------------------------------------------------ conv.algorithm names it

@@ -37,9 +37,9 @@ the price of ``kw - 1 - pw`` computed-and-dropped output columns per row.
 3x3 stride-1 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
 run as Winograd F(2x2, 3x3) instead (:mod:`mlcvlab.nn.winograd`, 2.25x fewer multiplies);
 ``set_algorithm("fast")`` also takes F(4x4, 3x3) (4x fewer) where it is faster still, at ~10x
-the float32 rounding error. A 3x3 or 5x5 stride-1 convolution with at most
-``DIRECT_MAX_FILTERS`` output channels runs as a direct convolution instead
-(:mod:`mlcvlab.nn.direct`: no im2col copy; ``direct_pays``).
+the float32 rounding error. A 3x3 or 5x5 stride-1 convolution with few channels on one side
+(C * F / (C + F) small: a 3-channel stem, 16 -> 32, 32 -> 32) runs as a direct convolution
+instead (:mod:`mlcvlab.nn.direct`: register tiles, no im2col copy; ``direct_pays``).
 ``set_algorithm("im2col" | "winograd" | "winograd4" | "direct" | "auto")`` forces one, for
 tests and benchmarks (``winograd_tile``, ``direct_pays``).
 
@@ -306,7 +306,7 @@ _algorithm = "auto"
 
 def set_algorithm(name: str) -> str:
     """Choose how 3x3 (and 5x5) stride-1 convolutions run: "auto" (default: im2col, Winograd
-    F(2x2, 3x3) or, for a layer with few output channels, the direct kernels, whichever is
+    F(2x2, 3x3) or, for a layer with few channels on one side, the direct kernels, whichever is
     faster, all with a direct convolution's float32 rounding), "fast" (also
     Winograd F(4x4, 3x3) where it is faster still: steps up to ~1.1x faster, each
     layer's float32 error is ~10x larger), or one forced: "im2col", "winograd" (F(2x2, 3x3)),
@@ -396,23 +396,33 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
     return 2 if winograd_pays(x_shape, F, forward) else 0
 
 
-# The direct kernels (mlcvlab.nn.direct) run a 3x3 or 5x5 stride-1 forward under "auto" and
-# "fast" when it has at most DIRECT_MAX_FILTERS output channels and at least
-# DIRECT_MIN_OUTPUTS pixels per output plane, and its backward when the input channels are at
-# most DIRECT_MAX_FILTERS as well. Session 12, conv2d alone, interleaved rounds, the previous
-# rule's time (im2col or F(2x2)) / direct time (BENCHMARKS.md, session 12, has the commands):
-# forward with ReLU, 2 threads, batch 128: C->F at HxW 3->16 32x32 1.76, 16->16 32x32 1.37,
-# 16->16 16x16 1.30, 8->8 32x32 1.97, 16->8 32x32 2.15, 64->16 32x32 1.39, 96->16 16x16 1.28,
-# but 16->16 8x8 0.95, 16->32 32x32 0.96, 3->64 32x32 0.89, 32->32 16x16 0.78, 64->64 8x8
-# 0.38 (with more output channels a GEMM reuses each loaded value across all of them, a
-# direct pass across four); 1 thread, batch 64: 3->16 1.44, 16->16 1.36, 32->16 1.45, 16->32
-# 0.92. Backward (dx and dW), 2 threads, batch 128: 16->16 32x32 1.35, 16->16 16x16 1.24,
-# 8->8 32x32 2.48, 3->16 32x32 1.78, but 16->16 8x8 0.91 and with 32 or more input channels
-# mixed (32->16 32x32 1.37 on 2 threads, 0.93 on 1; 64->16 0.88). 5x5, 1 thread, batch 64:
-# LeNet-5's 1->6 at 28x28 forward 2.38, weight gradient 3.52; 16->16 at 16x16 1.50 and 1.53;
-# LeNet-5's 6->16 at 10x10 (below DIRECT_MIN_OUTPUTS) 1.09 and 1.03; 16->32 0.92 and 1.18.
+# The direct kernels (mlcvlab.nn.direct) run a 3x3 or 5x5 stride-1 convolution under "auto"
+# and "fast" where they are measured faster than the other paths. Their cost per output pixel
+# grows with C * F (every input channel meets every filter); the extra work of the others
+# (Winograd's transforms, im2col's column copies) with C + F, and their GEMMs run far below
+# peak when C or F is small. So the rule is on C * F / (C + F) (half the harmonic mean of C
+# and F; 8 for 16 -> 16): the forward runs direct while it is at most DIRECT_FORWARD_MAX_PAIR,
+# the backward (dx and dW) while it is at most DIRECT_BACKWARD_MAX_PAIR or while F <=
+# DIRECT_MAX_FILTERS, both from DIRECT_MIN_OUTPUTS output pixels.
+#
+# Session 15, the register-tiled forward kernel (`python benchmarks/bench_conv_rule.py
+# --threads 2 --batch 128 --rounds 9-11`, forward with ReLU; the previous rule's path time /
+# direct time, median of interleaved rounds; BENCHMARKS.md, session 15, has the ranges):
+# forward 3->64 32x32 1.52, 3->96 1.76, 16->32 32x32 1.73, 16->64 1.27, 16->96 16x16 1.30,
+# 8->32 16x16 1.83, 32->32 16x16 1.16-1.28 (three runs), 32->32 32x32 1.15, 12x12 1.05, 10x10
+# 1.02; but 32->32 8x8 0.79, 64->64 8x8 0.63, 64->48 32x32 0.71, 96->32 32x32 0.79, 160->48
+# 15x15 0.82 (pair 16-37: Winograd F(2x2) wins). Backward 32->16 32x32 1.49, 64->16 1.45,
+# 96->16 16x16 1.40, 128->16 1.28, 16->32 32x32 1.24, 8->32 16x16 1.49, the 3-channel stems'
+# weight gradient (no dx) 1.87-1.98; but 16->64 32x32 0.93, 16->96 16x16 0.82, 32->32 16x16
+# 0.94, 16->16 8x8 0.82-0.92. 5x5: LeNet-5's 6->16 (14x14 -> 10x10) forward 1.77, backward
+# 1.81; 16->32 16x16 1.88 and 1.42. Below 10x10 outputs a tile of 16 overhangs a row by more
+# than half (16->16 8x8: forward 1.26-1.33, backward 0.82-0.92; 4->32 4x4 0.92 / 0.65).
+# (Session 12's rule, for the kernel that kept its accumulators in memory: at most 16 output
+# channels, at least 16x16 outputs.)
+DIRECT_FORWARD_MAX_PAIR = 16
+DIRECT_BACKWARD_MAX_PAIR = 11
 DIRECT_MAX_FILTERS = 16
-DIRECT_MIN_OUTPUTS = 256
+DIRECT_MIN_OUTPUTS = 100
 
 
 def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
@@ -428,8 +438,13 @@ def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
         return True
     Ho = x_shape[2] + pads[0] + pads[1] - kernel[0] + 1
     Wo = x_shape[3] + pads[2] + pads[3] - kernel[1] + 1
-    most = F if forward else max(F, x_shape[1])
-    return most <= DIRECT_MAX_FILTERS and Ho * Wo >= DIRECT_MIN_OUTPUTS
+    if Ho * Wo < DIRECT_MIN_OUTPUTS:
+        return False
+    C = x_shape[1]
+    pair = C * F / (C + F)
+    if forward:
+        return pair <= DIRECT_FORWARD_MAX_PAIR
+    return pair <= DIRECT_BACKWARD_MAX_PAIR or F <= DIRECT_MAX_FILTERS
 
 
 # --------------------------------------------------------------------------- convolution

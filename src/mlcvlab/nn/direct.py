@@ -1,4 +1,4 @@
-"""Direct 3x3 and 5x5 stride-1 convolution, for layers with few output channels.
+"""Direct 3x3 and 5x5 stride-1 convolution, for layers with few channels on one side.
 
 im2col turns a 3x3 convolution into one GEMM by copying every input value nine times
 (the column matrix; 25 times for 5x5); with 16 output channels, as in ResNet-20's first
@@ -35,9 +35,8 @@ over a sample's outputs (sums in vector lanes, no stores in the loop); dx as the
 kernel's convolution of dy with the flipped filters.
 
 Where this is faster than im2col or Winograd is measured, not assumed: ``conv.direct_pays``
-(at most 16 output channels, at least 16x16 outputs) and BENCHMARKS.md, session 12. With
-more output channels a GEMM reuses each loaded input value across all of them, where a pass
-here reuses it across four.
+(C * F / (C + F) at most 16 forward, 11 backward, at least 10x10 outputs) and BENCHMARKS.md,
+sessions 12 and 15. With many channels on both sides Winograd's 2.25x fewer multiplies win.
 
 Precision: every output is a sum of C * kh * kw products in float32 (fused multiply-adds,
 summed in the order c, i, j: the same bits as the session-14 kernel, which summed

@@ -158,7 +158,7 @@ def test_auto_rule(algorithm, C, F, size, forward, expected):
 
 
 @pytest.mark.parametrize("kernel, stride, dilation, groups, pads", [
-    ((3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1)),
+    ((3, 3), (3, 3), (1, 1), 1, (1, 1, 1, 1)),
     ((3, 3), (1, 1), (2, 2), 1, (2, 2, 2, 2)), ((3, 3), (1, 1), (1, 1), 2, (1, 1, 1, 1)),
     ((3, 3), (1, 1), (1, 1), 1, (3, 3, 3, 3)), ((3, 3), (1, 1), (1, 1), 1, (0, 1, 0, 1)),
     ((7, 7), (1, 1), (1, 1), 1, (3, 3, 3, 3)), ((3, 5), (1, 1), (1, 1), 1, (1, 1, 2, 2)),
@@ -168,6 +168,52 @@ def test_the_direct_kernel_does_not_take_what_it_cannot_compute(algorithm, kerne
     algorithm("direct")
     assert not direct.applies(kernel, stride, dilation, groups, pads)
     assert not conv.direct_pays((2, 4, 20, 20), 4, kernel, stride, dilation, groups, pads)
+
+
+def test_a_3x3_stride_2_forward_is_direct_and_its_backward_is_not(algorithm):
+    """The stride-2 kernel computes 3x3 forwards only; its backward is im2col's."""
+    algorithm("direct")
+    assert direct.applies((3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1), forward=True)
+    assert not direct.applies((3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1))
+    assert conv.direct_pays((2, 4, 20, 20), 4, (3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1))
+    assert not conv.direct_pays((2, 4, 20, 20), 4, (3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1),
+                                forward=False)
+
+
+# odd and even sizes (both phase-plane parities), every padding, F % 4 = 0..3, rows shorter
+# and longer than a tile
+STRIDE2_CASES = [((3, 5, 7, 9), 4, 0), ((2, 3, 9, 6), 7, 1), ((1, 2, 4, 5), 3, 2),
+                 ((2, 1, 3, 3), 1, 1), ((2, 6, 33, 40), 5, 1), ((1, 16, 32, 32), 32, 1)]
+
+
+@pytest.mark.parametrize("x_shape, F, padding", STRIDE2_CASES)
+@pytest.mark.parametrize("then_relu", [False, True])
+def test_stride_2_forward_equals_im2col_in_float64(monkeypatch, x_shape, F, padding,
+                                                     then_relu):
+    seen = _spy(monkeypatch)
+    x, W, b, _ = _case(x_shape, F, padding)
+    outs = {}
+    for alg in ("direct", "im2col"):
+        previous = conv.set_algorithm(alg)
+        try:
+            y, cache = conv.conv2d(x, W, b, 2, padding, then_relu=then_relu)
+            dy = np.random.default_rng(1).standard_normal(y.shape)
+            outs[alg] = (y,) + conv.conv2d_grad(dy, cache)
+        finally:
+            conv.set_algorithm(previous)
+    assert seen == ["forward"]                       # the backward: im2col's
+    Ho, Wo = (x_shape[2] + 2 * padding - 3) // 2 + 1, (x_shape[3] + 2 * padding - 3) // 2 + 1
+    assert outs["direct"][0].shape == (x_shape[0], F, Ho, Wo)
+    assert_float64_equal(outs["direct"], outs["im2col"])
+
+
+def test_stride_2_float32_matches_torch(algorithm):
+    algorithm("direct")
+    x, W, b, _ = _case((3, 16, 31, 32), 32, 1, dtype=np.float32)
+    y, _ = conv.conv2d(x, W, b, 2, 1, then_relu=True)
+    ref = torch.relu(tF.conv2d(torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b),
+                               stride=2, padding=1)).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def test_auto_runs_a_resnet_first_stage_layer_direct_both_ways(algorithm, monkeypatch):

@@ -396,8 +396,9 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
     return 2 if winograd_pays(x_shape, F, forward) else 0
 
 
-# The direct kernels (mlcvlab.nn.direct) run a 3x3 or 5x5 stride-1 convolution under "auto"
-# and "fast" where they are measured faster than the other paths. Their cost per output pixel
+# The direct kernels (mlcvlab.nn.direct) run a 3x3 or 5x5 stride-1 convolution (and the
+# forward of a 3x3 stride-2 one) under "auto" and "fast" where they are measured faster than
+# the other paths. Their cost per output pixel
 # grows with C * F (every input channel meets every filter); the extra work of the others
 # (Winograd's transforms, im2col's column copies) with C + F, and their GEMMs run far below
 # peak when C or F is small. So the rule is on C * F / (C + F) (half the harmonic mean of C
@@ -417,6 +418,9 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
 # 0.94, 16->16 8x8 0.82-0.92. 5x5: LeNet-5's 6->16 (14x14 -> 10x10) forward 1.77, backward
 # 1.81; 16->32 16x16 1.88 and 1.42. Below 10x10 outputs a tile of 16 overhangs a row by more
 # than half (16->16 8x8: forward 1.26-1.33, backward 0.82-0.92; 4->32 4x4 0.92 / 0.65).
+# 3x3 stride-2 forwards (on phase planes; their backward stays im2col), against im2col: 16->32
+# 32x32 1.79 (ResNet-20's), 16->16 2.08, 3->16 1.88; but 32->64 16x16 0.79, 64->128 0.62,
+# 80->80 32x32 (padding 0) 0.93, 144->96 15x15 0.61: the same rule.
 # (Session 12's rule, for the kernel that kept its accumulators in memory: at most 16 output
 # channels, at least 16x16 outputs.)
 DIRECT_FORWARD_MAX_PAIR = 16
@@ -432,12 +436,12 @@ def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
     under "im2col", "winograd" or "winograd4"), else the measured rule above. Needs numba."""
     if _algorithm in ("im2col", "winograd", "winograd4") or not _use_numba():
         return False
-    if not direct.applies(kernel, stride, dilation, groups, pads):
+    if not direct.applies(kernel, stride, dilation, groups, pads, forward):
         return False
     if _algorithm == "direct":
         return True
-    Ho = x_shape[2] + pads[0] + pads[1] - kernel[0] + 1
-    Wo = x_shape[3] + pads[2] + pads[3] - kernel[1] + 1
+    Ho = (x_shape[2] + pads[0] + pads[1] - kernel[0]) // stride[0] + 1
+    Wo = (x_shape[3] + pads[2] + pads[3] - kernel[1]) // stride[1] + 1
     if Ho * Wo < DIRECT_MIN_OUTPUTS:
         return False
     C = x_shape[1]
@@ -598,7 +602,8 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray] = None,
     Wo = _out_size("conv2d", Wd, kw, stride[1], padding[1])
     if direct_pays(x.shape, F, (kh, kw), stride, dilation, groups, pads):
         flops = 2.0 * N * F * C * kh * kw * Ho * Wo
-        y = direct.conv2d_direct(x, W, b, padding, _batch_parts(N, flops), then_relu)
+        y = direct.conv2d_direct(x, W, b, padding, _batch_parts(N, flops), then_relu,
+                                 stride[0])
         return y, Conv2dCache(x, W, (kh, kw), stride, padding, b is not None)
     m = winograd_tile(x.shape, F, (kh, kw), stride, dilation, groups, pads)
     if m:                                           # the ReLU in the output transform's pass

@@ -1,4 +1,5 @@
-"""Direct 3x3 and 5x5 stride-1 convolution, for layers with few channels on one side.
+"""Direct 3x3 and 5x5 stride-1 convolution (and 3x3 stride-2 forwards), for layers with few
+channels on one side.
 
 im2col turns a 3x3 convolution into one GEMM by copying every input value nine times
 (the column matrix; 25 times for 5x5); with 16 output channels, as in ResNet-20's first
@@ -28,6 +29,11 @@ next row or, at the end, ``PAD_SLACK`` spare values): outputs that are dropped.
 
 Each sample is copied into a per-thread padded buffer (``C * plane`` values, zeroed once per
 call) just before its outputs are computed, so the copy is read back from cache.
+
+Stride 2 (forward only): the padded image is split into its four phase planes (row parity x
+column parity, :func:`geometry`), so that a run of outputs along a row again reads a run of
+consecutive values for each tap, and the same register tiles apply. Its backward stays on
+im2col (``conv.conv2d_grad``).
 
 The backward (:func:`conv2d_grad_direct`): dW from a second kernel that walks the same
 layout, four (3x3) or two (5x5) output channels and their twelve or ten weight sums per pass
@@ -83,25 +89,44 @@ def _padded_bias(b: Optional[np.ndarray], F: int, dtype) -> np.ndarray:
 KERNEL_SIZES = ((3, 3), (5, 5))
 
 
-def applies(kernel, stride, dilation, groups: int, pads) -> bool:
-    """Whether the direct kernels compute this convolution: a 3x3 or 5x5 kernel, stride 1,
-    dilation 1, one group, symmetric zero padding of at most kernel - 1 on each side (pads:
-    top, bottom, left, right). Wider padding would make the output wider than a stored row,
-    and the input gradient (a convolution of dy padded by kernel - 1 - padding) impossible."""
+def applies(kernel, stride, dilation, groups: int, pads, forward: bool = False) -> bool:
+    """Whether the direct kernels compute this convolution (its ``forward``, else its
+    backward): a 3x3 or 5x5 kernel, stride 1 (or, a 3x3 forward, stride 2), dilation 1, one
+    group, symmetric zero padding of at most kernel - 1 on each side (pads: top, bottom, left,
+    right). Wider padding would make the output wider than a stored row, and the input
+    gradient (a convolution of dy padded by kernel - 1 - padding) impossible."""
     kh, kw = kernel
-    return (tuple(kernel) in KERNEL_SIZES and tuple(stride) == (1, 1)
+    strides = ((1, 1), (2, 2)) if forward and tuple(kernel) == (3, 3) else ((1, 1),)
+    return (tuple(kernel) in KERNEL_SIZES and tuple(stride) in strides
             and tuple(dilation) == (1, 1) and groups == 1 and pads[0] == pads[1]
             and pads[2] == pads[3] and pads[0] <= kh - 1 and pads[2] <= kw - 1)
 
 
+def geometry(H: int, W: int, ph: int, pw: int, stride: int) -> Tuple[int, int, int]:
+    """(pitch, phase, plane) of one channel of the forward kernel's input buffer.
+
+    Stride 1: the row-padded layout (rows of ``pw`` zeros + W pixels, ``ph`` zero rows above
+    and below): pitch W + pw, plane (H + 2 ph) * pitch (phase unused: 0). Stride 2: the
+    zero-padded image split into its four phase planes (row parity x column parity), each
+    ceil((H + 2 ph) / 2) rows of pitch ceil((W + 2 pw) / 2) values: then output (ho, wo)
+    reads tap (i, j) from phase plane (i % 2, j % 2) at (ho + i // 2, wo + j // 2), and a run
+    of outputs along a row reads a run of consecutive values again."""
+    if stride == 1:
+        pitch = W + pw
+        return pitch, 0, (H + 2 * ph) * pitch
+    pitch = (W + 2 * pw + 1) // 2
+    phase = (H + 2 * ph + 1) // 2 * pitch
+    return pitch, phase, 4 * phase
+
+
 # The jitted pieces the kernels call: module globals, set once by _jit_helpers (numba
 # caches a kernel across processes only when what it calls is a global; see winograd.py).
-_copy_in = None
+_copy_in = _copy_in_phases = None
 
 
 def _jit_helpers() -> None:
     """Compile (or load) the pieces the kernels share."""
-    global _copy_in
+    global _copy_in, _copy_in_phases
     if _copy_in is not None:
         return
     from numba import njit
@@ -118,15 +143,28 @@ def _jit_helpers() -> None:
                 for w in range(Wd):
                     dst[w] = src[w]
 
+    @njit(cache=True, nogil=True)
+    def _copy_in_phases(x, m, ph, pw, phase, plane, pitch, pad):  # pragma: no cover (jitted)
+        # sample m's pixels into the four phase planes of the stride-2 layout (geometry)
+        C, H, Wd = x.shape[1], x.shape[2], x.shape[3]
+        for c in range(C):
+            for h in range(H):
+                r = h + ph
+                row = c * plane + (r % 2) * 2 * phase + (r // 2) * pitch
+                src = x[m, c, h]
+                for w in range(Wd):
+                    s = w + pw
+                    pad[row + (s % 2) * phase + s // 2] = src[w]
+
 
 def _compile():
     from numba import njit
     _jit_helpers()
 
-    def make_forward(KW: int):
-        # one kernel per kernel width KW (a constant to numba, so that LLVM unrolls the taps:
-        # 1.4-1.7x over a loop of W.shape[3] taps, session 15); contract only: multiply-adds
-        # are fused, the order of the sums is as written
+    def make_forward(KW: int, STRIDE: int):
+        # one kernel per kernel width KW and stride (constants to numba, so that LLVM unrolls
+        # the taps: 1.4-1.7x over a loop of W.shape[3] taps, session 15); contract only:
+        # multiply-adds are fused, the order of the sums is as written
         @njit(cache=True, nogil=True, fastmath={"contract"})
         def forward(x, Wp, b4, relu, ph, pw, y, pad, tmp):  # pragma: no cover (jitted)
             # y[m] = conv(x[m], W) + b (max(., 0) with relu) for every sample m of x, with Wp
@@ -135,8 +173,14 @@ def _compile():
             C, H, Wd = x.shape[1], x.shape[2], x.shape[3]
             F, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
             G, kh = Wp.shape[0], Wp.shape[2]                 # Wp.shape[3] is KW
-            pitch = Wd + pw
-            plane = (H + 2 * ph) * pitch
+            if STRIDE == 1:                             # as geometry()
+                pitch = Wd + pw
+                phase = 0
+                plane = (H + 2 * ph) * pitch
+            else:
+                pitch = (Wd + 2 * pw + 1) // 2
+                phase = (H + 2 * ph + 1) // 2 * pitch
+                plane = 4 * phase
             n = simd.width(pad)
             T = 2 * n                                   # outputs per tile, along one row
             HW = Ho * Wo
@@ -144,7 +188,10 @@ def _compile():
             yf = y.reshape(-1)
             pad[:] = 0
             for m in range(x.shape[0]):
-                _copy_in(x, m, ph, pw, plane, pitch, pad)
+                if STRIDE == 1:
+                    _copy_in(x, m, ph, pw, plane, pitch, pad)
+                else:
+                    _copy_in_phases(x, m, ph, pw, phase, plane, pitch, pad)
                 for ho in range(Ho):
                     for wo in range(0, Wo, T):
                         for g in range(G):
@@ -159,11 +206,16 @@ def _compile():
                             a31 = a30
                             for c in range(C):
                                 for i in range(kh):
-                                    base = c * plane + (ho + i) * pitch + wo
+                                    base = c * plane + ho * pitch + wo
                                     wb = ((g * C + c) * kh + i) * KW * 4
                                     for j in range(KW):
-                                        x0 = simd.load(pad, base + j)
-                                        x1 = simd.load(pad, base + j + n)
+                                        if STRIDE == 1:
+                                            at = base + i * pitch + j
+                                        else:
+                                            at = (base + ((i % 2) * 2 + j % 2) * phase
+                                                  + (i // 2) * pitch + j // 2)
+                                        x0 = simd.load(pad, at)
+                                        x1 = simd.load(pad, at + n)
                                         w = simd.splat(wf[wb + 4 * j])
                                         a00 = simd.fma(w, x0, a00)
                                         a01 = simd.fma(w, x1, a01)
@@ -301,13 +353,14 @@ def _compile():
                             for j in range(kw):
                                 dW[f + q, c, i, j] += row[j]
 
-    return {"forward3": make_forward(3), "forward5": make_forward(5),
+    return {"forward3": make_forward(3, 1), "forward5": make_forward(5, 1),
+            "forward3_stride2": make_forward(3, 2),
             "weight_grad": weight_grad}
 
 
 def kernel(name: str):
-    """The compiled kernel "forward3", "forward5" (by kernel width) or "weight_grad" (numba,
-    on first use; cached on disk)."""
+    """The compiled kernel "forward3", "forward5" (by kernel width), "forward3_stride2" or
+    "weight_grad" (numba, on first use; cached on disk)."""
     global _kernel
     if _kernel is None:
         _kernel = _compile()
@@ -315,9 +368,10 @@ def kernel(name: str):
 
 
 def conv2d_direct(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
-                  padding: Tuple[int, int], parts, then_relu: bool = False) -> np.ndarray:
-    """y = conv2d(x, W, b, stride 1, padding) for W (F, C, kh, kw), relu(y) when
-    ``then_relu``.
+                  padding: Tuple[int, int], parts, then_relu: bool = False,
+                  stride: int = 1) -> np.ndarray:
+    """y = conv2d(x, W, b, stride, padding) for W (F, C, kh, kw), relu(y) when
+    ``then_relu``; stride 1, or 2 for a 3x3 W.
 
     The caller (``conv.conv2d``) has checked the arguments and that :func:`applies`;
     ``parts`` are the batch slices, one per thread (``conv._batch_parts``). Returns y
@@ -327,11 +381,11 @@ def conv2d_direct(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
     N, C, H, Wd = x.shape
     F, _, kh, kw = W.shape
     ph, pw = padding
-    Ho, Wo = H + 2 * ph - kh + 1, Wd + 2 * pw - kw + 1
+    Ho, Wo = (H + 2 * ph - kh) // stride + 1, (Wd + 2 * pw - kw) // stride + 1
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     packed, bias = pack_filters(W), _padded_bias(b, F, x.dtype)
-    run = kernel(f"forward{kw}")
-    plane = (H + 2 * ph) * (Wd + pw)
+    run = kernel(f"forward{kw}" + ("_stride2" if stride == 2 else ""))
+    plane = geometry(H, Wd, ph, pw, stride)[2]
 
     def forward_part(part: slice) -> None:
         pad = kernels.scratch((C * plane + PAD_SLACK,), x.dtype, slot="direct_pad")

@@ -35,8 +35,9 @@ def _time(fn) -> float:
     return best
 
 
-def measure(C: int, F: int, H: int, K: int, P: int, S: int, batch: int, rounds: int, algorithms, rng,
-            input_grad: bool = True):
+def measure(C: int, F: int, H: int, K: int, P: int, S: int, batch: int, rounds: int,
+            algorithms, rng, input_grad: bool = True):
+    """{(algorithm, "forward" | "backward"): [seconds per round]} for one layer shape."""
     x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
     W = rng.standard_normal((F, C, K, K), dtype=np.float32) / np.float32(np.sqrt(C * K * K))
     Ho = (H + 2 * P - K) // S + 1
@@ -49,7 +50,8 @@ def measure(C: int, F: int, H: int, K: int, P: int, S: int, batch: int, rounds: 
                 y, cache = conv.conv2d(x, W, None, S, P, then_relu=True)
                 times[(a, "forward")].append(
                     _time(lambda: conv.conv2d(x, W, None, S, P, then_relu=True)))
-                times[(a, "backward")].append(_time(lambda: conv.conv2d_grad(dy, cache, input_grad)))
+                times[(a, "backward")].append(
+                    _time(lambda: conv.conv2d_grad(dy, cache, input_grad)))
             finally:
                 conv.set_algorithm(previous)
     return times

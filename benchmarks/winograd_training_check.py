@@ -3,8 +3,9 @@
 Trains ResNet-20 (1 input channel, 28x28: maps of 28, 14 and 7 pixels, so the last stage
 has odd tiles) on a slice of the embedded mnist10k twice from the same seed, once with
 ``conv.set_algorithm("im2col")``, then with "winograd" (F(2x2, 3x3)), "winograd4"
-(F(4x4, 3x3), every 3x3 stride-1 layer) and "direct" (the direct kernels of
-``mlcvlab.nn.direct``, every 3x3 stride-1 layer), with the same data order, and prints the training
+(F(4x4, 3x3), every 3x3 stride-1 layer), "direct" (the direct kernels of
+``mlcvlab.nn.direct``, every 3x3 stride-1 layer and the stride-2 layers' forwards) and "auto"
+(the default per-layer rule), with the same data order, and prints the training
 loss of every step side by side and the largest relative difference. float32, SGD with
 momentum, no augmentation.
 
@@ -29,7 +30,7 @@ from mlcvlab.nn import CrossEntropyLoss, conv
 from mlcvlab.optim import SGD
 
 
-ALGORITHMS = ("winograd", "winograd4", "direct")     # each compared with im2col
+ALGORITHMS = ("winograd", "winograd4", "direct", "auto")     # each compared with im2col
 
 
 def losses(algorithm: str, X, y, batch_size: int, epochs: int, seed: int = 0):

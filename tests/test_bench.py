@@ -206,3 +206,23 @@ def test_bench_conv_algorithm_choices_are_conv_algorithms():
     action = next(a for a in parser._subparsers._group_actions[0].choices["bench"]._actions
                   if a.dest == "conv_algorithm")
     assert tuple(action.choices) == conv.ALGORITHMS
+
+
+def test_bench_conv_rule_times_each_direction_of_each_algorithm(capsys):
+    """benchmarks/bench_conv_rule.py (the measurement behind conv.direct_pays) runs: one line
+    per shape and direction, the first algorithm's ratio 1, a stride-2 shape included."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv_rule.py"
+    spec = importlib.util.spec_from_file_location("bench_conv_rule", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--threads", "1", "--batch", "2", "--rounds", "2", "--algorithms",
+                 "im2col,direct", "3x4x8", "2x5x9x3x1x2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [" ".join(line.split()[:6]) for line in lines] == [
+        "3->4 8x8 3x3 p1 s1 forward", "3->4 8x8 3x3 p1 s1 backward",
+        "2->5 9x9 3x3 p1 s2 forward", "2->5 9x9 3x3 p1 s2 backward"]
+    for line in lines:
+        assert "im2col" in line and "x1.00 (1.00-1.00)" in line and "| direct " in line
+    assert conv.get_algorithm() == "auto"                    # restored

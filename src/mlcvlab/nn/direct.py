@@ -166,21 +166,15 @@ def _compile():
         # the taps: 1.4-1.7x over a loop of W.shape[3] taps, session 15); contract only:
         # multiply-adds are fused, the order of the sums is as written
         @njit(cache=True, nogil=True, fastmath={"contract"})
-        def forward(x, Wp, b4, relu, ph, pw, y, pad, tmp):  # pragma: no cover (jitted)
+        def forward(x, Wp, b4, relu, ph, pw, geom, y, pad, tmp):  # pragma: no cover (jitted)
             # y[m] = conv(x[m], W) + b (max(., 0) with relu) for every sample m of x, with Wp
             # the filters packed by pack_filters (G, C, kh, kw, 4), b4 the bias padded to 4 * G
-            # values; pad holds at least C * plane + PAD_SLACK values, tmp TMP_VALUES
-            C, H, Wd = x.shape[1], x.shape[2], x.shape[3]
+            # values, geom = geometry(H, W, ph, pw, STRIDE); pad holds at least C * plane +
+            # PAD_SLACK values, tmp TMP_VALUES
             F, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
             G, kh = Wp.shape[0], Wp.shape[2]                 # Wp.shape[3] is KW
-            if STRIDE == 1:                             # as geometry()
-                pitch = Wd + pw
-                phase = 0
-                plane = (H + 2 * ph) * pitch
-            else:
-                pitch = (Wd + 2 * pw + 1) // 2
-                phase = (H + 2 * ph + 1) // 2 * pitch
-                plane = 4 * phase
+            pitch, phase, plane = geom
+            C = x.shape[1]
             n = simd.width(pad)
             T = 2 * n                                   # outputs per tile, along one row
             HW = Ho * Wo
@@ -385,12 +379,13 @@ def conv2d_direct(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     packed, bias = pack_filters(W), _padded_bias(b, F, x.dtype)
     run = kernel(f"forward{kw}" + ("_stride2" if stride == 2 else ""))
-    plane = geometry(H, Wd, ph, pw, stride)[2]
+    geom = geometry(H, Wd, ph, pw, stride)
+    plane = geom[2]
 
     def forward_part(part: slice) -> None:
         pad = kernels.scratch((C * plane + PAD_SLACK,), x.dtype, slot="direct_pad")
         tmp = kernels.scratch((TMP_VALUES,), x.dtype, slot="direct_tile")
-        run(x[part], packed, bias, then_relu, ph, pw, y[part], pad, tmp)
+        run(x[part], packed, bias, then_relu, ph, pw, geom, y[part], pad, tmp)
 
     _map_parts(forward_part, parts)
     return y
@@ -411,14 +406,15 @@ def conv2d_grad_direct(dy: np.ndarray, x: np.ndarray, W: np.ndarray, padding: Tu
     N, C, H, Wd = x.shape
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
     ph, pw = padding
-    plane = (H + 2 * ph) * (Wd + pw)
+    plane = geometry(H, Wd, ph, pw, 1)[2]
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     kh, kw = W.shape[2], W.shape[3]
     weight_grad, forward = kernel("weight_grad"), kernel(f"forward{kw}")
     W_flip = pack_filters(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, kh, kw) packed
     no_bias = _padded_bias(None, C, dy.dtype)
     qh, qw = kh - 1 - ph, kw - 1 - pw
-    dy_plane = (Ho + 2 * qh) * (Wo + qw)
+    dy_geom = geometry(Ho, Wo, qh, qw, 1)
+    dy_plane = dy_geom[2]
 
     def backward_part(part: slice) -> np.ndarray:
         dW = np.zeros((F, C, kh, kw))
@@ -428,7 +424,8 @@ def conv2d_grad_direct(dy: np.ndarray, x: np.ndarray, W: np.ndarray, padding: Tu
         weight_grad(x[part], dy[part], ph, pw, dW, pad, dyp)
         if dx is not None:
             tmp = kernels.scratch((TMP_VALUES,), dy.dtype, slot="direct_tile")
-            forward(dy[part], W_flip, no_bias, False, qh, qw, dx[part], pad, tmp)
+            forward(dy[part], W_flip, no_bias, False, qh, qw, dy_geom, dx[part], pad,
+                    tmp)
         return dW
 
     shares = _map_parts(backward_part, parts)

@@ -398,8 +398,8 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
 
 # The direct kernels (mlcvlab.nn.direct) run a 3x3 or 5x5 stride-1 convolution (and the
 # forward of a 3x3 stride-2 one) under "auto" and "fast" where they are measured faster than
-# the other paths. Their cost per output pixel
-# grows with C * F (every input channel meets every filter); the extra work of the others
+# the other paths. Their cost per output pixel grows with C * F (every input channel meets
+# every filter); the extra work of the others
 # (Winograd's transforms, im2col's column copies) with C + F, and their GEMMs run far below
 # peak when C or F is small. So the rule is on C * F / (C + F) (half the harmonic mean of C
 # and F; 8 for 16 -> 16): the forward runs direct while it is at most DIRECT_FORWARD_MAX_PAIR,

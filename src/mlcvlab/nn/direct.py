@@ -260,28 +260,21 @@ def _compile():
 
     # reassoc as well: the sums over the outputs run in vector lanes (as a GEMM's do)
     @njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
-    def weight_grad(x, dy, ph, pw, dW, pad, dyp):  # pragma: no cover (jitted)
+    def weight_grad(x, dy, ph, pw, geom, dW, pad, dyp):  # pragma: no cover (jitted)
         # dW[f, c, i, j] += sum over the samples m of x and the outputs (ho, wo) of
         # dy[m, f, ho, wo] * x_padded[m, c, ho + i, wo + j], each sample's sum in x's dtype
-        # (vector lanes), the samples' sums added in dW's (float64). kw 3 or 5; pad as for
-        # forward; dyp at least F * Ho * pitch values
-        n, C, H, Wd = x.shape
+        # (vector lanes), the samples' sums added in dW's (float64). kw 3 or 5; geom =
+        # geometry(H, W, ph, pw, 1), pad as for forward; dyp at least F * Ho * pitch values
+        C = x.shape[1]
         F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
         kh, kw = dW.shape[2], dW.shape[3]
-        pitch = Wd + pw
-        plane = (H + 2 * ph) * pitch
+        pitch, _, plane = geom
         L = Ho * pitch
         zero = x.dtype.type(0)
         pad[:] = 0
         dyp[:] = 0                                  # the dropped columns stay 0: they add 0
-        for m in range(n):
-            for c in range(C):
-                for h in range(H):
-                    start = c * plane + (h + ph) * pitch + pw
-                    dst = pad[start:start + Wd]
-                    src = x[m, c, h]
-                    for w in range(Wd):
-                        dst[w] = src[w]
+        for m in range(x.shape[0]):
+            _copy_in(x, m, ph, pw, plane, pitch, pad)
             for f in range(F):
                 for h in range(Ho):
                     dst = dyp[f * L + h * pitch:f * L + h * pitch + Wo]
@@ -406,7 +399,8 @@ def conv2d_grad_direct(dy: np.ndarray, x: np.ndarray, W: np.ndarray, padding: Tu
     N, C, H, Wd = x.shape
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
     ph, pw = padding
-    plane = geometry(H, Wd, ph, pw, 1)[2]
+    geom = geometry(H, Wd, ph, pw, 1)
+    plane = geom[2]
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     kh, kw = W.shape[2], W.shape[3]
     weight_grad, forward = kernel("weight_grad"), kernel(f"forward{kw}")
@@ -421,7 +415,7 @@ def conv2d_grad_direct(dy: np.ndarray, x: np.ndarray, W: np.ndarray, padding: Tu
         pad = kernels.scratch((max(C * plane, F * dy_plane) + PAD_SLACK,), x.dtype,
                               slot="direct_pad")
         dyp = kernels.scratch((F * Ho * (Wd + pw),), dy.dtype, slot="direct_dy")
-        weight_grad(x[part], dy[part], ph, pw, dW, pad, dyp)
+        weight_grad(x[part], dy[part], ph, pw, geom, dW, pad, dyp)
         if dx is not None:
             tmp = kernels.scratch((TMP_VALUES,), dy.dtype, slot="direct_tile")
             forward(dy[part], W_flip, no_bias, False, qh, qw, dy_geom, dx[part], pad,

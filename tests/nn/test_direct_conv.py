@@ -20,7 +20,8 @@ FLOAT32_REL_BOUND = 3e-6
 
 # (x shape, F, padding, kernel size): odd N, C, H, W, H != W, C != F, F % 4 = 0..3 (3x3) and
 # odd and even F (5x5), every padding up to kernel - 1, an output row of one pixel (a register
-# tile overhangs it by many rows), and rows shorter and longer than a tile
+# tile overhangs it by many rows), and rows shorter and longer than a tile (both tilings of
+# the forward kernel, with a partial last tile in a row: 37, 70 and 41 outputs wide)
 ODD_CASES = [((3, 5, 7, 9), 4, 0, 3), ((3, 5, 7, 9), 6, 1, 3), ((1, 3, 9, 6), 7, 1, 3),
              ((2, 2, 4, 5), 3, 2, 3), ((1, 1, 3, 3), 1, 0, 3), ((2, 4, 3, 1), 5, 1, 3),
              ((2, 3, 40, 37), 9, 1, 3), ((1, 2, 20, 70), 2, 2, 3),
@@ -141,11 +142,13 @@ def test_matches_torch_in_float32(algorithm):
     (32, 16, 32, True, True), (128, 16, 16, False, True), (3, 96, 32, False, True),
     (32, 32, 16, True, True), (32, 32, 16, False, False), (16, 64, 32, False, False),
     (32, 32, 8, True, False), (64, 64, 16, True, False), (96, 32, 32, True, False)])
-def test_auto_rule(algorithm, C, F, size, forward, expected):
-    """Under "auto" and "fast", from DIRECT_MIN_OUTPUTS (100) output pixels: the direct forward
-    while C * F / (C + F) <= DIRECT_FORWARD_MAX_PAIR (16), the direct backward while it is at
-    most DIRECT_BACKWARD_MAX_PAIR (11) or F <= DIRECT_MAX_FILTERS (16). Never under "im2col"
-    or a forced Winograd."""
+def test_auto_rule(algorithm, monkeypatch, C, F, size, forward, expected):
+    """With 32-byte vectors (AVX2), under "auto" and "fast", from DIRECT_MIN_OUTPUTS (100)
+    output pixels: the direct forward while C * F / (C + F) <= DIRECT_FORWARD_MAX_PAIR (16),
+    the direct backward while it is at most DIRECT_BACKWARD_MAX_PAIR (11) or F <=
+    DIRECT_MAX_FILTERS (16). Never under "im2col" or a forced Winograd."""
+    from mlcvlab.nn import simd
+    monkeypatch.setattr(simd, "BYTES", 32)
     pads = (1, 1, 1, 1)
     for alg in ("auto", "fast"):
         algorithm(alg)
@@ -155,6 +158,25 @@ def test_auto_rule(algorithm, C, F, size, forward, expected):
         algorithm(alg)
         assert not conv.direct_pays((2, C, size, size), F, (3, 3), (1, 1), (1, 1), 1, pads,
                                     forward), alg
+
+
+@pytest.mark.parametrize("C, F, size, stride, forward, expected", [
+    (16, 16, 32, 1, True, True), (16, 16, 32, 1, False, True), (16, 16, 8, 1, True, True),
+    (16, 16, 8, 1, False, False), (16, 16, 10, 1, False, True), (32, 32, 16, 1, True, True),
+    (32, 32, 16, 1, False, True), (64, 64, 16, 1, True, True), (64, 64, 16, 1, False, False),
+    (96, 32, 32, 1, True, True), (96, 32, 32, 1, False, True), (64, 64, 8, 1, True, False),
+    (32, 32, 8, 1, False, False), (16, 32, 32, 2, True, True), (32, 64, 16, 2, True, True),
+    (64, 128, 8, 2, True, True), (64, 128, 4, 2, True, False), (16, 32, 32, 2, False, False)])
+def test_auto_rule_with_avx512_vectors(algorithm, monkeypatch, C, F, size, stride, forward,
+                                       expected):
+    """With 64-byte vectors (AVX-512) the session-16 rule: the forward from 16x16 outputs at
+    any pair, from 8x8 at a pair <= 16, and every 3x3 stride-2 forward from 4x4 outputs; the
+    backward as with 32-byte vectors, and also from 16x16 outputs up to a pair of 24."""
+    from mlcvlab.nn import simd
+    monkeypatch.setattr(simd, "BYTES", 64)
+    algorithm("auto")
+    assert conv.direct_pays((2, C, size, size), F, (3, 3), (stride, stride), (1, 1), 1,
+                            (1, 1, 1, 1), forward) == expected
 
 
 @pytest.mark.parametrize("kernel, stride, dilation, groups, pads", [

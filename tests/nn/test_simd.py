@@ -14,11 +14,21 @@ def _copy_through_vectors(src, dst, at):
     return n
 
 
-@pytest.mark.parametrize("dtype, lanes", [(np.float32, 8), (np.float64, 4)])
-def test_load_and_store_move_width_values_at_any_offset(dtype, lanes):
-    src = np.arange(40, dtype=dtype).reshape(5, 8)          # 2-D: a flat index
+def test_the_vector_width_is_the_host_cpus():
+    from llvmlite import binding
+    from numba import config
+    if config.CPU_NAME is None:
+        avx512 = binding.get_host_cpu_features().get("avx512f", False)
+        assert simd.BYTES == (64 if avx512 else 32)
+    assert simd.lanes(np.float32) == simd.BYTES // 4 and simd.lanes(np.float64) == simd.BYTES // 8
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_load_and_store_move_width_values_at_any_offset(dtype):
+    lanes = simd.lanes(dtype)
+    src = np.arange(5 * lanes, dtype=dtype).reshape(5, lanes)   # 2-D: a flat index
     for at in (0, 1, 3, 7):                                  # unaligned offsets too
-        dst = np.full((5, 8), -1, dtype=dtype)
+        dst = np.full((5, lanes), -1, dtype=dtype)
         assert _copy_through_vectors(src, dst, at) == lanes
         flat = dst.reshape(-1)
         moved = flat[at + lanes:at + 2 * lanes]
@@ -33,20 +43,23 @@ def _fma(a, b, c, out):
 
 def test_fma_rounds_once():
     # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: a float32 product drops the 2^-24, a fused one keeps it
-    a = np.full(8, 1 + 2.0 ** -12, dtype=np.float32)
-    c = np.full(8, -(1 + 2.0 ** -11), dtype=np.float32)
-    out = np.zeros(8, dtype=np.float32)
+    n = simd.lanes(np.float32)
+    a = np.full(n, 1 + 2.0 ** -12, dtype=np.float32)
+    c = np.full(n, -(1 + 2.0 ** -11), dtype=np.float32)
+    out = np.zeros(n, dtype=np.float32)
     _fma(a, a, c, out)
     assert (a * a + c == 0).all()                            # NumPy: two roundings
     np.testing.assert_array_equal(out, np.float32(2.0 ** -24))
 
 
-def test_fma_of_float64_lanes_is_a_times_b_plus_c():
+def test_fma_of_float64_lanes_is_a_times_b_plus_c_rounded_once():
+    from fractions import Fraction
     rng = np.random.default_rng(0)
-    a, b, c = rng.standard_normal((3, 4))
-    out = np.zeros(4)
+    a, b, c = rng.standard_normal((3, simd.lanes(np.float64)))
+    out = np.zeros(simd.lanes(np.float64))
     _fma(a, b, c, out)
-    np.testing.assert_allclose(out, a * b + c, rtol=1e-15)
+    exact = [float(Fraction(p) * Fraction(q) + Fraction(r)) for p, q, r in zip(a, b, c)]
+    np.testing.assert_array_equal(out, exact)           # the exact value, rounded once
 
 
 @njit
@@ -61,10 +74,11 @@ def _relu(v, out):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_and_splat(dtype):
-    out = np.zeros(32 // np.dtype(dtype).itemsize, dtype=dtype)
+    out = np.zeros(simd.lanes(dtype), dtype=dtype)
     _relu_of_splat(dtype(2.5), out)
     assert (out == 2.5).all()
-    v = np.array([-1.0, 0.0, -0.0, np.nan, 3.0, -np.inf, np.inf, 1e-30][:len(out)], dtype=dtype)
+    v = np.resize(np.array([-1.0, 0.0, -0.0, np.nan, 3.0, -np.inf, np.inf, 1e-30], dtype=dtype),
+                  len(out))
     _relu(v, out)
     expected = np.where(v < 0, 0, v)                         # kernels.relu_forward's rule
     np.testing.assert_array_equal(out, expected)
@@ -83,8 +97,8 @@ def _store_into(a, b):
 
 def test_what_a_vector_cannot_hold_is_a_typing_error():
     with pytest.raises(TypingError, match="C-contiguous float32 or float64"):
-        _load_first(np.zeros(16, dtype=np.int32))
+        _load_first(np.zeros(32, dtype=np.int32))
     with pytest.raises(TypingError, match="C-contiguous float32 or float64"):
-        _load_first(np.zeros((4, 16), dtype=np.float32)[:, ::2])
+        _load_first(np.zeros((4, 32), dtype=np.float32)[:, ::2])
     with pytest.raises(TypingError, match="simd.store"):
-        _store_into(np.zeros(8, dtype=np.float32), np.zeros(8))
+        _store_into(np.zeros(16, dtype=np.float32), np.zeros(16))

@@ -52,7 +52,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mlcvlab.nn import direct, kernels, winograd
+from mlcvlab.nn import direct, kernels, simd, winograd
 from mlcvlab.nn.basis import check_dy
 
 IntPair = Union[int, Tuple[int, int]]
@@ -406,7 +406,7 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
 # the backward (dx and dW) while it is at most DIRECT_BACKWARD_MAX_PAIR or while F <=
 # DIRECT_MAX_FILTERS, both from DIRECT_MIN_OUTPUTS output pixels.
 #
-# Session 15, the register-tiled forward kernel (`python benchmarks/bench_conv_rule.py
+# Session 15, on an AVX2 host (Zen 3), the register-tiled forward kernel (`python benchmarks/bench_conv_rule.py
 # --threads 2 --batch 128 --rounds 9-11`, forward with ReLU; the previous rule's path time /
 # direct time, median of interleaved rounds; BENCHMARKS.md, session 15, has the ranges):
 # forward 3->64 32x32 1.52, 3->96 1.76, 16->32 32x32 1.73, 16->64 1.27, 16->96 16x16 1.30,
@@ -423,10 +423,26 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
 # 80->80 32x32 (padding 0) 0.93, 144->96 15x15 0.61: the same rule.
 # (Session 12's rule, for the kernel that kept its accumulators in memory: at most 16 output
 # channels, at least 16x16 outputs.)
+#
+# Session 16, on an AVX-512 host (AMD EPYC, Zen 5), the 64-byte vectors (nn/simd.py) and
+# tiles along the pitched rows (no tile wasted on a short row): the same command with
+# --algorithms winograd,im2col,direct --rounds 7, direct against the better of the two
+# (BENCHMARKS.md, session 16): the forward wins everywhere measured but 64->64 8x8 (0.83):
+# 16->16 32x32 2.37, 32->32 16x16 1.45, 32->32 32x32 1.65, 64->64 16x16 1.15, 96->32 32x32
+# 1.45, 16->16 8x8 1.65, 32->32 8x8 1.20, stride 2 16->32 32x32 1.93, 32->64 16x16 1.57,
+# 64->128 8x8 1.24. The backward wins from 16x16 outputs up to a pair of 24: 16->16 32x32
+# 2.20, 32->32 16x16 1.25, 32->32 32x32 1.46, 16->64 1.47, 64->16 1.85, 96->32 1.36; not at
+# 64->64 16x16 (pair 32: 0.96) nor on 8x8 maps (0.52-0.99); below that, as on AVX2 (against
+# im2col, batch 64: LeNet-5's 6->16 1.36, 16->16 12x12 1.87, 8->8 10x10 2.01).
 DIRECT_FORWARD_MAX_PAIR = 16
 DIRECT_BACKWARD_MAX_PAIR = 11
 DIRECT_MAX_FILTERS = 16
 DIRECT_MIN_OUTPUTS = 100
+# the rule for 64-byte vectors (AVX-512)
+DIRECT_WIDE_MIN_OUTPUTS = 64            # forward at a pair <= DIRECT_FORWARD_MAX_PAIR
+DIRECT_WIDE_ANY_PAIR_OUTPUTS = 256      # forward at any pair; backward up to the next
+DIRECT_WIDE_BACKWARD_MAX_PAIR = 24
+DIRECT_WIDE_STRIDE2_MIN_OUTPUTS = 16    # stride-2 forward at any pair
 
 
 def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
@@ -442,13 +458,20 @@ def direct_pays(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
         return True
     Ho = (x_shape[2] + pads[0] + pads[1] - kernel[0]) // stride[0] + 1
     Wo = (x_shape[3] + pads[2] + pads[3] - kernel[1]) // stride[1] + 1
-    if Ho * Wo < DIRECT_MIN_OUTPUTS:
-        return False
     C = x_shape[1]
-    pair = C * F / (C + F)
-    if forward:
-        return pair <= DIRECT_FORWARD_MAX_PAIR
-    return pair <= DIRECT_BACKWARD_MAX_PAIR or F <= DIRECT_MAX_FILTERS
+    pair, outputs = C * F / (C + F), Ho * Wo
+    small_pair = outputs >= DIRECT_MIN_OUTPUTS and (
+        pair <= DIRECT_FORWARD_MAX_PAIR if forward
+        else pair <= DIRECT_BACKWARD_MAX_PAIR or F <= DIRECT_MAX_FILTERS)
+    if simd.BYTES != 64:                    # AVX2: the session-15 rule
+        return small_pair
+    if not forward:                         # AVX-512: the session-16 rule
+        return small_pair or (outputs >= DIRECT_WIDE_ANY_PAIR_OUTPUTS
+                              and pair <= DIRECT_WIDE_BACKWARD_MAX_PAIR)
+    if stride[0] == 2:
+        return outputs >= DIRECT_WIDE_STRIDE2_MIN_OUTPUTS
+    return (outputs >= DIRECT_WIDE_ANY_PAIR_OUTPUTS
+            or (outputs >= DIRECT_WIDE_MIN_OUTPUTS and pair <= DIRECT_FORWARD_MAX_PAIR))
 
 
 # --------------------------------------------------------------------------- convolution

@@ -15,17 +15,25 @@ position ``(ho + i) * pitch + wo + j`` for kernel offset (i, j), so a run of con
 outputs of one row reads a run of consecutive inputs for every (c, i, j).
 
 The forward kernel works on register tiles (``nn/simd.py``): 4 output channels x 2 vectors
-of consecutive outputs along a row (16 outputs in float32, 8 in float64), eight vector
-accumulators that stay in registers while the loop runs over every input channel c and
-kernel tap (i, j), each step two input loads, four weight broadcasts and eight fused
-multiply-adds; then the tile is stored once. (Written with NumPy arrays instead, numba kept
-the accumulators in memory and reloaded and stored them on every (c, i): 1.3-1.9x slower,
-BENCHMARKS.md, session 15.) The filters are packed (:func:`pack_filters`) so that the four
-weights of one tap are adjacent; F is rounded up to a multiple of 4 with zero filters whose
-outputs are not stored. A tile that overhangs its row is stored whole: what lands past the
-row's end lies in later rows of the same plane, which are written after it; only at a plane's
-end does a tile go through a small buffer. The overhang reads past the row too (zeros, the
-next row or, at the end, ``PAD_SLACK`` spare values): outputs that are dropped.
+of consecutive outputs (T = 2 * lanes: 32 float32 outputs with AVX-512's 64-byte vectors, 16
+with AVX2's 32), eight vector accumulators that stay in registers while the loop runs over
+every input channel c and kernel tap (i, j), each step two input loads, four weight
+broadcasts and eight fused multiply-adds; then the tile is stored once. (Written with NumPy
+arrays instead, numba kept the accumulators in memory and reloaded and stored them on every
+(c, i): 1.3-1.9x slower, BENCHMARKS.md, session 15.) The filters are packed
+(:func:`pack_filters`) so that the four weights of one tap are adjacent; F is rounded up to a
+multiple of 4 with zero filters whose outputs are not stored.
+
+Where the tiles lie: rows at least T outputs long get tiles along each row, and a whole tile
+is stored straight into y. Shorter rows (16x16 and 8x8 maps with AVX-512) would leave most of
+a row tile empty, so there the tiles run over the outputs in the pitched order ho * pitch +
+wo, T consecutive positions each, across row ends (the positions wo >= Wo, the pad columns,
+are computed and dropped: 1 of 9 on an 8x8 map instead of 3 of 4); such tiles, and a row's
+last partial tile, go through a buffer (``out``, :func:`pitched_outputs`) whose kept columns
+are copied into y while still in cache. Either way a tile reads past its outputs (zeros, the
+next row or channel, or at the end :func:`pad_slack` spare values): outputs that are dropped.
+(Session 16: pitched tiles made ResNet-20's 8x8 and 16x16 layers 1.5-2.6x faster than row
+tiles, and the row tiles kept the 32x32 layers 6-17 % ahead of pitched ones.)
 
 Each sample is copied into a per-thread padded buffer (``C * plane`` values, zeroed once per
 call) just before its outputs are computed, so the copy is read back from cache.
@@ -41,8 +49,11 @@ over a sample's outputs (sums in vector lanes, no stores in the loop); dx as the
 kernel's convolution of dy with the flipped filters.
 
 Where this is faster than im2col or Winograd is measured, not assumed: ``conv.direct_pays``
-(C * F / (C + F) at most 16 forward, 11 backward, at least 10x10 outputs) and BENCHMARKS.md,
-sessions 12 and 15. With many channels on both sides Winograd's 2.25x fewer multiplies win.
+and BENCHMARKS.md, sessions 12, 15 and 16. With 32-byte vectors (AVX2): C * F / (C + F) at
+most 16 forward, 11 backward, from 10x10 outputs; with many channels on both sides Winograd's
+2.25x fewer multiplies win. With 64-byte vectors (AVX-512), where our BLAS may still run its
+AVX2 kernels (OpenBLAS on a CPU it does not know), also every forward from 16x16 outputs,
+every stride-2 forward and the backward from 16x16 outputs up to a pair of 24.
 
 Precision: every output is a sum of C * kh * kw products in float32 (fused multiply-adds,
 summed in the order c, i, j: the same bits as the session-14 kernel, which summed
@@ -59,11 +70,19 @@ import numpy as np
 
 from mlcvlab.nn import kernels, simd
 
-# Slack after the padded planes in the input buffer: the last tile of a row reads up to
-# 2 * lanes + kw - 1 values past its row (outputs that are dropped), 16 + 4 at most.
-PAD_SLACK = 32
-# The forward's bounce buffer for a tile cut by a plane's end: 4 channels x 2 vectors.
-TMP_VALUES = 64
+def pad_slack(dtype) -> int:
+    """Spare values after the input buffer's planes: a tile's loads run past its own outputs
+    by up to 2 * lanes + kw - 2 values (outputs that are dropped), 2 * lanes + 3 at most."""
+    return 2 * simd.lanes(dtype) + 8
+
+
+def pitched_outputs(Ho: int, pitch: int, dtype) -> int:
+    """Values per output channel in the forward's tile buffer: Ho rows of ``pitch``, rounded
+    up to whole tiles of T = 2 * lanes, and one tile more (a row's last tile, in tiles along
+    the rows, reaches up to T - 1 values past the last row)."""
+    T = 2 * simd.lanes(dtype)
+    return (Ho * pitch + T - 1) // T * T + T
+
 
 _kernel = None
 
@@ -166,18 +185,30 @@ def _compile():
         # the taps: 1.4-1.7x over a loop of W.shape[3] taps, session 15); contract only:
         # multiply-adds are fused, the order of the sums is as written
         @njit(cache=True, nogil=True, fastmath={"contract"})
-        def forward(x, Wp, b4, relu, ph, pw, geom, y, pad, tmp):  # pragma: no cover (jitted)
+        def forward(x, Wp, b4, relu, ph, pw, geom, lanes, y, pad, out):  # pragma: no cover
             # y[m] = conv(x[m], W) + b (max(., 0) with relu) for every sample m of x, with Wp
             # the filters packed by pack_filters (G, C, kh, kw, 4), b4 the bias padded to 4 * G
-            # values, geom = geometry(H, W, ph, pw, STRIDE); pad holds at least C * plane +
-            # PAD_SLACK values, tmp TMP_VALUES
+            # values, geom = geometry(H, W, ph, pw, STRIDE), lanes = simd.lanes(x.dtype);
+            # pad holds at least C * plane + pad_slack(x.dtype) values, out 4 * G * Lp with
+            # Lp = pitched_outputs(Ho, pitch, x.dtype)
+            n = simd.width(pad)
+            if n != lanes:
+                raise ValueError("direct: this kernel was compiled for another vector width "
+                                 "(a stale numba cache): delete the __pycache__ folders of "
+                                 "mlcvlab/nn")
             F, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
             G, kh = Wp.shape[0], Wp.shape[2]                 # Wp.shape[3] is KW
             pitch, phase, plane = geom
             C = x.shape[1]
-            n = simd.width(pad)
-            T = 2 * n                                   # outputs per tile, along one row
+            T = 2 * n                                   # outputs per tile
+            Lp = (Ho * pitch + T - 1) // T * T + T      # pitched_outputs: one channel in out
             HW = Ho * Wo
+            # rows at least a tile long: tiles along each row, whole ones stored straight
+            # into y; shorter rows: tiles of T consecutive outputs in the pitched order
+            # ho * pitch + wo (the columns wo >= Wo computed and dropped), through out
+            rows = Wo >= T
+            per_row = (Wo + T - 1) // T
+            tiles = Ho * per_row if rows else (Ho * pitch + T - 1) // T
             wf = Wp.reshape(-1)
             yf = y.reshape(-1)
             pad[:] = 0
@@ -186,76 +217,90 @@ def _compile():
                     _copy_in(x, m, ph, pw, plane, pitch, pad)
                 else:
                     _copy_in_phases(x, m, ph, pw, phase, plane, pitch, pad)
-                for ho in range(Ho):
-                    for wo in range(0, Wo, T):
-                        for g in range(G):
-                            # the tile: 4 output channels x 2 vectors, in registers
-                            a00 = simd.splat(b4[4 * g])
-                            a01 = a00
-                            a10 = simd.splat(b4[4 * g + 1])
-                            a11 = a10
-                            a20 = simd.splat(b4[4 * g + 2])
-                            a21 = a20
-                            a30 = simd.splat(b4[4 * g + 3])
-                            a31 = a30
-                            for c in range(C):
-                                for i in range(kh):
-                                    base = c * plane + ho * pitch + wo
-                                    wb = ((g * C + c) * kh + i) * KW * 4
-                                    for j in range(KW):
-                                        if STRIDE == 1:
-                                            at = base + i * pitch + j
-                                        else:
-                                            at = (base + ((i % 2) * 2 + j % 2) * phase
-                                                  + (i // 2) * pitch + j // 2)
-                                        x0 = simd.load(pad, at)
-                                        x1 = simd.load(pad, at + n)
-                                        w = simd.splat(wf[wb + 4 * j])
-                                        a00 = simd.fma(w, x0, a00)
-                                        a01 = simd.fma(w, x1, a01)
-                                        w = simd.splat(wf[wb + 4 * j + 1])
-                                        a10 = simd.fma(w, x0, a10)
-                                        a11 = simd.fma(w, x1, a11)
-                                        w = simd.splat(wf[wb + 4 * j + 2])
-                                        a20 = simd.fma(w, x0, a20)
-                                        a21 = simd.fma(w, x1, a21)
-                                        w = simd.splat(wf[wb + 4 * j + 3])
-                                        a30 = simd.fma(w, x0, a30)
-                                        a31 = simd.fma(w, x1, a31)
-                            if relu:
-                                a00, a01 = simd.relu(a00), simd.relu(a01)
-                                a10, a11 = simd.relu(a10), simd.relu(a11)
-                                a20, a21 = simd.relu(a20), simd.relu(a21)
-                                a30, a31 = simd.relu(a30), simd.relu(a31)
-                            # stores past the row's end land in this plane's later rows,
-                            # which are written after: only a plane's end, or a group past
-                            # F, goes through tmp
-                            k = min(T, Wo - wo)
-                            f = 4 * g
+                done = 0                                # rows copied into y (pitched)
+                for t in range(tiles):
+                    if rows:                            # tile t: row ho, columns wo..
+                        ho, wo = t // per_row, (t % per_row) * T
+                        p = ho * pitch + wo
+                    else:
+                        p = t * T
+                    for g in range(G):
+                        # the tile: 4 output channels x 2 vectors, in registers
+                        a00 = simd.splat(b4[4 * g])
+                        a01 = a00
+                        a10 = simd.splat(b4[4 * g + 1])
+                        a11 = a10
+                        a20 = simd.splat(b4[4 * g + 2])
+                        a21 = a20
+                        a30 = simd.splat(b4[4 * g + 3])
+                        a31 = a30
+                        for c in range(C):
+                            for i in range(kh):
+                                base = c * plane + p
+                                wb = ((g * C + c) * kh + i) * KW * 4
+                                for j in range(KW):
+                                    if STRIDE == 1:
+                                        at = base + i * pitch + j
+                                    else:
+                                        at = (base + ((i % 2) * 2 + j % 2) * phase
+                                              + (i // 2) * pitch + j // 2)
+                                    x0 = simd.load(pad, at)
+                                    x1 = simd.load(pad, at + n)
+                                    w = simd.splat(wf[wb + 4 * j])
+                                    a00 = simd.fma(w, x0, a00)
+                                    a01 = simd.fma(w, x1, a01)
+                                    w = simd.splat(wf[wb + 4 * j + 1])
+                                    a10 = simd.fma(w, x0, a10)
+                                    a11 = simd.fma(w, x1, a11)
+                                    w = simd.splat(wf[wb + 4 * j + 2])
+                                    a20 = simd.fma(w, x0, a20)
+                                    a21 = simd.fma(w, x1, a21)
+                                    w = simd.splat(wf[wb + 4 * j + 3])
+                                    a30 = simd.fma(w, x0, a30)
+                                    a31 = simd.fma(w, x1, a31)
+                        if relu:
+                            a00, a01 = simd.relu(a00), simd.relu(a01)
+                            a10, a11 = simd.relu(a10), simd.relu(a11)
+                            a20, a21 = simd.relu(a20), simd.relu(a21)
+                            a30, a31 = simd.relu(a30), simd.relu(a31)
+                        f = 4 * g
+                        if rows and wo + T <= Wo and f + 4 <= F:    # whole: straight into y
                             at = ((m * F + f) * Ho + ho) * Wo + wo
-                            if f + 4 <= F and ho * Wo + wo + T <= HW:
-                                simd.store(yf, at, a00)
-                                simd.store(yf, at + n, a01)
-                                simd.store(yf, at + HW, a10)
-                                simd.store(yf, at + HW + n, a11)
-                                simd.store(yf, at + 2 * HW, a20)
-                                simd.store(yf, at + 2 * HW + n, a21)
-                                simd.store(yf, at + 3 * HW, a30)
-                                simd.store(yf, at + 3 * HW + n, a31)
-                            else:
-                                simd.store(tmp, 0, a00)
-                                simd.store(tmp, n, a01)
-                                simd.store(tmp, T, a10)
-                                simd.store(tmp, T + n, a11)
-                                simd.store(tmp, 2 * T, a20)
-                                simd.store(tmp, 2 * T + n, a21)
-                                simd.store(tmp, 3 * T, a30)
-                                simd.store(tmp, 3 * T + n, a31)
-                                for q in range(min(4, F - f)):
-                                    dst = yf[at + q * HW:at + q * HW + k]
-                                    src = tmp[q * T:q * T + k]
-                                    for t in range(k):
-                                        dst[t] = src[t]
+                            simd.store(yf, at, a00)
+                            simd.store(yf, at + n, a01)
+                            simd.store(yf, at + HW, a10)
+                            simd.store(yf, at + HW + n, a11)
+                            simd.store(yf, at + 2 * HW, a20)
+                            simd.store(yf, at + 2 * HW + n, a21)
+                            simd.store(yf, at + 3 * HW, a30)
+                            simd.store(yf, at + 3 * HW + n, a31)
+                            continue
+                        at = f * Lp + p
+                        simd.store(out, at, a00)
+                        simd.store(out, at + n, a01)
+                        simd.store(out, at + Lp, a10)
+                        simd.store(out, at + Lp + n, a11)
+                        simd.store(out, at + 2 * Lp, a20)
+                        simd.store(out, at + 2 * Lp + n, a21)
+                        simd.store(out, at + 3 * Lp, a30)
+                        simd.store(out, at + 3 * Lp + n, a31)
+                        if rows:                        # a row's last tile, or past F
+                            for q in range(min(4, F - f)):
+                                src = out[at + q * Lp:at + q * Lp + min(T, Wo - wo)]
+                                dst = y[m, f + q, ho, wo:]
+                                for k in range(len(src)):
+                                    dst[k] = src[k]
+                    if not rows:
+                        # the rows this tile completed: their kept columns into y, while
+                        # the tiles are still in cache
+                        last = Ho if p + T >= Ho * pitch else (p + T) // pitch
+                        for r in range(done, last):
+                            for f in range(F):
+                                src = out[f * Lp + r * pitch:f * Lp + r * pitch + Wo]
+                                dst = y[m, f, r]
+                                for k in range(Wo):
+                                    dst[k] = src[k]
+                        done = last
         return forward
 
     # reassoc as well: the sums over the outputs run in vector lanes (as a GEMM's do)
@@ -375,10 +420,13 @@ def conv2d_direct(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
     geom = geometry(H, Wd, ph, pw, stride)
     plane = geom[2]
 
+    out_values = 4 * packed.shape[0] * pitched_outputs(Ho, geom[0], x.dtype)
+    lanes = simd.lanes(x.dtype)
+
     def forward_part(part: slice) -> None:
-        pad = kernels.scratch((C * plane + PAD_SLACK,), x.dtype, slot="direct_pad")
-        tmp = kernels.scratch((TMP_VALUES,), x.dtype, slot="direct_tile")
-        run(x[part], packed, bias, then_relu, ph, pw, geom, y[part], pad, tmp)
+        pad = kernels.scratch((C * plane + pad_slack(x.dtype),), x.dtype, slot="direct_pad")
+        out = kernels.scratch((out_values,), x.dtype, slot="direct_out")
+        run(x[part], packed, bias, then_relu, ph, pw, geom, lanes, y[part], pad, out)
 
     _map_parts(forward_part, parts)
     return y
@@ -409,17 +457,18 @@ def conv2d_grad_direct(dy: np.ndarray, x: np.ndarray, W: np.ndarray, padding: Tu
     qh, qw = kh - 1 - ph, kw - 1 - pw
     dy_geom = geometry(Ho, Wo, qh, qw, 1)
     dy_plane = dy_geom[2]
+    dx_out_values = 4 * W_flip.shape[0] * pitched_outputs(H, dy_geom[0], dy.dtype)
 
     def backward_part(part: slice) -> np.ndarray:
         dW = np.zeros((F, C, kh, kw))
-        pad = kernels.scratch((max(C * plane, F * dy_plane) + PAD_SLACK,), x.dtype,
+        pad = kernels.scratch((max(C * plane, F * dy_plane) + pad_slack(x.dtype),), x.dtype,
                               slot="direct_pad")
         dyp = kernels.scratch((F * Ho * (Wd + pw),), dy.dtype, slot="direct_dy")
         weight_grad(x[part], dy[part], ph, pw, geom, dW, pad, dyp)
         if dx is not None:
-            tmp = kernels.scratch((TMP_VALUES,), dy.dtype, slot="direct_tile")
-            forward(dy[part], W_flip, no_bias, False, qh, qw, dy_geom, dx[part], pad,
-                    tmp)
+            out = kernels.scratch((dx_out_values,), dy.dtype, slot="direct_out")
+            forward(dy[part], W_flip, no_bias, False, qh, qw, dy_geom, simd.lanes(dy.dtype),
+                    dx[part], pad, out)
         return dW
 
     shares = _map_parts(backward_part, parts)

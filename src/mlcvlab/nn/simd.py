@@ -1,4 +1,4 @@
-"""Explicit 256-bit vectors inside numba kernels: load, store, splat, fused multiply-add, ReLU.
+"""Explicit vector registers inside numba kernels: load, store, splat, fused multiply-add, ReLU.
 
 Why: numba compiles a loop to vector instructions only when LLVM's loop vectorizer can
 prove it safe, and it vectorizes the innermost loop only. A convolution kernel wants the
@@ -12,10 +12,14 @@ keeps in registers, and the loops around them can be any shape.
 What this module adds to numba (through ``numba.extending.intrinsic``, i.e. a few lines of
 LLVM IR each, no C):
 
-- ``Vector(dtype)``, a numba type for 32 bytes of float32 (8 lanes) or float64 (4 lanes),
-  lowered to LLVM's ``<8 x float>`` / ``<4 x double>``. On AVX2 (and AVX-512) one register;
-  LLVM splits it into two on 128-bit targets (SSE, NEON), where the code still runs, slower.
-- ``width(a)``: the lanes of ``a``'s dtype, a compile-time constant.
+- ``Vector(dtype)``, a numba type for ``BYTES`` bytes of float32 or float64: 64 on a CPU
+  with AVX-512 (16 float32 / 8 float64 lanes, LLVM's ``<16 x float>`` / ``<8 x double>``),
+  else 32 (8 / 4 lanes, ``<8 x float>`` / ``<4 x double>``), one register either way; LLVM
+  splits it on narrower targets (SSE, NEON), where the code still runs, slower. On the
+  AVX-512 hosts the 64-byte vectors made the direct kernels 1.5-1.9x faster than 32-byte
+  ones (BENCHMARKS.md, session 16).
+- ``width(a)``: the lanes of ``a``'s dtype, a compile-time constant (``lanes(dtype)`` in
+  Python).
 - ``load(a, i)`` / ``store(a, i, v)``: the ``width`` values at flat index ``i`` of a
   C-contiguous array (any number of dimensions), unaligned. No bounds check: the caller
   guarantees ``0 <= i`` and ``i + width(a) <= a.size``.
@@ -29,13 +33,36 @@ Used by ``nn/direct.py``; tested in ``tests/nn/test_simd.py``.
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, register_model
 
-BYTES = 32          # one AVX register
+
+
+def _host_vector_bytes() -> int:
+    """64 (one AVX-512 register) where the CPU numba compiles for has AVX-512F, else 32 (one
+    AVX register). Numba keys its on-disk cache by the CPU's name and features, so a kernel
+    compiled for one width is never loaded on a CPU that gets the other."""
+    from numba import config
+    if config.CPU_NAME is not None:     # NUMBA_CPU_NAME: numba compiles for that CPU instead
+        return 64 if "+avx512f" in (config.CPU_FEATURES or "") else 32
+    try:
+        from llvmlite import binding
+        features = binding.get_host_cpu_features()
+    except Exception:                   # llvmlite cannot tell (an unknown host): the safe width
+        return 32
+    return 64 if features.get("avx512f", False) else 32
+
+
+BYTES = _host_vector_bytes()
+
+
+def lanes(dtype) -> int:
+    """The lanes of a Vector of ``dtype`` (a NumPy dtype): ``width`` outside numba."""
+    return BYTES // np.dtype(dtype).itemsize
 
 
 class Vector(types.Type):

@@ -51,6 +51,13 @@ def test_bench_quick_writes_every_field(tmp_path, capsys):
     assert res["mlp_gemms_fraction_of_sgemm_peak"] == pytest.approx(
         res["mlp_gemms_gflops"] / res["sgemm_gflops"])
     assert "VmHWM" in res["memory_method"]
+    assert res["machine"]["blas"] and res["machine"]["numba_vector_bytes"] in (32, 64)
+    train = res["models"]["lenet5"]["train"]
+    for who in ("ours", "torch"):
+        assert train[f"{who}_gflops"] == pytest.approx(
+            bench.conv_train_flops("lenet5") * train[f"{who}_samples_per_s"] / 1e9)
+        assert train[f"{who}_fraction_of_sgemm_peak"] == pytest.approx(
+            train[f"{who}_gflops"] / res["sgemm_gflops"])
     for name in ("mlp", "lenet5"):
         r = res["models"][name]
         _check_phase(r["train"], True)
@@ -226,3 +233,12 @@ def test_bench_conv_rule_times_each_direction_of_each_algorithm(capsys):
     for line in lines:
         assert "im2col" in line and "x1.00 (1.00-1.00)" in line and "| direct " in line
     assert conv.get_algorithm() == "auto"                    # restored
+
+
+def test_conv_train_flops_counts_forward_dx_and_dw_of_convs_and_linears():
+    """ResNet-20 by hand: the stem 3->16 on 32x32, 6 + 5 + 5 convs of 16/32/64 channels at
+    2,359,296 multiply-adds each (32x32, 16x16, 8x8), the two stride-2 convs at 1,179,648,
+    the 64->10 linear; three times over (forward, dx, dW), less the stem's dx."""
+    stem = 3 * 16 * 9 * 32 * 32
+    macs = stem + 16 * 2359296 + 2 * 1179648 + 64 * 10
+    assert bench.conv_train_flops("resnet20") == 2 * (3 * macs - stem)

@@ -67,6 +67,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _vector_bytes() -> int:
+    """The width of the explicit vectors in our numba kernels (``nn/simd.py``)."""
+    from mlcvlab.nn import simd
+    return simd.BYTES
+
+
 def cpu_simd() -> str:
     """The CPU family/model and widest vector extension from /proc/cpuinfo, e.g. "family 25
     model 1, AVX2+FMA (no AVX-512)". It matters for the ratios: torch's oneDNN kernels use
@@ -93,6 +99,33 @@ def cpu_simd() -> str:
     where = (f"family {info['cpu family']} model {info['model']}, "
              if "cpu family" in info and "model" in info else "")
     return where + simd if flags else ""
+
+
+def blas_kernels() -> str:
+    """NumPy's BLAS and the kernel set it runs, e.g. "openblas 0.3.31 (Haswell kernels)": on
+    an AVX-512 CPU that OpenBLAS does not know (or with OPENBLAS_CORETYPE set) it may run its
+    AVX2 kernels, which caps the SGEMM peak below while our numba kernels use AVX-512."""
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas":
+                arch = lib.get("architecture")
+                return (f"{lib.get('internal_api')} {lib.get('version')}"
+                        + (f" ({arch} kernels)" if arch else ""))
+    except Exception:                    # threadpoolctl unable to inspect the process
+        pass
+    return "unknown"
+
+
+def conv_train_flops(name: str) -> float:
+    """FLOPs per sample of one training step of the model ``name`` counted as direct
+    convolution and dense GEMMs: 2 x (the forward's multiply-adds of its convolutions and
+    linear layers, once each for the forward, dx and dW, less dx of the first layer: its input
+    is the data). Winograd's saving then shows as a rate above what the arithmetic ran at."""
+    from mlcvlab.analysis.summary import summarize
+    rows = [r for r in summarize(build_ours(name), INPUT_SHAPES[name])
+            if r.kind in ("Conv2d", "Linear")]
+    return 2.0 * (3 * sum(r.macs for r in rows) - rows[0].macs)
 
 
 REFERENCE_FILE = "torch_reference.py"
@@ -724,6 +757,7 @@ def _run(models, batch_size, threads, repeats, quick, memory, use_torch, referen
     result = {
         "machine": {"cpu": cpu_model(), "simd": cpu_simd(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__,
+                    "blas": blas_kernels(), "numba_vector_bytes": _vector_bytes(),
                     "torch": getattr(ref, "version", None)},
         "config": {"models": list(models), "batch_size": batch_size, "threads": threads,
                    "repeats": repeats, "quick": quick, "dtype": "float32",
@@ -771,6 +805,16 @@ def _run(models, batch_size, threads, repeats, quick, memory, use_torch, referen
             result["torch_mlp_fraction_of_sgemm_peak"] = torch_gflops / result["sgemm_gflops"]
             result["torch_mlp_gemms_fraction_of_sgemm_peak"] = (
                 result["torch_mlp_gemms_gflops"] / result["sgemm_gflops"])
+    for name in result["models"]:
+        if name == "mlp" or "train" not in result["models"][name] or "sgemm_gflops" not in result:
+            continue
+        train = result["models"][name]["train"]
+        flops = conv_train_flops(name)
+        for who in ("ours", "torch"):
+            if f"{who}_samples_per_s" in train:
+                gflops = flops * train[f"{who}_samples_per_s"] / 1e9
+                train[f"{who}_gflops"] = gflops
+                train[f"{who}_fraction_of_sgemm_peak"] = gflops / result["sgemm_gflops"]
     if memory:
         result["memory_method"] = MEMORY_METHOD
         for name in models:
@@ -794,6 +838,8 @@ def format_table(result: dict) -> str:
     device = result["config"].get("device", "cpu")
     base = result["config"].get("baseline") or "torch"
     lines = [f"Machine: {m['cpu']}" + (f" ({m['simd']})" if m.get("simd") else "")
+             + (f"; NumPy's BLAS {m['blas']}, our kernels' vectors {m['numba_vector_bytes']} "
+                "bytes" if m.get("blas") else "")
              + f", {m['cores']} cores; {result['config']['threads']} threads"
              + (f"; our convolutions: set_algorithm({result['config']['conv_algorithm']!r})"
                 if result["config"].get("conv_algorithm", "auto") != "auto" else "")
@@ -827,6 +873,14 @@ def format_table(result: dict) -> str:
                      f"{100 * result['mlp_fraction_of_sgemm_peak']:.0f}% of the SGEMM peak "
                      f"(its GEMMs alone: {result['mlp_gemms_gflops']:.1f} GFLOP/s = "
                      f"{100 * result['mlp_gemms_fraction_of_sgemm_peak']:.0f}%)")
+    for name, r in result["models"].items():
+        train = r.get("train", {})
+        if "ours_fraction_of_sgemm_peak" in train:
+            theirs = train.get("torch_fraction_of_sgemm_peak")
+            lines.append(f"{name} training step, counted as direct convolution: "
+                         f"{train['ours_gflops']:.1f} GFLOP/s = "
+                         f"{100 * train['ours_fraction_of_sgemm_peak']:.0f}% of the SGEMM peak"
+                         + (f" (torch {100 * theirs:.0f}%)" if theirs is not None else ""))
     if "torch_mlp_fraction_of_sgemm_peak" in result:
         lines.append(f"PyTorch's MLP training step: "
                      f"{100 * result['torch_mlp_fraction_of_sgemm_peak']:.0f}% of the same peak "

@@ -166,12 +166,14 @@ def test_auto_rule(algorithm, monkeypatch, C, F, size, forward, expected):
     (32, 32, 16, 1, False, True), (64, 64, 16, 1, True, True), (64, 64, 16, 1, False, False),
     (96, 32, 32, 1, True, True), (96, 32, 32, 1, False, True), (64, 64, 8, 1, True, False),
     (32, 32, 8, 1, False, False), (16, 32, 32, 2, True, True), (32, 64, 16, 2, True, True),
-    (64, 128, 8, 2, True, True), (64, 128, 4, 2, True, False), (16, 32, 32, 2, False, False)])
+    (64, 128, 8, 2, True, True), (64, 128, 4, 2, True, False), (16, 32, 32, 2, False, True),
+    (32, 64, 16, 2, False, False)])
 def test_auto_rule_with_avx512_vectors(algorithm, monkeypatch, C, F, size, stride, forward,
                                        expected):
     """With 64-byte vectors (AVX-512) the session-16 rule: the forward from 16x16 outputs at
     any pair, from 8x8 at a pair <= 16, and every 3x3 stride-2 forward from 4x4 outputs; the
-    backward as with 32-byte vectors, and also from 16x16 outputs up to a pair of 24."""
+    backward (stride 1 or 2) as with 32-byte vectors, and also from 16x16 outputs up to a pair
+    of 24."""
     from mlcvlab.nn import simd
     monkeypatch.setattr(simd, "BYTES", 64)
     algorithm("auto")
@@ -192,14 +194,13 @@ def test_the_direct_kernel_does_not_take_what_it_cannot_compute(algorithm, kerne
     assert not conv.direct_pays((2, 4, 20, 20), 4, kernel, stride, dilation, groups, pads)
 
 
-def test_a_3x3_stride_2_forward_is_direct_and_its_backward_is_not(algorithm):
-    """The stride-2 kernel computes 3x3 forwards only; its backward is im2col's."""
+def test_a_3x3_stride_2_runs_direct_both_ways_and_a_5x5_one_does_not(algorithm):
     algorithm("direct")
-    assert direct.applies((3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1), forward=True)
-    assert not direct.applies((3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1))
-    assert conv.direct_pays((2, 4, 20, 20), 4, (3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1))
-    assert not conv.direct_pays((2, 4, 20, 20), 4, (3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1),
-                                forward=False)
+    for forward in (True, False):
+        assert direct.applies((3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1), forward=forward)
+        assert conv.direct_pays((2, 4, 20, 20), 4, (3, 3), (2, 2), (1, 1), 1, (1, 1, 1, 1),
+                                forward=forward)
+        assert not direct.applies((5, 5), (2, 2), (1, 1), 1, (2, 2, 2, 2), forward=forward)
 
 
 # odd and even sizes (both phase-plane parities), every padding, F % 4 = 0..3, rows shorter
@@ -210,8 +211,8 @@ STRIDE2_CASES = [((3, 5, 7, 9), 4, 0), ((2, 3, 9, 6), 7, 1), ((1, 2, 4, 5), 3, 2
 
 @pytest.mark.parametrize("x_shape, F, padding", STRIDE2_CASES)
 @pytest.mark.parametrize("then_relu", [False, True])
-def test_stride_2_forward_equals_im2col_in_float64(monkeypatch, x_shape, F, padding,
-                                                     then_relu):
+def test_stride_2_equals_im2col_in_float64(monkeypatch, x_shape, F, padding, then_relu):
+    """The forward on phase planes, dW on them, dx as four phase convolutions of dy."""
     seen = _spy(monkeypatch)
     x, W, b, _ = _case(x_shape, F, padding)
     outs = {}
@@ -223,7 +224,7 @@ def test_stride_2_forward_equals_im2col_in_float64(monkeypatch, x_shape, F, padd
             outs[alg] = (y,) + conv.conv2d_grad(dy, cache)
         finally:
             conv.set_algorithm(previous)
-    assert seen == ["forward"]                       # the backward: im2col's
+    assert seen == ["forward", "backward"]
     Ho, Wo = (x_shape[2] + 2 * padding - 3) // 2 + 1, (x_shape[3] + 2 * padding - 3) // 2 + 1
     assert outs["direct"][0].shape == (x_shape[0], F, Ho, Wo)
     assert_float64_equal(outs["direct"], outs["im2col"])
@@ -232,10 +233,17 @@ def test_stride_2_forward_equals_im2col_in_float64(monkeypatch, x_shape, F, padd
 def test_stride_2_float32_matches_torch(algorithm):
     algorithm("direct")
     x, W, b, _ = _case((3, 16, 31, 32), 32, 1, dtype=np.float32)
-    y, _ = conv.conv2d(x, W, b, 2, 1, then_relu=True)
-    ref = torch.relu(tF.conv2d(torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b),
-                               stride=2, padding=1)).numpy()
+    y, cache = conv.conv2d(x, W, b, 2, 1, then_relu=True)
+    tx, tW, tb = (torch.from_numpy(a).requires_grad_() for a in (x, W, b))
+    ty = torch.relu(tF.conv2d(tx, tW, tb, stride=2, padding=1))
+    ref = ty.detach().numpy()
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32) * (y > 0)
+    dx, dW, db = conv.conv2d_grad(dy, cache)
+    ty.backward(torch.from_numpy(dy))
+    for ours, theirs in ((dx, tx.grad), (dW, tW.grad), (db, tb.grad)):
+        theirs = theirs.numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
 
 
 def test_auto_runs_a_resnet_first_stage_layer_direct_both_ways(algorithm, monkeypatch):

@@ -406,9 +406,10 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
 # the backward (dx and dW) while it is at most DIRECT_BACKWARD_MAX_PAIR or while F <=
 # DIRECT_MAX_FILTERS, both from DIRECT_MIN_OUTPUTS output pixels.
 #
-# Session 15, on an AVX2 host (Zen 3), the register-tiled forward kernel (`python benchmarks/bench_conv_rule.py
-# --threads 2 --batch 128 --rounds 9-11`, forward with ReLU; the previous rule's path time /
-# direct time, median of interleaved rounds; BENCHMARKS.md, session 15, has the ranges):
+# Session 15, on an AVX2 host (Zen 3), the register-tiled forward kernel (`python
+# benchmarks/bench_conv_rule.py --threads 2 --batch 128 --rounds 9-11`, forward with ReLU;
+# the previous rule's path time / direct time, median of interleaved rounds; BENCHMARKS.md,
+# session 15, has the ranges):
 # forward 3->64 32x32 1.52, 3->96 1.76, 16->32 32x32 1.73, 16->64 1.27, 16->96 16x16 1.30,
 # 8->32 16x16 1.83, 32->32 16x16 1.16-1.28 (three runs), 32->32 32x32 1.15, 12x12 1.05, 10x10
 # 1.02; but 32->32 8x8 0.79, 64->64 8x8 0.63, 64->48 32x32 0.71, 96->32 32x32 0.79, 160->48
@@ -418,7 +419,7 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
 # 0.94, 16->16 8x8 0.82-0.92. 5x5: LeNet-5's 6->16 (14x14 -> 10x10) forward 1.77, backward
 # 1.81; 16->32 16x16 1.88 and 1.42. Below 10x10 outputs a tile of 16 overhangs a row by more
 # than half (16->16 8x8: forward 1.26-1.33, backward 0.82-0.92; 4->32 4x4 0.92 / 0.65).
-# 3x3 stride-2 forwards (on phase planes; their backward stays im2col), against im2col: 16->32
+# 3x3 stride-2 forwards (on phase planes; their backward then stayed im2col), against im2col: 16->32
 # 32x32 1.79 (ResNet-20's), 16->16 2.08, 3->16 1.88; but 32->64 16x16 0.79, 64->128 0.62,
 # 80->80 32x32 (padding 0) 0.93, 144->96 15x15 0.61: the same rule.
 # (Session 12's rule, for the kernel that kept its accumulators in memory: at most 16 output
@@ -433,7 +434,10 @@ def winograd_tile(x_shape, F: int, kernel, stride, dilation, groups: int, pads,
 # 64->128 8x8 1.24. The backward wins from 16x16 outputs up to a pair of 24: 16->16 32x32
 # 2.20, 32->32 16x16 1.25, 32->32 32x32 1.46, 16->64 1.47, 64->16 1.85, 96->32 1.36; not at
 # 64->64 16x16 (pair 32: 0.96) nor on 8x8 maps (0.52-0.99); below that, as on AVX2 (against
-# im2col, batch 64: LeNet-5's 6->16 1.36, 16->16 12x12 1.87, 8->8 10x10 2.01).
+# im2col, batch 64: LeNet-5's 6->16 1.36, 16->16 12x12 1.87, 8->8 10x10 2.01). The 3x3
+# stride-2 backward (direct since session 16) follows the same rules, against im2col: 16->32
+# on 32x32 1.66 (AVX2 code on the same host: 1.23), 3->16 1.85, 16->16 2.29, 64->64 1.47;
+# but with 8x8 outputs 32->64 0.86 (AVX2: 0.72) and 128->128 0.70, and 64->128 4x4 0.33.
 DIRECT_FORWARD_MAX_PAIR = 16
 DIRECT_BACKWARD_MAX_PAIR = 11
 DIRECT_MAX_FILTERS = 16
@@ -721,7 +725,8 @@ def conv2d_grad(dy: np.ndarray, cache: Conv2dCache, input_grad: bool = True):
     if direct_pays(x.shape, F, kernel, stride, (1, 1), 1, pads, forward=False):
         check_dy("conv2d_grad", dy, (N, F, Ho, Wo))
         return direct.conv2d_grad_direct(dy, x, W, padding, has_bias, input_grad,
-                                         _batch_parts(N, 4.0 * N * F * C * kh * kw * Ho * Wo))
+                                         _batch_parts(N, 4.0 * N * F * C * kh * kw * Ho * Wo),
+                                         sh)
     if winograd_tile(x.shape, F, kernel, stride, (1, 1), 1, pads, forward=False):
         return conv2d_grad(dy, winograd.WinogradCache(x, W, padding, has_bias), input_grad)
     check_dy("conv2d_grad", dy, (N, F, Ho, Wo))

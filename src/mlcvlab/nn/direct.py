@@ -1,5 +1,4 @@
-"""Direct 3x3 and 5x5 stride-1 convolution (and 3x3 stride-2 forwards), for layers with few
-channels on one side.
+"""Direct 3x3 and 5x5 stride-1 convolution (and 3x3 stride 2), forward and backward.
 
 im2col turns a 3x3 convolution into one GEMM by copying every input value nine times
 (the column matrix; 25 times for 5x5); with 16 output channels, as in ResNet-20's first
@@ -38,10 +37,13 @@ tiles, and the row tiles kept the 32x32 layers 6-17 % ahead of pitched ones.)
 Each sample is copied into a per-thread padded buffer (``C * plane`` values, zeroed once per
 call) just before its outputs are computed, so the copy is read back from cache.
 
-Stride 2 (forward only): the padded image is split into its four phase planes (row parity x
-column parity, :func:`geometry`), so that a run of outputs along a row again reads a run of
-consecutive values for each tap, and the same register tiles apply. Its backward stays on
-im2col (``conv.conv2d_grad``).
+Stride 2 (3x3): the padded image is split into its four phase planes (row parity x column
+parity, :func:`geometry`), so that a run of outputs along a row again reads a run of
+consecutive values for each tap, and the same register tiles apply; the weight gradient
+walks the same phase planes. The input gradient splits by phase too: each phase of dx is a
+stride-1 convolution of dy with the taps of that parity (2x2, 2x1, 1x2 and 1x1 kernels, nine
+taps in all), run by the forward kernel (:func:`_stride2_input_grad`). (Until session 16 the
+stride-2 backward ran on im2col: 16->32 on 32x32 is 1.66x faster this way.)
 
 The backward (:func:`conv2d_grad_direct`): dW from a second kernel that walks the same
 layout, four (3x3) or two (5x5) output channels and their twelve or ten weight sums per pass
@@ -109,13 +111,13 @@ KERNEL_SIZES = ((3, 3), (5, 5))
 
 
 def applies(kernel, stride, dilation, groups: int, pads, forward: bool = False) -> bool:
-    """Whether the direct kernels compute this convolution (its ``forward``, else its
-    backward): a 3x3 or 5x5 kernel, stride 1 (or, a 3x3 forward, stride 2), dilation 1, one
+    """Whether the direct kernels compute this convolution (forward and backward alike): a 3x3
+    or 5x5 kernel, stride 1 (or, a 3x3 kernel, stride 2), dilation 1, one
     group, symmetric zero padding of at most kernel - 1 on each side (pads: top, bottom, left,
     right). Wider padding would make the output wider than a stored row, and the input
     gradient (a convolution of dy padded by kernel - 1 - padding) impossible."""
     kh, kw = kernel
-    strides = ((1, 1), (2, 2)) if forward and tuple(kernel) == (3, 3) else ((1, 1),)
+    strides = ((1, 1), (2, 2)) if tuple(kernel) == (3, 3) else ((1, 1),)
     return (tuple(kernel) in KERNEL_SIZES and tuple(stride) in strides
             and tuple(dilation) == (1, 1) and groups == 1 and pads[0] == pads[1]
             and pads[2] == pads[3] and pads[0] <= kh - 1 and pads[2] <= kw - 1)
@@ -303,91 +305,114 @@ def _compile():
                         done = last
         return forward
 
-    # reassoc as well: the sums over the outputs run in vector lanes (as a GEMM's do)
-    @njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
-    def weight_grad(x, dy, ph, pw, geom, dW, pad, dyp):  # pragma: no cover (jitted)
-        # dW[f, c, i, j] += sum over the samples m of x and the outputs (ho, wo) of
-        # dy[m, f, ho, wo] * x_padded[m, c, ho + i, wo + j], each sample's sum in x's dtype
-        # (vector lanes), the samples' sums added in dW's (float64). kw 3 or 5; geom =
-        # geometry(H, W, ph, pw, 1), pad as for forward; dyp at least F * Ho * pitch values
-        C = x.shape[1]
-        F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
-        kh, kw = dW.shape[2], dW.shape[3]
-        pitch, _, plane = geom
-        L = Ho * pitch
-        zero = x.dtype.type(0)
-        pad[:] = 0
-        dyp[:] = 0                                  # the dropped columns stay 0: they add 0
-        for m in range(x.shape[0]):
-            _copy_in(x, m, ph, pw, plane, pitch, pad)
-            for f in range(F):
-                for h in range(Ho):
-                    dst = dyp[f * L + h * pitch:f * L + h * pitch + Wo]
-                    src = dy[m, f, h]
-                    for w in range(Wo):
-                        dst[w] = src[w]
-            step = 4 if kw == 3 else 2              # output channels per pass
-            for f in range(0, F, step):
-                k = min(step, F - f)
-                # the pass's channels; past F the last one again (computed, unused)
-                g0 = dyp[f * L:(f + 1) * L]
-                g1 = dyp[(f + min(1, k - 1)) * L:(f + min(1, k - 1) + 1) * L]
-                g2 = dyp[(f + min(2, k - 1)) * L:(f + min(2, k - 1) + 1) * L]
-                g3 = dyp[(f + min(3, k - 1)) * L:(f + min(3, k - 1) + 1) * L]
-                for c in range(C):
-                    for i in range(kh):
-                        r = pad[c * plane + i * pitch:c * plane + i * pitch + L + kw - 1]
-                        if kw == 3:
-                            s00 = s01 = s02 = s10 = s11 = s12 = zero
-                            s20 = s21 = s22 = s30 = s31 = s32 = zero
-                            for o in range(L):
-                                r0, r1, r2 = r[o], r[o + 1], r[o + 2]
-                                d = g0[o]
-                                s00 += d * r0
-                                s01 += d * r1
-                                s02 += d * r2
-                                d = g1[o]
-                                s10 += d * r0
-                                s11 += d * r1
-                                s12 += d * r2
-                                d = g2[o]
-                                s20 += d * r0
-                                s21 += d * r1
-                                s22 += d * r2
-                                d = g3[o]
-                                s30 += d * r0
-                                s31 += d * r1
-                                s32 += d * r2
-                            sums = ((s00, s01, s02, zero, zero), (s10, s11, s12, zero, zero),
-                                    (s20, s21, s22, zero, zero), (s30, s31, s32, zero, zero))
-                        else:
-                            s00 = s01 = s02 = s03 = s04 = zero
-                            s10 = s11 = s12 = s13 = s14 = zero
-                            for o in range(L):
-                                r0, r1, r2, r3, r4 = r[o], r[o + 1], r[o + 2], r[o + 3], r[o + 4]
-                                d = g0[o]
-                                s00 += d * r0
-                                s01 += d * r1
-                                s02 += d * r2
-                                s03 += d * r3
-                                s04 += d * r4
-                                d = g1[o]
-                                s10 += d * r0
-                                s11 += d * r1
-                                s12 += d * r2
-                                s13 += d * r3
-                                s14 += d * r4
-                            sums = ((s00, s01, s02, s03, s04), (s10, s11, s12, s13, s14),
-                                    (zero, zero, zero, zero, zero),
-                                    (zero, zero, zero, zero, zero))
-                        for q in range(k):
-                            row = sums[q]
-                            for j in range(kw):
-                                dW[f + q, c, i, j] += row[j]
+    def make_weight_grad(STRIDE: int):
+        # one kernel per stride: 1, or 2 for a 3x3 kernel on the phase planes of
+        # geometry(..., 2) (tap (i, j) at phase plane (i % 2, j % 2), offset (i // 2,
+        # j // 2)); reassoc as well: the sums over the outputs run in vector lanes (as a
+        # GEMM's do)
+        @njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+        def weight_grad(x, dy, ph, pw, geom, dW, pad, dyp):  # pragma: no cover (jitted)
+            # dW[f, c, i, j] += sum over the samples m of x and the outputs (ho, wo) of
+            # dy[m, f, ho, wo] * x_padded[m, c, ho + i, wo + j], each sample's sum in x's dtype
+            # (vector lanes), the samples' sums added in dW's (float64). kw 3 or 5 (3 with
+            # stride 2); geom = geometry(H, W, ph, pw, STRIDE), pad as for forward; dyp at
+            # least F * Ho * pitch values
+            C = x.shape[1]
+            F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+            kh, kw = dW.shape[2], dW.shape[3]
+            pitch, phase, plane = geom
+            L = Ho * pitch
+            zero = x.dtype.type(0)
+            pad[:] = 0
+            dyp[:] = 0                                  # the dropped columns stay 0: they add 0
+            for m in range(x.shape[0]):
+                if STRIDE == 1:
+                    _copy_in(x, m, ph, pw, plane, pitch, pad)
+                else:
+                    _copy_in_phases(x, m, ph, pw, phase, plane, pitch, pad)
+                for f in range(F):
+                    for h in range(Ho):
+                        dst = dyp[f * L + h * pitch:f * L + h * pitch + Wo]
+                        src = dy[m, f, h]
+                        for w in range(Wo):
+                            dst[w] = src[w]
+                step = 4 if kw == 3 else 2              # output channels per pass
+                for f in range(0, F, step):
+                    k = min(step, F - f)
+                    # the pass's channels; past F the last one again (computed, unused)
+                    g0 = dyp[f * L:(f + 1) * L]
+                    g1 = dyp[(f + min(1, k - 1)) * L:(f + min(1, k - 1) + 1) * L]
+                    g2 = dyp[(f + min(2, k - 1)) * L:(f + min(2, k - 1) + 1) * L]
+                    g3 = dyp[(f + min(3, k - 1)) * L:(f + min(3, k - 1) + 1) * L]
+                    for c in range(C):
+                        for i in range(kh):
+                            if STRIDE == 1:
+                                at = c * plane + i * pitch
+                                r = pad[at:at + L + kw - 1]
+                                q = r                       # unused
+                            else:                           # taps j = 0, 2 and j = 1
+                                at = c * plane + (i % 2) * 2 * phase + (i // 2) * pitch
+                                r = pad[at:at + L + 1]
+                                q = pad[at + phase:at + phase + L]
+                            if kw == 3:
+                                s00 = s01 = s02 = s10 = s11 = s12 = zero
+                                s20 = s21 = s22 = s30 = s31 = s32 = zero
+                                for o in range(L):
+                                    if STRIDE == 1:
+                                        r0, r1, r2 = r[o], r[o + 1], r[o + 2]
+                                    else:
+                                        r0, r1, r2 = r[o], q[o], r[o + 1]
+                                    d = g0[o]
+                                    s00 += d * r0
+                                    s01 += d * r1
+                                    s02 += d * r2
+                                    d = g1[o]
+                                    s10 += d * r0
+                                    s11 += d * r1
+                                    s12 += d * r2
+                                    d = g2[o]
+                                    s20 += d * r0
+                                    s21 += d * r1
+                                    s22 += d * r2
+                                    d = g3[o]
+                                    s30 += d * r0
+                                    s31 += d * r1
+                                    s32 += d * r2
+                                sums = ((s00, s01, s02, zero, zero), (s10, s11, s12, zero, zero),
+                                        (s20, s21, s22, zero, zero), (s30, s31, s32, zero, zero))
+                            else:
+                                s00 = s01 = s02 = s03 = s04 = zero
+                                s10 = s11 = s12 = s13 = s14 = zero
+                                for o in range(L):
+                                    r0, r1, r2 = r[o], r[o + 1], r[o + 2]
+                                    r3, r4 = r[o + 3], r[o + 4]
+                                    d = g0[o]
+                                    s00 += d * r0
+                                    s01 += d * r1
+                                    s02 += d * r2
+                                    s03 += d * r3
+                                    s04 += d * r4
+                                    d = g1[o]
+                                    s10 += d * r0
+                                    s11 += d * r1
+                                    s12 += d * r2
+                                    s13 += d * r3
+                                    s14 += d * r4
+                                sums = ((s00, s01, s02, s03, s04), (s10, s11, s12, s13, s14),
+                                        (zero, zero, zero, zero, zero),
+                                        (zero, zero, zero, zero, zero))
+                            for q in range(k):
+                                row = sums[q]
+                                for j in range(kw):
+                                    dW[f + q, c, i, j] += row[j]
+
+        return weight_grad
 
     return {"forward3": make_forward(3, 1), "forward5": make_forward(5, 1),
             "forward3_stride2": make_forward(3, 2),
-            "weight_grad": weight_grad}
+            # the stride-2 input gradient's four phase convolutions (conv2d_grad_direct)
+            "forward1": make_forward(1, 1), "forward2": make_forward(2, 1),
+            "weight_grad": make_weight_grad(1), "weight_grad_stride2": make_weight_grad(2)}
 
 
 def kernel(name: str):
@@ -433,45 +458,104 @@ def conv2d_direct(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
 
 
 def conv2d_grad_direct(dy: np.ndarray, x: np.ndarray, W: np.ndarray, padding: Tuple[int, int],
-                       has_bias: bool, input_grad: bool, parts):
+                       has_bias: bool, input_grad: bool, parts, stride: int = 1):
     """dy (N, F, Ho, Wo) -> dx (N, C, H, W) or None, dW (F, C, kh, kw), db (F,) or None, of
-    :func:`conv2d_direct`'s convolution of x by W.
+    :func:`conv2d_direct`'s convolution of x by W (stride 1, or 2 for a 3x3 W).
 
     dW: the ``weight_grad`` kernel, each sample's sums in vector lanes, the samples' in
-    float64. dx: the convolution of dy, padded by kernel - 1 - padding, with the filters
-    flipped and their input and output channels swapped (W[f, c, kh - 1 - i, kw - 1 - j] as
-    filter c, channel f), by the forward kernel. The caller (``conv.conv2d_grad``) has
-    checked dy's shape.
+    float64. dx, stride 1: the convolution of dy, padded by kernel - 1 - padding, with the
+    filters flipped and their input and output channels swapped (W[f, c, kh - 1 - i, kw - 1 -
+    j] as filter c, channel f), by the forward kernel; stride 2: :func:`_stride2_input_grad`.
+    The caller (``conv.conv2d_grad``) has checked dy's shape.
     """
     from mlcvlab.nn.conv import _map_parts
     N, C, H, Wd = x.shape
     F, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
     ph, pw = padding
-    geom = geometry(H, Wd, ph, pw, 1)
-    plane = geom[2]
+    geom = geometry(H, Wd, ph, pw, stride)
+    pitch, plane = geom[0], geom[2]
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     kh, kw = W.shape[2], W.shape[3]
-    weight_grad, forward = kernel("weight_grad"), kernel(f"forward{kw}")
-    W_flip = pack_filters(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, kh, kw) packed
-    no_bias = _padded_bias(None, C, dy.dtype)
-    qh, qw = kh - 1 - ph, kw - 1 - pw
-    dy_geom = geometry(Ho, Wo, qh, qw, 1)
-    dy_plane = dy_geom[2]
-    dx_out_values = 4 * W_flip.shape[0] * pitched_outputs(H, dy_geom[0], dy.dtype)
+    weight_grad = kernel("weight_grad" + ("_stride2" if stride == 2 else ""))
+    if stride == 2:
+        phases = _stride2_phases(W, dy.dtype)
+        dy_plane = geometry(Ho, Wo, 1, 1, 1)[2]
+        dx_out_values = max(4 * p.shape[0] * pitched_outputs(Ho + 1, Wo + 1, dy.dtype)
+                            for _, _, p in phases)
+    else:
+        forward = kernel(f"forward{kw}")
+        W_flip = pack_filters(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, kh, kw)
+        no_bias = _padded_bias(None, C, dy.dtype)
+        qh, qw = kh - 1 - ph, kw - 1 - pw
+        dy_geom = geometry(Ho, Wo, qh, qw, 1)
+        dy_plane = dy_geom[2]
+        dx_out_values = 4 * W_flip.shape[0] * pitched_outputs(H, dy_geom[0], dy.dtype)
 
     def backward_part(part: slice) -> np.ndarray:
         dW = np.zeros((F, C, kh, kw))
         pad = kernels.scratch((max(C * plane, F * dy_plane) + pad_slack(x.dtype),), x.dtype,
                               slot="direct_pad")
-        dyp = kernels.scratch((F * Ho * (Wd + pw),), dy.dtype, slot="direct_dy")
+        dyp = kernels.scratch((F * Ho * pitch,), dy.dtype, slot="direct_dy")
         weight_grad(x[part], dy[part], ph, pw, geom, dW, pad, dyp)
         if dx is not None:
             out = kernels.scratch((dx_out_values,), dy.dtype, slot="direct_out")
-            forward(dy[part], W_flip, no_bias, False, qh, qw, dy_geom, simd.lanes(dy.dtype),
-                    dx[part], pad, out)
+            if stride == 2:
+                _stride2_input_grad(dy[part], phases, padding, dx[part], pad, out)
+            else:
+                forward(dy[part], W_flip, no_bias, False, qh, qw, dy_geom,
+                        simd.lanes(dy.dtype), dx[part], pad, out)
         return dW
 
     shares = _map_parts(backward_part, parts)
     dW = sum(shares).astype(W.dtype)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dW, db
+
+
+# The input gradient of a 3x3 stride-2 convolution by phases. Input row r of the padded image
+# meets output row u through kernel row i = r - 2u, so the even rows r = 2u get dy[u] W[0] +
+# dy[u - 1] W[2] and the odd rows r = 2u + 1 get dy[u] W[1]: a stride-1 correlation of dy
+# (padded by one row) with the 2-row kernel (W[2], W[0]), and one with the 1-row kernel W[1];
+# the same along columns. So dx splits into four stride-1 convolutions of dy with 2x2, 2x1,
+# 1x2 and 1x1 kernels (9 taps in all, no multiply by an inserted zero), one per phase of the
+# padded input (row parity a, column parity b), computed by the forward kernel.
+_PHASE_TAPS = {0: (2, 0), 1: (1,)}      # the kernel rows (or columns) of each parity, in order
+
+
+def _stride2_phases(W: np.ndarray, dtype):
+    """[(a, b, packed)] for the four phases: the filters (C, F, |rows|, |cols|) of phase (a, b)
+    (channels swapped, taps of that parity), packed by :func:`pack_filters`."""
+    out = []
+    for a in (0, 1):
+        for b in (0, 1):
+            sub = W[:, :, list(_PHASE_TAPS[a])][:, :, :, list(_PHASE_TAPS[b])]
+            out.append((a, b, pack_filters(np.ascontiguousarray(sub.transpose(1, 0, 2, 3),
+                                                                dtype=dtype))))
+    return out
+
+
+def _stride2_input_grad(dy: np.ndarray, phases, padding: Tuple[int, int], dx: np.ndarray,
+                        pad: np.ndarray, out: np.ndarray) -> None:
+    """dx (n, C, H, W) of a 3x3 stride-2 convolution from dy (n, F, Ho, Wo): each phase's
+    convolution of dy into a buffer, then into dx's rows and columns of that parity."""
+    n, C, H, Wd = dx.shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    ph, pw = padding
+    lanes = simd.lanes(dy.dtype)
+    no_bias = _padded_bias(None, C, dy.dtype)
+    for a, b, packed in phases:
+        qh, qw = packed.shape[2] - 1, packed.shape[3] - 1     # dy's padding: 1 for 2 taps
+        geom = geometry(Ho, Wo, qh, qw, 1)
+        y = kernels.scratch((n * C * (Ho + qh) * (Wo + qw),), dy.dtype, slot="direct_phase")
+        y = y.reshape(n, C, Ho + qh, Wo + qw)
+        kernel(f"forward{qw + 1}")(dy, packed, no_bias, False, qh, qw, geom, lanes, y, pad,
+                                   out)
+        # y[u, v] is padded input (2u + a, 2v + b); dx row r - ph for padded row r
+        r0, s0 = ph + (a - ph) % 2, pw + (b - pw) % 2      # the first of parity a (b)
+        rows, cols = len(range(r0 - ph, H, 2)), len(range(s0 - pw, Wd, 2))
+        u0, v0 = (r0 - a) // 2, (s0 - b) // 2
+        got_r, got_c = min(rows, y.shape[2] - u0), min(cols, y.shape[3] - v0)
+        target = dx[:, :, r0 - ph::2, s0 - pw::2]
+        target[:, :, :got_r, :got_c] = y[:, :, u0:u0 + got_r, v0:v0 + got_c]
+        target[:, :, got_r:] = 0                            # rows no output reaches
+        target[:, :, :, got_c:] = 0

@@ -231,6 +231,46 @@ def test_the_parts_of_a_team_get_the_same_sum():
         np.testing.assert_array_equal(got, np.full(4, 6.0))
 
 
+def _in_team(size, fn):
+    """fn(i) on part i of a fresh team of ``size`` threads; the results in part order."""
+    crew, out = threadsplit.Team(size, batch=size), [None] * size
+
+    def part(i):
+        threadsplit._state.team, threadsplit._state.rank = crew, i
+        out[i] = fn(i)
+
+    threads = [threading.Thread(target=part, args=(i,)) for i in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def test_allgather_gives_every_part_every_array_in_part_order():
+    for got in _in_team(3, lambda i: threadsplit.team().allgather(np.full(2, float(i)))):
+        np.testing.assert_array_equal(got, [[0, 0], [1, 1], [2, 2]])
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_split_batch_statistics_equal_the_whole_batch_two_pass_ones(offset):
+    """One meeting per batch norm: the parts' means and squared deviations combine (Chan et
+    al.) to the whole batch's two-pass statistics, even far from zero (no cancellation), on
+    parts of unequal size."""
+    from mlcvlab.nn import basis
+    rng = np.random.default_rng(5)
+    x = offset + rng.standard_normal((7, 3, 10))
+    pieces = [x[:2], x[2:4], x[4:]]
+    got = _in_team(3, lambda i: basis._batch_statistics(pieces[i], threadsplit.team(), 1e-5))
+    mean = x.mean(axis=(0, 2))
+    var = ((x - mean[None, :, None]) ** 2).mean(axis=(0, 2))
+    for g_mean, g_var, g_inv in got:
+        np.testing.assert_allclose(g_mean, mean, rtol=1e-15)
+        np.testing.assert_allclose(g_var, var, rtol=1e-12)
+        np.testing.assert_allclose(g_inv, 1 / np.sqrt(var + 1e-5), rtol=1e-12)
+        np.testing.assert_array_equal(g_var, got[0][1])      # the same bits on every part
+
+
 def test_memory_lab_counts_every_part_cache(parts):
     from mlcvlab.labs.memory import cached_bytes
     rng = np.random.default_rng(4)

@@ -234,15 +234,20 @@ def _batchnorm_4d_kernel(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
 
 def _batch_statistics(x3: np.ndarray, team, eps: float):
     """Mean, biased variance and 1 / std (float64, (C,)) over the whole batch, from this part
-    x3 (n, C, L) and the other parts of ``team`` (:mod:`nn.threadsplit`): the two passes of
-    ``bn_forward_channels``, each part's float64 sums added up between them."""
-    C, m = x3.shape[1], team.batch * x3.shape[2]
-    sums = np.zeros(C)
-    kernels.get("bn_channel_sums")(x3, 0, C, sums)
-    mean = team.allreduce(sums) / m
-    squares = np.zeros(C)
-    kernels.get("bn_channel_sq_dev")(x3, mean, 0, C, squares)
-    var = team.allreduce(squares) / m
+    x3 (n, C, L) and the other parts of ``team`` (:mod:`nn.threadsplit`), in one meeting:
+    each part's count, sums and squared deviations from its own mean (the two passes of
+    ``bn_forward_channels`` on the part), combined as the parallel variance of Chan, Golub and
+    LeVeque (1979): M2 = sum over parts of M2_k + n_k (mean_k - mean)^2, no cancellation."""
+    C, n_k = x3.shape[1], x3.shape[0] * x3.shape[2]
+    mine = np.zeros(2 * C + 1)                   # count, sums (C), squared deviations (C)
+    mine[0] = n_k
+    kernels.get("bn_channel_sums")(x3, 0, C, mine[1:C + 1])
+    kernels.get("bn_channel_sq_dev")(x3, mine[1:C + 1] / n_k, 0, C, mine[C + 1:])
+    parts = team.allgather(mine)
+    counts, sums, m2 = parts[:, :1], parts[:, 1:C + 1], parts[:, C + 1:]
+    m = counts.sum()
+    mean = sums.sum(axis=0) / m
+    var = (m2.sum(axis=0) + (counts * (sums / counts - mean) ** 2).sum(axis=0)) / m
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 

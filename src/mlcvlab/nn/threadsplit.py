@@ -18,10 +18,11 @@ into the model's (one vector add when the model's parameters live in one flat bu
 rounding (the sums over samples are added in another order), and accumulates as ever.
 
 Batch norm in training couples the samples through its batch statistics: in a split pass
-each part computes its per-channel float64 sums, the parts add them up (:class:`Team`, a
-barrier between the threads) and every part normalizes with the whole batch's mean and
-variance, in the forward (two meetings: the sums, then the squared deviations, as the
-unsplit kernel's two passes) and in the backward (one: the sums of dy and dy * x_hat). Part
+each part computes its per-channel float64 statistics, the parts exchange them (:class:`Team`,
+a barrier between the threads) and every part normalizes with the whole batch's mean and
+variance, in the forward (one meeting: each part's sums and squared deviations from its own
+mean, combined as Chan, Golub and LeVeque's parallel variance; two meetings until session 16)
+and in the backward (one: the sums of dy and dy * x_hat). Part
 0 alone folds the statistics into the running ones (the buffers are shared).
 
 A model splits only when every module in it can run on parts of the batch in its current mode
@@ -134,7 +135,8 @@ class Team:
     """The parts of one split pass: where batch norm adds up its per-part sums.
 
     ``allreduce(a)`` returns the sum of every part's ``a`` (float64, same shape), added in
-    part order by each part itself, so all parts get the same bits. A part that fails breaks
+    part order by each part itself, so all parts get the same bits; ``allgather(a)`` every
+    part's ``a`` itself, stacked in part order. A part that fails breaks
     the barrier, so the others stop waiting (``threading.BrokenBarrierError``) instead of
     hanging; :func:`_run_parts` then raises the failed part's own error.
     """
@@ -148,16 +150,26 @@ class Team:
         self._slots: List[List[Optional[np.ndarray]]] = [[None] * size, [None] * size]
         self._calls = [0] * size
 
-    def allreduce(self, a: np.ndarray) -> np.ndarray:
+    def _exchange(self, a: np.ndarray) -> List[np.ndarray]:
+        """Every part's ``a``, in part order, once every part has put its own (to be read
+        before this part's next meeting)."""
         rank = _state.rank
         slots = self._slots[self._calls[rank] % 2]
         self._calls[rank] += 1
         slots[rank] = a
-        self._barrier.wait()                    # every part has put its sums
+        self._barrier.wait()                    # every part has put its array
+        return slots
+
+    def allreduce(self, a: np.ndarray) -> np.ndarray:
+        slots = self._exchange(a)
         total = slots[0].copy()
         for other in slots[1:]:
             total += other
         return total
+
+    def allgather(self, a: np.ndarray) -> np.ndarray:
+        """Every part's ``a`` (same shape), stacked in part order: (parts,) + a.shape."""
+        return np.stack(self._exchange(a))
 
     def abort(self) -> None:
         self._barrier.abort()

@@ -285,3 +285,33 @@ def test_many_blocks_with_a_smaller_last_one_equal_im2col(algorithm, monkeypatch
     ours, ref = _run(alg, x, W, b, 1, dy), _run("im2col", x, W, b, 1, dy)
     for name, a, r in zip(("y", "dx", "dW", "db"), ours, ref):
         np.testing.assert_allclose(a, r, rtol=0, atol=1e-12 * np.abs(r).max(), err_msg=name)
+
+
+# ------------------------------------------------------------------ the points' own GEMM
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("points, rows, K, P, used", [(16, 19, 7, 37, 37), (36, 64, 64, 100, 70),
+                                                      (16, 4, 33, 1, 1), (16, 16, 16, 64, 64)])
+def test_points_matmul_equals_np_matmul(dtype, points, rows, K, P, used):
+    """Rows not a multiple of 4, P not a multiple of a tile, and a view whose rows are longer
+    than what is used (a block smaller than the part's largest)."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((points, rows, K)).astype(dtype)
+    B, B_buf = winograd._points("wino_V", K, P, dtype, points)
+    out, out_buf = winograd._points("wino_M", rows, P, dtype, points)
+    B[...] = rng.standard_normal(B.shape)
+    out[...] = np.nan                                   # what is not computed stays nan
+    winograd.points_matmul(winograd.pack_rows(A), rows, B[:, :, :used], B_buf,
+                           out[:, :, :used], out_buf)
+    ref = np.matmul(A, B[:, :, :used])
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out[:, :, :used], ref, rtol=tol, atol=tol * np.abs(ref).max())
+    assert np.isnan(out[:, :, used:]).all()
+
+
+@pytest.mark.parametrize("alg", WINOGRADS)
+def test_winograd_on_the_own_gemm_equals_im2col_in_float64(monkeypatch, alg):
+    """Forward and dx through points_matmul (forced, as on an AVX-512 host), 20 and 24
+    channels, tiles that do not fill the last vector."""
+    monkeypatch.setattr(winograd, "own_gemm", lambda rows, K: True)
+    x, W, b, dy = _case((3, 20, 9, 11), 24, 1)
+    assert_float64_equal(_run(alg, x, W, b, 1, dy), _run("im2col", x, W, b, 1, dy))

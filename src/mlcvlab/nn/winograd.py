@@ -17,7 +17,9 @@ Collecting the 16 transform points xi = (a, b) of every tile p of the batch,
     y     = A^T M A              per tile     output transform
 
 so the GEMMs do 16 * F * C multiply-adds per 2x2 tile where im2col's GEMM does 9 * F * C
-per pixel, 36 per tile: 2.25x fewer. The transforms are numba kernels (``_compile``).
+per pixel, 36 per tile: 2.25x fewer. The transforms are numba kernels (``_compile``). The
+GEMMs run np.matmul, or with 64-byte vectors (AVX-512) our own register-tiled kernel
+(:func:`points_matmul`, :func:`own_gemm`: OpenBLAS may run only its AVX2 kernels there).
 
 The backward is the exact adjoint of these linear maps (not a separate Winograd convolution
 with the rotated filter, which would need its own dy transform): with dM = A dY A^T per
@@ -528,6 +530,118 @@ def _kernel(name: str, m: int = 2):
     return _KERNELS[m][name]
 
 
+# --------------------------------------------------------------------------- the points' GEMMs
+_point_gemm = None
+POINTS_SLACK = 64           # values after a _points array: 2 * lanes <= 32 read past its end
+
+
+def _point_gemm_kernel():
+    """The compiled kernel of :func:`points_matmul` (numba, on first use; cached on disk)."""
+    global _point_gemm
+    if _point_gemm is not None:
+        return _point_gemm
+    from numba import njit
+
+    from mlcvlab.nn import simd
+
+    @njit(cache=True, nogil=True, fastmath={"contract"})
+    def point_gemm(Ap, Bf, b_plane, b_row, Cf, c_plane, c_row, rows, P,
+                   tmp):  # pragma: no cover (jitted)
+        # C[xi, r, p] = sum_k A[xi, r, k] B[xi, k, p] for r < rows and p < P, with A packed
+        # as (points, G, K, 4) (rows 4g..4g+3 of column k together), B and C flat with point
+        # planes b_plane / c_plane and rows b_row / c_row values apart (B readable past its
+        # last row by 2 * lanes); tiles of 4 rows x 2 vectors in registers, as the direct
+        # convolution's (nn/direct.py)
+        n = simd.width(Bf)
+        T = 2 * n
+        points, G, K = Ap.shape[0], Ap.shape[1], Ap.shape[2]
+        af = Ap.reshape(-1)
+        for xi in range(points):
+            bb, cb = xi * b_plane, xi * c_plane
+            for p in range(0, P, T):
+                for g in range(G):
+                    a00 = simd.splat(Bf.dtype.type(0))
+                    a01 = a10 = a11 = a20 = a21 = a30 = a31 = a00
+                    wb = (xi * G + g) * K * 4
+                    for k in range(K):
+                        at = bb + k * b_row + p
+                        x0 = simd.load(Bf, at)
+                        x1 = simd.load(Bf, at + n)
+                        w = simd.splat(af[wb + 4 * k])
+                        a00 = simd.fma(w, x0, a00)
+                        a01 = simd.fma(w, x1, a01)
+                        w = simd.splat(af[wb + 4 * k + 1])
+                        a10 = simd.fma(w, x0, a10)
+                        a11 = simd.fma(w, x1, a11)
+                        w = simd.splat(af[wb + 4 * k + 2])
+                        a20 = simd.fma(w, x0, a20)
+                        a21 = simd.fma(w, x1, a21)
+                        w = simd.splat(af[wb + 4 * k + 3])
+                        a30 = simd.fma(w, x0, a30)
+                        a31 = simd.fma(w, x1, a31)
+                    r = 4 * g
+                    at = cb + r * c_row + p
+                    if p + T <= P and r + 4 <= rows:
+                        simd.store(Cf, at, a00)
+                        simd.store(Cf, at + n, a01)
+                        simd.store(Cf, at + c_row, a10)
+                        simd.store(Cf, at + c_row + n, a11)
+                        simd.store(Cf, at + 2 * c_row, a20)
+                        simd.store(Cf, at + 2 * c_row + n, a21)
+                        simd.store(Cf, at + 3 * c_row, a30)
+                        simd.store(Cf, at + 3 * c_row + n, a31)
+                    else:                           # a row's last tile, or rows past the end
+                        simd.store(tmp, 0, a00)
+                        simd.store(tmp, n, a01)
+                        simd.store(tmp, T, a10)
+                        simd.store(tmp, T + n, a11)
+                        simd.store(tmp, 2 * T, a20)
+                        simd.store(tmp, 2 * T + n, a21)
+                        simd.store(tmp, 3 * T, a30)
+                        simd.store(tmp, 3 * T + n, a31)
+                        for q in range(min(4, rows - r)):
+                            for t in range(min(T, P - p)):
+                                Cf[at + q * c_row + t] = tmp[q * T + t]
+
+    _point_gemm = point_gemm
+    return point_gemm
+
+
+def pack_rows(A: np.ndarray) -> np.ndarray:
+    """A (points, R, K) -> (points, ceil(R / 4), K, 4): rows 4g + q at [:, g, :, q], zero rows
+    past R; the left factor of :func:`points_matmul`."""
+    points, R, K = A.shape
+    G = (R + 3) // 4
+    packed = np.zeros((points, G, K, 4), dtype=A.dtype)
+    for q in range(4):
+        packed[:, :len(range(q, R, 4)), :, q] = A[:, q::4, :]
+    return packed
+
+
+def own_gemm(rows: int, K: int) -> bool:
+    """Whether the points' GEMMs of ``rows`` x ``K`` factors run :func:`points_matmul` rather
+    than np.matmul: with 64-byte vectors (AVX-512, where NumPy's OpenBLAS may run its AVX2
+    kernels) and at least 16 rows and columns. Measured (1 thread, float32, session 16):
+    16 points of (64 x 64) @ (64 x 250) 1.73x np.matmul's speed, (32 x 32) @ (32 x 512) 1.35x,
+    (16 x 16) @ (16 x 1024) 1.19x, 36 of (64 x 64) @ (64 x 100) 1.47x; compiled for AVX2 the
+    same kernel ran at 0.62-0.98x of OpenBLAS's own AVX2 kernels, so there np.matmul stays."""
+    from mlcvlab.nn import simd
+    return simd.BYTES == 64 and min(rows, K) >= 16
+
+
+def points_matmul(A_packed: np.ndarray, rows: int, B: np.ndarray, B_buf: np.ndarray,
+                  out: np.ndarray, out_buf: np.ndarray) -> None:
+    """out[xi] = A[xi] @ B[xi] for every transform point xi, A packed by :func:`pack_rows`
+    (``rows`` rows), B (points, K, P) and out (points, rows, P) views of :func:`_points`
+    arrays, whose flat buffers (from their first value, with a slack after the last) are
+    ``B_buf`` and ``out_buf``. Where it runs instead of np.matmul: :func:`own_gemm`."""
+    from mlcvlab.nn import simd
+    it = B.itemsize
+    tmp = kernels.scratch((8 * simd.lanes(B.dtype),), B.dtype, slot="wino_tile")
+    _point_gemm_kernel()(A_packed, B_buf, B.strides[0] // it, B.strides[1] // it, out_buf,
+                         out.strides[0] // it, out.strides[1] // it, rows, B.shape[2], tmp)
+
+
 # --------------------------------------------------------------------------- filter transforms
 def _g_for(dtype, m: int) -> np.ndarray:
     """F(m x m, 3x3)'s G in the dtype the filter transforms compute in: the data's for m = 2
@@ -604,7 +718,8 @@ def _blocks(n: int, channels: int, t: Tiles, itemsize: int):
 
 def _points(slot: str, channels: int, P: int, dtype, points: int) -> np.ndarray:
     """A (points, channels, P) array in the per-thread scratch whose point planes start 256
-    bytes apart modulo 4 KiB (each plane padded), not at the same offset.
+    bytes apart modulo 4 KiB (each plane padded), not at the same offset, and its flat buffer
+    (POINTS_SLACK values longer: :func:`points_matmul` reads past the last row).
 
     The transform kernels write (read) the planes of a tile at once; with planes a power
     of two apart (ResNet's sizes) all the streams fall into the same cache sets and evict each
@@ -615,10 +730,10 @@ def _points(slot: str, channels: int, P: int, dtype, points: int) -> np.ndarray:
     period, shift = 4096 // dtype.itemsize, 256 // dtype.itemsize
     plane = channels * P
     plane += (shift - plane % period) % period
-    buf = kernels.scratch((points * plane,), dtype, slot=slot)
+    buf = kernels.scratch((points * plane + POINTS_SLACK,), dtype, slot=slot)
     it = dtype.itemsize
     return np.ndarray((points, channels, P), dtype, buffer=buf,
-                      strides=(plane * it, P * it, it))
+                      strides=(plane * it, P * it, it)), buf
 
 
 class _Blocks:
@@ -635,8 +750,8 @@ class _Blocks:
         most = self.slices[0].stop - self.slices[0].start if self.slices else 0
         P = most * t.th * t.tw
         self.plane = kernels.scratch((t.Hp, t.Wp), dtype, slot="wino_plane")
-        self.V = _points("wino_V", C, P, dtype, t.points)
-        self.M = _points("wino_M", F, P, dtype, t.points)
+        self.V, self.V_buf = _points("wino_V", C, P, dtype, t.points)
+        self.M, self.M_buf = _points("wino_M", F, P, dtype, t.points)
         self.input_transform = _kernel("input_transform", t.m)
 
     def input_V(self, x_blk: np.ndarray) -> np.ndarray:
@@ -677,13 +792,18 @@ def conv2d_winograd(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
     bias = b if b is not None else np.zeros(F, dtype=x.dtype)
 
     output_transform = _kernel("output_transform", m)
+    U_packed = pack_rows(U) if own_gemm(F, C) else None
 
     def forward_part(part: slice) -> None:
         x_part, y_part = x[part], y[part]
         plan = _Blocks(x_part.shape[0], C, F, t, padding, x.dtype)
         for blk in plan.slices:
             V = plan.input_V(x_part[blk])
-            M = np.matmul(U, V, out=plan.M_for(blk.stop - blk.start))
+            M = plan.M_for(blk.stop - blk.start)
+            if U_packed is not None:
+                points_matmul(U_packed, F, V, plan.V_buf, M, plan.M_buf)
+            else:
+                np.matmul(U, V, out=M)
             output_transform(M, t.th, t.tw, bias, then_relu, y_part[blk])
 
     _map_parts(forward_part, parts)
@@ -705,6 +825,7 @@ def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
     ph, pw = padding
     t = tiles(H, Wd, padding, m)
     U_T = filter_transform(W, m).transpose(0, 2, 1)    # (points, C, F)
+    UT_packed = pack_rows(U_T) if input_grad and own_gemm(C, F) else None
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
 
     dy_transform = _kernel("dy_transform", m)
@@ -725,7 +846,11 @@ def conv2d_winograd_grad(dy: np.ndarray, cache: WinogradCache, parts,
             dU += np.matmul(dM, V.transpose(0, 2, 1))
             if dx is None:
                 continue
-            dV = np.matmul(U_T, dM, out=V)                   # reuses V's scratch
+            if UT_packed is not None:                        # dV into V's scratch
+                points_matmul(UT_packed, C, dM, plan.M_buf, V, plan.V_buf)
+                dV = V
+            else:
+                dV = np.matmul(U_T, dM, out=V)
             adjoint(dV, t.th, t.tw, ph, pw, plan.plane, dx_part[blk])
         return dU
 

@@ -4,7 +4,7 @@ Trains ResNet-20 (1 input channel, 28x28: maps of 28, 14 and 7 pixels, so the la
 has odd tiles) on a slice of the embedded mnist10k twice from the same seed, once with
 ``conv.set_algorithm("im2col")``, then with "winograd" (F(2x2, 3x3)), "winograd4"
 (F(4x4, 3x3), every 3x3 stride-1 layer), "direct" (the direct kernels of
-``mlcvlab.nn.direct``, every 3x3 stride-1 layer and the stride-2 layers' forwards) and "auto"
+``mlcvlab.nn.direct``, every 3x3 layer, stride 1 and 2) and "auto"
 (the default per-layer rule), with the same data order, and prints the training
 loss of every step side by side and the largest relative difference. float32, SGD with
 momentum, no augmentation.

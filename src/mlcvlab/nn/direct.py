@@ -111,11 +111,12 @@ KERNEL_SIZES = ((3, 3), (5, 5))
 
 
 def applies(kernel, stride, dilation, groups: int, pads, forward: bool = False) -> bool:
-    """Whether the direct kernels compute this convolution (forward and backward alike): a 3x3
-    or 5x5 kernel, stride 1 (or, a 3x3 kernel, stride 2), dilation 1, one
-    group, symmetric zero padding of at most kernel - 1 on each side (pads: top, bottom, left,
-    right). Wider padding would make the output wider than a stored row, and the input
-    gradient (a convolution of dy padded by kernel - 1 - padding) impossible."""
+    """Whether the direct kernels compute this convolution: a 3x3 or 5x5 kernel, stride 1 (or,
+    3x3, stride 2), dilation 1, one group, symmetric zero padding of at most kernel - 1 on each
+    side (pads: top, bottom, left, right). Wider padding would make the output wider than a
+    stored row, and the input gradient (a convolution of dy padded by kernel - 1 - padding)
+    impossible. The same for the forward and the backward since session 16 (``forward`` is
+    kept for the callers that name the direction)."""
     kh, kw = kernel
     strides = ((1, 1), (2, 2)) if tuple(kernel) == (3, 3) else ((1, 1),)
     return (tuple(kernel) in KERNEL_SIZES and tuple(stride) in strides

@@ -102,3 +102,26 @@ def test_what_a_vector_cannot_hold_is_a_typing_error():
         _load_first(np.zeros((4, 32), dtype=np.float32)[:, ::2])
     with pytest.raises(TypingError, match="simd.store"):
         _store_into(np.zeros(16, dtype=np.float32), np.zeros(16))
+
+
+@njit
+def _tile_step(x, w, at, out):
+    n = simd.width(x)
+    a = simd.load(x, 0)                                     # every sum starts at x[:n]
+    a00, a01, a10, a11, a20, a21, a30, a31 = simd.fma_tile(simd.load(x, 0), simd.load(x, n),
+                                                           w, at, a, a, a, a, a, a, a, a)
+    simd.store_tile(out, 1, 2 * n + 3, a00, a01, a10, a11, a20, a21, a30, a31)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_tile_step_multiplies_four_adjacent_weights_and_stores_rows_step_apart(dtype):
+    n = simd.lanes(dtype)
+    x = np.arange(1, 2 * n + 1, dtype=dtype)
+    w = np.array([9, 2, 3, 5, 7, 9], dtype=dtype)               # the four from index 1
+    out = np.zeros(1 + 3 * (2 * n + 3) + 2 * n + 1, dtype=dtype)
+    _tile_step(x, w, 1, out)
+    for q, wq in enumerate((2, 3, 5, 7)):
+        at = 1 + q * (2 * n + 3)
+        np.testing.assert_array_equal(out[at:at + n], wq * x[:n] + x[:n])
+        np.testing.assert_array_equal(out[at + n:at + 2 * n], wq * x[n:] + x[:n])
+    assert out[0] == 0 and out[-1] == 0

@@ -247,47 +247,22 @@ def _compile():
                                     else:
                                         at = (base + ((i % 2) * 2 + j % 2) * phase
                                               + (i // 2) * pitch + j // 2)
-                                    x0 = simd.load(pad, at)
-                                    x1 = simd.load(pad, at + n)
-                                    w = simd.splat(wf[wb + 4 * j])
-                                    a00 = simd.fma(w, x0, a00)
-                                    a01 = simd.fma(w, x1, a01)
-                                    w = simd.splat(wf[wb + 4 * j + 1])
-                                    a10 = simd.fma(w, x0, a10)
-                                    a11 = simd.fma(w, x1, a11)
-                                    w = simd.splat(wf[wb + 4 * j + 2])
-                                    a20 = simd.fma(w, x0, a20)
-                                    a21 = simd.fma(w, x1, a21)
-                                    w = simd.splat(wf[wb + 4 * j + 3])
-                                    a30 = simd.fma(w, x0, a30)
-                                    a31 = simd.fma(w, x1, a31)
+                                    a00, a01, a10, a11, a20, a21, a30, a31 = simd.fma_tile(
+                                        simd.load(pad, at), simd.load(pad, at + n), wf,
+                                        wb + 4 * j, a00, a01, a10, a11, a20, a21, a30, a31)
                         if relu:
                             a00, a01 = simd.relu(a00), simd.relu(a01)
                             a10, a11 = simd.relu(a10), simd.relu(a11)
                             a20, a21 = simd.relu(a20), simd.relu(a21)
                             a30, a31 = simd.relu(a30), simd.relu(a31)
                         f = 4 * g
-                        if rows and wo + T <= Wo and f + 4 <= F:    # whole: straight into y
-                            at = ((m * F + f) * Ho + ho) * Wo + wo
-                            simd.store(yf, at, a00)
-                            simd.store(yf, at + n, a01)
-                            simd.store(yf, at + HW, a10)
-                            simd.store(yf, at + HW + n, a11)
-                            simd.store(yf, at + 2 * HW, a20)
-                            simd.store(yf, at + 2 * HW + n, a21)
-                            simd.store(yf, at + 3 * HW, a30)
-                            simd.store(yf, at + 3 * HW + n, a31)
-                            continue
-                        at = f * Lp + p
-                        simd.store(out, at, a00)
-                        simd.store(out, at + n, a01)
-                        simd.store(out, at + Lp, a10)
-                        simd.store(out, at + Lp + n, a11)
-                        simd.store(out, at + 2 * Lp, a20)
-                        simd.store(out, at + 2 * Lp + n, a21)
-                        simd.store(out, at + 3 * Lp, a30)
-                        simd.store(out, at + 3 * Lp + n, a31)
-                        if rows:                        # a row's last tile, or past F
+                        whole = rows and wo + T <= Wo and f + 4 <= F
+                        if whole:                       # straight into y
+                            dst, at, step = yf, ((m * F + f) * Ho + ho) * Wo + wo, HW
+                        else:                           # into out, copied below
+                            dst, at, step = out, f * Lp + p, Lp
+                        simd.store_tile(dst, at, step, a00, a01, a10, a11, a20, a21, a30, a31)
+                        if rows and not whole:          # a row's last tile, or past F
                             for q in range(min(4, F - f)):
                                 src = out[at + q * Lp:at + q * Lp + min(T, Wo - wo)]
                                 dst = y[m, f + q, ho, wo:]

@@ -28,8 +28,11 @@ LLVM IR each, no C):
   ``fastmath={"contract"}`` loop fuses ``c += a * b`` into, so results match such loops bit
   for bit when the order of the sums is the same.
 - ``relu(v)``: ``0 if v < 0 else v`` per lane (NaN stays NaN, as ``kernels.relu_forward``).
+- ``fma_tile`` and ``store_tile``: one multiply-add step and the store of a register tile of
+  4 rows x 2 vectors, the tile of the direct convolution and of Winograd's points' GEMM
+  (inlined jitted functions: the sums stay in the caller's registers).
 
-Used by ``nn/direct.py``; tested in ``tests/nn/test_simd.py``.
+Used by ``nn/direct.py`` and ``nn/winograd.py``; tested in ``tests/nn/test_simd.py``.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
+from numba import njit
 from numba.extending import intrinsic, models, register_model
 
 
@@ -181,3 +185,35 @@ def relu(typingctx, v):
         zero = ir.Constant(_llvm(v), None)
         return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
     return v(v), codegen
+
+
+@njit(inline="always", cache=True)
+def fma_tile(x0, x1, w, at, a00, a01, a10, a11, a20, a21, a30, a31):  # pragma: no cover
+    """One step of a register tile of 4 rows x 2 vectors: a_q0 += w[at + q] * x0 and a_q1 +=
+    w[at + q] * x1 for q = 0..3 (the four weights adjacent, as packed by
+    ``direct.pack_filters`` and ``winograd.pack_rows``); returns the eight sums. Inlined, so
+    the sums stay in registers in the caller's loop."""
+    v = splat(w[at])
+    a00, a01 = fma(v, x0, a00), fma(v, x1, a01)
+    v = splat(w[at + 1])
+    a10, a11 = fma(v, x0, a10), fma(v, x1, a11)
+    v = splat(w[at + 2])
+    a20, a21 = fma(v, x0, a20), fma(v, x1, a21)
+    v = splat(w[at + 3])
+    a30, a31 = fma(v, x0, a30), fma(v, x1, a31)
+    return a00, a01, a10, a11, a20, a21, a30, a31
+
+
+@njit(inline="always", cache=True)
+def store_tile(dst, at, step, a00, a01, a10, a11, a20, a21, a30, a31):  # pragma: no cover
+    """Store a register tile of 4 rows x 2 vectors: row q's two vectors at flat positions
+    ``at + q * step`` and ``at + q * step + width(dst)`` of ``dst``."""
+    n = width(dst)
+    store(dst, at, a00)
+    store(dst, at + n, a01)
+    store(dst, at + step, a10)
+    store(dst, at + step + n, a11)
+    store(dst, at + 2 * step, a20)
+    store(dst, at + 2 * step + n, a21)
+    store(dst, at + 3 * step, a30)
+    store(dst, at + 3 * step + n, a31)

@@ -565,40 +565,15 @@ def _point_gemm_kernel():
                     wb = (xi * G + g) * K * 4
                     for k in range(K):
                         at = bb + k * b_row + p
-                        x0 = simd.load(Bf, at)
-                        x1 = simd.load(Bf, at + n)
-                        w = simd.splat(af[wb + 4 * k])
-                        a00 = simd.fma(w, x0, a00)
-                        a01 = simd.fma(w, x1, a01)
-                        w = simd.splat(af[wb + 4 * k + 1])
-                        a10 = simd.fma(w, x0, a10)
-                        a11 = simd.fma(w, x1, a11)
-                        w = simd.splat(af[wb + 4 * k + 2])
-                        a20 = simd.fma(w, x0, a20)
-                        a21 = simd.fma(w, x1, a21)
-                        w = simd.splat(af[wb + 4 * k + 3])
-                        a30 = simd.fma(w, x0, a30)
-                        a31 = simd.fma(w, x1, a31)
+                        a00, a01, a10, a11, a20, a21, a30, a31 = simd.fma_tile(
+                            simd.load(Bf, at), simd.load(Bf, at + n), af, wb + 4 * k,
+                            a00, a01, a10, a11, a20, a21, a30, a31)
                     r = 4 * g
                     at = cb + r * c_row + p
                     if p + T <= P and r + 4 <= rows:
-                        simd.store(Cf, at, a00)
-                        simd.store(Cf, at + n, a01)
-                        simd.store(Cf, at + c_row, a10)
-                        simd.store(Cf, at + c_row + n, a11)
-                        simd.store(Cf, at + 2 * c_row, a20)
-                        simd.store(Cf, at + 2 * c_row + n, a21)
-                        simd.store(Cf, at + 3 * c_row, a30)
-                        simd.store(Cf, at + 3 * c_row + n, a31)
+                        simd.store_tile(Cf, at, c_row, a00, a01, a10, a11, a20, a21, a30, a31)
                     else:                           # a row's last tile, or rows past the end
-                        simd.store(tmp, 0, a00)
-                        simd.store(tmp, n, a01)
-                        simd.store(tmp, T, a10)
-                        simd.store(tmp, T + n, a11)
-                        simd.store(tmp, 2 * T, a20)
-                        simd.store(tmp, 2 * T + n, a21)
-                        simd.store(tmp, 3 * T, a30)
-                        simd.store(tmp, 3 * T + n, a31)
+                        simd.store_tile(tmp, 0, T, a00, a01, a10, a11, a20, a21, a30, a31)
                         for q in range(min(4, rows - r)):
                             for t in range(min(T, P - p)):
                                 Cf[at + q * c_row + t] = tmp[q * T + t]

@@ -22,8 +22,8 @@ each part computes its per-channel float64 statistics, the parts exchange them (
 a barrier between the threads) and every part normalizes with the whole batch's mean and
 variance, in the forward (one meeting: each part's sums and squared deviations from its own
 mean, combined as Chan, Golub and LeVeque's parallel variance; two meetings until session 16)
-and in the backward (one: the sums of dy and dy * x_hat). Part
-0 alone folds the statistics into the running ones (the buffers are shared).
+and in the backward (one: the sums of dy and dy * x_hat). Part 0 alone folds the statistics
+into the running ones (the buffers are shared).
 
 A model splits only when every module in it can run on parts of the batch in its current mode
 (``Module.splits_over_batch``: a convolution can; 2-D batch norm can, as above; dropout in
@@ -132,13 +132,13 @@ def nested() -> Iterator[None]:
 
 # --------------------------------------------------------------------------- the parts meet
 class Team:
-    """The parts of one split pass: where batch norm adds up its per-part sums.
+    """The parts of one split pass: where batch norm exchanges its per-part statistics.
 
     ``allreduce(a)`` returns the sum of every part's ``a`` (float64, same shape), added in
     part order by each part itself, so all parts get the same bits; ``allgather(a)`` every
-    part's ``a`` itself, stacked in part order. A part that fails breaks
-    the barrier, so the others stop waiting (``threading.BrokenBarrierError``) instead of
-    hanging; :func:`_run_parts` then raises the failed part's own error.
+    part's ``a`` itself, stacked in part order. A part that fails breaks the barrier, so the
+    others stop waiting (``threading.BrokenBarrierError``) instead of hanging;
+    :func:`_run_parts` then raises the failed part's own error.
     """
 
     def __init__(self, size: int, batch: int):
